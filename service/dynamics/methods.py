@@ -1,0 +1,89 @@
+"""Settings of the three methods and the raw result of a simulated run (shared by gd, flow, exact)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+# Gradient-norm tolerance for ``converged``: stop when sqrt(Σ_l ‖∂L/∂W_l‖²) ≤ CONVERGENCE_RTOL · ‖Σ31‖_F,
+# i.e. relative to the scale of the initial gradient of a small init. 1e-10 lets float64 runs reach
+# the optimum to ~1e-10 relative while never stopping on a plateau (saddle gradients are ≫ 1e-10 there
+# unless the init is exactly at the saddle).
+CONVERGENCE_RTOL = 1e-10
+
+Outcome = Literal["converged", "completed", "diverged"]
+
+
+@dataclass(frozen=True)
+class GradientDescent:
+    """Full-batch GD: W_l ← W_l − η (∂L/∂W_l + γ W_l), for ``steps`` steps; t = η·step."""
+
+    learning_rate: float
+    steps: int
+    weight_decay: float = 0.0
+
+    @property
+    def t_end(self) -> float:
+        return self.learning_rate * self.steps
+
+
+@dataclass(frozen=True)
+class GradientFlow:
+    """Gradient flow dW_l/dt = −∂L/∂W_l − γ W_l on [0, t_max], adaptive DOP853 with rtol/atol."""
+
+    t_max: float
+    rtol: float = 1e-8
+    atol: float = 1e-10
+    weight_decay: float = 0.0
+
+    @property
+    def t_end(self) -> float:
+        return self.t_max
+
+
+@dataclass(frozen=True)
+class Exact:
+    """Closed-form gradient-flow solution on [0, t_max] (no stepping), where one applies."""
+
+    t_max: float
+    weight_decay: float = 0.0
+
+    @property
+    def t_end(self) -> float:
+        return self.t_max
+
+
+Method = GradientDescent | GradientFlow | Exact
+
+
+@dataclass
+class Hooks:
+    """Worker hooks, called every ``interval`` seconds of compute at most (cheap either way).
+
+    ``progress(fraction)`` gets a number in [0, 1]; ``should_stop()`` returning True makes the run
+    raise ``StopRequested`` at the next check.
+    """
+
+    progress: Callable[[float], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    interval: float = 0.2
+
+
+@dataclass
+class RunResult:
+    """What a stepping method returns: the weights at the record points, and how the run ended.
+
+    ``weights[l]`` has shape (T, rows_l, cols_l): layer l at each of the T records. When the run
+    converges or diverges early, records after that point are dropped and the last record is the
+    state at that step (for divergence: the last finite state before the blow-up).
+    """
+
+    times: np.ndarray
+    steps: np.ndarray | None
+    weights: list[np.ndarray]
+    outcome: Outcome
+    diverged_at_step: int | None = None
+    diverged_at_time: float | None = None

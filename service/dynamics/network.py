@@ -1,0 +1,134 @@
+"""Deep linear network y = W_D ⋯ W_1 x: network map, loss, gradients, balance (reference §0, §4a).
+
+Weights are a list in input→output order: ``weights[0]`` is W_1 (= W21 for two layers), of shape
+hidden[0] × n_in, and ``weights[-1]`` is W_D (= W32), of shape n_out × hidden[-1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import InvalidParameterError, ShapeError
+from .problem import Problem
+
+
+def layer_shapes(n_in: int, hidden: Sequence[int], n_out: int) -> list[tuple[int, int]]:
+    """Shapes of W_1 … W_D for widths n_in → hidden[0] → … → n_out (D = len(hidden) + 1)."""
+    for k, h in enumerate(hidden):
+        if int(h) < 1:
+            raise InvalidParameterError(f"hidden width {h} must be at least 1", field=("network", "hidden", k),
+                                        fix="give positive integer widths, or [] for linear regression")
+    widths = [n_in, *[int(h) for h in hidden], n_out]
+    return [(widths[l + 1], widths[l]) for l in range(len(widths) - 1)]
+
+
+def check_weights(weights: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]],
+                  field: tuple = ("init", "weights")) -> list[np.ndarray]:
+    """Validate user-given weights against the network's shapes; return float64 copies."""
+    if len(weights) != len(shapes):
+        raise ShapeError(f"{len(weights)} weight matrices given, the network has {len(shapes)} layers",
+                         field=field, fix="give one matrix per layer, input→output (weights[0] is W21)")
+    out = []
+    for l, (w, shape) in enumerate(zip(weights, shapes)):
+        a = np.array(w, dtype=np.float64)
+        if a.shape != tuple(shape):
+            raise ShapeError(f"weights[{l}] has shape {a.shape}, layer {l + 1} needs {tuple(shape)}",
+                             field=(*field, l), fix=f"give a {shape[0]}×{shape[1]} matrix (rows = layer outputs)")
+        if not np.all(np.isfinite(a)):
+            raise ShapeError(f"weights[{l}] has non-finite entries", field=(*field, l),
+                             fix="replace NaN/Infinity with finite numbers")
+        out.append(a)
+    return out
+
+
+def network_map(weights: Sequence[np.ndarray]) -> np.ndarray:
+    """W = W_D ⋯ W_1, the end-to-end linear map (n_out × n_in)."""
+    w = weights[0]
+    for wl in weights[1:]:
+        w = wl @ w
+    return w
+
+
+def loss_without_sigma33(problem: Problem, w: np.ndarray) -> float:
+    """L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ): the loss up to the data constant tr Σ33.
+
+    This is what is computable when Σ33 is unknown (reference §0 loss identity).
+    """
+    return float(-2.0 * np.sum(w * problem.sigma31) + np.sum((w @ problem.sigma11) * w))
+
+
+def loss(problem: Problem, w: np.ndarray) -> float | None:
+    """L = (1/N) Σ ||y − W x||² = tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ); None when Σ33 is unknown."""
+    if problem.sigma33 is None:
+        return None
+    return float(np.trace(problem.sigma33)) + loss_without_sigma33(problem, w)
+
+
+def error_correlation(problem: Problem, w: np.ndarray) -> np.ndarray:
+    """E = Σ31 − W Σ11, so that ∂L/∂W = −2 E for the end-to-end map."""
+    return problem.sigma31 - w @ problem.sigma11
+
+
+def gradients(problem: Problem, weights: Sequence[np.ndarray], weight_decay: float = 0.0) -> list[np.ndarray]:
+    """∂L/∂W_l + γ W_l for every layer (reference §0, general depth):
+
+        −∂L/∂W_l = 2 (W_D ⋯ W_{l+1})ᵀ (Σ31 − W Σ11) (W_{l−1} ⋯ W_1)ᵀ
+
+    For two layers this is −∂L/∂W32 = 2 (Σ31 − W32 W21 Σ11) W21ᵀ and −∂L/∂W21 = 2 W32ᵀ (Σ31 − W32 W21 Σ11).
+    The seed text prints the second as 2 Σ32ᵀ(…); that is a typo, W32ᵀ is correct (checked by finite
+    differences in tests/dynamics/test_network.py). Weight decay γ adds the gradient of (γ/2) Σ_l ‖W_l‖²_F.
+    """
+    d = len(weights)
+    # prefix[l] = W_l ⋯ W_1 (prefix[0] = I implicitly), suffix[l] = W_D ⋯ W_{l+1}
+    prefix: list[np.ndarray | None] = [None] * (d + 1)
+    for l in range(d):
+        prefix[l + 1] = weights[0] if l == 0 else weights[l] @ prefix[l]
+    e = error_correlation(problem, prefix[d])
+    grads: list[np.ndarray] = [None] * d  # type: ignore[list-item]
+    suffix = None  # W_D ⋯ W_{l+1}
+    for l in range(d - 1, -1, -1):
+        # .mT (not .T) so that stacks of weights (..., rows, cols) work too
+        left = e if suffix is None else suffix.mT @ e
+        g = -2.0 * (left if l == 0 else left @ prefix[l].mT)
+        if weight_decay:
+            g = g + weight_decay * weights[l]
+        grads[l] = g
+        suffix = weights[l] if suffix is None else suffix @ weights[l]
+    return grads
+
+
+def balance(weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """W_{l+1}ᵀ W_{l+1} − W_l W_lᵀ for l = 1 … D−1: conserved under gradient flow (reference §4a)."""
+    return [weights[l + 1].mT @ weights[l + 1] - weights[l] @ weights[l].mT for l in range(len(weights) - 1)]
+
+
+def balance_drift(weights: Sequence[np.ndarray], initial_balance: Sequence[np.ndarray]) -> float:
+    """max over layers and entries of |(W_{l+1}ᵀW_{l+1} − W_l W_lᵀ) − its initial value|; 0 for D = 1."""
+    return max((float(np.max(np.abs(b - b0))) for b, b0 in zip(balance(weights), initial_balance)), default=0.0)
+
+
+def gradient_norm(grads: Sequence[np.ndarray]) -> float:
+    """sqrt(Σ_l ‖∂L/∂W_l‖²_F), the stopping criterion for ``converged``."""
+    return float(np.sqrt(sum(float(np.sum(g * g)) for g in grads)))
+
+
+def gd_stability_bound(problem: Problem, depth: int) -> float:
+    """Largest learning rate for which GD can settle at the global minimum (reference §5d, §2, §5e).
+
+    D = 1: η < 1/λ_max(Σ11), exact for any Σ11. D ≥ 2 with Σ11 = c I: the Hessian at the balanced
+    minimum (mode strength u* = s/c, per-layer a* = u*^{1/D}) has λ_max = 2 c D (s/c)^{2−2/D}, so
+    η < 1/(c D (s_max/c)^{2−2/D}); for c = 1 this is the reference's 1/(D s_max^{2−2/D}).
+    For a general Σ11 the same expression with c = λ_max(Σ11) is an estimate, not a theorem.
+    It is a local condition: a run above it diverges or oscillates near the minimum.
+    """
+    c = float(problem.sigma11_eigenvalues[-1])
+    if c <= 0:
+        return float("inf")
+    if depth == 1:
+        return 1.0 / c
+    s = float(np.linalg.norm(problem.sigma31, 2))
+    if s == 0:
+        return float("inf")
+    return 1.0 / (c * depth * (s / c) ** (2.0 - 2.0 / depth))

@@ -1,0 +1,207 @@
+"""The learning problem: input–output correlations Σ11, Σ31 and (optionally) Σ33.
+
+Conventions (reference §0): samples are rows here, X is N × n_in and Y is N × n_out, so
+
+    Σ11 = (1/N) Xᵀ X   (n_in × n_in)      Σ31 = (1/N) Yᵀ X   (n_out × n_in)
+    Σ33 = (1/N) Yᵀ Y   (n_out × n_out)
+
+These are means, not sums. The dynamics depend on the data only through them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import (
+    FieldPath,
+    InvalidParameterError,
+    NonFiniteError,
+    NotPositiveSemidefiniteError,
+    NotSymmetricError,
+    ShapeError,
+)
+
+# Relative tolerances for the covariance checks: a matrix computed as (1/N) XᵀX in floating point
+# is symmetric to ~N·eps·‖X‖², so 1e-10·‖Σ‖ admits honest round-off and rejects real asymmetry.
+SYMMETRY_RTOL = 1e-10
+PSD_RTOL = 1e-10
+
+# Rows per chunk when accumulating correlations from data: 4096 rows × 1000 columns × 8 B = 32 MB.
+DEFAULT_CHUNK_ROWS = 4096
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    """Correlation matrices of a regression task, validated.
+
+    ``sigma33`` is None when the output covariance is unknown (correlations given without it);
+    the loss is then known only up to the constant tr Σ33 (see ``network.loss``).
+    """
+
+    sigma11: np.ndarray
+    sigma31: np.ndarray
+    sigma33: np.ndarray | None = None
+    n_samples: int | None = None
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def n_in(self) -> int:
+        return self.sigma31.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.sigma31.shape[0]
+
+    @property
+    def sigma11_eigenvalues(self) -> np.ndarray:
+        """Eigenvalues of Σ11 in ascending order (cached; used for stability bounds and checks)."""
+        if "eig11" not in self._cache:
+            self._cache["eig11"] = np.linalg.eigvalsh(self.sigma11)
+        return self._cache["eig11"]
+
+    def whitening_deviation(self) -> tuple[float, float]:
+        """(c, max |Σ11 − c I|) with c = mean of diag Σ11: how far Σ11 is from a scaled identity."""
+        c = float(np.mean(np.diag(self.sigma11)))
+        return c, float(np.max(np.abs(self.sigma11 - c * np.eye(self.n_in))))
+
+
+def _as_matrix(value, name: str, field_path: FieldPath) -> np.ndarray:
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise ShapeError(
+            f"{name} is not a rectangular matrix of numbers",
+            field=field_path,
+            fix="give a list of rows of equal length, each a list of numbers",
+        ) from exc
+    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ShapeError(
+            f"{name} must be a non-empty 2-D matrix, got shape {a.shape}",
+            field=field_path,
+            fix="give a list of rows of equal length",
+        )
+    if not np.all(np.isfinite(a)):
+        i, j = np.argwhere(~np.isfinite(a))[0]
+        raise NonFiniteError(
+            f"{name} has a non-finite entry at [{i}][{j}]",
+            field=(*field_path, int(i), int(j)),
+            fix="replace NaN/Infinity with finite numbers",
+        )
+    return a
+
+
+def check_covariance(a: np.ndarray, name: str, field_path: FieldPath) -> np.ndarray:
+    """Check that ``a`` is square, symmetric and positive semi-definite; return its symmetric part.
+
+    Symmetry: max |a − aᵀ| ≤ SYMMETRY_RTOL · max(1, max |a|). PSD: λ_min ≥ −PSD_RTOL · max(1, λ_max).
+    """
+    if a.shape[0] != a.shape[1]:
+        raise ShapeError(f"{name} must be square, got {a.shape[0]}×{a.shape[1]}", field=field_path,
+                         fix=f"{name} is a covariance: give a d×d matrix")
+    scale = max(1.0, float(np.max(np.abs(a))))
+    asym = float(np.max(np.abs(a - a.T)))
+    if asym > SYMMETRY_RTOL * scale:
+        raise NotSymmetricError(
+            f"{name} is not symmetric: max |{name} − {name}ᵀ| = {asym:.3g}",
+            field=field_path,
+            fix=f"give a symmetric matrix, e.g. ({name} + {name}ᵀ)/2",
+        )
+    sym = 0.5 * (a + a.T)
+    eig = np.linalg.eigvalsh(sym)
+    if eig[0] < -PSD_RTOL * max(1.0, float(eig[-1])):
+        raise NotPositiveSemidefiniteError(
+            f"{name} is not positive semi-definite: smallest eigenvalue {eig[0]:.3g}",
+            field=field_path,
+            fix=f"{name} must be a covariance (1/N)·ZᵀZ; compute it from data or give the dataset itself",
+        )
+    return sym
+
+
+def problem_from_correlations(sigma11, sigma31, sigma33=None, *, n_samples: int | None = None,
+                              field_prefix: FieldPath = ("data",)) -> Problem:
+    """Validate Σ11 (n_in × n_in), Σ31 (n_out × n_in) and optional Σ33 (n_out × n_out).
+
+    Raises a ``DynamicsError`` subclass naming the field for shapes that disagree, non-finite
+    entries, and Σ11/Σ33 that are not symmetric or not positive semi-definite. A joint check that
+    [[Σ11, Σ31ᵀ], [Σ31, Σ33]] is PSD (true for any real data) is applied when Σ33 is given.
+    """
+    s11 = _as_matrix(sigma11, "sigma11", (*field_prefix, "sigma11"))
+    s31 = _as_matrix(sigma31, "sigma31", (*field_prefix, "sigma31"))
+    s11 = check_covariance(s11, "sigma11", (*field_prefix, "sigma11"))
+    if s31.shape[1] != s11.shape[0]:
+        raise ShapeError(
+            f"sigma31 is {s31.shape[0]}×{s31.shape[1]} but sigma11 is {s11.shape[0]}×{s11.shape[0]}: "
+            "their input dimensions differ",
+            field=(*field_prefix, "sigma31"),
+            fix="sigma31 must be n_out × n_in with n_in the size of sigma11",
+        )
+    s33 = None
+    if sigma33 is not None:
+        s33 = _as_matrix(sigma33, "sigma33", (*field_prefix, "sigma33"))
+        s33 = check_covariance(s33, "sigma33", (*field_prefix, "sigma33"))
+        if s33.shape[0] != s31.shape[0]:
+            raise ShapeError(
+                f"sigma33 is {s33.shape[0]}×{s33.shape[0]} but sigma31 has {s31.shape[0]} rows",
+                field=(*field_prefix, "sigma33"),
+                fix="sigma33 must be n_out × n_out with n_out the number of rows of sigma31",
+            )
+        joint = np.block([[s11, s31.T], [s31, s33]])
+        eig = np.linalg.eigvalsh(joint)
+        if eig[0] < -PSD_RTOL * max(1.0, float(eig[-1])) * joint.shape[0]:
+            raise NotPositiveSemidefiniteError(
+                f"[[sigma11, sigma31ᵀ], [sigma31, sigma33]] is not positive semi-definite "
+                f"(smallest eigenvalue {eig[0]:.3g}): no dataset has these correlations",
+                field=(*field_prefix, "sigma33"),
+                fix="compute all three from the same data, or omit sigma33",
+            )
+    if n_samples is not None and n_samples < 1:
+        raise InvalidParameterError("N must be at least 1", field=(*field_prefix, "x"),
+                                    fix="give at least one sample")
+    return Problem(s11, s31, s33, n_samples)
+
+
+def problem_from_data(x, y, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                      field_prefix: FieldPath = ("data",)) -> Problem:
+    """Σ11, Σ31, Σ33 from a dataset in one pass over row chunks (memory O(d²) beyond the input).
+
+    ``x`` is N × n_in and ``y`` is N × n_out, one sample per row. Accepts arrays or sequences of
+    rows; an iterable of (x_chunk, y_chunk) pairs is accepted by ``correlations_from_chunks``.
+    """
+    xa = _as_matrix(x, "x", (*field_prefix, "x"))
+    ya = _as_matrix(y, "y", (*field_prefix, "y"))
+    if xa.shape[0] != ya.shape[0]:
+        raise ShapeError(
+            f"x has {xa.shape[0]} samples (rows) but y has {ya.shape[0]}",
+            field=(*field_prefix, "y"),
+            fix="x and y need one row per sample, the same number of rows",
+        )
+    n = xa.shape[0]
+    chunks = ((xa[i:i + chunk_rows], ya[i:i + chunk_rows]) for i in range(0, n, chunk_rows))
+    s11, s31, s33, n = correlations_from_chunks(chunks)
+    return Problem(s11, s31, s33, n)
+
+
+def correlations_from_chunks(chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Accumulate Σ11 = (1/N) Σ xxᵀ, Σ31 = (1/N) Σ yxᵀ, Σ33 = (1/N) Σ yyᵀ over (x, y) row chunks."""
+    s11 = s31 = s33 = None
+    n = 0
+    for xc, yc in chunks:
+        xc = np.asarray(xc, dtype=np.float64)
+        yc = np.asarray(yc, dtype=np.float64)
+        if s11 is None:
+            s11 = np.zeros((xc.shape[1], xc.shape[1]))
+            s31 = np.zeros((yc.shape[1], xc.shape[1]))
+            s33 = np.zeros((yc.shape[1], yc.shape[1]))
+        s11 += xc.T @ xc
+        s31 += yc.T @ xc
+        s33 += yc.T @ yc
+        n += xc.shape[0]
+    if n < 1:
+        raise InvalidParameterError("the dataset has no samples", field=("data", "x"),
+                                    fix="give at least one sample (row)")
+    # Symmetrise explicitly: XᵀX is symmetric mathematically, and downstream code relies on it.
+    s11 = 0.5 * (s11 + s11.T) / n
+    s33 = 0.5 * (s33 + s33.T) / n
+    return s11, s31 / n, s33, n

@@ -1,0 +1,188 @@
+"""One entry point: run a method from an initial condition and fill the trajectory.
+
+    problem = presets.hierarchy(depth=3)
+    w0 = init.initial_weights(problem, [16], "aligned", strength=1e-3)
+    traj = simulate(problem, w0, GradientDescent(learning_rate=0.05, steps=4000), RecordSchedule(points=200))
+
+The stepping methods (``gd``, ``flow``) and the closed forms (``exact``) only return the weights (or the
+network map) at the record points; every derived quantity (loss, mode strengths, balance drift, gradient
+norm, distance to the optimum) is computed here once, vectorised over the records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import network
+from .errors import ExactNotApplicableError, InvalidParameterError
+from .exact import check_exact, exact_run
+from .flow import run_flow
+from .gd import run_gd
+from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method
+from .modes import measured_learning_times, mode_basis, mode_strengths, optimum
+from .problem import Problem
+from .record import RecordSchedule
+from .theory import theory_overlay
+from .trajectory import ModeReport, Trajectory
+
+DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+def preflight(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
+              record: RecordSchedule = RecordSchedule(), *, dtype: str = "float64") -> None:
+    """Every check ``simulate`` would fail on, without running anything (cheap: for the HTTP layer).
+
+    Raises ``DynamicsError`` subclasses naming the field: the dtype, the method's parameters, the record
+    schedule, and for ``exact`` whether a closed form applies.
+    """
+    if dtype not in DTYPES:
+        raise InvalidParameterError(f"dtype {dtype!r} is not supported", field=("dtype",),
+                                    fix='use "float64" (default) or "float32"')
+    _check_method(method)
+    if isinstance(method, GradientDescent):
+        record.gd_steps(method.learning_rate, method.steps)
+    else:
+        record.sample_times(method.t_end)
+    if isinstance(method, Exact):
+        model = check_exact(problem, weights0, method.weight_decay)
+        if record.weights and model.startswith("riccati"):
+            raise ExactNotApplicableError(
+                "the Riccati solution determines W = W32·W21 and the Gram blocks W21ᵀW21, W32W32ᵀ, "
+                "not the individual weights", field=("record", "weights"),
+                fix='set record.weights to false, or use method "flow" to record every layer')
+
+
+def _check_method(method: Method) -> None:
+    def positive(value: float, name: str) -> None:
+        if not (np.isfinite(value) and value > 0):
+            raise InvalidParameterError(f"{name} must be a positive finite number, got {value}",
+                                        field=("training", name), fix=f"give {name} > 0")
+
+    if isinstance(method, GradientDescent):
+        positive(method.learning_rate, "learning_rate")
+        if method.steps < 1:
+            raise InvalidParameterError(f"steps must be at least 1, got {method.steps}", field=("training", "steps"),
+                                        fix="give a positive number of GD steps")
+    else:
+        positive(method.t_max, "t_max")
+    if isinstance(method, GradientFlow):
+        positive(method.rtol, "rtol")
+        positive(method.atol, "atol")
+    if not (np.isfinite(method.weight_decay) and method.weight_decay >= 0):
+        raise InvalidParameterError(f"weight_decay must be ≥ 0, got {method.weight_decay}",
+                                    field=("training", "weight_decay"), fix="give weight_decay ≥ 0 (0 = none)")
+
+
+def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
+             record: RecordSchedule = RecordSchedule(), *, dtype: str = "float64",
+             hooks: Hooks | None = None) -> Trajectory:
+    """Simulate (``gd``, ``flow``) or evaluate (``exact``) the learning dynamics from ``weights0``.
+
+    Weights are input→output (weights0[0] = W21). Time is t = η·step for GD (reference §0).
+    """
+    preflight(problem, weights0, method, record, dtype=dtype)
+    weights0 = [np.asarray(w, dtype=np.float64) for w in weights0]
+    hidden = [w.shape[0] for w in weights0[:-1]]
+    steps = None
+    gradient_norm = None
+    diverged_at_step = None
+    if isinstance(method, GradientDescent):
+        run = run_gd(problem, weights0, method, record.gd_steps(method.learning_rate, method.steps),
+                     dtype=DTYPES[dtype], hooks=hooks)
+    elif isinstance(method, GradientFlow):
+        run = run_flow(problem, weights0, method, record.sample_times(method.t_max),
+                       dtype=DTYPES[dtype], hooks=hooks)
+    else:
+        ex = exact_run(problem, weights0, record.sample_times(method.t_max), method.weight_decay)
+        if hooks and hooks.progress:
+            hooks.progress(1.0)
+    if isinstance(method, Exact):
+        times, product, weights, gradient_norm, outcome = ex.times, ex.product, ex.weights, ex.gradient_norm, "completed"
+    else:
+        times, steps, outcome, diverged_at_step = run.times, run.steps, run.outcome, run.diverged_at_step
+        weights = [w.astype(np.float64, copy=False) for w in run.weights]
+        product = network.network_map(weights)
+
+    opt = optimum(problem, hidden)
+    basis = mode_basis(problem)
+    # L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ), per record; W Σ11 is shared with the gradient below.
+    w_sigma11 = product @ problem.sigma11
+    loss_wo = -2.0 * np.einsum("tij,ij->t", product, problem.sigma31) + np.einsum("tij,tij->t", w_sigma11, product)
+    if gradient_norm is None:
+        grads = network.gradients(problem, weights, method.weight_decay)
+        gradient_norm = np.sqrt(sum(np.einsum("tij,tij->t", g, g) for g in grads))
+    if weights is not None and len(weights) > 1:
+        balance = network.balance(weights)
+        drift = np.max([np.max(np.abs(b - b[:1]), axis=(1, 2)) for b in balance], axis=0)
+    else:
+        drift = np.zeros(len(times))  # D = 1 has no balance; exact solutions conserve it by construction
+    strength = mode_strengths(product, basis)
+    arrays = {
+        "loss": loss_wo,
+        "gradient_norm": gradient_norm,
+        "drift": drift,
+        "strength": strength.reshape(len(times), -1),
+        "product": product.reshape(len(times), -1),
+    }
+    keep = _finite_prefix(arrays)
+    if keep < len(times):
+        outcome = "diverged"
+        if diverged_at_step is None and steps is not None:
+            diverged_at_step = int(steps[keep])
+        times, product, strength = times[:keep], product[:keep], strength[:keep]
+        loss_wo, gradient_norm, drift = loss_wo[:keep], gradient_norm[:keep], drift[:keep]
+        steps = steps[:keep] if steps is not None else None
+        weights = [w[:keep] for w in weights] if weights is not None else None
+
+    final_strength = mode_strengths(opt.product, basis)
+    overlay = theory_overlay(problem, weights0, method, times, steps)
+    modes = ModeReport(
+        singular_values=basis.s,
+        strength=strength,
+        theory=overlay.strength if overlay else None,
+        theory_model=overlay.model if overlay else None,
+        theory_exact=bool(overlay and overlay.exact),
+        theory_assumptions=overlay.assumptions if overlay else None,
+        learning_time=measured_learning_times(times, strength, final=final_strength),
+        learning_time_theory=overlay.learning_time if overlay else None,
+    )
+    trace33 = None if problem.sigma33 is None else float(np.trace(problem.sigma33))
+    hint = None
+    if outcome == "diverged" and isinstance(method, GradientDescent):
+        bound = network.gd_stability_bound(problem, len(weights0))
+        hint = (f"GD diverged at step {diverged_at_step} with learning_rate {method.learning_rate:g}; near the "
+                f"optimum GD is stable only for learning_rate < {bound:.6g} (reference §5d: 1/λ_max(Σ11) for "
+                f"D = 1, 1/(D·s_max^(2−2/D)) for whitened D ≥ 2): lower the learning rate")
+    return Trajectory(
+        time=times,
+        step=steps,
+        loss=None if trace33 is None else trace33 + loss_wo,
+        excess_loss=loss_wo - opt.loss_without_sigma33,
+        product=product,
+        weights=weights if record.weights else None,
+        modes=modes,
+        balance_drift=drift,
+        gradient_norm=gradient_norm,
+        distance_to_optimum=np.sqrt(np.einsum("tij->t", (product - opt.product) ** 2)),
+        outcome=outcome,
+        diverged_at_step=diverged_at_step,
+        optimum=opt,
+        method={GradientDescent: "gd", GradientFlow: "flow", Exact: "exact"}[type(method)],
+        stability_hint=hint,
+    )
+
+
+def _finite_prefix(arrays: dict[str, np.ndarray]) -> int:
+    """Number of leading records whose derived quantities are all finite.
+
+    A run the engine judged finite can still overflow in a derived quantity (W ~ 1e160 squares to inf):
+    such records belong to a divergence and are cut, and the run is reported as diverged.
+    """
+    ok = np.ones(len(next(iter(arrays.values()))), dtype=bool)
+    for a in arrays.values():
+        ok &= np.all(np.isfinite(a.reshape(len(ok), -1)), axis=1)
+    if not ok[0]:
+        raise FloatingPointError("non-finite value in the initial record: the inputs overflow float64")
+    return len(ok) if ok.all() else int(np.argmin(ok))

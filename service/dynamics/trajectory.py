@@ -1,0 +1,62 @@
+"""The trajectory of a run: everything recorded, as numpy arrays (converted to JSON only at the border)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .methods import Outcome
+
+
+@dataclass
+class ModeReport:
+    """Mode strengths u_α(t) = u_αᵀ W(t) v_α on the SVD Σ31 = U S Vᵀ (reference §1), k = min(n_out, n_in).
+
+    ``theory`` is the prediction at the same times where a formula applies (None otherwise), named by
+    ``theory_model`` with ``theory_exact`` telling whether its assumptions hold exactly or only
+    approximately (e.g. small random init). Learning times are the times at which a mode first reaches
+    half of its final strength (measured by linear interpolation; NaN where never reached).
+    """
+
+    singular_values: np.ndarray            # (k,)
+    strength: np.ndarray                   # (T, k)
+    theory: np.ndarray | None              # (T, k)
+    theory_model: str | None
+    theory_exact: bool
+    theory_assumptions: str | None
+    learning_time: np.ndarray              # (k,), NaN where not reached
+    learning_time_theory: np.ndarray | None  # (k,), NaN where undefined
+
+
+@dataclass
+class Optimum:
+    """Reduced-rank regression optimum for the network's bottleneck r (reference §5a).
+
+    W* = [M]_r Σ11^{-1/2} with M = Σ31 Σ11^{-1/2}; L* = tr Σ33 − Σ_{i≤r} σ_i(M)² (None without Σ33).
+    ``loss_without_sigma33`` = L* − tr Σ33 is always known.
+    """
+
+    product: np.ndarray
+    loss: float | None
+    loss_without_sigma33: float
+    rank: int
+
+
+@dataclass
+class Trajectory:
+    time: np.ndarray                       # (T,)
+    step: np.ndarray | None                # (T,) ints for GD, None otherwise
+    loss: np.ndarray | None                # (T,), None when Σ33 is unknown
+    excess_loss: np.ndarray                # (T,) L − L*
+    product: np.ndarray                    # (T, n_out, n_in)
+    weights: list[np.ndarray] | None       # per layer (T, rows, cols) when recorded
+    modes: ModeReport
+    balance_drift: np.ndarray              # (T,)
+    gradient_norm: np.ndarray              # (T,)
+    distance_to_optimum: np.ndarray        # (T,) ‖W(t) − W*‖_F
+    outcome: Outcome
+    diverged_at_step: int | None
+    optimum: Optimum
+    method: str
+    stability_hint: str | None = None      # for a diverged GD run: the η bound of reference §5d
