@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .problem import Problem
+from .trajectory import Optimum
 
 
 @dataclass(frozen=True)
@@ -34,3 +35,109 @@ def mode_strengths(product: np.ndarray, basis: ModeBasis) -> np.ndarray:
     """u_α = u_αᵀ W v_α for each mode α: shape (k,) for one W, (T, k) for a stack of T maps."""
     # einsum over the stack: (UᵀW)_{αj} V_{jα}, without forming the k×k matrix.
     return np.einsum("oa,...oi,ia->...a", basis.u, product, basis.v, optimize=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# the optimum and learning times
+
+# Eigenvalues of Σ11 at or below this fraction of the largest are treated as exact zeros when forming
+# Σ11^{-1/2}. Same order as problem.PSD_RTOL: a covariance computed from data carries round-off
+# eigenvalues ~ n·eps·λ_max in its null space, and 1/sqrt of those would amplify noise by ~1e8.
+SIGMA11_RCOND = 1e-10
+
+
+def sigma11_inverse_sqrt(problem: Problem) -> np.ndarray:
+    """(Σ11^{+})^{1/2}: the inverse square root on the range of Σ11, 0 on its null space (cached).
+
+    Σ11 = E diag(e) Eᵀ; eigenvalues e_i ≤ SIGMA11_RCOND · e_max count as 0.
+    """
+    if "s11_mhalf" not in problem._cache:
+        e, vecs = np.linalg.eigh(problem.sigma11)
+        e_max = float(e[-1]) if e.size else 0.0
+        keep = e > SIGMA11_RCOND * e_max if e_max > 0 else np.zeros(e.shape, dtype=bool)
+        vk = vecs[:, keep]
+        problem._cache["s11_mhalf"] = (vk / np.sqrt(e[keep])) @ vk.T
+    return problem._cache["s11_mhalf"]
+
+
+def bottleneck(problem: Problem, hidden) -> int:
+    """r = min(n_in, n_out, min(hidden)): the largest rank the network map W = W_D⋯W_1 can have."""
+    return min(problem.n_in, problem.n_out, *[int(h) for h in hidden])
+
+
+def optimum(problem: Problem, hidden) -> Optimum:
+    """Reduced-rank regression optimum for the network's bottleneck r (reference §5a, Baldi & Hornik):
+
+        M = Σ31 Σ11^{-1/2} = U_M S_M V_Mᵀ,   W* = [M]_r Σ11^{-1/2} = U_r U_rᵀ Σ31 Σ11⁻¹
+        L* = tr Σ33 − Σ_{i≤r} σ_i(M)²         (None when Σ33 is unknown)
+
+    with r = min(n_in, n_out, min(hidden)) (r = min(n_in, n_out) for hidden = [], linear regression).
+    ``loss_without_sigma33`` = L* − tr Σ33 = −Σ_{i≤r} σ_i(M)² is always returned.
+
+    Singular Σ11: Σ11^{-1/2} is the pseudo-inverse square root (see ``sigma11_inverse_sqrt``), and W*
+    is then the minimum-norm optimum: any W* + Z with Z Σ11 = 0 has the same loss, and W* is the one
+    with rows in the range of Σ11 (for real data Σ31 = YXᵀ/N lies in that range). When σ_r(M) =
+    σ_{r+1}(M) the optimum is not unique; W* is then the one LAPACK's SVD picks, L* is unaffected.
+    """
+    r = bottleneck(problem, hidden)
+    s11_mhalf = sigma11_inverse_sqrt(problem)
+    m = problem.sigma31 @ s11_mhalf
+    u_m, s_m, vt_m = np.linalg.svd(m, full_matrices=False)
+    w_star = ((u_m[:, :r] * s_m[:r]) @ vt_m[:r]) @ s11_mhalf
+    explained = float(np.sum(s_m[:r] ** 2))
+    loss_star = None if problem.sigma33_trace is None else problem.sigma33_trace - explained
+    return Optimum(product=w_star, loss=loss_star, loss_without_sigma33=-explained, rank=r)
+
+
+def excess_loss(loss_without_sigma33_values, opt: Optimum) -> np.ndarray:
+    """L − L* = (L − tr Σ33) − (L* − tr Σ33): known even when Σ33 is not (the constant cancels)."""
+    return np.asarray(loss_without_sigma33_values, dtype=np.float64) - opt.loss_without_sigma33
+
+
+# A mode whose final strength is at most this fraction of the largest |strength| in the record
+# counts as "never learned": half of ≈0 is not a meaningful target (it is crossed by round-off).
+LEARNING_TIME_ZERO_RTOL = 1e-9
+
+
+def measured_learning_times(times, strengths, final=None) -> np.ndarray:
+    """For each mode α, the first time u_α(t) reaches half its final value u_α(∞) (reference §1c t½).
+
+    ``times`` (T,), ``strengths`` (T, k); ``final`` (k,) defaults to the last recorded strengths.
+    "Reaches" means u ≥ final/2 for final > 0 and u ≤ final/2 for final < 0, with linear interpolation
+    between the two records around the crossing (times[0] when the first record is already there;
+    times[i] when the record before the crossing is not finite). Non-finite records never count as reached.
+    NaN where the record never reaches it, or where |final| ≤ LEARNING_TIME_ZERO_RTOL · max |u|.
+    """
+    t = np.asarray(times, dtype=np.float64)
+    u = np.asarray(strengths, dtype=np.float64)
+    if u.ndim == 1:
+        u = u[:, None]
+    if u.shape[0] != t.shape[0]:
+        raise ValueError(f"{t.shape[0]} times but {u.shape[0]} strength records")
+    k = u.shape[1]
+    out = np.full(k, np.nan)
+    if t.size == 0 or k == 0:
+        return out
+    f = u[-1] if final is None else np.broadcast_to(np.asarray(final, dtype=np.float64), (k,))
+    finite = u[np.isfinite(u)]
+    ref = float(np.max(np.abs(finite))) if finite.size else 0.0
+    sign = np.sign(f)
+    target = 0.5 * f
+    valid = np.isfinite(f) & (np.abs(f) > LEARNING_TIME_ZERO_RTOL * ref) & (sign != 0)
+    # Orient each mode so that "reaching" is an upward crossing; NaN compares False (never reached).
+    with np.errstate(invalid="ignore"):  # inf·0 for modes with sign 0 (masked by ``valid``)
+        reached = np.isfinite(u) & ((u * sign) >= (target * sign))
+    hit = reached.any(axis=0) & valid
+    first = np.argmax(reached, axis=0)
+    for a in np.flatnonzero(hit):
+        i = int(first[a])
+        if i == 0:
+            out[a] = t[0]
+            continue
+        u0, u1 = u[i - 1, a], u[i, a]
+        if not np.isfinite(u0):  # nothing to interpolate against: report when it was first seen reached
+            out[a] = t[i]
+            continue
+        frac = (target[a] - u0) / (u1 - u0)  # u1 ≠ u0: u0 is below the target and u1 at or above it
+        out[a] = t[i - 1] + frac * (t[i] - t[i - 1])
+    return out

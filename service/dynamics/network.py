@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import InvalidParameterError, ShapeError
+from .errors import InvalidParameterError, NonFiniteError, ShapeError
 from .problem import Problem
 
 
@@ -27,18 +27,28 @@ def layer_shapes(n_in: int, hidden: Sequence[int], n_out: int) -> list[tuple[int
 def check_weights(weights: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]],
                   field: tuple = ("init", "weights")) -> list[np.ndarray]:
     """Validate user-given weights against the network's shapes; return float64 copies."""
-    if len(weights) != len(shapes):
-        raise ShapeError(f"{len(weights)} weight matrices given, the network has {len(shapes)} layers",
+    try:
+        count = None if isinstance(weights, (str, bytes)) else len(weights)
+    except TypeError:  # a number or None instead of a list of matrices
+        count = None
+    if count != len(shapes):
+        raise ShapeError(f"{'no list of' if count is None else count} weight matrices given, "
+                         f"the network has {len(shapes)} layers",
                          field=field, fix="give one matrix per layer, input→output (weights[0] is W21)")
     out = []
     for l, (w, shape) in enumerate(zip(weights, shapes)):
-        a = np.array(w, dtype=np.float64)
+        try:
+            a = np.array(w, dtype=np.float64)
+        except (TypeError, ValueError) as exc:  # ragged rows or non-numbers
+            raise ShapeError(f"weights[{l}] is not a rectangular matrix of numbers", field=(*field, l),
+                             fix=f"give a {shape[0]}×{shape[1]} matrix as a list of rows of equal length") from exc
         if a.shape != tuple(shape):
             raise ShapeError(f"weights[{l}] has shape {a.shape}, layer {l + 1} needs {tuple(shape)}",
                              field=(*field, l), fix=f"give a {shape[0]}×{shape[1]} matrix (rows = layer outputs)")
         if not np.all(np.isfinite(a)):
-            raise ShapeError(f"weights[{l}] has non-finite entries", field=(*field, l),
-                             fix="replace NaN/Infinity with finite numbers")
+            i, j = np.argwhere(~np.isfinite(a))[0]
+            raise NonFiniteError(f"weights[{l}] has a non-finite entry at [{i}][{j}]", field=(*field, l, int(i), int(j)),
+                                 fix="replace NaN/Infinity with finite numbers")
         out.append(a)
     return out
 
@@ -60,10 +70,10 @@ def loss_without_sigma33(problem: Problem, w: np.ndarray) -> float:
 
 
 def loss(problem: Problem, w: np.ndarray) -> float | None:
-    """L = (1/N) Σ ||y − W x||² = tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ); None when Σ33 is unknown."""
-    if problem.sigma33 is None:
+    """L = (1/N) Σ ||y − W x||² = tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ); None when tr Σ33 is unknown."""
+    if problem.sigma33_trace is None:
         return None
-    return float(np.trace(problem.sigma33)) + loss_without_sigma33(problem, w)
+    return problem.sigma33_trace + loss_without_sigma33(problem, w)
 
 
 def error_correlation(problem: Problem, w: np.ndarray) -> np.ndarray:

@@ -31,20 +31,34 @@ PSD_RTOL = 1e-10
 # Rows per chunk when accumulating correlations from data: 4096 rows × 1000 columns × 8 B = 32 MB.
 DEFAULT_CHUNK_ROWS = 4096
 
+# Past this many outputs a dense Σ33 (n_out² floats: 32 MB at 2048) is not formed from data; its
+# trace, all the loss needs, is accumulated instead.
+MAX_DENSE_SIGMA33 = 2048
+
+# Σ31 must lie in the row space of Σ11 (it does for any dataset: YᵀX/N ⊂ range XᵀX). A component
+# outside it makes the loss unbounded below; relative tolerance as for the PSD check.
+RANGE_RTOL = 1e-8
+
 
 @dataclass(frozen=True, eq=False)
 class Problem:
     """Correlation matrices of a regression task, validated.
 
-    ``sigma33`` is None when the output covariance is unknown (correlations given without it);
-    the loss is then known only up to the constant tr Σ33 (see ``network.loss``).
+    ``sigma33`` is None when the output covariance is unknown (correlations given without it) or too
+    large to hold (n_out > MAX_DENSE_SIGMA33 from data). The loss needs only ``sigma33_trace`` = tr Σ33,
+    which is kept whenever it is known; without it the loss is known only up to that constant.
     """
 
     sigma11: np.ndarray
     sigma31: np.ndarray
     sigma33: np.ndarray | None = None
     n_samples: int | None = None
+    sigma33_trace: float | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.sigma33_trace is None and self.sigma33 is not None:
+            object.__setattr__(self, "sigma33_trace", float(np.trace(self.sigma33)))
 
     @property
     def n_in(self) -> int:
@@ -137,6 +151,7 @@ def problem_from_correlations(sigma11, sigma31, sigma33=None, *, n_samples: int 
             field=(*field_prefix, "sigma31"),
             fix="sigma31 must be n_out × n_in with n_in the size of sigma11",
         )
+    _check_sigma31_in_range(s11, s31, (*field_prefix, "sigma31"))
     s33 = None
     if sigma33 is not None:
         s33 = _as_matrix(sigma33, "sigma33", (*field_prefix, "sigma33"))
@@ -157,9 +172,24 @@ def problem_from_correlations(sigma11, sigma31, sigma33=None, *, n_samples: int 
                 fix="compute all three from the same data, or omit sigma33",
             )
     if n_samples is not None and n_samples < 1:
-        raise InvalidParameterError("N must be at least 1", field=(*field_prefix, "x"),
+        raise InvalidParameterError("n_samples must be at least 1", field=(*field_prefix, "n_samples"),
                                     fix="give at least one sample")
     return Problem(s11, s31, s33, n_samples)
+
+
+def _check_sigma31_in_range(s11: np.ndarray, s31: np.ndarray, field_path: FieldPath) -> None:
+    """Reject Σ31 with a component in the null space of Σ11: no data has it, and L has no minimum."""
+    eig, vec = np.linalg.eigh(s11)
+    null = vec[:, eig <= PSD_RTOL * max(1.0, float(eig[-1]))]
+    if null.shape[1] == 0:
+        return
+    outside = float(np.linalg.norm(s31 @ null))
+    if outside > RANGE_RTOL * max(1.0, float(np.linalg.norm(s31))):
+        raise NotPositiveSemidefiniteError(
+            f"sigma31 has a component of norm {outside:.3g} along input directions where sigma11 is zero: "
+            "no dataset has these correlations and the loss would have no minimum",
+            field=field_path,
+            fix="compute sigma11 and sigma31 from the same data, or give the dataset itself")
 
 
 def problem_from_data(x, y, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -178,14 +208,21 @@ def problem_from_data(x, y, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
             fix="x and y need one row per sample, the same number of rows",
         )
     n = xa.shape[0]
+    if chunk_rows < 1:
+        raise InvalidParameterError(f"chunk_rows must be at least 1, got {chunk_rows}", field=("chunk_rows",),
+                                    fix="give a positive number of rows per chunk")
     chunks = ((xa[i:i + chunk_rows], ya[i:i + chunk_rows]) for i in range(0, n, chunk_rows))
-    s11, s31, s33, n = correlations_from_chunks(chunks)
-    return Problem(s11, s31, s33, n)
+    return correlations_from_chunks(chunks, field_prefix=field_prefix)
 
 
-def correlations_from_chunks(chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Accumulate Σ11 = (1/N) Σ xxᵀ, Σ31 = (1/N) Σ yxᵀ, Σ33 = (1/N) Σ yyᵀ over (x, y) row chunks."""
+def correlations_from_chunks(chunks, *, field_prefix: FieldPath = ("data",)) -> Problem:
+    """Accumulate Σ11 = (1/N) Σ xxᵀ, Σ31 = (1/N) Σ yxᵀ and Σ33 = (1/N) Σ yyᵀ over (x, y) row chunks.
+
+    Memory is O(n_in² + n_out·n_in + n_out²) whatever N; past MAX_DENSE_SIGMA33 outputs only tr Σ33
+    = (1/N) Σ ‖y‖² is accumulated.
+    """
     s11 = s31 = s33 = None
+    trace33 = 0.0
     n = 0
     for xc, yc in chunks:
         xc = np.asarray(xc, dtype=np.float64)
@@ -193,15 +230,19 @@ def correlations_from_chunks(chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray
         if s11 is None:
             s11 = np.zeros((xc.shape[1], xc.shape[1]))
             s31 = np.zeros((yc.shape[1], xc.shape[1]))
-            s33 = np.zeros((yc.shape[1], yc.shape[1]))
+            if yc.shape[1] <= MAX_DENSE_SIGMA33:
+                s33 = np.zeros((yc.shape[1], yc.shape[1]))
         s11 += xc.T @ xc
         s31 += yc.T @ xc
-        s33 += yc.T @ yc
+        if s33 is not None:
+            s33 += yc.T @ yc
+        trace33 += float(np.einsum("ij,ij->", yc, yc))
         n += xc.shape[0]
     if n < 1:
-        raise InvalidParameterError("the dataset has no samples", field=("data", "x"),
+        raise InvalidParameterError("the dataset has no samples", field=(*field_prefix, "x"),
                                     fix="give at least one sample (row)")
     # Symmetrise explicitly: XᵀX is symmetric mathematically, and downstream code relies on it.
     s11 = 0.5 * (s11 + s11.T) / n
-    s33 = 0.5 * (s33 + s33.T) / n
-    return s11, s31 / n, s33, n
+    if s33 is not None:
+        s33 = 0.5 * (s33 + s33.T) / n
+    return Problem(s11, s31 / n, s33, n, trace33 / n)
