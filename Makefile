@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench install openapi clean
+.PHONY: run test bench install openapi docker-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,27 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+openapi: $(STAMP)
+	$(PY) -m service.openapi_export
+
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The container's install path without a Docker engine: build the wheel into a throwaway venv, start the
+# installed service outside the source tree until /readyz answers, lint the Dockerfile, validate compose.
+DOCKER_CHECK := build/docker-check
+DOCKER_CHECK_PORT ?= 18765
+docker-check: $(STAMP)
+	rm -rf $(DOCKER_CHECK) && $(PYTHON) -m venv $(DOCKER_CHECK)/venv
+	$(DOCKER_CHECK)/venv/bin/python -m pip wheel --quiet --no-cache-dir --no-deps --wheel-dir $(DOCKER_CHECK)/wheels .
+	$(DOCKER_CHECK)/venv/bin/python -m pip install --quiet --no-cache-dir $(DOCKER_CHECK)/wheels/*.whl
+	(cd $(DOCKER_CHECK) && DLNSIM_DATA_DIR=data DLNSIM_PORT=$(DOCKER_CHECK_PORT) DLNSIM_WORKERS=1 exec venv/bin/python -m service) & pid=$$!; \
+	ok=1; for i in $$(seq 60); do sleep 1; \
+	  if $(DOCKER_CHECK)/venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$(DOCKER_CHECK_PORT)/readyz', timeout=4)" 2>/dev/null; then ok=0; break; fi; \
+	done; kill $$pid; wait $$pid; exit $$ok
+	$(VENV)/bin/hadolint Dockerfile
+	docker-compose -f docker-compose.yml config -q
+	rm -rf $(DOCKER_CHECK) build/lib dlnsim.egg-info
 
 clean:
 	rm -rf $(VENV) .pytest_cache

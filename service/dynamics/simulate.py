@@ -148,7 +148,7 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
         learning_time=measured_learning_times(times, strength, final=final_strength),
         learning_time_theory=overlay.learning_time if overlay else None,
     )
-    trace33 = None if problem.sigma33 is None else float(np.trace(problem.sigma33))
+    trace33 = problem.sigma33_trace
     hint = None
     if outcome == "diverged" and isinstance(method, GradientDescent):
         bound = network.gd_stability_bound(problem, len(weights0))

@@ -1,0 +1,71 @@
+"""``python -m bench`` (``make bench``): performance of the simulation engines as one table.
+
+    python -m bench            full run (a few minutes)
+    python -m bench --quick    smoke run: small sizes, short timings (~20 s)
+
+The table is printed and written to bench/results.md (overwritten). To add a benchmark, write a function
+``(ctx: Context) -> list[Row]`` and append it to BENCHMARKS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from threadpoolctl import threadpool_limits
+
+# Import the engines first: the GD kernel loads scipy's BLAS (the one numba calls), and the thread pin
+# below only reaches libraries already loaded.
+from service.dynamics import _kernels  # noqa: F401
+
+from .common import Context, environment, table
+from .stepping import gd_recording_overhead, gd_speed, gd_speed_float32, gd_vs_torch
+
+BENCHMARKS = [gd_speed, gd_speed_float32, gd_recording_overhead, gd_vs_torch]
+RESULTS = Path(__file__).with_name("results.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run on small sizes")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="BLAS threads for the GEMM reference and large runs (default: all CPUs)")
+    args = parser.parse_args(argv)
+
+    ctx = Context(quick=args.quick, threads=args.threads)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    t0 = time.perf_counter()
+    with threadpool_limits(limits=args.threads, user_api="blas"):
+        env = environment(args.threads)
+        rows = []
+        for bench in BENCHMARKS:
+            print(f"running {bench.__name__} …", file=sys.stderr, flush=True)
+            rows.extend(bench(ctx))
+        ctx.sample_gemm("float64")
+        ctx.finalize(rows)
+    lines = [f"# dlnsim benchmark ({'quick' if args.quick else 'full'} run, {started}, "
+             f"{time.perf_counter() - t0:.0f} s)", "", *env,
+             f"- GEMM n = {2000} float64: best {ctx.gemm_rate('float64') / 1e9:.1f} GFLOP/s over "
+             f"{len(ctx.gemm_samples['float64'])} samples (worst {min(ctx.gemm_samples['float64']) / 1e9:.1f})"
+             + (f"; float32: best {ctx.gemm_rate('float32') / 1e9:.1f} GFLOP/s"
+                if ctx.gemm_samples["float32"] else ""),
+             f"- load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
+             "- bound steps/s = best GEMM rate / FLOPs per step (cheapest product order); fraction = measured / "
+             "bound. Small nets run on one BLAS thread (service policy, SINGLE_THREAD_MAX_FLOPS) and are compared "
+             "with the all-thread GEMM rate: a conservative yardstick.",
+             "", *table(rows), ""]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.write_text(text)
+    failed = [r for r in rows if r.passed is False]
+    if failed:
+        print(f"{len(failed)} bar(s) missed (a busy machine lowers every fraction: see the load average)",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The HTTP layer: routers (simulations, health), the problem+json error model, dependencies."""

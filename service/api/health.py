@@ -1,0 +1,55 @@
+"""Liveness and readiness probes, and the problem-type pages that problem ``type`` URIs point to."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+
+from service.api.errors import ProblemError, problem_responses
+from service.api.problems import PROBLEM_TYPES, problem_type
+from service.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+# A probe must answer quickly even when the store's disk hangs.
+STORE_PING_TIMEOUT = 2.0
+
+
+@router.get("/healthz", response_model=Health, responses=problem_responses(),
+            summary="Liveness: the process answers")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses=problem_responses(503),
+            summary="Readiness: the job store and the worker cluster are reachable")
+async def readyz(request: Request) -> Readiness:
+    store = getattr(request.app.state, "store", None)
+    engine = getattr(request.app.state, "engine", None)
+    store_ok = False
+    if store is not None:
+        try:
+            store_ok = bool(await asyncio.wait_for(run_in_threadpool(store.ping), STORE_PING_TIMEOUT))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            store_ok = False
+    worker_ok = False
+    if engine is not None:
+        try:
+            worker_ok = bool(await engine.ready())
+        except Exception:  # noqa: BLE001
+            worker_ok = False
+    if not (store_ok and worker_ok):
+        down = [name for name, ok in (("job store", store_ok), ("worker cluster", worker_ok)) if not ok]
+        raise ProblemError(503, "unavailable", f"not ready: {' and '.join(down)} unreachable",
+                           headers={"Retry-After": "2"})
+    return Readiness(status="ready", store=True, worker=True)
+
+
+@router.get("/problems/{slug}", include_in_schema=False)
+async def problem_type_page(slug: str) -> dict:
+    if slug not in PROBLEM_TYPES:
+        raise ProblemError(404, "not-found", f"no problem type {slug!r}")
+    title, description = PROBLEM_TYPES[slug]
+    return {"type": problem_type(slug), "title": title, "description": description}

@@ -1,0 +1,98 @@
+"""RFC 9457 problem documents, without any web framework (the worker builds them too).
+
+A problem's ``type`` is a relative URI, ``/problems/<slug>``: it resolves against the service's own
+address, where GET /problems/<slug> describes the problem type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "/problems/"
+# A body with a million NaNs would otherwise produce a million-entry problem.
+MAX_FIELD_ERRORS = 50
+
+# slug -> (title, what it means and what to do)
+PROBLEM_TYPES: dict[str, tuple[str, str]] = {
+    "malformed-json": ("Malformed JSON", "The request body is not valid JSON; the detail gives the position."),
+    "unsupported-media-type": ("Unsupported media type", "Send the body as JSON with Content-Type: application/json."),
+    "validation-error": ("Invalid request", "Fields have the wrong type, are missing, unknown or out of range; "
+                                            "errors[] names each one with a fix."),
+    "invalid-simulation": ("The simulation cannot run as requested",
+                           "The inputs are well-formed but inconsistent or outside the method's domain "
+                           "(shapes, a non-symmetric or indefinite Σ11, exact-method conditions...)."),
+    "limit-exceeded": ("Request exceeds a configured limit",
+                       "A dimension, step count, record count or dataset size is above this service's limit."),
+    "unstable-learning-rate": ("Learning rate above the stability bound",
+                               "Gradient descent would diverge or oscillate at this learning rate; lower it, or "
+                               "set training.allow_unstable to true to get the divergence as a result."),
+    "idempotency-key-reused": ("Idempotency-Key reused with a different request",
+                               "An Idempotency-Key identifies one request body; use a new key for a new request."),
+    "invalid-page-token": ("Invalid page token", "Pass back a next_page_token exactly as received."),
+    "not-found": ("Not found", "No such simulation (or route)."),
+    "method-not-allowed": ("Method not allowed", "This route does not support the HTTP method used."),
+    "not-finished": ("Trajectory not available", "The simulation has not succeeded (yet); poll it until "
+                                                 "status is succeeded, or read its error."),
+    "body-too-large": ("Request body too large", "The request body is above this service's size limit."),
+    "queue-full": ("Too many simulations queued", "Retry after the Retry-After delay."),
+    "unavailable": ("Service unavailable", "The job store or the worker cluster is not reachable."),
+    "invalid-simulation-result": ("Stored result unreadable", "The stored trajectory could not be read."),
+    "internal": ("Internal server error", "An unexpected error; it has been logged."),
+    "http-error": ("HTTP error", "An HTTP-level error."),
+}
+TITLES = {slug: title for slug, (title, _) in PROBLEM_TYPES.items()}
+
+
+def problem_type(slug: str) -> str:
+    return PROBLEM_TYPE_PREFIX + slug
+
+
+def problem_body(status: int, slug: str, detail: str, *, instance: str | None = None,
+                 errors: Sequence[dict] = (), title: str | None = None) -> dict[str, Any]:
+    """The RFC 9457 document: type, title, status, detail, instance, errors."""
+    return {
+        "type": problem_type(slug),
+        "title": title or TITLES.get(slug, "Error"),
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "errors": list(errors),
+    }
+
+
+def json_pointer(path: Sequence[str | int]) -> str:
+    """RFC 6901 pointer for a field path: ("data", "sigma11", 2) -> "/data/sigma11/2"."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+def dotted(path: Sequence[str | int]) -> str:
+    """Human form of a path: ("data", "sigma11", 2, 0) -> "data.sigma11[2][0]"."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(body)"
+
+
+def field_error(path: Sequence[str | int], code: str, message: str, fix: str, where: str = "body") -> dict:
+    """One entry of a problem's ``errors``: the field (as a list and as a JSON pointer), what and how to fix."""
+    path = list(path)
+    return {"field": path, "pointer": json_pointer(path), "in": where, "code": code, "message": message,
+            "fix": fix}
+
+
+def dynamics_problem_body(exc: Any, *, instance: str | None = None) -> dict[str, Any]:
+    """422 problem for a core DynamicsError (``.message``, ``.field``, ``.fix``, ``.code``).
+
+    Used for requests refused at POST time and for jobs the worker refuses, so both look the same.
+    """
+    path = list(getattr(exc, "field", ()) or ())
+    message = getattr(exc, "message", str(exc))
+    fix = getattr(exc, "fix", "") or "see the message"
+    code = getattr(exc, "code", "invalid")
+    slug = {"limit_exceeded": "limit-exceeded", "unstable_learning_rate": "unstable-learning-rate"}.get(
+        code, "invalid-simulation")
+    detail = f"{dotted(path)}: {message}" if path else message
+    return problem_body(422, slug, f"{detail}. Fix: {fix}", instance=instance,
+                        errors=[field_error(path, code, message, fix)])

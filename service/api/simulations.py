@@ -1,0 +1,355 @@
+"""/v1/simulations: create, read, list, cancel and delete simulation jobs, and fetch trajectories.
+
+Routes stay thin: parse and validate (off the event loop for large bodies), store, submit, answer.
+Bodies that can be large (a Simulation carries its request; a trajectory can be hundreds of MB) are
+composed from the stored JSON bytes rather than re-parsed and re-encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from service.api.deps import EngineDep, SettingsDep, StoreDep
+from service.api.errors import ProblemError, dynamics_problem, problem_responses, validation_problem
+from service.api.prefer import parse_prefer, wait_seconds
+from service.api.problems import field_error
+from service.convert import Limits, build_simulation
+from service.dynamics.errors import DynamicsError
+from service.jobs.store import CorruptResultError
+from service.schemas import (
+    REQUEST_EXAMPLES,
+    Simulation,
+    SimulationList,
+    SimulationRequest,
+    Status,
+    Trajectory,
+)
+
+log = logging.getLogger("service.api")
+
+router = APIRouter(prefix="/v1/simulations", tags=["simulations"])
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+MAX_PAGE_SIZE = 100
+
+JobId = Annotated[str, Path(description="The simulation id.")]
+
+
+# ------------------------------------------------------------------------------------------------
+# Simulation documents
+
+
+def _links(job_id: str) -> dict[str, str]:
+    return {"self": f"/v1/simulations/{job_id}", "trajectory": f"/v1/simulations/{job_id}/trajectory"}
+
+
+def _normalize_error(error: dict | None, job_id: str) -> dict | None:
+    """A stored problem as the ProblemDetails schema promises (the worker may omit optional members)."""
+    if error is None:
+        return None
+    out = dict(error)
+    out.setdefault("type", "/problems/internal")
+    out.setdefault("title", "Simulation failed")
+    out.setdefault("status", 500)
+    out.setdefault("detail", out["title"])
+    if out.get("instance") is None:
+        out["instance"] = f"/v1/simulations/{job_id}"
+    errors = []
+    for e in out.get("errors") or []:
+        entry = field_error(list(e.get("field") or []), str(e.get("code", "invalid")), str(e.get("message", "")),
+                            str(e.get("fix") or "see the message"), str(e.get("in", "body")))
+        errors.append(entry)
+    out["errors"] = errors
+    return out
+
+
+def simulation_json(row: Any) -> bytes:
+    """The Simulation resource as JSON bytes; the stored request bytes are spliced in, not re-encoded."""
+    envelope = orjson.dumps({
+        "id": row.id,
+        "status": row.status,
+        "progress": float(row.progress),
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "error": _normalize_error(row.error, row.id),
+        "outcome": row.outcome,
+        "links": _links(row.id),
+    })
+    return b'{"request":' + bytes(row.request) + b"," + envelope[1:]
+
+
+def _simulation_response(row: Any, status_code: int, settings: Any, extra: dict[str, str] | None = None) -> Response:
+    headers = dict(extra or {})
+    if row.status not in TERMINAL:
+        headers["Retry-After"] = str(settings.retry_after_seconds)
+    return Response(simulation_json(row), status_code=status_code, media_type="application/json", headers=headers)
+
+
+async def _get_row(store: Any, job_id: str) -> Any:
+    row = await run_in_threadpool(store.get, job_id)
+    if row is None:
+        raise ProblemError(404, "not-found", f"no simulation with id {job_id!r}")
+    return row
+
+
+# ------------------------------------------------------------------------------------------------
+# create
+
+
+def _check_media_type(request: Request) -> None:
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return  # be lenient with clients that send JSON without saying so
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise ProblemError(415, "unsupported-media-type",
+                       f"the body must be sent as application/json, not {media!r}",
+                       errors=[field_error(["Content-Type"], "unsupported_media_type",
+                                           f"Content-Type is {media!r}",
+                                           "send Content-Type: application/json "
+                                           "(with curl: -H 'Content-Type: application/json')", "header")])
+
+
+def parse_request(body: bytes) -> SimulationRequest:
+    """Parse and validate a request body (strict JSON: no NaN/Infinity, no coercions); raise ProblemError."""
+    if not body.strip():
+        raise ProblemError(400, "malformed-json", "the request body is empty: send a SimulationRequest JSON object")
+    try:
+        return SimulationRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            message = next(e for e in errors if e["type"] == "json_invalid")["ctx"].get("error", "invalid JSON")
+            raise ProblemError(400, "malformed-json", f"the request body is not valid JSON: {message}",
+                               errors=[field_error([], "json_invalid", str(message),
+                                                   "send a valid JSON document (check quotes, commas, brackets)")]
+                               ) from None
+        raise validation_problem(errors) from None
+
+
+def _validate(body: bytes, limits: Limits) -> tuple[SimulationRequest, bytes, str]:
+    """Body -> (request, canonical JSON, sha256 of it); every check the core can make, before queueing.
+
+    The canonical JSON is the validated request with defaults filled in (what the worker runs and what
+    GET returns); equal requests written differently (spacing, key order, 1 vs 1.0) hash the same.
+    """
+    request = parse_request(body)
+    try:
+        build_simulation(request, limits)
+    except DynamicsError as exc:
+        raise dynamics_problem(exc) from None
+    canonical = request.__pydantic_serializer__.to_json(request, by_alias=True)
+    return request, canonical, hashlib.sha256(canonical).hexdigest()
+
+
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/SimulationRequest"},
+            "examples": REQUEST_EXAMPLES,
+        }},
+    },
+}
+
+_SIMULATION_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Simulation"}}}
+_NOT_TERMINAL_HEADERS = {"Retry-After": {"description": "Seconds until it is worth polling again (while not "
+                                                        "terminal)", "schema": {"type": "integer"}}}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=None,
+    summary="Start a simulation",
+    responses={
+        201: {"model": Simulation, "description": "Finished within the Prefer: wait time (any terminal status).",
+              "headers": {"Location": {"description": "The simulation's URL", "schema": {"type": "string"}},
+                          "Preference-Applied": {"description": "wait=N when a wait was honoured",
+                                                 "schema": {"type": "string"}}}},
+        202: {"model": Simulation, "description": "Accepted and queued (or running): poll the Location.",
+              "headers": {"Location": {"description": "The simulation's URL", "schema": {"type": "string"}},
+                          **_NOT_TERMINAL_HEADERS}},
+        **problem_responses(400, 413, 415, 422, 429, 503),
+    },
+    openapi_extra=_REQUEST_BODY,
+)
+async def create_simulation(
+    request: Request,
+    store: StoreDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    prefer: Annotated[str | None, Header(
+        alias="Prefer",
+        description="RFC 7240. `wait=N` (N ≤ 60): answer 201 with the finished simulation if it ends "
+                    "within N seconds, else 202. Unknown preferences are ignored.")] = None,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", min_length=1, max_length=255,
+        description="Retry-safe creation: the same key with the same body returns the same simulation "
+                    "(no second run); with a different body it is a 422.")] = None,
+) -> Response:
+    """Validate the request completely (shapes, Σ11 symmetric PSD, init, stability bound, exact-method
+    conditions, limits) and queue it. Nothing invalid is ever queued."""
+    _check_media_type(request)
+    body = await request.body()
+    # Parsing and building run in a worker thread: a large body, or a small preset request that builds a
+    # large task, costs CPU time the event loop must not spend.
+    _, canonical, digest = await run_in_threadpool(_validate, body, Limits.from_settings(settings))
+
+    active = await run_in_threadpool(store.count_active)
+    if active >= settings.max_queued:
+        raise ProblemError(429, "queue-full",
+                           f"{active} simulations are queued or running, the limit is {settings.max_queued}",
+                           headers={"Retry-After": str(max(settings.retry_after_seconds, 5))})
+
+    row, created = await run_in_threadpool(store.create, canonical, digest, idempotency_key)
+    response_headers: dict[str, str] = {"Location": f"/v1/simulations/{row.id}"}
+    if not created:
+        if row.request_hash != digest:
+            raise ProblemError(
+                422, "idempotency-key-reused",
+                f"Idempotency-Key {idempotency_key!r} was used for simulation {row.id} with a different request",
+                errors=[field_error(["Idempotency-Key"], "idempotency_key_reused",
+                                    "this key belongs to another request body",
+                                    "use a new Idempotency-Key for a new request, or resend the original body",
+                                    "header")])
+        response_headers["Idempotent-Replayed"] = "true"
+    else:
+        try:
+            await engine.submit(row.id)
+        except Exception:  # the job is stored; the engine resubmits unfinished jobs when it restarts
+            log.exception("submitting simulation %s failed", row.id)
+
+    prefs = parse_prefer(request.headers.getlist("prefer"))  # every Prefer header, not just the first
+    applied = []
+    wait = wait_seconds(prefs, settings.max_wait_seconds)
+    if wait is not None:
+        if wait > 0 and row.status not in TERMINAL:
+            await engine.wait(row.id, wait)
+        applied.append(f"wait={wait}")
+    if "respond-async" in prefs:
+        applied.append("respond-async")
+    if applied:
+        response_headers["Preference-Applied"] = ", ".join(applied)
+    row = await _get_row(store, row.id)
+    return _simulation_response(row, 201 if row.status in TERMINAL else 202, settings, response_headers)
+
+
+# ------------------------------------------------------------------------------------------------
+# read
+
+
+@router.get(
+    "/{job_id}",
+    response_model=None,
+    summary="Get a simulation",
+    responses={200: {"model": Simulation, "description": "The simulation (Retry-After while not terminal).",
+                     "headers": _NOT_TERMINAL_HEADERS},
+               **problem_responses(404)},
+)
+async def get_simulation(job_id: JobId, store: StoreDep, settings: SettingsDep) -> Response:
+    row = await _get_row(store, job_id)
+    return _simulation_response(row, 200, settings)
+
+
+@router.get(
+    "/{job_id}/trajectory",
+    response_model=None,
+    summary="Get the trajectory of a succeeded simulation",
+    responses={200: {"model": Trajectory, "description": "The recorded trajectory."},
+               **problem_responses(404, 409)},
+)
+async def get_trajectory(job_id: JobId, store: StoreDep, settings: SettingsDep) -> Response:
+    """The stored trajectory JSON, sent as stored (no re-encoding). 409 until the simulation succeeded."""
+    row = await _get_row(store, job_id)
+    if row.status != "succeeded":
+        if row.status == "failed":
+            reason = (row.error or {}).get("detail") or "see its error"
+            detail, headers = f"simulation {job_id} failed, so it has no trajectory: {reason}", {}
+        elif row.status == "cancelled":
+            detail, headers = f"simulation {job_id} was cancelled, so it has no trajectory", {}
+        else:
+            detail = f"simulation {job_id} is {row.status}; its trajectory exists once it has succeeded"
+            headers = {"Retry-After": str(settings.retry_after_seconds)}
+        raise ProblemError(409, "not-finished", detail, headers=headers)
+    try:
+        data = await run_in_threadpool(store.result, job_id)
+    except CorruptResultError as exc:
+        log.error("%s", exc)
+        raise ProblemError(500, "invalid-simulation-result", f"the stored trajectory of simulation {job_id} is "
+                           "unreadable; delete the simulation and run it again") from None
+    if data is None:
+        raise ProblemError(500, "invalid-simulation-result", f"simulation {job_id} succeeded but has no stored result")
+    return Response(data, media_type="application/json")
+
+
+@router.get(
+    "",
+    response_model=None,
+    summary="List simulations, newest first",
+    responses={200: {"model": SimulationList, "description": "One page of simulations."},
+               **problem_responses(422)},
+)
+async def list_simulations(
+    store: StoreDep,
+    status: Annotated[Status | None, Query(description="Only simulations with this status.")] = None,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Items per page (1..100).")] = 20,
+    page_token: Annotated[str | None, Query(max_length=512, description="next_page_token of the previous page.")
+                          ] = None,
+) -> Response:
+    try:
+        rows, token = await run_in_threadpool(store.list, status, page_size, page_token)
+    except ValueError as exc:  # InvalidPageToken
+        raise ProblemError(422, "invalid-page-token", str(exc),
+                           errors=[field_error(["page_token"], "invalid_page_token", str(exc),
+                                               "pass back next_page_token exactly as received, or omit it",
+                                               "query")]) from None
+    items = b",".join(simulation_json(row) for row in rows)
+    body = b'{"items":[' + items + b'],"next_page_token":' + orjson.dumps(token) + b"}"
+    return Response(body, media_type="application/json")
+
+
+# ------------------------------------------------------------------------------------------------
+# cancel, delete
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=None,
+    summary="Cancel a simulation",
+    responses={200: {"model": Simulation, "description": "The simulation, now cancelled (or already finished: "
+                                                         "cancelling a finished simulation changes nothing)."},
+               **problem_responses(404)},
+)
+async def cancel_simulation(job_id: JobId, store: StoreDep, engine: EngineDep, settings: SettingsDep) -> Response:
+    """A running job stops within about a second (the worker checks a stop flag)."""
+    row = await _get_row(store, job_id)
+    if row.status not in TERMINAL:
+        await engine.cancel(job_id)
+        row = await _get_row(store, job_id)
+    return _simulation_response(row, 200, settings)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a simulation (cancelling it first if it runs)",
+    responses={**problem_responses(404)},
+)
+async def delete_simulation(job_id: JobId, store: StoreDep, engine: EngineDep) -> Response:
+    row = await _get_row(store, job_id)
+    if row.status not in TERMINAL:
+        await engine.cancel(job_id)
+    if not await run_in_threadpool(store.delete, job_id):
+        raise ProblemError(404, "not-found", f"no simulation with id {job_id!r}")
+    return Response(status_code=204)

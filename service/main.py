@@ -1,0 +1,106 @@
+"""The ASGI app: ``service.main:app`` (uvicorn service.main:app, or python -m service).
+
+The lifespan opens the job store (SQLite under DLNSIM_DATA_DIR) and starts the engine (an embedded
+Dask LocalCluster, or a client of DLNSIM_SCHEDULER), which resubmits jobs a crash left unfinished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from service.api import health, simulations
+from service.api.body_limit import BodySizeLimitMiddleware
+from service.api.errors import install_error_handlers
+from service.jobs.engine import Engine
+from service.jobs.store import JobStore
+from service.schemas import ProblemDetails, SimulationRequest
+from service.settings import Settings, get_settings
+
+try:
+    VERSION = version("dlnsim")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    VERSION = "0.0.0"
+
+DESCRIPTION = """\
+Learning dynamics of deep linear networks y = W_D⋯W_1 x trained on L = (1/N) Σ ‖y − W x‖²: simulated
+(gradient descent, gradient flow) and exact trajectories, with the analytic mode solutions overlaid.
+
+POST a SimulationRequest to /v1/simulations, poll the returned Location (or send `Prefer: wait=30`), then
+GET its trajectory. Every error is an RFC 9457 problem (application/problem+json) whose `errors` name the
+offending field, what is wrong and how to fix it.
+"""
+
+TAGS = [
+    {"name": "simulations", "description": "Simulation jobs and their trajectories."},
+    {"name": "health", "description": "Liveness and readiness probes."},
+]
+
+STORE_FILE = "dlnsim.sqlite3"
+
+
+def operation_id(route: APIRoute) -> str:
+    """Operation ids are the route functions' names: create_simulation, get_trajectory, healthz, ..."""
+    return route.name
+
+
+def _add_component_schemas(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make sure the schemas referenced by hand ($ref in responses and the request body) are defined."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ProblemDetails, SimulationRequest):
+        js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in js.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        components.setdefault(model.__name__, js)
+    return schema
+
+
+def create_app(settings: Settings | None = None, *,
+               engine_factory: Callable[[Settings, JobStore], Any] | None = None) -> FastAPI:
+    """The app. ``engine_factory(settings, store)`` replaces the Dask engine (tests of HTTP behaviour)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = JobStore(settings.data_dir / STORE_FILE)
+        engine = (engine_factory or Engine)(settings, store)
+        try:
+            await engine.start()
+            app.state.store, app.state.engine = store, engine
+            yield
+        finally:
+            app.state.store = app.state.engine = None
+            await engine.close()
+            store.close()
+
+    app = FastAPI(
+        title="dlnsim",
+        version=VERSION,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+        separate_input_output_schemas=False,
+    )
+    app.state.settings = settings
+    app.state.store = app.state.engine = None
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.include_router(simulations.router)
+    app.include_router(health.router)
+
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return _add_component_schemas(base_openapi())
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+app = create_app()

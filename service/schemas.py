@@ -1,0 +1,443 @@
+"""Every HTTP schema in one place: the request, the Simulation resource, the Trajectory, problems.
+
+Requests are strict (pydantic strict mode: no true -> 1.0, no "3" -> 3; an integer where a number is
+expected is fine), closed (unknown fields are errors naming the field) and finite (NaN/Infinity are
+rejected where they appear). Tagged unions are discriminated on ``data.kind``, ``data.name`` (presets),
+``init.scheme`` and ``training.method`` so that an error names the one variant the caller meant.
+Preset models are generated from the core's registry (``service.dynamics.presets.PRESETS``), so the
+documented parameters, defaults and bounds are the ones the core applies.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic_core import PydanticCustomError
+
+from service.dynamics.init import DEFAULTS as INIT_DEFAULTS
+from service.dynamics.presets import PRESETS, PresetParam
+
+# Largest seed: fits an int64 in every client language.
+MAX_SEED = 2**63 - 1
+
+STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, serialize_by_alias=True,
+                    validate_by_alias=True, validate_by_name=False)
+
+
+class StrictModel(BaseModel):
+    model_config = STRICT
+
+
+# ------------------------------------------------------------------------------------------------
+# matrices
+
+
+def _rectangular(rows: list[list[float]]) -> list[list[float]]:
+    """Rows of equal length (the row that differs is reported, its index appended to the path)."""
+    width = len(rows[0])
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise PydanticCustomError(
+                "ragged_matrix", "row {row} has {got} entries but row 0 has {expected}",
+                {"row": i, "got": len(row), "expected": width,
+                 "fix": "give a rectangular matrix: a list of rows, all of the same length"})
+    return rows
+
+
+Row = Annotated[list[float], Field(min_length=1)]
+Matrix = Annotated[
+    list[Row], Field(min_length=1, description="A matrix as a list of rows (each a list of numbers)."),
+    AfterValidator(_rectangular)]
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+class DatasetData(StrictModel):
+    """Samples as rows: x is N × n_in, y is N × n_out. The core uses their means
+    Σ11 = XᵀX/N, Σ31 = YᵀX/N, Σ33 = YᵀY/N."""
+
+    kind: Literal["dataset"]
+    x: Matrix = Field(description="Inputs, N × n_in (one sample per row).")
+    y: Matrix = Field(description="Targets, N × n_out (one sample per row).")
+
+
+class CorrelationsData(StrictModel):
+    """Input–output statistics as means (1/N)·Σ over samples: Σ11 (n_in × n_in, symmetric PSD),
+    Σ31 (n_out × n_in) and optionally Σ33 (n_out × n_out). Without Σ33 the loss is reported as null and
+    only the excess loss L − L* is given."""
+
+    kind: Literal["correlations"]
+    sigma11: Matrix = Field(description="Σ11 = (1/N) Σ x xᵀ, n_in × n_in, symmetric positive semi-definite.")
+    sigma31: Matrix = Field(description="Σ31 = (1/N) Σ y xᵀ, n_out × n_in.")
+    sigma33: Matrix | None = Field(None, description="Σ33 = (1/N) Σ y yᵀ, n_out × n_out (optional).")
+
+
+def _param_annotation(p: PresetParam) -> Any:
+    bounds: dict[str, Any] = {}
+    if p.minimum is not None:
+        bounds["ge"] = int(p.minimum) if p.kind in ("int", "int_or_null") else float(p.minimum)
+    if p.maximum is not None:
+        bounds["le"] = int(p.maximum) if p.kind in ("int", "int_or_null") else float(p.maximum)
+    if p.kind == "int":
+        return Annotated[int, Field(**bounds)]
+    if p.kind == "float":
+        return Annotated[float, Field(**bounds)]
+    if p.kind == "float_list":
+        return Annotated[list[Annotated[float, Field(**bounds)]], Field(min_length=1)]
+    if p.kind == "int_or_null":
+        return Annotated[int, Field(**bounds)] | None
+    raise TypeError(f"preset parameter kind {p.kind!r} has no schema")  # a new kind in the core
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def _preset_model(name: str) -> type[BaseModel]:
+    preset = PRESETS[name]
+    fields: dict[str, Any] = {
+        "kind": (Literal["preset"], ...),
+        "name": (Literal[name], ...),  # type: ignore[valid-type]
+    }
+    for p in preset.params:
+        default = list(p.default) if isinstance(p.default, list) else p.default
+        fields[p.name] = (_param_annotation(p), Field(default, description=p.description))
+    return create_model(f"{_camel(name)}Preset", __base__=StrictModel, __doc__=preset.description, **fields)
+
+
+class _OpenAPIDiscriminator:
+    """Drop a discriminator whose mapping points at an inline schema.
+
+    pydantic writes the outer mapping of a nested discriminated union (kind -> preset -> name) as an
+    inline schema, which OpenAPI forbids (mapping values are references). Without the outer keyword
+    the schema says the same thing: a oneOf whose preset member is itself discriminated on ``name``.
+    """
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        js = handler(core_schema)
+        mapping = js.get("discriminator", {}).get("mapping", {})
+        if any(not isinstance(v, str) for v in mapping.values()):
+            js.pop("discriminator")
+        return js
+
+
+PRESET_MODELS: dict[str, type[BaseModel]] = {name: _preset_model(name) for name in PRESETS}
+PresetData = Annotated[Union[tuple(PRESET_MODELS.values())], Field(discriminator="name")]  # noqa: UP007
+Data = Annotated[Union[DatasetData, CorrelationsData, PresetData],  # noqa: UP007
+                 Field(discriminator="kind"), _OpenAPIDiscriminator()]
+
+# ------------------------------------------------------------------------------------------------
+# network, init, training, record
+
+Width = Annotated[int, Field(ge=1)]
+
+
+class Network(StrictModel):
+    """Hidden layer widths from input to output; [] is linear regression (one weight matrix)."""
+
+    hidden: list[Width] = Field(description="Hidden widths, input→output, e.g. [16] for one hidden layer.")
+
+
+Scale = Annotated[float, Field(gt=0, description="Scale of the random init (see the scheme).")]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Random seed: one seed, one set of initial weights.")]
+
+
+class GaussianInit(StrictModel):
+    """I.i.d. entries N(0, scale²)."""
+
+    scheme: Literal["gaussian"]
+    scale: Scale = INIT_DEFAULTS["scale"]
+    seed: Seed = INIT_DEFAULTS["seed"]
+
+
+class OrthogonalInit(StrictModel):
+    """scale × a random (semi-)orthogonal matrix per layer."""
+
+    scheme: Literal["orthogonal"]
+    scale: Scale = INIT_DEFAULTS["scale"]
+    seed: Seed = INIT_DEFAULTS["seed"]
+
+
+class BalancedInit(StrictModel):
+    """Exactly balanced layers (W_{l+1}ᵀW_{l+1} = W_lW_lᵀ), each with singular values scale."""
+
+    scheme: Literal["balanced"]
+    scale: Scale = INIT_DEFAULTS["scale"]
+    seed: Seed = INIT_DEFAULTS["seed"]
+
+
+class LambdaBalancedInit(StrictModel):
+    """Two layers with W2ᵀW2 − W1W1ᵀ = λI (one hidden layer); the product is a Gaussian init's."""
+
+    scheme: Literal["lambda_balanced"]
+    lam: float = Field(INIT_DEFAULTS["lam"], alias="lambda", description="λ of W2ᵀW2 − W1W1ᵀ = λI.")
+    scale: Scale = INIT_DEFAULTS["scale"]
+    seed: Seed = INIT_DEFAULTS["seed"]
+
+
+class AlignedInit(StrictModel):
+    """Saxe's decoupled init on the SVD of Σ31: every mode starts at mode strength ``strength``."""
+
+    scheme: Literal["aligned"]
+    strength: float | Annotated[list[float], Field(min_length=1)] = Field(
+        INIT_DEFAULTS["strength"],
+        description="Initial mode strength u0: one number for all modes, or one per mode.")
+    seed: Seed | None = Field(None, description="Seed of the hidden-layer rotation; null = identity embedding.")
+
+
+class GivenInit(StrictModel):
+    """Your own initial weights, input→output: weights[0] is W21 (hidden[0] × n_in)."""
+
+    scheme: Literal["given"]
+    weights: Annotated[list[Matrix], Field(min_length=1)]
+
+
+Init = Annotated[Union[GaussianInit, OrthogonalInit, BalancedInit, LambdaBalancedInit,  # noqa: UP007
+                       AlignedInit, GivenInit], Field(discriminator="scheme")]
+
+WeightDecay = Annotated[float, Field(ge=0, description="γ: adds (γ/2) Σ_l ‖W_l‖² to the loss.")]
+
+
+class GradientDescentTraining(StrictModel):
+    """Full-batch gradient descent; time is t = learning_rate × step."""
+
+    method: Literal["gd"]
+    learning_rate: float = Field(gt=0, description="η. Must be below the stability bound unless allow_unstable.")
+    steps: int = Field(ge=1, description="Number of GD steps.")
+    weight_decay: WeightDecay = 0.0
+    allow_unstable: bool = Field(
+        False, description="Run even when learning_rate exceeds the stability bound: divergence is then "
+                           "a reported outcome (status succeeded, outcome diverged), not an error.")
+
+
+class GradientFlowTraining(StrictModel):
+    """Gradient flow dW/dt = −∂L/∂W integrated with an adaptive DOP853 solver on [0, t_max]."""
+
+    method: Literal["flow"]
+    t_max: float = Field(gt=0, description="End time.")
+    rtol: float = Field(1e-8, ge=1e-13, lt=1, description="Relative tolerance of the integrator.")
+    atol: float = Field(1e-10, gt=0, description="Absolute tolerance of the integrator.")
+    weight_decay: WeightDecay = 0.0
+
+
+class ExactTraining(StrictModel):
+    """The closed-form gradient-flow solution (where one applies: whitened or aligned/balanced cases)."""
+
+    method: Literal["exact"]
+    t_max: float = Field(gt=0, description="End time.")
+    weight_decay: WeightDecay = 0.0
+
+
+Training = Annotated[Union[GradientDescentTraining, GradientFlowTraining, ExactTraining],  # noqa: UP007
+                     Field(discriminator="method")]
+
+
+class Record(StrictModel):
+    """When to sample the trajectory: ``points`` times spaced linearly or logarithmically over the run,
+    or explicit ``times`` (which then take precedence)."""
+
+    points: int = Field(200, ge=2, description="Number of record points.")
+    spacing: Literal["linear", "log"] = "linear"
+    times: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] | None = Field(
+        None, description="Explicit record times in [0, t_end]; t = 0 is always recorded.")
+    weights: bool = Field(False, description="Also record every layer's weights at every record point.")
+
+
+SAXE_HIERARCHY_EXAMPLE = {
+    "data": {"kind": "preset", "name": "hierarchy", "depth": 3},
+    "network": {"hidden": [16]},
+    "init": {"scheme": "aligned", "strength": 0.001},
+    "training": {"method": "exact", "t_max": 40.0},
+    "record": {"points": 200, "spacing": "linear"},
+}
+GD_HIERARCHY_EXAMPLE = {
+    "data": {"kind": "preset", "name": "hierarchy", "depth": 3},
+    "network": {"hidden": [16]},
+    "init": {"scheme": "gaussian", "scale": 0.01, "seed": 1},
+    "training": {"method": "gd", "learning_rate": 0.05, "steps": 800},
+    "record": {"points": 100},
+}
+CORRELATIONS_EXAMPLE = {
+    "data": {"kind": "correlations", "sigma11": [[1.0, 0.0], [0.0, 1.0]], "sigma31": [[2.0, 0.0], [0.0, 0.5]]},
+    "network": {"hidden": [4]},
+    "init": {"scheme": "balanced", "scale": 0.05, "seed": 0},
+    "training": {"method": "flow", "t_max": 10.0},
+    "record": {"points": 50, "spacing": "log"},
+}
+DATASET_EXAMPLE = {
+    "data": {"kind": "dataset", "x": [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], "y": [[1.0], [-1.0], [0.0]]},
+    "network": {"hidden": []},
+    "init": {"scheme": "gaussian", "scale": 0.1, "seed": 0},
+    "training": {"method": "gd", "learning_rate": 0.1, "steps": 200},
+}
+
+REQUEST_EXAMPLES = {
+    "saxe_hierarchy_exact": {
+        "summary": "Saxe et al.: aligned 2-layer net on the PNAS 2019 hierarchy, exact solution",
+        "value": SAXE_HIERARCHY_EXAMPLE},
+    "hierarchy_gd": {"summary": "Same task, small random init, gradient descent", "value": GD_HIERARCHY_EXAMPLE},
+    "correlations_flow": {"summary": "Given correlations, gradient flow", "value": CORRELATIONS_EXAMPLE},
+    "dataset_regression": {"summary": "A small dataset, linear regression by GD", "value": DATASET_EXAMPLE},
+}
+
+
+class SimulationRequest(StrictModel):
+    """What to simulate: the task (data), the network, the initial weights, the training method, what to
+    record, and the floating-point precision of the run."""
+
+    model_config = ConfigDict(**STRICT, json_schema_extra={
+        "examples": [SAXE_HIERARCHY_EXAMPLE, CORRELATIONS_EXAMPLE]})
+
+    data: Data
+    network: Network
+    init: Init = Field(default_factory=lambda: GaussianInit(scheme="gaussian"),
+                       description="Initial weights; default: Gaussian, scale 0.01, seed 0.")
+    training: Training
+    record: Record = Field(default_factory=Record)
+    dtype: Literal["float64", "float32"] = "float64"
+
+
+# Discriminator tags that pydantic puts into error locations; HTTP paths name fields only.
+_UNION_TAGS: dict[tuple[str, ...], frozenset[str]] = {
+    ("data",): frozenset({"dataset", "correlations", "preset", *PRESETS}),
+    ("init",): frozenset({"gaussian", "orthogonal", "balanced", "lambda_balanced", "aligned", "given"}),
+    ("training",): frozenset({"gd", "flow", "exact"}),
+}
+# Member names of plain (non-discriminated) unions, e.g. AlignedInit.strength: float | list[float].
+_MEMBER_TAG = re.compile(r"^(float|int|bool|str|none|list\[.*\]|function-.*|nullable\[.*\]|constrained-.*)$")
+
+
+def strip_union_tags(loc: Sequence[str | int]) -> tuple[str | int, ...]:
+    """("data", "preset", "hierarchy", "depth") -> ("data", "depth"): the path as the caller wrote it."""
+    out: list[str | int] = []
+    for part in loc:
+        if isinstance(part, str):
+            if len(out) == 1 and tuple(out) in _UNION_TAGS and part in _UNION_TAGS[tuple(out)]:
+                continue
+            if _MEMBER_TAG.match(part):
+                continue
+        out.append(part)
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# problems (RFC 9457)
+
+
+class FieldError(BaseModel):
+    field: list[str | int] = Field(description='Path of the offending field, e.g. ["data", "sigma11", 2].')
+    pointer: str = Field(description="The same path as a JSON pointer (RFC 6901), e.g. /data/sigma11/2.")
+    in_: Literal["body", "query", "path", "header"] = Field("body", alias="in")
+    code: str = Field(description="Machine-readable error code, e.g. ragged_matrix, not_symmetric.")
+    message: str
+    fix: str = Field(description="How to fix it, in one sentence.")
+
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True)
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details, served as application/problem+json for every 4xx and 5xx."""
+
+    type: str = Field(description="The problem type, a URI relative to the service, e.g. "
+                                  "/problems/validation-error (GET it for a description).")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(None, description="The request path this problem occurred on.")
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------
+# the Simulation resource
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Outcome = Literal["converged", "completed", "diverged"]
+
+
+class SimulationLinks(BaseModel):
+    self: str
+    trajectory: str
+
+
+class Simulation(BaseModel):
+    """A simulation job. ``request`` is the validated request (defaults filled in); ``outcome`` and the
+    trajectory exist once it succeeded; ``error`` is a problem once it failed."""
+
+    id: str
+    status: Status
+    progress: float = Field(ge=0, le=1)
+    created_at: str = Field(description="UTC, ISO 8601.")
+    started_at: str | None = None
+    finished_at: str | None = None
+    request: SimulationRequest
+    error: ProblemDetails | None = None
+    outcome: Outcome | None = None
+    links: SimulationLinks
+
+
+class SimulationList(BaseModel):
+    items: list[Simulation]
+    next_page_token: str | None = Field(None, description="Pass as page_token for the next page; null on the last.")
+
+
+# ------------------------------------------------------------------------------------------------
+# the Trajectory document (documented; served as stored bytes, not re-validated)
+
+Num = float | None  # null where a value is not a finite float64 (undefined, or overflow in a diverged run)
+NumMatrix = list[list[Num]]
+
+
+class Modes(BaseModel):
+    """Mode strengths u_α(t) = u_αᵀ W(t) v_α on Σ31 = U S Vᵀ, with the analytic prediction where one exists."""
+
+    singular_values: list[Num]
+    strength: list[list[Num]] = Field(description="Per record time, per mode.")
+    theory: list[list[Num]] | None = Field(None, description="Prediction at the same times, null without a formula.")
+    theory_model: str | None = None
+    theory_exact: bool = False
+    theory_assumptions: str | None = None
+    learning_time: list[Num] = Field(description="Time a mode first reaches half its final strength (null: never).")
+    learning_time_theory: list[Num] | None = None
+
+
+class OptimumReport(BaseModel):
+    """The best network map for the network's rank r (reduced-rank regression)."""
+
+    product: NumMatrix
+    loss: Num = None
+    loss_without_sigma33: Num
+    rank: int
+
+
+class Trajectory(BaseModel):
+    """The recorded run. Times are t = η·step for GD."""
+
+    time: list[Num]
+    step: list[int] | None = None
+    loss: list[Num] | None = Field(None, description="L at each time; null when Σ33 is unknown.")
+    excess_loss: list[Num] = Field(description="L − L*, always computable.")
+    product: list[NumMatrix] = Field(description="W = W_D⋯W_1 at each time (n_out × n_in).")
+    weights: list[list[NumMatrix]] | None = Field(None, description="Per time, per layer (input→output).")
+    modes: Modes
+    balance_drift: list[Num]
+    gradient_norm: list[Num]
+    distance_to_optimum: list[Num]
+    outcome: Outcome
+    diverged_at_step: int | None = None
+    optimum: OptimumReport
+    method: str
+    stability_hint: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    store: bool
+    worker: bool

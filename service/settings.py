@@ -1,0 +1,64 @@
+"""Service settings, all from DLNSIM_* environment variables (pydantic-settings).
+
+    DLNSIM_HOST=0.0.0.0 DLNSIM_PORT=9000 DLNSIM_DATA_DIR=/var/lib/dlnsim python -m service
+
+The limits exist so that one request cannot take the service down: they are checked before anything
+is queued and a request over a limit gets a 422 problem naming the field and the limit.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DLNSIM_", extra="ignore")
+
+    # Where the service listens (python -m service / make run).
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "info"
+
+    # The job store (SQLite file dlnsim.sqlite3) lives here; created on start.
+    data_dir: Path = Path("./data")
+
+    # Dask: None = an embedded LocalCluster started with the app; "tcp://host:8786" = an existing one.
+    scheduler: str | None = None
+    # Embedded cluster size: worker processes (one thread each); None = one per core.
+    workers: int | None = Field(None, ge=1)
+    # BLAS threads per worker process (one per process avoids oversubscribing the cores).
+    blas_threads: int = Field(1, ge=1)
+
+    # Request body cap, checked on Content-Length and on the bytes actually received (413 beyond it).
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # Largest width anywhere in the network: n_in, n_out and every hidden layer.
+    max_dimension: int = Field(16384, ge=1)
+    # Largest matrix a run holds, in entries: Σ11 (n_in²), Σ31 and W (n_out·n_in), each layer.
+    # 25e6 float64 = 200 MB per copy.
+    max_matrix_entries: int = Field(25_000_000, ge=1)
+    # Deepest network: number of weight matrices (len(hidden) + 1).
+    max_layers: int = Field(32, ge=1)
+    # Largest number of GD steps.
+    max_steps: int = Field(10_000_000, ge=1)
+    # Largest number of record points (record.points, or len(record.times)).
+    max_record_points: int = Field(10_000, ge=2)
+    # Largest dataset, as N × (n_in + n_out) numbers.
+    max_dataset_values: int = Field(8_000_000, ge=1)
+    # Largest trajectory, as numbers: points × (n_out·n_in [+ all layer sizes when record.weights]).
+    max_trajectory_values: int = Field(50_000_000, ge=1)
+    # Jobs queued or running at once; beyond it POST answers 429 with Retry-After.
+    max_queued: int = Field(64, ge=1)
+    # Upper bound of Prefer: wait=N (larger values are clamped to it).
+    max_wait_seconds: int = Field(60, ge=0, le=600)
+    # Retry-After sent with 202s, not-terminal GETs and 429s.
+    retry_after_seconds: int = Field(1, ge=1)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

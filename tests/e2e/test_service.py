@@ -1,0 +1,270 @@
+"""End to end: a real server process (uvicorn, embedded Dask cluster with one worker) on loopback.
+
+Results through HTTP are compared with calling the core directly, bit for bit: orjson writes the
+shortest repr that round-trips a float64, so equal JSON numbers mean equal bits.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+from threadpoolctl import threadpool_limits
+
+from service.convert import build_simulation, trajectory_document
+from service.dynamics.simulate import simulate
+from service.schemas import SimulationRequest
+from tests.e2e.conftest import Server
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def core_document(request: dict) -> dict:
+    """What the core gives for this request, called directly, as the service would serialise it."""
+    validated = SimulationRequest.model_validate_json(orjson.dumps(request))
+    spec = build_simulation(validated)
+    # One BLAS thread, like the workers: a different thread count may change summation order.
+    with threadpool_limits(limits=1):
+        traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
+    return orjson.loads(orjson.dumps(trajectory_document(traj), option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def post(client: httpx.Client, request: dict, **headers: str) -> httpx.Response:
+    return client.post("/v1/simulations", content=orjson.dumps(request),
+                       headers={"content-type": "application/json", **headers})
+
+
+def poll(client: httpx.Client, job_id: str, until, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        sim = client.get(f"/v1/simulations/{job_id}").json()
+        if until(sim) or time.monotonic() > deadline:
+            return sim
+        time.sleep(0.1)
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    return response.json()
+
+
+# Tasks whose Σ11 is a multiple of I (so the exact solution applies to an aligned init), one per data kind.
+DATASET = {"kind": "dataset",
+           "x": [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]],
+           "y": [[1.0, 0.2], [0.3, -0.5], [-0.7, 0.1], [0.2, 0.9]]}
+_S31 = np.array([[2.0, 0.0], [0.0, 0.5], [0.3, 0.1]])
+CORRELATIONS = {"kind": "correlations", "sigma11": np.eye(2).tolist(), "sigma31": _S31.tolist(),
+                "sigma33": (_S31 @ _S31.T + 0.1 * np.eye(3)).tolist()}
+PRESET = {"kind": "preset", "name": "hierarchy", "depth": 2}
+
+METHODS = {
+    "gd": ({"scheme": "gaussian", "scale": 0.01, "seed": 3}, {"method": "gd", "learning_rate": 0.05, "steps": 400}),
+    "flow": ({"scheme": "gaussian", "scale": 0.01, "seed": 3}, {"method": "flow", "t_max": 20.0}),
+    "exact": ({"scheme": "aligned", "strength": 0.001}, {"method": "exact", "t_max": 20.0}),
+}
+
+
+def run_request(data: dict, method: str) -> dict:
+    init, training = METHODS[method]
+    return {"data": data, "network": {"hidden": [4]}, "init": init, "training": training,
+            "record": {"points": 30, "weights": True}}
+
+
+def long_request(steps: int = 1_000_000) -> dict:
+    """A GD run that takes far longer than any test waits (~ms per step, no convergence for hours)."""
+    return {"data": {"kind": "preset", "name": "random_teacher", "n_in": 128, "n_out": 128, "n_samples": 256},
+            "network": {"hidden": [256]}, "init": {"scheme": "gaussian", "scale": 0.001, "seed": 1},
+            "training": {"method": "gd", "learning_rate": 1e-4, "steps": steps}, "record": {"points": 10}}
+
+
+def medium_request() -> dict:
+    """A GD run of a few seconds on one worker (long enough to crash the server in the middle of it)."""
+    return {"data": {"kind": "preset", "name": "random_teacher", "n_in": 64, "n_out": 64, "n_samples": 128},
+            "network": {"hidden": [128]}, "init": {"scheme": "gaussian", "scale": 0.01, "seed": 2},
+            "training": {"method": "gd", "learning_rate": 0.01, "steps": 60000}, "record": {"points": 50}}
+
+
+def cancel_and_free_the_worker(client: httpx.Client, job_id: str) -> None:
+    """Cancel a job, then prove the single worker is free again: a small job finishes within a wait
+    far shorter than what the cancelled job would still have needed."""
+    assert client.post(f"/v1/simulations/{job_id}/cancel").json()["status"] == "cancelled"
+    quick = post(client, run_request(CORRELATIONS, "exact"), Prefer="wait=30")
+    assert quick.status_code == 201, quick.text
+    assert quick.json()["status"] == "succeeded"
+
+
+# ------------------------------------------------------------------------------------------------
+# results
+
+
+@pytest.mark.parametrize("method", ["gd", "flow", "exact"])
+@pytest.mark.parametrize("data", [DATASET, CORRELATIONS, PRESET], ids=["dataset", "correlations", "preset"])
+def test_each_data_kind_and_method_matches_the_core_bit_for_bit(client, data, method):
+    request = run_request(data, method)
+    response = post(client, request, Prefer="wait=60")
+    assert response.status_code == 201, response.text
+    sim = response.json()
+    assert sim["status"] == "succeeded", sim["error"]
+    assert response.headers["preference-applied"] == "wait=60"
+    trajectory = client.get(f"/v1/simulations/{sim['id']}/trajectory")
+    assert trajectory.status_code == 200
+    document = trajectory.json()
+    assert document["outcome"] == sim["outcome"]
+    assert document == core_document(sim["request"])
+    assert len(document["time"]) == len(document["product"]) == len(document["weights"])
+
+
+def test_a_diverged_run_is_a_succeeded_result_without_nan(client):
+    request = run_request(CORRELATIONS, "gd")
+    request["training"] = {"method": "gd", "learning_rate": 2.0, "steps": 400, "allow_unstable": True}
+    sim = post(client, request, Prefer="wait=60").json()
+    assert (sim["status"], sim["outcome"]) == ("succeeded", "diverged")
+    raw = client.get(f"/v1/simulations/{sim['id']}/trajectory").content
+    assert b"NaN" not in raw and b"Infinity" not in raw
+    document = orjson.loads(raw)
+    assert isinstance(document["diverged_at_step"], int)
+    assert document == core_document(sim["request"])
+
+
+# ------------------------------------------------------------------------------------------------
+# protocol
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready", "store": True, "worker": True}
+
+
+def test_prefer_wait_answers_202_when_the_job_outlasts_it_and_cancel_stops_the_run(client):
+    response = post(client, long_request(), Prefer="wait=1")
+    assert response.status_code == 202
+    assert response.headers["preference-applied"] == "wait=1"
+    assert response.headers["location"] == f"/v1/simulations/{response.json()['id']}"
+    job_id = response.json()["id"]
+    running = poll(client, job_id, lambda s: s["status"] == "running", timeout=30)
+    assert running["status"] == "running"
+    assert "retry-after" in client.get(f"/v1/simulations/{job_id}").headers
+    assert_problem(client.get(f"/v1/simulations/{job_id}/trajectory"), 409)
+    cancel_and_free_the_worker(client, job_id)
+    assert client.get(f"/v1/simulations/{job_id}").json()["status"] == "cancelled"
+
+
+def test_progress_is_reported_while_running(client):
+    job_id = post(client, long_request()).json()["id"]
+    sim = poll(client, job_id, lambda s: s["progress"] > 0, timeout=30)
+    assert 0 < sim["progress"] < 1 and sim["status"] == "running"
+    cancel_and_free_the_worker(client, job_id)
+
+
+def test_idempotency_key_replays_and_conflicts(client):
+    request = run_request(CORRELATIONS, "exact")
+    first = post(client, request, **{"Idempotency-Key": "e2e-key"})
+    second = post(client, request, **{"Idempotency-Key": "e2e-key"})
+    assert first.status_code in (201, 202) and second.status_code in (201, 202)
+    assert second.json()["id"] == first.json()["id"]
+    other = run_request(CORRELATIONS, "flow")
+    body = assert_problem(post(client, other, **{"Idempotency-Key": "e2e-key"}), 422)
+    assert body["errors"][0]["field"] == ["Idempotency-Key"]
+
+
+def test_list_pages_cover_every_simulation_once(client):
+    created = [post(client, run_request(PRESET, "exact")).json()["id"] for _ in range(3)]
+    seen, token = [], None
+    while True:
+        params = {"page_size": 2, **({"page_token": token} if token else {})}
+        page = client.get("/v1/simulations", params=params).json()
+        assert len(page["items"]) <= 2
+        seen += [item["id"] for item in page["items"]]
+        token = page["next_page_token"]
+        if token is None:
+            break
+    assert len(seen) == len(set(seen))
+    assert seen[:3] == created[::-1]  # newest first
+
+
+def test_delete_removes_a_finished_simulation(client):
+    sim = post(client, run_request(CORRELATIONS, "exact"), Prefer="wait=30").json()
+    assert client.delete(f"/v1/simulations/{sim['id']}").status_code == 204
+    assert_problem(client.get(f"/v1/simulations/{sim['id']}"), 404)
+    assert_problem(client.get(f"/v1/simulations/{sim['id']}/trajectory"), 404)
+
+
+def test_delete_of_a_running_simulation_cancels_it(client):
+    job_id = post(client, long_request()).json()["id"]
+    poll(client, job_id, lambda s: s["status"] == "running", timeout=30)
+    assert client.delete(f"/v1/simulations/{job_id}").status_code == 204
+    assert_problem(client.get(f"/v1/simulations/{job_id}"), 404)
+    quick = post(client, run_request(CORRELATIONS, "exact"), Prefer="wait=30")
+    assert quick.status_code == 201  # the worker is free again
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input
+
+
+def _job_ids(client) -> set[str]:
+    return {item["id"] for item in client.get("/v1/simulations", params={"page_size": 100}).json()["items"]}
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    (b'{"data": ', 400, None),
+    (orjson.dumps(run_request(CORRELATIONS, "gd")).replace(b"[[1.0,0.0],[0.0,1.0]]", b"[[1.0,NaN],[0.0,1.0]]", 1),
+     422, ["data", "sigma11", 0, 1]),
+    (orjson.dumps(run_request({**CORRELATIONS, "sigma11": [[1.0, 0.0], [0.0]]}, "gd")), 422, ["data", "sigma11", 1]),
+    (orjson.dumps(run_request({**CORRELATIONS, "sigma11": [[1.0, 0.5], [0.0, 1.0]]}, "gd")), 422, ["data", "sigma11"]),
+    (orjson.dumps({**run_request(CORRELATIONS, "gd"), "training": {"method": "gd", "learning_rate": True,
+                                                                   "steps": 3}}),
+     422, ["training", "learning_rate"]),
+    (orjson.dumps({**run_request(CORRELATIONS, "gd"), "training": {"method": "gd", "learning_rate": 5.0,
+                                                                   "steps": 3}}),
+     422, ["training", "learning_rate"]),
+    (b'{"pad": "' + b"x" * (2 << 20) + b'"}', 413, None),
+])
+def test_bad_input_is_a_problem_and_creates_no_job(client, body, status, field):
+    before = _job_ids(client)
+    response = client.post("/v1/simulations", content=body, headers={"content-type": "application/json"})
+    problem = assert_problem(response, status)
+    if field is not None:
+        assert problem["errors"][0]["field"] == field
+        assert problem["errors"][0]["fix"]
+    assert _job_ids(client) == before
+
+
+def test_unknown_simulation_is_404(client):
+    assert_problem(client.get("/v1/simulations/does-not-exist"), 404)
+    assert_problem(client.post("/v1/simulations/does-not-exist/cancel"), 404)
+
+
+# ------------------------------------------------------------------------------------------------
+# crash and restart
+
+
+def test_a_job_survives_kill_9_of_the_server_and_finishes_with_the_right_answer(tmp_path):
+    data_dir = tmp_path / "data"
+    request = medium_request()
+    first = Server(data_dir, tmp_path / "first.log").start()
+    try:
+        with httpx.Client(base_url=first.url, timeout=60) as c:
+            job_id = post(c, request).json()["id"]
+            assert poll(c, job_id, lambda s: s["status"] == "running", timeout=60)["status"] == "running"
+    finally:
+        first.kill()
+    second = Server(data_dir, tmp_path / "second.log").start()
+    try:
+        with httpx.Client(base_url=second.url, timeout=60) as c:
+            sim = poll(c, job_id, lambda s: s["status"] in TERMINAL, timeout=120)
+            assert sim["status"] == "succeeded", (sim, second.log())
+            document = c.get(f"/v1/simulations/{job_id}/trajectory").json()
+    finally:
+        second.stop()
+    assert document == core_document(sim["request"])

