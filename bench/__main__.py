@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 # below only reaches libraries already loaded.
 from service.dynamics import _kernels  # noqa: F401
 
+from . import sweeps
 from .common import Context, environment, table
 from .stepping import gd_recording_overhead, gd_speed, gd_speed_float32, gd_vs_torch
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = Context(quick=args.quick, threads=args.threads)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     with threadpool_limits(limits=args.threads, user_api="blas"):
         env = environment(args.threads)
@@ -44,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         for bench in BENCHMARKS:
             print(f"running {bench.__name__} …", file=sys.stderr, flush=True)
             rows.extend(bench(ctx))
+        print("running sweeps.sweep_speed …", file=sys.stderr, flush=True)
+        sweep_rows = sweeps.sweep_speed(ctx)  # its own table, under "## sweeps"
         ctx.sample_gemm("float64")
-        ctx.finalize(rows)
+        ctx.finalize(rows + sweep_rows)
     lines = [f"# dlnsim benchmark ({'quick' if args.quick else 'full'} run, {started}, "
              f"{time.perf_counter() - t0:.0f} s)", "", *env,
              f"- GEMM n = {2000} float64: best {ctx.gemm_rate('float64') / 1e9:.1f} GFLOP/s over "
@@ -53,14 +57,18 @@ def main(argv: list[str] | None = None) -> int:
              + (f"; float32: best {ctx.gemm_rate('float32') / 1e9:.1f} GFLOP/s"
                 if ctx.gemm_samples["float32"] else ""),
              f"- load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
+             *([f"- **WARNING: the machine was busy (1-min load {load_start:.2f} at the start, "
+                f"{os.getloadavg()[0]:.2f} at the end, {os.cpu_count()} CPUs). Other processes slow the "
+                "2-thread runs most (OpenBLAS spin-waits); rerun on a quiet machine before reading the "
+                "fractions.**"] if max(load_start, os.getloadavg()[0]) > 0.5 else []),
              "- bound steps/s = best GEMM rate / FLOPs per step (cheapest product order); fraction = measured / "
              "bound. Small nets run on one BLAS thread (service policy, SINGLE_THREAD_MAX_FLOPS) and are compared "
              "with the all-thread GEMM rate: a conservative yardstick.",
-             "", *table(rows), ""]
+             "", *table(rows), "", *sweeps.section(sweep_rows), ""]
     text = "\n".join(lines)
     print(text)
     RESULTS.write_text(text)
-    failed = [r for r in rows if r.passed is False]
+    failed = [r for r in rows + sweep_rows if r.passed is False]
     if failed:
         print(f"{len(failed)} bar(s) missed (a busy machine lowers every fraction: see the load average)",
               file=sys.stderr)

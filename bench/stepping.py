@@ -38,14 +38,17 @@ def make_problem(i: int, h: int, o: int, seed: int = 0) -> tuple[Problem, list[n
     return Problem(sigma11, sigma31), w0
 
 
+MIN_STEPS = 50  # per timed run: a run's fixed costs (one more gradient at its last step) stay ≤ 2 %
+
+
 def calibrate(run, ctx: Context, start: int = 16) -> int:
-    """Number of steps for which ``run(n)`` takes about ``ctx.target_seconds`` (fixed costs amortised)."""
+    """Number of steps for which ``run(n)`` takes about ``ctx.target_seconds``, and at least MIN_STEPS."""
     run(start)  # warm-up: loads the compiled kernels on first use, fills caches
     n = start
     while True:
         t = best_time(lambda: run(n), 1)
         if t >= ctx.target_seconds / 4 or n >= 10 ** 9:
-            return max(3, int(n * ctx.target_seconds / t))
+            return max(MIN_STEPS, int(n * ctx.target_seconds / t))
         n *= 8
 
 
@@ -113,7 +116,7 @@ def numpy_loop_probe(problem: Problem, w0, ctx: Context):
             np.add(w32, g32, out=w32)
             np.add(w21, g21, out=w21)
 
-    return rate_probe(loop, ctx, start=4)
+    return rate_probe(loop, ctx, start=4)  # (no per-run fixed cost to amortise, same MIN_STEPS anyway)
 
 
 def _threads_note(flops: int, ctx: Context) -> str:
@@ -167,10 +170,13 @@ def gd_recording_overhead(ctx: Context) -> list[Row]:
                 run_gd(problem, w0, method, rec)
                 best[n] = min(best[n], time.perf_counter() - t0)
         overhead = best[200] / best[2] - 1
+        noisy = overhead < -0.02  # recording cannot make a run faster: the timing noise exceeds the effect
         rows.append(Row("(d) recording 200 points", str(size), flops=None,
-                        value=f"{100 * overhead:+.2f} % of the run", bar="< 5 %", passed=overhead < 0.05,
+                        value=f"{100 * overhead:+.2f} % of the run", bar="< 5 %",
+                        passed=None if noisy else overhead < 0.05,
                         note=f"10,000 steps: {1e3 * best[2]:.2f} ms with 2 records, {1e3 * best[200]:.2f} ms "
-                             f"with {schedules[200].size}"))
+                             f"with {schedules[200].size}" + ("; timing noise larger than the effect, rerun"
+                                                              if noisy else "")))
     return rows
 
 

@@ -165,7 +165,10 @@ def _check_trajectory_size(request: SimulationRequest, shapes: list[tuple[int, i
     per_record = problem.n_out * problem.n_in + 2 * min(problem.n_out, problem.n_in) + 8
     if request.record.weights:
         per_record += sum(r * c for r, c in shapes)
-    fix = "record fewer points" + (", or set record.weights to false" if request.record.weights else "")
+    if request.record.similarity:
+        per_record += problem.n_in * problem.n_in
+    fix = "record fewer points" + (", or set record.weights to false" if request.record.weights else "") + (
+        ", or set record.similarity to false" if request.record.similarity else "")
     _over(count * per_record, limits.max_trajectory_values, field,
           "the trajectory size (record points × numbers per record)", fix)
 
@@ -226,7 +229,8 @@ def build_method(request: SimulationRequest) -> Method:
 def build_record(request: SimulationRequest) -> RecordSchedule:
     rec = request.record
     return RecordSchedule(points=rec.points, spacing=rec.spacing,
-                          times=tuple(rec.times) if rec.times is not None else None, weights=rec.weights)
+                          times=tuple(rec.times) if rec.times is not None else None, weights=rec.weights,
+                          similarity=rec.similarity)
 
 
 def check_learning_rate(problem: Problem, depth: int, training: GradientDescentTraining) -> None:
@@ -343,4 +347,5 @@ def trajectory_document(traj: Trajectory) -> dict[str, Any]:
         },
         "method": str(traj.method),
         "stability_hint": traj.stability_hint,
+        "similarity": _optional(traj.similarity),
     }

@@ -14,12 +14,14 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from service.api import health, simulations
+from service.api import health, plots, presets, simulations, sweeps
 from service.api.body_limit import BodySizeLimitMiddleware
 from service.api.errors import install_error_handlers
 from service.jobs.engine import Engine
 from service.jobs.store import JobStore
-from service.schemas import ProblemDetails, SimulationRequest
+from service.jobs.sweeps import SweepEngine
+from service.jobs.sweeps_store import SweepStore
+from service.schemas import ProblemDetails, SimulationRequest, SweepRequest
 from service.settings import Settings, get_settings
 
 try:
@@ -38,6 +40,10 @@ offending field, what is wrong and how to fix it.
 
 TAGS = [
     {"name": "simulations", "description": "Simulation jobs and their trajectories."},
+    {"name": "sweeps", "description": "Parameter sweeps: many simulations from one base request, run in "
+                                      "batched chunks across the Dask workers."},
+    {"name": "presets", "description": "Built-in learning problems (PNAS 2019 hierarchy, branching diffusion, "
+                                       "whitened, random teacher) and their parameters."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
 
@@ -52,7 +58,7 @@ def operation_id(route: APIRoute) -> str:
 def _add_component_schemas(schema: dict[str, Any]) -> dict[str, Any]:
     """Make sure the schemas referenced by hand ($ref in responses and the request body) are defined."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ProblemDetails, SimulationRequest):
+    for model in (ProblemDetails, SimulationRequest, SweepRequest):
         js = model.model_json_schema(ref_template="#/components/schemas/{model}")
         for name, definition in js.pop("$defs", {}).items():
             components.setdefault(name, definition)
@@ -69,12 +75,19 @@ def create_app(settings: Settings | None = None, *,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = JobStore(settings.data_dir / STORE_FILE)
         engine = (engine_factory or Engine)(settings, store)
+        # Sweeps share the store's file and the engine's Dask client.
+        sweep_store = SweepStore(store)
+        sweep_engine = SweepEngine(settings, sweep_store, engine)
         try:
             await engine.start()
+            await sweep_engine.start()
             app.state.store, app.state.engine = store, engine
+            app.state.sweep_store, app.state.sweep_engine = sweep_store, sweep_engine
             yield
         finally:
             app.state.store = app.state.engine = None
+            app.state.sweep_store = app.state.sweep_engine = None
+            await sweep_engine.close()
             await engine.close()
             store.close()
 
@@ -89,9 +102,13 @@ def create_app(settings: Settings | None = None, *,
     )
     app.state.settings = settings
     app.state.store = app.state.engine = None
+    app.state.sweep_store = app.state.sweep_engine = None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(simulations.router)
+    app.include_router(plots.router)
+    app.include_router(presets.router)
+    app.include_router(sweeps.router)
     app.include_router(health.router)
 
     base_openapi = app.openapi

@@ -14,11 +14,12 @@ import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints, create_model
 from pydantic_core import PydanticCustomError
 
 from service.dynamics.init import DEFAULTS as INIT_DEFAULTS
 from service.dynamics.presets import PRESETS, PresetParam
+from service.grid import PATH_PATTERN
 
 # Largest seed: fits an int64 in every client language.
 MAX_SEED = 2**63 - 1
@@ -245,6 +246,10 @@ class Record(StrictModel):
     times: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] | None = Field(
         None, description="Explicit record times in [0, t_end]; t = 0 is always recorded.")
     weights: bool = Field(False, description="Also record every layer's weights at every record point.")
+    similarity: bool = Field(
+        False, description="Also record the hidden-layer representational similarity of the items, "
+                           "RSM = W21ᵀW21 (n_in × n_in; items = the input basis vectors, i.e. the one-hot "
+                           "items of the hierarchy presets), at every record point. Needs a hidden layer.")
 
 
 SAXE_HIERARCHY_EXAMPLE = {
@@ -431,6 +436,52 @@ class Trajectory(BaseModel):
     optimum: OptimumReport
     method: str
     stability_hint: str | None = None
+    similarity: list[NumMatrix] | None = Field(
+        None, description="Per time, the hidden-layer item similarity RSM = W21ᵀW21 (n_in × n_in: "
+                          "RSM_ij = h_i·h_j with h_i = W21 e_i the hidden representation of input basis vector "
+                          "(one-hot item) i; Neuromatch's net_rsm). Null unless record.similarity.")
+
+
+# ------------------------------------------------------------------------------------------------
+# presets: GET /v1/presets
+
+
+class PresetParameter(BaseModel):
+    """One parameter of a preset, as it goes beside ``name`` in the request's ``data``."""
+
+    name: str
+    type: Literal["integer", "number", "number_list"]
+    nullable: bool = Field(False, description="null is allowed (e.g. random_teacher.rank: null = full rank).")
+    default: int | float | list[float] | None
+    minimum: int | float | None = Field(None, description="Smallest allowed value (of each entry for lists).")
+    maximum: int | float | None = Field(None, description="Largest allowed value.")
+    description: str
+
+
+class PresetInfo(BaseModel):
+    """A built-in learning problem: use it as ``data`` = ``example`` (with your parameter values)."""
+
+    name: str
+    description: str
+    parameters: list[PresetParameter]
+    example: dict[str, Any] = Field(description="The request's data member for this preset with every default.")
+    links: dict[str, str] = Field(description="self: this preset's details.")
+
+
+class PresetList(BaseModel):
+    items: list[PresetInfo]
+
+
+class PresetDetail(PresetInfo):
+    """A preset built with the given parameters (query) or its defaults: dimensions, spectrum and names."""
+
+    values: dict[str, Any] = Field(description="The parameter values used (defaults filled in).")
+    n_in: int = Field(description="Input dimension (the number of items for one-hot presets).")
+    n_out: int = Field(description="Output dimension (the number of features).")
+    singular_values: list[float] = Field(description="Singular values of Σ31, descending: the modes' strengths "
+                                                     "to be learned (min(n_in, n_out) of them).")
+    items: list[str] | None = Field(None, description="Names of the items (inputs), where they have names.")
+    features: list[str] | None = Field(None, description="Names of the features (outputs), where they have names.")
 
 
 class Health(BaseModel):
@@ -441,3 +492,117 @@ class Readiness(BaseModel):
     status: Literal["ready"]
     store: bool
     worker: bool
+
+
+# ------------------------------------------------------------------------------------------------
+# sweeps: POST /v1/sweeps and its resources
+
+ParamPath = Annotated[str, StringConstraints(pattern=PATH_PATTERN, max_length=200)]
+SweepKeep = Literal["summary", "trajectories"]
+
+SWEEP_EXAMPLE = {
+    "base": GD_HIERARCHY_EXAMPLE,
+    "grid": {"init.scale": [0.001, 0.01, 0.1, 1.0], "training.learning_rate": [0.02, 0.05], "init.seed": [0, 1]},
+    "keep": "summary",
+}
+SWEEP_POINTS_EXAMPLE = {
+    "base": GD_HIERARCHY_EXAMPLE,
+    "points": [{"network.hidden": [4], "init.scale": 0.001}, {"network.hidden": [64], "init.scale": 0.5}],
+    "keep": "trajectories",
+}
+SWEEP_REQUEST_EXAMPLES = {
+    "grid": {"summary": "Lazy vs rich: init scale × learning rate × seed on the hierarchy task (16 points)",
+             "value": SWEEP_EXAMPLE},
+    "points": {"summary": "Two explicit points, keeping their trajectories", "value": SWEEP_POINTS_EXAMPLE},
+}
+
+
+class SweepRequest(StrictModel):
+    """A parameter sweep: a base request and either a ``grid`` (every combination of its axes' values;
+    the first axis varies slowest) or an explicit list of ``points``. A point is the base with the named
+    fields set. Names are dotted paths into the request as it is after defaults are filled in:
+    ``init.scale``, ``init.seed``, ``training.learning_rate``, ``network.hidden`` (whose values are
+    lists), ``data.depth``, ``network.hidden.0``, ... Every point is validated like a single simulation
+    before anything runs."""
+
+    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [SWEEP_EXAMPLE]})
+
+    base: SimulationRequest
+    grid: dict[ParamPath, Annotated[list[JsonValue], Field(min_length=1)]] | None = Field(
+        None, description="Axes: parameter path → its values. The sweep is their product.")
+    points: Annotated[list[Annotated[dict[ParamPath, JsonValue], Field(min_length=1)]], Field(min_length=1)] | None = (
+        Field(None, description="Explicit points, each a map parameter path → value (instead of a grid)."))
+    keep: SweepKeep = Field(
+        "summary", description="summary: one results row per point; trajectories: also each point's full "
+                               "trajectory, at /v1/sweeps/{id}/points/{k}/trajectory.")
+
+
+class SweepCounts(BaseModel):
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class SweepLinks(BaseModel):
+    self: str
+    results: str
+
+
+class Sweep(BaseModel):
+    """A sweep. ``status`` is succeeded once every point succeeded, failed once every point finished and
+    some failed (the others' results are there), cancelled when cancelled (finished points keep their
+    results). ``progress`` counts finished points and the running chunks' progress."""
+
+    id: str
+    status: Status
+    progress: float = Field(ge=0, le=1)
+    created_at: str = Field(description="UTC, ISO 8601.")
+    started_at: str | None = None
+    finished_at: str | None = None
+    size: int = Field(description="Number of points.")
+    counts: SweepCounts = Field(description="Points per status.")
+    keep: SweepKeep
+    request: SweepRequest
+    error: ProblemDetails | None = Field(None, description="Why a failed sweep failed (which points).")
+    links: SweepLinks
+
+
+class SweepList(BaseModel):
+    items: list[Sweep]
+    next_page_token: str | None = Field(None, description="Pass as page_token for the next page; null on the last.")
+
+
+class SweepPointLinks(BaseModel):
+    trajectory: str | None = Field(None, description="The point's trajectory (keep: trajectories, succeeded).")
+
+
+class SweepPointResult(BaseModel):
+    """One point of a sweep: its parameter values and, once it succeeded, what its run reached."""
+
+    index: int = Field(description="k: the point's position in the grid's product order (or in points).")
+    parameters: dict[str, JsonValue] = Field(description="The values this point sets, by parameter path.")
+    status: Status
+    finished_at: str | None = None
+    outcome: Outcome | None = None
+    final_time: Num = Field(None, description="t at the last record (t = η·step for GD).")
+    final_loss: Num = Field(None, description="L at the last record; null when Σ33 is unknown.")
+    final_excess_loss: Num = Field(None, description="L − L* at the last record.")
+    optimum_loss: Num = Field(None, description="L* of the network's rank; null when Σ33 is unknown.")
+    final_distance_to_optimum: Num = Field(None, description="‖W − W*‖_F at the last record.")
+    final_strength: list[Num] | None = Field(None, description="Mode strengths u_α at the last record.")
+    learning_time: list[Num] | None = Field(
+        None, description="Per mode: the first time u_α reaches half its final value (null: never).")
+    learning_time_theory: list[Num] | None = Field(None, description="The same, predicted (where a formula applies).")
+    theory_model: str | None = None
+    steps_to_convergence: int | None = Field(None, description="GD steps until the run converged (null otherwise).")
+    time_to_convergence: Num = Field(None, description="t at which the run converged (null otherwise).")
+    diverged_at_step: int | None = None
+    error: ProblemDetails | None = Field(None, description="Why the point failed.")
+    links: SweepPointLinks
+
+
+class SweepResults(BaseModel):
+    items: list[SweepPointResult]
+    next_page_token: str | None = Field(None, description="Pass as page_token for the next page; null on the last.")

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     max_trajectory_values: int = Field(50_000_000, ge=1)
     # Jobs queued or running at once; beyond it POST answers 429 with Retry-After.
     max_queued: int = Field(64, ge=1)
+    # Largest sweep, in points (the product of the grid's axis lengths, or the explicit points).
+    max_sweep_points: int = Field(10_000, ge=1)
+    # Sweeps queued or running at once; beyond it POST /v1/sweeps answers 429 with Retry-After.
+    max_active_sweeps: int = Field(8, ge=1)
+    # Most sweep points per worker task (one simulate_batch call); a group of points that share shapes
+    # and method is also split into at least one chunk per worker.
+    sweep_chunk_size: int = Field(128, ge=1)
     # Upper bound of Prefer: wait=N (larger values are clamped to it).
     max_wait_seconds: int = Field(60, ge=0, le=600)
     # Retry-After sent with 202s, not-terminal GETs and 429s.

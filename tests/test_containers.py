@@ -224,7 +224,8 @@ def compose() -> dict:
 
 def test_compose_runs_one_api_service_built_from_this_directory():
     doc = compose()
-    assert list(doc["services"]) == ["api"]
+    # plain `docker compose up` starts the services without a profile: the embedded default only
+    assert [name for name, svc in doc["services"].items() if "profiles" not in svc] == ["api"]
     api = doc["services"]["api"]
     assert api["build"] in (".", {"context": "."})
     assert "command" not in api  # the image's CMD: python -m service, the embedded default
@@ -276,3 +277,104 @@ def test_compose_file_is_valid_for_docker_compose():
     result = subprocess.run([*compose_cli(), "-f", str(COMPOSE), "--project-directory", str(ROOT),
                              "config", "-q"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- docker-compose.yml: the `cluster` profile ---------------------------------------------------------
+
+CLUSTER = ("scheduler", "worker", "api-cluster")
+
+
+def cluster_config() -> dict:
+    """The resolved file with the cluster profile active, as the compose CLI renders it (variables
+    such as ${DLNSIM_CLUSTER_WORKERS:-2} substituted, anchors merged)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DLNSIM_CLUSTER_", "COMPOSE_"))}
+    result = subprocess.run([*compose_cli(), "-f", str(COMPOSE), "--project-directory", str(ROOT),
+                             "--profile", "cluster", "config"], capture_output=True, text=True, cwd=ROOT,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_cluster_profile_holds_a_scheduler_workers_and_an_api():
+    services = compose()["services"]
+    for name in CLUSTER:
+        assert services[name]["profiles"] == ["cluster"], name
+
+
+def test_cluster_services_run_the_api_image_so_versions_match():
+    services = cluster_config()["services"]
+    for name in CLUSTER:
+        assert services[name]["image"] == services["api"]["image"], name
+        assert services[name]["build"] == services["api"]["build"], name
+
+
+def test_cluster_scheduler_and_single_threaded_workers():
+    services = cluster_config()["services"]
+    assert services["scheduler"]["command"][:2] == ["dask", "scheduler"]
+    assert services["scheduler"]["command"][services["scheduler"]["command"].index("--port") + 1] == "8786"
+    worker = services["worker"]
+    assert worker["command"][:3] == ["dask", "worker", "tcp://scheduler:8786"]
+    assert worker["command"][worker["command"].index("--nthreads") + 1] == "1"
+    assert worker["deploy"]["replicas"] == 2  # DLNSIM_CLUSTER_WORKERS overrides
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "DLNSIM_BLAS_THREADS"):
+        assert worker["environment"][var] == "1", var
+    assert worker["depends_on"] == {"scheduler": {"condition": "service_healthy"}}
+
+
+def test_cluster_api_uses_the_scheduler_and_its_own_store_volume():
+    doc = cluster_config()
+    api, cluster_api = doc["services"]["api"], doc["services"]["api-cluster"]
+    assert cluster_api["environment"]["DLNSIM_SCHEDULER"] == "tcp://scheduler:8786"
+    assert cluster_api["environment"]["DLNSIM_DATA_DIR"] == "/data"
+    assert cluster_api["depends_on"] == {"scheduler": {"condition": "service_healthy"},
+                                         "worker": {"condition": "service_healthy"}}
+    (mount,) = cluster_api["volumes"]
+    (default_mount,) = api["volumes"]
+    source, target = mount.split(":")[:2]
+    assert target == "/data" and source in doc["volumes"] and source != default_mount.split(":")[0]
+    # both APIs can run at once: different host ports
+    host_port = {name: str(svc["ports"][0]).split(":")[1] for name, svc in (("api", api), ("c", cluster_api))}
+    assert host_port["api"] != host_port["c"]
+
+
+class DaskHealth(Health):
+    def do_GET(self):  # noqa: N802
+        self.send_response(self.status if self.path == "/health" else 404)
+        self.end_headers()
+
+
+@pytest.mark.parametrize(("name", "port"), [("scheduler", 8787), ("worker", 8788)])
+def test_cluster_healthchecks_ask_the_dask_health_route(name, port):
+    import dask
+    import distributed  # noqa: F401 - loads the distributed config
+
+    # /health is served by every scheduler and worker HTTP server (not only with the dashboard)
+    assert "distributed.http.health" in dask.config.get(f"distributed.{name}.http.routes")
+    service = compose()["services"][name]
+    assert f":{port}" in service["command"][service["command"].index("--dashboard-address") + 1]
+    code = service["healthcheck"]["test"][-1]
+    for status, healthy in ((200, True), (503, False)):
+        handler = type("H", (DaskHealth,), {"status": status})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            local = code.replace(f"127.0.0.1:{port}", f"127.0.0.1:{server.server_address[1]}")
+            assert local != code
+            result = subprocess.run([sys.executable, "-c", local], capture_output=True, timeout=30)
+        finally:
+            server.shutdown()
+        assert (result.returncode == 0) == healthy, (status, result.stderr)
+
+
+def test_cluster_api_healthcheck_asks_readyz():
+    check = compose()["services"]["api-cluster"]["healthcheck"]
+    assert "/readyz" in check["test"][-1]
+
+
+def test_image_puts_the_dask_cli_on_the_path():
+    from importlib.metadata import entry_points
+
+    _, final = stages()
+    assert "PATH=/opt/venv/bin:$PATH" in " ".join(args(final, "ENV")).split()
+    assert any(d.startswith("dask[distributed]") for d in pyproject()["project"]["dependencies"])
+    assert any(ep.name == "dask" for ep in entry_points(group="console_scripts"))

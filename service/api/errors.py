@@ -233,6 +233,7 @@ def install_error_handlers(app: FastAPI) -> None:
 _DESCRIPTIONS = {
     400: "Malformed JSON body",
     404: "No simulation with this id",
+    406: "No representation matches the Accept header",
     409: "The simulation is not in a state that allows this",
     413: "Request body larger than the configured limit",
     415: "Body is not sent as application/json",

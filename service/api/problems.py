@@ -35,6 +35,10 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "method-not-allowed": ("Method not allowed", "This route does not support the HTTP method used."),
     "not-finished": ("Trajectory not available", "The simulation has not succeeded (yet); poll it until "
                                                  "status is succeeded, or read its error."),
+    "not-recorded": ("Not recorded by this simulation", "The simulation succeeded but did not record what was asked "
+                                                        "for (e.g. record.similarity); run it again recording it."),
+    "not-acceptable": ("Not acceptable", "No representation matches the Accept header; the route's description "
+                                         "lists the media types it serves."),
     "body-too-large": ("Request body too large", "The request body is above this service's size limit."),
     "queue-full": ("Too many simulations queued", "Retry after the Retry-After delay."),
     "unavailable": ("Service unavailable", "The job store or the worker cluster is not reachable."),

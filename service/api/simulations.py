@@ -21,6 +21,16 @@ from service.api.errors import ProblemError, dynamics_problem, problem_responses
 from service.api.prefer import parse_prefer, wait_seconds
 from service.api.problems import field_error
 from service.convert import Limits, build_simulation
+from service.downloads import (
+    JSON,
+    MEDIA_TYPES,
+    NPZ,
+    NPZ_LAYOUT,
+    DownloadError,
+    encode_trajectory,
+    negotiate,
+    parse_fields,
+)
 from service.dynamics.errors import DynamicsError
 from service.jobs.store import CorruptResultError
 from service.schemas import (
@@ -261,15 +271,8 @@ async def get_simulation(job_id: JobId, store: StoreDep, settings: SettingsDep) 
     return _simulation_response(row, 200, settings)
 
 
-@router.get(
-    "/{job_id}/trajectory",
-    response_model=None,
-    summary="Get the trajectory of a succeeded simulation",
-    responses={200: {"model": Trajectory, "description": "The recorded trajectory."},
-               **problem_responses(404, 409)},
-)
-async def get_trajectory(job_id: JobId, store: StoreDep, settings: SettingsDep) -> Response:
-    """The stored trajectory JSON, sent as stored (no re-encoding). 409 until the simulation succeeded."""
+async def succeeded_result(store: Any, job_id: str, settings: Any) -> bytes:
+    """The stored trajectory JSON of a succeeded simulation: 404 unknown, 409 not (yet) succeeded, 500 unreadable."""
     row = await _get_row(store, job_id)
     if row.status != "succeeded":
         if row.status == "failed":
@@ -289,7 +292,64 @@ async def get_trajectory(job_id: JobId, store: StoreDep, settings: SettingsDep) 
                            "unreadable; delete the simulation and run it again") from None
     if data is None:
         raise ProblemError(500, "invalid-simulation-result", f"simulation {job_id} succeeded but has no stored result")
-    return Response(data, media_type="application/json")
+    return data
+
+
+_TRAJECTORY_DESCRIPTION = f"""\
+The recorded trajectory. 409 until the simulation succeeded.
+
+**Representations** (content negotiation on `Accept`): `application/json` (default; the Trajectory schema) or
+`application/x-npz` (NumPy arrays); anything else is a 406 problem. Without `fields` or `every`, JSON is sent
+exactly as stored.
+
+**Only what you need:** `fields=time,loss,modes` keeps those top-level members (comma-separated or repeated);
+`every=k` keeps records 0, k, 2k, … and always the last one (per-record members: time, step, loss, excess_loss,
+product, weights, balance_drift, gradient_norm, distance_to_optimum, similarity, modes.strength, modes.theory).
+
+{NPZ_LAYOUT}"""
+
+
+@router.get(
+    "/{job_id}/trajectory",
+    response_model=None,
+    summary="Get the trajectory of a succeeded simulation (JSON or .npz)",
+    description=_TRAJECTORY_DESCRIPTION,
+    responses={200: {"model": Trajectory, "description": "The recorded trajectory (JSON, or .npz on request).",
+                     "content": {NPZ: {"schema": {"type": "string", "format": "binary"}}},
+                     "headers": {"Vary": {"description": "Accept: the representation depends on it",
+                                          "schema": {"type": "string"}}}},
+               **problem_responses(404, 406, 409, 422)},
+)
+async def get_trajectory(
+    job_id: JobId,
+    store: StoreDep,
+    settings: SettingsDep,
+    fields: Annotated[list[str] | None, Query(
+        description="Only these top-level members, e.g. `time,loss,modes` (comma-separated or repeated).")] = None,
+    every: Annotated[int | None, Query(
+        ge=1, description="Keep every k-th record (0, k, 2k, …) and the last one.")] = None,
+    accept: Annotated[str | None, Header(
+        alias="Accept", description="`application/json` (default) or `application/x-npz`.")] = None,
+) -> Response:
+    media = negotiate(accept)
+    if media is None:
+        raise ProblemError(406, "not-acceptable",
+                           f"the trajectory is served as {' or '.join(MEDIA_TYPES)}, and Accept is {accept!r}",
+                           errors=[field_error(["Accept"], "not_acceptable", f"no representation matches {accept!r}",
+                                               f"send Accept: {JSON} or Accept: {NPZ} (or no Accept header)",
+                                               "header")])
+    try:
+        selected = parse_fields(fields)
+    except DownloadError as exc:
+        raise ProblemError(422, "validation-error", f"{exc.field}: {exc.message}",
+                           errors=[field_error([exc.field], "invalid_field", exc.message, exc.fix, "query")]) from None
+    data = await succeeded_result(store, job_id, settings)
+    # Decoding and re-encoding a trajectory (up to hundreds of MB) is CPU work: never on the event loop.
+    body = await run_in_threadpool(encode_trajectory, data, media, selected, every)
+    headers = {"Vary": "Accept"}
+    if media == NPZ:
+        headers["Content-Disposition"] = f'attachment; filename="trajectory-{job_id}.npz"'
+    return Response(body, media_type=media, headers=headers)
 
 
 @router.get(

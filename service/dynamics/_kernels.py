@@ -14,11 +14,15 @@ Python per call); see bench/.
 fastmath is off and every reduction runs in a fixed order: runs are reproducible bit for bit for a given
 BLAS and thread count.
 
-Checks. Every ``CHECK_EVERY`` steps (and at the last one) a step computes the gradient explicitly, its
-norm, and tests the stopping rules; the state is then saved. If a check finds the run converged or blown
-up, the loop rewinds to the saved state and replays with a check at every step, so the reported step is
-the first one that meets the rule and the state there is finite whenever it can be. Status codes:
-RUNNING (chunk end reached), COMPLETED (last step reached), CONVERGED, DIVERGED.
+Checks. At every step k ≡ 0 (mod ``CHECK_EVERY``) and at the last one, a step computes the gradient
+explicitly, its norm, and tests the stopping rules; the state is then saved. If a check finds the run
+converged or blown up, the loop rewinds to the saved state and replays with a check at every step, so the
+reported step is the first one that meets the rule and the state there is finite whenever it can be.
+Checked and fused steps round differently (when γ > 0), so the checks sit at fixed step numbers and the
+whole loop state (step, record position, status, saved state and its step, replay horizon, blow-up
+threshold) lives in caller-owned arrays: cutting a run into chunks (for the worker hooks) or running it
+inside a batch changes no bit. Status codes: RUNNING (chunk end reached), COMPLETED (last step reached),
+CONVERGED, DIVERGED.
 """
 
 from __future__ import annotations
@@ -228,47 +232,77 @@ def _fused_step2(w21, w32, w21_flat, s11, s13_flat, m0, x, et, et_flat, b, b_fla
     _axpby(w21_flat, b_flat, shrink, two_eta)
 
 
-@njit(cache=True, nogil=True)
-def gd_steps(w, dims, offs, s11, s31, s13, eta, decay, two_eta, shrink, m0, k0, k1, n_steps, rec, pos, snap,
-             tol2, blow2):
-    """Run GD from step k0 (state w = W_{k0}) until step k1 (exclusive) or the run ends; w is updated in place.
+# Columns of a run's integer state (``new_state``) and of its float state.
+K, POS, STATUS, SAVED_K, SAVED_POS, CAREFUL_UNTIL = range(6)
+BLOW2, G2 = range(2)
 
-    A checked step k evaluates G = ∂L/∂W + γW at W_k and g² = Σ‖G_l‖², stops as DIVERGED if g² is not
-    finite or exceeds ``blow2`` (W_k is not recorded: it may be non-finite, the caller decides), records
-    W_k into ``snap[pos]`` when k == rec[pos], stops as CONVERGED if g² ≤ ``tol2`` and as COMPLETED at
-    k == n_steps, else steps W_{k+1} = W_k − η G. Unchecked steps record and take a fused step. See the
-    module docstring for the check/replay scheme. ``s13`` is Σ31ᵀ (C order); ``two_eta`` = 2η and
-    ``shrink`` = 1 − ηγ come in the weights' dtype so that float32 runs stay in float32.
-    Returns (status, k, pos, g²), k being the step of w on exit.
+
+def new_state(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Loop state of n runs before their first step: (n, 6) int64 and (n, 2) float64 (see ``gd_chunk``)."""
+    state = np.zeros((n, 6), dtype=np.int64)
+    state[:, STATUS] = RUNNING
+    state[:, SAVED_K] = -1        # no saved state yet
+    state[:, CAREFUL_UNTIL] = -1  # not replaying
+    fstate = np.empty((n, 2))
+    fstate[:, BLOW2] = -1.0       # blow-up threshold not known yet: set at the first check
+    fstate[:, G2] = np.nan
+    return state, fstate
+
+
+@njit(cache=True, nogil=True)
+def gd_workspace(dims, offs, m0, like):
+    """Scratch buffers of ``gd_chunk`` for one shape (reusable across runs and calls; contents don't carry)."""
+    g = np.empty(like.size, dtype=like.dtype)
+    prefix, chain, back = _workspace(dims, m0, like)
+    e = np.empty((dims[-1], dims[0]), dtype=like.dtype)
+    et = np.empty((dims[0], dims[-1]), dtype=like.dtype)
+    scal = np.empty(2, dtype=like.dtype)
+    return g, _layers(g, dims, offs), prefix, chain, back, e, et, scal
+
+
+@njit(cache=True, nogil=True)
+def gd_chunk(w, saved, work, dims, offs, s11, s31, s13, m0, eta, decay, two_eta, shrink, n_steps, rec, nrec,
+             snap, tol2, blow_ratio, blow_floor, blow_cap, state, fstate, k_stop):
+    """Advance one GD run from its state until its step reaches ``k_stop`` (exclusive) or the run ends.
+
+    The run: weights ``w`` (flat, updated in place) at step state[K], ``saved`` its state at the last check
+    (step state[SAVED_K]), record steps rec[:nrec] written into snap at position state[POS]. ``work`` is
+    ``gd_workspace``'s. A checked step k evaluates G = ∂L/∂W + γW at W_k and g² = Σ‖G_l‖², stops as
+    DIVERGED if g² is not finite or exceeds fstate[BLOW2] (W_k is not recorded: it may be non-finite, the
+    caller decides), records W_k into ``snap[pos]`` when k == rec[pos], stops as CONVERGED if g² ≤ ``tol2``
+    and as COMPLETED at k == n_steps, else steps W_{k+1} = W_k − η G. Unchecked steps record and take a
+    fused step. See the module docstring for the check/replay scheme. ``s13`` is Σ31ᵀ (C order);
+    ``two_eta`` = 2η and ``shrink`` = 1 − ηγ come in the weights' dtype so that float32 runs stay in float32.
+    fstate[BLOW2] < 0 means "not known yet": the first check then sets the threshold from the gradient norm
+    g there, blow2 = min(blow_ratio·max(g, blow_floor), blow_cap)² (saves a separate gradient evaluation).
+    On return state/fstate hold the loop state (status in state[STATUS], last checked g² in fstate[G2]).
     """
     d = dims.size - 1
+    g, gs, prefix, chain, back, e, et, scal = work
     ws = _layers(w, dims, offs)
-    g = np.empty_like(w)
-    gs = _layers(g, dims, offs)
-    prefix, chain, back = _workspace(dims, m0, w)
-    e = np.empty((dims[-1], dims[0]), dtype=w.dtype)
-    scal = np.empty(2, dtype=w.dtype)
-    saved = np.empty_like(w)
     # two-layer fast path: unpack once (list access costs atomic refcounts at every use)
     w21, w32 = ws[0], ws[d - 1]
     x2 = prefix[1] if (d == 2 and m0 == 1) else chain[0]
-    et = np.empty((dims[0], dims[-1]), dtype=w.dtype)
     et_flat = et.reshape(et.size)
     s13_flat = s13.reshape(s13.size)
     s31_flat = s31.reshape(s31.size)
     b2 = back[0]
     b2_flat = b2.reshape(b2.size)
     w21_flat = w[offs[0]:offs[1]]
-    saved_k = -1
-    saved_pos = pos
-    careful_until = -1
+    k = state[K]
+    pos = state[POS]
+    saved_k = state[SAVED_K]
+    saved_pos = state[SAVED_POS]
+    careful_until = state[CAREFUL_UNTIL]
+    blow2 = fstate[BLOW2]
+    g2 = fstate[G2]
     status = RUNNING
-    g2 = np.nan
-    k = k0
-    while k < k1:
-        if k == n_steps or (k - k0) % CHECK_EVERY == 0 or k <= careful_until:
+    while k < k_stop:
+        if k == n_steps or k % CHECK_EVERY == 0 or k <= careful_until:
             _raw_gradients(ws, gs, s11, s31, m0, prefix, chain, back, e, scal)
             g2 = _finish_gradient(w, g, decay)
+            if blow2 < 0:
+                blow2 = min(blow_ratio * max(np.sqrt(g2), blow_floor), blow_cap) ** 2
             stop = (not g2 <= blow2) or g2 <= tol2  # first clause also catches NaN
             if stop and saved_k >= 0 and k - saved_k > 1:
                 # unchecked steps since the last check: replay them one by one from the saved state
@@ -280,7 +314,7 @@ def gd_steps(w, dims, offs, s11, s31, s13, eta, decay, two_eta, shrink, m0, k0, 
             if not g2 <= blow2:
                 status = DIVERGED
                 break
-            if pos < rec.size and rec[pos] == k:
+            if pos < nrec and rec[pos] == k:
                 snap[pos, :] = w
                 pos += 1
             if g2 <= tol2:
@@ -295,7 +329,7 @@ def gd_steps(w, dims, offs, s11, s31, s13, eta, decay, two_eta, shrink, m0, k0, 
             for idx in range(w.size):
                 w[idx] -= eta * g[idx]
         else:
-            if pos < rec.size and rec[pos] == k:
+            if pos < nrec and rec[pos] == k:
                 snap[pos, :] = w
                 pos += 1
             if d == 2:
@@ -309,4 +343,38 @@ def gd_steps(w, dims, offs, s11, s31, s13, eta, decay, two_eta, shrink, m0, k0, 
             else:
                 _fused_step(ws, s11, s31, m0, prefix, chain, back, e, scal, two_eta, shrink)
         k += 1
-    return status, k, pos, g2
+    state[K] = k
+    state[POS] = pos
+    state[STATUS] = status
+    state[SAVED_K] = saved_k
+    state[SAVED_POS] = saved_pos
+    state[CAREFUL_UNTIL] = careful_until
+    fstate[BLOW2] = blow2
+    fstate[G2] = g2
+
+
+@njit(cache=True, nogil=True)
+def gd_steps(w, saved, dims, offs, s11, s31, s13, eta, decay, two_eta, shrink, m0, n_steps, rec, snap, tol2,
+             blow_ratio, blow_floor, blow_cap, state, fstate, k_stop):
+    """``gd_chunk`` for a single run (state: rows of ``new_state(1)``), with its own workspace."""
+    gd_chunk(w, saved, gd_workspace(dims, offs, m0, w), dims, offs, s11, s31, s13, m0, eta, decay, two_eta, shrink,
+             n_steps, rec, rec.size, snap, tol2, blow_ratio, blow_floor, blow_cap, state, fstate, k_stop)
+
+
+@njit(cache=True, nogil=True)
+def gd_batch_steps(W, saved, dims, offs, S11, S31, S13, pidx, eta, decay, two_eta, shrink, m0, n_steps, rec, nrec,
+                   snap, tol2, blow_ratio, blow_floor, blow_cap, state, fstate, k_stop):
+    """``gd_chunk`` on every running point j of a group (same widths and step count), one workspace for all.
+
+    Point j: weights W[j], saved state saved[j], Σ11 = S11[pidx[j]] (Σ31, Σ13 = Σ31ᵀ alike), its own η, γ,
+    2η, 1 − ηγ (weights' dtype), tol2[j], blow_floor[j], record steps rec[j, :nrec[j]] into snap[j], loop
+    state state[j] / fstate[j]. Each point's bits are those of ``gd_steps`` on it alone.
+    """
+    work = gd_workspace(dims, offs, m0, W[0])
+    for j in range(W.shape[0]):
+        if state[j, STATUS] != RUNNING:
+            continue
+        q = pidx[j]
+        gd_chunk(W[j], saved[j], work, dims, offs, S11[q], S31[q], S13[q], m0, eta[j], decay[j], two_eta[j],
+                 shrink[j], n_steps, rec[j], nrec[j], snap[j], tol2[j], blow_ratio, blow_floor[j], blow_cap,
+                 state[j], fstate[j], k_stop)

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.linalg
 from numba import njit
 
 from .errors import ExactNotApplicableError, InvalidParameterError, ShapeError
-from .modes import mode_basis
+from .modes import ModeBasis, mode_basis
 from .problem import Problem
 
 # ------------------------------------------------------------------------------------------------
@@ -724,30 +725,54 @@ def shallow_solution(problem: Problem, w0, times=None, *, learning_rate: float |
 
 @dataclass
 class RiccatiSolution:
-    """P(t) = Q Qᵀ with Q = [W21ᵀ; W32] at each time (original scale): W32W21 = p[:, Ni:, :Ni],
-    W21ᵀW21 = p[:, :Ni, :Ni], W32W32ᵀ = p[:, Ni:, Ni:].
+    """P(t) = Q Qᵀ with Q = [W21ᵀ; W32] at each time (original scale), kept in the reduced eigen-coordinates of
+    ``RiccatiEvaluator``: P = O P' Oᵀ / c with O = ``o`` ((Ni + No) × r, orthonormal columns). The blocks
+    W32W21 (``product``), W21ᵀW21 (``w21_gram``) and W32W32ᵀ (``w32_gram``, No × No: only for small No) are formed
+    on request; ``p`` is the full (Ni + No)² matrix (small problems only).
 
     ``chunk_evaluations`` counts applications of the chunk map Φ_h (the cost); ``converged_time`` is the time
     after which only the slow block still moves (None if not reached before the last time)."""
 
     times: np.ndarray
-    p: np.ndarray
+    states: np.ndarray          # (T, r, r) symmetric P' (eigen-coordinates of F restricted, c-scaled)
+    o: np.ndarray               # (Ni + No, r)
+    c: float
     n_in: int
     lam: float
     chunk_evaluations: int
     converged_time: float | None
 
     @property
-    def product(self) -> np.ndarray:
-        return self.p[:, self.n_in:, :self.n_in]
+    def o_in(self) -> np.ndarray:
+        return self.o[:self.n_in]
 
     @property
+    def o_out(self) -> np.ndarray:
+        return self.o[self.n_in:]
+
+    @cached_property
+    def product(self) -> np.ndarray:
+        """W32W21 (T, No, Ni) = O_out (P' O_inᵀ) / c: one (No × r)·(r × T·Ni) product."""
+        return _left_apply(self.o_out, self.states @ self.o_in.T) / self.c
+
+    @cached_property
     def w21_gram(self) -> np.ndarray:
-        return self.p[:, :self.n_in, :self.n_in]
+        return _left_apply(self.o_in, self.states @ self.o_in.T) / self.c
 
     @property
     def w32_gram(self) -> np.ndarray:
-        return self.p[:, self.n_in:, self.n_in:]
+        return _left_apply(self.o_out, self.states @ self.o_out.T) / self.c
+
+    @property
+    def p(self) -> np.ndarray:
+        return _left_apply(self.o, self.states @ self.o.T) / self.c
+
+
+def _left_apply(a: np.ndarray, stack: np.ndarray) -> np.ndarray:
+    """a @ stack[t] for every t as one matrix product (n × r)·(r × T·m) (a stacked matmul would loop over T)."""
+    t, r, m = stack.shape
+    out = a @ np.moveaxis(stack, 0, 1).reshape(r, t * m)
+    return np.moveaxis(out.reshape(a.shape[0], t, m), 1, 0)
 
 
 def lambda_balance(w21: np.ndarray, w32: np.ndarray) -> tuple[float, float]:
@@ -780,14 +805,15 @@ def _riccati_chunk(pp: np.ndarray, mu: np.ndarray, h: float) -> np.ndarray:
     m = np.eye(mu.size) + k[:, None] * pp
     y = np.linalg.solve(m.T, pp).T             # P (I + K P)⁻¹  (P symmetric)
     out = e[:, None] * y * e[None, :]
-    return 0.5 * (out + out.T)
+    return _flush(0.5 * (out + out.T))
 
 
 def _k_diag(mu: np.ndarray, h: float) -> np.ndarray:
     return np.where(mu != 0, np.expm1(2.0 * mu * h) / np.where(mu != 0, 2.0 * mu, 1.0), h)
 
 
-def _riccati_chunk_q(qq: np.ndarray, mu: np.ndarray, h: float) -> np.ndarray:
+def _riccati_chunk_q(qq: np.ndarray, mu: np.ndarray, h: float, ek: tuple[np.ndarray, np.ndarray] | None = None
+                     ) -> np.ndarray:
     """The same step on a square root P = Q Qᵀ (Q is n × Nh, eigenbasis of F):
 
         Q ← e^{Fh} Q L⁻ᵀ,   L Lᵀ = I + Qᵀ K(h) Q      (so that Q Qᵀ ← e^{Fh} Q (I + QᵀKQ)⁻¹ Qᵀ e^{Fh} = Φ_h(P))
@@ -796,10 +822,81 @@ def _riccati_chunk_q(qq: np.ndarray, mu: np.ndarray, h: float) -> np.ndarray:
     keeps its own relative precision: a small component sitting on a saddle is not swamped by the round-off of
     the large ones (the P form mixes rows in its solve and lost P ⪰ 0 at the 1e-9 level in such plateaus).
     """
-    k = _k_diag(mu, h)
-    g = np.eye(qq.shape[1]) + qq.T @ (k[:, None] * qq)
-    low = np.linalg.cholesky(g)
-    return np.exp(mu * h)[:, None] * scipy.linalg.solve_triangular(low, qq.T, lower=True).T
+    e, k = ek if ek is not None else (np.exp(mu * h), _k_diag(mu, h))
+    g = qq.T @ (k[:, None] * qq)
+    g[np.diag_indices_from(g)] += 1.0
+    low = _flush(np.linalg.cholesky(g))
+    out = e[:, None] * scipy.linalg.solve_triangular(low, qq.T, lower=True, check_finite=False).T
+    return _flush(out)
+
+
+# Entries below this fraction of the largest are set to 0 (Q and its Cholesky factor, after each chunk). The
+# directions with μ < 0 shrink by e^{μΔx} per chunk without end and would otherwise sink into subnormal numbers
+# (after x ≈ 700/|μ|), on which floating-point arithmetic is many times slower; products of up to three kept
+# entries stay normal. Such a row only keeps shrinking relative to the others, so dropping it changes nothing.
+FLUSH_RTOL = 1e-100
+
+
+def _flush(a: np.ndarray) -> np.ndarray:
+    if a.size:
+        mag = np.abs(a)
+        a[mag < FLUSH_RTOL * mag.max()] = 0.0
+    return a
+
+
+@dataclass(frozen=True)
+class RiccatiSubspace:
+    """An F-invariant subspace Z = Z_in ⊕ Z_out that contains the initial Q = [W21ᵀ; W32] (reference §3).
+
+    With Σ31 = U_nz diag(s) V_nzᵀ (non-zero singular values), F = [[−(λ̃/2) I, Σ31ᵀ], [Σ31, (λ̃/2) I]] maps
+    span[V_nz, W21ᵀ] ⊕ span[U_nz, W32] into itself (F[a; 0] = [−(λ̃/2)a; Σ31 a], Σ31 a ∈ span U_nz, and
+    symmetrically), and dQ/dx = FQ − Q(QᵀQ)/2 keeps the columns of Q in the smallest F-invariant subspace that
+    contains them. So P = QQᵀ = Z P_Z Zᵀ for all times and the Riccati equation holds for P_Z with
+    F_Z = ZᵀFZ = [[−(λ̃/2) I, Mᵀ], [M, (λ̃/2) I]], M = Z_outᵀ Σ31 Z_in = [[diag(s), 0], [0, 0]]:
+    dimension r = r_in + r_out ≤ 2·rank Σ31 + 2 Nh instead of Ni + No.
+
+    Z_in = [V_nz, A], A an orthonormal basis of the part of W21ᵀ orthogonal to V_nz (numerical rank: singular
+    values above max(Ni, Nh)·eps·‖Q‖₂, numpy's matrix_rank rule, so only round-off is dropped); Z_out likewise.
+    """
+
+    z_in: np.ndarray
+    z_out: np.ndarray
+    s: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return self.z_in.shape[1] + self.z_out.shape[1]
+
+
+def _span_extension(base: np.ndarray, x: np.ndarray, scale: float) -> np.ndarray:
+    """Orthonormal columns spanning the part of span(x) orthogonal to the orthonormal ``base`` (numerical rank)."""
+    for _ in range(2):                       # projecting twice leaves eps·‖x‖ along base, not eps·‖x before‖
+        x = x - base @ (base.T @ x)
+    if x.size == 0:
+        return np.zeros((x.shape[0], 0))
+    a, sig, _ = np.linalg.svd(x, full_matrices=False)
+    a = a[:, sig > max(x.shape) * np.finfo(np.float64).eps * scale]
+    for _ in range(2):                       # directions of small σ carry base components of order eps·‖x‖/σ
+        a = a - base @ (base.T @ a)
+    return np.linalg.qr(a)[0] if a.shape[1] else a
+
+
+def riccati_subspace(basis: ModeBasis, w21: np.ndarray, w32: np.ndarray) -> RiccatiSubspace:
+    """The reduced Riccati space (see ``RiccatiSubspace``); cost O((Ni + No)·Nh·(k + Nh)), no (Ni + No)² matrix."""
+    s_max = float(basis.s[0]) if basis.s.size else 0.0
+    nz = basis.s > S_ZERO_RTOL * s_max if s_max > 0 else np.zeros(basis.s.shape, dtype=bool)
+    v, u = basis.v[:, nz], basis.u[:, nz]
+    scale = max(float(np.linalg.norm(w21, 2)) if w21.size else 0.0,
+                float(np.linalg.norm(w32, 2)) if w32.size else 0.0)
+    z_in = np.hstack([v, _span_extension(v, w21.T, scale)])
+    z_out = np.hstack([u, _span_extension(u, w32, scale)])
+    return RiccatiSubspace(z_in, z_out, basis.s[nz].copy())
+
+
+def _full_space(sigma31: np.ndarray) -> RiccatiSubspace:
+    """Z = the whole space (no reduction): F_Z = F exactly; for checks against the reduced evaluation."""
+    no, ni = sigma31.shape
+    return RiccatiSubspace(np.eye(ni), np.eye(no), np.zeros(0))
 
 
 class RiccatiEvaluator:
@@ -809,18 +906,25 @@ class RiccatiEvaluator:
 
         dP̃/dx = F P̃ + P̃ F − P̃²,      P̃(x) = e^{Fx} P̃0 [I + K(x) P̃0]⁻¹ e^{Fx}
 
+    Everything runs in the F-invariant subspace Z of ``RiccatiSubspace`` (dimension r ≤ 2·rank Σ31 + 2Nh, so a
+    tall or wide task costs what its rank and hidden width cost); ``reduce=False`` uses the whole space (the
+    (Ni + No)² form, for checks). ``o`` ((Ni + No) × r) holds the eigenvectors of F_Z in original coordinates.
+
     The one-shot form is ill-conditioned at large x (reference §3 caveat), so P is advanced by the semigroup law
-    in chunks Δx = min(0.5, 2/(μ_max − μ_min)), in the eigenbasis of F (decomposed once), on the square root Q
+    in chunks Δx = min(0.5, 2/(μ_max − μ_min)), in the eigenbasis of F_Z (decomposed once), on the square root Q
     (see ``_riccati_chunk_q``). To keep the cost independent of t_max, stepping stops once a full chunk leaves P
-    unchanged to RICCATI_CONV_ULPS·n·eps·max|P| (and the change is not growing): P is then at its limit in every
+    unchanged to RICCATI_CONV_ULPS·r·eps·max|P| (and the change is not growing): P is then at its limit in every
     direction except the slow block (|μ| ≤ RICCATI_SLOW_RTOL·max|μ|, e.g. μ = 0 for λ = 0 and Ni ≠ No, where P
     decays like 1/x), which decouples once the rest has converged and evolves on its own in chunks of
     2/(its own spread) — one closed-form step when its μ are all 0. So the number of chunks is bounded by the
     convergence time, not by t_max. Components that a chunk changes by less than that round-off level while
     they would grow later (an init within round-off of a saddle) are frozen at that point.
+    Raises ExactNotApplicableError past RICCATI_MAX_DIM (reduced) dimensions.
     """
 
-    def __init__(self, sigma31: np.ndarray, w21: np.ndarray, w32: np.ndarray, c: float = 1.0):
+    def __init__(self, sigma31: np.ndarray, w21: np.ndarray, w32: np.ndarray, c: float = 1.0, *,
+                 basis: ModeBasis | None = None, space: RiccatiSubspace | None = None, reduce: bool = True):
+        sigma31 = np.asarray(sigma31, dtype=np.float64)
         w21 = np.asarray(w21, dtype=np.float64)
         w32 = np.asarray(w32, dtype=np.float64)
         self.n_in, self.n_out, self.c = w21.shape[1], w32.shape[0], float(c)
@@ -831,10 +935,23 @@ class RiccatiEvaluator:
                 f"(relative to ‖W21‖² + ‖W32‖², tolerance {BALANCE_RTOL:g})", field=("init",),
                 fix='use a lambda_balanced init, or method "flow"')
         self.lam = lam
-        ni, no = self.n_in, self.n_out
         lt = c * lam
-        f = np.block([[-(lt / 2.0) * np.eye(ni), sigma31.T], [sigma31, (lt / 2.0) * np.eye(no)]])
-        self.mu, self.o = np.linalg.eigh(f)
+        if not reduce:
+            space = _full_space(sigma31)
+            ni, no = self.n_in, self.n_out
+            f = np.block([[-(lt / 2.0) * np.eye(ni), sigma31.T], [sigma31, (lt / 2.0) * np.eye(no)]])
+        else:
+            if space is None:
+                space = riccati_subspace(basis if basis is not None else _thin_basis(sigma31), w21, w32)
+            _check_riccati_dim(space)
+            ni, no = space.z_in.shape[1], space.z_out.shape[1]
+            m = np.zeros((no, ni))
+            m[np.arange(space.s.size), np.arange(space.s.size)] = space.s
+            f = np.block([[-(lt / 2.0) * np.eye(ni), m.T], [m, (lt / 2.0) * np.eye(no)]])
+        self.space = space
+        self.mu, o_z = np.linalg.eigh(f)
+        r_in = space.z_in.shape[1]
+        self.o = np.vstack([space.z_in @ o_z[:r_in], space.z_out @ o_z[r_in:]])
         self.q0 = self.o.T @ (np.sqrt(c) * np.vstack([w21.T, w32]))
         mu = self.mu
         mu_max = float(np.max(np.abs(mu))) if mu.size else 0.0
@@ -844,9 +961,24 @@ class RiccatiEvaluator:
         mu_s = mu[self.slow]
         spread_s = float(mu_s.max() - mu_s.min()) if mu_s.size else 0.0
         self.dx_slow = np.inf if spread_s == 0 else RICCATI_SPREAD_CHUNK / spread_s
-        self.conv_rtol = RICCATI_CONV_ULPS * mu.size * np.finfo(np.float64).eps
+        self.conv_rtol = RICCATI_CONV_ULPS * max(mu.size, 1) * np.finfo(np.float64).eps
+        self._ek_dx = (np.exp(mu * self.dx), _k_diag(mu, self.dx))
         self.chunk_evaluations = 0
         self.converged_time: float | None = None
+
+    def _step_q(self, qq: np.ndarray, h: float) -> np.ndarray:
+        self.chunk_evaluations += 1
+        return _riccati_chunk_q(qq, self.mu, h, self._ek_dx if h == self.dx else None)
+
+    def _converged(self, pp: np.ndarray, new: np.ndarray, prev_change: float) -> tuple[bool, float]:
+        """Convergence test of one full chunk (see the class docstring); returns (converged, change)."""
+        pred = pp.copy()
+        if self.slow.any():
+            ix = np.ix_(self.slow, self.slow)
+            pred[ix] = _riccati_chunk(pp[ix], self.mu[self.slow], self.dx)
+        change = float(np.max(np.abs(new - pred)))
+        scale = float(np.max(np.abs(new)))
+        return scale == 0 or (change <= self.conv_rtol * scale and change <= prev_change), change
 
     def _advance_p(self, pp: np.ndarray, h: float, mask: np.ndarray | None = None) -> np.ndarray:
         """P-form advance by h (x units) of the whole P' or of its ``mask`` block, in chunks ≤ its own Δx."""
@@ -877,18 +1009,12 @@ class RiccatiEvaluator:
             x = 2.0 * times[i]
             while converged_x is None and x_cur < x:
                 h = min(self.dx, x - x_cur)
-                qq = _riccati_chunk_q(qq, self.mu, h)
-                self.chunk_evaluations += 1
+                qq = self._step_q(qq, h)
                 new = qq @ qq.T
                 if h == self.dx:
-                    pred = pp.copy()
-                    if slow.any():
-                        pred[ix] = _riccati_chunk(pp[ix], self.mu[slow], h)
-                    change = float(np.max(np.abs(new - pred)))
-                    scale = float(np.max(np.abs(new)))
-                    if scale == 0 or (change <= self.conv_rtol * scale and change <= prev_change):
+                    done, prev_change = self._converged(pp, new, prev_change)
+                    if done:
                         converged_x, p_conv = x_cur + h, new
-                    prev_change = change
                 pp = new
                 x_cur += h
             if converged_x is not None and x > converged_x:
@@ -901,56 +1027,105 @@ class RiccatiEvaluator:
         self.converged_time = None if converged_x is None else converged_x / 2.0
         return out
 
-    def to_original(self, pp: np.ndarray) -> np.ndarray:
-        """P = QQᵀ with Q = [W21ᵀ; W32] (original scale) from the eigenbasis P' (works on stacks)."""
-        p = self.o @ pp @ self.o.T / self.c
-        return 0.5 * (p + np.swapaxes(p, -1, -2))
+    def first_crossings(self, project: Callable[[np.ndarray], np.ndarray], target: np.ndarray, valid: np.ndarray,
+                        t_cap: float) -> np.ndarray:
+        """First time each projected value ``project(Q')`` (Q' the square root, eigenbasis) reaches ``target``.
 
-    def advance(self, pp: np.ndarray, dt: float) -> np.ndarray:
-        """P' a time dt later, by the semigroup law from the state pp (P form; for short refinements)."""
-        return self._advance_p(pp, 2.0 * dt)
+        One pass over the chunk boundaries (every Δx, until convergence or 2·t_cap), which serve as the grid;
+        within the chunk where a value first reaches its target the time is bisected to round-off, each trial
+        being one exact chunk from the stored square root at the chunk's start. NaN where not reached
+        (including values that only move in the slow block after convergence). "Reached" means
+        value·sign(target) ≥ |target|.
+        """
+        sgn = np.sign(target)
+        out = np.full(target.shape, np.nan)
+        qq = self.q0
+        cur = project(qq)
+        hit = valid & (cur * sgn >= target * sgn)
+        out[hit] = 0.0
+        pending = valid & ~hit
+        pp = qq @ qq.T
+        x, prev_change = 0.0, np.inf
+        while pending.any() and x < 2.0 * t_cap:
+            new_q = self._step_q(qq, self.dx)
+            val = project(new_q)
+            crossed = pending & (val * sgn >= target * sgn)
+            for a in np.flatnonzero(crossed):
+                lo, hi = 0.0, self.dx
+                for _ in range(60):
+                    mid = 0.5 * (lo + hi)
+                    v = project(self._step_q(qq, mid))[a]
+                    if v * sgn[a] >= target[a] * sgn[a]:
+                        hi = mid
+                    else:
+                        lo = mid
+                    if hi - lo <= 4e-16 * (x + hi):
+                        break
+                out[a] = (x + hi) / 2.0
+            pending &= ~crossed
+            new = new_q @ new_q.T
+            done, prev_change = self._converged(pp, new, prev_change)
+            qq, pp, x = new_q, new, x + self.dx
+            if done:
+                break
+        return out
+
+def _thin_basis(sigma31: np.ndarray) -> ModeBasis:
+    u, s, vt = np.linalg.svd(np.asarray(sigma31, dtype=np.float64), full_matrices=False)
+    return ModeBasis(u, s, vt.T)
 
 
-def riccati_flow(sigma31: np.ndarray, w21: np.ndarray, w32: np.ndarray, times, c: float = 1.0) -> RiccatiSolution:
-    """P(t) of the exact Riccati solution (see ``RiccatiEvaluator``) at ``times``, in the original basis and scale."""
-    ev = RiccatiEvaluator(sigma31, w21, w32, c)
+# Largest reduced Riccati dimension r (see RiccatiSubspace) evaluated: F_Z is decomposed once (r³) and every chunk
+# forms P' = Q'Q'ᵀ (r²·Nh); at r = 1000 that is ~1 s in all, beyond it minutes. Above it the exact method is refused
+# and the theory overlay falls back to the small-init approximation.
+RICCATI_MAX_DIM = 1000
+
+
+def _check_riccati_dim(space: RiccatiSubspace) -> None:
+    if space.dim > RICCATI_MAX_DIM:
+        raise ExactNotApplicableError(
+            f"the Riccati solution would work in {space.dim} dimensions (2·rank Σ31 + the hidden directions of W21ᵀ "
+            f"and W32: {space.z_in.shape[1]} input + {space.z_out.shape[1]} output), more than {RICCATI_MAX_DIM}",
+            field=("init",), fix=f"{_FIX_FLOW}; or use a narrower hidden layer")
+
+
+def riccati_flow(sigma31: np.ndarray, w21: np.ndarray, w32: np.ndarray, times, c: float = 1.0, *,
+                 basis: ModeBasis | None = None, reduce: bool = True) -> RiccatiSolution:
+    """P(t) of the exact Riccati solution (see ``RiccatiEvaluator``) at ``times``, original scale, kept factored."""
+    ev = RiccatiEvaluator(sigma31, w21, w32, c, basis=basis, reduce=reduce)
     times = np.asarray(times, dtype=np.float64)
     states = ev.evaluate(times)
-    p = ev.to_original(np.array(states)) if states else np.zeros((0, ev.mu.size, ev.mu.size))
-    return RiccatiSolution(times=times, p=p, n_in=ev.n_in, lam=ev.lam, chunk_evaluations=ev.chunk_evaluations,
-                           converged_time=ev.converged_time)
+    r = ev.mu.size
+    st = np.array(states) if states else np.zeros((0, r, r))
+    st = 0.5 * (st + np.swapaxes(st, -1, -2))
+    return RiccatiSolution(times=times, states=st, o=ev.o, c=ev.c, n_in=ev.n_in, lam=ev.lam,
+                           chunk_evaluations=ev.chunk_evaluations, converged_time=ev.converged_time)
 
 
 def riccati_gradient_norm(problem: Problem, sol: RiccatiSolution) -> np.ndarray:
     """sqrt(‖∂L/∂W21‖² + ‖∂L/∂W32‖²) from the blocks of P only (Σ11 = cI, E = Σ31 − c W32W21):
 
-        ‖∂L/∂W21‖² = 4 tr(Eᵀ W32W32ᵀ E),   ‖∂L/∂W32‖² = 4 tr(E W21ᵀW21 Eᵀ)
+        ‖∂L/∂W21‖² = 4 tr(Eᵀ W32W32ᵀ E),   ‖∂L/∂W32‖² = 4 tr(W21ᵀW21 EᵀE)
+
+    with W32W32ᵀ = O_out P' O_outᵀ/c, so the first is 4 tr(Yᵀ P' Y)/c with Y = O_outᵀE (r × Ni) and no No × No
+    matrix is formed; the second uses EᵀE (Ni × Ni) when Ni ≤ r, else X = E O_in (No × r) and 4 tr(X P' Xᵀ)/c.
     """
     c = float(np.mean(np.diag(problem.sigma11)))
     e = problem.sigma31[None] - c * sol.product
-    g1 = 4.0 * np.einsum("toi,top,tpi->t", e, sol.w32_gram, e)
-    g2 = 4.0 * np.einsum("toi,tij,toj->t", e, sol.w21_gram, e)
+    n_t, n_out, n_in = e.shape
+    r = sol.states.shape[-1]
+    y = np.moveaxis((sol.o_out.T @ np.moveaxis(e, 0, 1).reshape(n_out, n_t * n_in)).reshape(r, n_t, n_in), 1, 0)
+    g1 = 4.0 * np.einsum("tri,tri->t", sol.states @ y, y) / sol.c
+    if n_in <= r:
+        g2 = 4.0 * np.einsum("tij,tij->t", sol.w21_gram, np.swapaxes(e, 1, 2) @ e)
+    else:
+        x = e @ sol.o_in
+        g2 = 4.0 * np.einsum("tor,tor->t", x @ sol.states, x) / sol.c
     return np.sqrt(np.maximum(g1, 0.0) + np.maximum(g2, 0.0))
 
 
 # ------------------------------------------------------------------------------------------------
 # decoupled (aligned) initial conditions
-
-
-def _complete(q: np.ndarray) -> np.ndarray:
-    """Extend orthonormal columns q (n × k) to an orthonormal basis of Rⁿ (the extra columns span null(qᵀ))."""
-    n, k = q.shape
-    if k >= n:
-        return q
-    return np.hstack([q, scipy.linalg.null_space(q.T)]) if k else np.eye(n)
-
-
-def full_mode_frames(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
-    """(U_full, V_full): the mode basis of Σ31 completed to orthonormal bases of the output and input spaces."""
-    if "full_frames" not in problem._cache:
-        b = mode_basis(problem)
-        problem._cache["full_frames"] = (_complete(b.u), _complete(b.v))
-    return problem._cache["full_frames"]
 
 
 @dataclass
@@ -964,7 +1139,8 @@ class DecoupledInit:
     ``deviation`` is the measured misalignment (max over layers of ‖W_l − reconstruction‖_F/‖W_l‖_F, the
     amplitude-weighted non-orthogonality of the hidden frames and, for D ≥ 3, the relative imbalance).
     Channels coincide with the modes of ``mode_basis`` except inside degenerate blocks of Σ31 whose init is
-    diagonal only in a rotated basis (``rotated``), and in the null space.
+    diagonal only in a rotated basis (``rotated``), and in the null space, where only directions some layer does
+    not map to round-off get a channel (the others have zero amplitudes forever): m ≤ k + 3·(hidden width).
     """
 
     s: np.ndarray
@@ -1032,24 +1208,69 @@ def _block_rotation(x: np.ndarray, y: np.ndarray, z: np.ndarray, scale: float) -
     return np.linalg.eigh(g)[1]
 
 
-def _eig_desc(gram: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh(gram)
-    return v[:, ::-1]
+def _project_out(base: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(I − base baseᵀ) x for orthonormal columns ``base``, applied twice (the second pass removes the eps·‖x‖
+    left along base by the first, which matters when x is mostly in span(base))."""
+    for _ in range(2):
+        if base.shape[1]:
+            x = x - base @ (base.T @ x)
+    return x
+
+
+def _reorthonormalise(base: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Columns x (orthonormal up to round-off) made exactly orthogonal to ``base`` and orthonormal again.
+
+    Singular vectors of small singular value σ carry components of order eps·‖M‖/σ along directions the matrix M
+    was projected off (round-off in M, amplified); with W_l's large images along base such a component would
+    show up as a spurious misalignment of ~eps·‖W‖²/σ. QR keeps the order; signs keep columns close to x.
+    """
+    if x.shape[1] == 0:
+        return x
+    q, r = np.linalg.qr(_project_out(base, x))
+    sgn = np.sign(np.diag(r))
+    sgn[sgn == 0] = 1.0
+    return q * sgn
+
+
+def _side_channels(x: np.ndarray, floor: float, base: np.ndarray) -> np.ndarray:
+    """Left singular vectors of x (x ⟂ ``base``) whose singular value exceeds ``floor``, descending."""
+    if x.size == 0:
+        return np.zeros((x.shape[0], 0))
+    left, sig, _ = np.linalg.svd(x, full_matrices=False)
+    return _reorthonormalise(base, left[:, sig > floor])
+
+
+def _null_pairs(a: np.ndarray, mid: np.ndarray | None, bt: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Singular pairs (left n_out × p, right n_in × p) of a·mid·bt with singular value > ``floor``, from QR factors
+    of a (n_out × h_D) and btᵀ (n_in × h_1): O((n_out + n_in)·h²), never an n_out × n_out or n_in × n_in matrix."""
+    if a.size == 0 or bt.size == 0:
+        return np.zeros((a.shape[0], 0)), np.zeros((bt.shape[1], 0))
+    qa, ra = np.linalg.qr(a)
+    qb, rb = np.linalg.qr(bt.T)
+    core = ra @ (rb.T if mid is None else mid @ rb.T)
+    x, sig, yt = np.linalg.svd(core, full_matrices=False)
+    npair = int(np.sum(sig > floor))
+    return qa @ x[:, :npair], qb @ yt[:npair].T
 
 
 def decouple(problem: Problem, weights: Sequence[np.ndarray]) -> DecoupledInit:
     """Find the channels of a decoupled init (any D ≥ 2) and measure how far ``weights`` are from one.
 
-    Frames: Σ31 = U S Vᵀ from ``mode_basis``, completed to full bases. Non-zero singular values are grouped into
-    degenerate blocks, each rotated (only if needed) so that W_1ᵀW_1, W_DW_Dᵀ and W = W_D⋯W_1 are diagonal in
-    it. The null block (s = 0, including the input/output directions beyond min(n_in, n_out)) is paired by the
-    SVD of its block of W; unpaired directions are ordered by the first/last layer's Gram. Hidden directions
-    are then propagated: for two layers from whichever of W21 v, W32ᵀ u is larger, for D ≥ 3 forward from v.
-    The init is decoupled iff ``deviation`` (see ``DecoupledInit``) ≤ ALIGN_RTOL.
+    Frames: Σ31 = U S Vᵀ from ``mode_basis`` (thin). Non-zero singular values are grouped into degenerate
+    blocks, each rotated (only if needed) so that W_1ᵀW_1, W_DW_Dᵀ and W = W_D⋯W_1 are diagonal in it. The null
+    block (s = 0: everything orthogonal to the non-zero modes, never given a basis) is handled by projections:
+    its part Pu W Pv of W is paired by a thin SVD (Pu = I − U_nzU_nzᵀ, Pv likewise), and what is left of
+    W_1 Pv and (D = 2) Pu W_D after removing the pairs gives the unpaired input-only / output-only channels
+    (their singular vectors, descending). Null directions that every layer maps to round-off
+    (≤ ROUNDOFF_RTOL·‖W_l‖_F) carry no channel: their amplitudes are 0 and stay 0 (also under weight decay),
+    so they change neither the weights, the strengths nor the deviation. For D ≥ 3 output-only directions have
+    zero amplitudes in every layer (nothing reaches them from the input) and any W_D component along them shows
+    up as a reconstruction error. Everything is thin: k + O(hidden) channels, matrices n × (k + hidden).
+    Hidden directions are then propagated: for two layers from whichever of W21 v, W32ᵀ u is larger, for D ≥ 3
+    forward from v. The init is decoupled iff ``deviation`` (see ``DecoupledInit``) ≤ ALIGN_RTOL.
     """
     ws = [np.asarray(w, dtype=np.float64) for w in weights]
     d = len(ws)
-    u_full, v_full = full_mode_frames(problem)
     b = mode_basis(problem)
     k = b.s.size
     s_max = float(b.s[0]) if k else 0.0
@@ -1069,7 +1290,7 @@ def decouple(problem: Problem, weights: Sequence[np.ndarray]) -> DecoupledInit:
         while stop < nz.size and b.s[nz[stop - 1]] - b.s[nz[stop]] <= DEGENERATE_RTOL * s_max:
             stop += 1
         g = nz[start:stop]
-        vg, ug = v_full[:, g], u_full[:, g]
+        vg, ug = b.v[:, g], b.u[:, g]
         if g.size > 1:
             p, q = ws[0] @ vg, ws[-1].T @ ug
             rot = _block_rotation(p.T @ p, q.T @ q, ug.T @ w @ vg, max(n_first, n_last, n_prod) ** 2)
@@ -1080,38 +1301,31 @@ def decouple(problem: Problem, weights: Sequence[np.ndarray]) -> DecoupledInit:
         outs.append(ug)
         svals.append(np.full(g.size, float(np.mean(b.s[g]))))
         start = stop
-    # null block: input and output directions with s = 0
-    zero_in = np.concatenate([np.setdiff1d(np.arange(k), nz), np.arange(k, problem.n_in)]).astype(int)
-    zero_out = np.concatenate([np.setdiff1d(np.arange(k), nz), np.arange(k, problem.n_out)]).astype(int)
-    vz, uz = v_full[:, zero_in], u_full[:, zero_out]
-    n_in_only = n_out_only = 0
-    if vz.shape[1] or uz.shape[1]:
-        cz = uz.T @ w @ vz
-        if cz.size:
-            pu, sig, qvt = np.linalg.svd(cz, full_matrices=True)
-            npair = int(np.sum(sig > ALIGN_RTOL * max(n_prod, n_first * n_last, 1e-300)))
-        else:
-            pu, qvt, npair = np.eye(uz.shape[1]), np.eye(vz.shape[1]), 0
-        if npair:
-            rotated = True
-            ins.append(vz @ qvt[:npair].T)
-            outs.append(uz @ pu[:, :npair])
-            svals.append(np.zeros(npair))
-        rest_in = vz @ qvt[npair:].T
-        rest_out = uz @ pu[:, npair:]
-        if rest_in.shape[1]:
-            p = ws[0] @ rest_in
-            rest_in = rest_in @ _eig_desc(p.T @ p)
-        if rest_out.shape[1]:
-            q = ws[-1].T @ rest_out
-            rest_out = rest_out @ _eig_desc(q.T @ q)
-        n_in_only, n_out_only = rest_in.shape[1], rest_out.shape[1]
-        ins.append(rest_in)
-        outs.append(np.zeros((problem.n_out, n_in_only)))
-        svals.append(np.zeros(n_in_only))
-        ins.append(np.zeros((problem.n_in, n_out_only)))
+    # null block (s = 0), by projections off the non-zero modes
+    v_nz, u_nz = b.v[:, nz], b.u[:, nz]
+    first_null = _project_out(v_nz, ws[0].T).T            # W_1 Pv   (h_1 × n_in)
+    last_null = _project_out(u_nz, ws[-1])                 # Pu W_D   (n_out × h_D)
+    mid = None
+    for wl in ws[1:-1]:
+        mid = wl if mid is None else wl @ mid
+    out_pair, in_pair = _null_pairs(last_null, mid, first_null,
+                                    ALIGN_RTOL * max(n_prod, n_first * n_last, 1e-300))
+    out_pair, in_pair = _reorthonormalise(u_nz, out_pair), _reorthonormalise(v_nz, in_pair)
+    if in_pair.shape[1]:
+        rotated = True
+        ins.append(in_pair)
+        outs.append(out_pair)
+        svals.append(np.zeros(in_pair.shape[1]))
+    # unpaired: what is left of W_1 (input side) and, for D = 2, of W_D (output side)
+    rest_in = _side_channels(_project_out(in_pair, first_null.T), ROUNDOFF_RTOL * n_first, np.hstack([v_nz, in_pair]))
+    ins.append(rest_in)
+    outs.append(np.zeros((problem.n_out, rest_in.shape[1])))
+    svals.append(np.zeros(rest_in.shape[1]))
+    if d == 2:
+        rest_out = _side_channels(_project_out(out_pair, last_null), ROUNDOFF_RTOL * n_last, np.hstack([u_nz, out_pair]))
+        ins.append(np.zeros((problem.n_in, rest_out.shape[1])))
         outs.append(rest_out)
-        svals.append(np.zeros(n_out_only))
+        svals.append(np.zeros(rest_out.shape[1]))
     inp = np.hstack(ins) if ins else np.zeros((problem.n_in, 0))
     out = np.hstack(outs) if outs else np.zeros((problem.n_out, 0))
     s = np.concatenate(svals) if svals else np.zeros(0)
@@ -1190,6 +1404,7 @@ class ExactRun:
     gradient_norm: np.ndarray
     model: str
     assumptions: str
+    w21_gram: np.ndarray | None = None     # (T, Ni, Ni) W21ᵀW21, exact for Riccati (whose weights are None)
 
 
 MODEL_SHALLOW = "shallow_closed_form"
@@ -1353,7 +1568,7 @@ def exact_run(problem: Problem, weights0: Sequence[np.ndarray], times: np.ndarra
     if plan.model == MODEL_RICCATI:
         sol = riccati_flow(problem.sigma31, ws[0], ws[1], t, plan.c)
         return ExactRun(t, sol.product.copy(), None, riccati_gradient_norm(problem, sol), plan.model,
-                        plan.assumptions)
+                        plan.assumptions, sol.w21_gram.copy())
     dec = plan.decoupled
     amps, u = decoupled_flow(dec, t, plan.c, weight_decay)
     weights = dec.weights_at(amps)

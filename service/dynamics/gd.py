@@ -26,7 +26,8 @@ Stopping rules (checked exactly at every step, see ``_kernels``):
 
 Records are copies of the weights into preallocated snapshot buffers at the requested steps. Worker hooks
 are called between chunks of steps whose length is adapted to the measured speed, about every
-``hooks.interval`` seconds.
+``hooks.interval`` seconds; the chunking changes no bit of the result (checks sit at fixed steps and the
+kernel's loop state carries over between chunks), so a run with hooks equals one without.
 """
 
 from __future__ import annotations
@@ -60,14 +61,15 @@ def convergence_rtol(dtype) -> float:
     return max(CONVERGENCE_RTOL, 100.0 * float(np.finfo(dtype).eps))
 
 
-def blowup_threshold(initial_gradient_norm: float, sigma31_norm: float, dtype) -> float:
-    """Gradient norm above which a run counts as diverged (see the module docstring).
+def blowup_cap(dtype) -> float:
+    """1e-3·sqrt(max float): keeps η·(gradient) and the squared norm far from overflow, so the state at the
+    detected step is still finite (it binds for float32 only: 1.8e16)."""
+    return 1e-3 * float(np.sqrt(np.finfo(dtype).max))
 
-    The cap 1e-3·sqrt(max float) keeps η·(gradient) and the squared norm far from overflow, so the state
-    at the detected step is still finite (it binds for float32 only: 1.8e16).
-    """
-    cap = 1e-3 * float(np.sqrt(np.finfo(dtype).max))
-    return min(BLOWUP_RATIO * max(initial_gradient_norm, sigma31_norm), cap)
+
+def blowup_threshold(initial_gradient_norm: float, sigma31_norm: float, dtype) -> float:
+    """Gradient norm above which a run counts as diverged (see the module docstring)."""
+    return min(BLOWUP_RATIO * max(initial_gradient_norm, sigma31_norm), blowup_cap(dtype))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,15 +233,6 @@ def _check_record_steps(record_steps: np.ndarray, n_steps: int) -> np.ndarray:
     return rec.astype(np.int64)
 
 
-def _initial_gradient_norm(problem: Problem, layout: Layout, weights0, decay: float) -> float:
-    w = layout.pack(weights0, np.float64)
-    out = np.empty_like(w)
-    m0 = plan_order(layout.dims)[0]
-    s11 = np.ascontiguousarray(problem.sigma11, dtype=np.float64)
-    s31 = np.ascontiguousarray(problem.sigma31, dtype=np.float64)
-    return float(np.sqrt(_kernels.gradient(w, layout.dims, layout.offs, s11, s31, decay, m0, out)))
-
-
 def run_gd(problem: Problem, weights0: Sequence[np.ndarray], method: GradientDescent, record_steps: np.ndarray,
            *, dtype=np.float64, hooks: Hooks | None = None) -> RunResult:
     """Run GD for ``method.steps`` steps from ``weights0``, recording the weights at ``record_steps``.
@@ -260,7 +253,6 @@ def run_gd(problem: Problem, weights0: Sequence[np.ndarray], method: GradientDes
 
     s31_norm = float(np.linalg.norm(problem.sigma31))
     tol2 = (convergence_rtol(dt) * s31_norm) ** 2
-    blow2 = blowup_threshold(_initial_gradient_norm(problem, layout, weights0, decay), s31_norm, dt) ** 2
 
     w = layout.pack(weights0, dt)
     s11 = np.ascontiguousarray(problem.sigma11, dtype=dt)
@@ -268,39 +260,50 @@ def run_gd(problem: Problem, weights0: Sequence[np.ndarray], method: GradientDes
     s13 = np.ascontiguousarray(s31.T)
     snap = np.empty((rec.size + 1, layout.size), dtype=dt)  # + 1: the state where an early stop happens
     eta_t, decay_t = dt.type(method.learning_rate), dt.type(decay)
-
     two_eta, shrink = dt.type(2.0 * method.learning_rate), dt.type(1.0 - method.learning_rate * decay)
+    saved = np.empty_like(w)
+    # the blow-up threshold is set by the first check, from the initial gradient norm: it equals
+    # blowup_threshold(g0, ‖Σ31‖) (new_state marks it unknown)
+    state, fstate = (a[0] for a in _kernels.new_state(1))
 
-    def advance(k0, k1, pos):
-        return _kernels.gd_steps(w, layout.dims, layout.offs, s11, s31, s13, eta_t, decay_t, two_eta, shrink, m0,
-                                 k0, k1, n_steps, rec, pos, snap, tol2, blow2)
+    def advance(k_stop):
+        _kernels.gd_steps(w, saved, layout.dims, layout.offs, s11, s31, s13, eta_t, decay_t, two_eta, shrink, m0,
+                          n_steps, rec, snap, tol2, BLOWUP_RATIO, s31_norm, blowup_cap(dt), state, fstate, k_stop)
 
+    # Chunks only decide when the hooks run: the loop state carries over (see _kernels), so no bit depends
+    # on their lengths, which follow the measured speed.
     clock = HookClock(hooks)
-    k, pos, status = 0, 0, _kernels.RUNNING
+    k_stop = 0
     # First chunk sized for a conservative 1e9 FLOP/s, then adapted to the measured rate.
     chunk = max(1, int(clock.interval * 1e9 / max(flops, 1))) if clock.active else n_steps + 1
     with blas_threads_for(flops):
-        while status == _kernels.RUNNING:
+        while state[_kernels.STATUS] == _kernels.RUNNING:
             t0 = time.perf_counter()
-            k_start = k
-            status, k, pos, _ = advance(k, min(k + chunk, n_steps + 1), pos)
-            if status == _kernels.RUNNING and clock.active:
+            k_start = int(state[_kernels.K])
+            k_stop = min(k_stop + chunk, n_steps + 1)
+            advance(k_stop)
+            if state[_kernels.STATUS] == _kernels.RUNNING and clock.active:
                 elapsed = time.perf_counter() - t0
-                rate = (k - k_start) / max(elapsed, 1e-9)
+                rate = (int(state[_kernels.K]) - k_start) / max(elapsed, 1e-9)
                 # at most ×4 growth per chunk: one noisy fast chunk must not make the next one very long
                 chunk = int(min(max(1.0, rate * clock.interval), 4.0 * chunk))
-                clock.check(k / max(n_steps, 1))
+                clock.check(int(state[_kernels.K]) / max(n_steps, 1))
     clock.done()
+    return finish_run(method, layout, dt, rec, snap, w, state)
 
+
+def finish_run(method: GradientDescent, layout: Layout, dt: np.dtype, rec: np.ndarray, snap: np.ndarray,
+               w: np.ndarray, state: np.ndarray) -> RunResult:
+    """The RunResult of a finished run from its kernel state: on an early stop at step k the state there
+    is appended as the last record (for divergence only if finite), later records are dropped."""
+    status, k, pos = int(state[_kernels.STATUS]), int(state[_kernels.K]), int(state[_kernels.POS])
     steps_taken = list(rec[:pos])
-    diverged_at = None
-    if status in (_kernels.CONVERGED, _kernels.DIVERGED) and (not steps_taken or steps_taken[-1] != k):
-        if status == _kernels.CONVERGED or np.all(np.isfinite(w)):
-            snap[pos] = w
-            pos += 1
-            steps_taken.append(k)
-    if status == _kernels.DIVERGED:
-        diverged_at = int(k)
+    if (status in (_kernels.CONVERGED, _kernels.DIVERGED) and (not steps_taken or steps_taken[-1] != k)
+            and (status == _kernels.CONVERGED or np.all(np.isfinite(w)))):
+        snap[pos] = w
+        pos += 1
+        steps_taken.append(k)
+    diverged_at = int(k) if status == _kernels.DIVERGED else None
     steps_arr = np.asarray(steps_taken, dtype=np.int64)
     outcome = {_kernels.COMPLETED: "completed", _kernels.CONVERGED: "converged",
                _kernels.DIVERGED: "diverged"}[status]

@@ -154,7 +154,8 @@ def branching_diffusion(levels: int = 3, branches: int = 2, flip_prob: float = 0
     """
     levels = _int_in("levels", levels, 1)
     branches = _int_in("branches", branches, 2)
-    if branches ** levels > MAX_TREE_ITEMS:
+    # Compare logarithms: branches ** levels for an absurd request (levels = 10**12) would never finish.
+    if levels * math.log(branches) > math.log(MAX_TREE_ITEMS) + 1e-9:
         raise _bad("levels", f"{branches}^{levels} items is more than {MAX_TREE_ITEMS}",
                    f"use fewer levels or branches (at most {MAX_TREE_ITEMS} items)")
     flip_prob = _float_in("flip_prob", flip_prob, 0.0, 0.5)

@@ -17,15 +17,16 @@ import numpy as np
 
 from . import network
 from .errors import ExactNotApplicableError, InvalidParameterError
-from .exact import check_exact, exact_run
+from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
 from .gd import run_gd
-from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method
+from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult
 from .modes import measured_learning_times, mode_basis, mode_strengths, optimum
 from .problem import Problem
 from .record import RecordSchedule
+from .similarity import check_similarity, item_similarity, symmetric
 from .theory import theory_overlay
-from .trajectory import ModeReport, Trajectory
+from .trajectory import ModeReport, Optimum, Trajectory
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 
@@ -45,6 +46,8 @@ def preflight(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
         record.gd_steps(method.learning_rate, method.steps)
     else:
         record.sample_times(method.t_end)
+    if record.similarity:
+        check_similarity(weights0)
     if isinstance(method, Exact):
         model = check_exact(problem, weights0, method.weight_decay)
         if record.weights and model.startswith("riccati"):
@@ -84,10 +87,6 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
     """
     preflight(problem, weights0, method, record, dtype=dtype)
     weights0 = [np.asarray(w, dtype=np.float64) for w in weights0]
-    hidden = [w.shape[0] for w in weights0[:-1]]
-    steps = None
-    gradient_norm = None
-    diverged_at_step = None
     if isinstance(method, GradientDescent):
         run = run_gd(problem, weights0, method, record.gd_steps(method.learning_rate, method.steps),
                      dtype=DTYPES[dtype], hooks=hooks)
@@ -95,18 +94,39 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
         run = run_flow(problem, weights0, method, record.sample_times(method.t_max),
                        dtype=DTYPES[dtype], hooks=hooks)
     else:
-        ex = exact_run(problem, weights0, record.sample_times(method.t_max), method.weight_decay)
+        run = exact_run(problem, weights0, record.sample_times(method.t_max), method.weight_decay)
         if hooks and hooks.progress:
             hooks.progress(1.0)
-    if isinstance(method, Exact):
-        times, product, weights, gradient_norm, outcome = ex.times, ex.product, ex.weights, ex.gradient_norm, "completed"
+    return build_trajectory(problem, weights0, method, record, run)
+
+
+def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Method, record: RecordSchedule,
+                     run: RunResult | ExactRun, *, optimum_and_final: tuple[Optimum, np.ndarray] | None = None
+                     ) -> Trajectory:
+    """Every derived quantity of a run (GD, flow: ``RunResult``; exact: ``ExactRun``), vectorised over its
+    T records: the one post-processing of ``simulate`` and ``batch.simulate_batch``.
+
+    Loss L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ), gradient norm sqrt(Σ_l ‖∂L/∂W_l + γW_l‖²), balance
+    drift of W_{l+1}ᵀW_{l+1} − W_l W_lᵀ, mode strengths u_αᵀ W v_α and learning times, ‖W − W*‖_F, the
+    theory overlay and the item similarity W21ᵀW21; records from the first non-finite one on are cut
+    (the run is then diverged). ``weights0`` are float64. ``optimum_and_final`` = (``optimum(problem,
+    hidden)``, its mode strengths) when the caller already has them for this problem and widths.
+    """
+    hidden = [w.shape[0] for w in weights0[:-1]]
+    if isinstance(run, ExactRun):
+        times, steps, product, weights = run.times, None, run.product, run.weights
+        gradient_norm, w21_gram, outcome, diverged_at_step = run.gradient_norm, run.w21_gram, "completed", None
     else:
         times, steps, outcome, diverged_at_step = run.times, run.steps, run.outcome, run.diverged_at_step
         weights = [w.astype(np.float64, copy=False) for w in run.weights]
         product = network.network_map(weights)
+        gradient_norm, w21_gram = None, None
 
-    opt = optimum(problem, hidden)
     basis = mode_basis(problem)
+    if optimum_and_final is None:
+        opt = optimum(problem, hidden)
+        optimum_and_final = (opt, mode_strengths(opt.product, basis))
+    opt, final_strength = optimum_and_final
     # L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ), per record; W Σ11 is shared with the gradient below.
     w_sigma11 = product @ problem.sigma11
     loss_wo = -2.0 * np.einsum("tij,ij->t", product, problem.sigma31) + np.einsum("tij,tij->t", w_sigma11, product)
@@ -135,8 +155,8 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
         loss_wo, gradient_norm, drift = loss_wo[:keep], gradient_norm[:keep], drift[:keep]
         steps = steps[:keep] if steps is not None else None
         weights = [w[:keep] for w in weights] if weights is not None else None
+        w21_gram = w21_gram[:keep] if w21_gram is not None else None
 
-    final_strength = mode_strengths(opt.product, basis)
     overlay = theory_overlay(problem, weights0, method, times, steps)
     modes = ModeReport(
         singular_values=basis.s,
@@ -148,6 +168,11 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
         learning_time=measured_learning_times(times, strength, final=final_strength),
         learning_time_theory=overlay.learning_time if overlay else None,
     )
+    similarity = None
+    if record.similarity and weights is not None:
+        similarity = item_similarity(weights[0])
+    elif record.similarity:  # Riccati: no weights, but the input-side Gram W21ᵀW21 exactly (reference §3)
+        similarity = symmetric(w21_gram)
     trace33 = problem.sigma33_trace
     hint = None
     if outcome == "diverged" and isinstance(method, GradientDescent):
@@ -171,6 +196,7 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
         optimum=opt,
         method={GradientDescent: "gd", GradientFlow: "flow", Exact: "exact"}[type(method)],
         stability_hint=hint,
+        similarity=similarity,
     )
 
 

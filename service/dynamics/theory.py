@@ -17,6 +17,12 @@ Cases, first match wins:
 * D ≥ 2, Σ11 ≈ c·I within APPROX_WHITENING_RTOL: Saxe's balanced formula per mode from an effective initial
   strength (small random init, approximately decoupled). Approximate.
 * anything else (e.g. Σ11 far from c·I with hidden layers): None.
+
+Learning times are the first time the theory curve reaches half the final strength (the measured ones use the
+same rule on the records): closed forms where a mode is one channel, a bisected crossing on the exact curve
+otherwise (shallow with general Σ11, rotated degenerate blocks, Riccati). For the exact GD maps they are
+interpolated between the two steps around the crossing and NaN if it is not reached within the run's steps;
+for the shallow GD map they use the map's continuous-k extension (NaN when some 1 − η(2σ_j + γ) ≤ 0).
 """
 
 from __future__ import annotations
@@ -166,7 +172,11 @@ def _union_grid(horizon: float, fastest: float) -> np.ndarray:
 
 def _decoupled(problem: Problem, dec: ex.DecoupledInit, c: float, method, times, steps, final,
                gamma: float) -> TheoryOverlay:
-    """Aligned decoupled init: per-channel closed forms (flow) or the exact per-mode GD map."""
+    """Aligned decoupled init: per-channel closed forms (flow) or the exact per-mode GD map.
+
+    Strengths on mode_basis are Σ_ch M[α, ch] u_ch + resid (M is the identity up to signs except in rotated
+    degenerate blocks and the null space). GD learning times come from the map itself, within the run's steps.
+    """
     m_mat, resid = dec.strength_matrix(problem)
     target, valid = _targets(final)
     is_gd = isinstance(method, GradientDescent)
@@ -244,8 +254,8 @@ def _channel_reach(dec: ex.DecoupledInit, ch: np.ndarray, target: np.ndarray, c:
     return ex._reach(lambda tg, *a: ex.learning_time_deep(tg, *a), target, u0, dec.s[ch], u0, dec.depth, c)
 
 
-# Horizon for the Riccati learning-time search when the run ends earlier: the evaluation stops at convergence,
-# so probing this far costs no more than the convergence itself.
+# Horizon for the Riccati learning-time search when the run ends earlier: the search stops at convergence,
+# so looking this far costs no more than the convergence itself.
 RICCATI_PROBE_TIME = 1e4
 
 
@@ -258,27 +268,16 @@ def _riccati(problem: Problem, ws, c: float, lam: float, bdev: float, method, ti
     left = ev.o[ni:, :].T @ basis.u
     right = ev.o[:ni, :].T @ basis.v
 
-    def project(pp, modes=slice(None)):
-        return np.einsum("na,nm,ma->a", left[:, modes], pp, right[:, modes]) / c
+    def project_p(pp):
+        return np.einsum("na,nm,ma->a", left, pp, right) / c
 
-    strength = np.array(ev.evaluate(times, project)).reshape(len(times), -1)
+    def project_q(qq):                       # the same from the square root P' = Q'Q'ᵀ
+        return np.einsum("ah,ah->a", left.T @ qq, right.T @ qq) / c
+
+    strength = np.array(ev.evaluate(times, project_p)).reshape(len(times), -1)
     target, valid = _targets(final)
-    t_end = float(np.max(times, initial=0.0))
-    ev.evaluate([max(t_end, RICCATI_PROBE_TIME)], lambda pp: None)
-    horizon = ev.converged_time if ev.converged_time is not None else max(t_end, RICCATI_PROBE_TIME)
-    grid = _union_grid(horizon, 2.0 * max(float(np.max(np.abs(ev.mu), initial=0.0)), 1e-300))
-    vals = np.array(ev.evaluate(grid, project))
-    states: dict[int, np.ndarray] = {}
-
-    def refine(t, modes, j_lo):
-        # exact strength at each mode's own time, by the semigroup law from the grid point below
-        missing = sorted(set(int(j) for j in j_lo) - states.keys())
-        if missing:
-            states.update(zip(missing, ev.evaluate(grid[missing])))
-        return np.array([project(ev.advance(states[int(j)], tt - grid[j]), [a])[0]
-                         for tt, a, j in zip(t, modes, j_lo)])
-
-    lt = _first_crossing(grid, vals, target, valid, refine=refine)
+    t_cap = max(float(np.max(times, initial=0.0)), RICCATI_PROBE_TIME)
+    lt = ev.first_crossings(project_q, target, valid, t_cap)
     gd = isinstance(method, GradientDescent)
     assumptions = (f"Σ11 = c·I (c = {c:.6g}), λ-balanced two-layer init (λ = {lam:.6g}, deviation {bdev:.2g}): "
                    "matrix Riccati solution of gradient flow (reference §3), no alignment needed")

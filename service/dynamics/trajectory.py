@@ -60,3 +60,4 @@ class Trajectory:
     optimum: Optimum
     method: str
     stability_hint: str | None = None      # for a diverged GD run: the η bound of reference §5d
+    similarity: np.ndarray | None = None   # (T, n_in, n_in) hidden-layer item RSM W21ᵀW21, when recorded

@@ -70,6 +70,47 @@ _MIGRATIONS: tuple[str, ...] = (
         data   BLOB NOT NULL
     );
     """,
+    # 2: sweeps (service/jobs/sweeps_store.py). A point stores only its parameter overrides; its
+    # request is the sweep's base with them applied. Deleting a sweep cascades to its points and
+    # their kept trajectories.
+    """
+    CREATE TABLE sweeps (
+        id          TEXT PRIMARY KEY,
+        status      TEXT NOT NULL CHECK (status IN ('queued','running','succeeded','failed','cancelled')),
+        created_at  TEXT NOT NULL,
+        started_at  TEXT,
+        finished_at TEXT,
+        request     BLOB NOT NULL,
+        base        BLOB NOT NULL,
+        keep        TEXT NOT NULL CHECK (keep IN ('summary','trajectories')),
+        n_points    INTEGER NOT NULL
+    );
+    CREATE INDEX sweeps_newest ON sweeps (created_at DESC, id DESC);
+    CREATE INDEX sweeps_status_newest ON sweeps (status, created_at DESC, id DESC);
+    CREATE TABLE sweep_points (
+        sweep_id    TEXT NOT NULL REFERENCES sweeps (id) ON DELETE CASCADE,
+        k           INTEGER NOT NULL,
+        params      BLOB NOT NULL,
+        group_key   TEXT NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('queued','running','succeeded','failed','cancelled')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        finished_at TEXT,
+        outcome     TEXT,
+        summary     BLOB,
+        error       TEXT,
+        PRIMARY KEY (sweep_id, k)
+    );
+    CREATE INDEX sweep_points_status ON sweep_points (sweep_id, status, k);
+    CREATE TABLE sweep_trajectories (
+        sweep_id TEXT NOT NULL,
+        k        INTEGER NOT NULL,
+        codec    TEXT NOT NULL,
+        size     INTEGER NOT NULL,
+        data     BLOB NOT NULL,
+        PRIMARY KEY (sweep_id, k),
+        FOREIGN KEY (sweep_id, k) REFERENCES sweep_points (sweep_id, k) ON DELETE CASCADE
+    );
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -212,3 +212,117 @@ def run_simulation(job_id: str, request_json: bytes) -> tuple[str, bytes]:
         raise JobFailed(validation_problem(exc)) from None
     data = orjson.dumps(trajectory_document(traj), option=orjson.OPT_SERIALIZE_NUMPY)
     return str(traj.outcome), compress_result(data)
+
+
+# -- sweeps: a chunk of points -------------------------------------------------------------------------
+
+SWEEP_PROGRESS_TOPIC = "dlnsim-sweep-progress"
+
+
+def sweep_chunk_key(sweep_id: str, ks: list[int]) -> str:
+    """A fixed key per (sweep, set of points): resubmitting the same chunk re-attaches to it."""
+    import hashlib
+
+    digest = hashlib.sha1(",".join(map(str, ks)).encode()).hexdigest()[:12]
+    return f"sweep-{sweep_id}-{ks[0]}-{len(ks)}-{digest}"
+
+
+class _SweepReporter:
+    """progress(fraction of the chunk) → a throttled log_event on SWEEP_PROGRESS_TOPIC."""
+
+    def __init__(self, worker, sweep_id: str, chunk: str, interval: float = PROGRESS_INTERVAL) -> None:
+        self.worker, self.interval = worker, interval
+        self.tag = {"sweep": sweep_id, "chunk": chunk}
+        self.last = -float("inf")
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.worker is not None:
+            self.worker.log_event(SWEEP_PROGRESS_TOPIC, {**self.tag, **message})
+
+    def __call__(self, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self.send({"progress": float(fraction)})
+
+
+def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tuple[int, bytes]],
+                    keep: str) -> list[dict[str, Any]]:
+    """Run a chunk of sweep points as one ``simulate_batch`` call; one result dict per point, in order:
+
+        {"k", "status": "succeeded"|"failed", "outcome", "summary", "error", "trajectory"}
+
+    Each point's request is the sweep's base with its parameter values set (``service.grid``),
+    validated and built as a single simulation's request is, so its numbers are the single run's.
+    ``trajectory`` is the compressed trajectory JSON when ``keep == "trajectories"``. A point the core
+    refuses fails alone (its problem names the field); the chunk's cancel flag is the sweep's.
+    Raises JobCancelled when the sweep is cancelled.
+    """
+    pin_blas_threads()
+    import orjson
+    from pydantic import ValidationError
+
+    from service.convert import build_simulation, trajectory_document
+    from service.dynamics.batch import SweepPoint, simulate_batch
+    from service.dynamics.errors import DynamicsError, StopRequested
+    from service.dynamics.methods import Hooks
+    from service.dynamics.simulate import simulate
+    from service.grid import GridError, apply_params, point_summary
+    from service.schemas import SimulationRequest
+
+    from .store import compress_result
+
+    reporter = _SweepReporter(_worker(), sweep_id, chunk)
+    # The points travel with the event so that anyone subscribed can tell which points ran where.
+    reporter.send({"started": True, "pid": os.getpid(), "points": [k for k, _ in items]})
+    should_stop = _StopFlag(sweep_id)
+    if should_stop():  # cancelled while queued
+        raise JobCancelled(sweep_id)
+
+    def failed(k: int, problem: dict[str, Any]) -> dict[str, Any]:
+        return {"k": k, "status": "failed", "outcome": None, "summary": None, "error": problem, "trajectory": None}
+
+    base = orjson.loads(base_json)
+    results: dict[int, dict[str, Any]] = {}
+    built = []
+    for k, params_json in items:
+        try:
+            request = SimulationRequest.model_validate_json(orjson.dumps(apply_params(base, orjson.loads(params_json))))
+            built.append((k, build_simulation(request)))
+        except DynamicsError as exc:
+            results[k] = failed(k, dynamics_problem(exc))
+        except ValidationError as exc:
+            results[k] = failed(k, validation_problem(exc))
+        except GridError as exc:
+            from service.api.problems import field_error, problem_body
+
+            results[k] = failed(k, problem_body(422, "validation-error", exc.message,
+                                                errors=[field_error(exc.field, exc.code, exc.message, exc.fix)]))
+
+    hooks = Hooks(progress=reporter, should_stop=should_stop)
+    try:
+        try:
+            trajectories = simulate_batch([SweepPoint(s.problem, s.weights0, s.method, s.record, dtype=s.dtype)
+                                           for _, s in built], hooks=hooks) if built else []
+            done = list(zip(built, trajectories, strict=True))
+        except DynamicsError:
+            # A point the batch refuses (validated at POST, so only after an upgrade): run the points one
+            # by one so that only that point fails.
+            done = []
+            for k, s in built:
+                try:
+                    done.append(((k, s), simulate(s.problem, s.weights0, s.method, s.record, dtype=s.dtype,
+                                                  hooks=hooks)))
+                except DynamicsError as exc:
+                    results[k] = failed(k, dynamics_problem(exc))
+    except StopRequested:
+        raise JobCancelled(sweep_id) from None
+
+    for (k, _), traj in done:
+        blob = None
+        if keep == "trajectories":
+            blob = compress_result(orjson.dumps(trajectory_document(traj), option=orjson.OPT_SERIALIZE_NUMPY))
+        results[k] = {"k": k, "status": "succeeded", "outcome": str(traj.outcome), "summary": point_summary(traj),
+                      "error": None, "trajectory": blob}
+    reporter.send({"progress": 1.0})
+    return [results[k] for k, _ in items]

@@ -12,7 +12,9 @@ from service.openapi_export import DEFAULT_PATH, current_schema, render
 from service.schemas import REQUEST_EXAMPLES, SimulationRequest
 
 OPERATIONS = {"create_simulation", "get_simulation", "get_trajectory", "cancel_simulation", "delete_simulation",
-              "list_simulations", "healthz", "readyz"}
+              "list_simulations", "healthz", "readyz", "get_simulation_plot", "list_presets", "get_preset",
+              "create_sweep", "get_sweep", "list_sweep_results", "get_sweep_point_trajectory", "cancel_sweep",
+              "delete_sweep", "list_sweeps"}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,9 @@ def test_every_error_response_is_a_documented_problem(schema):
 @pytest.mark.parametrize(("path", "method", "codes"), [
     ("/v1/simulations", "post", {"400", "413", "415", "422", "429", "503"}),
     ("/v1/simulations/{job_id}", "get", {"404"}),
-    ("/v1/simulations/{job_id}/trajectory", "get", {"404", "409"}),
+    ("/v1/simulations/{job_id}/trajectory", "get", {"404", "406", "409", "422"}),
+    ("/v1/simulations/{job_id}/plot.svg", "get", {"404", "409", "422"}),
+    ("/v1/presets/{name}", "get", {"404", "422"}),
     ("/v1/simulations/{job_id}/cancel", "post", {"404"}),
     ("/v1/simulations/{job_id}", "delete", {"404"}),
     ("/v1/simulations", "get", {"422"}),

@@ -1,0 +1,283 @@
+"""Sweep throughput: ``simulate_batch`` in one process and on a Dask LocalCluster of 1 and 2 worker processes.
+
+    python -m bench.sweeps            the issue's sweeps: 1,024 × (8,16,8) and 64 × (100,100,100), 10,000 GD steps
+                                      (~10 min on a quiet 2-core machine: the 100³ sweep is 5e12 FLOPs, run
+                                      on 1 and then on 2 workers)
+    python -m bench.sweeps --quick    smoke run: fewer points (and steps at 100³), ~30 s on a quiet machine
+
+(``python -m bench`` runs this too.) Standalone, the "## sweeps" section of bench/results.md is replaced
+(or appended); the rest of the file is left as it is.
+
+Figures, all measured side by side in one run:
+
+* throughput = simulation-steps per second (Σ over points of steps taken / wall time of the whole sweep,
+  post-processing into trajectories included), the issue's "per-simulation steps/s";
+* fraction of bound = throughput / (best GEMM rate of this run / FLOPs per step), FLOPs per step in the
+  cheapest product order (``gd.step_flops``: 2hi² + 6ohi, or 2oi² + 6ohi when o < h, so 7,168 rather than
+  8,192 at (8,16,8): the stricter yardstick, the one the single-simulation rows use). The GEMM rate is
+  numpy's n = 2000 matmul on all BLAS threads (the whole machine), so the 2-worker row, which also uses
+  the whole machine, carries the bar; 1-process rows are the same yardstick on half the cores;
+* scaling = throughput with 2 worker processes / with 1 (workers: 1 thread each, BLAS pinned to 1 thread
+  by the nanny's environment and again in the task; chunks of points are the tasks, the same chunks for
+  both cluster sizes). Its note gives the CPU time the tasks actually got per wall second and the steps
+  per task CPU-second: on a shared machine these tell a scaling limited by the other processes (fewer
+  CPUs obtained, same work per CPU-second) from one limited by the engine.
+
+The learning rate is tiny (1e-9, varied ×2 over the points, init scale varied too): every point runs all
+its steps, so the work is known and equal across points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.dynamics.batch import SweepPoint, simulate_batch
+from service.dynamics.gd import step_flops
+from service.dynamics.methods import GradientDescent
+from service.dynamics.record import RecordSchedule
+from service.dynamics.simulate import simulate
+
+from .common import Context, Row, table
+from .stepping import LEARNING_RATE, make_problem
+
+RESULTS = Path(__file__).with_name("results.md")
+HEADING = "## sweeps"
+
+
+@dataclass(frozen=True)
+class Case:
+    size: tuple[int, int, int]
+    points: int
+    steps: int
+    bar: float          # fraction of the GEMM bound, 2 workers
+    chunks: int         # Dask tasks (chunks of points); ≥ 4 per worker so the two finish together
+    baseline: int = 0   # > 0: also run the sweep without Dask, and this many points one by one through simulate()
+
+
+FULL = [Case((8, 16, 8), 1024, 10_000, 0.2, chunks=16, baseline=64),
+        Case((100, 100, 100), 64, 10_000, 0.5, chunks=16)]
+# Quick: 1,000 steps at 100³ so that the post-processing (~0.25 s per point: 200 records of gradients,
+# balance, products) stays a minor part, as it is at 10,000 steps (~5 %).
+QUICK = [Case((8, 16, 8), 256, 10_000, 0.2, chunks=8, baseline=32),
+         Case((100, 100, 100), 2, 1_000, 0.5, chunks=2)]
+SCALING_BAR = 1.7
+RECORD = RecordSchedule()  # 200 linear points: what a sweep that keeps learning curves records
+
+
+def make_points(case: Case) -> list[SweepPoint]:
+    """One problem; init scale × [1, 1.5) and learning rate 1e-9 × [1, 2) over the points (a 2-axis sweep)."""
+    problem, w0 = make_problem(*case.size)
+    n = case.points
+    return [SweepPoint(problem, [w * (1.0 + 0.5 * j / n) for w in w0],
+                       GradientDescent(LEARNING_RATE * (1.0 + j / n), case.steps), RECORD)
+            for j in range(n)]
+
+
+def run_chunk(points: list[SweepPoint]) -> tuple[list[tuple[str, int]], float]:
+    """A Dask task: simulate a chunk of points on one BLAS thread; (outcome, steps taken) per point, and the
+    CPU seconds the task's thread got (on a shared machine, less than its wall time)."""
+    from threadpoolctl import threadpool_limits
+
+    cpu0 = time.thread_time()
+    with threadpool_limits(limits=1, user_api="blas"):
+        summaries = [(t.outcome, int(t.step[-1])) for t in simulate_batch(points)]
+    return summaries, time.thread_time() - cpu0
+
+
+def worker_blas_threads() -> int:
+    """Largest BLAS pool size in this process (run on each worker to show the pin)."""
+    from threadpoolctl import threadpool_info
+
+    return max((lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"), default=0)
+
+
+def warm_up() -> None:
+    """Import the engine and load its compiled kernels (numba cache) before anything is timed."""
+    run_chunk(make_points(Case((8, 16, 8), 2, 40, 0.0, 1)))
+
+
+def work_of(summaries) -> int:
+    outcomes = {o for o, _ in summaries}
+    assert outcomes == {"completed"}, outcomes  # equal work per point is what the rates assume
+    return sum(k for _, k in summaries)
+
+
+def in_process_rate(chunks: list[list[SweepPoint]]) -> float:
+    """Simulation-steps/s of the Dask tasks' work done here, chunk after chunk, without Dask (one BLAS thread,
+    as in a worker; trajectories are dropped after each chunk, as a summary sweep does)."""
+    t0 = time.perf_counter()
+    summaries = [s for chunk in chunks for s in run_chunk(chunk)[0]]
+    return work_of(summaries) / (time.perf_counter() - t0)
+
+
+def loop_rate(points: list[SweepPoint]) -> float:
+    """Simulation-steps/s of simulate() called point by point (the single-simulation path), one BLAS thread."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        t0 = time.perf_counter()
+        steps = [int(simulate(p.problem, p.weights0, p.method, p.record).step[-1]) for p in points]
+        return sum(steps) / (time.perf_counter() - t0)
+
+
+def chunked(points: list, n_chunks: int) -> list[list]:
+    bounds = np.linspace(0, len(points), min(n_chunks, len(points)) + 1).round().astype(int)
+    return [points[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+class Cluster:
+    """A LocalCluster of ``n`` single-threaded worker processes, warmed up; ``rate`` times one sweep on it."""
+
+    def __init__(self, n: int):
+        from distributed import Client, LocalCluster
+
+        self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                    silence_logs=logging.ERROR)
+        self.client = Client(self.cluster)
+        self.client.run(warm_up)
+        self.blas_threads = max(self.client.run(worker_blas_threads).values())
+
+    def rate(self, chunks: list[list[SweepPoint]]) -> tuple[float, float]:
+        """(simulation-steps per wall second, per CPU second of the tasks) of one sweep over ``chunks``."""
+        t0 = time.perf_counter()
+        results = self.client.gather(self.client.map(run_chunk, chunks, pure=False))
+        elapsed = time.perf_counter() - t0
+        work = work_of([s for summaries, _ in results for s in summaries])
+        return work / elapsed, work / sum(cpu for _, cpu in results)
+
+    def close(self) -> None:
+        self.client.close()
+        self.cluster.close()
+
+
+def sweep_speed(ctx: Context) -> list[Row]:
+    """Rows for every case: 1 process, Dask 1 worker, Dask 2 workers (bar), scaling 1 → 2 (bar)."""
+    cases = QUICK if ctx.quick else FULL
+    sweeps = {case: make_points(case) for case in cases}
+    reps = 2 if ctx.quick else 1  # best of: a full 100³ sweep takes minutes per run
+    warm_up()
+    best: dict = {}
+
+    def keep(key, rate):
+        best[key] = max(best.get(key, 0.0), rate)
+
+    for case, points in sweeps.items():
+        # Without Dask, and point by point through simulate(): only where it is cheap (small nets); at 100³
+        # the 1-worker row is the same work and a full sweep on one core takes minutes.
+        for _ in range(reps if case.baseline else 0):
+            ctx.sample_gemm()
+            keep((case, "process"), in_process_rate(chunked(points, case.chunks)))
+            keep((case, "loop"), loop_rate(points[:case.baseline]))
+    threads = {}
+    for n in (1, 2):
+        print(f"  sweeps: Dask LocalCluster with {n} worker process(es) …", file=sys.stderr, flush=True)
+        cluster = Cluster(n)
+        threads[n] = cluster.blas_threads
+        try:
+            for case, points in sweeps.items():
+                chunks = chunked(points, case.chunks)
+                for _ in range(reps):
+                    ctx.sample_gemm()
+                    wall, cpu = cluster.rate(chunks)
+                    keep((case, n), wall)
+                    keep((case, n, "cpu"), cpu)
+        finally:
+            cluster.close()
+    ctx.sample_gemm()
+
+    rows = []
+    for case in cases:
+        size, flops = str(case.size), step_flops(list(case.size))
+        what = f"{case.points:,} points × {case.steps:,} steps"
+        if case.baseline:
+            loop = best[(case, "loop")]
+            rows.append(Row("sweep, simulate_batch in 1 process, no Dask", size, flops=flops,
+                            measured=best[(case, "process")],
+                            note=f"{what}, the same chunks one after the other; BLAS 1 thread; simulate() point "
+                                 f"by point on {case.baseline} of them: {loop:,.0f} steps/s "
+                                 f"(batch ×{best[(case, 'process')] / loop:.2f})"))
+        rows.append(Row("sweep, Dask 1 worker process", size, flops=flops, measured=best[(case, 1)],
+                        note=f"{what} in {min(case.chunks, case.points)} chunks; worker BLAS threads {threads[1]}"))
+        rows.append(Row("sweep, Dask 2 worker processes", size, flops=flops, measured=best[(case, 2)],
+                        bar_fraction=case.bar,
+                        note=f"{what} in {min(case.chunks, case.points)} chunks; worker BLAS threads {threads[2]}"))
+        scaling = best[(case, 2)] / best[(case, 1)]
+        # Steps per CPU-second of the tasks: equal for 1 and 2 workers when nothing but the machine's
+        # availability limits the scaling (then 2 free cores give ×2 that ratio).
+        per_cpu = best[(case, 2, "cpu")] / best[(case, 1, "cpu")]
+        cpus = {n: best[(case, n)] / best[(case, n, "cpu")] for n in (1, 2)}
+        rows.append(Row("sweep scaling, 1 → 2 worker processes", size, value=f"×{scaling:.2f}",
+                        bar=f"≥ {SCALING_BAR}×", passed=scaling >= SCALING_BAR,
+                        note=f"CPUs the tasks got: {cpus[1]:.2f} with 1 worker, {cpus[2]:.2f} with 2; steps per "
+                             f"task CPU-second 2 vs 1 workers ×{per_cpu:.2f} (two free cores: ×{2 * per_cpu:.2f}); "
+                             f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} on "
+                             f"{os.cpu_count()} CPUs"))
+    return rows
+
+
+def section(rows: list[Row]) -> list[str]:
+    """The "## sweeps" block of results.md: what the figures mean, then the table."""
+    return [HEADING, "",
+            ("Throughput = simulation-steps/s over the whole sweep (Σ steps of all points / wall time, trajectories "
+             "built); fraction = throughput / (best all-thread GEMM rate of the run / FLOPs per step). The 2-worker "
+             "row uses the whole machine like the GEMM it is compared with and carries the bar; 1-process rows use "
+             "one core of it. Scaling = 2-worker / 1-worker throughput, same chunks. A busy machine lowers the "
+             "2-worker row and the scaling first (other processes take the second core)."),
+            "", *table(rows)]
+
+
+def write_section(path: Path, lines: list[str]) -> None:
+    """Replace the "## sweeps" section of ``path`` (up to the next "## " heading), or append it."""
+    text = path.read_text() if path.exists() else ""
+    block = "\n".join(lines).rstrip("\n") + "\n"
+    match = re.search(rf"^{re.escape(HEADING)}\s*$", text, flags=re.MULTILINE)
+    if match is None:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block
+    else:
+        nxt = re.search(r"^## ", text[match.end():], flags=re.MULTILINE)
+        end = match.end() + nxt.start() if nxt else len(text)
+        text = text[:match.start()] + block + ("\n" + text[end:] if nxt else "")
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from threadpoolctl import threadpool_limits
+
+    parser = argparse.ArgumentParser(prog="python -m bench.sweeps", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer points")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="BLAS threads for the GEMM reference (default: all CPUs)")
+    args = parser.parse_args(argv)
+    ctx = Context(quick=args.quick, threads=args.threads)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    t0 = time.perf_counter()
+    with threadpool_limits(limits=args.threads, user_api="blas"):
+        rows = sweep_speed(ctx)
+        ctx.finalize(rows)
+    lines = section(rows)
+    lines[2:2] = [(f"Standalone run `python -m bench.sweeps{' --quick' if args.quick else ''}` ({started}, "
+                   f"{time.perf_counter() - t0:.0f} s): GEMM n = 2000 on {args.threads} threads best "
+                   f"{ctx.gemm_rate('float64') / 1e9:.1f} GFLOP/s over {len(ctx.gemm_samples['float64'])} samples "
+                   f"(worst {min(ctx.gemm_samples['float64']) / 1e9:.1f}); load average at the end "
+                   f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}."), ""]
+    print("\n".join(lines))
+    write_section(RESULTS, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the importable module's main, not this __main__ copy: the Dask workers import the task function
+    # (run_chunk) by its module name, bench.sweeps.
+    from bench.sweeps import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,100 @@
+"""GET /v1/simulations/{id}/plot.svg: a succeeded simulation's trajectory drawn as SVG (service.plots).
+
+Decoding the stored trajectory and rendering are CPU work, done in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.concurrency import run_in_threadpool
+
+from service.api.deps import SettingsDep, StoreDep
+from service.api.errors import ProblemError, problem_responses
+from service.api.problems import field_error
+from service.api.simulations import succeeded_result
+from service.dynamics.presets import preset_labels
+from service.plots import MAX_TIMES, PlotError, render_plot
+
+router = APIRouter(prefix="/v1/simulations", tags=["simulations"])
+
+SVG = "image/svg+xml"
+
+_DESCRIPTION = f"""\
+The trajectory of a succeeded simulation as an SVG figure (409 until it succeeded).
+
+* `kind=modes` (default): mode strengths u_α(t) = u_αᵀ W(t) v_α, solid, with the analytic prediction dashed in
+  the same colour; the theory model is named in the title and legend, marked "(approximate)" when its
+  assumptions hold only approximately (e.g. a small random init).
+* `kind=loss`: L(t) on a log axis with the optimum L* dotted; when Σ33 is unknown the excess loss L − L* (the
+  axis says so). Values ≤ 0 cannot be drawn on a log axis: the legend counts them.
+* `kind=product`: heatmaps of the network map W(t) at the records nearest each `time` (default: the last)
+  next to the optimum W*.
+* `kind=similarity`: the hidden-layer item similarity RSM = W21ᵀW21 at the records nearest each `time`
+  (default: four records spread over the run); needs `record.similarity: true` (else 409 not-recorded).
+
+Time is t = η·step for GD. `log_time=true` puts the loss and mode plots on a log time axis (t = 0 is then
+not shown). At most {MAX_TIMES} `time` values; preset problems get their item and feature names on the axes.
+"""
+
+
+def _labels(request_json: bytes) -> dict[str, Any] | None:
+    """Item and feature names of a preset problem (None for other data or on any surprise)."""
+    try:
+        data = orjson.loads(request_json).get("data") or {}
+        if data.get("kind") != "preset":
+            return None
+        params = {k: v for k, v in data.items() if k not in ("kind", "name")}
+        return preset_labels(data["name"], params)
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        return None  # labels are a nicety: a plot without them is still right
+
+
+def _render(stored: bytes, request_json: bytes | None, kind: str, log_time: bool, times: list[float] | None) -> bytes:
+    labels = _labels(request_json) if request_json is not None and kind in ("product", "similarity") else None
+    return render_plot(orjson.loads(stored), kind, log_time=log_time, times=times, labels=labels, fmt="svg")
+
+
+def _query_problem(exc: PlotError) -> ProblemError:
+    return ProblemError(422, "validation-error", f"{exc.field}: {exc.message}",
+                        errors=[field_error([exc.field], "invalid_query", exc.message, exc.fix, "query")])
+
+
+@router.get(
+    "/{job_id}/plot.svg",
+    response_class=Response,
+    summary="Plot a simulation's trajectory (SVG)",
+    description=_DESCRIPTION,
+    responses={200: {"description": "The figure.", "content": {SVG: {"schema": {"type": "string"}}}},
+               **problem_responses(404, 409, 422)},
+)
+async def get_simulation_plot(
+    job_id: Annotated[str, Path(description="The simulation id.")],
+    store: StoreDep,
+    settings: SettingsDep,
+    kind: Annotated[Literal["loss", "modes", "product", "similarity"], Query(
+        description="What to draw: loss, modes (with theory), product (W and W*), similarity (hidden RSM).")
+    ] = "modes",
+    log_time: Annotated[bool, Query(description="Log time axis (loss and modes).")] = False,
+    time: Annotated[list[float] | None, Query(
+        description=f"Times (t ≥ 0) of the product / similarity panels, repeated: time=0&time=10 (≤ {MAX_TIMES}); "
+                    "each panel shows the nearest record.")] = None,
+) -> Response:
+    if time is not None:
+        if len(time) > MAX_TIMES:
+            raise _query_problem(PlotError(f"{len(time)} times given, at most {MAX_TIMES} panels fit", field="time",
+                                           fix=f"give at most {MAX_TIMES} time values"))
+        if any(not (t >= 0 and t != float("inf")) for t in time):
+            raise _query_problem(PlotError("every time must be a finite number ≥ 0", field="time",
+                                           fix="give times t ≥ 0 within the run, e.g. time=0&time=10"))
+    stored = await succeeded_result(store, job_id, settings)
+    row = await run_in_threadpool(store.get, job_id)
+    try:
+        svg = await run_in_threadpool(_render, stored, row.request if row is not None else None, kind, log_time, time)
+    except PlotError as exc:
+        if exc.code == "not_recorded":
+            raise ProblemError(409, "not-recorded", f"simulation {job_id}: {exc.message}; {exc.fix}") from None
+        raise _query_problem(exc) from None
+    return Response(svg, media_type=SVG)

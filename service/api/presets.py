@@ -1,0 +1,138 @@
+"""/v1/presets: the built-in learning problems, their parameters, and (per preset) their spectrum and names.
+
+Everything comes from the core's registry (service.dynamics.presets.PRESETS), which also generates the
+request schema's preset models, so what is listed here is exactly what POST /v1/simulations accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from service.api.deps import SettingsDep
+from service.api.errors import ProblemError, dynamics_problem, problem_responses, validation_problem
+from service.api.problems import field_error
+from service.convert import Limits, _check_shape_limits, _preset_shape
+from service.dynamics.errors import DynamicsError
+from service.dynamics.modes import mode_basis
+from service.dynamics.presets import PRESETS, PresetParam, build_preset, preset_labels
+from service.schemas import PRESET_MODELS, PresetDetail, PresetList
+
+router = APIRouter(prefix="/v1/presets", tags=["presets"])
+
+_TYPES = {"int": "integer", "int_or_null": "integer", "float": "number", "float_list": "number_list"}
+
+
+def _bound(p: PresetParam, value: float | None) -> int | float | None:
+    return None if value is None else (int(value) if _TYPES[p.kind] == "integer" else float(value))
+
+
+def _parameter(p: PresetParam) -> dict[str, Any]:
+    return {"name": p.name, "type": _TYPES[p.kind], "nullable": p.kind == "int_or_null",
+            "default": list(p.default) if isinstance(p.default, list) else p.default,
+            "minimum": _bound(p, p.minimum), "maximum": _bound(p, p.maximum), "description": p.description}
+
+
+def _info(name: str) -> dict[str, Any]:
+    preset = PRESETS[name]
+    example = {"kind": "preset", "name": name}
+    for p in preset.params:
+        example[p.name] = list(p.default) if isinstance(p.default, list) else p.default
+    return {"name": name, "description": preset.description, "parameters": [_parameter(p) for p in preset.params],
+            "example": example, "links": {"self": f"/v1/presets/{name}"}}
+
+
+@router.get(
+    "",
+    response_model=PresetList,
+    summary="List the built-in problems and their parameters",
+    responses={**problem_responses()},
+)
+async def list_presets() -> dict[str, Any]:
+    """Each preset with its parameters (type, default, bounds, meaning) and a ready-to-use ``data`` member."""
+    return {"items": [_info(name) for name in PRESETS]}
+
+
+def _query_value(raw: str, param: PresetParam | None) -> Any:
+    """A query string value as the JSON value it spells: 3 -> 3, 0.5 -> 0.5, null, [3,2] or 3,2,1 -> a list."""
+    for text in (raw, f"[{raw}]" if "," in raw else None):
+        if text is None:
+            continue
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue
+        if param is not None and param.kind == "float_list" and isinstance(value, (int, float)):
+            value = [value]
+        return value
+    return raw  # left as a string: strict validation then says which type was expected
+
+
+def _build_detail(name: str, query: list[tuple[str, str]], limits: Limits) -> dict[str, Any]:
+    params = {p.name: p for p in PRESETS[name].params}
+    raw: dict[str, Any] = {}
+    for key, value in query:
+        if key in raw:
+            raise ProblemError(422, "validation-error", f"{key}: given more than once",
+                               errors=[_query_error(key, "given more than once", f"give {key} once")])
+        raw[key] = _query_value(value, params.get(key))
+    if "kind" in raw or "name" in raw:
+        key = "kind" if "kind" in raw else "name"
+        raise ProblemError(422, "validation-error", f"{key}: not a parameter of the preset",
+                           errors=[_query_error(key, "not a preset parameter", f"remove {key} from the query")])
+    try:
+        data = PRESET_MODELS[name].model_validate({"kind": "preset", "name": name, **raw})
+    except ValidationError as exc:
+        problem = validation_problem(exc.errors(include_url=False), where="query")
+        for e in problem.errors:
+            if e["code"] == "extra_forbidden":
+                e["fix"] = f"remove it: the parameters of {name} are {', '.join(params)}"
+        raise problem from None
+    values = data.model_dump(exclude={"kind", "name"})
+    shape = _preset_shape(name, values, limits)
+    try:
+        if shape is not None:  # the service's size limits, checked before anything is allocated
+            n_in, n_out, in_field, out_field = shape
+            _check_shape_limits(n_in, n_out, [], in_field, out_field, limits)
+        # field_prefix (): errors name the query parameter itself ("depth"), not data.depth
+        problem = build_preset(name, values, field_prefix=())
+    except DynamicsError as exc:
+        if tuple(exc.field)[:1] == ("data",):  # from the limit checks, which speak of the request body
+            exc.field = tuple(exc.field)[1:]
+        problem_error = dynamics_problem(exc)
+        for e in problem_error.errors:
+            e["in"] = "query"
+        raise problem_error from None
+    labels = preset_labels(name, values) or {}
+    return {**_info(name), "values": values, "n_in": problem.n_in, "n_out": problem.n_out,
+            "singular_values": [float(s) for s in mode_basis(problem).s],
+            "items": labels.get("items"), "features": labels.get("features"),
+            "example": {"kind": "preset", "name": name, **values}}
+
+
+def _query_error(key: str, message: str, fix: str) -> dict:
+    return field_error([key], "invalid_query", message, fix, "query")
+
+
+@router.get(
+    "/{name}",
+    response_model=PresetDetail,
+    summary="One preset, built: dimensions, singular values of Σ31, item and feature names",
+    responses={**problem_responses(404, 422)},
+)
+async def get_preset(
+    name: Annotated[str, Path(description="The preset's name, e.g. hierarchy.")],
+    request: Request,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    """Builds the problem with the parameters given as query parameters (e.g. ``?depth=4``,
+    ``?singular_values=3,2,1``), defaults for the rest, and reports what a simulation of it will see."""
+    if name not in PRESETS:
+        raise ProblemError(404, "not-found", f"no preset named {name!r}; the presets are {', '.join(PRESETS)}")
+    query = list(request.query_params.multi_items())
+    # Building a preset (an SVD of up to 2047 × 1024) is CPU work: off the event loop.
+    return await run_in_threadpool(_build_detail, name, query, Limits.from_settings(settings))

@@ -1,0 +1,312 @@
+"""Sweeps in the job store's SQLite file: the sweep, one row per point, and kept trajectories.
+
+    sweeps = SweepStore(job_store)            # same file, same per-thread connections
+    row = sweeps.create(request_json, base_json, "summary", [(params_json, group_key), ...])
+
+Why the same database file (tables added by schema migration 2 in ``store.py``) and not a second
+file: one file is one thing to back up, mount and migrate; a single schema version guards both (an
+older service refuses a newer file as a whole); and the sweep store borrows the JobStore's
+connections, so there is one connection per thread and one ``close``.
+
+Durability is the JobStore's (WAL, synchronous=FULL): a created sweep (a 202) survives a crash, and
+each chunk's points are written in one transaction as the chunk finishes, so after a restart only
+the points still queued or running are run again. Transitions are guarded in SQL like the jobs':
+only queued/running points and sweeps move, so a point finished twice (a chunk rerun after a worker
+death whose first run's result arrived too) is recorded once, and a cancelled sweep stays cancelled.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import zstandard
+
+from .store import (
+    ACTIVE,
+    RESULT_CODEC,
+    STATUSES,
+    CorruptResultError,
+    InvalidPageToken,
+    JobStore,
+    decode_page_token,
+    decompress_result,
+    encode_page_token,
+    new_job_id,
+    utc_now,
+)
+
+_SWEEP_COLUMNS = "id, status, created_at, started_at, finished_at, request, base, keep, n_points"
+_POINT_COLUMNS = ("sweep_id, k, params, group_key, status, attempts, finished_at, outcome, summary, error, "
+                  "EXISTS (SELECT 1 FROM sweep_trajectories t WHERE t.sweep_id = p.sweep_id AND t.k = p.k)")
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    id: str
+    status: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    request: bytes          # the canonical SweepRequest JSON (base with defaults filled in)
+    base: bytes             # the canonical base SimulationRequest JSON the points' overrides apply to
+    keep: str               # summary | trajectories
+    n_points: int
+    counts: dict[str, int]  # points per status
+
+    @property
+    def terminal(self) -> bool:
+        return self.status not in ACTIVE
+
+
+@dataclass(frozen=True)
+class PointRow:
+    sweep_id: str
+    k: int
+    params: bytes                   # {"init.scale": 0.1, ...} as JSON
+    group_key: str                  # points with equal keys can run as one batch
+    status: str
+    attempts: int                   # chunk runs that included this point
+    finished_at: str | None
+    outcome: str | None
+    summary: dict[str, Any] | None  # final loss, learning times, ... (see service.jobs.sweeps)
+    error: dict[str, Any] | None    # an RFC 9457 problem for failed points
+    has_trajectory: bool
+
+
+def encode_point_token(k: int) -> str:
+    return base64.urlsafe_b64encode(f"k{k}".encode()).decode().rstrip("=")
+
+
+def decode_point_token(token: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        if not text.startswith("k"):
+            raise ValueError
+        return int(text[1:])
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidPageToken("page_token is not one this service issued") from None
+
+
+class SweepStore:
+    """Sweeps and their points; thread-safe and blocking like the JobStore it shares a file with."""
+
+    def __init__(self, jobs: JobStore) -> None:
+        self.jobs = jobs
+
+    def _conn(self):
+        return self.jobs._conn()
+
+    def _write(self):
+        return self.jobs._write()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _counts(self, sweep_id: str) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for status, n in self._conn().execute(
+                "SELECT status, count(*) FROM sweep_points WHERE sweep_id = ? GROUP BY status", (sweep_id,)):
+            counts[status] = n
+        return counts
+
+    def _sweep(self, r: tuple) -> SweepRow:
+        return SweepRow(id=r[0], status=r[1], created_at=r[2], started_at=r[3], finished_at=r[4],
+                        request=bytes(r[5]), base=bytes(r[6]), keep=r[7], n_points=r[8], counts=self._counts(r[0]))
+
+    @staticmethod
+    def _point(r: tuple) -> PointRow:
+        return PointRow(sweep_id=r[0], k=r[1], params=bytes(r[2]), group_key=r[3], status=r[4], attempts=r[5],
+                        finished_at=r[6], outcome=r[7], summary=orjson.loads(r[8]) if r[8] is not None else None,
+                        error=orjson.loads(r[9]) if r[9] is not None else None, has_trajectory=bool(r[10]))
+
+    def get(self, sweep_id: str) -> SweepRow | None:
+        r = self._conn().execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        return self._sweep(r) if r else None
+
+    def list(self, status: str | None = None, page_size: int = 50,
+             page_token: str | None = None) -> tuple[list[SweepRow], str | None]:
+        """Newest first, keyset paging on (created_at, id) like JobStore.list."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if page_token is not None:
+            where.append("(created_at, id) < (?, ?)")
+            args.extend(decode_page_token(page_token))
+        sql = f"SELECT {_SWEEP_COLUMNS} FROM sweeps"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        rows = [self._sweep(r) for r in self._conn().execute(sql, (*args, page_size + 1)).fetchall()]
+        if len(rows) > page_size:
+            rows = rows[:page_size]
+            return rows, encode_page_token(rows[-1].created_at, rows[-1].id)
+        return rows, None
+
+    def unfinished(self) -> list[SweepRow]:
+        """Sweeps left queued or running (a crash, a restart), oldest first."""
+        cur = self._conn().execute(
+            f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE status IN ('queued', 'running') ORDER BY created_at, id")
+        return [self._sweep(r) for r in cur.fetchall()]
+
+    def count_active(self) -> int:
+        return self._conn().execute(
+            "SELECT count(*) FROM sweeps WHERE status IN ('queued', 'running')").fetchone()[0]
+
+    def pending_points(self, sweep_id: str) -> list[tuple[int, bytes, str]]:
+        """(k, params, group_key) of the points still to run (queued, or running when the API died)."""
+        cur = self._conn().execute(
+            "SELECT k, params, group_key FROM sweep_points WHERE sweep_id = ? AND status IN ('queued', 'running') "
+            "ORDER BY k", (sweep_id,))
+        return [(k, bytes(p), g) for k, p, g in cur.fetchall()]
+
+    def points(self, sweep_id: str, status: str | None = None, page_size: int = 100,
+               page_token: str | None = None) -> tuple[list[PointRow], str | None]:
+        """Points in index order, keyset paging on k."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        where, args = ["sweep_id = ?"], [sweep_id]
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if page_token is not None:
+            where.append("k > ?")
+            args.append(decode_point_token(page_token))
+        sql = f"SELECT {_POINT_COLUMNS} FROM sweep_points p WHERE {' AND '.join(where)} ORDER BY k LIMIT ?"
+        rows = [self._point(r) for r in self._conn().execute(sql, (*args, page_size + 1)).fetchall()]
+        if len(rows) > page_size:
+            rows = rows[:page_size]
+            return rows, encode_point_token(rows[-1].k)
+        return rows, None
+
+    def point(self, sweep_id: str, k: int) -> PointRow | None:
+        r = self._conn().execute(f"SELECT {_POINT_COLUMNS} FROM sweep_points p WHERE sweep_id = ? AND k = ?",
+                                 (sweep_id, k)).fetchone()
+        return self._point(r) if r else None
+
+    def trajectory(self, sweep_id: str, k: int) -> bytes | None:
+        """A kept point trajectory as JSON bytes; None if none was kept. CorruptResultError if unreadable."""
+        r = self._conn().execute("SELECT codec, size, data FROM sweep_trajectories WHERE sweep_id = ? AND k = ?",
+                                 (sweep_id, k)).fetchone()
+        if r is None:
+            return None
+        codec, size, blob = r
+        name = f"{sweep_id}/points/{k}"
+        try:
+            data = decompress_result(bytes(blob), codec)
+        except (zstandard.ZstdError, ValueError) as exc:
+            raise CorruptResultError(name, str(exc)) from None
+        if len(data) != size:
+            raise CorruptResultError(name, f"{len(data)} bytes instead of {size}")
+        return data
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def create(self, request_json: bytes, base_json: bytes, keep: str,
+               points: Sequence[tuple[bytes, str]]) -> SweepRow:
+        """Insert a queued sweep and its points (k = position in ``points``) in one transaction."""
+        if keep not in ("summary", "trajectories"):
+            raise ValueError(f"unknown keep {keep!r}")
+        sweep_id = new_job_id()
+        with self._write() as conn:
+            conn.execute(f"INSERT INTO sweeps ({_SWEEP_COLUMNS}) VALUES (?, 'queued', ?, NULL, NULL, ?, ?, ?, ?)",
+                         (sweep_id, utc_now(), bytes(request_json), bytes(base_json), keep, len(points)))
+            conn.executemany(
+                "INSERT INTO sweep_points (sweep_id, k, params, group_key, status) VALUES (?, ?, ?, ?, 'queued')",
+                ((sweep_id, k, bytes(params), group) for k, (params, group) in enumerate(points)))
+        row = self.get(sweep_id)
+        assert row is not None
+        return row
+
+    def mark_points_running(self, sweep_id: str, ks: Iterable[int]) -> int:
+        """A worker started a chunk: its unfinished points run (one more attempt), the sweep runs."""
+        ks = list(ks)
+        with self._write() as conn:
+            changed = sum(conn.execute(
+                "UPDATE sweep_points SET status = 'running', attempts = attempts + 1 "
+                "WHERE sweep_id = ? AND k = ? AND status IN ('queued', 'running')", (sweep_id, k)).rowcount
+                for k in ks)
+            if changed:
+                conn.execute("UPDATE sweeps SET status = 'running', started_at = coalesce(started_at, ?) "
+                             "WHERE id = ? AND status IN ('queued', 'running')", (utc_now(), sweep_id))
+        return changed
+
+    def finish_points(self, sweep_id: str, results: Sequence[Mapping[str, Any]]) -> int:
+        """Record a chunk's points in one transaction; returns how many were recorded.
+
+        Each result: {"k", "status": "succeeded"|"failed", "outcome", "summary" (dict), "error" (problem
+        dict), "trajectory" (compressed bytes or None)}. Only points still queued or running change;
+        the sweep ends (succeeded, or failed if any point failed) once no point is left to run.
+        """
+        now = utc_now()
+        changed = 0
+        with self._write() as conn:
+            for res in results:
+                k = int(res["k"])
+                status = res["status"]
+                if status not in ("succeeded", "failed"):
+                    raise ValueError(f"a finished point is succeeded or failed, not {status!r}")
+                summary = res.get("summary")
+                error = res.get("error")
+                cur = conn.execute(
+                    "UPDATE sweep_points SET status = ?, outcome = ?, summary = ?, error = ?, finished_at = ? "
+                    "WHERE sweep_id = ? AND k = ? AND status IN ('queued', 'running')",
+                    (status, res.get("outcome"), orjson.dumps(summary) if summary is not None else None,
+                     orjson.dumps(error).decode() if error is not None else None, now, sweep_id, k))
+                if cur.rowcount != 1:
+                    continue
+                changed += 1
+                blob = res.get("trajectory")
+                if blob is not None:
+                    size = zstandard.frame_content_size(bytes(blob))
+                    if size < 0:
+                        raise ValueError("compressed trajectory has no content size in its frame header")
+                    conn.execute("INSERT OR REPLACE INTO sweep_trajectories (sweep_id, k, codec, size, data) "
+                                 "VALUES (?, ?, ?, ?, ?)", (sweep_id, k, RESULT_CODEC, size, bytes(blob)))
+            self._finalize(conn, sweep_id, now)
+        return changed
+
+    def fail_points(self, sweep_id: str, ks: Iterable[int], problem: Mapping[str, Any]) -> int:
+        """Mark unfinished points failed with one problem (their chunk crashed or could not run)."""
+        return self.finish_points(sweep_id, [{"k": k, "status": "failed", "error": dict(problem)} for k in ks])
+
+    @staticmethod
+    def _finalize(conn, sweep_id: str, now: str) -> None:
+        left = conn.execute("SELECT count(*) FROM sweep_points WHERE sweep_id = ? AND status IN ('queued', 'running')",
+                            (sweep_id,)).fetchone()[0]
+        if left:
+            return
+        failed = conn.execute("SELECT count(*) FROM sweep_points WHERE sweep_id = ? AND status = 'failed'",
+                              (sweep_id,)).fetchone()[0]
+        conn.execute("UPDATE sweeps SET status = ?, finished_at = ?, started_at = coalesce(started_at, ?) "
+                     "WHERE id = ? AND status IN ('queued', 'running')",
+                     ("failed" if failed else "succeeded", now, now, sweep_id))
+
+    def cancel(self, sweep_id: str) -> str | None:
+        """Cancel a queued or running sweep and its unfinished points (finished points keep their
+        results). Returns the status it had, or None if unknown or already finished."""
+        now = utc_now()
+        with self._write() as conn:
+            r = conn.execute("SELECT status FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+            if r is None or r[0] not in ACTIVE:
+                return None
+            conn.execute("UPDATE sweeps SET status = 'cancelled', finished_at = ? WHERE id = ?", (now, sweep_id))
+            conn.execute("UPDATE sweep_points SET status = 'cancelled', finished_at = ? "
+                         "WHERE sweep_id = ? AND status IN ('queued', 'running')", (now, sweep_id))
+        return r[0]
+
+    def delete(self, sweep_id: str) -> bool:
+        """Remove the sweep, its points and kept trajectories; the caller cancels it first."""
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM sweeps WHERE id = ?", (sweep_id,))
+        return cur.rowcount == 1

@@ -1,0 +1,323 @@
+"""Plots of a trajectory document (the JSON the API serves) as SVG or PNG bytes, without any web framework.
+
+    svg = render_plot(document, "modes", log_time=True)               # bytes of an SVG file
+    png = render_plot(document, "similarity", times=[0, 5, 40], fmt="png")
+
+Kinds:
+    loss        L(t) on a log axis (or L − L* when Σ33 is unknown, said on the axis); the optimum L* dotted.
+    modes       mode strengths u_α(t) = u_αᵀ W(t) v_α (solid) and the analytic prediction (dashed, same colour),
+                the theory model named in the title and legend, "(approximate)" when its assumptions hold only
+                approximately.
+    product     heatmaps of the network map W(t) at chosen times (nearest record) next to the optimum W*.
+    similarity  the hidden-layer item similarity RSM = W21ᵀW21 at chosen times (when it was recorded).
+
+Rendering uses ``matplotlib.figure.Figure`` directly (never pyplot's global figure manager) on the headless
+Agg backend, and one lock: matplotlib documents that it is not thread-safe, and rendering holds the GIL
+anyway, so serialising renders costs the thread pool nothing measurable. Text stays text in the SVG
+(svg.fonttype "none"): smaller files that are searchable and accessible.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
+
+# Headless, explicitly: nothing here uses pyplot, but a server must never pick an interactive backend.
+matplotlib.use("Agg")
+
+KINDS = ("loss", "modes", "product", "similarity")
+FORMATS = {"svg": "image/svg+xml", "png": "image/png"}
+MAX_TIMES = 8                 # panels of a product / similarity plot
+MAX_LEGEND_MODES = 10         # past this many modes the legend names the first ones and "…"
+MAX_TICK_LABELS = 32          # item / feature names are written on the axes up to this many
+DEFAULT_SIMILARITY_PANELS = 4
+
+_RC = {"svg.fonttype": "none", "font.size": 10, "axes.titlesize": 11, "figure.dpi": 100}
+_LOCK = threading.Lock()
+
+
+class PlotError(ValueError):
+    """A plot that cannot be drawn as asked. ``code``: "not_recorded" (the data is not in this trajectory,
+    the caller should rerun the simulation) or "invalid" (a query parameter out of its domain)."""
+
+    def __init__(self, message: str, *, field: str, fix: str, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.message, self.field, self.fix, self.code = message, field, fix, code
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _array(value: Any) -> np.ndarray:
+    """JSON lists -> float64 array; null (a non-finite value in the run) -> NaN."""
+    return np.array(value, dtype=np.float64)
+
+
+def nearest_records(time: np.ndarray, wanted: Sequence[float]) -> list[int]:
+    """Index of the record nearest each wanted time (ties: the earlier record), duplicates removed, sorted."""
+    time = np.asarray(time, dtype=np.float64)
+    return sorted({int(np.argmin(np.abs(time - t))) for t in wanted})
+
+
+def _time_label(doc: Mapping[str, Any], log_time: bool) -> str:
+    method = doc.get("method")
+    label = "time t = η·step (learning rate × steps)" if method == "gd" else \
+        "time t (gradient-flow time; t = η·step for GD)"
+    return label + ("  [log scale; t = 0 not shown]" if log_time else "")
+
+
+def _method_name(doc: Mapping[str, Any]) -> str:
+    return {"gd": "gradient descent", "flow": "gradient flow", "exact": "exact solution"}.get(
+        str(doc.get("method")), str(doc.get("method")))
+
+
+def _outcome_note(doc: Mapping[str, Any]) -> str:
+    if doc.get("outcome") == "diverged":
+        step = doc.get("diverged_at_step")
+        return "diverged" + (f" at step {step}" if step is not None else "") + "; recorded until then"
+    return str(doc.get("outcome", ""))
+
+
+def _time_mask(time: np.ndarray, log_time: bool) -> np.ndarray:
+    return (time > 0) if log_time else np.ones(time.shape, dtype=bool)
+
+
+def _fmt_time(t: float) -> str:
+    return f"{t:.4g}"
+
+
+def _mode_colours(k: int) -> list:
+    if k <= 10:
+        return [colormaps["tab10"](i) for i in range(k)]
+    return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.9, k)]
+
+
+def _save(fig: Figure, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    # metadata Date None: the same trajectory renders to the same bytes (cacheable, diffable).
+    fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None, bbox_inches="tight")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------
+# loss
+
+
+def _plot_loss(fig: Figure, doc: Mapping[str, Any], log_time: bool) -> None:
+    ax = fig.add_subplot()
+    time = _array(doc["time"])
+    known = doc.get("loss") is not None
+    optimum = (doc.get("optimum") or {}).get("loss")
+    if known:
+        y = _array(doc["loss"])
+        ylabel = "loss L = (1/N) Σ ‖y − W x‖²  [log scale]"
+        name = "loss L(t)"
+    else:
+        y = _array(doc["excess_loss"])
+        ylabel = "excess loss L − L*  [log scale]\n(L itself is unknown: Σ33 was not given)"
+        name = "excess loss L(t) − L*"
+    keep = _time_mask(time, log_time) & np.isfinite(y)
+    positive = keep & (y > 0)
+    dropped = int(np.sum(keep & ~positive))
+    if positive.any():
+        ax.plot(time[positive], y[positive], color="C0", lw=1.8, label=name)
+        ax.set_yscale("log")
+        if np.max(y[positive]) < 100 * np.min(y[positive]):
+            # Under two decades the default labels read "4×10⁰"; plain numbers on the minor ticks are clearer.
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        ax.plot(time[keep], y[keep], color="C0", lw=1.8, label=name)
+        ylabel = ylabel.replace("  [log scale]", "  [linear: no positive value to put on a log scale]")
+    rank = (doc.get("optimum") or {}).get("rank")
+    if known and optimum is not None:
+        # L* = tr Σ33 − Σ σ² cancels to round-off for a realisable task: call that 0 rather than draw 1e-16.
+        scale = float(np.nanmax(np.abs(y))) if np.isfinite(y).any() else 0.0
+        if optimum > 1e-10 * scale:
+            ax.axhline(optimum, color="0.3", ls=":", lw=1.2, label=f"optimum L* = {optimum:.4g} (rank {rank})")
+        else:
+            ax.plot([], [], " ", label=f"optimum L* = 0 (to round-off; rank {rank})")
+    if dropped:
+        # Say so rather than silently clip: values ≤ 0 (an exact fit, or round-off below L*) have no log.
+        ax.plot([], [], " ", label=f"{dropped} value{'s' if dropped > 1 else ''} ≤ 0 not shown (log scale)")
+    if log_time:
+        ax.set_xscale("log")
+    ax.set_xlabel(_time_label(doc, log_time))
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"Loss — {_method_name(doc)} ({_outcome_note(doc)})")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="best", frameon=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# modes
+
+
+def _plot_modes(fig: Figure, doc: Mapping[str, Any], log_time: bool) -> None:
+    ax = fig.add_subplot()
+    modes = doc["modes"]
+    time = _array(doc["time"])
+    strength = _array(modes["strength"]).reshape(len(time), -1)
+    theory = _array(modes["theory"]).reshape(len(time), -1) if modes.get("theory") is not None else None
+    svals = _array(modes["singular_values"])
+    k = strength.shape[1]
+    keep = _time_mask(time, log_time)
+    colours = _mode_colours(k)
+    handles = []
+    for a in range(k):
+        # Simulated: wide and translucent; theory: thin dashed on top, visible even where they coincide.
+        (line,) = ax.plot(time[keep], strength[keep, a], color=colours[a], lw=2.6, alpha=0.55,
+                          label=f"mode {a + 1}: s = {svals[a]:.4g}")
+        if theory is not None:
+            ax.plot(time[keep], theory[keep, a], color=colours[a], lw=1.3, ls=(0, (4, 3)))
+        if a < MAX_LEGEND_MODES:
+            handles.append(line)
+    if k > MAX_LEGEND_MODES:
+        handles.append(Line2D([], [], ls="", label=f"… and {k - MAX_LEGEND_MODES} more modes"))
+    model = modes.get("theory_model")
+    exact = bool(modes.get("theory_exact"))
+    style = [Line2D([], [], color="0.2", lw=2.6, alpha=0.55, label=f"simulated ({_method_name(doc)})")]
+    if theory is not None:
+        qualifier = " (exact)" if exact else " (approximate)"
+        style.append(Line2D([], [], color="0.2", lw=1.3, ls=(0, (4, 3)), label=f"theory: {model}{qualifier}"))
+        subtitle = f"dashed: theory {model}{qualifier}"
+    else:
+        subtitle = "no analytic prediction applies to this setting"
+    first = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="modes of Σ31 = U S Vᵀ",
+                      frameon=False, fontsize=9)
+    ax.add_artist(first)
+    ax.legend(handles=style, loc="lower left", bbox_to_anchor=(1.01, 0.0), frameon=False, fontsize=9)
+    if log_time:
+        ax.set_xscale("log")
+    ax.set_xlabel(_time_label(doc, log_time))
+    ax.set_ylabel("mode strength u_α(t) = u_αᵀ W(t) v_α")
+    ax.set_title(f"Mode strengths — {_method_name(doc)} ({_outcome_note(doc)})\n{subtitle}")
+    ax.grid(True, alpha=0.3)
+
+
+# ------------------------------------------------------------------------------------------------
+# heatmaps: product and similarity
+
+
+def _label_axis(ax, axis: str, names: Sequence[str] | None, n: int, title: str) -> None:
+    set_label = ax.set_xlabel if axis == "x" else ax.set_ylabel
+    set_ticks = ax.set_xticks if axis == "x" else ax.set_yticks
+    if names is not None and len(names) == n and n <= MAX_TICK_LABELS:
+        set_ticks(range(n), list(names), **({"rotation": 90} if axis == "x" else {}), fontsize=8)
+    set_label(title)
+
+
+def _heatmaps(fig: Figure, panels: list[tuple[str, np.ndarray]], *, xlabel: str, ylabel: str,
+              xnames: Sequence[str] | None, ynames: Sequence[str] | None, colour_label: str, title: str) -> None:
+    """Side-by-side matrices on one symmetric diverging colour scale (0 is white), one colour bar."""
+    finite = [np.abs(m[np.isfinite(m)]) for _, m in panels]
+    vmax = max((float(f.max()) for f in finite if f.size), default=1.0) or 1.0
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    image = None
+    for i, (ax, (name, m)) in enumerate(zip(axes, panels, strict=True)):
+        image = ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest", aspect="equal")
+        ax.set_title(name)
+        _label_axis(ax, "x", xnames, m.shape[1], xlabel)
+        if i == 0:
+            _label_axis(ax, "y", ynames, m.shape[0], ylabel)
+        else:  # same rows as the first panel: its labels serve the row
+            ax.tick_params(labelleft=False)
+    fig.colorbar(image, ax=list(axes), shrink=0.85, label=colour_label)
+    fig.suptitle(title)
+
+
+def _chosen_records(time: np.ndarray, times: Sequence[float] | None, default: list[int]) -> list[int]:
+    if not times:
+        return default
+    if len(times) > MAX_TIMES:
+        raise PlotError(f"{len(times)} times asked for, at most {MAX_TIMES} panels fit", field="time",
+                        fix=f"give at most {MAX_TIMES} time values")
+    return nearest_records(time, times)
+
+
+def _plot_product(fig: Figure, doc: Mapping[str, Any], times: Sequence[float] | None,
+                  labels: Mapping[str, Any] | None) -> None:
+    time = _array(doc["time"])
+    product = _array(doc["product"])
+    records = _chosen_records(time, times, [len(time) - 1])
+    panels = [(f"W(t = {_fmt_time(time[i])})", product[i]) for i in records]
+    opt = doc["optimum"]
+    panels.append((f"optimum W* (rank {opt['rank']})", _array(opt["product"])))
+    labels = labels or {}
+    _heatmaps(fig, panels, xlabel="input (item)" if labels.get("items") else "input i",
+              ylabel="output (feature)" if labels.get("features") else "output j",
+              xnames=labels.get("items"), ynames=labels.get("features"), colour_label="entry of W",
+              title=f"Network map W = W_D⋯W_1 — {_method_name(doc)} ({_outcome_note(doc)})")
+
+
+def _plot_similarity(fig: Figure, doc: Mapping[str, Any], times: Sequence[float] | None,
+                     labels: Mapping[str, Any] | None) -> None:
+    if doc.get("similarity") is None:
+        raise PlotError("this simulation did not record the hidden-layer similarity", field="kind",
+                        fix="run the simulation again with record.similarity set to true", code="not_recorded")
+    time = _array(doc["time"])
+    rsm = _array(doc["similarity"])
+    n = len(time)
+    default = sorted({round(x) for x in np.linspace(0, n - 1, min(DEFAULT_SIMILARITY_PANELS, n))})
+    records = _chosen_records(time, times, default)
+    panels = [(f"t = {_fmt_time(time[i])}", rsm[i]) for i in records]
+    items = (labels or {}).get("items")
+    name = "item" if items else "input basis vector (item) i"
+    _heatmaps(fig, panels, xlabel=name, ylabel=name, xnames=items, ynames=items,
+              colour_label="similarity h_i · h_j", title="Hidden-layer representational similarity "
+              f"RSM = W21ᵀW21 (h_i = W21 e_i) — {_method_name(doc)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# entry point
+
+
+def _figure_size(kind: str, doc: Mapping[str, Any], times: Sequence[float] | None) -> tuple[float, float]:
+    if kind in ("loss",):
+        return 8.0, 5.0
+    if kind == "modes":
+        return 10.0, 5.5
+    count = len(times) if times else (1 if kind == "product" else DEFAULT_SIMILARITY_PANELS)
+    panels = min(count, MAX_TIMES) + (1 if kind == "product" else 0)
+    # Each panel as wide as its matrix is at 3.4 inches high (within 1.8–4.5 inches), so tall maps get no gaps.
+    first = doc["product"][0] if kind == "product" and doc["product"] else [[0.0]]
+    rows, cols = len(first), len(first[0])
+    width = min(max(3.4 * cols / rows, 1.8), 4.5) + 0.4
+    return 1.6 + width * panels, 4.8
+
+
+def render_plot(doc: Mapping[str, Any], kind: str, *, log_time: bool = False, times: Sequence[float] | None = None,
+                labels: Mapping[str, Any] | None = None, fmt: str = "svg") -> bytes:
+    """The ``kind`` plot of trajectory document ``doc`` (service.schemas.Trajectory as a dict) as ``fmt`` bytes.
+
+    ``times`` picks the records of product/similarity panels (the nearest record to each); ``labels``
+    ({"items": [...], "features": [...]}, e.g. from presets.preset_labels) names the matrices' rows/columns.
+    Raises PlotError for a plot that cannot be drawn (data not recorded, too many panels).
+    """
+    if kind not in KINDS:
+        raise PlotError(f"unknown plot kind {kind!r}", field="kind", fix=f"use one of {', '.join(KINDS)}")
+    if fmt not in FORMATS:
+        raise PlotError(f"unknown format {fmt!r}", field="format", fix=f"use one of {', '.join(FORMATS)}")
+    if times is not None and any(not np.isfinite(t) or t < 0 for t in times):
+        raise PlotError("times must be finite and ≥ 0", field="time", fix="give times t ≥ 0 within the run")
+    with _LOCK, matplotlib.rc_context(_RC):
+        fig = Figure(figsize=_figure_size(kind, doc, times), layout="constrained")
+        if kind == "loss":
+            _plot_loss(fig, doc, log_time)
+        elif kind == "modes":
+            _plot_modes(fig, doc, log_time)
+        elif kind == "product":
+            _plot_product(fig, doc, times, labels)
+        else:
+            _plot_similarity(fig, doc, times, labels)
+        return _save(fig, fmt)

@@ -1,0 +1,229 @@
+"""GET /v1/simulations/{id}/trajectory: JSON or .npz by Accept, ?fields= and ?every= (service.downloads)."""
+
+from __future__ import annotations
+
+import functools
+import io
+
+import numpy as np
+import orjson
+import pytest
+
+from service.convert import build_simulation, trajectory_document
+from service.downloads import (
+    FIELDS,
+    NPZ,
+    PER_RECORD,
+    negotiate,
+    npz_arrays,
+    record_indices,
+    to_npz,
+    trajectory_arrays,
+)
+from service.dynamics.simulate import simulate
+from service.schemas import SimulationRequest, Trajectory
+from tests.api.conftest import assert_problem, small_request
+from tests.api.real_runs import CORRELATIONS_EXACT, HIERARCHY_GD, create_finished, run_document
+
+pytestmark = pytest.mark.anyio
+
+REQUEST = {**HIERARCHY_GD, "record": {"points": 25, "weights": True, "similarity": True}}
+
+
+@functools.cache
+def _stored() -> bytes:
+    return orjson.dumps(run_document(REQUEST))
+
+
+def doc() -> dict:
+    return orjson.loads(_stored())
+
+
+async def finished(service) -> str:
+    return await create_finished(service, REQUEST, doc())
+
+
+async def get(service, job_id: str, accept: str | None = None, **params):
+    headers = {"accept": accept} if accept is not None else {}
+    return await service.client.get(f"/v1/simulations/{job_id}/trajectory", params=params, headers=headers)
+
+
+def load_npz(body: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(body), allow_pickle=False) as archive:  # no pickle: plain arrays only
+        return {name: archive[name] for name in archive.files}
+
+
+# ------------------------------------------------------------------------------------------------
+# JSON
+
+
+async def test_plain_json_is_the_stored_document_byte_for_byte(service):
+    job = await finished(service)
+    response = await get(service, job)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["vary"] == "Accept"
+    assert response.content == orjson.dumps(doc())
+
+
+async def test_fields_keeps_only_the_named_members(service):
+    job = await finished(service)
+    body = (await get(service, job, fields="time,loss,modes")).json()
+    assert list(body) == ["time", "loss", "modes"]
+    assert body["modes"] == doc()["modes"] and body["time"] == doc()["time"]
+
+
+async def test_fields_may_be_repeated(service):
+    job = await finished(service)
+    body = (await get(service, job, fields=["time", "excess_loss,outcome"])).json()
+    assert set(body) == {"time", "excess_loss", "outcome"}
+
+
+async def test_every_keeps_every_kth_record_and_the_last(service):
+    job = await finished(service)
+    body = (await get(service, job, every=7)).json()
+    full = doc()
+    idx = list(range(0, len(full["time"]), 7))
+    idx += [len(full["time"]) - 1] if idx[-1] != len(full["time"]) - 1 else []
+    assert body["time"] == [full["time"][i] for i in idx]
+    for name in ("step", "loss", "product", "weights", "similarity", "gradient_norm"):
+        assert body[name] == [full[name][i] for i in idx], name
+    assert body["modes"]["strength"] == [full["modes"]["strength"][i] for i in idx]
+    assert body["modes"]["theory"] == [full["modes"]["theory"][i] for i in idx]
+    # per-run members are untouched
+    assert body["modes"]["singular_values"] == full["modes"]["singular_values"]
+    assert body["optimum"] == full["optimum"]
+
+
+def test_record_indices_always_end_at_the_last_record():
+    assert record_indices(10, 3) == [0, 3, 6, 9]
+    assert record_indices(11, 3) == [0, 3, 6, 9, 10]
+    assert record_indices(1, 5) == [0]
+
+
+def test_fields_are_the_trajectory_schema_members():
+    assert FIELDS == tuple(Trajectory.model_fields)
+    assert set(PER_RECORD) < set(FIELDS)
+
+
+# ------------------------------------------------------------------------------------------------
+# npz
+
+
+async def test_npz_on_accept_holds_the_same_numbers(service):
+    job = await finished(service)
+    response = await get(service, job, accept=NPZ)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == NPZ
+    assert response.headers["content-disposition"] == f'attachment; filename="trajectory-{job}.npz"'
+    arrays = load_npz(response.content)
+    full = doc()
+    t = len(full["time"])
+    # JSON floats are the shortest round-trip repr: parsing them back gives the same float64s, bit for bit.
+    assert np.array_equal(arrays["time"], np.array(full["time"]))
+    assert arrays["step"].dtype == np.int64 and arrays["step"].tolist() == full["step"]
+    assert arrays["product"].shape == (t, 7, 4) and np.array_equal(arrays["product"], np.array(full["product"]))
+    assert arrays["weights_0"].shape == (t, 6, 4) and arrays["weights_1"].shape == (t, 7, 6)
+    assert np.array_equal(arrays["weights_1"], np.array([w[1] for w in full["weights"]]))
+    assert arrays["similarity"].shape == (t, 4, 4)
+    assert arrays["modes_strength"].shape == (t, 4) and arrays["modes_singular_values"].shape == (4,)
+    assert str(arrays["modes_theory_model"]) == full["modes"]["theory_model"]
+    assert bool(arrays["modes_theory_exact"]) is False
+    assert arrays["optimum_product"].shape == (7, 4) and int(arrays["optimum_rank"]) == 4
+    assert str(arrays["outcome"]) == full["outcome"] and str(arrays["method"]) == "gd"
+    assert "stability_hint" not in arrays and "diverged_at_step" not in arrays  # null members are left out
+
+
+async def test_npz_honours_fields_and_every(service):
+    job = await finished(service)
+    arrays = load_npz((await get(service, job, accept=NPZ, fields="time,modes", every=5)).content)
+    full = doc()
+    assert set(arrays) == {f"modes_{k}" for k, v in full["modes"].items() if v is not None} | {"time"}
+    assert arrays["time"].tolist() == [full["time"][i] for i in record_indices(len(full["time"]), 5)]
+    assert arrays["modes_strength"].shape[0] == len(arrays["time"])
+
+
+def test_null_entries_become_nan_in_npz():
+    d = doc()
+    d["loss"][3] = None
+    d["product"][2][0][1] = None
+    arrays = npz_arrays(d)
+    assert np.isnan(arrays["loss"][3]) and np.isnan(arrays["product"][2, 0, 1])
+    assert np.isfinite(np.delete(arrays["loss"], 3)).all()
+    assert load_npz(to_npz(d))["loss"].dtype == np.float64
+
+
+# ------------------------------------------------------------------------------------------------
+# negotiation
+
+
+@pytest.mark.parametrize(("accept", "chosen"), [
+    (None, "application/json"),
+    ("", "application/json"),
+    ("*/*", "application/json"),
+    ("application/*", "application/json"),
+    ("application/json", "application/json"),
+    ("application/x-npz", NPZ),
+    ("application/x-npz;q=0.9, application/json;q=0.1", NPZ),
+    ("application/json;q=0, */*", NPZ),
+    ("text/html, application/xhtml+xml, application/xml;q=0.9, */*;q=0.8", "application/json"),  # a browser
+    ("application/x-npz, */*", NPZ),  # named outright beats the wildcard
+    ("text/csv", None),
+    ("application/json;q=0", None),
+])
+def test_negotiate_picks_the_highest_ranked_representation(accept, chosen):
+    assert negotiate(accept) == chosen
+
+
+async def test_unsupported_accept_is_a_406_problem_naming_the_header(service):
+    job = await finished(service)
+    body = assert_problem(await get(service, job, accept="text/csv"), 406, "not-acceptable")
+    assert body["errors"][0]["field"] == ["Accept"] and body["errors"][0]["in"] == "header"
+    assert "application/x-npz" in body["errors"][0]["fix"]
+
+
+# ------------------------------------------------------------------------------------------------
+# errors
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"fields": "time,speed"}, "fields"),
+    ({"fields": ","}, "fields"),
+    ({"every": 0}, "every"),
+    ({"every": "often"}, "every"),
+])
+async def test_bad_selection_is_a_422_naming_the_query_parameter(service, params, field):
+    job = await finished(service)
+    body = assert_problem(await get(service, job, **params), 422)
+    assert body["errors"][0]["field"][0] == field and body["errors"][0]["in"] == "query"
+
+
+async def test_npz_of_an_unfinished_simulation_is_a_409(service):
+    response = await service.client.post("/v1/simulations", content=orjson.dumps(small_request()),
+                                         headers={"content-type": "application/json"})
+    assert_problem(await get(service, response.json()["id"], accept=NPZ), 409, "not-finished")
+
+
+async def test_npz_of_an_unknown_simulation_is_a_404(service):
+    assert_problem(await get(service, "nope", accept=NPZ), 404, "not-found")
+
+
+@pytest.mark.parametrize("request_", [
+    REQUEST,
+    CORRELATIONS_EXACT,  # loss null, exact theory, no steps
+    {"data": {"kind": "correlations", "sigma11": [[1.0]], "sigma31": [[3.0]]}, "network": {"hidden": [1]},
+     "init": {"scheme": "gaussian", "scale": 0.5, "seed": 0},
+     "training": {"method": "gd", "learning_rate": 2.0, "steps": 50, "allow_unstable": True}},  # diverges
+])
+def test_npz_from_the_core_trajectory_equals_the_npz_from_its_json(request_):
+    spec = build_simulation(SimulationRequest.model_validate(request_))
+    traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
+    direct = trajectory_arrays(traj)
+    via_json = npz_arrays(orjson.loads(orjson.dumps(trajectory_document(traj))))
+    assert list(direct) == list(via_json)
+    for name, array in direct.items():
+        assert array.dtype == via_json[name].dtype and array.shape == via_json[name].shape, name
+        # the JSON carries the shortest round-trip repr of each float64: equal bit for bit (NaN where null)
+        assert np.array_equal(array, via_json[name], equal_nan=array.dtype.kind == "f"), name
+    if request_["training"].get("allow_unstable"):  # the diverging case carries the optional scalars too
+        assert traj.outcome == "diverged" and {"stability_hint", "diverged_at_step"} <= set(direct)
