@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench install openapi docker-check clean
+.PHONY: run test fuzz bench load install openapi docker-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,16 @@ test: $(STAMP)
 openapi: $(STAMP)
 	$(PY) -m service.openapi_export
 
+# The long schemathesis profile (tests/fuzz/profiles.py): > 10,000 requests, random seeds, coverage phase.
+fuzz: $(STAMP)
+	DLNSIM_FUZZ_PROFILE=full $(PY) -m pytest tests/fuzz -p no:cacheprovider
+
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Bounded load on loopback (bench/load.py): 50 clients for 30 s against a saturated service; prints the figures.
+load: $(STAMP)
+	$(PY) -m bench.load
 
 # The container's install path without a Docker engine: build the wheel into a throwaway venv, start the
 # installed service outside the source tree until /readyz answers, lint the Dockerfile, validate compose.

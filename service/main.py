@@ -13,11 +13,21 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from threadpoolctl import threadpool_limits
 
 from service.api import health, plots, presets, simulations, sweeps
+from service.api.access import (
+    ApiKeyMiddleware,
+    ProblemCORSMiddleware,
+    document_security,
+    parse_api_keys,
+    parse_cors_origins,
+)
 from service.api.body_limit import BodySizeLimitMiddleware
 from service.api.errors import install_error_handlers
+from service.api.security import SecurityHeadersMiddleware
 from service.jobs.engine import Engine
+from service.jobs.retention import RetentionTask
 from service.jobs.store import JobStore
 from service.jobs.sweeps import SweepEngine
 from service.jobs.sweeps_store import SweepStore
@@ -73,20 +83,34 @@ def create_app(settings: Settings | None = None, *,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = JobStore(settings.data_dir / STORE_FILE)
+        # Requests are validated with numerics (Σ11's eigenvalues, the GD stability bound's SVD) in many
+        # threads at once: one BLAS thread each, like the workers. A multi-threaded BLAS here made a 20 ms
+        # validation take ~1 s under load and starved the event loop (tests/faults/test_load.py).
+        threadpool_limits(limits=settings.blas_threads)
+        store = JobStore(settings.data_dir / STORE_FILE, max_bytes=settings.store_max_bytes)
         engine = (engine_factory or Engine)(settings, store)
         # Sweeps share the store's file and the engine's Dask client.
         sweep_store = SweepStore(store)
         sweep_engine = SweepEngine(settings, sweep_store, engine)
+        # Finished jobs older than DLNSIM_RETENTION_DAYS are purged in the background (0: kept forever).
+        retention = (RetentionTask(store, sweep_store, days=settings.retention_days,
+                                   interval=settings.retention_interval_seconds)
+                     if settings.retention_days > 0 else None)
         try:
             await engine.start()
             await sweep_engine.start()
             app.state.store, app.state.engine = store, engine
             app.state.sweep_store, app.state.sweep_engine = sweep_store, sweep_engine
+            if retention is not None:
+                retention.start()
+            app.state.retention = retention
             yield
         finally:
             app.state.store = app.state.engine = None
             app.state.sweep_store = app.state.sweep_engine = None
+            app.state.retention = None
+            if retention is not None:
+                await retention.stop()  # before the store closes: a purge in progress finishes its batch
             await sweep_engine.close()
             await engine.close()
             store.close()
@@ -104,7 +128,16 @@ def create_app(settings: Settings | None = None, *,
     app.state.store = app.state.engine = None
     app.state.sweep_store = app.state.sweep_engine = None
     install_error_handlers(app)
+    # Outermost last: security headers on everything, CORS (also on 401s, so browsers can read them),
+    # then API keys (checked before any body is read), then the body limit.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    api_keys = parse_api_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
+    if api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys)
+    cors_origins = parse_cors_origins(settings.cors_origins)
+    if cors_origins:
+        app.add_middleware(ProblemCORSMiddleware, origins=cors_origins)
+    app.add_middleware(SecurityHeadersMiddleware, docs_url=app.docs_url)
     app.include_router(simulations.router)
     app.include_router(plots.router)
     app.include_router(presets.router)
@@ -114,7 +147,7 @@ def create_app(settings: Settings | None = None, *,
     base_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
-        return _add_component_schemas(base_openapi())
+        return document_security(_add_component_schemas(base_openapi()))
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -21,8 +21,10 @@ from service.dynamics.init import DEFAULTS as INIT_DEFAULTS
 from service.dynamics.presets import PRESETS, PresetParam
 from service.grid import PATH_PATTERN
 
-# Largest seed: fits an int64 in every client language.
-MAX_SEED = 2**63 - 1
+# Largest seed: 2^53 − 1, the largest integer every JSON client holds exactly (JavaScript numbers are
+# doubles; so are the numbers of JSON Schema validators that compare bounds as floats: with 2^63 − 1,
+# 9223372036854775999 passed their check and failed ours).
+MAX_SEED = 2**53 - 1
 
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, serialize_by_alias=True,
                     validate_by_alias=True, validate_by_name=False)
@@ -517,6 +519,29 @@ SWEEP_REQUEST_EXAMPLES = {
 }
 
 
+def _keys_by_pattern(node: Any) -> None:
+    """pydantic writes ``dict[<str with a pattern>, V]`` as ``patternProperties``, which leaves keys that do not
+    match the pattern unconstrained in JSON Schema, while the validator refuses them: say it in the schema
+    (``propertyNames`` carries the pattern, ``additionalProperties`` the value schema)."""
+    if isinstance(node, list):
+        for item in node:
+            _keys_by_pattern(item)
+    elif isinstance(node, dict):
+        patterns = node.get("patternProperties")
+        if isinstance(patterns, dict) and len(patterns) == 1:
+            (pattern, value), = patterns.items()
+            del node["patternProperties"]
+            node["propertyNames"] = {**node.get("propertyNames", {}), "pattern": pattern}
+            node["additionalProperties"] = value
+        for item in node.values():
+            _keys_by_pattern(item)
+
+
+def _sweep_schema_extra(schema: dict[str, Any]) -> None:
+    schema["examples"] = [SWEEP_EXAMPLE]
+    _keys_by_pattern(schema.get("properties", {}))
+
+
 class SweepRequest(StrictModel):
     """A parameter sweep: a base request and either a ``grid`` (every combination of its axes' values;
     the first axis varies slowest) or an explicit list of ``points``. A point is the base with the named
@@ -525,7 +550,7 @@ class SweepRequest(StrictModel):
     lists), ``data.depth``, ``network.hidden.0``, ... Every point is validated like a single simulation
     before anything runs."""
 
-    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [SWEEP_EXAMPLE]})
+    model_config = ConfigDict(**STRICT, json_schema_extra=_sweep_schema_extra)
 
     base: SimulationRequest
     grid: dict[ParamPath, Annotated[list[JsonValue], Field(min_length=1)]] | None = Field(

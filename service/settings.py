@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,9 @@ class Settings(BaseSettings):
 
     # The job store (SQLite file dlnsim.sqlite3) lives here; created on start.
     data_dir: Path = Path("./data")
+    # Largest size of the job store file, in bytes (None: as large as the disk allows). Beyond it, as on a
+    # full disk, writes are refused: new submissions get 507 and finished results wait in memory.
+    store_max_bytes: int | None = Field(None, ge=1 << 20)
 
     # Dask: None = an embedded LocalCluster started with the app; "tcp://host:8786" = an existing one.
     scheduler: str | None = None
@@ -63,6 +66,21 @@ class Settings(BaseSettings):
     max_wait_seconds: int = Field(60, ge=0, le=600)
     # Retry-After sent with 202s, not-terminal GETs and 429s.
     retry_after_seconds: int = Field(1, ge=1)
+
+    # Access (README "Access"). API keys, comma-separated: "token", "name:token", "sha256:<hex>" or
+    # "name:sha256:<hex>"; unset = no keys, every route open. A secret, so never shown in a repr.
+    api_keys: SecretStr | None = None
+    # Browser origins allowed by CORS, comma-separated (e.g. https://lab.example.org; "*" = any);
+    # unset = no CORS headers at all.
+    cors_origins: str | None = None
+    # Simulations plus sweeps queued or running per API key (all callers together when keys are off);
+    # beyond it POST answers 429 with Retry-After. Unset = only the global limits above.
+    max_active_per_key: int | None = Field(None, ge=1)
+
+    # Retention (README "Retention"): finished simulations and sweeps are deleted this many days after
+    # they finished (0 = kept forever), by a background purge that runs every interval.
+    retention_days: float = Field(30, ge=0)
+    retention_interval_seconds: float = Field(3600, gt=0)
 
 
 @lru_cache

@@ -1,11 +1,17 @@
 """Suite-wide settings.
 
-BLAS runs on one thread in the test process: the suite shares 2 cores with the Dask workers and servers
-it starts, and a multi-threaded OpenBLAS spin-waiting at its barriers while another process holds a core
-made small solves ~100× slower here. Numerics do not depend on the thread count beyond round-off, and
-results compared bit for bit are computed on one thread on both sides.
+BLAS runs on one thread in the test process and in the processes it starts: the suite shares 2 cores
+with the Dask workers and servers it launches, and a multi-threaded OpenBLAS spin-waiting at its barriers
+while another process holds a core made small solves ~100× slower here. Numerics do not depend on the
+thread count beyond round-off, and results compared bit for bit are computed on one thread on both sides.
 """
 
-from threadpoolctl import threadpool_limits
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # for the processes the tests start
+
+import numpy  # noqa: E402,F401  (load both OpenBLAS copies first: threadpoolctl only reaches loaded libraries)
+import scipy.linalg  # noqa: E402,F401
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 threadpool_limits(limits=1)

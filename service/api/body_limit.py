@@ -11,7 +11,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.problems import PROBLEM_MEDIA_TYPE, problem_body
+from service.api.problems import PROBLEM_MEDIA_TYPE, field_error, problem_body
 
 
 class _BodyTooLarge(Exception):
@@ -22,7 +22,10 @@ def _too_large(scope: Scope, limit: int) -> JSONResponse:
     body = problem_body(413, "body-too-large",
                         f"the request body is larger than this service's limit of {limit} bytes; "
                         "send a smaller request (e.g. the correlations instead of a large dataset)",
-                        instance=scope.get("path"))
+                        instance=scope.get("path"),
+                        errors=[field_error([], "body_too_large", f"the body is larger than {limit} bytes",
+                                            "send a smaller body: the correlations (sigma11, sigma31) instead of a "
+                                            "large dataset, fewer record times, or a preset")])
     # No "Connection: close": uvicorn then discards the rest of the upload, so a client still sending it
     # gets to read this answer (and a client that sent "Expect: 100-continue" never sends the body).
     return JSONResponse(body, status_code=413, media_type=PROBLEM_MEDIA_TYPE)

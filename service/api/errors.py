@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -32,7 +33,9 @@ from service.api.problems import (
     field_error,
     problem_body,
 )
+from service.api.security import security_headers
 from service.dynamics.errors import DynamicsError
+from service.jobs.store import StorageFullError
 from service.schemas import strip_union_tags
 
 logger = logging.getLogger("service.api")
@@ -203,20 +206,56 @@ async def _request_validation_handler(request: Request, exc: RequestValidationEr
     return problem_response(request, raise_exc)
 
 
+_OPENAPI_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def _allowed_methods(request: Request, allow: str | None) -> list[str]:
+    """Every method served at this path: Starlette's 405 names only the first matching route's methods,
+    and FastAPI has one route per method (DELETE /v1/simulations/{id} would say ``Allow: GET``), so the
+    documented operations of the path are added (the OpenAPI document lists every one)."""
+    methods = {m.strip().upper() for m in (allow or "").split(",") if m.strip()}
+    path = request.url.path
+    for template, item in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(template)), path):
+            methods |= {m.upper() for m in item if m in _OPENAPI_METHODS}
+    return sorted(methods)
+
+
 async def _http_exception_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     slug = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}.get(exc.status_code, "http-error")
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.url.path}; see /docs for the API"
-    problem = ProblemError(exc.status_code, slug, detail, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request, headers.get("Allow"))
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}"
+    problem = ProblemError(exc.status_code, slug, detail, headers=headers)
     if exc.status_code >= 500:
         problem.title = TITLES["internal"]
     return problem_response(request, problem)
 
 
+# A full disk is freed by an operator, not in a second: clients wait this long before retrying.
+STORAGE_FULL_RETRY_AFTER = 30
+
+
+async def _storage_full_handler(request: Request, exc: StorageFullError) -> JSONResponse:
+    logger.error("refused %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(request, ProblemError(
+        507, "insufficient-storage",
+        "the job store's disk is full (DLNSIM_DATA_DIR, or its DLNSIM_STORE_MAX_BYTES cap), so nothing was "
+        "stored: retry after the Retry-After delay; the operator frees space by deleting old simulations or "
+        "growing the volume", headers={"Retry-After": str(STORAGE_FULL_RETRY_AFTER)}))
+
+
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     problem = ProblemError(500, "internal", "an unexpected error occurred; it has been logged")
+    # Starlette sends this response from its outermost middleware, past SecurityHeadersMiddleware.
+    problem.headers = security_headers(request.url.path, PROBLEM_MEDIA_TYPE)
     return problem_response(request, problem)
 
 
@@ -224,6 +263,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _problem_error_handler)
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
+    app.add_exception_handler(StorageFullError, _storage_full_handler)
     app.add_exception_handler(Exception, _unhandled_handler)
 
 
@@ -241,6 +281,7 @@ _DESCRIPTIONS = {
     429: "Too many simulations queued; retry after the Retry-After delay",
     500: "Unexpected server error",
     503: "Job store or worker unreachable",
+    507: "The job store's disk is full: nothing was stored; retry after the Retry-After delay",
 }
 
 
@@ -251,7 +292,7 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     for code in (*codes, 500):
         entry: dict[str, Any] = {"description": _DESCRIPTIONS.get(code, "Error"),
                                  "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}}}
-        if code in (429, 503):
+        if code in (429, 503, 507):
             entry["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying",
                                                 "schema": {"type": "integer"}}}
         out[code] = entry

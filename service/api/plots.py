@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.deps import SettingsDep, StoreDep
+from service.api.deps import EngineDep, SettingsDep, StoreDep
 from service.api.errors import ProblemError, problem_responses
 from service.api.problems import field_error
 from service.api.simulations import succeeded_result
@@ -73,6 +73,7 @@ def _query_problem(exc: PlotError) -> ProblemError:
 async def get_simulation_plot(
     job_id: Annotated[str, Path(description="The simulation id.")],
     store: StoreDep,
+    engine: EngineDep,
     settings: SettingsDep,
     kind: Annotated[Literal["loss", "modes", "product", "similarity"], Query(
         description="What to draw: loss, modes (with theory), product (W and W*), similarity (hidden RSM).")
@@ -89,7 +90,7 @@ async def get_simulation_plot(
         if any(not (t >= 0 and t != float("inf")) for t in time):
             raise _query_problem(PlotError("every time must be a finite number ≥ 0", field="time",
                                            fix="give times t ≥ 0 within the run, e.g. time=0&time=10"))
-    stored = await succeeded_result(store, job_id, settings)
+    stored = await succeeded_result(store, job_id, settings, engine)
     row = await run_in_threadpool(store.get, job_id)
     try:
         svg = await run_in_threadpool(_render, stored, row.request if row is not None else None, kind, log_time, time)

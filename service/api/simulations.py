@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import partial
 from typing import Annotated, Any
 
 import orjson
@@ -16,10 +17,11 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
+from service.api.access import check_active_limit, current_owner, visible
 from service.api.deps import EngineDep, SettingsDep, StoreDep
 from service.api.errors import ProblemError, dynamics_problem, problem_responses, validation_problem
 from service.api.prefer import parse_prefer, wait_seconds
-from service.api.problems import field_error
+from service.api.problems import field_error, problem_body
 from service.convert import Limits, build_simulation
 from service.downloads import (
     JSON,
@@ -32,7 +34,7 @@ from service.downloads import (
     parse_fields,
 )
 from service.dynamics.errors import DynamicsError
-from service.jobs.store import CorruptResultError
+from service.jobs.store import CorruptResultError, QueueFullError
 from service.schemas import (
     REQUEST_EXAMPLES,
     Simulation,
@@ -105,13 +107,19 @@ def _simulation_response(row: Any, status_code: int, settings: Any, extra: dict[
 
 async def _get_row(store: Any, job_id: str) -> Any:
     row = await run_in_threadpool(store.get, job_id)
-    if row is None:
+    # Another API key's simulation is a 404 too: its existence is not revealed.
+    if row is None or not visible(row.owner):
         raise ProblemError(404, "not-found", f"no simulation with id {job_id!r}")
     return row
 
 
 # ------------------------------------------------------------------------------------------------
 # create
+
+
+def _queue_full(active: int, settings: Any) -> ProblemError:
+    return ProblemError(429, "queue-full", f"{active} simulations are queued or running, the limit is "
+                        f"{settings.max_queued}", headers={"Retry-After": str(max(settings.retry_after_seconds, 5))})
 
 
 def _check_media_type(request: Request) -> None:
@@ -132,7 +140,9 @@ def _check_media_type(request: Request) -> None:
 def parse_request(body: bytes) -> SimulationRequest:
     """Parse and validate a request body (strict JSON: no NaN/Infinity, no coercions); raise ProblemError."""
     if not body.strip():
-        raise ProblemError(400, "malformed-json", "the request body is empty: send a SimulationRequest JSON object")
+        raise ProblemError(400, "malformed-json", "the request body is empty: send a SimulationRequest JSON object",
+                           errors=[field_error([], "empty_body", "the request body is empty",
+                                               "send a SimulationRequest JSON object (with curl: -d @request.json)")])
     try:
         return SimulationRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -174,6 +184,13 @@ _REQUEST_BODY = {
 _SIMULATION_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Simulation"}}}
 _NOT_TERMINAL_HEADERS = {"Retry-After": {"description": "Seconds until it is worth polling again (while not "
                                                         "terminal)", "schema": {"type": "integer"}}}
+# OpenAPI links: what a client (or a stateful test generator) can do next with the created simulation.
+_SIMULATION_LINKS = {
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
+    for name, operation in (("GetSimulation", "get_simulation"), ("GetTrajectory", "get_trajectory"),
+                            ("GetSimulationPlot", "get_simulation_plot"), ("CancelSimulation", "cancel_simulation"),
+                            ("DeleteSimulation", "delete_simulation"))
+}
 
 
 @router.post(
@@ -185,11 +202,13 @@ _NOT_TERMINAL_HEADERS = {"Retry-After": {"description": "Seconds until it is wor
         201: {"model": Simulation, "description": "Finished within the Prefer: wait time (any terminal status).",
               "headers": {"Location": {"description": "The simulation's URL", "schema": {"type": "string"}},
                           "Preference-Applied": {"description": "wait=N when a wait was honoured",
-                                                 "schema": {"type": "string"}}}},
+                                                 "schema": {"type": "string"}}},
+              "links": _SIMULATION_LINKS},
         202: {"model": Simulation, "description": "Accepted and queued (or running): poll the Location.",
               "headers": {"Location": {"description": "The simulation's URL", "schema": {"type": "string"}},
-                          **_NOT_TERMINAL_HEADERS}},
-        **problem_responses(400, 413, 415, 422, 429, 503),
+                          **_NOT_TERMINAL_HEADERS},
+              "links": _SIMULATION_LINKS},
+        **problem_responses(400, 413, 415, 422, 429, 503, 507),
     },
     openapi_extra=_REQUEST_BODY,
 )
@@ -211,17 +230,25 @@ async def create_simulation(
     conditions, limits) and queue it. Nothing invalid is ever queued."""
     _check_media_type(request)
     body = await request.body()
+    # A full queue answers first: refusing costs one COUNT, where validating can cost milliseconds of
+    # numerics, which a saturated service must not spend on requests it refuses (tests/faults/test_load.py).
+    # With an Idempotency-Key the store decides, since a replay of a stored job is answered even then.
+    if idempotency_key is None:
+        active = await run_in_threadpool(store.count_active)
+        if active >= settings.max_queued:
+            raise _queue_full(active, settings)
     # Parsing and building run in a worker thread: a large body, or a small preset request that builds a
     # large task, costs CPU time the event loop must not spend.
     _, canonical, digest = await run_in_threadpool(_validate, body, Limits.from_settings(settings))
 
-    active = await run_in_threadpool(store.count_active)
-    if active >= settings.max_queued:
-        raise ProblemError(429, "queue-full",
-                           f"{active} simulations are queued or running, the limit is {settings.max_queued}",
-                           headers={"Retry-After": str(max(settings.retry_after_seconds, 5))})
+    await check_active_limit(request)
 
-    row, created = await run_in_threadpool(store.create, canonical, digest, idempotency_key)
+    try:
+        # The store checks the bound again in its write transaction: concurrent creates cannot overshoot it.
+        row, created = await run_in_threadpool(partial(store.create, max_active=settings.max_queued),
+                                               canonical, digest, idempotency_key, current_owner())
+    except QueueFullError as exc:
+        raise _queue_full(exc.active, settings) from None
     response_headers: dict[str, str] = {"Location": f"/v1/simulations/{row.id}"}
     if not created:
         if row.request_hash != digest:
@@ -271,8 +298,35 @@ async def get_simulation(job_id: JobId, store: StoreDep, settings: SettingsDep) 
     return _simulation_response(row, 200, settings)
 
 
-async def succeeded_result(store: Any, job_id: str, settings: Any) -> bytes:
-    """The stored trajectory JSON of a succeeded simulation: 404 unknown, 409 not (yet) succeeded, 500 unreadable."""
+# A corrupt stored result is recomputed until the job has been started this many times; corruption that
+# comes back run after run is not the disk's doing, and the job is then marked failed instead.
+MAX_RESULT_ATTEMPTS = 5
+
+
+async def _recover_corrupt_result(store: Any, engine: Any, job_id: str, exc: CorruptResultError,
+                                  settings: Any) -> ProblemError:
+    """Queue the simulation again (seeded: the rerun stores the same trajectory), or fail it after
+    MAX_RESULT_ATTEMPTS starts; the 500 problem that says which."""
+    log.error("%s", exc)
+    failed = problem_body(500, "corrupt-result", f"the stored trajectory was corrupt ({exc.reason}) after each of "
+                          f"{MAX_RESULT_ATTEMPTS} runs; check the data dir's disk, then submit the request again",
+                          instance=f"/v1/simulations/{job_id}")
+    status = await run_in_threadpool(store.recover_corrupt_result, job_id, failed, MAX_RESULT_ATTEMPTS)
+    if status == "failed":
+        return ProblemError(500, "corrupt-result", f"the stored trajectory of simulation {job_id} is corrupt "
+                            f"({exc.reason}), as after each earlier run: the simulation is now failed; check the "
+                            "data dir's disk, then submit the request again")
+    if status == "queued" and engine is not None:
+        await engine.submit(job_id)
+    return ProblemError(500, "corrupt-result", f"the stored trajectory of simulation {job_id} is corrupt "
+                        f"({exc.reason}); the simulation was queued to run again (runs are seeded, so it gives the "
+                        "same trajectory): poll it until it has succeeded",
+                        headers={"Retry-After": str(settings.retry_after_seconds)})
+
+
+async def succeeded_result(store: Any, job_id: str, settings: Any, engine: Any = None) -> bytes:
+    """The stored trajectory JSON of a succeeded simulation: 404 unknown, 409 not (yet) succeeded, 500 unreadable
+    (a corrupt result also queues the simulation to run again, on ``engine``)."""
     row = await _get_row(store, job_id)
     if row.status != "succeeded":
         if row.status == "failed":
@@ -287,9 +341,7 @@ async def succeeded_result(store: Any, job_id: str, settings: Any) -> bytes:
     try:
         data = await run_in_threadpool(store.result, job_id)
     except CorruptResultError as exc:
-        log.error("%s", exc)
-        raise ProblemError(500, "invalid-simulation-result", f"the stored trajectory of simulation {job_id} is "
-                           "unreadable; delete the simulation and run it again") from None
+        raise await _recover_corrupt_result(store, engine, job_id, exc, settings) from None
     if data is None:
         raise ProblemError(500, "invalid-simulation-result", f"simulation {job_id} succeeded but has no stored result")
     return data
@@ -323,6 +375,7 @@ product, weights, balance_drift, gradient_norm, distance_to_optimum, similarity,
 async def get_trajectory(
     job_id: JobId,
     store: StoreDep,
+    engine: EngineDep,
     settings: SettingsDep,
     fields: Annotated[list[str] | None, Query(
         description="Only these top-level members, e.g. `time,loss,modes` (comma-separated or repeated).")] = None,
@@ -343,7 +396,7 @@ async def get_trajectory(
     except DownloadError as exc:
         raise ProblemError(422, "validation-error", f"{exc.field}: {exc.message}",
                            errors=[field_error([exc.field], "invalid_field", exc.message, exc.fix, "query")]) from None
-    data = await succeeded_result(store, job_id, settings)
+    data = await succeeded_result(store, job_id, settings, engine)
     # Decoding and re-encoding a trajectory (up to hundreds of MB) is CPU work: never on the event loop.
     body = await run_in_threadpool(encode_trajectory, data, media, selected, every)
     headers = {"Vary": "Accept"}
@@ -367,7 +420,7 @@ async def list_simulations(
                           ] = None,
 ) -> Response:
     try:
-        rows, token = await run_in_threadpool(store.list, status, page_size, page_token)
+        rows, token = await run_in_threadpool(store.list, status, page_size, page_token, current_owner())
     except ValueError as exc:  # InvalidPageToken
         raise ProblemError(422, "invalid-page-token", str(exc),
                            errors=[field_error(["page_token"], "invalid_page_token", str(exc),

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
+from service.api.access import check_active_limit, current_owner, visible
 from service.api.errors import (
     ProblemError,
     problem_responses,
@@ -115,7 +116,9 @@ def _one_field_problem(status: int, slug: str, field: list, code: str, message: 
 
 def _parse(body: bytes) -> SweepRequest:
     if not body.strip():
-        raise ProblemError(400, "malformed-json", "the request body is empty: send a SweepRequest JSON object")
+        raise ProblemError(400, "malformed-json", "the request body is empty: send a SweepRequest JSON object",
+                           errors=[field_error([], "empty_body", "the request body is empty",
+                                               "send a SweepRequest JSON object (with curl: -d @sweep.json)")])
     try:
         return SweepRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -150,7 +153,8 @@ def _check_shape(sweep: SweepRequest, max_points: int) -> int:
                                  "give either a grid or a list of points, not both",
                                  "remove points (to sweep the grid's product) or grid (to run the listed points)")
     if sweep.grid is None and sweep.points is None:
-        raise _one_field_problem(422, "validation-error", ["grid"], "missing",
+        # Not "missing": neither field is required on its own (the schema cannot say "one of the two").
+        raise _one_field_problem(422, "validation-error", ["grid"], "grid_or_points_missing",
                                  "a sweep needs a grid (axes whose product is swept) or a list of points",
                                  'add e.g. "grid": {"init.scale": [0.001, 0.1]}')
     if sweep.grid is not None:
@@ -337,7 +341,8 @@ def point_document(row: Any, keep: str) -> dict[str, Any]:
 
 async def _get_row(store: Any, sweep_id: str) -> Any:
     row = await run_in_threadpool(store.get, sweep_id)
-    if row is None:
+    # Another API key's sweep is a 404 too: its existence is not revealed.
+    if row is None or not visible(row.owner):
         raise ProblemError(404, "not-found", f"no sweep with id {sweep_id!r}")
     return row
 
@@ -369,6 +374,13 @@ def _page_token_problem(exc: Exception) -> ProblemError:
 
 _SWEEP_CONTENT_HEADERS = {"Retry-After": {"description": "Seconds until it is worth polling again (while not "
                                                         "terminal)", "schema": {"type": "integer"}}}
+# OpenAPI links: what a client (or a stateful test generator) can do next with the created sweep.
+_SWEEP_LINKS = {
+    name: {"operationId": operation, "parameters": {"sweep_id": "$response.body#/id", **extra}}
+    for name, operation, extra in (("GetSweep", "get_sweep", {}), ("ListSweepResults", "list_sweep_results", {}),
+                                   ("GetFirstPointTrajectory", "get_sweep_point_trajectory", {"k": 0}),
+                                   ("CancelSweep", "cancel_sweep", {}), ("DeleteSweep", "delete_sweep", {}))
+}
 
 
 @router.post(
@@ -379,8 +391,9 @@ _SWEEP_CONTENT_HEADERS = {"Retry-After": {"description": "Seconds until it is wo
     responses={
         202: {"model": Sweep, "description": "Accepted: every point validated and queued. Poll the Location.",
               "headers": {"Location": {"description": "The sweep's URL", "schema": {"type": "string"}},
-                          **_SWEEP_CONTENT_HEADERS}},
-        **_problems(400, 413, 415, 422, 429, 503,
+                          **_SWEEP_CONTENT_HEADERS},
+              "links": _SWEEP_LINKS},
+        **_problems(400, 413, 415, 422, 429, 503, 507,
                     d422="Invalid sweep: a point (named by its grid entry or point index), the base, or the "
                          "sweep's size above DLNSIM_MAX_SWEEP_POINTS",
                     d429="Too many sweeps queued or running; retry after the Retry-After delay"),
@@ -404,8 +417,9 @@ async def create_sweep(request: Request) -> Response:
                            f"{active} sweeps are queued or running, the limit is {settings.max_active_sweeps} "
                            "(DLNSIM_MAX_ACTIVE_SWEEPS)",
                            headers={"Retry-After": str(max(settings.retry_after_seconds, 5))})
+    await check_active_limit(request)
     row = await run_in_threadpool(store.create, validated.request_json, validated.base_json, validated.keep,
-                                  validated.points)
+                                  validated.points, current_owner())
     try:
         await engine.submit(row.id)
     except Exception:  # the sweep is stored; the engine resumes unfinished sweeps when it restarts
@@ -504,7 +518,7 @@ async def list_sweeps(
     store = _state(request, "sweep_store")
     engine = getattr(request.app.state, "sweep_engine", None)
     try:
-        rows, token = await run_in_threadpool(store.list, status, page_size, page_token)
+        rows, token = await run_in_threadpool(store.list, status, page_size, page_token, current_owner())
     except ValueError as exc:
         raise _page_token_problem(exc) from None
     items = []

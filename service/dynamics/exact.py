@@ -16,9 +16,15 @@ What is here:
   closed-form antiderivative of the learning-time integral, inverted by safeguarded Newton;
 * learning times t(u0 → uf) and half-way times for all of them;
 * exact GD maps (§7b) per mode for decoupled inits, and shallow GD / flow (§7a) for any Σ11 and weight decay;
-* the matrix Riccati solution (§3) for λ-balanced two-layer nets, evaluated in chunks by the semigroup law;
+* the matrix Riccati solution (§3) for λ-balanced two-layer nets, evaluated in chunks by the semigroup law in
+  an F-invariant subspace of dimension ≤ 2·rank Σ31 + 2·hidden (not Ni + No), refused past RICCATI_MAX_DIM;
 * ``exact_run`` / ``check_exact``: pick the closed form that applies to a problem and initial condition, or
   raise ``ExactNotApplicableError`` naming the failed condition and its measured deviation.
+
+Cost: with hidden layers nothing here builds an orthonormal basis of the whole input or output space or
+decomposes an n_out × n_out (n_in × n_in) matrix: alignment is measured with projections on the thin SVD of Σ31
+and thin factors of the layers, balance with hidden-size Grams. Tall tasks (few inputs, many output features)
+and wide ones cost O(n_out·n_in·(k + hidden)) plus what is returned. (D = 1 diagonalises Σ11, as any Σ11 needs.)
 
 Tolerances (all relative, see the constants): Σ11 = c·I within WHITENING_RTOL·c; an init is "aligned" when
 its Gram and cross matrices in the mode frame are diagonal within ALIGN_RTOL of the layer norms; λ-balanced
@@ -65,7 +71,7 @@ NEAR_BALANCED_RTOL = 1e-8
 RICCATI_MAX_CHUNK = 0.5
 RICCATI_SPREAD_CHUNK = 2.0
 # Riccati convergence: one full chunk changes P (apart from the slow block) by ≤ RICCATI_CONV_ULPS·n·eps·max|P|
-# (the round-off of forming P = QQᵀ, n = Ni + No), and by no more than the chunk before (a growing change is an
+# (the round-off of forming P = QQᵀ, n = the dimension r of the reduced Riccati space, see RiccatiSubspace), and by no more than the chunk before (a growing change is an
 # escape from a saddle, not convergence). A component still decaying at rate r is then within
 # ~tol/(r·Δx) of its limit, which is what freezing it costs.
 RICCATI_CONV_ULPS = 16.0
@@ -360,7 +366,7 @@ class _DeepParam:
 
     def dg(self, q):
         """dG/dq = dy/dq / (y^{D−1}(1 − σ y^D)), simplified per region so that y → 1 keeps precision."""
-        log_y, y, _ = self.logs(q)
+        log_y, _, _ = self.logs(q)
         d = self.depth
         with np.errstate(over="ignore", under="ignore"):
             if self.region == "neg":
@@ -1505,6 +1511,7 @@ def _plan(problem: Problem, weights: Sequence[np.ndarray], weight_decay: float) 
     if lam < 0 and ni < nh:
         raise ExactNotApplicableError(f"λ = {lam:.6g} < 0 needs n_in ≥ hidden width; {ni} < {nh}",
                                       field=("init", "lambda"), fix="use λ ≥ 0 or a narrower hidden layer")
+    _check_riccati_dim(riccati_subspace(mode_basis(problem), ws[0], ws[1]))
     return _Plan(MODEL_RICCATI, f"Σ11 = c·I (c = {c:.6g}), λ-balanced two-layer init (λ = {lam:.6g}, deviation "
                                 f"{bdev:.2g}): exact matrix Riccati solution (reference §3), no alignment needed; "
                                 f"only W32W21 and the Gram blocks W21ᵀW21, W32W32ᵀ are determined", c=c, lam=lam)
@@ -1566,9 +1573,9 @@ def exact_run(problem: Problem, weights0: Sequence[np.ndarray], times: np.ndarra
         return ExactRun(t, w, weights, _gradient_norm_stack(problem, weights, weight_decay), plan.model,
                         plan.assumptions)
     if plan.model == MODEL_RICCATI:
-        sol = riccati_flow(problem.sigma31, ws[0], ws[1], t, plan.c)
-        return ExactRun(t, sol.product.copy(), None, riccati_gradient_norm(problem, sol), plan.model,
-                        plan.assumptions, sol.w21_gram.copy())
+        sol = riccati_flow(problem.sigma31, ws[0], ws[1], t, plan.c, basis=mode_basis(problem))
+        return ExactRun(t, sol.product, None, riccati_gradient_norm(problem, sol), plan.model,
+                        plan.assumptions, sol.w21_gram)
     dec = plan.decoupled
     amps, u = decoupled_flow(dec, t, plan.c, weight_decay)
     weights = dec.weights_at(amps)

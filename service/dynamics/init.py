@@ -168,17 +168,32 @@ def lambda_balanced(shapes: Shapes, lam: float, scale: float, seed: int) -> list
     g1 = scale * rng.standard_normal((h, n_in))
     g2 = scale * rng.standard_normal((n_out, h))
     rot = _orthonormal_columns(rng, h, h)
-    u, s_prod, vt = np.linalg.svd(g2 @ g1, full_matrices=True)
+    # Thin SVD (a full one forms an n_out × n_out U: 800 MB at 10,000 outputs), completed below only by the
+    # few columns the S2/S1 diagonals need beyond min(n_out, n_in).
+    u, s_prod, vt = np.linalg.svd(g2 @ g1, full_matrices=False)
     # s_i for i < h: the product's singular values, 0 beyond its rank min(n_out, n_in, h).
     s = np.zeros(h)
     m = min(n_out, n_in, h)
     s[:m] = s_prod[:m]
     s2, s1 = _lambda_balanced_factors(s, lam)
     k2, k1 = min(n_out, h), min(h, n_in)  # the diagonals of S2 (n_out × h) and S1 (h × n_in)
+    u = _complete_orthonormal(u, k2, rng)
+    vt = _complete_orthonormal(vt.T, k1, rng).T
     # The dimension checks above make s2 = 0 for i ≥ n_out and s1 = 0 for i ≥ n_in (where s = 0).
     w2 = (u[:, :k2] * s2[:k2]) @ rot[:, :k2].T
     w1 = (rot[:, :k1] * s1[:k1]) @ vt[:k1]
     return [w1, w2]
+
+
+def _complete_orthonormal(q: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """The first k columns of an orthonormal basis that starts with q's columns (n × m, orthonormal).
+
+    Extra columns, when k > m, come from the QR of [q, Gaussian]; signs are fixed so q's columns are kept.
+    """
+    if q.shape[1] >= k:
+        return q[:, :k]
+    qr, r = np.linalg.qr(np.hstack([q, rng.standard_normal((q.shape[0], k - q.shape[1]))]))
+    return qr * np.where(np.diag(r) < 0, -1.0, 1.0)
 
 
 def _strength_vector(strength, r: int, k: int) -> np.ndarray:

@@ -122,7 +122,7 @@ def check_covariance(a: np.ndarray, name: str, field_path: FieldPath) -> np.ndar
             field=field_path,
             fix=f"give a symmetric matrix, e.g. ({name} + {name}ᵀ)/2",
         )
-    sym = 0.5 * (a + a.T)
+    sym = 0.5 * a + 0.5 * a.T  # = (a + aᵀ)/2 exactly, without overflowing for entries near 1.8e308
     eig = np.linalg.eigvalsh(sym)
     if eig[0] < -PSD_RTOL * max(1.0, float(eig[-1])):
         raise NotPositiveSemidefiniteError(
@@ -224,25 +224,42 @@ def correlations_from_chunks(chunks, *, field_prefix: FieldPath = ("data",)) -> 
     s11 = s31 = s33 = None
     trace33 = 0.0
     n = 0
-    for xc, yc in chunks:
-        xc = np.asarray(xc, dtype=np.float64)
-        yc = np.asarray(yc, dtype=np.float64)
-        if s11 is None:
-            s11 = np.zeros((xc.shape[1], xc.shape[1]))
-            s31 = np.zeros((yc.shape[1], xc.shape[1]))
-            if yc.shape[1] <= MAX_DENSE_SIGMA33:
-                s33 = np.zeros((yc.shape[1], yc.shape[1]))
-        s11 += xc.T @ xc
-        s31 += yc.T @ xc
-        if s33 is not None:
-            s33 += yc.T @ yc
-        trace33 += float(np.einsum("ij,ij->", yc, yc))
-        n += xc.shape[0]
+    # Entries beyond ~1e154 overflow when multiplied: checked below, so no warning on the way.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for xc, yc in chunks:
+            xc = np.asarray(xc, dtype=np.float64)
+            yc = np.asarray(yc, dtype=np.float64)
+            if s11 is None:
+                s11 = np.zeros((xc.shape[1], xc.shape[1]))
+                s31 = np.zeros((yc.shape[1], xc.shape[1]))
+                if yc.shape[1] <= MAX_DENSE_SIGMA33:
+                    s33 = np.zeros((yc.shape[1], yc.shape[1]))
+            s11 += xc.T @ xc
+            s31 += yc.T @ xc
+            if s33 is not None:
+                s33 += yc.T @ yc
+            trace33 += float(np.einsum("ij,ij->", yc, yc))
+            n += xc.shape[0]
     if n < 1:
         raise InvalidParameterError("the dataset has no samples", field=(*field_prefix, "x"),
                                     fix="give at least one sample (row)")
+    _check_sums_finite(s11, s31, s33, trace33, field_prefix)
     # Symmetrise explicitly: XᵀX is symmetric mathematically, and downstream code relies on it.
-    s11 = 0.5 * (s11 + s11.T) / n
+    s11 = (0.5 * s11 + 0.5 * s11.T) / n
     if s33 is not None:
-        s33 = 0.5 * (s33 + s33.T) / n
+        s33 = (0.5 * s33 + 0.5 * s33.T) / n
     return Problem(s11, s31 / n, s33, n, trace33 / n)
+
+
+def _check_sums_finite(s11: np.ndarray, s31: np.ndarray, s33: np.ndarray | None, trace33: float,
+                       field_prefix: FieldPath) -> None:
+    """Σ xxᵀ, Σ yxᵀ, Σ yyᵀ must be finite: products of entries beyond ~1e154 overflow float64."""
+    if np.all(np.isfinite(s11)) and np.all(np.isfinite(s31)) and np.isfinite(trace33) and (
+            s33 is None or np.all(np.isfinite(s33))):
+        return
+    name = "x" if not np.all(np.isfinite(s11)) else "y"
+    raise NonFiniteError(
+        f"the entries of {name} are too large: the correlations (1/N) Σ products of entries overflow float64",
+        field=(*field_prefix, name),
+        fix="rescale the data (e.g. divide x and y by their largest magnitude): entries must stay well "
+            "below 1e154 so that their products are finite")

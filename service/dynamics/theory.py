@@ -13,7 +13,8 @@ Cases, first match wins:
   GD map (§7b, generalised to any per-layer amplitudes and weight decay). Flow/exact: §1/§2 formulas (γ > 0 only
   for balanced two-layer modes). Exact.
 * D = 2, Σ11 = c·I, λ-balanced (aligned or not), γ = 0: the chunked Riccati solution (§3); exact for flow,
-  approximate (O(η)) for GD.
+  approximate (O(η)) for GD. It runs in an invariant subspace of dimension ≤ 2·rank Σ31 + 2·hidden
+  (``exact.RiccatiSubspace``); past ``exact.RICCATI_MAX_DIM`` it is skipped for the next case, which then says so.
 * D ≥ 2, Σ11 ≈ c·I within APPROX_WHITENING_RTOL: Saxe's balanced formula per mode from an effective initial
   strength (small random init, approximately decoupled). Approximate.
 * anything else (e.g. Σ11 far from c·I with hidden layers): None.
@@ -23,6 +24,10 @@ same rule on the records): closed forms where a mode is one channel, a bisected 
 otherwise (shallow with general Σ11, rotated degenerate blocks, Riccati). For the exact GD maps they are
 interpolated between the two steps around the crossing and NaN if it is not reached within the run's steps;
 for the shallow GD map they use the map's continuous-k extension (NaN when some 1 − η(2σ_j + γ) ≤ 0).
+
+Cost: with hidden layers nothing here forms an n_out × n_out or n_in × n_in matrix (beyond Σ11 itself): the mode
+basis is thin, the alignment test works with projections (``exact.decouple``) and the balance test with
+hidden-size Grams, so tall tasks (few inputs, many output features) and wide ones cost O(n_out·n_in·(k + hidden)).
 """
 
 from __future__ import annotations
@@ -259,12 +264,14 @@ def _channel_reach(dec: ex.DecoupledInit, ch: np.ndarray, target: np.ndarray, c:
 RICCATI_PROBE_TIME = 1e4
 
 
-def _riccati(problem: Problem, ws, c: float, lam: float, bdev: float, method, times, final) -> TheoryOverlay:
-    """λ-balanced two layers: chunked Riccati (reference §3); GD gets the flow at t = η·step (O(η))."""
+def _riccati(problem: Problem, ws, c: float, lam: float, bdev: float, method, times, final,
+             space: ex.RiccatiSubspace) -> TheoryOverlay:
+    """λ-balanced two layers: chunked Riccati (reference §3) in its reduced invariant subspace ``space``;
+    GD gets the flow at t = η·step (O(η))."""
     basis = mode_basis(problem)
-    ev = ex.RiccatiEvaluator(problem.sigma31, ws[0], ws[1], c)
+    ev = ex.RiccatiEvaluator(problem.sigma31, ws[0], ws[1], c, basis=basis, space=space)
     ni = problem.n_in
-    # u_αᵀ W v_α with W = (O P' Oᵀ)[Ni:, :Ni]/c, projected without forming P in the original basis
+    # u_αᵀ W v_α with W = (O P' Oᵀ)[Ni:, :Ni]/c, projected without forming P in the original basis (O is thin)
     left = ev.o[ni:, :].T @ basis.u
     right = ev.o[:ni, :].T @ basis.v
 
@@ -373,6 +380,7 @@ def theory_overlay(problem: Problem, weights0: Sequence[np.ndarray], method: Gra
     c, wdev = problem.whitening_deviation()
     if not (c > 0):
         return None
+    skipped = None
     if wdev <= ex.WHITENING_RTOL * c:
         dec = ex.decouple(problem, ws)
         if dec.deviation <= ex.ALIGN_RTOL:
@@ -387,7 +395,14 @@ def theory_overlay(problem: Problem, weights0: Sequence[np.ndarray], method: Gra
             nh = ws[0].shape[0]
             dims_ok = (lam == 0) or (lam > 0 and problem.n_out >= nh) or (lam < 0 and problem.n_in >= nh)
             if bdev <= ex.BALANCE_RTOL and dims_ok:
-                return _riccati(problem, ws, c, lam, bdev, method, times, final)
+                space = ex.riccati_subspace(basis, ws[0], ws[1])
+                if space.dim <= ex.RICCATI_MAX_DIM:
+                    return _riccati(problem, ws, c, lam, bdev, method, times, final, space)
+                skipped = (f"the init is λ-balanced (λ = {lam:.6g}) but the exact Riccati solution was not evaluated: "
+                           f"its invariant subspace has {space.dim} dimensions, more than {ex.RICCATI_MAX_DIM}")
     if wdev <= APPROX_WHITENING_RTOL * c:
-        return _small_init(problem, ws, c, wdev, method, times, final, gamma)
+        ov = _small_init(problem, ws, c, wdev, method, times, final, gamma)
+        if ov is not None and skipped:
+            ov.assumptions += "; " + skipped
+        return ov
     return None

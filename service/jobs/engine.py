@@ -33,7 +33,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .store import JobStore
+from .store import JobStore, StorageFullError
 from .task import (
     PROGRESS_TOPIC,
     JobCancelled,
@@ -57,6 +57,27 @@ CANCEL_FLAG_GRACE_SECONDS = 10.0
 # Futures cancelled by Dask itself (not by us) are resubmitted this many times before failing.
 MAX_RESUBMITS = 5
 READY_TIMEOUT_SECONDS = 2.0
+# While the store's disk is full, a finished job's outcome waits in memory and its write is retried this
+# often (the job stays running in the store meanwhile; a restart would resubmit it, so nothing is lost).
+STORAGE_FULL_RETRY_SECONDS = 2.0
+
+
+async def write_when_space(write: Callable[..., Any], *args: Any, closing: Callable[[], bool], what: str,
+                           **kwargs: Any) -> bool:
+    """Run a blocking store write in a thread, retrying while the store is full (StorageFullError) until
+    it succeeds (True) or ``closing()`` (False). Any other exception propagates."""
+    warned = False
+    while True:
+        try:
+            await asyncio.to_thread(write, *args, **kwargs)
+            return True
+        except StorageFullError as exc:
+            if closing():
+                return False
+            if not warned:
+                log.warning("storage is full: %s is kept in memory and stored once space is freed (%s)", what, exc)
+                warned = True
+            await asyncio.sleep(STORAGE_FULL_RETRY_SECONDS)
 
 
 def worker_environment(blas_threads: int) -> dict[str, str]:
@@ -275,9 +296,11 @@ class Engine:
             await self.submit(job_id)
 
     async def _record(self, write: Callable[..., Any], job_id: str, *args: Any, **kwargs: Any) -> None:
-        """Run a store write in a thread; if it raises, try to record that as the job's failure."""
+        """Run a store write in a thread (waiting for space if the disk is full); if it raises, try to
+        record that as the job's failure."""
         try:
-            await asyncio.to_thread(write, job_id, *args, **kwargs)
+            await write_when_space(write, job_id, *args, closing=lambda: self._closing,
+                                   what=f"the outcome of job {job_id}", **kwargs)
         except Exception as exc:  # noqa: BLE001
             log.exception("recording the end of job %s failed", job_id)
             with contextlib.suppress(Exception):

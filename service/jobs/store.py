@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,11 +111,34 @@ _MIGRATIONS: tuple[str, ...] = (
         FOREIGN KEY (sweep_id, k) REFERENCES sweep_points (sweep_id, k) ON DELETE CASCADE
     );
     """,
+    # 3: the owner of each job and sweep (the API key's id, never the token; NULL while keys are off),
+    # idempotency keys scoped per owner, and finished_at indexes for the retention purge. The old
+    # idempotency_key column has a table-wide UNIQUE that SQLite cannot drop without rebuilding the
+    # table (whose DROP TABLE would cascade-delete every result), so it is renamed, emptied and left
+    # unused; the key moves to a new column under a per-owner unique index.
+    """
+    ALTER TABLE jobs RENAME COLUMN idempotency_key TO unscoped_idempotency_key;
+    ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    UPDATE jobs SET idempotency_key = unscoped_idempotency_key, unscoped_idempotency_key = NULL
+        WHERE unscoped_idempotency_key IS NOT NULL;
+    CREATE UNIQUE INDEX jobs_owner_idempotency ON jobs (coalesce(owner, ''), idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_owner_newest ON jobs (owner, created_at DESC, id DESC);
+    CREATE INDEX jobs_owner_status_newest ON jobs (owner, status, created_at DESC, id DESC);
+    CREATE INDEX jobs_finished ON jobs (finished_at);
+    ALTER TABLE sweeps ADD COLUMN owner TEXT;
+    CREATE INDEX sweeps_owner_newest ON sweeps (owner, created_at DESC, id DESC);
+    CREATE INDEX sweeps_owner_status_newest ON sweeps (owner, status, created_at DESC, id DESC);
+    CREATE INDEX sweeps_finished ON sweeps (finished_at);
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _COLUMNS = ("id, status, progress, created_at, started_at, finished_at, request, error, outcome, "
-            "idempotency_key, request_hash, attempts")
+            "idempotency_key, request_hash, attempts, owner")
+# Purges delete this many rows per transaction, so API writes interleave with a large purge.
+PURGE_BATCH = 200
 
 
 class InvalidPageToken(ValueError):
@@ -129,6 +152,23 @@ class CorruptResultError(RuntimeError):
         super().__init__(f"stored result of job {job_id} is corrupt: {reason}")
         self.job_id = job_id
         self.reason = reason
+
+
+class QueueFullError(RuntimeError):
+    """``active`` jobs are queued or running, at or above the ``limit`` a create was given."""
+
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(f"{active} jobs are queued or running, the limit is {limit}")
+        self.active, self.limit = active, limit
+
+
+class StorageFullError(sqlite3.OperationalError):
+    """A write refused because the store's disk (or its DLNSIM_STORE_MAX_BYTES cap) is full; the
+    transaction was rolled back, nothing was written. Retry once space is freed."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"the job store {path} is full: {reason}")
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -145,6 +185,7 @@ class JobRow:
     idempotency_key: str | None
     request_hash: str
     attempts: int                   # how many times a worker started the job
+    owner: str | None = None        # id of the API key that created it (None: created with keys off)
 
     @property
     def terminal(self) -> bool:
@@ -201,10 +242,12 @@ def decode_page_token(token: str) -> tuple[str, str]:
 class JobStore:
     """Jobs and their results in SQLite; thread-safe, blocking (call it from a worker thread)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 10_000,
+                 max_bytes: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout_ms = busy_timeout_ms
+        self._max_bytes = max_bytes  # cap on the database file (PRAGMA max_page_count); None = the disk's
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
@@ -225,6 +268,9 @@ class JobStore:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            if self._max_bytes is not None:
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {max(int(self._max_bytes) // page_size, 1)}")
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
@@ -232,14 +278,35 @@ class JobStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write transaction. A full disk (SQLITE_FULL, in a statement or at COMMIT) rolls
+        it back and raises StorageFullError; the connection is always left outside a transaction."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                # A COMMIT that fails (disk full while appending to the WAL) leaves the transaction
+                # open; rolled back below, or the thread's next BEGIN would fail for ever.
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback(conn)
+                raise
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+                raise StorageFullError(self.path, str(exc)) from exc
             raise
-        conn.execute("COMMIT")
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        # SQLite may already have rolled back by itself (it does on some SQLITE_FULL/IOERR errors).
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        if conn.in_transaction:  # cannot happen short of a broken file: never reuse such a connection
+            self._local.conn = None
+            with suppress(sqlite3.Error):
+                conn.close()
 
     def close(self) -> None:
         """Close every thread's connection (the WAL is checkpointed by the last one)."""
@@ -265,7 +332,8 @@ class JobStore:
                     conn.execute(statement)
             if row is None:
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            else:
+            elif version != SCHEMA_VERSION:
+                # Only when it changes: a start that writes nothing still works on a full disk.
                 conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     # -- reading ---------------------------------------------------------------------------------
@@ -275,21 +343,25 @@ class JobStore:
         return JobRow(id=r[0], status=r[1], progress=r[2], created_at=r[3], started_at=r[4],
                       finished_at=r[5], request=bytes(r[6]),
                       error=orjson.loads(r[7]) if r[7] is not None else None, outcome=r[8],
-                      idempotency_key=r[9], request_hash=r[10], attempts=r[11])
+                      idempotency_key=r[9], request_hash=r[10], attempts=r[11], owner=r[12])
 
     def get(self, job_id: str) -> JobRow | None:
         r = self._conn().execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return self._row(r) if r else None
 
     def list(self, status: str | None = None, page_size: int = 50,
-             page_token: str | None = None) -> tuple[list[JobRow], str | None]:
+             page_token: str | None = None, owner: str | None = None) -> tuple[list[JobRow], str | None]:
         """Newest first; ``next_token`` is None on the last page. Keyset paging on (created_at, id),
-        so pages stay consistent while jobs are added (new jobs land before the first page)."""
+        so pages stay consistent while jobs are added (new jobs land before the first page).
+        With ``owner``, only that owner's jobs."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         where, args = [], []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
         if status is not None:
             where.append("status = ?")
             args.append(status)
@@ -312,9 +384,13 @@ class JobStore:
             f"SELECT {_COLUMNS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at, id")
         return [self._row(r) for r in cur]
 
-    def count_active(self) -> int:
+    def count_active(self, owner: str | None = None) -> int:
+        """Jobs queued or running (with ``owner``, only that owner's)."""
+        if owner is None:
+            return self._conn().execute(
+                "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0]
         return self._conn().execute(
-            "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0]
+            "SELECT count(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')", (owner,)).fetchone()[0]
 
     def result(self, job_id: str) -> bytes | None:
         """The trajectory document as JSON bytes; None when the job has no result (not succeeded).
@@ -343,26 +419,39 @@ class JobStore:
     # -- writing ---------------------------------------------------------------------------------
 
     def create(self, request_json: bytes, request_hash: str,
-               idempotency_key: str | None = None) -> tuple[JobRow, bool]:
-        """Insert a queued job; with an idempotency key already used, return that job and False.
+               idempotency_key: str | None = None, owner: str | None = None, *,
+               max_active: int | None = None) -> tuple[JobRow, bool]:
+        """Insert a queued job; with an idempotency key this owner already used, return that job and False.
 
         The caller compares ``row.request_hash`` with its own to tell a replay from a conflict.
-        The UNIQUE constraint makes concurrent creates with one key yield exactly one row.
+        The unique index on (owner, key) makes concurrent creates with one key yield exactly one row;
+        two owners' equal keys are unrelated. With ``max_active``, QueueFullError when that many jobs are
+        already queued or running (checked in the write transaction, so concurrent creates cannot
+        overshoot it; a replay of a used idempotency key is still answered).
         """
         job_id = new_job_id()
         try:
             with self._write() as conn:
+                if max_active is not None:
+                    active = conn.execute(
+                        "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0]
+                    if active >= max_active and (idempotency_key is None or conn.execute(
+                            "SELECT 1 FROM jobs WHERE coalesce(owner, '') = coalesce(?, '') AND idempotency_key = ?",
+                            (owner, idempotency_key)).fetchone() is None):
+                        raise QueueFullError(active, max_active)
                 conn.execute(
                     "INSERT INTO jobs (id, status, progress, created_at, request, request_hash, "
-                    "idempotency_key) VALUES (?, 'queued', 0, ?, ?, ?, ?)",
-                    (job_id, utc_now(), bytes(request_json), request_hash, idempotency_key))
+                    "idempotency_key, owner) VALUES (?, 'queued', 0, ?, ?, ?, ?, ?)",
+                    (job_id, utc_now(), bytes(request_json), request_hash, idempotency_key, owner))
         except sqlite3.IntegrityError:
             if idempotency_key is None:
                 raise
-            r = self._conn().execute(f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
-                                     (idempotency_key,)).fetchone()
+            # The same expression as the unique index, so the lookup uses it.
+            r = self._conn().execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE coalesce(owner, '') = coalesce(?, '') AND idempotency_key = ?",
+                (owner, idempotency_key)).fetchone()
             if r is None:  # the other row was deleted in between: try once more as a fresh job
-                return self.create(request_json, request_hash, idempotency_key)
+                return self.create(request_json, request_hash, idempotency_key, owner, max_active=max_active)
             return self._row(r), False
         row = self.get(job_id)
         assert row is not None
@@ -428,6 +517,22 @@ class JobStore:
                 (orjson.dumps(dict(problem)).decode(), utc_now(), job_id))
         return cur.rowcount == 1
 
+    def recover_corrupt_result(self, job_id: str, problem: Mapping[str, Any], max_attempts: int) -> str | None:
+        """A succeeded job whose stored result is unreadable: drop the result and queue the job again
+        (runs are seeded, so the rerun stores the same trajectory), or, once it has been started
+        ``max_attempts`` times, mark it failed with ``problem``. Returns the new status, or None if the
+        job is not succeeded (any more: another request recovered it first)."""
+        with self._write() as conn:
+            r = conn.execute("SELECT status, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if r is None or r[0] != SUCCEEDED:
+                return None
+            status = QUEUED if r[1] < max_attempts else FAILED
+            conn.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
+            conn.execute("UPDATE jobs SET status = ?, progress = 0, outcome = NULL, error = ?, finished_at = ? "
+                         "WHERE id = ?", (status, orjson.dumps(dict(problem)).decode() if status == FAILED else None,
+                                          utc_now() if status == FAILED else None, job_id))
+        return status
+
     def mark_cancelled(self, job_id: str) -> str | None:
         """Cancel a queued or running job. Returns the status it had (truthy) or None if it was
         unknown or already finished (then nothing changes)."""
@@ -444,3 +549,14 @@ class JobStore:
         with self._write() as conn:
             cur = conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         return cur.rowcount == 1
+
+    def purge_finished(self, before: str, limit: int = PURGE_BATCH) -> int:
+        """Delete up to ``limit`` finished jobs (succeeded, failed, cancelled) whose finished_at is
+        earlier than ``before`` (a ``utc_now()``-format timestamp), with their results (ON DELETE
+        CASCADE); returns how many. Queued and running jobs are never touched."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at < ? "
+                "AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?)",
+                (before, int(limit)))
+        return cur.rowcount

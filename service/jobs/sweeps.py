@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import CANCEL_FLAG_GRACE_SECONDS, MAX_RESUBMITS, SCATTER_BYTES, _describe
+from .engine import CANCEL_FLAG_GRACE_SECONDS, MAX_RESUBMITS, SCATTER_BYTES, _describe, write_when_space
 from .sweeps_store import SweepStore
 from .task import (
     SWEEP_PROGRESS_TOPIC,
@@ -291,7 +291,8 @@ class SweepEngine:
 
     async def _record(self, write: Callable[..., Any], *args: Any) -> None:
         try:
-            await asyncio.to_thread(write, *args)
+            # A full disk: the chunk's results wait in memory until they can be stored.
+            await write_when_space(write, *args, closing=lambda: self._closing, what=f"sweep {args[0]}'s points")
         except Exception:  # noqa: BLE001 - the points stay unfinished and run again after a restart
             log.exception("recording sweep points failed")
 

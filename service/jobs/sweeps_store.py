@@ -28,6 +28,7 @@ import zstandard
 
 from .store import (
     ACTIVE,
+    PURGE_BATCH,
     RESULT_CODEC,
     STATUSES,
     CorruptResultError,
@@ -40,7 +41,7 @@ from .store import (
     utc_now,
 )
 
-_SWEEP_COLUMNS = "id, status, created_at, started_at, finished_at, request, base, keep, n_points"
+_SWEEP_COLUMNS = "id, status, created_at, started_at, finished_at, request, base, keep, n_points, owner"
 _POINT_COLUMNS = ("sweep_id, k, params, group_key, status, attempts, finished_at, outcome, summary, error, "
                   "EXISTS (SELECT 1 FROM sweep_trajectories t WHERE t.sweep_id = p.sweep_id AND t.k = p.k)")
 
@@ -57,6 +58,7 @@ class SweepRow:
     keep: str               # summary | trajectories
     n_points: int
     counts: dict[str, int]  # points per status
+    owner: str | None = None  # id of the API key that created it (None: created with keys off)
 
     @property
     def terminal(self) -> bool:
@@ -115,7 +117,8 @@ class SweepStore:
 
     def _sweep(self, r: tuple) -> SweepRow:
         return SweepRow(id=r[0], status=r[1], created_at=r[2], started_at=r[3], finished_at=r[4],
-                        request=bytes(r[5]), base=bytes(r[6]), keep=r[7], n_points=r[8], counts=self._counts(r[0]))
+                        request=bytes(r[5]), base=bytes(r[6]), keep=r[7], n_points=r[8], counts=self._counts(r[0]),
+                        owner=r[9])
 
     @staticmethod
     def _point(r: tuple) -> PointRow:
@@ -128,13 +131,16 @@ class SweepStore:
         return self._sweep(r) if r else None
 
     def list(self, status: str | None = None, page_size: int = 50,
-             page_token: str | None = None) -> tuple[list[SweepRow], str | None]:
-        """Newest first, keyset paging on (created_at, id) like JobStore.list."""
+             page_token: str | None = None, owner: str | None = None) -> tuple[list[SweepRow], str | None]:
+        """Newest first, keyset paging on (created_at, id) like JobStore.list; with ``owner``, only its sweeps."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         where, args = [], []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
         if status is not None:
             where.append("status = ?")
             args.append(status)
@@ -157,9 +163,13 @@ class SweepStore:
             f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE status IN ('queued', 'running') ORDER BY created_at, id")
         return [self._sweep(r) for r in cur.fetchall()]
 
-    def count_active(self) -> int:
+    def count_active(self, owner: str | None = None) -> int:
+        """Sweeps queued or running (with ``owner``, only that owner's)."""
+        if owner is None:
+            return self._conn().execute(
+                "SELECT count(*) FROM sweeps WHERE status IN ('queued', 'running')").fetchone()[0]
         return self._conn().execute(
-            "SELECT count(*) FROM sweeps WHERE status IN ('queued', 'running')").fetchone()[0]
+            "SELECT count(*) FROM sweeps WHERE owner = ? AND status IN ('queued', 'running')", (owner,)).fetchone()[0]
 
     def pending_points(self, sweep_id: str) -> list[tuple[int, bytes, str]]:
         """(k, params, group_key) of the points still to run (queued, or running when the API died)."""
@@ -213,14 +223,14 @@ class SweepStore:
     # -- writing ---------------------------------------------------------------------------------
 
     def create(self, request_json: bytes, base_json: bytes, keep: str,
-               points: Sequence[tuple[bytes, str]]) -> SweepRow:
+               points: Sequence[tuple[bytes, str]], owner: str | None = None) -> SweepRow:
         """Insert a queued sweep and its points (k = position in ``points``) in one transaction."""
         if keep not in ("summary", "trajectories"):
             raise ValueError(f"unknown keep {keep!r}")
         sweep_id = new_job_id()
         with self._write() as conn:
-            conn.execute(f"INSERT INTO sweeps ({_SWEEP_COLUMNS}) VALUES (?, 'queued', ?, NULL, NULL, ?, ?, ?, ?)",
-                         (sweep_id, utc_now(), bytes(request_json), bytes(base_json), keep, len(points)))
+            conn.execute(f"INSERT INTO sweeps ({_SWEEP_COLUMNS}) VALUES (?, 'queued', ?, NULL, NULL, ?, ?, ?, ?, ?)",
+                         (sweep_id, utc_now(), bytes(request_json), bytes(base_json), keep, len(points), owner))
             conn.executemany(
                 "INSERT INTO sweep_points (sweep_id, k, params, group_key, status) VALUES (?, ?, ?, ?, 'queued')",
                 ((sweep_id, k, bytes(params), group) for k, (params, group) in enumerate(points)))
@@ -310,3 +320,14 @@ class SweepStore:
         with self._write() as conn:
             cur = conn.execute("DELETE FROM sweeps WHERE id = ?", (sweep_id,))
         return cur.rowcount == 1
+
+    def purge_finished(self, before: str, limit: int = PURGE_BATCH) -> int:
+        """Delete up to ``limit`` finished sweeps (succeeded, failed, cancelled) whose finished_at is
+        earlier than ``before``, with their points and kept trajectories (ON DELETE CASCADE); returns
+        how many sweeps. Queued and running sweeps are never touched."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "DELETE FROM sweeps WHERE id IN (SELECT id FROM sweeps WHERE finished_at < ? "
+                "AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?)",
+                (before, int(limit)))
+        return cur.rowcount

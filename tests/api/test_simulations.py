@@ -375,7 +375,7 @@ async def test_unavailable_before_the_lifespan_started(tmp_path):
     assert_problem(response, 503, "unavailable")
 
 
-async def test_unreadable_stored_trajectory_is_a_500_problem_saying_what_to_do(service, monkeypatch):
+async def test_corrupt_stored_trajectory_is_a_500_problem_and_the_simulation_runs_again(service, monkeypatch):
     from service.jobs.store import CorruptResultError
 
     sim = (await _create(service)).json()
@@ -385,6 +385,10 @@ async def test_unreadable_stored_trajectory_is_a_500_problem_saying_what_to_do(s
         raise CorruptResultError(job_id, "checksum mismatch")
 
     monkeypatch.setattr(service.store, "result", corrupt)
-    body = assert_problem(await service.client.get(f"/v1/simulations/{sim['id']}/trajectory"), 500,
-                          "invalid-simulation-result")
-    assert "run it again" in body["detail"]
+    response = await service.client.get(f"/v1/simulations/{sim['id']}/trajectory")
+    body = assert_problem(response, 500, "corrupt-result")
+    assert "checksum mismatch" in body["detail"] and "queued to run again" in body["detail"]
+    assert "retry-after" in response.headers
+    # back in the queue and submitted (tests/faults/test_faults.py checks the rerun's trajectory)
+    assert (await service.client.get(f"/v1/simulations/{sim['id']}")).json()["status"] == "queued"
+    assert service.engine.submitted.count(sim["id"]) == 2

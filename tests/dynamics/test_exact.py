@@ -9,13 +9,16 @@ order of operations).
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from scipy.integrate import quad, solve_ivp
 
 from service.dynamics import exact as ex
-from service.dynamics import network
+from service.dynamics import network, presets
 from service.dynamics.errors import ExactNotApplicableError
+from service.dynamics.init import initial_weights
 from service.dynamics.problem import problem_from_correlations
 
 # ------------------------------------------------------------------------------------------------
@@ -560,7 +563,7 @@ def test_exact_refuses_unbalanced_deep_init():
 
 def test_exact_refuses_misaligned_balanced_deep_init():
     rng = np.random.default_rng(0)
-    pb, u, v = task(3, 3, [2.0, 1.0, 0.5], rng)
+    pb, _, v = task(3, 3, [2.0, 1.0, 0.5], rng)
     ws = aligned_deep(rand_orth(3, rng), v, [np.eye(3), np.eye(3)], [0.1, 0.2, 0.3])   # wrong output frame
     assert "misaligned" in _raises(pb, ws).message
 
@@ -574,3 +577,139 @@ def test_exact_refuses_weight_decay_beyond_balanced_two_layer_modes():
     assert "balanced modes" in _raises(pb, unbalanced, 0.1).message
     lam_bal = lambda_balanced_init(3, 3, 3, 0.0, 0.3, rng)
     assert "aligned" in _raises(pb, lam_bal, 0.1).message
+
+
+# ------------------------------------------------------------------------------------------------
+# tall tasks: thin frames and the reduced Riccati space (no n_out × n_out work)
+
+
+def embedded_task(n_in: int, n_small: int, n_big: int, svals, rng):
+    """A small task (n_in → n_small, Σ11 = I) and the same task isometrically embedded in n_big outputs:
+    Σ31_big = E Σ31_small with E (n_big × n_small) orthonormal. Gradient flow from W32_big = E W32_small keeps W32 in
+    span E (its gradient is 2(Σ31 − W32W21)W21ᵀ), so the big run is E times the small one exactly."""
+    small, u, v = task(n_in, n_small, svals, rng)
+    e, _ = np.linalg.qr(rng.standard_normal((n_big, n_small)))
+    big = problem_from_correlations(np.eye(n_in), e @ small.sigma31)
+    return small, big, e, u, v
+
+
+def tall_init(kind: str, u, v, nh: int, rng):
+    """Inits on the small task: aligned plus one output-only null channel, λ-balanced (unaligned), or random."""
+    n_out, n_in = u.shape[0], v.shape[0]
+    if kind == "aligned":
+        ws = aligned_two_layer(u, v, rand_orth(nh, rng), rng.uniform(0.01, 0.1, n_in), rng.uniform(0.01, 0.1, n_in))
+        # hidden unit n_in (unused by the modes) carries an output-only channel along the null direction u[:, n_in]
+        w21, w32 = ws
+        hid = np.linalg.svd(w21)[0][:, n_in:]         # hidden directions W21 does not reach
+        return [w21, w32 + 0.07 * np.outer(u[:, n_in], hid[:, 0])]
+    if kind == "lambda_balanced":
+        return lambda_balanced_init(n_in, nh, n_out, 0.4, 0.2, rng)
+    return [0.01 * rng.standard_normal((nh, n_in)), 0.01 * rng.standard_normal((n_out, nh))]
+
+
+TALL_SVALS = [3.0, 2.5, 2.0, 1.6, 1.2, 0.9, 0.6, 0.3]
+
+
+@pytest.mark.parametrize("kind", ["aligned", "lambda_balanced", "random"])
+def test_tall_task_exact_run_equals_its_small_embedding(kind):
+    # 8 inputs → 3000 outputs (rank-8 Σ31) against the same task on 12 outputs. The small run is checked against
+    # brute force (aligned: matrix ODE, 1e-9) or the full-space Riccati (the (Ni + No)² form, round-off). The
+    # embedding is exact, so big and small differ by round-off only: 1e-12 on O(1) maps, 1e-9 relative on the
+    # gradient norm (a difference of O(1) terms, ~1e-3 at t = 1.5 here).
+    rng = np.random.default_rng(40)
+    small, big, e, u, v = embedded_task(8, 12, 3000, TALL_SVALS, rng)
+    ws = tall_init(kind, u, v, 10, rng)
+    wb = [ws[0], e @ ws[1]]
+    dec_s, dec_b = ex.decouple(small, ws), ex.decouple(big, wb)
+    assert dec_b.s.size <= 8 + 3 * 10                                   # thin: no channel per output direction
+    if kind == "random":
+        assert dec_b.deviation == pytest.approx(dec_s.deviation, rel=1e-9) and dec_b.deviation > 1e-3
+        with pytest.raises(ExactNotApplicableError):
+            ex.check_exact(big, wb)
+        return
+    assert ex.check_exact(big, wb) == ex.check_exact(small, ws)
+    t = np.array([0.0, 0.5, 1.5])
+    run_s, run_b = ex.exact_run(small, ws, t), ex.exact_run(big, wb, t)
+    assert run_b.model == (ex.MODEL_MODES if kind == "aligned" else ex.MODEL_RICCATI)
+    if kind == "aligned":
+        assert dec_b.deviation < 1e-13 and dec_s.deviation < 1e-13
+        ode = matrix_flow(small, ws, t)
+        for k in range(len(t)):
+            np.testing.assert_allclose(run_s.product[k], ode[k][1] @ ode[k][0], atol=1e-9)
+            np.testing.assert_allclose(run_b.weights[1][k], e @ run_s.weights[1][k], atol=1e-12)
+            np.testing.assert_allclose(run_b.weights[0][k], run_s.weights[0][k], atol=1e-12)
+    else:
+        full = ex.riccati_flow(small.sigma31, ws[0], ws[1], t, reduce=False)
+        np.testing.assert_allclose(run_s.product, full.product, atol=1e-12)
+        np.testing.assert_allclose(run_b.w21_gram, full.w21_gram, atol=1e-12)
+    np.testing.assert_allclose(run_b.product, e[None] @ run_s.product, atol=1e-12)
+    np.testing.assert_allclose(run_b.gradient_norm, run_s.gradient_norm, rtol=1e-9)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.8, -0.5])
+def test_reduced_riccati_equals_the_full_space_riccati_to_round_off(lam):
+    # 3 → 2 → 40 with W32 spread over all 40 outputs: the reduced space has 2·rank + hidden directions (≤ 10 of 43).
+    # Both evaluate the same semigroup in different orthonormal bases: round-off (1e-12 on O(1) blocks).
+    rng = np.random.default_rng(41)
+    pb = problem_from_correlations(np.eye(3), rng.standard_normal((40, 3)))
+    ws = lambda_balanced_init(3, 2, 40, lam, 0.3, rng)
+    t = np.array([0.0, 0.7, 2.0, 6.0, 50.0])
+    red = ex.riccati_flow(pb.sigma31, ws[0], ws[1], t)
+    full = ex.riccati_flow(pb.sigma31, ws[0], ws[1], t, reduce=False)
+    assert red.o.shape == (43, 3 + 5) and full.o.shape == (43, 43)     # Z_in = R³, Z_out = span[U, W32]
+    np.testing.assert_allclose(red.product, full.product, atol=1e-12)
+    np.testing.assert_allclose(red.w21_gram, full.w21_gram, atol=1e-12)
+    np.testing.assert_allclose(red.w32_gram, full.w32_gram, atol=1e-12)
+    np.testing.assert_allclose(ex.riccati_gradient_norm(pb, red)[:4], ex.riccati_gradient_norm(pb, full)[:4],
+                               rtol=1e-9)
+
+
+def test_riccati_past_the_size_limit_is_refused_naming_the_size(monkeypatch):
+    rng = np.random.default_rng(42)
+    pb, _, _ = task(3, 3, [2.0, 1.0, 0.5], rng)
+    ws = lambda_balanced_init(3, 3, 3, 0.5, 0.3, rng)
+    monkeypatch.setattr(ex, "RICCATI_MAX_DIM", 5)                        # this init needs 6 dimensions
+    err = _raises(pb, ws)
+    assert "6 dimensions" in err.message and "more than 5" in err.message
+
+
+def _peak_bytes(fn) -> int:
+    """Peak memory traced while fn() runs (numpy reports its array buffers, LAPACK outputs included)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def thin_lambda_balanced(ni, nh, no, lam, scale, rng):
+    """λ-balanced W21 = R S1 Vᵀ, W32 = U S2 Rᵀ (as ``lambda_balanced_init``) with U only n_out × n_h (thin QR)."""
+    u = np.linalg.qr(rng.standard_normal((no, nh)))[0]
+    s1 = np.zeros(nh)
+    s1[:min(nh, ni)] = scale * rng.uniform(0.5, 1.5, min(nh, ni))
+    m1 = np.zeros((nh, ni))
+    m1[np.arange(min(nh, ni)), np.arange(min(nh, ni))] = s1[:min(nh, ni)]
+    r = rand_orth(nh, rng)
+    return [r @ m1 @ rand_orth(ni, rng).T, u @ np.diag(np.sqrt(s1 ** 2 + lam)) @ r.T]
+
+
+@pytest.mark.parametrize("scheme", ["gaussian", "aligned", "lambda_balanced"])
+def test_exact_on_the_10000_feature_preset_never_forms_an_output_by_output_matrix(scheme):
+    # branching_diffusion defaults: 8 one-hot items → 10,000 features. One 10⁴ × 10⁴ float64 matrix is 800 MB (the
+    # old completed output basis); the thin path peaks at a few MB (the returned maps are 3 × 10⁴ × 8).
+    pb = presets.branching_diffusion()
+    rng = np.random.default_rng(43)
+    ws = (thin_lambda_balanced(8, 16, pb.n_out, 0.3, 0.05, rng) if scheme == "lambda_balanced" else
+          initial_weights(pb, [16], scheme, **({"seed": 1} if scheme == "gaussian" else {})))
+    t = np.array([0.0, 1.0, 5.0])
+    models = []
+
+    def run():
+        try:
+            models.append(ex.exact_run(pb, ws, t).model)
+        except ExactNotApplicableError:
+            models.append(None)
+
+    assert _peak_bytes(run) < 8 * pb.n_out ** 2 / 16
+    assert models == [{"gaussian": None, "aligned": ex.MODEL_MODES, "lambda_balanced": ex.MODEL_RICCATI}[scheme]]

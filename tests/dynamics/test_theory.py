@@ -12,13 +12,25 @@ import pytest
 from scipy.integrate import solve_ivp
 
 from service.dynamics import exact as ex
-from service.dynamics import network
+from service.dynamics import network, presets
+from service.dynamics.init import initial_weights
 from service.dynamics.methods import Exact, GradientDescent, GradientFlow
 from service.dynamics.modes import mode_basis, mode_strengths
 from service.dynamics.problem import problem_from_correlations
 from service.dynamics.theory import theory_overlay
 
-from .test_exact import aligned_two_layer, lambda_balanced_init, matrix_flow, rand_orth, task
+from .test_exact import (
+    TALL_SVALS,
+    _peak_bytes,
+    aligned_two_layer,
+    embedded_task,
+    lambda_balanced_init,
+    matrix_flow,
+    rand_orth,
+    tall_init,
+    task,
+    thin_lambda_balanced,
+)
 
 
 def strengths(problem, weights):
@@ -142,7 +154,7 @@ def test_rotated_degenerate_block_learning_time_matches_ode_event():
     # s = (1.5, 1.5): init diagonal in a rotated basis with distinct amplitudes, so each mode of mode_basis is a
     # mixture of two channels and its learning time is found numerically on the exact curve
     rng = np.random.default_rng(7)
-    pb, u, v = task(2, 2, [1.5, 1.5], rng)
+    pb, _, _ = task(2, 2, [1.5, 1.5], rng)
     basis = mode_basis(pb)
     rot = np.array([[np.cos(0.4), -np.sin(0.4)], [np.sin(0.4), np.cos(0.4)]])
     ws = aligned_two_layer(basis.u @ rot, basis.v @ rot, np.eye(2), [0.01, 0.1], [0.01, 0.1])
@@ -235,3 +247,60 @@ def test_gd_overlay_derives_steps_from_times_when_missing():
     a = theory_overlay(pb, ws, method, 0.01 * steps, steps)
     b = theory_overlay(pb, ws, method, 0.01 * steps, None)
     np.testing.assert_array_equal(a.strength, b.strength)
+
+
+# ------------------------------------------------------------------------------------------------
+# tall tasks: the overlay works on thin frames
+
+
+@pytest.mark.parametrize("kind, models", [("aligned", (ex.MODEL_MODES, "gd_map_decoupled_modes")),
+                                          ("lambda_balanced", (ex.MODEL_RICCATI, ex.MODEL_RICCATI)),
+                                          ("random", ("saxe_small_init", "saxe_small_init"))])
+@pytest.mark.parametrize("gd", [False, True], ids=["flow", "gd"])
+def test_tall_task_overlay_equals_its_small_embedding(kind, models, gd):
+    # 8 inputs → 3000 outputs against the same task on 12 outputs (exact isometric embedding, see test_exact): the
+    # overlay (strengths on the mode basis, whose signs may differ but pair up, and half times) must be the same up
+    # to round-off: 1e-12 on O(1) strengths, 1e-10 relative on times (bisected/closed-form crossings).
+    rng = np.random.default_rng(50)
+    small, big, e, u, v = embedded_task(8, 12, 3000, TALL_SVALS, rng)
+    ws = tall_init(kind, u, v, 10, rng)
+    wb = [ws[0], e @ ws[1]]
+    if gd:
+        steps = np.arange(0, 401, 40)
+        method, times = GradientDescent(learning_rate=0.01, steps=400), 0.01 * steps
+    else:
+        steps, method, times = None, GradientFlow(t_max=4.0), np.linspace(0, 4, 9)
+    ov_s = theory_overlay(small, ws, method, times, steps)
+    ov_b = theory_overlay(big, wb, method, times, steps)
+    assert ov_b.model == ov_s.model == models[gd]
+    np.testing.assert_allclose(ov_b.strength, ov_s.strength, atol=1e-12)
+    np.testing.assert_array_equal(np.isnan(ov_b.learning_time), np.isnan(ov_s.learning_time))
+    np.testing.assert_allclose(ov_b.learning_time, ov_s.learning_time, rtol=1e-10)
+
+
+def test_riccati_overlay_past_the_size_limit_falls_back_to_small_init_and_says_why(monkeypatch):
+    rng = np.random.default_rng(51)
+    pb, _, _ = task(3, 3, [2.0, 1.0, 0.5], rng)
+    ws = lambda_balanced_init(3, 3, 3, 0.5, 0.05, rng)
+    t = np.linspace(0, 2, 3)
+    assert theory_overlay(pb, ws, GradientFlow(t_max=2.0), t, None).model == ex.MODEL_RICCATI
+    monkeypatch.setattr(ex, "RICCATI_MAX_DIM", 5)                        # this init needs 6 dimensions
+    ov = theory_overlay(pb, ws, GradientFlow(t_max=2.0), t, None)
+    assert ov.model == "saxe_small_init" and not ov.exact
+    assert "λ-balanced" in ov.assumptions and "6 dimensions" in ov.assumptions
+
+
+@pytest.mark.parametrize("scheme", ["gaussian", "aligned", "lambda_balanced"])
+def test_overlay_on_the_10000_feature_preset_never_forms_an_output_by_output_matrix(scheme):
+    # branching_diffusion defaults (8 items → 10,000 features), as simulate() calls it for every run: a single
+    # 10⁴ × 10⁴ float64 matrix would be 800 MB (the old completed output basis); the thin path peaks at a few MB.
+    pb = presets.branching_diffusion()
+    rng = np.random.default_rng(52)
+    ws = (thin_lambda_balanced(8, 16, pb.n_out, 0.3, 0.05, rng) if scheme == "lambda_balanced" else
+          initial_weights(pb, [16], scheme, **({"seed": 1} if scheme == "gaussian" else {})))
+    out = []
+    peak = _peak_bytes(lambda: out.append(theory_overlay(pb, ws, GradientFlow(t_max=20.0), np.linspace(0, 20, 101),
+                                                         None)))
+    assert peak < 8 * pb.n_out ** 2 / 16
+    expected = {"gaussian": "saxe_small_init", "aligned": ex.MODEL_MODES, "lambda_balanced": ex.MODEL_RICCATI}
+    assert out[0].model == expected[scheme] and out[0].strength.shape == (101, 8)

@@ -252,3 +252,26 @@ def test_ping_is_true_when_open_and_false_when_closed(tmp_path):
     assert s.ping()
     s.close()
     assert not s.ping()
+
+
+def test_a_version_2_store_keeps_its_idempotency_keys_which_become_per_owner(tmp_path):
+    from service.jobs.store import _MIGRATIONS
+
+    path = tmp_path / "v2.sqlite3"
+    with sqlite3.connect(path) as conn:  # what the previous release wrote: migrations 1 and 2
+        for script in _MIGRATIONS[:2]:
+            conn.executescript(script)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (2)")
+        conn.execute("INSERT INTO jobs (id, status, created_at, request, request_hash, idempotency_key) "
+                     "VALUES ('j', 'queued', '2026-01-01T00:00:00.000000Z', x'7b7d', 'h', 'k')")
+    store = JobStore(path)
+    try:
+        assert store.get("j").idempotency_key == "k" and store.get("j").owner is None
+        replay, created = store.create(b"{}", "h", "k")
+        assert (replay.id, created) == ("j", False)
+        mine, created = store.create(b"{}", "h", "k", owner="alice")  # another owner's equal key is unrelated
+        assert created and mine.owner == "alice" and mine.id != "j"
+        assert store.create(b"{}", "h", "k", owner="alice") == (mine, False)
+    finally:
+        store.close()

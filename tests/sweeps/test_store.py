@@ -7,7 +7,7 @@ import sqlite3
 import orjson
 import pytest
 
-from service.jobs.store import SCHEMA_VERSION, JobStore, compress_result
+from service.jobs.store import _MIGRATIONS, SCHEMA_VERSION, JobStore, compress_result
 from service.jobs.sweeps_store import SweepStore
 
 
@@ -34,16 +34,15 @@ def done(k: int, **extra) -> dict:
 
 def test_version_1_store_is_migrated_and_keeps_its_jobs(tmp_path):
     path = tmp_path / "old.sqlite3"
-    JobStore(path).close()
-    with sqlite3.connect(path) as conn:  # turn it into what the previous release wrote
-        for table in ("sweep_trajectories", "sweep_points", "sweeps"):
-            conn.execute(f"DROP TABLE {table}")
-        conn.execute("UPDATE schema_version SET version = 1")
+    with sqlite3.connect(path) as conn:  # what the first release wrote: migration 1 only
+        conn.executescript(_MIGRATIONS[0])
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
         conn.execute("INSERT INTO jobs (id, status, created_at, request, request_hash) "
                      "VALUES ('j', 'queued', '2026-01-01T00:00:00.000000Z', x'7b7d', 'h')")
     jobs = JobStore(path)
     try:
-        assert jobs._conn().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert jobs._conn().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
         assert jobs.get("j").status == "queued"
         assert make(SweepStore(jobs)).n_points == 3
     finally:

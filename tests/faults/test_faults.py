@@ -1,0 +1,241 @@
+"""Faults against a real ``python -m service`` (uvicorn + embedded Dask cluster) on loopback.
+
+Each test breaks one thing the way it breaks in production — a worker process SIGKILLed (the OOM
+killer), the API SIGKILLed mid-sweep, the data dir's disk full, a stored result's bytes flipped — and
+checks that accepted work finishes (or fails with a reason), nothing runs twice or is lost, the service
+keeps answering, and the SQLite store passes ``PRAGMA integrity_check`` afterwards.
+
+Already covered elsewhere, not repeated here: kill -9 of the API mid-job (tests/e2e/test_service.py,
+test_a_job_survives_kill_9_of_the_server_and_finishes_with_the_right_answer), and on an external
+cluster kill -9 of the API mid-sweep and of a worker mid-sweep (tests/sweeps/test_cluster.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+
+import httpx
+import orjson
+import pytest
+
+from tests.e2e.conftest import Server
+from tests.e2e.test_service import CORRELATIONS, core_document, medium_request, post, run_request
+from tests.faults.conftest import TERMINAL, dask_workers, integrity, poll, query, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def short_request(steps: int = 20_000) -> dict:
+    """A GD run of a couple of seconds on one worker (64-128-64 random teacher)."""
+    request = medium_request()
+    request["training"]["steps"] = steps
+    return request
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("faults")
+    srv = Server(base / "data", base / "server.log", workers=1).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["type"] == f"/problems/{slug}", problem
+    return problem
+
+
+# ------------------------------------------------------------------------------------------------
+# a worker process dies mid-job
+
+
+def test_worker_killed_mid_job_the_job_succeeds_once_with_the_right_answer(server, client):
+    request = short_request()
+    job_id = post(client, request).json()["id"]
+    poll(client, job_id, lambda s: s["status"] == "running" and s["progress"] > 0)
+    [worker] = dask_workers(server)
+    worker.send_signal(signal.SIGKILL)  # what the OOM killer does
+
+    sim = poll(client, job_id, lambda s: s["status"] in TERMINAL)
+    assert sim["status"] == "succeeded", (sim, server.log())
+    # the nanny started a new worker process, which ran the job again from the start
+    wait_until(lambda: [w.pid for w in dask_workers(server)] not in ([], [worker.pid]))
+    assert query(server.data_dir, "SELECT attempts FROM jobs WHERE id = ?", (job_id,)) == [(2,)]
+    # not duplicated: one job, one result
+    listed = [s["id"] for s in client.get("/v1/simulations", params={"page_size": 100}).json()["items"]]
+    assert listed.count(job_id) == 1
+    assert query(server.data_dir, "SELECT count(*) FROM results WHERE job_id = ?", (job_id,)) == [(1,)]
+    assert client.get(f"/v1/simulations/{job_id}/trajectory").json() == core_document(sim["request"])
+    assert integrity(server.data_dir) == "ok"
+
+
+# ------------------------------------------------------------------------------------------------
+# a stored result is corrupted on disk
+
+
+def test_corrupt_result_is_a_clear_problem_and_the_job_reruns_to_the_same_trajectory(server, client):
+    sim = post(client, run_request(CORRELATIONS, "gd"), Prefer="wait=60").json()
+    assert sim["status"] == "succeeded", sim
+    job_id = sim["id"]
+    original = client.get(f"/v1/simulations/{job_id}/trajectory").content
+
+    [(blob,)] = query(server.data_dir, "SELECT data FROM results WHERE job_id = ?", (job_id,))
+    flipped = bytearray(blob)
+    for i in range(len(flipped) // 2, len(flipped) // 2 + 8):  # mid-frame: compressed data, not the header
+        flipped[i] ^= 0xFF
+    query(server.data_dir, "UPDATE results SET data = ? WHERE job_id = ?", (bytes(flipped), job_id))
+
+    problem = assert_problem(client.get(f"/v1/simulations/{job_id}/trajectory"), 500, "corrupt-result")
+    assert "corrupt" in problem["detail"] and "run again" in problem["detail"]
+    assert client.get("/healthz").status_code == 200
+
+    # runs are seeded, so the rerun stores the trajectory the job had before
+    rerun = poll(client, job_id, lambda s: s["status"] in TERMINAL)
+    assert rerun["status"] == "succeeded", rerun
+    assert client.get(f"/v1/simulations/{job_id}/trajectory").content == original
+    assert integrity(server.data_dir) == "ok"
+
+
+# ------------------------------------------------------------------------------------------------
+# the API dies mid-sweep, after several chunks finished
+
+SWEEP_BASE = {
+    "data": {"kind": "preset", "name": "hierarchy", "depth": 3},
+    "network": {"hidden": [16]},
+    "init": {"scheme": "gaussian", "scale": 0.01, "seed": 0},
+    "training": {"method": "gd", "learning_rate": 1e-4, "steps": 100_000},  # t = 10: still learning
+    "record": {"points": 20},
+}
+SWEEP_GRID = {"init.scale": [0.01, 0.1, 1.0], "init.seed": [0, 1, 2, 3]}
+SWEEP_POINTS = 12
+
+
+def expected_summaries() -> dict[int, dict]:
+    """Each grid point run alone with ``simulate`` in this process (bit for bit what a sweep reports)."""
+    from service.convert import build_simulation
+    from service.dynamics.simulate import simulate
+    from service.grid import point_summary
+    from service.schemas import SimulationRequest
+
+    out = {}
+    for k, (scale, seed) in enumerate(itertools.product(*SWEEP_GRID.values())):
+        request = orjson.loads(orjson.dumps(SWEEP_BASE))
+        request["init"].update(scale=scale, seed=seed)
+        spec = build_simulation(SimulationRequest.model_validate(request))
+        traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
+        out[k] = orjson.loads(orjson.dumps(point_summary(traj)))
+    return out
+
+
+def sweep_points(client: httpx.Client, sweep_id: str) -> list[dict]:
+    return client.get(f"/v1/sweeps/{sweep_id}/results", params={"page_size": 1000}).json()["items"]
+
+
+def test_api_killed_mid_sweep_after_several_chunks_reruns_only_unfinished_points(tmp_path):
+    data_dir = tmp_path / "data"
+    env = {"DLNSIM_SWEEP_CHUNK_SIZE": "2"}  # 6 chunks of 2 points on the one worker
+    first = Server(data_dir, tmp_path / "first.log", **env).start()
+    try:
+        with httpx.Client(base_url=first.url, timeout=60) as c:
+            response = c.post("/v1/sweeps", json={"base": SWEEP_BASE, "grid": SWEEP_GRID})
+            assert response.status_code == 202, response.text
+            sweep_id = response.json()["id"]
+            done = wait_until(lambda: (d := {p["index"]: p for p in sweep_points(c, sweep_id)
+                                             if p["status"] == "succeeded"}) and len(d) >= 4 and d, interval=0.02)
+    finally:
+        first.kill()  # kill -9 of the API and its workers: the running chunk is lost with them
+    assert 4 <= len(done) < SWEEP_POINTS, "the sweep finished before the kill: make its points longer"
+    assert integrity(data_dir) == "ok"
+
+    second = Server(data_dir, tmp_path / "second.log", **env).start()
+    try:
+        with httpx.Client(base_url=second.url, timeout=60) as c:
+            sweep = wait_until(lambda: (s := c.get(f"/v1/sweeps/{sweep_id}").json())["status"] in TERMINAL and s)
+            assert sweep["status"] == "succeeded", (sweep, second.log())
+            points = sweep_points(c, sweep_id)
+    finally:
+        second.stop()
+    assert [p["index"] for p in points] == list(range(SWEEP_POINTS))  # each point once
+    # the points finished before the kill were kept as they were, not run again
+    attempts = dict(query(data_dir, "SELECT k, attempts FROM sweep_points WHERE sweep_id = ?", (sweep_id,)))
+    assert {k: attempts[k] for k in done} == dict.fromkeys(done, 1)
+    assert all(points[k] == p for k, p in done.items())
+    expected = expected_summaries()
+    for p in points:
+        assert p["status"] == "succeeded"
+        assert {key: p[key] for key in expected[p["index"]]} == expected[p["index"]], p["index"]
+    assert integrity(data_dir) == "ok"
+
+
+# ------------------------------------------------------------------------------------------------
+# the data dir's disk fills up
+
+
+def submit_until_refused(client: httpx.Client, disk) -> httpx.Response:
+    """POST small simulations until one is refused. SQLite may still fit a few rows into pages it already
+    has (free space in a page, WAL reuse), so the first few may be accepted; they are real jobs."""
+    for accepted in range(200):
+        response = post(client, run_request(CORRELATIONS, "exact"))
+        if response.status_code != 202:
+            print(f"{accepted} submissions accepted on the full disk ({disk.mode}) before the refusal")
+            return response
+    raise AssertionError("200 submissions accepted on a full disk")
+
+
+def assert_insufficient_storage(response: httpx.Response) -> None:
+    problem = assert_problem(response, 507, "insufficient-storage")
+    assert int(response.headers["retry-after"]) >= 1
+    assert "DLNSIM_DATA_DIR" in problem["detail"]
+
+
+def test_full_disk_refuses_new_work_with_507_and_recovers_when_space_is_freed(small_disk, tmp_path):
+    request = short_request(10_000)
+    request["record"]["points"] = 5  # a small result: it must fit once space is freed
+    first = Server(small_disk.path, tmp_path / "first.log", **small_disk.server_env).start()
+    try:
+        with httpx.Client(base_url=first.url, timeout=60) as c:
+            job_id = post(c, request).json()["id"]
+            poll(c, job_id, lambda s: s["status"] == "running")
+            small_disk.fill()
+            assert_insufficient_storage(submit_until_refused(c, small_disk))
+            # still up: probes and reads answer
+            assert c.get("/healthz").status_code == 200
+            assert c.get("/readyz").status_code == 200
+            # the running job's result cannot be stored: it waits in memory, the job stays running
+            wait_until(lambda: f"the outcome of job {job_id} is kept in memory" in first.log())
+            assert c.get(f"/v1/simulations/{job_id}").json()["status"] == "running"
+    finally:
+        first.stop()
+    assert integrity(small_disk.path) == "ok", small_disk.mode
+
+    # a restart on the still-full disk works (it writes nothing) and resubmits the unfinished job
+    second = Server(small_disk.path, tmp_path / "second.log", **small_disk.server_env).start()
+    try:
+        with httpx.Client(base_url=second.url, timeout=60) as c:
+            assert_insufficient_storage(submit_until_refused(c, small_disk))
+            wait_until(lambda: f"the outcome of job {job_id} is kept in memory" in second.log())
+            small_disk.free()
+            sim = poll(c, job_id, lambda s: s["status"] in TERMINAL)
+            assert sim["status"] == "succeeded", (sim, second.log())
+            assert c.get(f"/v1/simulations/{job_id}/trajectory").json() == core_document(sim["request"])
+            after = post(c, run_request(CORRELATIONS, "exact"), Prefer="wait=60")
+            assert after.status_code == 201 and after.json()["status"] == "succeeded", after.text
+            # every job accepted, before or while the disk was full, ran and succeeded
+            jobs = wait_until(lambda: (items := c.get("/v1/simulations", params={"page_size": 100}).json()["items"])
+                              and all(s["status"] in TERMINAL for s in items) and items)
+            assert {s["status"] for s in jobs} == {"succeeded"}
+    finally:
+        second.stop()
+    assert integrity(small_disk.path) == "ok", small_disk.mode

@@ -1,0 +1,138 @@
+"""The store and engine pieces behind the fault tests, in-process: a full store refuses writes cleanly and
+takes them again once space is freed, a failed COMMIT never leaves a transaction open, reopening writes
+nothing (so a restart works on a full disk), a corrupt result is requeued then failed, and a finished
+job's outcome waits in memory while the store is full."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from service.jobs import engine as engine_module
+from service.jobs.store import CorruptResultError, JobStore, StorageFullError
+from tests.faults.conftest import PageCapDisk, integrity
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = JobStore(tmp_path / "dlnsim.sqlite3", max_bytes=PageCapDisk.MAX_BYTES)
+    yield s
+    s.close()
+
+
+def test_a_full_store_refuses_a_write_with_storage_full_and_takes_it_once_space_is_freed(store, tmp_path):
+    kept, _ = store.create(b'{"a": 1}', "h1")
+    disk = PageCapDisk(tmp_path)
+    disk.fill()
+    with pytest.raises(StorageFullError, match="is full"):
+        store.create(b'{"big": "' + b"x" * 100_000 + b'"}', "h2")
+    assert not store._conn().in_transaction  # rolled back: the thread's next write can start
+    assert store.get(kept.id) == kept        # reads still work
+    disk.free()
+    row, created = store.create(b'{"big": "' + b"x" * 100_000 + b'"}', "h2")
+    assert created and store.get(row.id) is not None
+    assert integrity(tmp_path) == "ok"
+
+
+def test_a_failed_commit_is_rolled_back_and_the_next_write_works(store):
+    # A deferred foreign key fails at COMMIT, like a full disk can: SQLite then keeps the transaction open.
+    with pytest.raises(sqlite3.IntegrityError), store._write() as conn:
+        conn.execute("PRAGMA defer_foreign_keys = ON")
+        conn.execute("INSERT INTO results (job_id, codec, size, data) VALUES ('no-such-job', 'zstd', 0, x'')")
+    assert not store._conn().in_transaction
+    row, created = store.create(b"{}", "h")
+    assert created and store.result(row.id) is None
+
+
+def test_reopening_an_up_to_date_store_writes_nothing(tmp_path):
+    # A write at start-up would make a restart on a full disk fail.
+    JobStore(tmp_path / "s.sqlite3").close()
+    again = JobStore(tmp_path / "s.sqlite3")
+    try:
+        assert again._conn().total_changes == 0
+    finally:
+        again.close()
+
+
+def finished_job(store: JobStore) -> str:
+    row, _ = store.create(b"{}", "h")
+    store.mark_running(row.id)
+    store.finish(row.id, b'{"time": [0.0]}', "completed")
+    return row.id
+
+
+def corrupt(store: JobStore, job_id: str) -> None:
+    with store._write() as conn:
+        conn.execute("UPDATE results SET data = zeroblob(length(data)) WHERE job_id = ?", (job_id,))
+
+
+def test_a_corrupt_result_is_dropped_and_its_job_queued_again(store):
+    job_id = finished_job(store)
+    corrupt(store, job_id)
+    with pytest.raises(CorruptResultError):
+        store.result(job_id)
+    assert store.recover_corrupt_result(job_id, {"detail": "corrupt"}, max_attempts=5) == "queued"
+    row = store.get(job_id)
+    assert (row.status, row.outcome, row.finished_at, row.error) == ("queued", None, None, None)
+    assert store.result(job_id) is None
+    assert [r.id for r in store.unfinished()] == [job_id]  # a restart would resubmit it too
+    assert store.recover_corrupt_result(job_id, {}, max_attempts=5) is None  # not succeeded: nothing to do
+
+
+def test_a_result_corrupt_after_max_attempts_fails_the_job_with_the_reason(store):
+    job_id = finished_job(store)  # started once
+    corrupt(store, job_id)
+    assert store.recover_corrupt_result(job_id, {"detail": "corrupt every time"}, max_attempts=1) == "failed"
+    row = store.get(job_id)
+    assert (row.status, row.error) == ("failed", {"detail": "corrupt every time"})
+    assert row.finished_at is not None and store.result(job_id) is None
+
+
+def test_a_write_refused_for_lack_of_space_is_retried_until_it_is_stored(monkeypatch, tmp_path):
+    monkeypatch.setattr(engine_module, "STORAGE_FULL_RETRY_SECONDS", 0.0)
+    calls = []
+
+    def write(job_id: str) -> None:
+        calls.append(job_id)
+        if len(calls) < 3:
+            raise StorageFullError(tmp_path, "database or disk is full")
+
+    stored = asyncio.run(engine_module.write_when_space(write, "j", closing=lambda: False, what="job j"))
+    assert stored and calls == ["j", "j", "j"]
+
+
+def test_a_write_refused_for_lack_of_space_is_given_up_when_the_engine_closes(tmp_path):
+    def write() -> None:
+        raise StorageFullError(tmp_path, "database or disk is full")
+
+    # The job stays queued or running in the store; the next start resubmits it.
+    assert asyncio.run(engine_module.write_when_space(write, closing=lambda: True, what="x")) is False
+
+
+def test_concurrent_creates_never_overshoot_the_queue_bound(store):
+    # The bound is checked inside the write transaction: 16 threads racing for 3 slots get exactly 3.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.jobs.store import QueueFullError
+
+    def create(i: int) -> bool:
+        try:
+            store.create(b"{}", f"h{i}", max_active=3)
+            return True
+        except QueueFullError:
+            return False
+
+    with ThreadPoolExecutor(16) as pool:
+        accepted = list(pool.map(create, range(16)))
+    assert accepted.count(True) == 3 and store.count_active() == 3
+
+
+def test_a_full_queue_still_answers_the_replay_of_an_idempotency_key(store):
+    from service.jobs.store import QueueFullError
+
+    first, _ = store.create(b"{}", "h", idempotency_key="k", max_active=1)
+    assert store.create(b"{}", "h", idempotency_key="k", max_active=1) == (first, False)
+    with pytest.raises(QueueFullError):
+        store.create(b"{}", "h", idempotency_key="other", max_active=1)
