@@ -20,6 +20,7 @@ anyway, so serialising renders costs the thread pool nothing measurable. Text st
 from __future__ import annotations
 
 import io
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -320,4 +321,233 @@ def render_plot(doc: Mapping[str, Any], kind: str, *, log_time: bool = False, ti
             _plot_product(fig, doc, times, labels)
         else:
             _plot_similarity(fig, doc, times, labels)
+        return _save(fig, fmt)
+
+
+# ------------------------------------------------------------------------------------------------
+# sweeps: one summary value per point against a swept parameter
+
+SWEEP_KINDS = ("learning_time", "final_loss")
+MAX_SWEEP_SERIES = 6          # combinations of the other axes drawn as separate series / panels
+
+
+def sweep_axes(request: Mapping[str, Any]) -> list[str]:
+    """The swept parameter paths of a SweepRequest document: the grid's axes in order, else every path the
+    explicit points set, in order of first appearance."""
+    if request.get("grid"):
+        return list(request["grid"])
+    seen: dict[str, None] = {}
+    for point in request.get("points") or ():
+        seen.update(dict.fromkeys(point))
+    return list(seen)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _value_label(v: Any) -> str:
+    if _is_number(v):
+        return f"{v:.4g}"
+    return str(v).replace("'", '"') if not isinstance(v, str) else v
+
+
+def _spans_decade(values: Sequence[float]) -> bool:
+    """Log scale when every value is positive and they span more than a factor 10."""
+    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    return bool(arr.size) and bool(np.all(arr > 0)) and float(arr.max()) > 10 * float(arr.min())
+
+
+def _num(v: Any) -> float:
+    return float(v) if v is not None else np.nan
+
+
+def _sweep_series(rows: Sequence[Mapping[str, Any]], axes: Sequence[str], x: str):
+    """(x positions per row, tick labels or None, log x?, {series label: [row indices]}) for axis ``x``."""
+    raw = [r["parameters"].get(x) for r in rows]
+    if all(_is_number(v) for v in raw):
+        xs = np.array(raw, dtype=np.float64)
+        ticks = None
+        log_x = _spans_decade(list(xs))
+    else:  # categorical (lists, strings, booleans): positions 0..m-1 in order of first appearance
+        order: dict[str, int] = {}
+        keys = [_json_key(v) for v in raw]
+        for key in keys:
+            order.setdefault(key, len(order))
+        xs = np.array([order[key] for key in keys], dtype=np.float64)
+        labels = {order[key]: _value_label(v) for key, v in zip(keys, raw, strict=True)}
+        ticks = [labels[i] for i in range(len(order))]
+        log_x = False
+    others = [a for a in axes if a != x]
+    series: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        label = ", ".join(f"{a} = {_value_label(r['parameters'][a])}" for a in others if a in r["parameters"])
+        series.setdefault(label or "all points", []).append(i)
+    return xs, ticks, log_x, series
+
+
+def _json_key(v: Any) -> str:
+    """A hashable key of a JSON value (lists and objects included)."""
+    return json.dumps(v, sort_keys=True)
+
+
+def _mark_diverged(ax, xs: np.ndarray) -> None:
+    """Diverged points have no meaningful value: a red × at the top edge, at their x."""
+    if xs.size:
+        ax.plot(xs, np.full(xs.shape, 0.96), ls="", marker="x", ms=9, mew=2.2, color="red",
+                transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+
+
+def _sweep_learning_time(fig: Figure, rows, xs, series, x: str, log_x: bool, ticks) -> list:
+    k = max((len(r.get("learning_time") or r.get("learning_time_theory") or ()) for r in rows), default=0)
+    colours = _mode_colours(k)
+    n = len(series)
+    ncols = min(n, 3)
+    axes = fig.subplots((n + ncols - 1) // ncols, ncols, squeeze=False, sharex=True, sharey=True).ravel()
+    models = sorted({r["theory_model"] for r in rows if r.get("theory_model") and r.get("learning_time_theory")})
+    any_theory = unlearned = False
+    all_y: list[float] = []
+    for ax, (label, idx) in zip(axes, series.items(), strict=False):
+        ok = [i for i in idx if rows[i]["status"] == "succeeded" and rows[i].get("outcome") != "diverged"]
+        order = sorted(ok, key=lambda i: xs[i])
+        for a in range(k):
+            measured = np.array([_num((rows[i].get("learning_time") or [None] * k)[a]) for i in order])
+            theory = np.array([_num((rows[i].get("learning_time_theory") or [None] * k)[a]) for i in order])
+            px = xs[order]
+            unlearned |= bool(np.any(np.isnan(measured) & np.isfinite(theory)))
+            if np.isfinite(measured).any():
+                ax.plot(px, measured, color=colours[a], lw=1.6, marker="o", ms=5)
+            if np.isfinite(theory).any():
+                any_theory = True
+                ax.plot(px, theory, color=colours[a], lw=1.4, ls=(0, (5, 3)))
+            all_y += [v for v in np.concatenate([measured, theory]) if np.isfinite(v)]
+        _mark_diverged(ax, xs[[i for i in idx if rows[i].get("outcome") == "diverged"]])
+        if n > 1:
+            ax.set_title(label, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    ax0 = axes[0]
+    if log_x:
+        ax0.set_xscale("log")
+    if _spans_decade(all_y):
+        ax0.set_yscale("log")
+        if max(all_y) < 100 * min(all_y):
+            # Under two decades the default labels read "4×10⁰"; plain numbers are clearer.
+            ax0.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax0.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if ticks is not None:
+        ax0.set_xticks(range(len(ticks)), ticks)
+    xlabel = x + ("  [log scale]" if log_x else "")
+    ylabel = "learning time t_α (u_α first reaches half its final value)"
+    for i, ax in enumerate(axes[:n]):
+        if i + ncols >= n:  # no panel below this one: it carries the x axis
+            ax.set_xlabel(xlabel)
+            ax.tick_params(labelbottom=True)
+        if i % ncols == 0:
+            ax.set_ylabel(ylabel)
+    handles = [Line2D([], [], color=colours[a], lw=1.6, marker="o", ms=5, label=f"mode {a + 1}")
+               for a in range(min(k, MAX_LEGEND_MODES))]
+    if k > MAX_LEGEND_MODES:
+        handles.append(Line2D([], [], ls="", label=f"… and {k - MAX_LEGEND_MODES} more modes"))
+    handles.append(Line2D([], [], color="0.2", lw=1.6, marker="o", ms=5, label="measured (solid, markers)"))
+    if any_theory:
+        handles.append(Line2D([], [], color="0.2", lw=1.4, ls=(0, (5, 3)),
+                              label=f"theory: {', '.join(models) or 'analytic'} (dashed)"))
+    else:
+        handles.append(Line2D([], [], ls="", label="no analytic prediction applies"))
+    if unlearned:
+        handles.append(Line2D([], [], ls="", label="no marker: not learned within the run"))
+    return handles
+
+
+def _sweep_final_loss(fig: Figure, rows, xs, series, x: str, log_x: bool, ticks) -> list:
+    ax = fig.add_subplot()
+    colours = _mode_colours(len(series))
+    dropped = 0
+    handles = []
+    for c, (label, idx) in enumerate(series.items()):
+        ok = sorted((i for i in idx if rows[i]["status"] == "succeeded" and rows[i].get("outcome") != "diverged"),
+                    key=lambda i: xs[i])
+        y = np.array([_num(rows[i].get("final_excess_loss")) for i in ok])
+        keep = np.isfinite(y) & (y > 0)
+        zero = np.isfinite(y) & ~keep
+        dropped += int(np.sum(zero))
+        (line,) = ax.plot(xs[ok][keep], y[keep], color=colours[c], lw=1.6, marker="o", ms=5, label=label)
+        # L − L* ≤ 0 is the optimum reached to round-off (a realisable task): no log, so a ▼ on the bottom edge.
+        ax.plot(xs[ok][zero], np.full(int(zero.sum()), 0.03), ls="", marker="v", ms=8, color=colours[c],
+                transform=ax.get_xaxis_transform(), clip_on=False)
+        if len(series) > 1:
+            handles.append(line)
+    _mark_diverged(ax, xs[[i for i, r in enumerate(rows) if r.get("outcome") == "diverged"]])
+    ax.set_yscale("log")
+    if log_x:
+        ax.set_xscale("log")
+    if ticks is not None:
+        ax.set_xticks(range(len(ticks)), ticks)
+    ax.set_xlabel(x + ("  [log scale]" if log_x else ""))
+    ax.set_ylabel("final excess loss L − L* (last record)  [log scale]")
+    ax.grid(True, which="major", alpha=0.3)
+    if dropped:
+        handles.append(Line2D([], [], ls="", marker="v", ms=8, color="0.3",
+                              label=f"L − L* ≤ 0: optimum to round-off ({dropped} point{'s' if dropped > 1 else ''})"))
+    return handles
+
+
+def render_sweep_plot(rows: Sequence[Mapping[str, Any]], axes: Sequence[str], kind: str, x: str | None = None, *,
+                      fmt: str = "svg") -> bytes:
+    """A sweep's summary plot as ``fmt`` bytes. ``rows``: every point's results row (service.schemas.
+    SweepPointResult as a dict, parameters decoded), finished or not; ``axes``: the swept paths (sweep_axes).
+
+    ``learning_time``: per mode, the measured learning time (solid, markers) and the theory's (dashed, same
+    colour) against parameter ``x`` (default: the first axis), one panel per combination of the other axes.
+    ``final_loss``: the final excess loss L − L* (log y), one line per combination. Log x when the values are
+    positive and span more than a decade. Diverged points: a red × at the top edge, counted in the legend.
+    Raises PlotError for an unknown kind or axis, or more than MAX_SWEEP_SERIES combinations.
+    """
+    if kind not in SWEEP_KINDS:
+        raise PlotError(f"unknown sweep plot kind {kind!r}", field="kind", fix=f"use one of {', '.join(SWEEP_KINDS)}")
+    if fmt not in FORMATS:
+        raise PlotError(f"unknown format {fmt!r}", field="format", fix=f"use one of {', '.join(FORMATS)}")
+    if not axes:
+        raise PlotError("this sweep sets no parameters to plot against", field="x", fix="sweep at least one parameter")
+    x = axes[0] if x is None else x
+    if x not in axes:
+        raise PlotError(f"{x!r} is not a swept parameter of this sweep", field="x",
+                        fix=f"use one of {', '.join(axes)}")
+    rows = [r for r in rows if x in r["parameters"]]
+    xs, ticks, log_x, series = _sweep_series(rows, axes, x)
+    if len(series) > MAX_SWEEP_SERIES:
+        others = [a for a in axes if a != x]
+        raise PlotError(f"the other axes ({', '.join(others)}) make {len(series)} combinations, more than the "
+                        f"{MAX_SWEEP_SERIES} series a readable plot holds", field="x",
+                        fix=f"plot against another axis (one of {', '.join(others)}), or sweep fewer values")
+    n = len(rows)
+    finished = sum(r["status"] in ("succeeded", "failed") for r in rows)
+    failed = sum(r["status"] == "failed" for r in rows)
+    diverged = sum(r.get("outcome") == "diverged" for r in rows)
+    what = {"learning_time": "Learning time per mode", "final_loss": "Final excess loss"}[kind]
+    status = f"all {n} points finished" if finished == n else f"{finished} of {n} points finished"
+    if failed:
+        status += f", {failed} failed"
+    with _LOCK, matplotlib.rc_context(_RC):
+        panels = len(series) if kind == "learning_time" else 1
+        cols = min(panels, 3)
+        rows_of_panels = (panels + cols - 1) // cols
+        size = (9.0, 5.0) if panels == 1 else (2.2 + 4.2 * cols, 1.2 + 3.6 * rows_of_panels)
+        fig = Figure(figsize=size, layout="constrained")
+        draw = _sweep_learning_time if kind == "learning_time" else _sweep_final_loss
+        handles = draw(fig, rows, xs, series, x, log_x, ticks)
+        if diverged:
+            handles.append(Line2D([], [], ls="", marker="x", ms=9, mew=2.2, color="red",
+                                  label=f"diverged ({diverged} point{'s' if diverged > 1 else ''}; no value)"))
+        title = f"{what} vs {x} — {status}"
+        if panels == 1:  # a figure-level legend would collide with a figure-level title
+            ax = fig.axes[0]
+            ax.set_title(title)
+            if handles:
+                ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+        else:
+            fig.suptitle(title)
+            fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9)
         return _save(fig, fmt)

@@ -16,7 +16,14 @@ from service.api.errors import ProblemError, problem_responses
 from service.api.problems import field_error
 from service.api.simulations import succeeded_result
 from service.dynamics.presets import preset_labels
-from service.plots import MAX_TIMES, PlotError, render_plot
+from service.plots import (
+    MAX_SWEEP_SERIES,
+    MAX_TIMES,
+    PlotError,
+    render_plot,
+    render_sweep_plot,
+    sweep_axes,
+)
 
 router = APIRouter(prefix="/v1/simulations", tags=["simulations"])
 
@@ -97,5 +104,49 @@ async def get_simulation_plot(
     except PlotError as exc:
         if exc.code == "not_recorded":
             raise ProblemError(409, "not-recorded", f"simulation {job_id}: {exc.message}; {exc.fix}") from None
+        raise _query_problem(exc) from None
+    return Response(svg, media_type=SVG)
+
+
+# ------------------------------------------------------------------------------------------------
+# GET /v1/sweeps/{id}/plot.svg (the route lives in service.api.sweeps; the work is here)
+
+SWEEP_PLOT_DESCRIPTION = f"""\
+A sweep's results rows (GET /v1/sweeps/{{id}}/results) drawn against one swept parameter `x` (default: the first
+grid axis), as SVG. Unfinished points are left out and the title says "k of n points finished".
+
+* `kind=learning_time` (default): per mode, the measured learning time (first time u_α reaches half its final
+  value; solid with markers) and the theory's prediction (dashed, same colour, model named in the legend).
+* `kind=final_loss`: the final excess loss L − L* on a log axis; L − L* ≤ 0 (the optimum to round-off) is a ▼
+  on the bottom edge.
+
+The x axis is logarithmic when the values are positive and span more than a decade (e.g. `init.scale`);
+non-numeric values (e.g. `network.hidden`) are categories. Each combination of the other axes is its own
+panel (`learning_time`) or line (`final_loss`), at most {MAX_SWEEP_SERIES} (else 422: plot against another axis).
+Diverged points are red × marks on the top edge, counted in the legend.
+"""
+
+
+def _sweep_rows(store: Any, sweep_id: str) -> list[dict[str, Any]]:
+    """Every point's results row, parameters decoded (paged through the store like GET results)."""
+    rows: list[dict[str, Any]] = []
+    token = None
+    while True:
+        points, token = store.points(sweep_id, None, 1000, token)
+        rows += [{"parameters": orjson.loads(p.params), "status": p.status, "outcome": p.outcome,
+                  **(p.summary or {})} for p in points]
+        if token is None:
+            return rows
+
+
+def _render_sweep(store: Any, sweep_id: str, request_json: bytes, kind: str, x: str | None) -> bytes:
+    return render_sweep_plot(_sweep_rows(store, sweep_id), sweep_axes(orjson.loads(request_json)), kind, x)
+
+
+async def sweep_plot_response(store: Any, row: Any, kind: str, x: str | None) -> Response:
+    """The SVG of sweep ``row`` (already checked visible); PlotError -> 422 naming the query parameter."""
+    try:
+        svg = await run_in_threadpool(_render_sweep, store, row.id, row.request, kind, x)
+    except PlotError as exc:
         raise _query_problem(exc) from None
     return Response(svg, media_type=SVG)

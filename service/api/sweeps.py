@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -29,6 +29,7 @@ from service.api.errors import (
     summarize,
     validation_field_errors,
 )
+from service.api.plots import SVG, SWEEP_PLOT_DESCRIPTION, sweep_plot_response
 from service.api.problems import MAX_FIELD_ERRORS, field_error
 from service.api.simulations import _check_media_type, _normalize_error
 from service.convert import Limits, build_simulation
@@ -378,9 +379,10 @@ _SWEEP_CONTENT_HEADERS = {"Retry-After": {"description": "Seconds until it is wo
 _SWEEP_LINKS = {
     name: {"operationId": operation, "parameters": {"sweep_id": "$response.body#/id", **extra}}
     for name, operation, extra in (("GetSweep", "get_sweep", {}), ("ListSweepResults", "list_sweep_results", {}),
-                                   ("GetFirstPointTrajectory", "get_sweep_point_trajectory", {"k": 0}),
+                                   ("GetFirstPointTrajectory", "get_sweep_point_trajectory", {"k": "0"}),
                                    ("CancelSweep", "cancel_sweep", {}), ("DeleteSweep", "delete_sweep", {}))
 }
+_SWEEP_LINKS["GetFirstPointTrajectory"]["description"] = "Sweeps with keep: trajectories (else 404)."
 
 
 @router.post(
@@ -568,3 +570,25 @@ async def delete_sweep(sweep_id: SweepId, request: Request) -> Response:
         raise ProblemError(404, "not-found", f"no sweep with id {sweep_id!r}")
     return Response(status_code=204)
 
+
+@router.get(
+    "/{sweep_id}/plot.svg",
+    response_class=Response,
+    summary="Plot a sweep's learning times or final losses against a swept parameter (SVG)",
+    description=SWEEP_PLOT_DESCRIPTION,
+    responses={200: {"description": "The figure.", "content": {SVG: {"schema": {"type": "string"}}}},
+               **_problems(404, 422, d404=_NOT_FOUND,
+                           d422="Unknown kind, x not a swept parameter, or too many combinations of the other axes")},
+)
+async def get_sweep_plot(
+    sweep_id: SweepId,
+    request: Request,
+    kind: Annotated[Literal["learning_time", "final_loss"], Query(
+        description="learning_time: per-mode learning time, measured and theory; final_loss: L − L* (log).")
+    ] = "learning_time",
+    x: Annotated[str | None, Query(max_length=200, description="The swept parameter path on the x axis (default: "
+                                                               "the first grid axis), e.g. init.scale.")] = None,
+) -> Response:
+    store = _state(request, "sweep_store")
+    row = await _get_row(store, sweep_id)
+    return await sweep_plot_response(store, row, kind, x)

@@ -7,7 +7,9 @@ import orjson
 import pytest
 
 from service.dynamics.problem import check_covariance
+from service.main import create_app
 from service.schemas import MAX_SEED, SweepRequest
+from service.settings import Settings
 from tests.api.conftest import assert_problem, small_request
 
 pytestmark = pytest.mark.anyio
@@ -86,3 +88,15 @@ async def test_dataset_whose_products_overflow_is_refused_naming_x(service):
     error = assert_problem(response, 422, "invalid-simulation")["errors"][0]
     assert (error["field"], error["code"]) == (["data", "x"], "non_finite")
     assert service.job_count() == 0
+
+
+def test_created_simulations_and_sweeps_link_to_what_can_be_done_next(tmp_path):
+    # Without links, schemathesis' stateful phase never fetched a created simulation's trajectory or plot.
+    spec = create_app(Settings(data_dir=tmp_path)).openapi()
+    created = spec["paths"]["/v1/simulations"]["post"]["responses"]
+    for status in ("201", "202"):
+        links = created[status]["links"]
+        assert {link["operationId"] for link in links.values()} >= {"get_trajectory", "get_simulation_plot"}
+        assert all(link["parameters"] == {"job_id": "$response.body#/id"} for link in links.values())
+    sweep_links = spec["paths"]["/v1/sweeps"]["post"]["responses"]["202"]["links"]
+    assert sweep_links["GetFirstPointTrajectory"]["parameters"] == {"sweep_id": "$response.body#/id", "k": "0"}

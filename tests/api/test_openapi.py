@@ -14,7 +14,7 @@ from service.schemas import REQUEST_EXAMPLES, SimulationRequest
 OPERATIONS = {"create_simulation", "get_simulation", "get_trajectory", "cancel_simulation", "delete_simulation",
               "list_simulations", "healthz", "readyz", "get_simulation_plot", "list_presets", "get_preset",
               "create_sweep", "get_sweep", "list_sweep_results", "get_sweep_point_trajectory", "cancel_sweep",
-              "delete_sweep", "list_sweeps"}
+              "delete_sweep", "list_sweeps", "get_sweep_plot"}
 
 
 @pytest.fixture(scope="module")

@@ -51,14 +51,17 @@ def data_member(draw: Any) -> tuple[dict, int, int]:
 
 @st.composite
 def init_member(draw: Any, n_in: int, n_out: int, hidden: list[int]) -> dict:
-    schemes = ["gaussian", "orthogonal", "balanced", "aligned", "given"] + (["lambda_balanced"] if len(hidden) == 1 else [])
+    schemes = ["gaussian", "orthogonal", "balanced", "aligned", "given"]
+    if len(hidden) == 1:
+        schemes.append("lambda_balanced")
     scheme = draw(st.sampled_from(schemes))
     if scheme == "aligned":
         return {"scheme": scheme, "strength": draw(st.sampled_from([0.001, 0.01, 0.1]))}
     if scheme == "given":
         widths = [n_in, *hidden, n_out]
-        return {"scheme": scheme, "weights": [draw(matrix(widths[k + 1], widths[k], st.sampled_from([-0.1, 0.0, 0.05, 0.1])))
-                                              for k in range(len(widths) - 1)]}
+        entries = st.sampled_from([-0.1, 0.0, 0.05, 0.1])
+        return {"scheme": scheme,
+                "weights": [draw(matrix(widths[k + 1], widths[k], entries)) for k in range(len(widths) - 1)]}
     init = {"scheme": scheme, "scale": draw(st.sampled_from([0.001, 0.01, 0.1, 0.5])), "seed": draw(SEED)}
     if scheme == "lambda_balanced":
         init["lambda"] = draw(st.sampled_from([-0.5, 0.0, 0.5]))
@@ -84,7 +87,8 @@ def simulation_request(draw: Any) -> dict:
     request = {"data": data, "network": {"hidden": hidden}, "init": draw(init_member(n_in, n_out, hidden)),
                "training": draw(training_member())}
     if draw(st.booleans()):
-        record: dict[str, Any] = {"points": draw(st.integers(2, 12)), "spacing": draw(st.sampled_from(["linear", "log"]))}
+        record: dict[str, Any] = {"points": draw(st.integers(2, 12)),
+                                  "spacing": draw(st.sampled_from(["linear", "log"]))}
         if draw(st.booleans()):
             record["weights"] = True
         if hidden and draw(st.booleans()):
