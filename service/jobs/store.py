@@ -239,6 +239,34 @@ def decode_page_token(token: str) -> tuple[str, str]:
     return created_at, job_id
 
 
+def keyset_page(conn, table: str, columns: str, make_row, status: str | None, page_size: int,
+                page_token: str | None, owner: str | None) -> tuple[list, str | None]:
+    """One page of ``table`` newest first, keyset-paged on (created_at, id); shared by jobs and sweeps."""
+    if page_size < 1:
+        raise ValueError("page_size must be at least 1")
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    where, args = [], []
+    if owner is not None:
+        where.append("owner = ?")
+        args.append(owner)
+    if status is not None:
+        where.append("status = ?")
+        args.append(status)
+    if page_token is not None:
+        where.append("(created_at, id) < (?, ?)")
+        args.extend(decode_page_token(page_token))
+    sql = f"SELECT {columns} FROM {table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+    rows = [make_row(r) for r in conn.execute(sql, (*args, page_size + 1)).fetchall()]
+    if len(rows) > page_size:
+        rows = rows[:page_size]
+        return rows, encode_page_token(rows[-1].created_at, rows[-1].id)
+    return rows, None
+
+
 class JobStore:
     """Jobs and their results in SQLite; thread-safe, blocking (call it from a worker thread)."""
 
@@ -354,29 +382,7 @@ class JobStore:
         """Newest first; ``next_token`` is None on the last page. Keyset paging on (created_at, id),
         so pages stay consistent while jobs are added (new jobs land before the first page).
         With ``owner``, only that owner's jobs."""
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}")
-        where, args = [], []
-        if owner is not None:
-            where.append("owner = ?")
-            args.append(owner)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        if page_token is not None:
-            where.append("(created_at, id) < (?, ?)")
-            args.extend(decode_page_token(page_token))
-        sql = f"SELECT {_COLUMNS} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        rows = [self._row(r) for r in self._conn().execute(sql, (*args, page_size + 1))]
-        if len(rows) > page_size:
-            rows = rows[:page_size]
-            return rows, encode_page_token(rows[-1].created_at, rows[-1].id)
-        return rows, None
+        return keyset_page(self._conn(), "jobs", _COLUMNS, self._row, status, page_size, page_token, owner)
 
     def unfinished(self) -> list[JobRow]:
         """Jobs left queued or running (e.g. by a crash), oldest first: the ones to resubmit."""

@@ -34,9 +34,8 @@ from .store import (
     CorruptResultError,
     InvalidPageToken,
     JobStore,
-    decode_page_token,
     decompress_result,
-    encode_page_token,
+    keyset_page,
     new_job_id,
     utc_now,
 )
@@ -133,29 +132,7 @@ class SweepStore:
     def list(self, status: str | None = None, page_size: int = 50,
              page_token: str | None = None, owner: str | None = None) -> tuple[list[SweepRow], str | None]:
         """Newest first, keyset paging on (created_at, id) like JobStore.list; with ``owner``, only its sweeps."""
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}")
-        where, args = [], []
-        if owner is not None:
-            where.append("owner = ?")
-            args.append(owner)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        if page_token is not None:
-            where.append("(created_at, id) < (?, ?)")
-            args.extend(decode_page_token(page_token))
-        sql = f"SELECT {_SWEEP_COLUMNS} FROM sweeps"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        rows = [self._sweep(r) for r in self._conn().execute(sql, (*args, page_size + 1)).fetchall()]
-        if len(rows) > page_size:
-            rows = rows[:page_size]
-            return rows, encode_page_token(rows[-1].created_at, rows[-1].id)
-        return rows, None
+        return keyset_page(self._conn(), "sweeps", _SWEEP_COLUMNS, self._sweep, status, page_size, page_token, owner)
 
     def unfinished(self) -> list[SweepRow]:
         """Sweeps left queued or running (a crash, a restart), oldest first."""
