@@ -14,7 +14,6 @@ import contextlib
 import os
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pytest
 
 from service.main import STORE_FILE
 from tests.e2e.conftest import Server
+from tests.waiting import wait_until as _wait_until
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 # Waits for things that take seconds when all is well; only reached when something is broken.
@@ -31,13 +31,7 @@ PATIENCE = 90.0
 
 
 def wait_until(predicate, timeout: float = PATIENCE, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+    return _wait_until(predicate, timeout, interval)
 
 
 def poll(client: httpx.Client, job_id: str, until, timeout: float = PATIENCE) -> dict:

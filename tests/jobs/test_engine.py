@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import threading
-import time
 import types
 
 import orjson
@@ -25,6 +24,7 @@ import pytest
 from service.jobs.engine import Engine
 from service.jobs.store import JobStore
 from tests.jobs.fake_tasks import dispatch_task
+from tests.waiting import wait_until as _wait_until
 
 # Generous bound for things that take ~0.1 s (a round trip through the scheduler, a store write):
 # only reached when something is broken, so it costs nothing when tests pass.
@@ -84,13 +84,7 @@ def fake(seconds: float = 0.0, **flags) -> dict:
 
 
 def wait_until(predicate, timeout: float = PATIENCE, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+    return _wait_until(predicate, timeout, interval)
 
 
 def finish(env, job_id: str):

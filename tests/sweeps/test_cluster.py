@@ -17,7 +17,6 @@ import collections
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +25,7 @@ import pytest
 
 from service.jobs.task import SWEEP_PROGRESS_TOPIC
 from tests.e2e.conftest import ROOT, Server, free_port
+from tests.waiting import wait_until as _wait_until
 
 DASK = Path(sys.executable).parent / "dask"
 BLAS_ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -159,13 +159,7 @@ def create_sweep(client: httpx.Client, keep: str = "summary") -> str:
 
 
 def wait_until(predicate, timeout: float = PATIENCE, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+    return _wait_until(predicate, timeout, interval)
 
 
 def finished(client: httpx.Client, sweep_id: str) -> dict:
