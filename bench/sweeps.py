@@ -139,10 +139,15 @@ class Cluster:
     """A LocalCluster of ``n`` single-threaded worker processes, warmed up; ``rate`` times one sweep on it."""
 
     def __init__(self, n: int):
+        import dask
         from distributed import Client, LocalCluster
 
-        self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                    silence_logs=logging.ERROR)
+        from service.jobs.engine import pre_spawn_environ
+
+        # The embedded engine's worker environment (BLAS pinned to 1 thread, glibc's adaptive malloc kept)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn_environ(1)}):
+            self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, silence_logs=logging.ERROR)
         self.client = Client(self.cluster)
         self.client.run(warm_up)
         self.blas_threads = max(self.client.run(worker_blas_threads).values())

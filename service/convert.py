@@ -215,12 +215,14 @@ def build_init_params(request: SimulationRequest) -> dict[str, Any]:
     return {"scale": init.scale, "seed": init.seed}
 
 
-def build_method(request: SimulationRequest) -> Method:
+def build_method(request: SimulationRequest, max_flow_steps: int | None = None) -> Method:
+    """The core's method; ``max_flow_steps`` caps a flow run's integrator steps (``GradientFlow.max_steps``)."""
     t = request.training
     if isinstance(t, GradientDescentTraining):
         return GradientDescent(learning_rate=t.learning_rate, steps=t.steps, weight_decay=t.weight_decay)
     if isinstance(t, GradientFlowTraining):
-        return GradientFlow(t_max=t.t_max, rtol=t.rtol, atol=t.atol, weight_decay=t.weight_decay)
+        return GradientFlow(t_max=t.t_max, rtol=t.rtol, atol=t.atol, weight_decay=t.weight_decay,
+                            max_steps=max_flow_steps)
     if isinstance(t, ExactTraining):
         return Exact(t_max=t.t_max, weight_decay=t.weight_decay)
     raise TypeError(f"unknown training method {type(t).__name__}")
@@ -238,7 +240,7 @@ def check_learning_rate(problem: Problem, depth: int, training: GradientDescentT
     unless the caller asked for the unstable run (its divergence is then reported as the outcome)."""
     if training.allow_unstable:
         return
-    bound = network.gd_stability_bound(problem, depth)
+    bound = network.gd_stability_bound(problem, depth, training.weight_decay)
     if training.learning_rate > bound:
         raise UnstableLearningRateError(
             f"learning_rate {training.learning_rate:g} is above the stability bound {bound:.6g} for this task "
@@ -248,8 +250,12 @@ def check_learning_rate(problem: Problem, depth: int, training: GradientDescentT
                 "or set training.allow_unstable to true to simulate the divergence")
 
 
-def build_simulation(request: SimulationRequest, limits: Limits | None = None) -> SimulationSpec:
+def build_simulation(request: SimulationRequest, limits: Limits | None = None, *,
+                     max_flow_steps: int | None = None) -> SimulationSpec:
     """Validate ``request`` completely and build the core's inputs; raise DynamicsError naming the field.
+
+    A flow run's integrator steps are capped at ``limits.max_steps`` (with limits) or ``max_flow_steps``
+    (a worker, which rebuilds the request without checking the limits again).
 
     With ``limits``, the service's size limits are checked first, from the request alone where
     possible (so an oversized request is refused before anything large is allocated).
@@ -265,7 +271,7 @@ def build_simulation(request: SimulationRequest, limits: Limits | None = None) -
         _check_shape_limits(problem.n_in, problem.n_out, hidden, ("data",), ("data",), limits)
         _check_trajectory_size(request, shapes, problem, limits)
     weights0 = initial_weights(problem, hidden, request.init.scheme, **build_init_params(request))
-    method = build_method(request)
+    method = build_method(request, max_flow_steps if limits is None else limits.max_steps)
     record = build_record(request)
     if isinstance(request.training, GradientDescentTraining):
         check_learning_rate(problem, len(shapes), request.training)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     workers: int | None = Field(None, ge=1)
     # BLAS threads per worker process (one per process avoids oversubscribing the cores).
     blas_threads: int = Field(1, ge=1)
+    # Nice value added to the embedded cluster's worker processes (0 = same priority as the API): batch
+    # numerics yield the CPU to interactive requests on a shared machine (README "Embedded default").
+    worker_nice: int = Field(10, ge=0, le=19)
 
     # Request body cap, checked on Content-Length and on the bytes actually received (413 beyond it).
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
@@ -45,7 +48,8 @@ class Settings(BaseSettings):
     max_matrix_entries: int = Field(25_000_000, ge=1)
     # Deepest network: number of weight matrices (len(hidden) + 1).
     max_layers: int = Field(32, ge=1)
-    # Largest number of GD steps.
+    # Largest number of GD steps; also the most integrator steps a flow run may take (a stiff problem
+    # over a long t_max fails with a limit-exceeded problem instead of holding a worker for hours).
     max_steps: int = Field(10_000_000, ge=1)
     # Largest number of record points (record.points, or len(record.times)).
     max_record_points: int = Field(10_000, ge=2)

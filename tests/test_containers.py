@@ -318,6 +318,8 @@ def test_cluster_scheduler_and_single_threaded_workers():
     assert worker["deploy"]["replicas"] == 2  # DLNSIM_CLUSTER_WORKERS overrides
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "DLNSIM_BLAS_THREADS"):
         assert worker["environment"][var] == "1", var
+    # large arrays stay on the heap (Dask's nanny would pin glibc's mmap threshold at 128 KiB)
+    assert int(worker["environment"]["MALLOC_MMAP_THRESHOLD_"]) >= 2 ** 24
     assert worker["depends_on"] == {"scheduler": {"condition": "service_healthy"}}
 
 

@@ -1,4 +1,9 @@
-"""Dependencies: the settings, job store and engine the lifespan put on ``app.state``."""
+"""Dependencies: the settings, job store and engine the lifespan put on ``app.state``.
+
+They are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in the thread
+pool, and these are attribute lookups, for which a thread hop (~0.1 ms of CPU and two context switches
+each) cost more than the whole rest of a status read (bench/load.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from service.api.errors import ProblemError
 from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -22,12 +27,12 @@ def _state(request: Request, name: str) -> Any:
     return value
 
 
-def get_store(request: Request) -> Any:
+async def get_store(request: Request) -> Any:
     """The JobStore (service.jobs.store.JobStore)."""
     return _state(request, "store")
 
 
-def get_engine(request: Request) -> Any:
+async def get_engine(request: Request) -> Any:
     """The Engine (service.jobs.engine.Engine)."""
     return _state(request, "engine")
 

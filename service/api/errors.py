@@ -183,6 +183,15 @@ def dynamics_problem(exc: DynamicsError) -> ProblemError:
     return ProblemError(422, slug, body["detail"], errors=body["errors"])
 
 
+def idempotency_key_reused(key: str, resource: str) -> ProblemError:
+    """422 for an Idempotency-Key the caller already used with a different request body; ``resource``
+    names what the key created, e.g. "simulation <id>" or "sweep <id>" (POST /v1/simulations, /v1/sweeps)."""
+    return ProblemError(
+        422, "idempotency-key-reused", f"Idempotency-Key {key!r} was used for {resource} with a different request",
+        errors=[field_error(["Idempotency-Key"], "idempotency_key_reused", "this key belongs to another request body",
+                            "use a new Idempotency-Key for a new request, or resend the original body", "header")])
+
+
 # ------------------------------------------------------------------------------------------------
 # handlers
 

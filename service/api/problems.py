@@ -35,8 +35,9 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "method-not-allowed": ("Method not allowed", "This route does not support the HTTP method used."),
     "not-finished": ("Trajectory not available", "The simulation has not succeeded (yet); poll it until "
                                                  "status is succeeded, or read its error."),
-    "not-recorded": ("Not recorded by this simulation", "The simulation succeeded but did not record what was asked "
-                                                        "for (e.g. record.similarity); run it again recording it."),
+    "not-recorded": ("Not recorded", "The run succeeded but did not keep what was asked for (a simulation without "
+                                     "record.similarity, a sweep point of a keep: summary sweep); run it again "
+                                     "recording it."),
     "not-acceptable": ("Not acceptable", "No representation matches the Accept header; the route's description "
                                          "lists the media types it serves."),
     "body-too-large": ("Request body too large", "The request body is above this service's size limit."),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
@@ -19,7 +21,13 @@ from pydantic import ValidationError
 
 from service.api.access import check_active_limit, current_owner, visible
 from service.api.deps import EngineDep, SettingsDep, StoreDep
-from service.api.errors import ProblemError, dynamics_problem, problem_responses, validation_problem
+from service.api.errors import (
+    ProblemError,
+    dynamics_problem,
+    idempotency_key_reused,
+    problem_responses,
+    validation_problem,
+)
 from service.api.prefer import parse_prefer, wait_seconds
 from service.api.problems import field_error, problem_body
 from service.convert import Limits, build_simulation
@@ -105,8 +113,19 @@ def _simulation_response(row: Any, status_code: int, settings: Any, extra: dict[
     return Response(simulation_json(row), status_code=status_code, media_type="application/json", headers=headers)
 
 
+async def read_nowait(store: Any, read: Callable[..., Any], *args: Any) -> Any:
+    """``read(*args)``, a small indexed read of ``store`` (~11 µs), on the event loop and on a connection
+    that never waits for a lock (JobStore.nowait): a thread-pool hop costs ten times that in CPU. Only if
+    SQLite is busy, the waiting read in a thread."""
+    try:
+        with store.nowait():
+            return read(*args)
+    except sqlite3.OperationalError:
+        return await run_in_threadpool(read, *args)
+
+
 async def _get_row(store: Any, job_id: str) -> Any:
-    row = await run_in_threadpool(store.get, job_id)
+    row = await read_nowait(store, store.get, job_id)
     # Another API key's simulation is a 404 too: its existence is not revealed.
     if row is None or not visible(row.owner):
         raise ProblemError(404, "not-found", f"no simulation with id {job_id!r}")
@@ -234,14 +253,17 @@ async def create_simulation(
     # numerics, which a saturated service must not spend on requests it refuses (tests/faults/test_load.py).
     # With an Idempotency-Key the store decides, since a replay of a stored job is answered even then.
     if idempotency_key is None:
-        active = await run_in_threadpool(store.count_active)
+        active = await read_nowait(store, store.count_active)
         if active >= settings.max_queued:
             raise _queue_full(active, settings)
     # Parsing and building run in a worker thread: a large body, or a small preset request that builds a
     # large task, costs CPU time the event loop must not spend.
     _, canonical, digest = await run_in_threadpool(_validate, body, Limits.from_settings(settings))
 
-    await check_active_limit(request)
+    # A replay is answered whatever the per-key limit: it creates nothing.
+    if idempotency_key is None or await run_in_threadpool(
+            store.by_idempotency_key, idempotency_key, current_owner()) is None:
+        await check_active_limit(request)
 
     try:
         # The store checks the bound again in its write transaction: concurrent creates cannot overshoot it.
@@ -252,13 +274,7 @@ async def create_simulation(
     response_headers: dict[str, str] = {"Location": f"/v1/simulations/{row.id}"}
     if not created:
         if row.request_hash != digest:
-            raise ProblemError(
-                422, "idempotency-key-reused",
-                f"Idempotency-Key {idempotency_key!r} was used for simulation {row.id} with a different request",
-                errors=[field_error(["Idempotency-Key"], "idempotency_key_reused",
-                                    "this key belongs to another request body",
-                                    "use a new Idempotency-Key for a new request, or resend the original body",
-                                    "header")])
+            raise idempotency_key_reused(idempotency_key, f"simulation {row.id}")
         response_headers["Idempotent-Replayed"] = "true"
     else:
         try:

@@ -5,6 +5,10 @@
     GET  /v1/sweeps/{id}/results?page_size=100   one row per point, in grid order
     GET  /v1/sweeps/{id}/points/{k}/trajectory   with keep: trajectories
 
+An ``Idempotency-Key`` makes the POST retry-safe, with the contract of POST /v1/simulations: the same
+key (per API key) with the same canonical body answers the stored sweep (202, ``Idempotent-Replayed:
+true``; nothing new is stored or queued), with another body it is a 422 ``idempotency-key-reused``.
+
 Every point is validated exactly like POST /v1/simulations validates a request (``build_simulation``
 with the service's limits) before the sweep is stored; an invalid point is a 422 whose field names
 where its value came from (``["grid", "init.scale", 2]``) or, for a problem of the base itself,
@@ -13,18 +17,21 @@ where its value came from (``["grid", "init.scale", 2]``) or, for a problem of t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from service.api.access import check_active_limit, current_owner, visible
 from service.api.errors import (
     ProblemError,
+    idempotency_key_reused,
     problem_responses,
     summarize,
     validation_field_errors,
@@ -46,7 +53,7 @@ from service.grid import (
     overlapping,
     remap_field,
 )
-from service.jobs.store import CorruptResultError
+from service.jobs.store import CorruptResultError, QueueFullError
 from service.schemas import (
     SWEEP_REQUEST_EXAMPLES,
     SimulationRequest,
@@ -108,6 +115,7 @@ class ValidatedSweep:
     base_json: bytes                    # the canonical base: what each point's values are applied to
     keep: str
     points: list[tuple[bytes, str]]     # (parameter values as JSON, group key), in index order
+    request_hash: str                   # sha256 of request_json: what an Idempotency-Key is checked against
 
 
 def _one_field_problem(status: int, slug: str, field: list, code: str, message: str, fix: str) -> ProblemError:
@@ -212,10 +220,28 @@ def _trajectory_values(request: SimulationRequest, spec: Any) -> int:
     return records * per_record
 
 
+def canonical_sweep(body: bytes) -> tuple[SweepRequest, bytes, str]:
+    """Body -> (sweep, canonical JSON, sha256 of it), or ProblemError (400, or 422 for the schema).
+
+    The canonical JSON is the parsed SweepRequest with defaults filled in (in the base too): what is
+    stored and what GET returns. Equal sweeps written differently (spacing, the base's key order, explicit
+    defaults, 2 vs 2.0 in a float field of the base) hash the same; the grid's axis order does not, since
+    it orders the points. Cheap next to validating the points, so a retry is recognised before that.
+    """
+    sweep = _parse(body)
+    request_json = sweep.__pydantic_serializer__.to_json(sweep, by_alias=True)
+    return sweep, request_json, hashlib.sha256(request_json).hexdigest()
+
+
 def validate_sweep(body: bytes, limits: Limits, max_points: int) -> ValidatedSweep:
     """Body -> the stored form of the sweep, after validating every point as a single simulation;
     raises ProblemError (422 naming the grid entry, point or base field to fix)."""
-    sweep = _parse(body)
+    return validate_parsed(*canonical_sweep(body), limits, max_points)
+
+
+def validate_parsed(sweep: SweepRequest, request_json: bytes, request_hash: str, limits: Limits,
+                    max_points: int) -> ValidatedSweep:
+    """``validate_sweep`` for a body already through ``canonical_sweep``."""
     _check_shape(sweep, max_points)
     base_json = sweep.base.__pydantic_serializer__.to_json(sweep.base, by_alias=True)
     base = orjson.loads(base_json)
@@ -267,8 +293,7 @@ def validate_sweep(body: bytes, limits: Limits, max_points: int) -> ValidatedSwe
             f"keeping every point's trajectory would store about {kept_values} numbers, above this service's "
             f"limit of {limits.max_trajectory_values} (DLNSIM_MAX_TRAJECTORY_VALUES)",
             'use keep: "summary" (the results rows), fewer points, or fewer record points')
-    request_json = sweep.__pydantic_serializer__.to_json(sweep, by_alias=True)
-    return ValidatedSweep(request_json, base_json, sweep.keep, points)
+    return ValidatedSweep(request_json, base_json, sweep.keep, points, request_hash)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -373,6 +398,19 @@ def _page_token_problem(exc: Exception) -> ProblemError:
 # ------------------------------------------------------------------------------------------------
 # routes
 
+# Why 409 and not 404 for a summary sweep: the sweep and its point exist (404 here means a wrong id or k),
+# but the sweep did not record what was asked for, as with a simulation's plot that needs record.similarity
+# (409 not-recorded); the problem type tells a client it will never appear, unlike not-finished.
+_POINT_TRAJECTORY_DESCRIPTION = """\
+The recorded trajectory of point k, served as stored like a simulation's trajectory. Only sweeps created with
+`keep: "trajectories"` keep point trajectories (the results rows link them).
+
+- 404 `not-found`: no sweep with this id (or another API key's), or no point k in it.
+- 409 `not-recorded`: the sweep has `keep: "summary"`, so this trajectory was not kept and never will be;
+  submit the sweep again with `keep: "trajectories"`, or run the point as a simulation (the sweep's
+  `request.base` with the point's `parameters` applied).
+- 409 `not-finished`: the point has not succeeded (yet); poll while it is queued or running."""
+
 _SWEEP_CONTENT_HEADERS = {"Retry-After": {"description": "Seconds until it is worth polling again (while not "
                                                         "terminal)", "schema": {"type": "integer"}}}
 # OpenAPI links: what a client (or a stateful test generator) can do next with the created sweep.
@@ -382,7 +420,28 @@ _SWEEP_LINKS = {
                                    ("GetFirstPointTrajectory", "get_sweep_point_trajectory", {"k": "0"}),
                                    ("CancelSweep", "cancel_sweep", {}), ("DeleteSweep", "delete_sweep", {}))
 }
-_SWEEP_LINKS["GetFirstPointTrajectory"]["description"] = "Sweeps with keep: trajectories (else 404)."
+_SWEEP_LINKS["GetFirstPointTrajectory"]["description"] = "Sweeps with keep: trajectories (else 409 not-recorded)."
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255,
+    description="Retry-safe creation: the same key with the same body returns the same sweep (no second "
+                "sweep, no new points); with a different body it is a 422.")]
+
+
+def _queue_full(active: int, settings: Any) -> ProblemError:
+    return ProblemError(429, "queue-full",
+                        f"{active} sweeps are queued or running, the limit is {settings.max_active_sweeps} "
+                        "(DLNSIM_MAX_ACTIVE_SWEEPS)",
+                        headers={"Retry-After": str(max(settings.retry_after_seconds, 5))})
+
+
+async def _replay(request: Request, row: Any, request_hash: str, idempotency_key: str) -> Response:
+    """The answer to a POST whose Idempotency-Key this owner already used for ``row``: that sweep as it is
+    now if the body is the same (its canonical digest), else the 422 of a reused key."""
+    if row.request_hash != request_hash:
+        raise idempotency_key_reused(idempotency_key, f"sweep {row.id}")
+    return await _sweep_response(request, row, 202, {"Location": f"/v1/sweeps/{row.id}",
+                                                     "Idempotent-Replayed": "true"})
 
 
 @router.post(
@@ -391,37 +450,63 @@ _SWEEP_LINKS["GetFirstPointTrajectory"]["description"] = "Sweeps with keep: traj
     response_model=None,
     summary="Start a parameter sweep",
     responses={
-        202: {"model": Sweep, "description": "Accepted: every point validated and queued. Poll the Location.",
+        202: {"model": Sweep, "description": "Accepted: every point validated and queued. Poll the Location. "
+                                             "Also the answer to a retry with a used Idempotency-Key and the same "
+                                             "body: the stored sweep as it is now (Idempotent-Replayed: true).",
               "headers": {"Location": {"description": "The sweep's URL", "schema": {"type": "string"}},
+                          "Idempotent-Replayed": {"description": "true when this is the sweep an earlier request "
+                                                                 "with the same Idempotency-Key created",
+                                                  "schema": {"type": "string"}},
                           **_SWEEP_CONTENT_HEADERS},
               "links": _SWEEP_LINKS},
         **_problems(400, 413, 415, 422, 429, 503, 507,
                     d422="Invalid sweep: a point (named by its grid entry or point index), the base, or the "
-                         "sweep's size above DLNSIM_MAX_SWEEP_POINTS",
-                    d429="Too many sweeps queued or running; retry after the Retry-After delay"),
+                         "sweep's size above DLNSIM_MAX_SWEEP_POINTS; or an Idempotency-Key already used with "
+                         "a different body (idempotency-key-reused)",
+                    d429="Too many sweeps queued or running; retry after the Retry-After delay (a retry with a "
+                         "used Idempotency-Key is answered even then)"),
     },
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/SweepRequest"}, "examples": SWEEP_REQUEST_EXAMPLES}}}},
 )
-async def create_sweep(request: Request) -> Response:
+async def create_sweep(request: Request, idempotency_key: IdempotencyKey = None) -> Response:
     """Validate the grid (or points) and every point as a single simulation would be validated, store
-    the sweep and queue its points in batched chunks. Nothing runs unless every point is valid."""
+    the sweep and queue its points in batched chunks. Nothing runs unless every point is valid.
+
+    With an Idempotency-Key this caller already used: the same body (same canonical digest) answers the
+    stored sweep with 202 and Idempotent-Replayed: true, even when the sweep limits would refuse a new
+    sweep; a different body is a 422 idempotency-key-reused. Concurrent POSTs with one key store one sweep."""
     store = _state(request, "sweep_store")
     engine = _state(request, "sweep_engine")
     settings = request.app.state.settings
     _check_media_type(request)
     body = await request.body()
-    validated = await run_in_threadpool(validate_sweep, body, Limits.from_settings(settings),
-                                        settings.max_sweep_points)
+    owner = current_owner()
+    sweep, request_json, request_hash = await run_in_threadpool(canonical_sweep, body)
+    if idempotency_key is not None:
+        # A retry is answered from the digest, before the points are validated again (seconds for a large
+        # sweep) and before any limit: the sweep it names exists already.
+        existing = await run_in_threadpool(store.by_idempotency_key, idempotency_key, owner)
+        if existing is not None:
+            return await _replay(request, existing, request_hash, idempotency_key)
+    # A full queue answers before validation: refusing costs one COUNT, validating every point far more.
     active = await run_in_threadpool(store.count_active)
     if active >= settings.max_active_sweeps:
-        raise ProblemError(429, "queue-full",
-                           f"{active} sweeps are queued or running, the limit is {settings.max_active_sweeps} "
-                           "(DLNSIM_MAX_ACTIVE_SWEEPS)",
-                           headers={"Retry-After": str(max(settings.retry_after_seconds, 5))})
+        raise _queue_full(active, settings)
+    validated = await run_in_threadpool(validate_parsed, sweep, request_json, request_hash,
+                                        Limits.from_settings(settings), settings.max_sweep_points)
     await check_active_limit(request)
-    row = await run_in_threadpool(store.create, validated.request_json, validated.base_json, validated.keep,
-                                  validated.points, current_owner())
+    try:
+        # The store checks the bound again in its write transaction, and the unique (owner, key) index
+        # decides between concurrent POSTs with one key.
+        row, created = await run_in_threadpool(
+            partial(store.create_or_get, request_hash=validated.request_hash, idempotency_key=idempotency_key,
+                    max_active=settings.max_active_sweeps),
+            validated.request_json, validated.base_json, validated.keep, validated.points, owner)
+    except QueueFullError as exc:
+        raise _queue_full(exc.active, settings) from None
+    if not created:  # a concurrent POST with this key stored its sweep first
+        return await _replay(request, row, validated.request_hash, idempotency_key)
     try:
         await engine.submit(row.id)
     except Exception:  # the sweep is stored; the engine resumes unfinished sweeps when it restarts
@@ -472,19 +557,26 @@ async def list_sweep_results(
     "/{sweep_id}/points/{k}/trajectory",
     response_model=None,
     summary="The trajectory of one sweep point (sweeps with keep: trajectories)",
+    description=_POINT_TRAJECTORY_DESCRIPTION,
     responses={200: {"model": Trajectory, "description": "The point's recorded trajectory."},
-               **_problems(404, 409, d404="No sweep with this id, no point k in it, or the sweep keeps "
-                                          "summaries only", d409="The point has not succeeded (yet)")},
+               **_problems(404, 409, d404="No sweep with this id, or no point k in it",
+                           d409="not-finished: the point has not succeeded (yet; Retry-After while it is queued or "
+                                "running). not-recorded: the sweep has keep: \"summary\", so no point trajectory "
+                                "was kept; submit the sweep again with keep: \"trajectories\", or run the point "
+                                "as a simulation")},
 )
 async def get_sweep_point_trajectory(sweep_id: SweepId, k: PointIndex, request: Request) -> Response:
-    """Served as stored, like a simulation's trajectory."""
     store = _state(request, "sweep_store")
     row = await _get_row(store, sweep_id)
     if k >= row.n_points:
         raise ProblemError(404, "not-found", f"sweep {sweep_id} has no point {k}: its points are 0..{row.n_points - 1}")
     if row.keep != "trajectories":
-        raise ProblemError(404, "not-found", f"sweep {sweep_id} keeps summaries only (keep: summary), so it has no "
-                           "point trajectories; run the point as a simulation, or sweep with keep: trajectories")
+        raise ProblemError(
+            409, "not-recorded",
+            f'the trajectory of point {k} was not kept: sweep {sweep_id} has keep: "summary" (one results row per '
+            'point). To get it, submit the sweep again with keep: "trajectories", or run the point as a simulation '
+            f"(POST /v1/simulations with the sweep's request.base and the point's parameters from "
+            f"GET /v1/sweeps/{sweep_id}/results applied)")
     point = await run_in_threadpool(store.point, sweep_id, k)
     if point is None or point.status != "succeeded":
         state = point.status if point is not None else "unknown"

@@ -63,5 +63,12 @@ class ExactNotApplicableError(DynamicsError):
     code = "exact_not_applicable"
 
 
+class WorkLimitError(DynamicsError):
+    """A run that needs more steps than its cap allows (e.g. gradient flow on a stiff problem over a long
+    t_max: an explicit integrator's step is bounded by 1/λ_max of the Hessian whatever the accuracy)."""
+
+    code = "limit_exceeded"
+
+
 class StopRequested(Exception):
     """Raised inside a run when the caller's cooperative stop check returned True."""

@@ -34,7 +34,7 @@ import numpy as np
 from scipy.integrate import DOP853
 
 from . import _kernels
-from .errors import InvalidParameterError
+from .errors import InvalidParameterError, WorkLimitError
 from .gd import DTYPES, HookClock, Layout, blas_threads_for, blowup_threshold, layout_of, plan_order
 from .methods import CONVERGENCE_RTOL, GradientFlow, Hooks, RunResult
 from .problem import Problem
@@ -133,7 +133,16 @@ def _integrate(problem: Problem, weights0, method: GradientFlow, t_eval: np.ndar
         return finish()
 
     solver = DOP853(rhs, 0.0, y0, t_end, rtol=method.rtol, atol=method.atol)
+    taken = 0
     while solver.status == "running":
+        if method.max_steps is not None and taken >= method.max_steps:
+            raise WorkLimitError(
+                f"gradient flow took {taken} integrator steps and reached t = {solver.t:.6g} of t_max = {t_end:g} "
+                f"(step size now {solver.step_size:.3g}: the problem is stiff there)",
+                field=("training", "t_max"),
+                fix="shorten t_max (the dynamics have usually settled long before), use method exact where it "
+                    "applies, or gd with a learning rate below the stability bound")
+        taken += 1
         t_old, y_old = solver.t, solver.y
         solver.step()
         if solver.status == "failed":

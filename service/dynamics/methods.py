@@ -32,12 +32,18 @@ class GradientDescent:
 
 @dataclass(frozen=True)
 class GradientFlow:
-    """Gradient flow dW_l/dt = −∂L/∂W_l − γ W_l on [0, t_max], adaptive DOP853 with rtol/atol."""
+    """Gradient flow dW_l/dt = −∂L/∂W_l − γ W_l on [0, t_max], adaptive DOP853 with rtol/atol.
+
+    ``max_steps``: most accepted integrator steps before the run stops with ``WorkLimitError``; None = no
+    cap. (A service bounds a worker's time with it: near a minimum an explicit integrator's step is held
+    at ~3/λ_max of the Hessian, so a stiff problem over a long t_max needs ~t_max·λ_max/3 steps.)
+    """
 
     t_max: float
     rtol: float = 1e-8
     atol: float = 1e-10
     weight_decay: float = 0.0
+    max_steps: int | None = None
 
     @property
     def t_end(self) -> float:

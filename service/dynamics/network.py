@@ -124,21 +124,23 @@ def gradient_norm(grads: Sequence[np.ndarray]) -> float:
     return float(np.sqrt(sum(float(np.sum(g * g)) for g in grads)))
 
 
-def gd_stability_bound(problem: Problem, depth: int) -> float:
+def gd_stability_bound(problem: Problem, depth: int, weight_decay: float = 0.0) -> float:
     """Largest learning rate for which GD can settle at the global minimum (reference §5d, §2, §5e).
 
-    D = 1: η < 1/λ_max(Σ11), exact for any Σ11. D ≥ 2 with Σ11 = c I: the Hessian at the balanced
-    minimum (mode strength u* = s/c, per-layer a* = u*^{1/D}) has λ_max = 2 c D (s/c)^{2−2/D}, so
-    η < 1/(c D (s_max/c)^{2−2/D}); for c = 1 this is the reference's 1/(D s_max^{2−2/D}).
-    For a general Σ11 the same expression with c = λ_max(Σ11) is an estimate, not a theorem.
-    It is a local condition: a run above it diverges or oscillates near the minimum.
+    GD is stable near a minimum iff η (λ_max(H) + γ) < 2, H the Hessian of L there and γ the weight decay
+    (the decay term (γ/2)‖W‖² adds γ to every Hessian eigenvalue), so η < 2 / (λ_max(H) + γ).
+    D = 1: H = 2 Σ11, so η < 1/(λ_max(Σ11) + γ/2), exact for any Σ11 (the GD map is linear).
+    D ≥ 2 with Σ11 = c I: H at the balanced minimum (mode strength u* = s/c, per-layer a* = u*^{1/D}) has
+    λ_max = 2 c D (s/c)^{2−2/D}, so η < 1/(c D (s_max/c)^{2−2/D}) for γ = 0; for c = 1 this is the
+    reference's 1/(D s_max^{2−2/D}). With γ > 0 the minimum shrinks, so adding γ to the γ = 0 curvature
+    errs on the safe side. For a general Σ11 the same expression with c = λ_max(Σ11) is an estimate, not
+    a theorem. It is a local condition: a run above it diverges or oscillates near the minimum.
     """
     c = float(problem.sigma11_eigenvalues[-1])
-    if c <= 0:
-        return float("inf")
     if depth == 1:
-        return 1.0 / c
-    s = float(np.linalg.norm(problem.sigma31, 2))
-    if s == 0:
-        return float("inf")
-    return 1.0 / (c * depth * (s / c) ** (2.0 - 2.0 / depth))
+        curvature = 2.0 * c
+    else:
+        s = float(np.linalg.norm(problem.sigma31, 2))
+        curvature = 2.0 * c * depth * (s / c) ** (2.0 - 2.0 / depth) if c > 0 and s > 0 else 0.0
+    total = curvature + max(float(weight_decay), 0.0)
+    return 2.0 / total if total > 0 else float("inf")

@@ -176,10 +176,11 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     trace33 = problem.sigma33_trace
     hint = None
     if outcome == "diverged" and isinstance(method, GradientDescent):
-        bound = network.gd_stability_bound(problem, len(weights0))
+        bound = network.gd_stability_bound(problem, len(weights0), method.weight_decay)
         hint = (f"GD diverged at step {diverged_at_step} with learning_rate {method.learning_rate:g}; near the "
                 f"optimum GD is stable only for learning_rate < {bound:.6g} (reference §5d: 1/λ_max(Σ11) for "
-                f"D = 1, 1/(D·s_max^(2−2/D)) for whitened D ≥ 2): lower the learning rate")
+                f"D = 1, 1/(D·s_max^(2−2/D)) for whitened D ≥ 2; weight decay γ lowers it to 2/(curvature + γ))"
+                f": lower the learning rate")
     return Trajectory(
         time=times,
         step=steps,

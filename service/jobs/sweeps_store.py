@@ -2,6 +2,8 @@
 
     sweeps = SweepStore(job_store)            # same file, same per-thread connections
     row = sweeps.create(request_json, base_json, "summary", [(params_json, group_key), ...])
+    row, created = sweeps.create_or_get(request_json, base_json, "summary", points, owner,
+                                        request_hash=digest, idempotency_key="abc")
 
 Why the same database file (tables added by schema migration 2 in ``store.py``) and not a second
 file: one file is one thing to back up, mount and migrate; a single schema version guards both (an
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,13 +37,17 @@ from .store import (
     CorruptResultError,
     InvalidPageToken,
     JobStore,
+    QueueFullError,
     decompress_result,
     keyset_page,
     new_job_id,
     utc_now,
 )
 
-_SWEEP_COLUMNS = "id, status, created_at, started_at, finished_at, request, base, keep, n_points, owner"
+_SWEEP_COLUMNS = ("id, status, created_at, started_at, finished_at, request, base, keep, n_points, owner, "
+                  "idempotency_key, request_hash")
+# The same expression as the unique index sweeps_owner_idempotency (migration 4), so lookups use it.
+_BY_KEY = "coalesce(owner, '') = coalesce(?, '') AND idempotency_key = ?"
 _POINT_COLUMNS = ("sweep_id, k, params, group_key, status, attempts, finished_at, outcome, summary, error, "
                   "EXISTS (SELECT 1 FROM sweep_trajectories t WHERE t.sweep_id = p.sweep_id AND t.k = p.k)")
 
@@ -58,6 +65,8 @@ class SweepRow:
     n_points: int
     counts: dict[str, int]  # points per status
     owner: str | None = None  # id of the API key that created it (None: created with keys off)
+    idempotency_key: str | None = None  # the Idempotency-Key it was created with, scoped per owner
+    request_hash: str | None = None     # sha256 of ``request`` (None for sweeps stored before migration 4)
 
     @property
     def terminal(self) -> bool:
@@ -117,7 +126,7 @@ class SweepStore:
     def _sweep(self, r: tuple) -> SweepRow:
         return SweepRow(id=r[0], status=r[1], created_at=r[2], started_at=r[3], finished_at=r[4],
                         request=bytes(r[5]), base=bytes(r[6]), keep=r[7], n_points=r[8], counts=self._counts(r[0]),
-                        owner=r[9])
+                        owner=r[9], idempotency_key=r[10], request_hash=r[11])
 
     @staticmethod
     def _point(r: tuple) -> PointRow:
@@ -133,6 +142,15 @@ class SweepStore:
              page_token: str | None = None, owner: str | None = None) -> tuple[list[SweepRow], str | None]:
         """Newest first, keyset paging on (created_at, id) like JobStore.list; with ``owner``, only its sweeps."""
         return keyset_page(self._conn(), "sweeps", _SWEEP_COLUMNS, self._sweep, status, page_size, page_token, owner)
+
+    def by_idempotency_key(self, idempotency_key: str, owner: str | None = None) -> SweepRow | None:
+        """The sweep this owner created with this Idempotency-Key, if any (keys are per owner)."""
+        return self._by_key(idempotency_key, owner)
+
+    def _by_key(self, idempotency_key: str, owner: str | None) -> SweepRow | None:
+        r = self._conn().execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE {_BY_KEY}",
+                                 (owner, idempotency_key)).fetchone()
+        return self._sweep(r) if r else None
 
     def unfinished(self) -> list[SweepRow]:
         """Sweeps left queued or running (a crash, a restart), oldest first."""
@@ -202,18 +220,52 @@ class SweepStore:
     def create(self, request_json: bytes, base_json: bytes, keep: str,
                points: Sequence[tuple[bytes, str]], owner: str | None = None) -> SweepRow:
         """Insert a queued sweep and its points (k = position in ``points``) in one transaction."""
+        return self.create_or_get(request_json, base_json, keep, points, owner)[0]
+
+    def create_or_get(self, request_json: bytes, base_json: bytes, keep: str,
+                      points: Sequence[tuple[bytes, str]], owner: str | None = None, *,
+                      request_hash: str | None = None, idempotency_key: str | None = None,
+                      max_active: int | None = None, _retry: bool = True) -> tuple[SweepRow, bool]:
+        """``create`` with an Idempotency-Key: if this owner already used the key, that sweep and False
+        (nothing is inserted), else the new sweep and True.
+
+        As for jobs (JobStore.create): the caller compares ``row.request_hash`` with its own to tell a
+        replay from a conflict; the unique index on (owner, key) makes concurrent creates with one key
+        yield exactly one sweep; with ``max_active``, QueueFullError when that many sweeps are queued or
+        running, checked in the write transaction, except for a replay of a used key.
+        """
         if keep not in ("summary", "trajectories"):
             raise ValueError(f"unknown keep {keep!r}")
         sweep_id = new_job_id()
-        with self._write() as conn:
-            conn.execute(f"INSERT INTO sweeps ({_SWEEP_COLUMNS}) VALUES (?, 'queued', ?, NULL, NULL, ?, ?, ?, ?, ?)",
-                         (sweep_id, utc_now(), bytes(request_json), bytes(base_json), keep, len(points), owner))
-            conn.executemany(
-                "INSERT INTO sweep_points (sweep_id, k, params, group_key, status) VALUES (?, ?, ?, ?, 'queued')",
-                ((sweep_id, k, bytes(params), group) for k, (params, group) in enumerate(points)))
+        try:
+            with self._write() as conn:
+                if max_active is not None:
+                    active = conn.execute(
+                        "SELECT count(*) FROM sweeps WHERE status IN ('queued', 'running')").fetchone()[0]
+                    if active >= max_active and (idempotency_key is None or conn.execute(
+                            f"SELECT 1 FROM sweeps WHERE {_BY_KEY}", (owner, idempotency_key)).fetchone() is None):
+                        raise QueueFullError(active, max_active)
+                # The sweep row first: a used key fails here, before any point is written.
+                conn.execute(
+                    f"INSERT INTO sweeps ({_SWEEP_COLUMNS}) VALUES (?, 'queued', ?, NULL, NULL, ?, ?, ?, ?, ?, ?, ?)",
+                    (sweep_id, utc_now(), bytes(request_json), bytes(base_json), keep, len(points), owner,
+                     idempotency_key, request_hash))
+                conn.executemany(
+                    "INSERT INTO sweep_points (sweep_id, k, params, group_key, status) VALUES (?, ?, ?, ?, 'queued')",
+                    ((sweep_id, k, bytes(params), group) for k, (params, group) in enumerate(points)))
+        except sqlite3.IntegrityError:
+            if idempotency_key is None:
+                raise
+            existing = self._by_key(idempotency_key, owner)
+            if existing is None and _retry:  # the other sweep was deleted in between: once more as a fresh one
+                return self.create_or_get(request_json, base_json, keep, points, owner, request_hash=request_hash,
+                                          idempotency_key=idempotency_key, max_active=max_active, _retry=False)
+            if existing is None:
+                raise
+            return existing, False
         row = self.get(sweep_id)
         assert row is not None
-        return row
+        return row, True
 
     def mark_points_running(self, sweep_id: str, ks: Iterable[int]) -> int:
         """A worker started a chunk: its unfinished points run (one more attempt), the sweep runs."""

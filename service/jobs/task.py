@@ -93,6 +93,14 @@ _pinned = False
 _pin_lock = threading.Lock()
 
 
+def worker_max_steps() -> int:
+    """The flow run's integrator-step cap in a worker: DLNSIM_MAX_STEPS as the API reads it (embedded
+    workers inherit the API's environment; set it on an external cluster's workers too)."""
+    from service.settings import Settings
+
+    return int(os.environ.get("DLNSIM_MAX_STEPS", Settings.model_fields["max_steps"].default))
+
+
 def pin_blas_threads() -> None:
     """Limit BLAS/OpenMP pools to DLNSIM_BLAS_THREADS (default 1) in this process, once.
 
@@ -201,7 +209,7 @@ def run_simulation(job_id: str, request_json: bytes) -> tuple[str, bytes]:
         raise JobCancelled(job_id)
     try:
         request = SimulationRequest.model_validate_json(request_json)
-        spec = build_simulation(request)
+        spec = build_simulation(request, max_flow_steps=worker_max_steps())
         traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype,
                         hooks=Hooks(progress=reporter, should_stop=should_stop))
     except StopRequested:
@@ -288,7 +296,7 @@ def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tup
     for k, params_json in items:
         try:
             request = SimulationRequest.model_validate_json(orjson.dumps(apply_params(base, orjson.loads(params_json))))
-            built.append((k, build_simulation(request)))
+            built.append((k, build_simulation(request, max_flow_steps=worker_max_steps())))
         except DynamicsError as exc:
             results[k] = failed(k, dynamics_problem(exc))
         except ValidationError as exc:

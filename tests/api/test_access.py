@@ -216,6 +216,16 @@ async def test_a_key_at_its_active_limit_gets_429_with_retry_after_and_others_do
 
 
 @pytest.mark.parametrize("settings_overrides", [{**KEYS_ON, "max_active_per_key": 1}])
+async def test_a_replay_is_answered_even_at_the_keys_active_limit(service):
+    """A retried POST creates nothing, so the per-key limit does not refuse it (as for sweeps)."""
+    first = await service.client.post("/v1/simulations", json=small_request(), headers={**A, "Idempotency-Key": "k"})
+    assert first.status_code == 202
+    replay = await service.client.post("/v1/simulations", json=small_request(), headers={**A, "Idempotency-Key": "k"})
+    assert replay.status_code == 202 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.json()["id"] == first.json()["id"] and service.job_count() == 1
+
+
+@pytest.mark.parametrize("settings_overrides", [{**KEYS_ON, "max_active_per_key": 1}])
 async def test_finishing_a_job_frees_its_keys_slot(service):
     job = await create(service, A)
     assert (await service.client.post("/v1/simulations", json=small_request(), headers=A)).status_code == 429

@@ -9,7 +9,7 @@ from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
 from service.dynamics import network
-from service.dynamics.errors import StopRequested
+from service.dynamics.errors import StopRequested, WorkLimitError
 from service.dynamics.flow import flow_convergence_rtol, run_flow
 from service.dynamics.gd import run_gd
 from service.dynamics.methods import GradientDescent, GradientFlow, Hooks
@@ -190,6 +190,28 @@ def test_finite_time_blow_up_is_reported_as_diverged_without_nan():
     assert all(np.all(np.isfinite(w)) for w in result.weights)
     assert result.times[-1] <= result.diverged_at_time and np.all(np.diff(result.times) > 0)
     np.testing.assert_allclose(result.weights[0][:10, 0, 0], a0 / (1 - 2 * s * a0 * result.times[:10]), rtol=1e-6)
+
+
+def stiff_problem():
+    """D = 1, Σ11 = diag(1e3, 1e-3): the flow settles on a time scale 1/(2·1e-3) while DOP853's step is held
+    at ~3/(2·1e3) by stability, ~10⁶ steps to t = 1e4."""
+    return Problem(np.diag([1e3, 1e-3]), np.array([[1.0, 1.0]]))
+
+
+def test_flow_over_its_step_cap_raises_work_limit_naming_t_max():
+    with pytest.raises(WorkLimitError) as info:
+        run_flow(stiff_problem(), [np.zeros((1, 2))], GradientFlow(1e4, max_steps=200), np.array([0.0, 1e4]))
+    assert info.value.field == ("training", "t_max") and "200 integrator steps" in info.value.message
+
+
+def test_flow_step_cap_above_the_steps_taken_changes_nothing():
+    rng = np.random.default_rng(5)
+    problem = nonwhite_problem(rng, 3, 2)
+    w0 = random_net(rng, [3, 4, 2], 0.5)
+    times = np.linspace(0.0, 20.0, 11)
+    free = run_flow(problem, w0, GradientFlow(20.0), times)
+    capped = run_flow(problem, w0, GradientFlow(20.0, max_steps=100_000), times)
+    assert all(np.array_equal(a, b) for a, b in zip(free.weights, capped.weights))
 
 
 # ------------------------------------------------------------------------------------------------

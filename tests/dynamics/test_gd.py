@@ -210,6 +210,20 @@ def test_shallow_gd_converges_just_below_the_stability_bound():
     assert result.outcome == "converged"
 
 
+@pytest.mark.parametrize("factor, outcome", [(0.98, "converged"), (1.02, "diverged")])
+def test_weight_decay_lowers_the_shallow_stability_bound_to_two_over_twice_lambda_max_plus_decay(factor, outcome):
+    """D = 1 with decay γ: W ← W(1 − ηγ − 2ηΣ11) + 2ηΣ31 is stable iff η < 2/(2λ_max + γ). γ = λ_max here,
+    so the γ-free bound 1/λ_max is 1.5× too large: 0.98× the bound with decay must converge, 1.02× diverge."""
+    rng = np.random.default_rng(7)
+    problem = nonwhite_problem(rng, 4, 3, n=50)
+    lam = np.linalg.eigvalsh(problem.sigma11)[-1]
+    bound = network.gd_stability_bound(problem, 1, weight_decay=lam)
+    assert bound == pytest.approx(2 / (3 * lam), rel=1e-14)
+    result = run_gd(problem, [rng.standard_normal((3, 4))],
+                    GradientDescent(factor * bound, 20_000, weight_decay=lam), np.array([0, 20_000]))
+    assert result.outcome == outcome
+
+
 def test_divergence_step_is_the_first_step_beyond_the_threshold():
     """The check/replay scheme reports exactly the first blown-up step of the literal iteration."""
     rng = np.random.default_rng(8)

@@ -258,6 +258,13 @@ def test_workers_run_blas_on_one_thread(env):
     assert per_worker and all(threads == [1] for threads in per_worker.values())
 
 
+def test_workers_keep_glibc_adaptive_malloc_thresholds(env):
+    """Dask's default MALLOC_TRIM_THRESHOLD_ (pinning glibc's mmap threshold: −15 % sweep throughput) is
+    not in the embedded workers' environment."""
+    per_worker = env.call(lambda: env.engine.client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_"))
+    assert per_worker and all(value is None for value in per_worker.values())
+
+
 def test_start_resubmits_unfinished_jobs_to_an_external_scheduler(env, tmp_path):
     """A restarted API (here: a second engine on another store, pointed at the running cluster as
     DLNSIM_SCHEDULER) runs the jobs a crash left queued or running."""

@@ -43,6 +43,20 @@ def test_core_error_becomes_job_failed_naming_the_field():
     assert problem["errors"][0]["field"] == ["data", "sigma11"]
 
 
+def test_flow_over_dlnsim_max_steps_fails_with_limit_exceeded_naming_t_max(monkeypatch):
+    """Workers cap a flow run's integrator steps at DLNSIM_MAX_STEPS: a stiff problem over a long t_max
+    fails with a reason instead of holding a worker for hours."""
+    monkeypatch.setenv("DLNSIM_MAX_STEPS", "50")
+    request = {"data": {"kind": "correlations", "sigma11": [[1000.0, 0.0], [0.0, 0.001]], "sigma31": [[1.0, 1.0]]},
+               "network": {"hidden": []}, "init": {"scheme": "gaussian", "scale": 0.01, "seed": 0},
+               "training": {"method": "flow", "t_max": 10_000.0}}
+    with pytest.raises(JobFailed) as info:
+        run_simulation("job", orjson.dumps(request))
+    problem = info.value.problem
+    assert problem["status"] == 422 and problem["type"].endswith("/limit-exceeded")
+    assert problem["errors"][0]["field"] == ["training", "t_max"]
+
+
 def test_stored_request_that_no_longer_validates_becomes_job_failed():
     with pytest.raises(JobFailed) as info:
         run_simulation("job", b'{"network": {"hidden": [2]}}')

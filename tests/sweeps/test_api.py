@@ -292,11 +292,18 @@ async def test_kept_trajectory_is_linked_and_served_as_stored(service):
     assert queued.headers["retry-after"] == "1"
 
 
-async def test_trajectory_of_a_summary_sweep_or_a_missing_point_is_404(service):
+async def test_trajectory_of_a_summary_sweep_is_409_not_recorded_saying_how_to_get_it(service):
     sweep = await create(service, grid={"init.seed": [0]})
     finish(service, sweep["id"], 0)
-    body = assert_problem(await service.client.get(f"/v1/sweeps/{sweep['id']}/points/0/trajectory"), 404)
-    assert "keep: summary" in body["detail"]
+    response = await service.client.get(f"/v1/sweeps/{sweep['id']}/points/0/trajectory")
+    detail = assert_problem(response, 409, "not-recorded")["detail"]
+    assert "not kept" in detail and 'keep: "summary"' in detail
+    assert 'keep: "trajectories"' in detail and "as a simulation" in detail  # the two ways to get it
+    assert "retry-after" not in response.headers  # waiting does not help: it will never be there
+
+
+async def test_trajectory_of_a_point_beyond_the_sweep_is_404_naming_its_points(service):
+    sweep = await create(service, grid={"init.seed": [0]}, keep="trajectories")
     body = assert_problem(await service.client.get(f"/v1/sweeps/{sweep['id']}/points/1/trajectory"), 404)
     assert "0..0" in body["detail"]
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from service.grid import GridError, apply_params, expand_grid, grid_size, overlapping, remap_field, split_path
+from service.grid import (
+    GridError,
+    apply_params,
+    expand_grid,
+    grid_size,
+    overlapping,
+    remap_field,
+    split_path,
+)
 from service.jobs.sweeps import chunk_sizes
 
 
