@@ -82,12 +82,22 @@ def optimum(problem: Problem, hidden) -> Optimum:
     σ_{r+1}(M) the optimum is not unique; W* is then the one LAPACK's SVD picks, L* is unaffected.
     """
     r = bottleneck(problem, hidden)
+    # cached per rank on the problem (like its mode basis): a sweep's points share a problem, and every
+    # trajectory's post-processing and theory overlay ask for it
+    key = ("optimum", r)
+    if key not in problem._cache:
+        problem._cache[key] = _optimum(problem, r)
+    return problem._cache[key]
+
+
+def _optimum(problem: Problem, r: int) -> Optimum:
     s11_mhalf = sigma11_inverse_sqrt(problem)
     m = problem.sigma31 @ s11_mhalf
     u_m, s_m, vt_m = np.linalg.svd(m, full_matrices=False)
     w_star = ((u_m[:, :r] * s_m[:r]) @ vt_m[:r]) @ s11_mhalf
     explained = float(np.sum(s_m[:r] ** 2))
     loss_star = None if problem.sigma33_trace is None else problem.sigma33_trace - explained
+    w_star.flags.writeable = False  # shared through the cache
     return Optimum(product=w_star, loss=loss_star, loss_without_sigma33=-explained, rank=r)
 
 

@@ -76,9 +76,11 @@ class Problem:
         return self._cache["eig11"]
 
     def whitening_deviation(self) -> tuple[float, float]:
-        """(c, max |Σ11 − c I|) with c = mean of diag Σ11: how far Σ11 is from a scaled identity."""
-        c = float(np.mean(np.diag(self.sigma11)))
-        return c, float(np.max(np.abs(self.sigma11 - c * np.eye(self.n_in))))
+        """(c, max |Σ11 − c I|) with c = mean of diag Σ11: how far Σ11 is from a scaled identity (cached)."""
+        if "whitening" not in self._cache:
+            c = float(np.mean(np.diag(self.sigma11)))
+            self._cache["whitening"] = (c, float(np.max(np.abs(self.sigma11 - c * np.eye(self.n_in)))))
+        return self._cache["whitening"]
 
 
 def _as_matrix(value, name: str, field_path: FieldPath) -> np.ndarray:

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import network
+from . import _kernels, network
 from .errors import ExactNotApplicableError, InvalidParameterError
 from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
-from .gd import run_gd
+from .gd import plan_order, run_gd
 from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult
 from .modes import measured_learning_times, mode_basis, mode_strengths, optimum
 from .problem import Problem
@@ -130,14 +130,11 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     # L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ), per record; W Σ11 is shared with the gradient below.
     w_sigma11 = product @ problem.sigma11
     loss_wo = -2.0 * np.einsum("tij,ij->t", product, problem.sigma31) + np.einsum("tij,tij->t", w_sigma11, product)
-    if gradient_norm is None:
-        grads = network.gradients(problem, weights, method.weight_decay)
-        gradient_norm = np.sqrt(sum(np.einsum("tij,tij->t", g, g) for g in grads))
-    if weights is not None and len(weights) > 1:
-        balance = network.balance(weights)
-        drift = np.max([np.max(np.abs(b - b[:1]), axis=(1, 2)) for b in balance], axis=0)
+    if weights is not None:
+        grad_norm, drift = record_diagnostics(problem, weights, method.weight_decay)
+        gradient_norm = grad_norm if gradient_norm is None else gradient_norm  # exact runs bring their own
     else:
-        drift = np.zeros(len(times))  # D = 1 has no balance; exact solutions conserve it by construction
+        drift = np.zeros(len(times))  # exact solutions without weights conserve the balance by construction
     strength = mode_strengths(product, basis)
     arrays = {
         "loss": loss_wo,
@@ -199,6 +196,21 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         stability_hint=hint,
         similarity=similarity,
     )
+
+
+def record_diagnostics(problem: Problem, weights: list[np.ndarray], weight_decay: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(gradient norm sqrt(Σ_l ‖∂L/∂W_l + γW_l‖²), balance drift max_l |B_l(t) − B_l(0)|) per record, from
+    the per-layer stacks (T, rows, cols) of float64 weights; compiled (``_kernels.record_diagnostics``)."""
+    t = len(weights[0])
+    flat = np.concatenate([w.reshape(t, -1) for w in weights], axis=1)
+    dims = np.array([weights[0].shape[2], *(w.shape[1] for w in weights)], dtype=np.int64)
+    offs = np.concatenate([[0], np.cumsum([w.shape[1] * w.shape[2] for w in weights])]).astype(np.int64)
+    grad_norm, drift = np.empty(t), np.empty(t)
+    _kernels.record_diagnostics(flat, dims, offs, np.ascontiguousarray(problem.sigma11),
+                                np.ascontiguousarray(problem.sigma31), float(weight_decay), plan_order(dims)[0],
+                                grad_norm, drift)
+    return grad_norm, drift
 
 
 def _finite_prefix(arrays: dict[str, np.ndarray]) -> int:
