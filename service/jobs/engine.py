@@ -56,6 +56,10 @@ PROGRESS_FLUSH_SECONDS = 1.0
 CANCEL_FLAG_GRACE_SECONDS = 10.0
 # Futures cancelled by Dask itself (not by us) are resubmitted this many times before failing.
 MAX_RESUBMITS = 5
+# How often the engine looks for stored jobs that are queued or running but not submitted (a submit that
+# failed after the job was stored, a lost scheduler connection): they are submitted again, so no job
+# waits for a restart.
+RECONCILE_SECONDS = 30.0
 READY_TIMEOUT_SECONDS = 2.0
 # While the store's disk is full, a finished job's outcome waits in memory and its write is retried this
 # often (the job stays running in the store meanwhile; a restart would resubmit it, so nothing is lost).
@@ -152,6 +156,7 @@ class Engine:
         self._cluster = None
         self._client = None
         self._futures: dict[str, Any] = {}
+        self._submitting: set[str] = set()
         self._watchers: dict[str, asyncio.Task] = {}
         self._done: dict[str, asyncio.Event] = {}
         self._flagged: set[str] = set()          # jobs whose cancel Event we set
@@ -191,9 +196,28 @@ class Engine:
                     worker_priority_plugin(min(os.getpriority(os.PRIO_PROCESS, 0) + nice, 19)))
         self._client.subscribe_topic(PROGRESS_TOPIC, self._on_event)
         self._flusher = asyncio.create_task(self._flush_progress_forever())
+        await self.reconcile()
+        self._spawn(self._reconcile_forever())
+
+    async def reconcile(self) -> int:
+        """Submit every stored job that is queued or running but has no task on the cluster (after a
+        restart, a failed submit, a lost connection); returns how many."""
+        count = 0
         for row in await asyncio.to_thread(self.store.unfinished):
+            if row.id in self._futures or self._closing:
+                continue
             log.info("resubmitting unfinished job %s (%s)", row.id, row.status)
             await self._submit_row(row)
+            count += 1
+        return count
+
+    async def _reconcile_forever(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(RECONCILE_SECONDS)
+            try:
+                await self.reconcile()
+            except Exception:  # noqa: BLE001 - e.g. the store briefly unreadable: try again next round
+                log.exception("looking for unsubmitted jobs failed")
 
     async def _start_local_cluster(self):
         import dask
@@ -254,8 +278,17 @@ class Engine:
 
     async def _submit_row(self, row) -> None:
         job_id = row.id
-        if job_id in self._futures or self._client is None:
+        # _submitting: a submit awaiting its scatter must not be doubled by a concurrent one (the API's and
+        # a reconcile pass's), which would start a second watcher
+        if job_id in self._futures or job_id in self._submitting or self._client is None:
             return
+        self._submitting.add(job_id)
+        try:
+            await self._submit_new(job_id, row)
+        finally:
+            self._submitting.discard(job_id)
+
+    async def _submit_new(self, job_id: str, row) -> None:
         self._done.setdefault(job_id, asyncio.Event())
         try:
             request: Any = row.request

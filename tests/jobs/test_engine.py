@@ -258,6 +258,15 @@ def test_workers_run_blas_on_one_thread(env):
     assert per_worker and all(threads == [1] for threads in per_worker.values())
 
 
+def test_reconcile_submits_a_stored_job_that_was_never_submitted(env):
+    """A job stored but not handed to the cluster (its submit failed) runs at the next reconcile pass
+    (every RECONCILE_SECONDS), not only after a restart."""
+    row, _ = env.store.create(orjson.dumps(fake(0.0)), "hash")
+    assert env.run(env.engine.reconcile()) >= 1
+    assert finish(env, row.id).status == "succeeded"
+    assert env.run(env.engine.reconcile()) == 0  # nothing left to submit
+
+
 def test_workers_keep_glibc_adaptive_malloc_thresholds(env):
     """Dask's default MALLOC_TRIM_THRESHOLD_ (pinning glibc's mmap threshold: −15 % sweep throughput) is
     not in the embedded workers' environment."""
