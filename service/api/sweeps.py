@@ -588,8 +588,12 @@ async def get_sweep_point_trajectory(sweep_id: SweepId, k: PointIndex, request: 
         data = await run_in_threadpool(store.trajectory, sweep_id, k)
     except CorruptResultError as exc:
         log.error("%s", exc)
-        raise ProblemError(500, "invalid-simulation-result", f"the stored trajectory of point {k} of sweep "
-                           f"{sweep_id} is unreadable") from None
+        # Not rerun in place (the sweep has finished): the point's run is seeded, so the same request run
+        # as a simulation gives the same trajectory.
+        raise ProblemError(500, "corrupt-result", f"the stored trajectory of point {k} of sweep {sweep_id} is "
+                           f"corrupt ({exc.reason}); check the data dir's disk. The run is seeded: POST the sweep's "
+                           f"base with this point's parameters (GET /v1/sweeps/{sweep_id}/results) to "
+                           "/v1/simulations for the same trajectory") from None
     if data is None:
         raise ProblemError(500, "invalid-simulation-result", f"point {k} of sweep {sweep_id} succeeded but has "
                            "no stored trajectory")

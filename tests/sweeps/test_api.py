@@ -292,6 +292,17 @@ async def test_kept_trajectory_is_linked_and_served_as_stored(service):
     assert queued.headers["retry-after"] == "1"
 
 
+async def test_corrupt_kept_trajectory_is_a_500_corrupt_result_saying_how_to_get_it_again(service):
+    sweep = await create(service, grid={"init.seed": [0]}, keep="trajectories")
+    finish(service, sweep["id"], 0, trajectory={"time": [0.0], "outcome": "completed"})
+    with store(service)._write() as conn:  # damage the stored bytes (the checksum must catch it)
+        conn.execute("UPDATE sweep_trajectories SET data = ? WHERE sweep_id = ?", (b"garbage", sweep["id"]))
+    response = await service.client.get(f"/v1/sweeps/{sweep['id']}/points/0/trajectory")
+    detail = assert_problem(response, 500, "corrupt-result")["detail"]
+    assert "/v1/simulations" in detail and "seeded" in detail
+    assert (await service.client.get("/healthz")).status_code == 200
+
+
 async def test_trajectory_of_a_summary_sweep_is_409_not_recorded_saying_how_to_get_it(service):
     sweep = await create(service, grid={"init.seed": [0]})
     finish(service, sweep["id"], 0)
