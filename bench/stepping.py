@@ -130,8 +130,12 @@ def gd_speed(ctx: Context) -> list[Row]:
     for size in sizes:
         problem, w0 = make_problem(*size)
         flops = step_flops(list(size))
+        # 2-thread rows get twice the rounds: their runs are longer than a GEMM sample and a shared machine
+        # swings by ±30 % within seconds, so with as few rounds as the short rows they would get fewer
+        # quiet windows than the GEMM rate they are divided by (sampled all run long).
+        rounds = ctx.repetitions * (2 if flops >= SINGLE_THREAD_MAX_FLOPS else 1)
         best = interleaved_best({"gemm": ctx.sample_gemm, "ours": gd_probe(problem, w0, ctx),
-                                 "numpy": numpy_loop_probe(problem, w0, ctx)}, ctx.repetitions)
+                                 "numpy": numpy_loop_probe(problem, w0, ctx)}, rounds)
         label = "(a)" if size[0] >= 100 else "(b)"
         rows.append(Row(f"{label} GD speed", str(size), flops=flops, measured=best["ours"],
                         bar_fraction=SPEED_BARS[size], baseline=best["numpy"], note=_threads_note(flops, ctx)))
