@@ -212,10 +212,11 @@ def record_diagnostics(flat, dims, offs, s11, s31, decay, m0, grad_norm, drift):
                 for i in range(b.shape[0]):
                     for j in range(b.shape[1]):
                         diff = abs(b[i, j] - b0[l][i, j])
-                        if diff > worst or diff != diff:  # NaN sticks
+                        if np.isnan(diff):  # NaN sticks: the record is cut as non-finite
                             worst = diff
-                            if diff != diff:
-                                break
+                            break
+                        if diff > worst:
+                            worst = diff
         drift[t] = worst
 
 

@@ -17,6 +17,7 @@ from service.jobs.store import (
     compress_result,
     encode_page_token,
 )
+from tests.store_versions import write_store_at_version
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
@@ -255,16 +256,10 @@ def test_ping_is_true_when_open_and_false_when_closed(tmp_path):
 
 
 def test_a_version_2_store_keeps_its_idempotency_keys_which_become_per_owner(tmp_path):
-    from service.jobs.store import _MIGRATIONS
-
     path = tmp_path / "v2.sqlite3"
-    with sqlite3.connect(path) as conn:  # what the previous release wrote: migrations 1 and 2
-        for script in _MIGRATIONS[:2]:
-            conn.executescript(script)
-        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO schema_version VALUES (2)")
-        conn.execute("INSERT INTO jobs (id, status, created_at, request, request_hash, idempotency_key) "
-                     "VALUES ('j', 'queued', '2026-01-01T00:00:00.000000Z', x'7b7d', 'h', 'k')")
+    write_store_at_version(  # what the previous release wrote: migrations 1 and 2
+        path, 2, "INSERT INTO jobs (id, status, created_at, request, request_hash, idempotency_key) "
+                 "VALUES ('j', 'queued', '2026-01-01T00:00:00.000000Z', x'7b7d', 'h', 'k')")
     store = JobStore(path)
     try:
         assert store.get("j").idempotency_key == "k" and store.get("j").owner is None

@@ -4,15 +4,15 @@ migration that stores keys with sweeps. In process, with the Engine test double 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 
 import orjson
 import pytest
 
-from service.jobs.store import _MIGRATIONS, SCHEMA_VERSION, JobStore, QueueFullError
+from service.jobs.store import SCHEMA_VERSION, JobStore, QueueFullError
 from service.jobs.sweeps_store import SweepStore
 from tests.api.conftest import assert_problem, small_request
+from tests.store_versions import write_store_at_version
 from tests.sweeps.test_api import finish, store, sweep_body
 
 pytestmark = pytest.mark.anyio
@@ -253,13 +253,9 @@ def test_key_lookup_uses_the_per_owner_unique_index(sweeps):
 
 def test_a_version_3_store_upgrades_keeping_its_sweeps_and_accepts_keys(tmp_path):
     path = tmp_path / "v3.sqlite3"
-    with sqlite3.connect(path) as conn:  # what the previous release wrote: migrations 1 to 3
-        for script in _MIGRATIONS[:3]:
-            conn.executescript(script)
-        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO schema_version VALUES (3)")
-        conn.execute("INSERT INTO sweeps (id, status, created_at, request, base, keep, n_points, owner) "
-                     "VALUES ('s', 'queued', '2026-01-01T00:00:00.000000Z', x'7b7d', x'7b7d', 'summary', 0, 'alice')")
+    write_store_at_version(  # what the previous release wrote: migrations 1 to 3
+        path, 3, "INSERT INTO sweeps (id, status, created_at, request, base, keep, n_points, owner) "
+                 "VALUES ('s', 'queued', '2026-01-01T00:00:00.000000Z', x'7b7d', x'7b7d', 'summary', 0, 'alice')")
     jobs = JobStore(path)
     try:
         sweeps = SweepStore(jobs)

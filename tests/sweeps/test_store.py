@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import orjson
 import pytest
 
-from service.jobs.store import _MIGRATIONS, SCHEMA_VERSION, JobStore, compress_result
+from service.jobs.store import SCHEMA_VERSION, JobStore, compress_result
 from service.jobs.sweeps_store import SweepStore
+from tests.store_versions import write_store_at_version
 
 
 @pytest.fixture
@@ -34,12 +33,9 @@ def done(k: int, **extra) -> dict:
 
 def test_version_1_store_is_migrated_and_keeps_its_jobs(tmp_path):
     path = tmp_path / "old.sqlite3"
-    with sqlite3.connect(path) as conn:  # what the first release wrote: migration 1 only
-        conn.executescript(_MIGRATIONS[0])
-        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO schema_version VALUES (1)")
-        conn.execute("INSERT INTO jobs (id, status, created_at, request, request_hash) "
-                     "VALUES ('j', 'queued', '2026-01-01T00:00:00.000000Z', x'7b7d', 'h')")
+    write_store_at_version(  # what the first release wrote: migration 1 only
+        path, 1, "INSERT INTO jobs (id, status, created_at, request, request_hash) "
+                 "VALUES ('j', 'queued', '2026-01-01T00:00:00.000000Z', x'7b7d', 'h')")
     jobs = JobStore(path)
     try:
         assert jobs._conn().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
