@@ -291,13 +291,62 @@ def new_state(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(cache=True, nogil=True)
-def gd_workspace(dims, offs, m0, like):
-    """Scratch buffers of ``gd_chunk`` for one shape (reusable across runs and calls; contents don't carry)."""
-    g = np.empty(like.size, dtype=like.dtype)
-    prefix, chain, back = _workspace(dims, m0, like)
-    e = np.empty((dims[-1], dims[0]), dtype=like.dtype)
-    et = np.empty((dims[0], dims[-1]), dtype=like.dtype)
-    scal = np.empty(2, dtype=like.dtype)
+def _round8(n):
+    return (n + 7) // 8 * 8  # 64-byte steps for float64 buffers
+
+
+@njit(cache=True, nogil=True)
+def _scratch_plan(dims, offs, m0):
+    """Start of each ``gd_workspace`` buffer inside one flat scratch vector, and its total length.
+
+    Order: g (len w), prefix[l], chain[l], back[l] (l < D; the shapes of ``_workspace``), e, eᵀ, scal.
+    """
+    d = dims.size - 1
+    n_in, n_out = dims[0], dims[-1]
+    starts = np.empty(3 * d + 4, dtype=np.int64)
+    pos = 0
+    starts[0] = pos
+    pos += _round8(offs[d])
+    for l in range(d):
+        starts[1 + l] = pos
+        pos += _round8((dims[l + 1] if l > 0 else 0) * n_in)
+    for l in range(d):
+        starts[1 + d + l] = pos
+        pos += _round8((dims[l + 1] if l >= m0 else 0) * n_in)
+    for l in range(d):
+        starts[1 + 2 * d + l] = pos
+        pos += _round8(dims[l + 1] * n_in)
+    for j in range(2):  # e and eᵀ
+        starts[1 + 3 * d + j] = pos
+        pos += _round8(n_out * n_in)
+    starts[3 + 3 * d] = pos
+    return starts, pos + 8
+
+
+@njit(cache=True, nogil=True)
+def scratch_size(dims, offs, m0):
+    """Length of the flat scratch vector ``gd_workspace`` carves its buffers from."""
+    return _scratch_plan(dims, offs, m0)[1]
+
+
+@njit(cache=True, nogil=True)
+def gd_workspace(dims, offs, m0, scratch):
+    """Scratch buffers of ``gd_chunk`` for one shape, as views into ``scratch`` (``scratch_size`` long, the
+    weights' dtype). Contents don't carry between steps, runs or calls, so one scratch vector serves every
+    run of a thread: fresh memory costs a page fault per page on first touch, reused memory none."""
+    d = dims.size - 1
+    n_in, n_out = dims[0], dims[-1]
+    at, _ = _scratch_plan(dims, offs, m0)
+    g = scratch[at[0]:at[0] + offs[d]]
+    prefix = [scratch[at[1 + l]:at[1 + l] + (dims[l + 1] if l > 0 else 0) * n_in].reshape(
+        (dims[l + 1] if l > 0 else 0, n_in if l > 0 else 0)) for l in range(d)]
+    chain = [scratch[at[1 + d + l]:at[1 + d + l] + (dims[l + 1] if l >= m0 else 0) * n_in].reshape(
+        (dims[l + 1] if l >= m0 else 0, n_in if l >= m0 else 0)) for l in range(d)]
+    back = [scratch[at[1 + 2 * d + l]:at[1 + 2 * d + l] + dims[l + 1] * n_in].reshape((dims[l + 1], n_in))
+            for l in range(d)]
+    e = scratch[at[1 + 3 * d]:at[1 + 3 * d] + n_out * n_in].reshape((n_out, n_in))
+    et = scratch[at[2 + 3 * d]:at[2 + 3 * d] + n_out * n_in].reshape((n_in, n_out))
+    scal = scratch[at[3 + 3 * d]:at[3 + 3 * d] + 2]
     return g, _layers(g, dims, offs), prefix, chain, back, e, et, scal
 
 
@@ -396,22 +445,23 @@ def gd_chunk(w, saved, work, dims, offs, s11, s31, s13, m0, eta, decay, two_eta,
 
 @njit(cache=True, nogil=True)
 def gd_steps(w, saved, dims, offs, s11, s31, s13, eta, decay, two_eta, shrink, m0, n_steps, rec, snap, tol2,
-             blow_ratio, blow_floor, blow_cap, state, fstate, k_stop):
-    """``gd_chunk`` for a single run (state: rows of ``new_state(1)``), with its own workspace."""
-    gd_chunk(w, saved, gd_workspace(dims, offs, m0, w), dims, offs, s11, s31, s13, m0, eta, decay, two_eta, shrink,
+             blow_ratio, blow_floor, blow_cap, state, fstate, k_stop, scratch):
+    """``gd_chunk`` for a single run (state: rows of ``new_state(1)``), workspace in ``scratch``."""
+    gd_chunk(w, saved, gd_workspace(dims, offs, m0, scratch), dims, offs, s11, s31, s13, m0, eta, decay, two_eta, shrink,
              n_steps, rec, rec.size, snap, tol2, blow_ratio, blow_floor, blow_cap, state, fstate, k_stop)
 
 
 @njit(cache=True, nogil=True)
 def gd_batch_steps(W, saved, dims, offs, S11, S31, S13, pidx, eta, decay, two_eta, shrink, m0, n_steps, rec, nrec,
-                   snap, tol2, blow_ratio, blow_floor, blow_cap, state, fstate, k_stop):
-    """``gd_chunk`` on every running point j of a group (same widths and step count), one workspace for all.
+                   snap, tol2, blow_ratio, blow_floor, blow_cap, state, fstate, k_stop, scratch):
+    """``gd_chunk`` on every running point j of a group (same widths and step count), one workspace for all
+    (in ``scratch``).
 
     Point j: weights W[j], saved state saved[j], Σ11 = S11[pidx[j]] (Σ31, Σ13 = Σ31ᵀ alike), its own η, γ,
     2η, 1 − ηγ (weights' dtype), tol2[j], blow_floor[j], record steps rec[j, :nrec[j]] into snap[j], loop
     state state[j] / fstate[j]. Each point's bits are those of ``gd_steps`` on it alone.
     """
-    work = gd_workspace(dims, offs, m0, W[0])
+    work = gd_workspace(dims, offs, m0, scratch)
     for j in range(W.shape[0]):
         if state[j, STATUS] != RUNNING:
             continue

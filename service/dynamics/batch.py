@@ -46,6 +46,7 @@ from .gd import (
     finish_run,
     layout_of,
     plan_order,
+    scratch_for,
 )
 from .methods import GradientDescent, Hooks, Method
 from .modes import mode_basis, mode_strengths, optimum
@@ -232,11 +233,12 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
     snap = np.empty((nb, n_rec + 1, layout.size), dtype=dt)  # + 1: the state where an early stop happens
     saved = np.empty_like(w)
     state, fstate = _kernels.new_state(nb)
+    scratch = scratch_for(layout, m0, dt)
 
     def advance(k_stop: int) -> None:
         _kernels.gd_batch_steps(w, saved, layout.dims, layout.offs, s11, s31, s13, pidx, eta, decay, two_eta, shrink,
                                 m0, n_steps, rec, nrec, snap, tol2, BLOWUP_RATIO, s31_norm, blowup_cap(dt), state,
-                                fstate, k_stop)
+                                fstate, k_stop, scratch)
 
     # Without hooks: one call runs every point to its end. With hooks: chunks of steps (for all points)
     # sized to ~interval seconds, first for a conservative 1e9 FLOP/s, then from the measured rate.

@@ -224,6 +224,24 @@ def test_weight_decay_lowers_the_shallow_stability_bound_to_two_over_twice_lambd
     assert result.outcome == outcome
 
 
+def test_runs_sharing_the_threads_scratch_vector_give_the_bits_of_a_fresh_one(monkeypatch):
+    """The kernel's scratch is reused across runs on a thread (gd.scratch_for); a run of another shape in
+    between, which overwrites it, must change no bit of the next run."""
+    from service.dynamics import gd
+
+    rng = np.random.default_rng(31)
+    problem, w0 = nonwhite_problem(rng, 5, 3), random_net(rng, [5, 7, 3], 0.3)
+    other, w_other = nonwhite_problem(rng, 9, 4), random_net(rng, [9, 2, 6, 4], 0.3)
+    method, rec = GradientDescent(0.05, 300), np.array([0, 150, 300])
+    first = run_gd(problem, w0, method, rec)
+    run_gd(other, w_other, GradientDescent(0.05, 50), np.array([0, 50]))
+    again = run_gd(problem, w0, method, rec)
+    monkeypatch.setattr(gd, "SCRATCH_CACHE_MAX_BYTES", 0)  # every run allocates its own scratch
+    fresh = run_gd(problem, w0, method, rec)
+    for a, b, c in zip(first.weights, again.weights, fresh.weights):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
 def test_divergence_step_is_the_first_step_beyond_the_threshold():
     """The check/replay scheme reports exactly the first blown-up step of the literal iteration."""
     rng = np.random.default_rng(8)
