@@ -175,9 +175,9 @@ def scratch_for(layout: Layout, m0: int, dtype) -> np.ndarray:
     """The GD kernel's scratch vector for this shape (``_kernels.gd_workspace``), reused across runs on this
     thread (runs on one thread never overlap; contents don't carry between runs).
 
-    Why: the first touch of a fresh page is a page fault, and on this VM a fault cost ~25 µs (a 300³ run's
-    ~1,600 fresh scratch pages made its first 128 steps 15 % slower than a rerun on reused memory).
-    Larger scratch is allocated per run: its faults are negligible next to the steps of such a net.
+    Why: the first touch of a fresh page is a page fault, and a run of a 300³ net touched ~1,600 fresh pages
+    of scratch (2 with reuse); short runs and sweeps of many points pay that per run. Larger scratch is
+    allocated per run: its faults are negligible next to the steps of such a net.
     """
     dt = np.dtype(dtype)
     n = int(_kernels.scratch_size(layout.dims, layout.offs, m0))
