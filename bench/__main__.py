@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from threadpoolctl import threadpool_limits
 
 # Import the engines first: the GD kernel loads scipy's BLAS (the one numba calls), and the thread pin
@@ -50,17 +52,22 @@ def main(argv: list[str] | None = None) -> int:
         sweep_rows = sweeps.sweep_speed(ctx)  # its own table, under "## sweeps"
         ctx.sample_gemm("float64")
         ctx.finalize(rows + sweep_rows)
+    # The load at the end counts this run's own threads; the spread of the GEMM samples shows how much the
+    # machine's speed moved during the run (on a shared VM it does, by tens of per cent).
+    samples = ctx.gemm_samples["float64"]
+    gemm_median = float(np.median(samples)) / max(samples)
     lines = [f"# dlnsim benchmark ({'quick' if args.quick else 'full'} run, {started}, "
              f"{time.perf_counter() - t0:.0f} s)", "", *env,
              f"- GEMM n = {2000} float64: best {ctx.gemm_rate('float64') / 1e9:.1f} GFLOP/s over "
              f"{len(ctx.gemm_samples['float64'])} samples (worst {min(ctx.gemm_samples['float64']) / 1e9:.1f})"
              + (f"; float32: best {ctx.gemm_rate('float32') / 1e9:.1f} GFLOP/s"
                 if ctx.gemm_samples["float32"] else ""),
-             f"- load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
-             *([f"- **WARNING: the machine was busy (1-min load {load_start:.2f} at the start, "
-                f"{os.getloadavg()[0]:.2f} at the end, {os.cpu_count()} CPUs). Other processes slow the "
-                "2-thread runs most (OpenBLAS spin-waits); rerun on a quiet machine before reading the "
-                "fractions.**"] if max(load_start, os.getloadavg()[0]) > 0.5 else []),
+             f"- load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} (this run's own "
+             f"threads included)",
+             *([f"- **WARNING: the machine was busy or its speed varied (1-min load {load_start:.2f} before the "
+                f"run on {os.cpu_count()} CPUs; median GEMM sample {gemm_median:.0%} of the best). Other "
+                "processes slow the 2-thread runs most (OpenBLAS spin-waits); rerun on a quiet machine before "
+                "reading the fractions.**"] if load_start > 0.5 or gemm_median < 0.85 else []),
              "- bound steps/s = best GEMM rate / FLOPs per step (cheapest product order); fraction = measured / "
              "bound. Small nets run on one BLAS thread (service policy, SINGLE_THREAD_MAX_FLOPS) and are compared "
              "with the all-thread GEMM rate: a conservative yardstick.",
