@@ -41,7 +41,8 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "not-acceptable": ("Not acceptable", "No representation matches the Accept header; the route's description "
                                          "lists the media types it serves."),
     "body-too-large": ("Request body too large", "The request body is above this service's size limit."),
-    "queue-full": ("Too many simulations queued", "Retry after the Retry-After delay."),
+    "queue-full": ("Too many jobs queued", "Too many simulations (or sweeps) are queued or running; retry after "
+                                           "the Retry-After delay."),
     "unauthorized": ("Missing or invalid API key", "This service requires an API key on /v1 routes: send "
                                                    "Authorization: Bearer <key>."),
     "too-many-active-jobs": ("Too many active jobs for this API key",
@@ -51,8 +52,9 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
                                                  "this service does not allow (DLNSIM_CORS_ORIGINS)."),
     "unavailable": ("Service unavailable", "The job store or the worker cluster is not reachable."),
     "invalid-simulation-result": ("Stored result unreadable", "The stored trajectory could not be read."),
-    "corrupt-result": ("Stored result corrupt", "The stored trajectory failed its checksum (damaged on disk); the "
-                                                "simulation was queued to run again: poll it until it succeeds."),
+    "corrupt-result": ("Stored result corrupt", "The stored trajectory failed its checksum (damaged on disk). A "
+                                                "simulation is queued to run again: poll it until it succeeds. A "
+                                                "sweep point's detail says how to get its trajectory again."),
     "insufficient-storage": ("Insufficient storage", "The disk of the job store (DLNSIM_DATA_DIR) is full, or the "
                                                      "store reached DLNSIM_STORE_MAX_BYTES; nothing was stored. Free "
                                                      "space (delete old simulations, grow the volume), then retry."),

@@ -84,6 +84,12 @@ class Layout:
     dims: np.ndarray   # (D+1,) int64
     offs: np.ndarray   # (D+1,) int64
 
+    @classmethod
+    def of_widths(cls, widths: Sequence[int]) -> Layout:
+        """The layout of widths (n_in, hidden…, n_out): layer l (W_{l+1} in the reference) is n_{l+1} × n_l."""
+        d = np.asarray(widths, dtype=np.int64)
+        return cls(d, np.concatenate([[0], np.cumsum(d[1:] * d[:-1])]).astype(np.int64))
+
     @property
     def depth(self) -> int:
         return self.dims.size - 1
@@ -128,9 +134,7 @@ def layout_of(problem: Problem, weights0: Sequence[np.ndarray]) -> Layout:
         if not np.all(np.isfinite(w)):
             raise NonFiniteError(f"weights[{l}] has non-finite entries", field=("init", "weights", l),
                                  fix="replace NaN/Infinity with finite numbers")
-    d = np.asarray(dims, dtype=np.int64)
-    offs = np.concatenate([[0], np.cumsum(d[1:] * d[:-1])]).astype(np.int64)
-    return Layout(d, offs)
+    return Layout.of_widths(dims)
 
 
 def plan_order(dims: Sequence[int]) -> tuple[int, int]:

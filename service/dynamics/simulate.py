@@ -19,7 +19,7 @@ from . import _kernels, network
 from .errors import ExactNotApplicableError, InvalidParameterError
 from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
-from .gd import plan_order, run_gd
+from .gd import Layout, plan_order, run_gd
 from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult
 from .modes import measured_learning_times, mode_basis, mode_strengths, optimum
 from .problem import Problem
@@ -204,12 +204,11 @@ def record_diagnostics(problem: Problem, weights: list[np.ndarray], weight_decay
     the per-layer stacks (T, rows, cols) of float64 weights; compiled (``_kernels.record_diagnostics``)."""
     t = len(weights[0])
     flat = np.concatenate([w.reshape(t, -1) for w in weights], axis=1)
-    dims = np.array([weights[0].shape[2], *(w.shape[1] for w in weights)], dtype=np.int64)
-    offs = np.concatenate([[0], np.cumsum([w.shape[1] * w.shape[2] for w in weights])]).astype(np.int64)
+    layout = Layout.of_widths([weights[0].shape[2], *(w.shape[1] for w in weights)])
     grad_norm, drift = np.empty(t), np.empty(t)
-    _kernels.record_diagnostics(flat, dims, offs, np.ascontiguousarray(problem.sigma11),
-                                np.ascontiguousarray(problem.sigma31), float(weight_decay), plan_order(dims)[0],
-                                grad_norm, drift)
+    _kernels.record_diagnostics(flat, layout.dims, layout.offs, np.ascontiguousarray(problem.sigma11),
+                                np.ascontiguousarray(problem.sigma31), float(weight_decay),
+                                plan_order(layout.dims)[0], grad_norm, drift)
     return grad_norm, drift
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.dynamics import network
+from service.dynamics import network, presets
 from service.dynamics.errors import InvalidParameterError, NonFiniteError, ShapeError, StopRequested
 from service.dynamics.gd import blowup_threshold, convergence_rtol, run_gd, step_flops
 from service.dynamics.methods import GradientDescent, Hooks
@@ -222,6 +222,19 @@ def test_weight_decay_lowers_the_shallow_stability_bound_to_two_over_twice_lambd
     result = run_gd(problem, [rng.standard_normal((3, 4))],
                     GradientDescent(factor * bound, 20_000, weight_decay=lam), np.array([0, 20_000]))
     assert result.outcome == outcome
+
+
+@pytest.mark.parametrize("decay", [0.5, 2.0])
+def test_two_layer_gd_just_below_the_bound_with_weight_decay_does_not_diverge(decay):
+    """D ≥ 2: the bound 2/(curvature + γ) adds γ to the curvature of the γ = 0 minimum, which only shrinks with
+    decay, so it errs on the safe side: 0.98× it must stay finite for 20,000 steps (reference §2/§5d,
+    whitened, s_max = 2.5)."""
+    problem = presets.whitened([2.5, 1.0, 0.25], 4, 3, seed=1)
+    w0 = random_net(np.random.default_rng(3), [4, 4, 3], 0.1)
+    bound = network.gd_stability_bound(problem, 2, weight_decay=decay)
+    assert bound == pytest.approx(2 / (4 * 2.5 + decay), rel=1e-13)
+    result = run_gd(problem, w0, GradientDescent(0.98 * bound, 20_000, weight_decay=decay), np.array([0, 20_000]))
+    assert result.outcome != "diverged"
 
 
 def test_runs_sharing_the_threads_scratch_vector_give_the_bits_of_a_fresh_one(monkeypatch):
