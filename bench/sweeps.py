@@ -146,13 +146,15 @@ class Cluster:
         import dask
         from distributed import Client, LocalCluster
 
-        from service.jobs.engine import pre_spawn_environ
+        from service.jobs.engine import embedded_worker_plugin, pre_spawn_environ
 
         # The embedded engine's worker environment (BLAS pinned to 1 thread, glibc's adaptive malloc kept)
         with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn_environ(1)}):
             self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                         dashboard_address=None, silence_logs=logging.ERROR)
         self.client = Client(self.cluster)
+        # ... and its worker plugin: no sampling profiler. Niceness unchanged (0): nothing here competes.
+        self.client.register_plugin(embedded_worker_plugin(0))
         self.client.run(warm_up)
         self.blas_threads = max(self.client.run(worker_blas_threads).values())
 

@@ -246,6 +246,27 @@ def test_job_survives_its_worker_being_killed(env):
     wait_until(lambda: len(env.call(client.scheduler.identity)["workers"]) == 2)
 
 
+def workers_profiling(env) -> dict[str, bool]:
+    """Per worker: is one of Dask's sampling-profiler callbacks present and running?"""
+    def profiling(dask_worker) -> bool:
+        return any(pc.is_running() for name, pc in dask_worker.periodic_callbacks.items()
+                   if name in ("profile", "profile-cycle"))
+
+    return env.call(lambda: env.engine.client.run(profiling))
+
+
+def test_embedded_workers_run_without_dasks_sampling_profiler_also_after_a_restart(env):
+    client = env.engine.client
+    assert set(workers_profiling(env).values()) == {False}
+    address = next(iter(env.call(client.scheduler.identity)["workers"]))
+    pid = env.call(lambda: client.run(os.getpid, workers=[address]))[address]
+    os.kill(pid, signal.SIGKILL)
+    # the nanny starts a fresh worker process (new address); the plugin is set up on it as it joins
+    wait_until(lambda: address not in (ws := env.call(client.scheduler.identity)["workers"]) and len(ws) == 2)
+    profiling = wait_until(lambda: (p := workers_profiling(env)) and len(p) == 2 and p)
+    assert set(profiling.values()) == {False}, profiling
+
+
 def test_workers_run_blas_on_one_thread(env):
     from threadpoolctl import threadpool_info
 
