@@ -509,7 +509,7 @@ async def create_sweep(request: Request, idempotency_key: IdempotencyKey = None)
         return await _replay(request, row, validated.request_hash, idempotency_key)
     try:
         await engine.submit(row.id)
-    except Exception:  # the sweep is stored; the engine resumes unfinished sweeps when it restarts
+    except Exception:  # the sweep is stored: the next reconcile pass (every RECONCILE_SECONDS) submits it
         log.exception("submitting sweep %s failed", row.id)
     row = await _get_row(store, row.id)
     return await _sweep_response(request, row, 202, {"Location": f"/v1/sweeps/{row.id}"})

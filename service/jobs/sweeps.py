@@ -1,7 +1,8 @@
 """The sweep engine: runs a stored sweep's points on Dask in chunks and records them as chunks finish.
 
     sweeps = SweepEngine(settings, SweepStore(job_store), engine)   # shares the Engine's Dask client
-    await sweeps.start()            # after engine.start(): resubmits the points of unfinished sweeps
+    await sweeps.start()            # after engine.start(): resubmits the points of unfinished sweeps,
+                                    # then every RECONCILE_SECONDS any unfinished sweep not submitted
     await sweeps.submit(sweep_id)   # the sweep and its points are already in the store (queued)
     await sweeps.cancel(sweep_id)
     await sweeps.close()            # before engine.close()
@@ -16,6 +17,10 @@ still waiting (Dask orders ready tasks by priority, then by submission).
 What is never lost or repeated:
 * a chunk's points are written to the store in one transaction when the chunk finishes; on start,
   only points still queued or running are submitted again (finished points are never rerun);
+* every RECONCILE_SECONDS (the Engine's), a reconcile pass submits every unfinished sweep this process
+  is not running: one whose submit failed after the POST answered 202 (store or scheduler briefly
+  unreachable), or one whose chunk results could not be stored at all;
+* a chunk whose results the store refuses has its points failed with the reason (not rerun forever);
 * a worker that dies mid-chunk makes the scheduler rerun that chunk elsewhere (up to
   ``distributed.scheduler.allowed-failures`` deaths, then its points fail with the reason); the
   store's guarded transitions record every point once even if two runs of a chunk report back;
@@ -38,7 +43,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import CANCEL_FLAG_GRACE_SECONDS, MAX_RESUBMITS, SCATTER_BYTES, _describe, write_when_space
+from .engine import (
+    CANCEL_FLAG_GRACE_SECONDS,
+    MAX_RESUBMITS,
+    RECONCILE_SECONDS,
+    SCATTER_BYTES,
+    _describe,
+    write_when_space,
+)
 from .sweeps_store import SweepStore
 from .task import (
     SWEEP_PROGRESS_TOPIC,
@@ -106,16 +118,37 @@ class SweepEngine:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Subscribe to chunk events and resubmit every sweep a crash or restart left unfinished."""
+        """Subscribe to chunk events, resubmit every sweep a crash or restart left unfinished, and start
+        the reconcile loop."""
         if self.client is None:
             log.warning("the engine has no Dask client: sweeps are stored but not run")
             return
         self.client.subscribe_topic(SWEEP_PROGRESS_TOPIC, self._on_event)
         self._subscribed = True
+        await self.reconcile()
+        self._spawn(self._reconcile_forever())
+
+    async def reconcile(self) -> int:
+        """Submit every stored sweep that is queued or running but not being run by this process (after a
+        restart, a failed submit, a chunk whose outcome could not be stored); returns how many."""
+        if self.client is None:
+            return 0
+        count = 0
         for row in await asyncio.to_thread(self.store.unfinished):
+            if row.id in self._sweeps or self._closing:
+                continue
             log.info("resuming sweep %s (%s, %d of %d points finished)", row.id, row.status,
                      row.n_points - row.counts["queued"] - row.counts["running"], row.n_points)
-            await self._submit_row(row)
+            count += await self._submit_row(row)
+        return count
+
+    async def _reconcile_forever(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(RECONCILE_SECONDS)  # read each round: tests shorten it
+            try:
+                await self.reconcile()
+            except Exception:  # noqa: BLE001 - e.g. the store briefly unreadable: try again next round
+                log.exception("looking for unsubmitted sweeps failed")
 
     async def close(self) -> None:
         """Stop watching. Unfinished points stay queued or running in the store and are submitted
@@ -152,19 +185,48 @@ class SweepEngine:
         except Exception:  # noqa: BLE001 - only sizes the chunks
             return 1
 
-    async def _submit_row(self, row) -> None:
+    async def _submit_row(self, row) -> bool:
+        """Submit the sweep's unfinished points as chunks; True if any chunk was handed to the cluster.
+        Never raises (but on cancel): a failure before the chunks exist is logged and drops the claim,
+        so that the next reconcile pass tries again."""
         client = self.client
         if row.id in self._sweeps or client is None:
-            return
-        sweep = self._sweeps[row.id] = _Sweep(keep=row.keep, base=row.base)  # claimed before any await
+            return False
+        # Claimed before any await: the API's submit and a reconcile pass never both submit a sweep.
+        sweep = self._sweeps[row.id] = _Sweep(keep=row.keep, base=row.base)
+        chunks: list[_Chunk] = []
+        try:
+            chunks = await self._plan(row, sweep)
+            if self._closing or row.id in self._cancelled or self._sweeps.get(row.id) is not sweep:
+                chunks = []  # closed or cancelled meanwhile: nothing to run
+        except Exception:  # noqa: BLE001 - the store or scheduler briefly unreachable: the next pass retries
+            log.exception("submitting sweep %s failed: the next reconcile pass tries again", row.id)
+        finally:
+            if not chunks:  # nothing to watch (also when cancelled by close): release the claim
+                if self._sweeps.get(row.id) is sweep:
+                    del self._sweeps[row.id]
+                if hasattr(sweep.base, "release"):
+                    with contextlib.suppress(Exception):
+                        sweep.base.release()
+        if not chunks:
+            return False
+        # From here on nothing awaits, so every chunk gets its watcher (or its points failed) at once.
+        for chunk in chunks:
+            key = sweep_chunk_key(row.id, chunk.ks)
+            sweep.chunks.add(key)
+            self._chunks[key] = chunk
+            self._submit_chunk(key, chunk)
+        return True
+
+    async def _plan(self, row, sweep: _Sweep) -> list[_Chunk]:
+        """The chunks of the sweep's points still to run (none if every point has finished)."""
         pending = await asyncio.to_thread(self.store.pending_points, row.id)
-        if not pending:  # every point finished but the sweep was not closed (cannot happen; be safe)
-            del self._sweeps[row.id]
+        if not pending:  # every point finished but the sweep was not closed (a lost race with its last chunk)
             await asyncio.to_thread(self.store.finish_points, row.id, [])
-            return
+            return []
         if len(row.base) > SCATTER_BYTES:
             # One copy of a large base per worker instead of one per chunk through the scheduler.
-            sweep.base = await client.scatter(row.base, hash=False, broadcast=False)
+            sweep.base = await self.client.scatter(row.base, hash=False, broadcast=False)
         groups: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
         for k, params, group in pending:
             groups[group].append((k, params))
@@ -176,11 +238,7 @@ class SweepEngine:
                 part = items[start:start + size]
                 start += size
                 chunks.append(_Chunk(row.id, [k for k, _ in part], part))
-        for chunk in chunks:
-            key = sweep_chunk_key(row.id, chunk.ks)
-            sweep.chunks.add(key)
-            self._chunks[key] = chunk
-            self._submit_chunk(key, chunk)
+        return chunks
 
     def _submit_chunk(self, key: str, chunk: _Chunk) -> None:
         sweep = self._sweeps[chunk.sweep_id]
@@ -249,9 +307,9 @@ class SweepEngine:
             except JobCancelled:
                 pass  # the store already has the sweep's unfinished points cancelled
             except Exception as exc:  # noqa: BLE001 - record why these points ended
-                await self._record(self.store.fail_points, chunk.sweep_id, chunk.ks, _failure_problem(exc))
+                await self._record_chunk(chunk, self.store.fail_points, chunk.ks, _failure_problem(exc))
             else:
-                await self._record(self.store.finish_points, chunk.sweep_id, results)
+                await self._record_chunk(chunk, self.store.finish_points, results)
         finally:
             self._watchers.pop(key, None)
             self._progress.pop(key, None)
@@ -286,14 +344,29 @@ class SweepEngine:
         self._submit_chunk(key, chunk)
 
     async def _chunk_failed(self, key: str, chunk: _Chunk, problem: dict[str, Any]) -> None:
-        await self._record(self.store.fail_points, chunk.sweep_id, chunk.ks, problem)
+        await self._record_chunk(chunk, self.store.fail_points, chunk.ks, problem)
         self._chunk_done(key, chunk)
+
+    async def _record_chunk(self, chunk: _Chunk, write: Callable[..., Any], *args: Any) -> None:
+        """Store a chunk's outcome (``write(sweep_id, *args)``). If the store refuses it with an error (a
+        full disk only delays it), fail the chunk's points with that reason, as the Engine does for a job:
+        a write that fails the same way every time must not have the chunk rerun at every reconcile pass.
+        If that fails too (the store unreachable), the points stay unfinished and the first reconcile pass
+        after the sweep's other chunks end runs them again."""
+        try:
+            await write_when_space(write, chunk.sweep_id, *args, closing=lambda: self._closing,
+                                   what=f"sweep {chunk.sweep_id}'s points")
+        except Exception as exc:  # noqa: BLE001
+            log.exception("recording sweep %s's points failed", chunk.sweep_id)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.store.fail_points, chunk.sweep_id, chunk.ks, internal_problem(
+                    f"The sweep points' results could not be stored: {_describe(exc)}"))
 
     async def _record(self, write: Callable[..., Any], *args: Any) -> None:
         try:
             # A full disk: the chunk's results wait in memory until they can be stored.
             await write_when_space(write, *args, closing=lambda: self._closing, what=f"sweep {args[0]}'s points")
-        except Exception:  # noqa: BLE001 - the points stay unfinished and run again after a restart
+        except Exception:  # noqa: BLE001 - a lost "running" mark: the chunk's outcome is recorded anyway
             log.exception("recording sweep points failed")
 
     # -- cancel flags and events -----------------------------------------------------------------------
