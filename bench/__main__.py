@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from service.dynamics import _kernels  # noqa: F401
 
 from . import sweeps
-from .common import Context, environment, table
+from .common import BLAS_SETTLE_SECONDS, Context, environment, table
 from .stepping import gd_recording_overhead, gd_speed, gd_speed_float32, gd_vs_torch
 
 BENCHMARKS = [gd_speed, gd_speed_float32, gd_recording_overhead, gd_vs_torch]
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
              "- bound steps/s = best GEMM rate / FLOPs per step (cheapest product order); fraction = measured / "
              "bound. Small nets run on one BLAS thread (service policy, SINGLE_THREAD_MAX_FLOPS) and are compared "
              "with the all-thread GEMM rate: a conservative yardstick.",
+             f"- every timing starts {BLAS_SETTLE_SECONDS} s after the previous BLAS call: numpy's and scipy's "
+             "OpenBLAS (the yardstick and numpy loop use the first, the kernel the second) keep their idle threads "
+             "spinning ~0.1 s after a call, on the cores the next timing needs (bench/common.py BLAS_SETTLE_SECONDS).",
              "", *table(rows), "", *sweeps.section(sweep_rows), ""]
     text = "\n".join(lines)
     print(text)

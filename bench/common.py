@@ -17,6 +17,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 GEMM_N = 2000
+# OpenBLAS's idle threads spin for ~0.1 s (2^28 cycles) after a multi-threaded call before they sleep, and
+# this process holds two OpenBLAS builds: numpy's (the GEMM yardstick, the numpy loop) and scipy's (the
+# compiled kernel). A timing that starts right after the other build's call shares the cores with its
+# spinning threads: 2 GD steps at (300,300,300) took 17.8 ms right after a numpy matmul, 8.0 ms 0.2 s later
+# (16.4 / 12.2 / 8.1 ms after 5 / 50 / 100 ms). Every timed measurement starts after this pause, so each
+# code path is timed in its steady state, as in a long run.
+BLAS_SETTLE_SECONDS = 0.2
+
+
+def settle() -> None:
+    """Let the BLAS thread pools of earlier calls go to sleep before the next timing (BLAS_SETTLE_SECONDS)."""
+    time.sleep(BLAS_SETTLE_SECONDS)
+
+
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
             "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "DLNSIM_BLAS_THREADS")
 
@@ -38,6 +52,7 @@ class Row:
     passed: bool | None = None  # None: informational or skipped
     note: str = ""
     baseline: float | None = None  # steps/s of a plain numpy loop on the same case, for comparison
+    median: float | None = None    # median steps/s over the rounds (``measured`` is the best), for the note
     bound: float | None = None
     fraction: float | None = None
 
@@ -66,6 +81,7 @@ class Context:
             self._operands[dtype] = (a, a.T.copy(), np.empty_like(a))
             np.matmul(*self._operands[dtype][:2], out=self._operands[dtype][2])  # warm-up
         a, b, c = self._operands[dtype]
+        settle()
         t0 = time.perf_counter()
         np.matmul(a, b, out=c)
         rate = 2 * GEMM_N ** 3 / (time.perf_counter() - t0)
@@ -86,6 +102,8 @@ class Context:
             if row.bar_fraction is not None:
                 row.bar = f"≥ {row.bar_fraction:g}"
                 row.passed = row.fraction >= row.bar_fraction
+            if row.median is not None:
+                row.note += f"{'; ' if row.note else ''}median round {row.median / row.bound:.3f} of bound"
             if row.baseline is not None:
                 row.note += (f"{'; ' if row.note else ''}plain numpy loop: {row.baseline:,.0f} steps/s = {row.baseline / row.bound:.3f} "
                              f"of bound (ours ×{row.measured / row.baseline:.1f})")

@@ -13,7 +13,7 @@ from service.dynamics.methods import GradientDescent
 from service.dynamics.problem import Problem
 from service.dynamics.record import RecordSchedule
 
-from .common import Context, Row, best_time
+from .common import Context, Row, best_time, settle
 
 # (i, h, o) → bar as a fraction of the bound, two layers, float64
 SPEED_BARS = {
@@ -57,6 +57,7 @@ def rate_probe(run, ctx: Context, start: int = 16):
     steps = calibrate(run, ctx, start)
 
     def probe() -> float:
+        settle()
         t0 = time.perf_counter()
         run(steps)
         return steps / (time.perf_counter() - t0)
@@ -64,17 +65,20 @@ def rate_probe(run, ctx: Context, start: int = 16):
     return probe
 
 
-def interleaved_best(probes: dict, rounds: int) -> dict:
-    """Best rate of each probe over ``rounds`` rounds that call every probe once, in turn.
+def interleaved_best(probes: dict, rounds: int, medians: dict | None = None) -> dict:
+    """Best rate of each probe over ``rounds`` rounds that call every probe once, in turn (and, into
+    ``medians`` if given, each probe's median rate).
 
     Interleaving puts every side of a ratio in the same load conditions; on this shared machine the
     speed of a 2-thread GEMM swings by ±40 % within seconds.
     """
-    best = {name: 0.0 for name in probes}
+    rates = {name: [] for name in probes}
     for _ in range(rounds):
         for name, probe in probes.items():
-            best[name] = max(best[name], probe())
-    return best
+            rates[name].append(probe())
+    if medians is not None:
+        medians.update({name: float(np.median(r)) for name, r in rates.items()})
+    return {name: max(r) for name, r in rates.items()}
 
 
 def gd_probe(problem: Problem, w0, ctx: Context, dtype=np.float64):
@@ -134,11 +138,13 @@ def gd_speed(ctx: Context) -> list[Row]:
         # swings by ±30 % within seconds, so with as few rounds as the short rows they would get fewer
         # quiet windows than the GEMM rate they are divided by (sampled all run long).
         rounds = ctx.repetitions * (2 if flops >= SINGLE_THREAD_MAX_FLOPS else 1)
+        medians: dict = {}
         best = interleaved_best({"gemm": ctx.sample_gemm, "ours": gd_probe(problem, w0, ctx),
-                                 "numpy": numpy_loop_probe(problem, w0, ctx)}, rounds)
+                                 "numpy": numpy_loop_probe(problem, w0, ctx)}, rounds, medians)
         label = "(a)" if size[0] >= 100 else "(b)"
         rows.append(Row(f"{label} GD speed", str(size), flops=flops, measured=best["ours"],
-                        bar_fraction=SPEED_BARS[size], baseline=best["numpy"], note=_threads_note(flops, ctx)))
+                        bar_fraction=SPEED_BARS[size], baseline=best["numpy"], median=medians["ours"],
+                        note=f"{_threads_note(flops, ctx)}; best of {rounds} rounds"))
     return rows
 
 

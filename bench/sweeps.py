@@ -47,7 +47,7 @@ from service.dynamics.methods import GradientDescent
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate
 
-from .common import Context, Row, table
+from .common import Context, Row, settle, table
 from .stepping import LEARNING_RATE, make_problem
 
 RESULTS = Path(__file__).with_name("results.md")
@@ -119,6 +119,7 @@ def work_of(summaries) -> int:
 def in_process_rate(chunks: list[list[SweepPoint]]) -> float:
     """Simulation-steps/s of the Dask tasks' work done here, chunk after chunk, without Dask (one BLAS thread,
     as in a worker; trajectories are dropped after each chunk, as a summary sweep does)."""
+    settle()
     t0 = time.perf_counter()
     summaries = [s for chunk in chunks for s in run_chunk(chunk)[0]]
     return work_of(summaries) / (time.perf_counter() - t0)
@@ -129,6 +130,7 @@ def loop_rate(points: list[SweepPoint]) -> float:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
+        settle()
         t0 = time.perf_counter()
         steps = [int(simulate(p.problem, p.weights0, p.method, p.record).step[-1]) for p in points]
         return sum(steps) / (time.perf_counter() - t0)
@@ -160,6 +162,7 @@ class Cluster:
 
     def rate(self, chunks: list[list[SweepPoint]]) -> tuple[float, float]:
         """(simulation-steps per wall second, per CPU second of the tasks) of one sweep over ``chunks``."""
+        settle()  # this process's BLAS threads (the GEMM sample) must not spin on the workers' cores
         t0 = time.perf_counter()
         results = self.client.gather(self.client.map(run_chunk, chunks, pure=False))
         elapsed = time.perf_counter() - t0

@@ -44,6 +44,7 @@ from .gd import (
     blowup_cap,
     convergence_rtol,
     finish_run,
+    frobenius_norm,
     layout_of,
     plan_order,
     scratch_for,
@@ -228,7 +229,7 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
     two_eta = np.array([dt.type(2.0 * p.method.learning_rate) for p in points], dtype=dt)
     shrink = np.array([dt.type(1.0 - p.method.learning_rate * float(p.method.weight_decay)) for p in points],
                       dtype=dt)
-    s31_norm = np.array([float(np.linalg.norm(p.problem.sigma31)) for p in points])
+    s31_norm = np.array([frobenius_norm(p.problem.sigma31) for p in points])
     tol2 = np.array([(convergence_rtol(dt) * x) ** 2 for x in s31_norm])
     snap = np.empty((nb, n_rec + 1, layout.size), dtype=dt)  # + 1: the state where an early stop happens
     saved = np.empty_like(w)

@@ -194,6 +194,17 @@ def scratch_for(layout: Layout, m0: int, dtype) -> np.ndarray:
     return buf
 
 
+def frobenius_norm(a: np.ndarray) -> float:
+    """‖A‖_F = sqrt(Σ_ij A_ij²), computed without BLAS.
+
+    Why not ``np.linalg.norm``: it calls numpy's BLAS, and numpy's OpenBLAS is another build than the one
+    the kernel calls (scipy's). After a multi-threaded call, OpenBLAS's idle threads spin for ~0.1 s before
+    they sleep, on the cores the kernel's 2-thread GEMMs need: measured at (300,300,300), 2 steps took
+    17.8 ms right after a numpy matmul against 8.0 ms 0.2 s later (bench/common.py, BLAS_SETTLE_SECONDS).
+    """
+    return float(np.sqrt(np.einsum("ij,ij->", a, a)))
+
+
 def blas_threads_for(flops: float):
     """Context manager: BLAS limited to one thread for steps below SINGLE_THREAD_MAX_FLOPS, else unchanged.
 
@@ -280,7 +291,7 @@ def run_gd(problem: Problem, weights0: Sequence[np.ndarray], method: GradientDes
     m0, flops = plan_order(layout.dims)
     decay = float(method.weight_decay)
 
-    s31_norm = float(np.linalg.norm(problem.sigma31))
+    s31_norm = frobenius_norm(problem.sigma31)
     tol2 = (convergence_rtol(dt) * s31_norm) ** 2
 
     w = layout.pack(weights0, dt)
