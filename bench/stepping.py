@@ -134,10 +134,10 @@ def gd_speed(ctx: Context) -> list[Row]:
     for size in sizes:
         problem, w0 = make_problem(*size)
         flops = step_flops(list(size))
-        # 2-thread rows get twice the rounds: their runs are longer than a GEMM sample and a shared machine
-        # swings by ±30 % within seconds, so with as few rounds as the short rows they would get fewer
-        # quiet windows than the GEMM rate they are divided by (sampled all run long).
-        rounds = ctx.repetitions * (2 if flops >= SINGLE_THREAD_MAX_FLOPS else 1)
+        # Twice the repetitions: the GEMM rate a row is divided by is the best of every sample of the run
+        # (~55); a shared machine swings by ±30 % within seconds, so each row gets 12 chances at a quiet
+        # window too (the note gives the median round beside the best).
+        rounds = 2 * ctx.repetitions
         medians: dict = {}
         best = interleaved_best({"gemm": ctx.sample_gemm, "ours": gd_probe(problem, w0, ctx),
                                  "numpy": numpy_loop_probe(problem, w0, ctx)}, rounds, medians)
