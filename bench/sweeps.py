@@ -68,7 +68,7 @@ class Case:
     reps: int = 1
 
 
-FULL = [Case((8, 16, 8), 1024, 10_000, 0.2, chunks=16, baseline=64, reps=3),
+FULL = [Case((8, 16, 8), 1024, 10_000, 0.2, chunks=16, baseline=64, reps=5),
         Case((100, 100, 100), 64, 10_000, 0.5, chunks=16)]
 # Quick: 1,000 steps at 100³ so that the post-processing (~0.25 s per point: 200 records of gradients,
 # balance, products) stays a minor part, as it is at 10,000 steps (~5 %).
