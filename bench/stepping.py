@@ -135,7 +135,7 @@ def gd_speed(ctx: Context) -> list[Row]:
         problem, w0 = make_problem(*size)
         flops = step_flops(list(size))
         # Twice the repetitions: the GEMM rate a row is divided by is the best of every sample of the run
-        # (~55); a shared machine swings by ±30 % within seconds, so each row gets 12 chances at a quiet
+        # (~70); a shared machine swings by ±30 % within seconds, so each row gets 12 chances at a quiet
         # window too (the note gives the median round beside the best).
         rounds = 2 * ctx.repetitions
         medians: dict = {}
