@@ -19,9 +19,9 @@ import numpy as np
 
 from threadpoolctl import threadpool_limits
 
-# Import the engines first: the GD kernel loads scipy's BLAS (the one numba calls), and the thread pin
-# below only reaches libraries already loaded.
-from service.dynamics import _kernels  # noqa: F401
+# Import the engines first: the GD kernel loads the BLAS it calls (numpy's OpenBLAS, or scipy's on its
+# portable path), and the thread pin below only reaches libraries already loaded.
+from service.dynamics import _kernels
 
 from . import sweeps
 from .common import BLAS_SETTLE_SECONDS, Context, environment, table
@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
              "- bound steps/s = best GEMM rate / FLOPs per step (cheapest product order); fraction = measured / "
              "bound. Small nets run on one BLAS thread (service policy, SINGLE_THREAD_MAX_FLOPS) and are compared "
              "with the all-thread GEMM rate: a conservative yardstick.",
-             f"- every timing starts {BLAS_SETTLE_SECONDS} s after the previous BLAS call: numpy's and scipy's "
-             "OpenBLAS (the yardstick and numpy loop use the first, the kernel the second) keep their idle threads "
-             "spinning ~0.1 s after a call, on the cores the next timing needs (bench/common.py BLAS_SETTLE_SECONDS).",
+             f"- GD kernel BLAS: {_kernels.BLAS}'s ({_kernels.NUMPY_CBLAS_PATH or 'numba_xxgemm'}). Every timing "
+             f"starts {BLAS_SETTLE_SECONDS} s after the previous BLAS call: a thread pool keeps its idle threads "
+             "spinning ~0.1 s after a call, on the cores the next timing needs (bench/common.py "
+             "BLAS_SETTLE_SECONDS).",
              "", *table(rows), "", *sweeps.section(sweep_rows), ""]
     text = "\n".join(lines)
     print(text)

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 GEMM_N = 2000
-# OpenBLAS's idle threads spin for ~0.1 s (2^28 cycles) after a multi-threaded call before they sleep, and
-# this process holds two OpenBLAS builds: numpy's (the GEMM yardstick, the numpy loop) and scipy's (the
-# compiled kernel). A timing that starts right after the other build's call shares the cores with its
-# spinning threads: 2 GD steps at (300,300,300) took 17.8 ms right after a numpy matmul, 8.0 ms 0.2 s later
+# OpenBLAS's idle threads spin for ~0.1 s (2^28 cycles) after a multi-threaded call before they sleep (torch's
+# OpenMP pool alike). A timing that starts right after another pool's call shares the cores with its spinning
+# threads: another library in this process (scipy's OpenBLAS, which the GD kernel calls on its portable path;
+# torch), or this process's own pool while Dask worker processes run a sweep. Measured with the kernel on
+# scipy's OpenBLAS: 2 GD steps at (300,300,300) took 17.8 ms right after a numpy matmul, 8.0 ms 0.2 s later
 # (16.4 / 12.2 / 8.1 ms after 5 / 50 / 100 ms). Every timed measurement starts after this pause, so each
 # code path is timed in its steady state, as in a long run.
 BLAS_SETTLE_SECONDS = 0.2

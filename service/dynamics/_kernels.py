@@ -4,8 +4,13 @@ Layout. The D weight matrices live in one flat vector ``w``: layer l (0-based; l
 ``w[offs[l]:offs[l+1]].reshape(dims[l+1], dims[l])`` with ``dims`` = (n_in, hidden…, n_out). Snapshots are
 rows of a (T, len(w)) buffer, so recording is one contiguous copy.
 
-Products go straight to BLAS ``xGEMM`` (C ← α op(A) op(B) + β C) through numba's own BLAS entry point
-``numba_xxgemm`` (the one behind ``np.dot``; scipy's BLAS, ~0.1 µs per call). α and β let a step fold the
+Products go straight to BLAS ``xGEMM`` (C ← α op(A) op(B) + β C), row-major, through numpy's own OpenBLAS
+(``cblas_xgemm`` of the scipy-openblas64 build numpy wheels bundle, see ``BLAS``): one BLAS, one thread pool in
+the process. Where numpy has another BLAS, numba's entry point ``numba_xxgemm`` (scipy's BLAS) is used
+instead. Why numpy's: OpenBLAS keeps idle threads spinning ~0.1 s after a multi-threaded call, so two
+builds in one process slow each other after every switch (2 steps at (300,300,300): 17.8 ms right after a
+numpy matmul, 8.0 ms 0.2 s later); and its CBLAS entry, called by value, costs 64 ns against 73 ns per
+8×16×8 product. α and β let a step fold the
 error E = Σ31 − WΣ11 and the update W ← (1 − ηγ)W + 2η(…) into the products, so a plain step touches
 memory outside BLAS only to copy Σ31 into E and to update the first layer. Measured: from 8×8 up, this
 beats hand-written loops (which cannot vectorise well without fastmath) and a numpy loop (≈ 1 µs of
@@ -27,6 +32,8 @@ CONVERGED, DIVERGED.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import njit, types
 from numba.core.errors import TypingError
@@ -39,7 +46,36 @@ RUNNING, COMPLETED, CONVERGED, DIVERGED = 0, 1, 2, 3
 # that < 1 % of a step at every size, and the replay after a positive check is at most 32 steps.
 CHECK_EVERY = 32
 
-ensure_blas()  # makes numba's helper resolve scipy's BLAS (raises if scipy is missing)
+
+def _numpy_cblas() -> str | None:
+    """Path of numpy's bundled scipy-openblas64 library, loaded into LLVM's symbol table, or None when numpy
+    has another BLAS or DLNSIM_KERNEL_BLAS=scipy asks for the portable path (then the kernels call scipy's
+    BLAS through numba)."""
+    if os.environ.get("DLNSIM_KERNEL_BLAS", "").strip().lower() == "scipy":
+        return None
+    try:
+        import llvmlite.binding as llvm
+        from threadpoolctl import threadpool_info
+
+        for lib in threadpool_info():
+            path = lib.get("filepath") or ""
+            if lib.get("internal_api") == "openblas" and "scipy_openblas64_" in os.path.basename(path):
+                llvm.load_library_permanently(path)
+                if llvm.address_of_symbol("scipy_cblas_dgemm64_") and llvm.address_of_symbol("scipy_cblas_sgemm64_"):
+                    return path
+    except Exception:  # noqa: BLE001 - any surprise: the portable path
+        return None
+    return None
+
+
+# Which BLAS the kernels call: "numpy" (numpy's OpenBLAS through CBLAS) or "scipy" (numba_xxgemm).
+NUMPY_CBLAS_PATH = _numpy_cblas()
+BLAS = "numpy" if NUMPY_CBLAS_PATH else "scipy"
+# Compiled kernels are cached on disk only with numpy's CBLAS: a cache written under one BLAS choice must
+# never be loaded under the other (the choice is not part of numba's cache key).
+CACHE = BLAS == "numpy"
+if BLAS == "scipy":
+    ensure_blas()  # makes numba's helper resolve scipy's BLAS (raises if scipy is missing)
 
 
 def _gemm_signature(dt):
@@ -48,10 +84,20 @@ def _gemm_signature(dt):
                       p, p, types.intp, p, types.intp, p, p, types.intp)
 
 
+def _cblas_signature(dt):
+    p = types.CPointer(dt)
+    return types.void(types.int32, types.int32, types.int32, types.int64, types.int64, types.int64, dt, p,
+                      types.int64, p, types.int64, dt, p, types.int64)
+
+
 # numba's C helper: numba_xxgemm(kind, transa, transb, m, n, k, *alpha, a, lda, b, ldb, *beta, c, ldc),
-# column-major like Fortran BLAS. Referenced by symbol name, so compiled callers can be cached.
+# column-major like Fortran BLAS. numpy's: cblas_xgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb,
+# beta, c, ldc) by value, 64-bit integers (ILP64). Referenced by symbol name, so compiled callers can be cached.
 _DGEMM = types.ExternalFunction("numba_xxgemm", _gemm_signature(types.float64))
 _SGEMM = types.ExternalFunction("numba_xxgemm", _gemm_signature(types.float32))
+_CBLAS_DGEMM = types.ExternalFunction("scipy_cblas_dgemm64_", _cblas_signature(types.float64))
+_CBLAS_SGEMM = types.ExternalFunction("scipy_cblas_sgemm64_", _cblas_signature(types.float32))
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
 def gemm(ta, tb, alpha, a, b, beta, c, scal):
@@ -69,6 +115,17 @@ def _gemm_overload(ta, tb, alpha, a, b, beta, c, scal):
         # leading dimensions below assume C order; a strided or Fortran array would be read wrongly
         if not (isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype == c.dtype):
             raise TypingError(f"gemm needs C-contiguous arrays of one dtype, got {arr}")
+    if BLAS == "numpy":
+        cblas = _CBLAS_DGEMM if c.dtype == types.float64 else _CBLAS_SGEMM
+        dt = c.dtype
+
+        def impl_cblas(ta, tb, alpha, a, b, beta, c, scal):
+            m, n = c.shape
+            k = a.shape[0] if ta else a.shape[1]
+            cblas(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, m, n, k, dt(alpha),
+                  a.ctypes, a.shape[1], b.ctypes, b.shape[1], dt(beta), c.ctypes, n)
+
+        return impl_cblas
     fn, kind = (_DGEMM, ord("d")) if c.dtype == types.float64 else (_SGEMM, ord("s"))
 
     def impl(ta, tb, alpha, a, b, beta, c, scal):
@@ -84,13 +141,13 @@ def _gemm_overload(ta, tb, alpha, a, b, beta, c, scal):
     return impl
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _layers(flat, dims, offs):
     """Views of the D layers inside a flat vector (shared memory, no copy)."""
     return [flat[offs[l]:offs[l + 1]].reshape((dims[l + 1], dims[l])) for l in range(dims.size - 1)]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _workspace(dims, m0, like):
     """Buffers, each n_{l+1} × n_in: prefixes P_l (l ≥ 1), the Σ11 chain (l ≥ m0), the backward chain B.
 
@@ -105,7 +162,7 @@ def _workspace(dims, m0, like):
     return prefix, chain, back
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _error(ws, s11, s31, m0, prefix, chain, e, scal):
     """Prefixes P_l = W_l⋯W_1 (l < D, and P_D when Σ11 enters last), then E = Σ31 − W_D⋯W_{m0+2}(P_{m0+1} Σ11).
 
@@ -128,7 +185,7 @@ def _error(ws, s11, s31, m0, prefix, chain, e, scal):
     gemm(False, False, -1.0, ws[d - 1], chain[d - 2], 1.0, e, scal)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _raw_gradients(ws, gs, s11, s31, m0, prefix, chain, back, e, scal):
     """gs[l] ← (W_D⋯W_{l+2})ᵀ E (W_l⋯W_1)ᵀ = −½ ∂L/∂W for layer l (0-based), reference §0 general depth.
 
@@ -147,7 +204,7 @@ def _raw_gradients(ws, gs, s11, s31, m0, prefix, chain, back, e, scal):
         b = nb
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _finish_gradient(w, g, decay):
     """g ← −2 g + γ w in place (∂L/∂W + γW from −½∂L/∂W); returns Σ g² accumulated in float64.
 
@@ -169,7 +226,7 @@ def _finish_gradient(w, g, decay):
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def gradient(w, dims, offs, s11, s31, decay, m0, out):
     """out ← ∂L/∂W_l + γ W_l for all layers (flat, same layout as w); returns the squared norm."""
     prefix, chain, back = _workspace(dims, m0, w)
@@ -179,7 +236,7 @@ def gradient(w, dims, offs, s11, s31, decay, m0, out):
     return _finish_gradient(w, out, decay)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def record_diagnostics(flat, dims, offs, s11, s31, decay, m0, grad_norm, drift):
     """Per record t (row t of ``flat``, T × len(w), float64): the gradient norm and the balance drift.
 
@@ -220,7 +277,7 @@ def record_diagnostics(flat, dims, offs, s11, s31, decay, m0, grad_norm, drift):
         drift[t] = worst
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _fused_step(ws, s11, s31, m0, prefix, chain, back, e, scal, two_eta, shrink):
     """One GD step without forming the gradients: W_l ← (1 − ηγ) W_l + 2η B_l P_{l−1}ᵀ, top layer first.
 
@@ -238,20 +295,20 @@ def _fused_step(ws, s11, s31, m0, prefix, chain, back, e, scal, two_eta, shrink)
     _axpby(ws[0].reshape(ws[0].size), b.reshape(b.size), shrink, two_eta)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _axpby(y, x, beta, alpha):
     """y ← β y + α x on flat arrays."""
     for idx in range(y.size):
         y[idx] = beta * y[idx] + alpha * x[idx]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _copy(dst, src):
     for idx in range(dst.size):
         dst[idx] = src[idx]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _fused_step2(w21, w32, w21_flat, s11, s13_flat, m0, x, et, et_flat, b, b_flat, scal, two_eta, shrink):
     """``_fused_step`` for two layers, with the arrays unpacked (list access costs atomic refcounts).
 
@@ -290,12 +347,12 @@ def new_state(n: int) -> tuple[np.ndarray, np.ndarray]:
     return state, fstate
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _round8(n):
     return (n + 7) // 8 * 8  # 64-byte steps for float64 buffers
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _scratch_plan(dims, offs, m0):
     """Start of each ``gd_workspace`` buffer inside one flat scratch vector, and its total length.
 
@@ -323,13 +380,13 @@ def _scratch_plan(dims, offs, m0):
     return starts, pos + 8
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def scratch_size(dims, offs, m0):
     """Length of the flat scratch vector ``gd_workspace`` carves its buffers from."""
     return _scratch_plan(dims, offs, m0)[1]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def gd_workspace(dims, offs, m0, scratch):
     """Scratch buffers of ``gd_chunk`` for one shape, as views into ``scratch`` (``scratch_size`` long, the
     weights' dtype). Contents don't carry between steps, runs or calls, so one scratch vector serves every
@@ -350,7 +407,7 @@ def gd_workspace(dims, offs, m0, scratch):
     return g, _layers(g, dims, offs), prefix, chain, back, e, et, scal
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def gd_chunk(w, saved, work, dims, offs, s11, s31, s13, m0, eta, decay, two_eta, shrink, n_steps, rec, nrec,
              snap, tol2, blow_ratio, blow_floor, blow_cap, state, fstate, k_stop):
     """Advance one GD run from its state until its step reaches ``k_stop`` (exclusive) or the run ends.
@@ -443,7 +500,7 @@ def gd_chunk(w, saved, work, dims, offs, s11, s31, s13, m0, eta, decay, two_eta,
     fstate[G2] = g2
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def gd_steps(w, saved, dims, offs, s11, s31, s13, eta, decay, two_eta, shrink, m0, n_steps, rec, snap, tol2,
              blow_ratio, blow_floor, blow_cap, state, fstate, k_stop, scratch):
     """``gd_chunk`` for a single run (state: rows of ``new_state(1)``), workspace in ``scratch``."""
@@ -451,7 +508,7 @@ def gd_steps(w, saved, dims, offs, s11, s31, s13, eta, decay, two_eta, shrink, m
              n_steps, rec, rec.size, snap, tol2, blow_ratio, blow_floor, blow_cap, state, fstate, k_stop)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def gd_batch_steps(W, saved, dims, offs, S11, S31, S13, pidx, eta, decay, two_eta, shrink, m0, n_steps, rec, nrec,
                    snap, tol2, blow_ratio, blow_floor, blow_cap, state, fstate, k_stop, scratch):
     """``gd_chunk`` on every running point j of a group (same widths and step count), one workspace for all

@@ -166,7 +166,7 @@ def step_flops(dims: Sequence[int]) -> int:
 
 @cache
 def _threadpools() -> ThreadpoolController:
-    # created once, after _kernels has loaded scipy's BLAS (the one numba calls)
+    # created once, after _kernels has loaded the BLAS its kernels call (numpy's, or scipy's on the portable path)
     return ThreadpoolController()
 
 
@@ -197,10 +197,11 @@ def scratch_for(layout: Layout, m0: int, dtype) -> np.ndarray:
 def frobenius_norm(a: np.ndarray) -> float:
     """‖A‖_F = sqrt(Σ_ij A_ij²), computed without BLAS.
 
-    Why not ``np.linalg.norm``: it calls numpy's BLAS, and numpy's OpenBLAS is another build than the one
-    the kernel calls (scipy's). After a multi-threaded call, OpenBLAS's idle threads spin for ~0.1 s before
-    they sleep, on the cores the kernel's 2-thread GEMMs need: measured at (300,300,300), 2 steps took
-    17.8 ms right after a numpy matmul against 8.0 ms 0.2 s later (bench/common.py, BLAS_SETTLE_SECONDS).
+    Why not ``np.linalg.norm``: it calls numpy's BLAS, which on the kernels' portable path
+    (``_kernels.BLAS == "scipy"``) is another OpenBLAS build than the one they call. After a multi-threaded
+    call, OpenBLAS's idle threads spin for ~0.1 s before they sleep, on the cores the kernel's 2-thread
+    GEMMs need: measured at (300,300,300), 2 steps took 17.8 ms right after a numpy matmul against 8.0 ms
+    0.2 s later. Called right before the kernel, it must not wake another pool.
     """
     return float(np.sqrt(np.einsum("ij,ij->", a, a)))
 
