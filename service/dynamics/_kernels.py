@@ -103,7 +103,8 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 def gemm(ta, tb, alpha, a, b, beta, c, scal):
     """c ← alpha·op(a)·op(b) + beta·c for C-ordered 2-D arrays; op transposes when ta / tb is True.
 
-    ``scal`` is a 2-element scratch array of c's dtype (holds α and β for the by-pointer BLAS call).
+    ``scal`` is a 2-element scratch array of c's dtype (holds α and β for numba_xxgemm, which takes them by
+    pointer; unused with numpy's CBLAS).
     Only callable from compiled code.
     """
     raise NotImplementedError("gemm is only available inside numba-compiled functions")

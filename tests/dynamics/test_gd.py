@@ -455,3 +455,35 @@ def test_frobenius_norm_without_blas_equals_numpys_to_round_off():
     # a sum of 10⁴ squares in another order: relative difference a few ulps (≤ 1e-14 is 45 ulps)
     a = np.random.default_rng(3).standard_normal((100, 100))
     assert frobenius_norm(a) == pytest.approx(np.linalg.norm(a), rel=1e-14)
+
+
+def _regression_problem(seed: int):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((4, 10))
+    return Problem(x @ x.T / 10 + 0.1 * np.eye(4), rng.standard_normal((3, 4))), rng
+
+
+def test_records_of_a_run_stay_as_they_were_after_the_next_run_on_the_thread():
+    # the snapshot buffer is reused by the next run: the records must have been copied out (D = 1 too,
+    # where a layer's column block is the whole row and a non-copying unpack would alias the buffer)
+    problem, rng = _regression_problem(21)
+    for w0 in ([0.1 * rng.standard_normal((3, 4))], [0.1 * rng.standard_normal((5, 4)), 0.1 * rng.standard_normal((3, 5))]):
+        first = run_gd(problem, w0, GradientDescent(0.05, 50), np.array([0, 25, 50]))
+        kept = [w.copy() for w in first.weights]
+        run_gd(problem, [2.0 * w for w in w0], GradientDescent(0.05, 50), np.array([0, 25, 50]))
+        for a, b in zip(first.weights, kept, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_started_from_a_hook_leaves_the_outer_runs_records_intact():
+    problem, rng = _regression_problem(22)
+    w0 = [0.1 * rng.standard_normal((5, 4)), 0.1 * rng.standard_normal((3, 5))]
+    method, rec = GradientDescent(0.05, 400), np.array([0, 100, 200, 300, 400])
+    plain = run_gd(problem, w0, method, rec)
+
+    def inner_run(_fraction: float) -> None:  # a hook on the same thread running another simulation
+        run_gd(problem, [3.0 * w for w in w0], method, rec)
+
+    hooked = run_gd(problem, w0, method, rec, hooks=Hooks(progress=inner_run, interval=0.0))
+    for a, b in zip(hooked.weights, plain.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
