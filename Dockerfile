@@ -25,12 +25,16 @@ RUN groupadd --system --gid 10001 dlnsim \
     && mkdir /data \
     && chown dlnsim:dlnsim /data
 COPY --from=builder /opt/venv /opt/venv
+# NUMBA_CACHE_DIR: the compiled GD kernels (numba, 10–25 s to compile in a fresh worker process) are cached
+# on the data volume, so only the first start on a volume (and CPU model) compiles them. Otherwise numba
+# keeps them in the service user's home (site-packages is read-only for it): lost with every new container.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     DLNSIM_HOST=0.0.0.0 \
     DLNSIM_PORT=8000 \
-    DLNSIM_DATA_DIR=/data
+    DLNSIM_DATA_DIR=/data \
+    NUMBA_CACHE_DIR=/data/numba-cache
 WORKDIR /home/dlnsim
 USER 10001:10001
 # The job store (dlnsim.sqlite3) lives here: mount a volume to keep jobs across containers.
