@@ -25,9 +25,10 @@ from service.dynamics import _kernels
 
 from . import sweeps
 from .common import BLAS_SETTLE_SECONDS, Context, environment, table
+from .exact import exact_cost
 from .stepping import gd_recording_overhead, gd_speed, gd_speed_float32, gd_vs_torch
 
-BENCHMARKS = [gd_speed, gd_speed_float32, gd_recording_overhead, gd_vs_torch]
+BENCHMARKS = [gd_speed, gd_speed_float32, gd_recording_overhead, gd_vs_torch, exact_cost]
 RESULTS = Path(__file__).with_name("results.md")
 
 
