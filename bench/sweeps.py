@@ -19,7 +19,7 @@ Figures, all measured side by side in one run:
   the whole machine, carries the bar; 1-process rows are the same yardstick on half the cores;
 * scaling = throughput with 2 worker processes / with 1 (workers: 1 thread each, BLAS pinned to 1 thread
   by the nanny's environment and again in the task; chunks of points are the tasks, the same chunks for
-  both cluster sizes). Its note gives the CPU time the tasks actually got per wall second and the steps
+  both cluster sizes; the two clusters run side by side and their sweeps alternate). Its note gives the CPU time the tasks actually got per wall second and the steps
   per task CPU-second: on a shared machine these tell a scaling limited by the other processes (fewer
   CPUs obtained, same work per CPU-second) from one limited by the engine.
 
@@ -30,6 +30,7 @@ its steps, so the work is known and equal across points.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import logging
 import os
@@ -68,7 +69,7 @@ class Case:
     reps: int = 1
 
 
-FULL = [Case((8, 16, 8), 1024, 10_000, 0.2, chunks=16, baseline=64, reps=5),
+FULL = [Case((8, 16, 8), 1024, 10_000, 0.2, chunks=32, baseline=64, reps=5),
         Case((100, 100, 100), 64, 10_000, 0.5, chunks=16)]
 # Quick: 1,000 steps at 100³ so that the post-processing (~0.25 s per point: 200 records of gradients,
 # balance, products) stays a minor part, as it is at 10,000 steps (~5 %).
@@ -103,6 +104,22 @@ def worker_blas_threads() -> int:
     from threadpoolctl import threadpool_info
 
     return max((lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"), default=0)
+
+
+@functools.lru_cache(maxsize=4)
+def _points_of(case: Case) -> list[SweepPoint]:
+    return make_points(case)
+
+
+def run_chunk_of(case: Case, ks: list[int]) -> tuple[list[tuple[str, int]], float]:
+    """A Dask task: ``run_chunk`` on points ks of the case's sweep, built in the worker.
+
+    As in the service, a task carries the points' indices (the service: their parameters, with the base
+    request scattered once), not pickled problems and weights: the 1,024-point sweep's graph was 10 MB,
+    and sending it kept both workers idle for the first ~0.15 s of a ~2.5 s sweep.
+    """
+    points = _points_of(case)
+    return run_chunk([points[k] for k in ks])
 
 
 def warm_up() -> None:
@@ -148,10 +165,11 @@ class Cluster:
         import dask
         from distributed import Client, LocalCluster
 
-        from service.jobs.engine import embedded_worker_plugin, pre_spawn_environ
+        from service.jobs.engine import WORKER_SATURATION, embedded_worker_plugin, pre_spawn_environ
 
         # The embedded engine's worker environment (BLAS pinned to 1 thread, glibc's adaptive malloc kept)
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn_environ(1)}):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn_environ(1),
+                              "distributed.scheduler.worker-saturation": WORKER_SATURATION}):
             self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                         dashboard_address=None, silence_logs=logging.ERROR)
         self.client = Client(self.cluster)
@@ -160,11 +178,17 @@ class Cluster:
         self.client.run(warm_up)
         self.blas_threads = max(self.client.run(worker_blas_threads).values())
 
-    def rate(self, chunks: list[list[SweepPoint]]) -> tuple[float, float]:
-        """(simulation-steps per wall second, per CPU second of the tasks) of one sweep over ``chunks``."""
+    def prepare(self, case: Case) -> None:
+        """Build the case's points in every worker (outside the timing: the service's workers get theirs
+        from the request, already stored)."""
+        self.client.run(_points_of, case)
+
+    def rate(self, case: Case, chunks: list[list[int]]) -> tuple[float, float]:
+        """(simulation-steps per wall second, per CPU second of the tasks) of one sweep: a task per chunk of
+        point indices."""
         settle()  # this process's BLAS threads (the GEMM sample) must not spin on the workers' cores
         t0 = time.perf_counter()
-        results = self.client.gather(self.client.map(run_chunk, chunks, pure=False))
+        results = self.client.gather(self.client.map(run_chunk_of, [case] * len(chunks), chunks, pure=False))
         elapsed = time.perf_counter() - t0
         work = work_of([s for summaries, _ in results for s in summaries])
         return work / elapsed, work / sum(cpu for _, cpu in results)
@@ -191,20 +215,27 @@ def sweep_speed(ctx: Context) -> list[Row]:
             ctx.sample_gemm()
             keep((case, "process"), in_process_rate(chunked(points, case.chunks)))
             keep((case, "loop"), loop_rate(points[:case.baseline]))
-    threads = {}
-    for n in (1, 2):
-        print(f"  sweeps: Dask LocalCluster with {n} worker process(es) …", file=sys.stderr, flush=True)
-        cluster = Cluster(n)
-        threads[n] = cluster.blas_threads
-        try:
-            for case, points in sweeps.items():
-                chunks = chunked(points, case.chunks)
-                for _ in range(case.reps):
+    # Both clusters live side by side and their sweeps alternate (1 worker, 2 workers, 1, 2, …): the scaling
+    # is a ratio, and this machine's speed drifts over the minutes one cluster's sweeps would take alone.
+    # An idle cluster costs only its heartbeats.
+    print("  sweeps: Dask LocalClusters with 1 and 2 worker processes …", file=sys.stderr, flush=True)
+    clusters: dict[int, Cluster] = {}
+    try:
+        for n in (1, 2):
+            clusters[n] = Cluster(n)
+        threads = {n: cluster.blas_threads for n, cluster in clusters.items()}
+        for case, points in sweeps.items():
+            chunks = chunked(list(range(len(points))), case.chunks)
+            for cluster in clusters.values():
+                cluster.prepare(case)
+            for _ in range(case.reps):
+                for n, cluster in clusters.items():
                     ctx.sample_gemm()
-                    wall, cpu = cluster.rate(chunks)
+                    wall, cpu = cluster.rate(case, chunks)
                     keep((case, n), wall)
                     keep((case, n, "cpu"), cpu)
-        finally:
+    finally:
+        for cluster in clusters.values():
             cluster.close()
     ctx.sample_gemm()
 

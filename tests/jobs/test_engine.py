@@ -267,6 +267,13 @@ def test_embedded_workers_run_without_dasks_sampling_profiler_also_after_a_resta
     assert set(profiling.values()) == {False}, profiling
 
 
+def test_embedded_scheduler_hands_each_worker_thread_one_task_at_a_time(env):
+    from service.jobs.engine import WORKER_SATURATION
+
+    assert WORKER_SATURATION == 1.0
+    assert env.engine.cluster.scheduler.WORKER_SATURATION == WORKER_SATURATION
+
+
 def test_workers_run_blas_on_one_thread(env):
     from threadpoolctl import threadpool_info
 
