@@ -24,7 +24,8 @@ from threadpoolctl import threadpool_limits
 from service.dynamics import _kernels
 
 from . import sweeps
-from .common import BLAS_SETTLE_SECONDS, Context, environment, table
+from .common import (BLAS_SETTLE_SECONDS, MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD, Context, environment,
+                     table, use_service_malloc_settings)
 from .exact import exact_cost
 from .stepping import gd_recording_overhead, gd_speed, gd_speed_float32, gd_vs_torch
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="BLAS threads for the GEMM reference and large runs (default: all CPUs)")
     args = parser.parse_args(argv)
 
+    malloc = use_service_malloc_settings()
     ctx = Context(quick=args.quick, threads=args.threads)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     load_start = os.getloadavg()[0]
@@ -72,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
              "- bound steps/s = best GEMM rate / FLOPs per step (cheapest product order); fraction = measured / "
              "bound. Small nets run on one BLAS thread (service policy, SINGLE_THREAD_MAX_FLOPS) and are compared "
              "with the all-thread GEMM rate: a conservative yardstick.",
+             (f"- malloc: the service workers' glibc thresholds (mmap {MALLOC_MMAP_THRESHOLD >> 20} MiB, trim "
+              f"{MALLOC_TRIM_THRESHOLD >> 20} MiB; docker-compose.yml), so that page faults on returned records do "
+              "not depend on this process's allocation history (bench/common.py)" if malloc else
+              "- malloc: glibc's defaults (the workers' thresholds could not be set)"),
              f"- GD kernel BLAS: {_kernels.BLAS}'s ({_kernels.NUMPY_CBLAS_PATH or 'numba_xxgemm'}). Every timing "
              f"starts {BLAS_SETTLE_SECONDS} s after the previous BLAS call: a thread pool keeps its idle threads "
              "spinning ~0.1 s after a call, on the cores the next timing needs (bench/common.py "

@@ -48,7 +48,7 @@ from service.dynamics.methods import GradientDescent
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate
 
-from .common import Context, Row, settle, table
+from .common import Context, Row, settle, table, use_service_malloc_settings
 from .stepping import LEARNING_RATE, make_problem
 
 RESULTS = Path(__file__).with_name("results.md")
@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="BLAS threads for the GEMM reference (default: all CPUs)")
     args = parser.parse_args(argv)
+    use_service_malloc_settings()
     ctx = Context(quick=args.quick, threads=args.threads)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     t0 = time.perf_counter()
