@@ -19,9 +19,10 @@ Figures, all measured side by side in one run:
   the whole machine, carries the bar; 1-process rows are the same yardstick on half the cores;
 * scaling = throughput with 2 worker processes / with 1 (workers: 1 thread each, BLAS pinned to 1 thread
   by the nanny's environment and again in the task; chunks of points are the tasks, the same chunks for
-  both cluster sizes; the two clusters run side by side and their sweeps alternate). Its note gives the CPU time the tasks actually got per wall second and the steps
-  per task CPU-second: on a shared machine these tell a scaling limited by the other processes (fewer
-  CPUs obtained, same work per CPU-second) from one limited by the engine.
+  both cluster sizes; the two clusters run side by side and their sweeps alternate). Its note gives the CPU
+  time the tasks actually got per wall second and the steps per task CPU-second: on a shared machine these
+  tell a scaling limited by the other processes (fewer CPUs obtained, same work per CPU-second) from one
+  limited by the engine.
 
 The learning rate is tiny (1e-9, varied ×2 over the points, init scale varied too): every point runs all
 its steps, so the work is known and equal across points.
@@ -115,8 +116,8 @@ def run_chunk_of(case: Case, ks: list[int]) -> tuple[list[tuple[str, int]], floa
     """A Dask task: ``run_chunk`` on points ks of the case's sweep, built in the worker.
 
     As in the service, a task carries the points' indices (the service: their parameters, with the base
-    request scattered once), not pickled problems and weights: the 1,024-point sweep's graph was 10 MB,
-    and sending it kept both workers idle for the first ~0.15 s of a ~2.5 s sweep.
+    request scattered once), not pickled problems and weights: those made the 1,024-point sweep a 10 MB
+    graph (Dask warned), serialised and sent through the scheduler inside the timed window.
     """
     points = _points_of(case)
     return run_chunk([points[k] for k in ks])
