@@ -149,21 +149,6 @@ def _layers(flat, dims, offs):
 
 
 @njit(cache=CACHE, nogil=True)
-def _workspace(dims, m0, like):
-    """Buffers, each n_{l+1} × n_in: prefixes P_l (l ≥ 1), the Σ11 chain (l ≥ m0), the backward chain B.
-
-    Entries that are never used get a 0×0 array (prefix[0] is W_1 itself, read in place).
-    """
-    d = dims.size - 1
-    n_in = dims[0]
-    prefix = [np.empty((dims[l + 1] if l > 0 else 0, n_in if l > 0 else 0), dtype=like.dtype) for l in range(d)]
-    chain = [np.empty((dims[l + 1] if l >= m0 else 0, n_in if l >= m0 else 0), dtype=like.dtype)
-             for l in range(d)]
-    back = [np.empty((dims[l + 1], n_in), dtype=like.dtype) for l in range(d)]
-    return prefix, chain, back
-
-
-@njit(cache=CACHE, nogil=True)
 def _error(ws, s11, s31, m0, prefix, chain, e, scal):
     """Prefixes P_l = W_l⋯W_1 (l < D, and P_D when Σ11 enters last), then E = Σ31 − W_D⋯W_{m0+2}(P_{m0+1} Σ11).
 
@@ -230,9 +215,8 @@ def _finish_gradient(w, g, decay):
 @njit(cache=CACHE, nogil=True)
 def gradient(w, dims, offs, s11, s31, decay, m0, out):
     """out ← ∂L/∂W_l + γ W_l for all layers (flat, same layout as w); returns the squared norm."""
-    prefix, chain, back = _workspace(dims, m0, w)
-    e = np.empty((dims[-1], dims[0]), dtype=w.dtype)
-    scal = np.empty(2, dtype=w.dtype)
+    _, _, prefix, chain, back, e, _, scal = gd_workspace(dims, offs, m0,
+                                                          np.empty(scratch_size(dims, offs, m0), dtype=w.dtype))
     _raw_gradients(_layers(w, dims, offs), _layers(out, dims, offs), s11, s31, m0, prefix, chain, back, e, scal)
     return _finish_gradient(w, out, decay)
 
@@ -249,11 +233,9 @@ def record_diagnostics(flat, dims, offs, s11, s31, decay, m0, grad_norm, drift):
     against ~0.6 ms for stacked numpy matmuls (sweep post-processing, bench/sweeps.py).
     """
     d = dims.size - 1
-    g = np.empty(flat.shape[1])
-    gs = _layers(g, dims, offs)
-    prefix, chain, back = _workspace(dims, m0, g)  # once: ``gradient`` would allocate them per record
-    e = np.empty((dims[-1], dims[0]))
-    scal = np.empty(2)
+    # one workspace for all records (``gradient`` would allocate one per record)
+    g, gs, prefix, chain, back, e, _, scal = gd_workspace(dims, offs, m0,
+                                                          np.empty(scratch_size(dims, offs, m0)))
     b0 = [np.empty((dims[l + 1], dims[l + 1])) for l in range(d - 1)]
     bt = [np.empty((dims[l + 1], dims[l + 1])) for l in range(d - 1)]
     for t in range(flat.shape[0]):
@@ -357,7 +339,7 @@ def _round8(n):
 def _scratch_plan(dims, offs, m0):
     """Start of each ``gd_workspace`` buffer inside one flat scratch vector, and its total length.
 
-    Order: g (len w), prefix[l], chain[l], back[l] (l < D; the shapes of ``_workspace``), e, eᵀ, scal.
+    Order: g (len w), prefix[l], chain[l], back[l] (l < D), e, eᵀ, scal.
     """
     d = dims.size - 1
     n_in, n_out = dims[0], dims[-1]
@@ -389,9 +371,12 @@ def scratch_size(dims, offs, m0):
 
 @njit(cache=CACHE, nogil=True)
 def gd_workspace(dims, offs, m0, scratch):
-    """Scratch buffers of ``gd_chunk`` for one shape, as views into ``scratch`` (``scratch_size`` long, the
-    weights' dtype). Contents don't carry between steps, runs or calls, so one scratch vector serves every
-    run of a thread: fresh memory costs a page fault per page on first touch, reused memory none."""
+    """Scratch buffers of ``gd_chunk`` (and ``gradient``, ``record_diagnostics``) for one shape, as views
+    into ``scratch`` (``scratch_size`` long, the weights' dtype): g and its per-layer views; the prefixes
+    P_l = W_l⋯W_1 (l ≥ 1), the Σ11 chain (l ≥ m0) and the backward chain B, each n_{l+1} × n_in (0×0 where
+    unused: prefix[0] is W_1 itself); E (n_out × n_in), Eᵀ, and α/β. Contents don't carry between steps,
+    runs or calls, so one scratch vector serves every run of a thread: fresh memory costs a page fault per
+    page on first touch, reused memory none."""
     d = dims.size - 1
     n_in, n_out = dims[0], dims[-1]
     at, _ = _scratch_plan(dims, offs, m0)

@@ -12,7 +12,7 @@ point with the single-simulation step loop itself (``_kernels.gd_chunk``, the lo
 loop state kept per point between calls. Checks sit at fixed steps and that state carries over, so neither
 the grouping nor the chunking for the hooks changes a bit: every point's weights are those of
 ``simulate`` on it, with or without hooks. Every trajectory is filled by ``simulate.build_trajectory``
-(the one post-processing); the optimum and its mode strengths are computed once per problem.
+(the one post-processing); the optimum is cached on the problem, so the points that share it compute it once.
 
 Why not a batched numpy path for large nets: the compiled loop calls BLAS directly with no Python per step
 (measured ×1.1 over a numpy loop at 100³ and equal from 300³, see gd.py); stacking the points into
@@ -50,11 +50,10 @@ from .gd import (
     scratch_for,
 )
 from .methods import GradientDescent, Hooks, Method
-from .modes import mode_basis, mode_strengths, optimum
 from .problem import Problem
 from .record import RecordSchedule
 from .simulate import DTYPES, build_trajectory, preflight, simulate
-from .trajectory import Optimum, Trajectory
+from .trajectory import Trajectory
 
 # A GD group is cut into sub-batches whose record buffers (points × records × weights) stay below this:
 # 100³ two-layer nets with 200 records take 32 MB per point, so 8 points per sub-batch. Sub-batching does
@@ -103,12 +102,10 @@ def simulate_batch(points: Sequence[SweepPoint], *, hooks: Hooks | None = None) 
         else:
             groups.setdefault(key, []).append(i)
     progress = _Progress(hooks, len(points))
-    shared = _Shared()
     out: list[Trajectory | None] = [None] * len(points)
     for idx in groups.values():
         for sub in _sub_batches(idx, layouts[idx[0]], points[idx[0]]):
-            for i, traj in zip(sub, _run_gd_group([points[i] for i in sub], layouts[sub[0]], sub, progress,
-                                                  shared)):
+            for i, traj in zip(sub, _run_gd_group([points[i] for i in sub], layouts[sub[0]], sub, progress)):
                 out[i] = traj
     for i in singles:
         p = points[i]
@@ -193,8 +190,8 @@ def _sub_batches(idx: list[int], layout: Layout, p: SweepPoint) -> list[list[int
 # the GD group
 
 
-def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], progress: _Progress,
-                  shared: _Shared) -> list[Trajectory]:
+def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], progress: _Progress
+                  ) -> list[Trajectory]:
     """Step a group of GD points (same widths, steps, record schedule, dtype) together; their trajectories.
 
     The per-point set-up (thresholds, record steps, packed weights) is ``run_gd``'s, value for value.
@@ -264,31 +261,7 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
     out = []
     for j, p in enumerate(points):
         run = finish_run(p.method, layout, dt, rec[j, :nrec[j]], snap[j], w[j], state[j])
-        hidden = [w0.shape[0] for w0 in weights0[j][:-1]]
         with _point(index[j]):
-            out.append(build_trajectory(p.problem, weights0[j], p.method, p.record, run,
-                                        optimum_and_final=shared.optimum(p.problem, hidden)))
+            out.append(build_trajectory(p.problem, weights0[j], p.method, p.record, run))
         progress.tick()  # post-processing a large group takes a while: honour a stop request meanwhile
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# post-processing, shared per problem
-
-
-class _Shared:
-    """Per-(problem, hidden widths) pieces of the post-processing, computed once per batch call.
-
-    Keyed by the problem's identity: the points hold their problems for the whole call, so ids are stable.
-    """
-
-    def __init__(self):
-        self.optima: dict = {}
-
-    def optimum(self, problem: Problem, hidden: list[int]) -> tuple[Optimum, np.ndarray]:
-        """(``optimum(problem, hidden)``, its mode strengths): ``build_trajectory``'s optimum_and_final."""
-        key = (id(problem), tuple(hidden))
-        if key not in self.optima:
-            opt = optimum(problem, hidden)
-            self.optima[key] = (opt, mode_strengths(opt.product, mode_basis(problem)))
-        return self.optima[key]

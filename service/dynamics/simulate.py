@@ -26,7 +26,7 @@ from .problem import Problem
 from .record import RecordSchedule
 from .similarity import check_similarity, item_similarity, symmetric
 from .theory import theory_overlay
-from .trajectory import ModeReport, Optimum, Trajectory
+from .trajectory import ModeReport, Trajectory
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 
@@ -101,16 +101,15 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
 
 
 def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Method, record: RecordSchedule,
-                     run: RunResult | ExactRun, *, optimum_and_final: tuple[Optimum, np.ndarray] | None = None
-                     ) -> Trajectory:
+                     run: RunResult | ExactRun) -> Trajectory:
     """Every derived quantity of a run (GD, flow: ``RunResult``; exact: ``ExactRun``), vectorised over its
     T records: the one post-processing of ``simulate`` and ``batch.simulate_batch``.
 
     Loss L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ), gradient norm sqrt(Σ_l ‖∂L/∂W_l + γW_l‖²), balance
     drift of W_{l+1}ᵀW_{l+1} − W_l W_lᵀ, mode strengths u_αᵀ W v_α and learning times, ‖W − W*‖_F, the
     theory overlay and the item similarity W21ᵀW21; records from the first non-finite one on are cut
-    (the run is then diverged). ``weights0`` are float64. ``optimum_and_final`` = (``optimum(problem,
-    hidden)``, its mode strengths) when the caller already has them for this problem and widths.
+    (the run is then diverged). ``weights0`` are float64. The optimum is cached on the problem (``optimum``),
+    so a sweep's points that share a problem compute it once.
     """
     hidden = [w.shape[0] for w in weights0[:-1]]
     if isinstance(run, ExactRun):
@@ -123,10 +122,8 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         gradient_norm, w21_gram = None, None
 
     basis = mode_basis(problem)
-    if optimum_and_final is None:
-        opt = optimum(problem, hidden)
-        optimum_and_final = (opt, mode_strengths(opt.product, basis))
-    opt, final_strength = optimum_and_final
+    opt = optimum(problem, hidden)
+    final_strength = mode_strengths(opt.product, basis)
     # L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ), per record; W Σ11 is shared with the gradient below.
     w_sigma11 = product @ problem.sigma11
     loss_wo = -2.0 * np.einsum("tij,ij->t", product, problem.sigma31) + np.einsum("tij,tij->t", w_sigma11, product)
