@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import ProblemError
-from service.api.problems import PROBLEM_MEDIA_TYPE, field_error, problem_body
+from service.problems import PROBLEM_MEDIA_TYPE, field_error, problem_body
 from service.api.security import is_api_path
 
 REALM = "dlnsim"

@@ -11,7 +11,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.problems import PROBLEM_MEDIA_TYPE, field_error, problem_body
+from service.problems import PROBLEM_MEDIA_TYPE, field_error, problem_body
 
 
 class _BodyTooLarge(Exception):

@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.problems import (
+from service.problems import (
     MAX_FIELD_ERRORS,
     PROBLEM_MEDIA_TYPE,
     TITLES,

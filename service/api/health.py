@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.errors import ProblemError, problem_responses
-from service.api.problems import PROBLEM_TYPES, problem_type
+from service.problems import PROBLEM_TYPES, problem_type
 from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])

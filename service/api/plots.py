@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import EngineDep, SettingsDep, StoreDep
 from service.api.errors import ProblemError, problem_responses
-from service.api.problems import field_error
+from service.problems import field_error
 from service.api.simulations import succeeded_result
 from service.dynamics.presets import preset_labels
 from service.plots import (

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from service.api.deps import SettingsDep
 from service.api.errors import ProblemError, dynamics_problem, problem_responses, validation_problem
-from service.api.problems import field_error
+from service.problems import field_error
 from service.convert import Limits, _check_shape_limits, _preset_shape
 from service.dynamics.errors import DynamicsError
 from service.dynamics.modes import mode_basis

@@ -29,7 +29,7 @@ from service.api.errors import (
     validation_problem,
 )
 from service.api.prefer import parse_prefer, wait_seconds
-from service.api.problems import field_error, problem_body
+from service.problems import field_error, problem_body
 from service.convert import Limits, build_simulation
 from service.downloads import (
     JSON,

@@ -37,7 +37,7 @@ from service.api.errors import (
     validation_field_errors,
 )
 from service.api.plots import SVG, SWEEP_PLOT_DESCRIPTION, sweep_plot_response
-from service.api.problems import MAX_FIELD_ERRORS, field_error
+from service.problems import MAX_FIELD_ERRORS, field_error
 from service.api.simulations import _check_media_type, _normalize_error
 from service.convert import Limits, build_simulation
 from service.dynamics.errors import DynamicsError

@@ -55,13 +55,13 @@ def task_key(job_id: str) -> str:
     return f"sim-{job_id}"
 
 
-# Problem documents come from service.api.problems (framework-free), so that a job the worker refuses
+# Problem documents come from service.problems (framework-free, below both api and jobs), so that a job the worker refuses
 # reads exactly like a request refused at POST time.
 
 
 def dynamics_problem(exc: Exception) -> dict[str, Any]:
     """The 422 problem for a core DynamicsError (message, field path, fix)."""
-    from service.api.problems import dynamics_problem_body
+    from service.problems import dynamics_problem_body
 
     return dynamics_problem_body(exc)
 
@@ -69,7 +69,7 @@ def dynamics_problem(exc: Exception) -> dict[str, Any]:
 def validation_problem(exc: Any) -> dict[str, Any]:
     """The 422 problem for a pydantic ValidationError (a stored request that no longer validates,
     e.g. after an upgrade changed the schema)."""
-    from service.api.problems import field_error, problem_body
+    from service.problems import field_error, problem_body
 
     from service.schemas import strip_union_tags
 
@@ -82,7 +82,7 @@ def validation_problem(exc: Any) -> dict[str, Any]:
 
 def internal_problem(detail: str) -> dict[str, Any]:
     """A 500 problem: the job ended for a reason that is not the request's fault."""
-    from service.api.problems import problem_body
+    from service.problems import problem_body
 
     return problem_body(500, "internal", detail)
 
@@ -302,7 +302,7 @@ def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tup
         except ValidationError as exc:
             results[k] = failed(k, validation_problem(exc))
         except GridError as exc:
-            from service.api.problems import field_error, problem_body
+            from service.problems import field_error, problem_body
 
             results[k] = failed(k, problem_body(422, "validation-error", exc.message,
                                                 errors=[field_error(exc.field, exc.code, exc.message, exc.fix)]))

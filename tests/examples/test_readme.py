@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from service.api.problems import PROBLEM_TYPES
+from service.problems import PROBLEM_TYPES
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.python import asgi as schemathesis_asgi
 
-from service.api.problems import PROBLEM_TYPE_PREFIX, PROBLEM_TYPES
+from service.problems import PROBLEM_TYPE_PREFIX, PROBLEM_TYPES
 from service.main import create_app
 from service.settings import Settings
 from tests.fuzz import profiles
@@ -119,7 +119,7 @@ def error_is_a_documented_problem(ctx: Any, response: Any, case: Any) -> None:
     assert content_type.startswith("application/problem+json"), f"error served as {content_type!r}"
     body = orjson.loads(response.content)
     slug = str(body.get("type", "")).removeprefix(PROBLEM_TYPE_PREFIX)
-    assert slug in PROBLEM_TYPES, f"problem type {body.get('type')!r} is not documented (service.api.problems)"
+    assert slug in PROBLEM_TYPES, f"problem type {body.get('type')!r} is not documented (service.problems)"
     assert body.get("status") == response.status_code, "problem status differs from the HTTP status"
     assert body.get("detail"), "problem without a detail"
     for error in body.get("errors", []):
