@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	@# numba compiles the GD kernels once here, into its cache next to the sources (~30 s), instead of in
+	@# each worker when the first job arrives (service/jobs/warmup.py)
+	$(PY) -m service.jobs.warmup
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -494,6 +494,8 @@ class Readiness(BaseModel):
     status: Literal["ready"]
     store: bool
     worker: bool
+    workers: int = Field(description="Workers connected to the cluster.")
+    workers_warm: int = Field(description="Workers that have compiled the GD kernels (all of them when ready).")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,8 +24,11 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses=problem_responses(503),
-            summary="Readiness: the job store and the worker cluster are reachable")
+            summary="Readiness: the job store answers and every worker of the cluster is warm")
 async def readyz(request: Request) -> Readiness:
+    """Ready when the job store answers and the cluster has workers that have all compiled the GD kernels
+    (their warm-up, service/jobs/warmup.py): a job submitted then starts without compiling. Otherwise a 503
+    whose detail says what it is waiting for."""
     store = getattr(request.app.state, "store", None)
     engine = getattr(request.app.state, "engine", None)
     store_ok = False
@@ -34,17 +37,24 @@ async def readyz(request: Request) -> Readiness:
             store_ok = bool(await asyncio.wait_for(run_in_threadpool(store.ping), STORE_PING_TIMEOUT))
         except Exception:  # noqa: BLE001 - any failure means not ready
             store_ok = False
-    worker_ok = False
+    worker_ok, workers, warm = False, 0, 0
     if engine is not None:
         try:
             worker_ok = bool(await engine.ready())
+            if worker_ok:
+                workers, warm = await engine.warm_workers()
         except Exception:  # noqa: BLE001
             worker_ok = False
-    if not (store_ok and worker_ok):
-        down = [name for name, ok in (("job store", store_ok), ("worker cluster", worker_ok)) if not ok]
-        raise ProblemError(503, "unavailable", f"not ready: {' and '.join(down)} unreachable",
-                           headers={"Retry-After": "2"})
-    return Readiness(status="ready", store=True, worker=True)
+    waiting = [f"{name} unreachable" for name, ok in (("job store", store_ok), ("worker cluster", worker_ok))
+               if not ok]
+    if worker_ok and warm < workers:
+        waiting.append(f"{workers - warm} of {workers} workers still compiling the GD kernels (warm-up: about "
+                       "a second per worker with the kernel cache, 20-30 s without)")
+    elif worker_ok and workers == 0:
+        waiting.append("no worker connected")
+    if waiting:
+        raise ProblemError(503, "unavailable", f"not ready: {'; '.join(waiting)}", headers={"Retry-After": "2"})
+    return Readiness(status="ready", store=True, worker=True, workers=workers, workers_warm=warm)
 
 
 @router.get("/problems/{slug}", include_in_schema=False)

@@ -170,6 +170,47 @@ def embedded_worker_plugin(nice: int):
     return EmbeddedWorker(nice)
 
 
+# A worker's warm-up state, kept as an attribute of the Dask Worker object: False while it runs, True after.
+WARM_ATTRIBUTE = "dlnsim_warm"
+
+
+def warm_up_plugin():
+    """A Dask WorkerPlugin that warms each worker up (``service.jobs.warmup.warm_up``: compiles or loads
+    every GD kernel, imports what a job imports) as it joins, restarted workers included.
+
+    Why a plugin: a joining worker sets up the scheduler's plugins before it handles its first task, so
+    a worker never starts a job cold. The warm-up runs in a thread: the worker's event loop keeps
+    answering the scheduler (heartbeats) and ``warm_workers``, which /readyz asks. Registered on the
+    embedded cluster and on an external one alike. A warm-up that fails is logged and the worker marked
+    warm anyway: its jobs then report the error themselves.
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class WarmUp(WorkerPlugin):
+        idempotent = True
+        name = "dlnsim-warm-up"
+
+        async def setup(self, worker) -> None:
+            if getattr(worker, WARM_ATTRIBUTE, False):
+                return
+            setattr(worker, WARM_ATTRIBUTE, False)
+            from service.jobs.warmup import warm_up
+
+            try:
+                seconds = await asyncio.to_thread(warm_up)
+                log.info("worker %s warmed up in %.1f s", worker.address, seconds)
+            except Exception:  # noqa: BLE001 - see the docstring
+                log.exception("warming up worker %s failed", worker.address)
+            setattr(worker, WARM_ATTRIBUTE, True)
+
+    return WarmUp()
+
+
+def worker_is_warm(dask_worker) -> bool:
+    """Run on a worker (``Client.run``): has it finished its warm-up?"""
+    return bool(getattr(dask_worker, WARM_ATTRIBUTE, False))
+
+
 class Engine:
     """Submits stored jobs to Dask and records their progress, results, failures and cancels."""
 
@@ -218,10 +259,18 @@ class Engine:
             nice = int(getattr(self.settings, "worker_nice", 0) or 0)
             await self._client.register_plugin(
                 embedded_worker_plugin(min(os.getpriority(os.PRIO_PROCESS, 0) + nice, 19)))
+        # In the background: registering waits for every worker's warm-up, and /readyz must answer meanwhile.
+        self._spawn(self._register_warm_up())
         self._client.subscribe_topic(PROGRESS_TOPIC, self._on_event)
         self._flusher = asyncio.create_task(self._flush_progress_forever())
         await self.reconcile()
         self._spawn(self._reconcile_forever())
+
+    async def _register_warm_up(self) -> None:
+        try:
+            await self._client.register_plugin(warm_up_plugin())
+        except Exception:  # noqa: BLE001 - jobs still run, cold: they compile their kernels themselves
+            log.exception("registering the worker warm-up failed")
 
     async def reconcile(self) -> int:
         """Submit every stored job that is queued or running but has no task on the cluster (after a
@@ -289,6 +338,17 @@ class Engine:
         except Exception:  # noqa: BLE001 - any failure to answer means not ready
             return False
         return int(info.get("n_workers", 0)) >= 1
+
+    async def warm_workers(self) -> tuple[int, int]:
+        """(workers connected, workers that finished their warm-up); (0, 0) when the cluster does not answer."""
+        client = self._client
+        if client is None or self._closing or client.status != "running":
+            return 0, 0
+        try:
+            warm = await asyncio.wait_for(client.run(worker_is_warm, on_error="return"), READY_TIMEOUT_SECONDS)
+        except Exception:  # noqa: BLE001 - any failure to answer means no worker known warm
+            return 0, 0
+        return len(warm), sum(value is True for value in warm.values())
 
     # -- jobs --------------------------------------------------------------------------------------
 

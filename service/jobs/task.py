@@ -186,6 +186,27 @@ def start_attempt(job_id: str) -> tuple[_Reporter, _StopFlag]:
 # -- the task --------------------------------------------------------------------------------------
 
 
+def simulate_request(request_json: bytes, hooks: Any = None) -> tuple[str, bytes]:
+    """The work of a simulation task without its bookkeeping: validate the request, build it, simulate it,
+    encode the trajectory; return (outcome, compressed trajectory JSON).
+
+    Raises what the core raises (DynamicsError, StopRequested) and pydantic's ValidationError.
+    """
+    import orjson
+
+    from service.convert import build_simulation, trajectory_document
+    from service.dynamics.simulate import simulate
+    from service.schemas import SimulationRequest
+
+    from .store import compress_result
+
+    request = SimulationRequest.model_validate_json(request_json)
+    spec = build_simulation(request, max_flow_steps=worker_max_steps())
+    traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype, hooks=hooks)
+    data = orjson.dumps(trajectory_document(traj), option=orjson.OPT_SERIALIZE_NUMPY)
+    return str(traj.outcome), compress_result(data)
+
+
 def run_simulation(job_id: str, request_json: bytes) -> tuple[str, bytes]:
     """Validate, build and simulate one request; return (outcome, compressed trajectory JSON).
 
@@ -193,33 +214,22 @@ def run_simulation(job_id: str, request_json: bytes) -> tuple[str, bytes]:
     the request. Any other exception is a bug and reaches the engine as is.
     """
     pin_blas_threads()
-    import orjson
     from pydantic import ValidationError
 
-    from service.convert import build_simulation, trajectory_document
     from service.dynamics.errors import DynamicsError, StopRequested
     from service.dynamics.methods import Hooks
-    from service.dynamics.simulate import simulate
-    from service.schemas import SimulationRequest
-
-    from .store import compress_result
 
     reporter, should_stop = start_attempt(job_id)
     if should_stop():  # cancelled while queued: do not even build it
         raise JobCancelled(job_id)
     try:
-        request = SimulationRequest.model_validate_json(request_json)
-        spec = build_simulation(request, max_flow_steps=worker_max_steps())
-        traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype,
-                        hooks=Hooks(progress=reporter, should_stop=should_stop))
+        return simulate_request(request_json, Hooks(progress=reporter, should_stop=should_stop))
     except StopRequested:
         raise JobCancelled(job_id) from None
     except DynamicsError as exc:
         raise JobFailed(dynamics_problem(exc)) from None
     except ValidationError as exc:
         raise JobFailed(validation_problem(exc)) from None
-    data = orjson.dumps(trajectory_document(traj), option=orjson.OPT_SERIALIZE_NUMPY)
-    return str(traj.outcome), compress_result(data)
 
 
 # -- sweeps: a chunk of points -------------------------------------------------------------------------

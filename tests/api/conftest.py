@@ -29,6 +29,7 @@ class FakeEngine:
         self.cancelled: list[str] = []
         self.waits: list[tuple[str, float]] = []
         self.is_ready = True
+        self.workers = (2, 2)  # (connected, warm)
         # Called by wait(): lets a test finish a job "during" the wait.
         self.on_wait: Callable[[str], None] | None = None
 
@@ -54,6 +55,9 @@ class FakeEngine:
 
     async def ready(self) -> bool:
         return self.is_ready
+
+    async def warm_workers(self) -> tuple[int, int]:
+        return self.workers
 
 
 class Service:

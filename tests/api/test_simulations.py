@@ -320,7 +320,19 @@ async def test_healthz_is_ok(service):
 
 async def test_readyz_is_ready_when_store_and_worker_answer(service):
     response = await service.client.get("/readyz")
-    assert response.json() == {"status": "ready", "store": True, "worker": True}
+    assert response.json() == {"status": "ready", "store": True, "worker": True, "workers": 2, "workers_warm": 2}
+
+
+async def test_readyz_is_a_503_naming_the_wait_while_a_worker_compiles_its_kernels(service):
+    service.engine.workers = (2, 1)
+    body = assert_problem(await service.client.get("/readyz"), 503, "unavailable")
+    assert "1 of 2 workers still compiling the GD kernels" in body["detail"]
+
+
+async def test_readyz_is_a_503_when_the_cluster_has_no_worker(service):
+    service.engine.workers = (0, 0)
+    body = assert_problem(await service.client.get("/readyz"), 503, "unavailable")
+    assert "no worker connected" in body["detail"]
 
 
 async def test_readyz_is_a_503_problem_when_the_worker_is_unreachable(service):

@@ -337,3 +337,51 @@ def test_future_cancelled_by_dask_itself_is_resubmitted(env, caplog):
         row = finish(env, job_id)
     assert row.status == "succeeded"
     assert f"Dask cancelled job {job_id}'s future: resubmitting" in caplog.messages
+
+
+# -- warm-up -----------------------------------------------------------------------------------------
+
+
+def compiled_signatures() -> dict[str, list[str]]:
+    """Run on a worker: every numba kernel of the service loaded in it, with its compiled signatures."""
+    import sys
+
+    import numba
+
+    found = {}
+    for name, module in list(sys.modules.items()):
+        if name.startswith("service.") and module is not None:
+            for value in vars(module).values():
+                if isinstance(value, numba.core.registry.CPUDispatcher):
+                    found[f"{value.__module__}.{value.__name__}"] = sorted(map(str, value.signatures))
+    return found
+
+
+def warm(env) -> tuple[int, int]:
+    return wait_until(lambda: (w := env.run(env.engine.warm_workers())) and w[0] == w[1] == 2 and w, timeout=120)
+
+
+def test_every_worker_warms_up_and_then_runs_a_gd_job_without_compiling(env):
+    from service.jobs.task import simulate_request
+
+    assert warm(env) == (2, 2)
+    client = env.engine.client
+    before = env.call(lambda: client.run(compiled_signatures))
+    assert all(len(kernels) >= 5 for kernels in before.values()), before  # the kernels are loaded
+    request = orjson.dumps({"data": {"kind": "preset", "name": "hierarchy", "depth": 3}, "network": {"hidden": [16]},
+                            "training": {"method": "gd", "learning_rate": 0.05, "steps": 200}})
+    for address in before:
+        outcome, _ = env.call(lambda a=address: client.submit(simulate_request, request, workers=[a], pure=False))
+        assert outcome == "completed"
+    assert env.call(lambda: client.run(compiled_signatures)) == before
+
+
+def test_a_restarted_worker_warms_up_again(env):
+    client = env.engine.client
+    warm(env)
+    address = next(iter(env.call(client.scheduler.identity)["workers"]))
+    pid = env.call(lambda: client.run(os.getpid, workers=[address]))[address]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: address not in (ws := env.call(client.scheduler.identity)["workers"]) and len(ws) == 2)
+    assert warm(env) == (2, 2)
+    assert all(len(k) >= 5 for k in env.call(lambda: client.run(compiled_signatures)).values())

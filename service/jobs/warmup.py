@@ -1,0 +1,75 @@
+"""Warming a worker up: compile (or load from numba's disk cache) every GD kernel, and import what a job
+imports, before the worker takes its first job.
+
+    seconds = warm_up()              # in a worker: the engine's worker plugin calls it once per process
+    python -m service.jobs.warmup    # at install (make install): fills numba's cache for every later process
+
+Why: numba compiles a kernel on its first call for each argument type. On a clone with an empty cache the
+first 2,000-step (8,16,8) GD job took 21.4 s through the service, compiling in the worker while the user
+waited; a process that finds the cache loads the kernels in about a second. So the install fills the cache,
+and each worker runs these requests as it joins the cluster (restarted workers too); /readyz answers 200
+only once every worker has.
+
+The requests are tiny versions of what jobs run, through the job's own code (``task.simulate_request``, and
+``simulate_batch`` as a sweep chunk calls it), so that every kernel a job can reach is typed the way the job
+types it: both dtypes, two-layer and deeper nets (the kernel's two step paths), weight decay, gradient flow,
+the exact solutions (whose theory overlay uses the exact GD maps), batched sweeps.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+# (8,16,8)-like problems shrunk to a few units: compile time does not depend on the sizes.
+_CORRELATIONS = {"kind": "correlations", "sigma11": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+                 "sigma31": [[1.5, 0.0, 0.0], [0.0, 0.5, 0.0]], "sigma33": [[2.5, 0.0], [0.0, 0.5]]}
+_GD = {"method": "gd", "learning_rate": 0.05, "steps": 40}
+
+WARMUP_REQUESTS: list[dict] = [
+    {"data": _CORRELATIONS, "network": {"hidden": [4]}, "training": _GD, "record": {"points": 5}},
+    {"data": _CORRELATIONS, "network": {"hidden": [4]}, "training": {**_GD, "weight_decay": 0.01},
+     "record": {"points": 5, "weights": True, "similarity": True}, "dtype": "float32"},
+    {"data": _CORRELATIONS, "network": {"hidden": [4, 4]}, "init": {"scheme": "aligned", "strength": 0.01},
+     "training": _GD, "record": {"points": 5}},
+    {"data": _CORRELATIONS, "network": {"hidden": [4]}, "init": {"scheme": "aligned", "strength": 0.01},
+     "training": _GD, "record": {"points": 5}, "dtype": "float32"},
+    {"data": _CORRELATIONS, "network": {"hidden": [4]}, "training": {"method": "flow", "t_max": 1.0},
+     "record": {"points": 5}},
+    {"data": _CORRELATIONS, "network": {"hidden": [4]}, "training": {"method": "flow", "t_max": 1.0},
+     "record": {"points": 5}, "dtype": "float32"},
+    {"data": _CORRELATIONS, "network": {"hidden": [4]}, "init": {"scheme": "aligned", "strength": 0.01},
+     "training": {"method": "exact", "t_max": 1.0}, "record": {"points": 5}},
+]
+
+
+def _warm_batch() -> None:
+    """The sweep chunk's path: ``simulate_batch`` over a group of GD points, in both dtypes."""
+    from service.convert import build_simulation
+    from service.dynamics.batch import SweepPoint, simulate_batch
+    from service.schemas import SimulationRequest
+
+    for dtype in ("float64", "float32"):
+        points = []
+        for seed in (0, 1):
+            request = SimulationRequest.model_validate_json(orjson.dumps(
+                {**WARMUP_REQUESTS[0], "init": {"scheme": "gaussian", "scale": 0.1, "seed": seed}, "dtype": dtype}))
+            s = build_simulation(request)
+            points.append(SweepPoint(s.problem, s.weights0, s.method, s.record, dtype=s.dtype))
+        simulate_batch(points)
+
+
+def warm_up() -> float:
+    """Run every warm-up request in this process; return the seconds it took."""
+    from .task import simulate_request
+
+    start = time.perf_counter()
+    for request in WARMUP_REQUESTS:
+        simulate_request(orjson.dumps(request))
+    _warm_batch()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    print(f"dlnsim: GD kernels compiled and cached in {warm_up():.1f} s")

@@ -1,0 +1,70 @@
+"""The worker warm-up (service/jobs/warmup.py) types every compiled kernel a job can reach, so a worker that
+has warmed up compiles nothing when jobs arrive."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# Runs in a fresh process (the test process has compiled whatever earlier tests needed): warm up, note every
+# numba dispatcher's compiled signatures, run a broad set of jobs and sweep chunks, and print what was
+# compiled after the warm-up.
+SCRIPT = r"""
+import json, sys
+import numba, orjson
+from service.jobs.warmup import warm_up
+from service.jobs.task import simulate_request
+from service.dynamics.batch import SweepPoint, simulate_batch
+from service.convert import build_simulation
+from service.schemas import SimulationRequest
+
+def dispatchers():
+    found = {}
+    for name, module in list(sys.modules.items()):
+        if name.startswith("service.") and module is not None:
+            for attr, value in vars(module).items():
+                if isinstance(value, numba.core.registry.CPUDispatcher):
+                    found[f"{value.__module__}.{value.__name__}"] = value
+    return found
+
+warm_up()
+before = {name: set(map(str, d.signatures)) for name, d in dispatchers().items()}
+requests = json.loads(sys.argv[1])
+for request in requests:
+    simulate_request(orjson.dumps(request))
+for dtype in ("float64", "float32"):
+    specs = [build_simulation(SimulationRequest.model_validate_json(orjson.dumps({**r, "dtype": dtype})))
+             for r in requests if r["training"]["method"] == "gd"]
+    simulate_batch([SweepPoint(s.problem, s.weights0, s.method, s.record, dtype=s.dtype) for s in specs])
+after = {name: set(map(str, d.signatures)) for name, d in dispatchers().items()}
+print(json.dumps({"kernels": len(before),
+                  "new": {n: sorted(after[n] - before.get(n, set())) for n in after if after[n] - before.get(n, set())}}))
+"""
+
+HIERARCHY = {"kind": "preset", "name": "hierarchy", "depth": 3}
+DATASET = {"kind": "dataset", "x": [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], "y": [[1.0], [-1.0], [0.0]]}
+GD = {"method": "gd", "learning_rate": 0.05, "steps": 300}
+JOBS = [
+    {"data": HIERARCHY, "network": {"hidden": [16]}, "training": GD},
+    {"data": HIERARCHY, "network": {"hidden": [16]}, "init": {"scheme": "aligned", "strength": 0.001},
+     "training": GD, "record": {"points": 50, "weights": True, "similarity": True}},
+    {"data": HIERARCHY, "network": {"hidden": [8, 8, 8]}, "init": {"scheme": "orthogonal", "scale": 0.1},
+     "training": {**GD, "weight_decay": 0.001}},
+    {"data": DATASET, "network": {"hidden": []}, "training": GD, "record": {"points": 7, "spacing": "log"}},
+    {"data": DATASET, "network": {"hidden": [2]}, "init": {"scheme": "lambda_balanced", "lambda": -0.5},
+     "training": {**GD, "learning_rate": 0.3, "allow_unstable": True}},
+    {"data": HIERARCHY, "network": {"hidden": [16]}, "training": {"method": "flow", "t_max": 5.0}},
+    {"data": HIERARCHY, "network": {"hidden": [16]}, "init": {"scheme": "aligned", "strength": 0.001},
+     "training": {"method": "exact", "t_max": 5.0}},
+]
+
+
+def test_a_warmed_up_worker_compiles_no_kernel_for_jobs_or_sweeps():
+    jobs = JOBS + [{**job, "dtype": "float32"} for job in JOBS if job["training"]["method"] != "exact"]
+    result = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(jobs)], capture_output=True, text=True,
+                            timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["kernels"] >= 5  # the GD kernels were found at all
+    assert report["new"] == {}
