@@ -18,6 +18,7 @@ from scipy.integrate import quad, solve_ivp
 from service.dynamics import exact as ex
 from service.dynamics import network, presets
 from service.dynamics.errors import ExactNotApplicableError
+from service.dynamics.exact import riccati
 from service.dynamics.init import initial_weights
 from service.dynamics.problem import problem_from_correlations
 
@@ -668,7 +669,7 @@ def test_riccati_past_the_size_limit_is_refused_naming_the_size(monkeypatch):
     rng = np.random.default_rng(42)
     pb, _, _ = task(3, 3, [2.0, 1.0, 0.5], rng)
     ws = lambda_balanced_init(3, 3, 3, 0.5, 0.3, rng)
-    monkeypatch.setattr(ex, "RICCATI_MAX_DIM", 5)                        # this init needs 6 dimensions
+    monkeypatch.setattr(riccati, "RICCATI_MAX_DIM", 5)                   # this init needs 6 dimensions
     err = _raises(pb, ws)
     assert "6 dimensions" in err.message and "more than 5" in err.message
 
