@@ -14,7 +14,7 @@ Cases, first match wins:
   for balanced two-layer modes). Exact.
 * D = 2, Σ11 = c·I, λ-balanced (aligned or not), γ = 0: the chunked Riccati solution (§3); exact for flow,
   approximate (O(η)) for GD. It runs in an invariant subspace of dimension ≤ 2·rank Σ31 + 2·hidden
-  (``exact.RiccatiSubspace``); past ``exact.RICCATI_MAX_DIM`` it is skipped for the next case, which then says so.
+  (``exact.RiccatiSubspace``); past ``exact.riccati.RICCATI_MAX_DIM`` it is skipped for the next case, which then says so.
 * D ≥ 2, Σ11 ≈ c·I within APPROX_WHITENING_RTOL: Saxe's balanced formula per mode from an effective initial
   strength (small random init, approximately decoupled). Approximate.
 * anything else (e.g. Σ11 far from c·I with hidden layers): None.
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import exact as ex
+from .exact import riccati
 from .methods import Exact, GradientDescent, GradientFlow
 from .modes import bottleneck, mode_basis, mode_strengths, optimum
 from .problem import Problem
@@ -396,7 +397,7 @@ def theory_overlay(problem: Problem, weights0: Sequence[np.ndarray], method: Gra
             dims_ok = (lam == 0) or (lam > 0 and problem.n_out >= nh) or (lam < 0 and problem.n_in >= nh)
             if bdev <= ex.BALANCE_RTOL and dims_ok:
                 space = ex.riccati_subspace(basis, ws[0], ws[1])
-                if space.dim <= ex.RICCATI_MAX_DIM:
+                if space.dim <= riccati.RICCATI_MAX_DIM:
                     return _riccati(problem, ws, c, lam, bdev, method, times, final, space)
                 skipped = (f"the init is λ-balanced (λ = {lam:.6g}) but the exact Riccati solution was not evaluated: "
                            f"its invariant subspace has {space.dim} dimensions, more than {ex.RICCATI_MAX_DIM}")

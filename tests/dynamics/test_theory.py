@@ -285,9 +285,7 @@ def test_riccati_overlay_past_the_size_limit_falls_back_to_small_init_and_says_w
     ws = lambda_balanced_init(3, 3, 3, 0.5, 0.05, rng)
     t = np.linspace(0, 2, 3)
     assert theory_overlay(pb, ws, GradientFlow(t_max=2.0), t, None).model == ex.MODEL_RICCATI
-    # theory.py reads the limit through the package (ex.RICCATI_MAX_DIM), the Riccati evaluator in exact.riccati
-    monkeypatch.setattr(ex, "RICCATI_MAX_DIM", 5)                        # this init needs 6 dimensions
-    monkeypatch.setattr(riccati, "RICCATI_MAX_DIM", 5)
+    monkeypatch.setattr(riccati, "RICCATI_MAX_DIM", 5)                   # this init needs 6 dimensions
     ov = theory_overlay(pb, ws, GradientFlow(t_max=2.0), t, None)
     assert ov.model == "saxe_small_init" and not ov.exact
     assert "λ-balanced" in ov.assumptions and "6 dimensions" in ov.assumptions
