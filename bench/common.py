@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -194,3 +196,17 @@ def table(rows: list[Row]) -> list[str]:
                  f"{r.fraction:.3f}" if r.fraction is not None else "", r.bar, verdict, r.note]
         out.append("| " + " | ".join(cells) + " |")
     return out
+
+
+def write_section(path: Path, heading: str, lines: list[str]) -> None:
+    """Replace the section ``heading`` ("## …") of ``path`` (up to the next "## " heading), or append it."""
+    text = path.read_text() if path.exists() else ""
+    block = "\n".join(lines).rstrip("\n") + "\n"
+    match = re.search(rf"^{re.escape(heading)}\s*$", text, flags=re.MULTILINE)
+    if match is None:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block
+    else:
+        nxt = re.search(r"^## ", text[match.end():], flags=re.MULTILINE)
+        end = match.end() + nxt.start() if nxt else len(text)
+        text = text[:match.start()] + block + ("\n" + text[end:] if nxt else "")
+    path.write_text(text)

@@ -35,7 +35,6 @@ import functools
 import itertools
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from service.dynamics.methods import GradientDescent
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate
 
-from .common import Context, Row, settle, table, use_service_malloc_settings
+from .common import Context, Row, settle, table, use_service_malloc_settings, write_section
 from .stepping import LEARNING_RATE, make_problem
 
 RESULTS = Path(__file__).with_name("results.md")
@@ -281,20 +280,6 @@ def section(rows: list[Row]) -> list[str]:
             "", *table(rows)]
 
 
-def write_section(path: Path, lines: list[str]) -> None:
-    """Replace the "## sweeps" section of ``path`` (up to the next "## " heading), or append it."""
-    text = path.read_text() if path.exists() else ""
-    block = "\n".join(lines).rstrip("\n") + "\n"
-    match = re.search(rf"^{re.escape(HEADING)}\s*$", text, flags=re.MULTILINE)
-    if match is None:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block
-    else:
-        nxt = re.search(r"^## ", text[match.end():], flags=re.MULTILINE)
-        end = match.end() + nxt.start() if nxt else len(text)
-        text = text[:match.start()] + block + ("\n" + text[end:] if nxt else "")
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
@@ -317,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"(worst {min(ctx.gemm_samples['float64']) / 1e9:.1f}); load average at the end "
                    f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}."), ""]
     print("\n".join(lines))
-    write_section(RESULTS, lines)
+    write_section(RESULTS, HEADING, lines)
     return 0
 
 

@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, *,
         # Requests are validated with numerics (Σ11's eigenvalues, the GD stability bound's SVD) in many
         # threads at once: one BLAS thread each, like the workers. A multi-threaded BLAS here made a 20 ms
         # validation take ~1 s under load and starved the event loop (tests/faults/test_load.py).
-        threadpool_limits(limits=settings.blas_threads)
+        threadpool_limits(limits=1 if settings.blas_threads == "auto" else settings.blas_threads)
         store = JobStore(settings.data_dir / STORE_FILE, max_bytes=settings.store_max_bytes)
         engine = (engine_factory or Engine)(settings, store)
         # Sweeps share the store's file and the engine's Dask client.

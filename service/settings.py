@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,8 +34,15 @@ class Settings(BaseSettings):
     scheduler: str | None = None
     # Embedded cluster size: worker processes (one thread each); None = one per core.
     workers: int | None = Field(None, ge=1)
-    # BLAS threads per worker process (one per process avoids oversubscribing the cores).
-    blas_threads: int = Field(1, ge=1)
+    # BLAS threads of a running job: "auto" = its share of the host's cores (all of them for a lone job, one
+    # each when every core has a job), re-decided between chunks of steps (service/jobs/cores.py); a number
+    # fixes the count per worker process.
+    blas_threads: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    # Read by the workers from their environment (service/jobs/cores.py; embedded workers inherit the API's):
+    # the host's core ledger directory, shared by every worker on the host (None: one per user in $TMPDIR),
+    # and the cores its jobs share (None: the worker's CPU affinity).
+    cores_dir: Path | None = None
+    host_cores: int | None = Field(None, ge=1)
     # Nice value added to the embedded cluster's worker processes (0 = same priority as the API): batch
     # numerics yield the CPU to interactive requests on a shared machine (README "Embedded default").
     worker_nice: int = Field(10, ge=0, le=19)

@@ -7,8 +7,12 @@ thread count beyond round-off, and results compared bit for bit are computed on 
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # for the processes the tests start
+# The host's core ledger (service/jobs/cores.py) of the suite's workers and servers: their own, so that a
+# service running beside the tests (make run) and the suite do not count each other's jobs.
+os.environ.setdefault("DLNSIM_CORES_DIR", tempfile.mkdtemp(prefix="dlnsim-cores-tests-"))
 
 import numpy  # noqa: E402,F401  (load both OpenBLAS copies first: threadpoolctl only reaches loaded libraries)
 import scipy.linalg  # noqa: E402,F401

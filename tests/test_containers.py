@@ -377,8 +377,11 @@ def test_cluster_scheduler_and_single_threaded_workers():
     assert worker["command"][:3] == ["dask", "worker", "tcp://scheduler:8786"]
     assert worker["command"][worker["command"].index("--nthreads") + 1] == "1"
     assert int(worker["deploy"]["replicas"]) == 2  # DLNSIM_CLUSTER_WORKERS overrides
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "DLNSIM_BLAS_THREADS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         assert worker["environment"][var] == "1", var
+    # jobs share the host's cores through one ledger: every worker replica mounts the same volume there
+    assert worker["environment"]["DLNSIM_BLAS_THREADS"] == "auto"
+    assert f"dlnsim-cores:{worker['environment']['DLNSIM_CORES_DIR']}" in worker["volumes"]
     # large arrays stay on the heap (Dask's nanny would pin glibc's mmap threshold at 128 KiB)
     assert int(worker["environment"]["MALLOC_MMAP_THRESHOLD_"]) >= 2 ** 24
     assert worker["depends_on"] == {"scheduler": {"condition": "service_healthy"}}

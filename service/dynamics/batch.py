@@ -172,7 +172,8 @@ class _Progress:
                 self.hooks.progress(float(np.mean(self.fraction)))
             self.clock.last = time.perf_counter()
 
-        return Hooks(progress=progress, should_stop=self.hooks.should_stop, interval=self.hooks.interval)
+        return Hooks(progress=progress, should_stop=self.hooks.should_stop, interval=self.hooks.interval,
+                     blas_threads=self.hooks.blas_threads)
 
     def done(self) -> None:
         self.clock.done()
@@ -242,7 +243,7 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
     # sized to ~interval seconds, first for a conservative 1e9 FLOP/s, then from the measured rate.
     k_stop = 0
     chunk = max(1, int(progress.clock.interval * 1e9 / max(flops * nb, 1))) if progress.active else n_steps + 1
-    with blas_threads_for(flops):
+    with blas_threads_for(flops, progress.clock):
         while np.any(state[:, STATUS] == RUNNING):
             t0 = time.perf_counter()
             k_stop = min(k_stop + chunk, n_steps + 1)

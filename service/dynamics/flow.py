@@ -88,12 +88,13 @@ def run_flow(problem: Problem, weights0: Sequence[np.ndarray], method: GradientF
     t_eval = _check_record_times(record_times, float(method.t_max))
     layout = layout_of(problem, weights0)
     m0, flops = plan_order(layout.dims)
-    with blas_threads_for(flops):  # one gradient costs about one GD step
-        return _integrate(problem, weights0, method, t_eval, dt, hooks, layout, m0)
+    clock = HookClock(hooks)
+    with blas_threads_for(flops, clock):  # one gradient costs about one GD step
+        return _integrate(problem, weights0, method, t_eval, dt, clock, layout, m0)
 
 
 def _integrate(problem: Problem, weights0, method: GradientFlow, t_eval: np.ndarray, dt: np.dtype,
-               hooks: Hooks | None, layout: Layout, m0: int) -> RunResult:
+               clock: HookClock, layout: Layout, m0: int) -> RunResult:
     """The DOP853 loop of ``run_flow`` (arguments already checked)."""
     decay = float(method.weight_decay)
     s11 = np.ascontiguousarray(problem.sigma11, dtype=np.float64)
@@ -125,7 +126,6 @@ def _integrate(problem: Problem, weights0, method: GradientFlow, t_eval: np.ndar
         return RunResult(times=times[:n].copy(), steps=None, weights=layout.unpack_stack(rows[:n], dt),
                          outcome=outcome, diverged_at_step=None, diverged_at_time=diverged_at)
 
-    clock = HookClock(hooks)
     if g0 <= tol:
         outcome = "converged"
         return finish()

@@ -8,7 +8,8 @@ step, at every size. Against a numpy loop over preallocated buffers (``out=``), 
 from 300³ up where BLAS does all the work; so there is no separate numpy path. Products are evaluated
 in the cheapest order (``plan_order``).
 
-BLAS threads: the process's setting (the job worker pins it), except that steps below
+BLAS threads: the process's setting (the job worker pins it), or what the ``blas_threads`` hook asks for
+between chunks (the job worker's share of the host's cores, service/jobs/cores.py), except that steps below
 ``SINGLE_THREAD_MAX_FLOPS`` run with BLAS limited to one thread. Measured on 2 cores with 2 threads
 allowed: a 100³ two-layer net steps 9 % faster on one thread on a quiet machine (OpenBLAS splits some of
 its mid-size products across threads at a loss) and 60 % faster when another process holds a core (a
@@ -233,15 +234,37 @@ def frobenius_norm(a: np.ndarray) -> float:
     return float(np.sqrt(np.einsum("ij,ij->", a, a)))
 
 
-def blas_threads_for(flops: float):
-    """Context manager: BLAS limited to one thread for steps below SINGLE_THREAD_MAX_FLOPS, else unchanged.
+def set_blas_threads(n: int) -> None:
+    """Set every BLAS pool of the process to ``n`` threads (threadpoolctl, ~1 µs per pool)."""
+    for lib in _threadpools().select(user_api="blas").lib_controllers:
+        if lib.get_num_threads() != n:
+            lib.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def blas_threads_for(flops: float, clock: HookClock | None = None):
+    """Context manager for a run's stepping: BLAS limited to one thread for steps below
+    SINGLE_THREAD_MAX_FLOPS; above, the count ``clock``'s ``blas_threads`` hook asks for, asked now and at
+    every check (``HookClock.check``), or the process's setting without that hook. The process's counts
+    are restored at the end.
 
     The limit is process-wide while it lasts (threadpoolctl, ~20 µs); in a process already pinned to one
-    thread (the job worker's default) it changes nothing.
+    thread (the job worker's default) the single-thread limit changes nothing.
     """
-    if flops >= SINGLE_THREAD_MAX_FLOPS:
-        return contextlib.nullcontext()
-    return _threadpools().limit(limits=1, user_api="blas")
+    if flops < SINGLE_THREAD_MAX_FLOPS:
+        with _threadpools().limit(limits=1, user_api="blas"):
+            yield
+        return
+    if clock is None or clock.blas_threads is None:
+        yield
+        return
+    with _threadpools().limit(limits=None, user_api="blas"):  # changes nothing; restores the counts on exit
+        clock.sharing = True
+        try:
+            clock.share_cores()
+            yield
+        finally:
+            clock.sharing = False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,9 +276,12 @@ class HookClock:
 
     def __init__(self, hooks: Hooks | None):
         self.hooks = hooks
-        self.active = hooks is not None and (hooks.progress is not None or hooks.should_stop is not None)
+        self.blas_threads = hooks.blas_threads if hooks is not None else None
+        self.active = hooks is not None and (hooks.progress is not None or hooks.should_stop is not None
+                                             or self.blas_threads is not None)
         self.interval = max(0.0, float(hooks.interval)) if hooks is not None else 0.0
         self.last = time.perf_counter()
+        self.sharing = False  # set by blas_threads_for while steps big enough for several threads run
 
     def due(self) -> bool:
         return self.active and time.perf_counter() - self.last >= self.interval
@@ -269,6 +295,12 @@ class HookClock:
             self.hooks.progress(min(1.0, max(0.0, float(fraction))))
         if self.hooks.should_stop is not None and self.hooks.should_stop():
             raise StopRequested("stop requested")
+        self.share_cores()
+
+    def share_cores(self) -> None:
+        """Give the next steps as many BLAS threads as the ``blas_threads`` hook allows (while sharing)."""
+        if self.sharing:
+            set_blas_threads(max(1, int(self.blas_threads())))
 
     def done(self) -> None:
         if self.active and self.hooks.progress is not None:
@@ -346,7 +378,7 @@ def run_gd(problem: Problem, weights0: Sequence[np.ndarray], method: GradientDes
     # First chunk sized for a conservative 1e9 FLOP/s, then adapted to the measured rate.
     chunk = max(1, int(clock.interval * 1e9 / max(flops, 1))) if clock.active else n_steps + 1
     # + 1 row: the state where an early stop happens
-    with snapshot_buffer(rec.size + 1, layout.size, dt) as snap, blas_threads_for(flops):
+    with snapshot_buffer(rec.size + 1, layout.size, dt) as snap, blas_threads_for(flops, clock):
         while state[_kernels.STATUS] == _kernels.RUNNING:
             t0 = time.perf_counter()
             k_start = int(state[_kernels.K])

@@ -70,12 +70,15 @@ class Hooks:
     """Worker hooks, called every ``interval`` seconds of compute at most (cheap either way).
 
     ``progress(fraction)`` gets a number in [0, 1]; ``should_stop()`` returning True makes the run
-    raise ``StopRequested`` at the next check.
+    raise ``StopRequested`` at the next check. ``blas_threads()`` returns how many BLAS threads the run
+    may use from now on: asked when a run's stepping starts and at every check, so a caller can hand a
+    run the cores other runs leave free (steps below ``gd.SINGLE_THREAD_MAX_FLOPS`` stay on one thread).
     """
 
     progress: Callable[[float], None] | None = None
     should_stop: Callable[[], bool] | None = None
     interval: float = 0.2
+    blas_threads: Callable[[], int] | None = None
 
 
 @dataclass

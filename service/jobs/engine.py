@@ -90,21 +90,23 @@ async def write_when_space(write: Callable[..., Any], *args: Any, closing: Calla
             await asyncio.sleep(STORAGE_FULL_RETRY_SECONDS)
 
 
-def worker_environment(blas_threads: int) -> dict[str, str | None]:
+def worker_environment(blas_threads: int | str) -> dict[str, str | None]:
     """Environment of the embedded workers, set before they spawn (BLAS reads it when it loads).
 
+    BLAS pools start with one thread ("auto": a job's stepping then takes its share of the cores, see
+    service/jobs/cores.py; a number: that many threads, fixed).
     None unsets a variable of Dask's default ``distributed.nanny.pre-spawn-environ``: its
     MALLOC_TRIM_THRESHOLD_=65536 switches off glibc's adaptive mmap threshold, so every array over 128 KiB
     (a trajectory's record arrays) is a fresh mmap with page faults on first touch. Measured on a 256-point
     (8,16,8) sweep chunk: 1.68M vs 1.97M simulation-steps/s in one process (−15 %), the gap between a Dask
     worker and the same work in-process. Our workers hold no long-lived data that trimming would return.
     """
-    n = str(int(blas_threads))
+    n = "1" if blas_threads == "auto" else str(int(blas_threads))
     return {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n,
-            "NUMBA_NUM_THREADS": n, "DLNSIM_BLAS_THREADS": n, "MALLOC_TRIM_THRESHOLD_": None}
+            "NUMBA_NUM_THREADS": n, "DLNSIM_BLAS_THREADS": str(blas_threads), "MALLOC_TRIM_THRESHOLD_": None}
 
 
-def pre_spawn_environ(blas_threads: int) -> dict[str, str | None]:
+def pre_spawn_environ(blas_threads: int | str) -> dict[str, str | None]:
     """Dask's ``distributed.nanny.pre-spawn-environ`` with ``worker_environment`` laid over it (the value to
     set while a LocalCluster starts: the nanny reads it when it is created and keeps it for restarts)."""
     import dask
@@ -297,7 +299,7 @@ class Engine:
         from distributed import LocalCluster
 
         workers = getattr(self.settings, "workers", None) or os.cpu_count() or 1
-        pre_spawn = pre_spawn_environ(getattr(self.settings, "blas_threads", 1))
+        pre_spawn = pre_spawn_environ(getattr(self.settings, "blas_threads", "auto"))
         with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn,
                               "distributed.scheduler.worker-saturation": WORKER_SATURATION}):
             return await LocalCluster(

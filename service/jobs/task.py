@@ -18,6 +18,7 @@ Hooks:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -101,11 +102,19 @@ def worker_max_steps() -> int:
     return int(os.environ.get("DLNSIM_MAX_STEPS", Settings.model_fields["max_steps"].default))
 
 
+def blas_threads_setting() -> int | None:
+    """DLNSIM_BLAS_THREADS: a fixed count, or None for "auto" (the default): a job's share of the host's
+    cores, re-decided while it runs (``service.jobs.cores``)."""
+    value = os.environ.get("DLNSIM_BLAS_THREADS", "auto").strip().lower()
+    return None if value in ("", "auto") else max(1, int(value))
+
+
 def pin_blas_threads() -> None:
-    """Limit BLAS/OpenMP pools to DLNSIM_BLAS_THREADS (default 1) in this process, once.
+    """Limit BLAS/OpenMP pools to DLNSIM_BLAS_THREADS (one thread with "auto") in this process, once.
 
     The embedded cluster already starts its workers with OMP/OPENBLAS/MKL_NUM_THREADS set; this
-    also covers workers of an external cluster started without them.
+    also covers workers of an external cluster started without them. With "auto", a run's stepping then
+    takes its share of the cores (``shared_cores``); everything else in the worker stays on one thread.
     """
     global _pinned
     if _pinned:
@@ -115,8 +124,28 @@ def pin_blas_threads() -> None:
             return
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(limits=int(os.environ.get("DLNSIM_BLAS_THREADS", "1")))
+        threadpool_limits(limits=blas_threads_setting() or 1)
         _pinned = True
+
+
+_ledger = None
+
+
+@contextlib.contextmanager
+def shared_cores():
+    """For the length of a task: the ``blas_threads`` hook giving its share of the host's cores (a slot of
+    the host's ``CoreLedger`` held meanwhile), or None when DLNSIM_BLAS_THREADS fixes the count."""
+    global _ledger
+    if blas_threads_setting() is not None:
+        yield None
+        return
+    from .cores import CoreLedger
+
+    with _pin_lock:
+        if _ledger is None:
+            _ledger = CoreLedger.for_this_host()
+    with _ledger.hold() as share:
+        yield share.threads
 
 
 # -- hooks -----------------------------------------------------------------------------------------
@@ -223,7 +252,9 @@ def run_simulation(job_id: str, request_json: bytes) -> tuple[str, bytes]:
     if should_stop():  # cancelled while queued: do not even build it
         raise JobCancelled(job_id)
     try:
-        return simulate_request(request_json, Hooks(progress=reporter, should_stop=should_stop))
+        with shared_cores() as blas_threads:
+            return simulate_request(request_json, Hooks(progress=reporter, should_stop=should_stop,
+                                                        blas_threads=blas_threads))
     except StopRequested:
         raise JobCancelled(job_id) from None
     except DynamicsError as exc:
@@ -264,6 +295,33 @@ class _SweepReporter:
             self.send({"progress": float(fraction)})
 
 
+def failed_point(k: int, problem: dict[str, Any]) -> dict[str, Any]:
+    """The result row of sweep point ``k`` that failed with ``problem``."""
+    return {"k": k, "status": "failed", "outcome": None, "summary": None, "error": problem, "trajectory": None}
+
+
+def _run_points(built: list, results: dict[int, dict[str, Any]], hooks: Any) -> list:
+    """Run a chunk's built points as one ``simulate_batch``; [((k, spec), trajectory)]. A point the batch
+    refuses (validated at POST, so only after an upgrade): the points run one by one so that only that point
+    fails (its problem goes into ``results``)."""
+    from service.dynamics.batch import SweepPoint, simulate_batch
+    from service.dynamics.errors import DynamicsError
+    from service.dynamics.simulate import simulate
+
+    try:
+        trajectories = simulate_batch([SweepPoint(s.problem, s.weights0, s.method, s.record, dtype=s.dtype)
+                                       for _, s in built], hooks=hooks) if built else []
+        return list(zip(built, trajectories, strict=True))
+    except DynamicsError:
+        done = []
+        for k, s in built:
+            try:
+                done.append(((k, s), simulate(s.problem, s.weights0, s.method, s.record, dtype=s.dtype, hooks=hooks)))
+            except DynamicsError as exc:
+                results[k] = failed_point(k, dynamics_problem(exc))
+        return done
+
+
 def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tuple[int, bytes]],
                     keep: str) -> list[dict[str, Any]]:
     """Run a chunk of sweep points as one ``simulate_batch`` call; one result dict per point, in order:
@@ -281,10 +339,8 @@ def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tup
     from pydantic import ValidationError
 
     from service.convert import build_simulation, trajectory_document
-    from service.dynamics.batch import SweepPoint, simulate_batch
     from service.dynamics.errors import DynamicsError, StopRequested
     from service.dynamics.methods import Hooks
-    from service.dynamics.simulate import simulate
     from service.grid import GridError, apply_params, point_summary
     from service.schemas import SimulationRequest
 
@@ -297,9 +353,6 @@ def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tup
     if should_stop():  # cancelled while queued
         raise JobCancelled(sweep_id)
 
-    def failed(k: int, problem: dict[str, Any]) -> dict[str, Any]:
-        return {"k": k, "status": "failed", "outcome": None, "summary": None, "error": problem, "trajectory": None}
-
     base = orjson.loads(base_json)
     results: dict[int, dict[str, Any]] = {}
     built = []
@@ -308,31 +361,19 @@ def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tup
             request = SimulationRequest.model_validate_json(orjson.dumps(apply_params(base, orjson.loads(params_json))))
             built.append((k, build_simulation(request, max_flow_steps=worker_max_steps())))
         except DynamicsError as exc:
-            results[k] = failed(k, dynamics_problem(exc))
+            results[k] = failed_point(k, dynamics_problem(exc))
         except ValidationError as exc:
-            results[k] = failed(k, validation_problem(exc))
+            results[k] = failed_point(k, validation_problem(exc))
         except GridError as exc:
             from service.problems import field_error, problem_body
 
-            results[k] = failed(k, problem_body(422, "validation-error", exc.message,
+            results[k] = failed_point(k, problem_body(422, "validation-error", exc.message,
                                                 errors=[field_error(exc.field, exc.code, exc.message, exc.fix)]))
 
-    hooks = Hooks(progress=reporter, should_stop=should_stop)
     try:
-        try:
-            trajectories = simulate_batch([SweepPoint(s.problem, s.weights0, s.method, s.record, dtype=s.dtype)
-                                           for _, s in built], hooks=hooks) if built else []
-            done = list(zip(built, trajectories, strict=True))
-        except DynamicsError:
-            # A point the batch refuses (validated at POST, so only after an upgrade): run the points one
-            # by one so that only that point fails.
-            done = []
-            for k, s in built:
-                try:
-                    done.append(((k, s), simulate(s.problem, s.weights0, s.method, s.record, dtype=s.dtype,
-                                                  hooks=hooks)))
-                except DynamicsError as exc:
-                    results[k] = failed(k, dynamics_problem(exc))
+        with shared_cores() as blas_threads:
+            done = _run_points(built, results, Hooks(progress=reporter, should_stop=should_stop,
+                                                     blas_threads=blas_threads))
     except StopRequested:
         raise JobCancelled(sweep_id) from None
 

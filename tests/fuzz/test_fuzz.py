@@ -28,6 +28,7 @@ from schemathesis import GenerationMode
 from schemathesis.python import asgi as schemathesis_asgi
 
 from service.problems import PROBLEM_TYPE_PREFIX, PROBLEM_TYPES
+from tests.waiting import wait_until
 from service.main import create_app
 from service.settings import Settings
 from tests.fuzz import profiles
@@ -79,6 +80,15 @@ def creation_headers(context: Any, headers: Any) -> st.SearchStrategy:
     extra = st.sampled_from([{}, {"Prefer": "wait=1"}, {"Idempotency-Key": "fuzz-key-1"},
                              {"Idempotency-Key": "fuzz-key-2", "Prefer": "respond-async, wait=1"}])
     return extra.map(lambda more: {**(headers or {}), **more})
+
+
+@schemathesis.hook("before_call")
+def wait_until_ready(context: Any, case: Any, kwargs: Any) -> None:
+    """before_call hook: fuzz a ready service. schemathesis ends the app's lifespan after every test item
+    (one per operation) and the next call starts a new one, whose worker warms up (compiles or loads its GD
+    kernels, ~1 s) before /readyz says ready; a case sent meanwhile would meet a documented 503."""
+    with schemathesis_asgi.get_client(APP) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200, timeout=180, interval=0.1)
 
 
 def _schema(mode: str, *hooks: Any) -> Any:
@@ -177,7 +187,7 @@ def _record(test: str, case: Any, response: Any) -> None:
 def running_service(tmp_path_factory) -> Any:
     SETTINGS.data_dir = tmp_path_factory.mktemp("fuzz-data")
     with schemathesis_asgi.get_client(APP) as client:  # starts the lifespan: store, engine, 1-worker cluster
-        assert client.get("/readyz").status_code == 200
+        wait_until(lambda: client.get("/readyz").status_code == 200, timeout=180, interval=0.2)
     yield
     schemathesis_asgi.shutdown_lifespans()
 

@@ -58,7 +58,7 @@ class LoopThread:
 
 
 def settings(**overrides):
-    return types.SimpleNamespace(**{"scheduler": None, "workers": 2, "blas_threads": 1, **overrides})
+    return types.SimpleNamespace(**{"scheduler": None, "workers": 2, "blas_threads": "auto", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -385,3 +385,33 @@ def test_a_restarted_worker_warms_up_again(env):
     wait_until(lambda: address not in (ws := env.call(client.scheduler.identity)["workers"]) and len(ws) == 2)
     assert warm(env) == (2, 2)
     assert all(len(k) >= 5 for k in env.call(lambda: client.run(compiled_signatures)).values())
+
+
+# -- sharing cores -------------------------------------------------------------------------------------
+
+
+def share_while_holding(seconds: float) -> tuple[int, int]:
+    """Run on a worker as a task would: hold a slot of the host's ledger for ``seconds``; (the share half-way,
+    the host's cores)."""
+    import time
+
+    from service.jobs.cores import host_cores
+    from service.jobs.task import shared_cores
+
+    with shared_cores() as blas_threads:
+        time.sleep(seconds / 2)
+        share = blas_threads()
+        time.sleep(seconds / 2)
+    return share, host_cores()
+
+
+def test_a_lone_job_gets_every_core_of_the_host_and_two_jobs_share_them(env):
+    client = env.engine.client
+    workers = sorted(env.call(client.scheduler.identity)["workers"])
+    wait_until(lambda: idle_workers(env))
+    share, cores = env.call(lambda: client.submit(share_while_holding, 0.2, workers=workers[:1], pure=False))
+    assert share == cores
+    both = [client.submit(share_while_holding, 3.0, workers=[w], pure=False) for w in workers]
+    shares = [env.call(lambda f=f: f) for f in both]
+    # both held their slots at the half-way point: the cores split between them
+    assert sorted(s for s, _ in shares) == sorted(max(1, n) for n in (cores // 2, cores - cores // 2))

@@ -1,0 +1,239 @@
+"""Through the service: the first job after start, tiny-job round trips, and how a job uses the cores.
+
+    python -m bench.service            the issue's figures (~4 min on a quiet 2-core machine)
+    python -m bench.service --quick    smoke run: shorter jobs, fewer rounds (~1.5 min)
+
+(``python -m bench`` runs this too.) Standalone, the "## through the service" section of bench/results.md is
+replaced (or appended); the rest of the file is left as it is.
+
+Everything runs against real ``python -m service`` processes on loopback (uvicorn, embedded Dask cluster with
+one worker per core, SQLite store), started by this script:
+
+* **first job** — a service started on an empty numba cache (``NUMBA_CACHE_DIR`` a new directory: a fresh clone
+  whose install did not compile, or a new container volume): seconds until /readyz answers 200, then the
+  round trip of the first tiny job (2,000 GD steps of an (8,16,8) net, ``Prefer: wait=120``), then the median
+  round trip of 30 more. Bars: first job ≤ 3 s, median < 50 ms.
+* **a lone large job** — a (300,300,300) GD job through the service (``Prefer: wait``, the whole round trip:
+  validation, stepping, trajectory), steps/s as a fraction of the all-core GEMM bound measured in this process
+  in the same run. Bar ≥ 0.8. Beside it the same job on a service whose workers are fixed at one BLAS thread
+  (``DLNSIM_BLAS_THREADS=1``, the previous behaviour).
+* **two concurrent jobs** — two such jobs submitted together: their summed steps/s, cores shared
+  (``auto``) against fixed at one thread each. Bar: no loss (≥ 0.97, the run-to-run noise of these rounds).
+
+The two services run side by side and their rounds alternate (ABBA), so drift of the machine's speed over
+the minutes of the run falls on both. Each round reports its best; notes give the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from service.dynamics.gd import step_flops
+
+from .common import Context, Row, settle, table, write_section
+from .stepping import LEARNING_RATE, make_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).with_name("results.md")
+HEADING = "## through the service"
+READY_TIMEOUT = 300.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """A ``python -m service`` process in its own session; ``ready_after`` = seconds from start to /readyz 200."""
+
+    def __init__(self, workdir: Path, **env: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(workdir / f"service-{self.port}.log", "ab")  # noqa: SIM115 - closed in stop()
+        full_env = {**os.environ, "DLNSIM_PORT": str(self.port), "DLNSIM_DATA_DIR": str(workdir / f"data-{self.port}"),
+                    "DLNSIM_LOG_LEVEL": "warning", "DLNSIM_CORES_DIR": str(workdir / "cores"),
+                    "DLNSIM_MAX_WAIT_SECONDS": "300", **env}
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            full_env.pop(var, None)
+        t0 = time.perf_counter()
+        self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=full_env, stdout=self.log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.client = httpx.Client(base_url=self.url, timeout=600)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the service did not become ready (see {self.log.name})")
+            try:
+                if self.client.get("/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.ready_after = time.perf_counter() - t0
+
+    def run(self, body: bytes) -> float:
+        """POST a simulation and wait for it; the round trip in seconds."""
+        t0 = time.perf_counter()
+        response = self.client.post("/v1/simulations", content=body,
+                                    headers={"Content-Type": "application/json", "Prefer": "wait=300"})
+        elapsed = time.perf_counter() - t0
+        if response.status_code != 201 or response.json()["status"] != "succeeded":
+            raise RuntimeError(f"job did not succeed: {response.status_code} {response.text[:300]}")
+        return elapsed
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def tiny_job() -> bytes:
+    import orjson
+
+    rng = np.random.default_rng(0)
+    return orjson.dumps({"data": {"kind": "correlations", "sigma11": np.eye(8).tolist(),
+                                  "sigma31": rng.standard_normal((8, 8)).tolist()},
+                         "network": {"hidden": [16]}, "init": {"scheme": "gaussian", "scale": 0.1, "seed": 1},
+                         "training": {"method": "gd", "learning_rate": 1e-4, "steps": 2000},
+                         "record": {"points": 20}})
+
+
+def large_job(steps: int, n: int = 300) -> bytes:
+    import orjson
+
+    problem, w0 = make_problem(n, n, n)
+    return orjson.dumps({"data": {"kind": "correlations", "sigma11": problem.sigma11.tolist(),
+                                  "sigma31": problem.sigma31.tolist()},
+                         "network": {"hidden": [n]}, "init": {"scheme": "given", "weights": [w.tolist() for w in w0]},
+                         "training": {"method": "gd", "learning_rate": LEARNING_RATE, "steps": steps},
+                         "record": {"points": 2}})
+
+
+def first_job(ctx: Context, workdir: Path) -> list[Row]:
+    """A service on an empty kernel cache: time to ready, first tiny job, median tiny-job round trip."""
+    service = Service(workdir, NUMBA_CACHE_DIR=str(workdir / "empty-numba-cache"))
+    try:
+        body = tiny_job()
+        first = service.run(body)
+        trips = [service.run(body) for _ in range(10 if ctx.quick else 30)]
+    finally:
+        service.stop()
+    median = statistics.median(trips)
+    return [Row("first tiny job after /readyz, empty kernel cache", "(8, 16, 8)", value=f"{first * 1e3:,.0f} ms",
+                bar="≤ 3 s", passed=first <= 3.0,
+                note=f"2,000 GD steps, Prefer: wait; /readyz answered 200 after {service.ready_after:.1f} s (the "
+                     "workers compiled the GD kernels first)"),
+            Row("tiny-job round trip, median", "(8, 16, 8)", value=f"{median * 1e3:.1f} ms", bar="< 50 ms",
+                passed=median < 0.050,
+                note=f"{len(trips)} jobs one after another (POST with Prefer: wait → 201 with the result); "
+                     f"min {min(trips) * 1e3:.1f} ms, max {max(trips) * 1e3:.1f} ms")]
+
+
+def cores(ctx: Context, workdir: Path) -> list[Row]:
+    """Lone and concurrent (300,300,300) jobs on a cores-sharing service and on a one-thread-per-worker one."""
+    n = 300
+    flops = step_flops([n, n, n])
+    steps = 400 if ctx.quick else 1500
+    rounds = 2 if ctx.quick else 4
+    body = large_job(steps, n)
+    services = {"auto": Service(workdir), "fixed": Service(workdir, DLNSIM_BLAS_THREADS="1")}
+    lone: dict[str, list[float]] = {k: [] for k in services}
+    pair: dict[str, list[float]] = {k: [] for k in services}
+    try:
+        for service in services.values():
+            service.run(large_job(20, n))  # warm: first request parses and validates a large body once
+        with ThreadPoolExecutor(2) as pool:
+            for r in range(rounds):
+                order = ["auto", "fixed"] if r % 2 == 0 else ["fixed", "auto"]
+                for name in order:  # ABBA across rounds
+                    settle()
+                    ctx.sample_gemm("float64")
+                    settle()
+                    lone[name].append(steps / services[name].run(body))
+                for name in order[::-1]:
+                    settle()
+                    t0 = time.perf_counter()
+                    list(pool.map(services[name].run, [body, body]))
+                    pair[name].append(2 * steps / (time.perf_counter() - t0))
+    finally:
+        for service in services.values():
+            service.stop()
+    loss = max(pair["auto"]) / max(pair["fixed"])
+    rows = [Row("lone large job through the service, cores shared", f"({n}, {n}, {n})", flops=flops,
+                measured=max(lone["auto"]), bar_fraction=0.8, median=statistics.median(lone["auto"]),
+                note=f"{steps:,} GD steps, whole round trip (POST with Prefer: wait); best of {rounds} rounds; "
+                     f"×{max(lone['auto']) / max(lone['fixed']):.2f} the same job with workers fixed at one "
+                     "BLAS thread"),
+            Row("lone large job through the service, one BLAS thread per worker", f"({n}, {n}, {n})", flops=flops,
+                measured=max(lone["fixed"]), median=statistics.median(lone["fixed"]),
+                note="DLNSIM_BLAS_THREADS=1 (the previous behaviour)"),
+            Row("two concurrent large jobs, cores shared vs one thread each", f"({n}, {n}, {n})",
+                value=f"×{loss:.3f} the summed steps/s", bar="≥ 0.97", passed=loss >= 0.97,
+                note=f"summed steps/s, best of {rounds} rounds: shared {max(pair['auto']):,.1f} (median "
+                     f"{statistics.median(pair['auto']):,.1f}), fixed {max(pair['fixed']):,.1f} (median "
+                     f"{statistics.median(pair['fixed']):,.1f})")]
+    return rows
+
+
+def service_speed(ctx: Context) -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="dlnsim-bench-service-") as tmp:
+        workdir = Path(tmp)
+        return first_job(ctx, workdir) + cores(ctx, workdir)
+
+
+def section(rows: list[Row]) -> list[str]:
+    return [HEADING, "",
+            ("Real `python -m service` processes on loopback, started by the bench (bench/service.py). Round trips "
+             "are client-side wall times of POST /v1/simulations with `Prefer: wait` (the job runs and its "
+             "trajectory is stored and returned in that time). Large-job fractions: steps/s over the whole round "
+             "trip / (best all-core GEMM rate of this run, measured in the bench process while the services were "
+             "idle / FLOPs per step)."),
+            "", *table(rows)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from threadpoolctl import threadpool_limits
+
+    parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: shorter jobs, fewer rounds")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="BLAS threads for the GEMM reference (default: all CPUs)")
+    args = parser.parse_args(argv)
+    ctx = Context(quick=args.quick, threads=args.threads)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    t0 = time.perf_counter()
+    with threadpool_limits(limits=args.threads, user_api="blas"):
+        rows = service_speed(ctx)
+        ctx.finalize(rows)
+    lines = section(rows)
+    lines[2:2] = [(f"Standalone run `python -m bench.service{' --quick' if args.quick else ''}` ({started}, "
+                   f"{time.perf_counter() - t0:.0f} s): GEMM n = 2000 on {args.threads} threads best "
+                   f"{ctx.gemm_rate('float64') / 1e9:.1f} GFLOP/s over {len(ctx.gemm_samples['float64'])} samples; "
+                   f"load average at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())}."), ""]
+    print("\n".join(lines))
+    write_section(RESULTS, HEADING, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
