@@ -38,7 +38,8 @@ load: $(STAMP)
 	$(PY) -m bench.load
 
 # The container's install path without a Docker engine: build the wheel into a throwaway venv, start the
-# installed service outside the source tree until /readyz answers, lint the Dockerfile, validate compose
+# installed service outside the source tree until /readyz answers (its worker compiles the GD kernels first:
+# up to a few minutes on a slow machine), lint the Dockerfile, validate compose
 # against the Compose Specification's schema (pip-installed: no compose CLI or engine).
 DOCKER_CHECK := build/docker-check
 DOCKER_CHECK_PORT ?= 18765
@@ -47,7 +48,7 @@ docker-check: $(STAMP)
 	$(DOCKER_CHECK)/venv/bin/python -m pip wheel --quiet --no-cache-dir --no-deps --wheel-dir $(DOCKER_CHECK)/wheels .
 	$(DOCKER_CHECK)/venv/bin/python -m pip install --quiet --no-cache-dir $(DOCKER_CHECK)/wheels/*.whl
 	(cd $(DOCKER_CHECK) && DLNSIM_DATA_DIR=data DLNSIM_PORT=$(DOCKER_CHECK_PORT) DLNSIM_WORKERS=1 exec venv/bin/python -m service) & pid=$$!; \
-	ok=1; for i in $$(seq 60); do sleep 1; \
+	ok=1; for i in $$(seq 180); do sleep 1; \
 	  if $(DOCKER_CHECK)/venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$(DOCKER_CHECK_PORT)/readyz', timeout=4)" 2>/dev/null; then ok=0; break; fi; \
 	done; kill $$pid; wait $$pid; exit $$ok
 	$(VENV)/bin/hadolint Dockerfile

@@ -210,3 +210,35 @@ def write_section(path: Path, heading: str, lines: list[str]) -> None:
         end = match.end() + nxt.start() if nxt else len(text)
         text = text[:match.start()] + block + ("\n" + text[end:] if nxt else "")
     path.write_text(text)
+
+
+def run_standalone(module: str, description: str, quick_help: str, heading: str, results: Path,
+                   speed: Callable[[Context], list[Row]], section: Callable[[list[Row]], list[str]],
+                   argv: list[str] | None = None) -> int:
+    """``python -m bench.<module>``: run one group of benchmarks, print its section and replace it in ``results``
+    (the rest of the file is left as it is)."""
+    import argparse
+
+    from threadpoolctl import threadpool_limits
+
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="BLAS threads for the GEMM reference (default: all CPUs)")
+    args = parser.parse_args(argv)
+    use_service_malloc_settings()
+    ctx = Context(quick=args.quick, threads=args.threads)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    t0 = time.perf_counter()
+    with threadpool_limits(limits=args.threads, user_api="blas"):
+        rows = speed(ctx)
+        ctx.finalize(rows)
+    lines = section(rows)
+    samples = ctx.gemm_samples["float64"]
+    lines[2:2] = [(f"Standalone run `python -m {module}{' --quick' if args.quick else ''}` ({started}, "
+                   f"{time.perf_counter() - t0:.0f} s): GEMM n = 2000 on {args.threads} threads best "
+                   f"{max(samples) / 1e9:.1f} GFLOP/s over {len(samples)} samples (worst {min(samples) / 1e9:.1f}); "
+                   f"load average at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())}."), ""]
+    print("\n".join(lines))
+    write_section(results, heading, lines)
+    return 0

@@ -26,7 +26,6 @@ the minutes of the run falls on both. Each round reports its best; notes give th
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -43,7 +42,7 @@ import numpy as np
 
 from service.dynamics.gd import step_flops
 
-from .common import Context, Row, settle, table, write_section
+from .common import Context, Row, run_standalone, settle, table
 from .stepping import LEARNING_RATE, make_problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,27 +211,8 @@ def section(rows: list[Row]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from threadpoolctl import threadpool_limits
-
-    parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: shorter jobs, fewer rounds")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="BLAS threads for the GEMM reference (default: all CPUs)")
-    args = parser.parse_args(argv)
-    ctx = Context(quick=args.quick, threads=args.threads)
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    t0 = time.perf_counter()
-    with threadpool_limits(limits=args.threads, user_api="blas"):
-        rows = service_speed(ctx)
-        ctx.finalize(rows)
-    lines = section(rows)
-    lines[2:2] = [(f"Standalone run `python -m bench.service{' --quick' if args.quick else ''}` ({started}, "
-                   f"{time.perf_counter() - t0:.0f} s): GEMM n = 2000 on {args.threads} threads best "
-                   f"{ctx.gemm_rate('float64') / 1e9:.1f} GFLOP/s over {len(ctx.gemm_samples['float64'])} samples; "
-                   f"load average at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())}."), ""]
-    print("\n".join(lines))
-    write_section(RESULTS, HEADING, lines)
-    return 0
+    return run_standalone("bench.service", __doc__.split("\n")[0], "smoke run: shorter jobs, fewer rounds", HEADING,
+                          RESULTS, service_speed, section, argv)
 
 
 if __name__ == "__main__":

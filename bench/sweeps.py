@@ -30,7 +30,6 @@ its steps, so the work is known and equal across points.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import logging
@@ -48,7 +47,7 @@ from service.dynamics.methods import GradientDescent
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate
 
-from .common import Context, Row, settle, table, use_service_malloc_settings, write_section
+from .common import Context, Row, run_standalone, settle, table
 from .stepping import LEARNING_RATE, make_problem
 
 RESULTS = Path(__file__).with_name("results.md")
@@ -281,29 +280,8 @@ def section(rows: list[Row]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from threadpoolctl import threadpool_limits
-
-    parser = argparse.ArgumentParser(prog="python -m bench.sweeps", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: fewer points")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="BLAS threads for the GEMM reference (default: all CPUs)")
-    args = parser.parse_args(argv)
-    use_service_malloc_settings()
-    ctx = Context(quick=args.quick, threads=args.threads)
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    t0 = time.perf_counter()
-    with threadpool_limits(limits=args.threads, user_api="blas"):
-        rows = sweep_speed(ctx)
-        ctx.finalize(rows)
-    lines = section(rows)
-    lines[2:2] = [(f"Standalone run `python -m bench.sweeps{' --quick' if args.quick else ''}` ({started}, "
-                   f"{time.perf_counter() - t0:.0f} s): GEMM n = 2000 on {args.threads} threads best "
-                   f"{ctx.gemm_rate('float64') / 1e9:.1f} GFLOP/s over {len(ctx.gemm_samples['float64'])} samples "
-                   f"(worst {min(ctx.gemm_samples['float64']) / 1e9:.1f}); load average at the end "
-                   f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}."), ""]
-    print("\n".join(lines))
-    write_section(RESULTS, HEADING, lines)
-    return 0
+    return run_standalone("bench.sweeps", __doc__.split("\n")[0], "smoke run: fewer points", HEADING, RESULTS,
+                          sweep_speed, section, argv)
 
 
 if __name__ == "__main__":

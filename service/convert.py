@@ -21,7 +21,7 @@ from service.dynamics.errors import DynamicsError, FieldPath
 from service.dynamics.init import initial_weights
 from service.dynamics.methods import Exact, GradientDescent, GradientFlow, Method
 from service.dynamics.presets import build_preset
-from service.dynamics.problem import Problem, problem_from_correlations, problem_from_data
+from service.dynamics.problem import Problem, problem_from_correlations, problem_from_data, with_test
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import preflight
 from service.dynamics.trajectory import Trajectory
@@ -33,6 +33,8 @@ from service.schemas import (
     GivenInit,
     GradientDescentTraining,
     GradientFlowTraining,
+    GradientsRequest,
+    HeldOutDataset,
     LambdaBalancedInit,
     SimulationRequest,
 )
@@ -68,6 +70,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class GradientsSpec:
+    """What ``network.vector_field`` needs, validated: the problem, the weights (float64), γ."""
+
+    problem: Problem
+    weights: list[np.ndarray]
+    weight_decay: float
+
+
+@dataclass(frozen=True)
 class SimulationSpec:
     """Everything ``simulate`` needs, validated."""
 
@@ -100,27 +111,28 @@ def _preset_shape(name: str, params: Mapping[str, Any], limits: Limits) -> tuple
             if items > limits.max_dimension:
                 break
         return items, int(params["n_features"]), ("data", "levels"), ("data", "n_features")
-    if name in ("whitened", "random_teacher"):
+    if name in ("whitened", "random_teacher", "noisy_teacher"):
         return int(params["n_in"]), int(params["n_out"]), ("data", "n_in"), ("data", "n_out")
     return None
 
 
 def _check_shape_limits(n_in: int, n_out: int, hidden: list[int], in_field: FieldPath, out_field: FieldPath,
-                        limits: Limits) -> None:
+                        limits: Limits, hidden_field: FieldPath = ("network", "hidden")) -> None:
+    """Widths, layer count and matrix sizes; hidden width k is blamed on ``(*hidden_field, k)``."""
     fix_dim = "use smaller dimensions (or run your own instance with a larger DLNSIM_MAX_DIMENSION)"
     _over(n_in, limits.max_dimension, in_field, "the input dimension n_in", fix_dim)
     _over(n_out, limits.max_dimension, out_field, "the output dimension n_out", fix_dim)
-    _over(len(hidden) + 1, limits.max_layers, ("network", "hidden"), "the number of layers",
+    _over(len(hidden) + 1, limits.max_layers, hidden_field, "the number of layers",
           "use fewer hidden layers")
     for k, h in enumerate(hidden):
-        _over(h, limits.max_dimension, ("network", "hidden", k), f"hidden width {k}", fix_dim)
+        _over(h, limits.max_dimension, (*hidden_field, k), f"hidden width {k}", fix_dim)
     fix_entries = "use smaller dimensions: every matrix the run holds must stay below the limit"
     _over(n_in * n_in, limits.max_matrix_entries, in_field, "n_in² (the size of Σ11)", fix_entries)
     _over(n_out * n_in, limits.max_matrix_entries, out_field, "n_out × n_in (the size of Σ31 and W)", fix_entries)
     widths = [n_in, *hidden, n_out]
     for k in range(len(widths) - 1):
         # Layer k + 1 maps widths[k] -> widths[k + 1]; blame the hidden width it grows with.
-        field = ("network", "hidden", min(k, len(hidden) - 1)) if hidden else in_field
+        field = (*hidden_field, min(k, len(hidden) - 1)) if hidden else in_field
         _over(widths[k] * widths[k + 1], limits.max_matrix_entries, field,
               f"the size of layer {k + 1} ({widths[k + 1]} × {widths[k]})", fix_entries)
 
@@ -139,21 +151,31 @@ def _check_request_limits(request: SimulationRequest, limits: Limits) -> None:
         _over(training.steps, limits.max_steps, ("training", "steps"), "the number of steps", "use fewer steps")
     count, field = _record_count(request)
     _over(count, limits.max_record_points, field, "the number of record points", "record fewer points")
-    data = request.data
-    hidden = list(request.network.hidden)
+    _check_data_limits(request.data, list(request.network.hidden), limits)
+
+
+def _check_data_limits(data: Any, hidden: list[int], limits: Limits,
+                       hidden_field: FieldPath = ("network", "hidden")) -> None:
+    """The limits a request's ``data`` (and network widths) must respect, from the request alone."""
+    test = getattr(data, "test", None)
+    if isinstance(test, HeldOutDataset):
+        n = len(test.x)
+        _over(n * (len(test.x[0]) + len(test.y[0])), limits.max_dataset_values, ("data", "test", "x"),
+              "the test dataset size N_test × (n_in + n_out)",
+              "send fewer test samples, or the test distribution's correlations (kind: correlations)")
     if isinstance(data, DatasetData):
         n, n_in, n_out = len(data.x), len(data.x[0]), len(data.y[0])
         _over(n * (n_in + n_out), limits.max_dataset_values, ("data", "x"), "the dataset size N × (n_in + n_out)",
               "send fewer samples, or send the correlations (kind: correlations) instead of the data")
-        _check_shape_limits(n_in, n_out, hidden, ("data", "x"), ("data", "y"), limits)
+        _check_shape_limits(n_in, n_out, hidden, ("data", "x"), ("data", "y"), limits, hidden_field)
     elif isinstance(data, CorrelationsData):
         n_out, n_in = len(data.sigma31), len(data.sigma31[0])
-        _check_shape_limits(n_in, n_out, hidden, ("data", "sigma11"), ("data", "sigma31"), limits)
+        _check_shape_limits(n_in, n_out, hidden, ("data", "sigma11"), ("data", "sigma31"), limits, hidden_field)
     else:
         shape = _preset_shape(data.name, _preset_params(data), limits)
         if shape is not None:
-            _check_shape_limits(*shape[:2], hidden, *shape[2:], limits)
-        if data.name == "random_teacher":
+            _check_shape_limits(*shape[:2], hidden, *shape[2:], limits, hidden_field)
+        if data.name in ("random_teacher", "noisy_teacher"):
             values = data.n_samples * (data.n_in + data.n_out)
             _over(values, limits.max_dataset_values, ("data", "n_samples"), "the dataset size N × (n_in + n_out)",
                   "use fewer samples")
@@ -167,8 +189,13 @@ def _check_trajectory_size(request: SimulationRequest, shapes: list[tuple[int, i
         per_record += sum(r * c for r, c in shapes)
     if request.record.similarity:
         per_record += problem.n_in * problem.n_in
+    if problem.test is not None:
+        per_record += 3  # test loss, and its theory
+    if request.record.kernel:  # the Grams of every hidden layer, and the distance
+        per_record += (len(shapes) - 1) * (problem.n_in ** 2 + problem.n_out ** 2) + 1
     fix = "record fewer points" + (", or set record.weights to false" if request.record.weights else "") + (
-        ", or set record.similarity to false" if request.record.similarity else "")
+        ", or set record.similarity to false" if request.record.similarity else "") + (
+        ", or set record.kernel to false" if request.record.kernel else "")
     _over(count * per_record, limits.max_trajectory_values, field,
           "the trajectory size (record points × numbers per record)", fix)
 
@@ -178,7 +205,7 @@ def _check_trajectory_size(request: SimulationRequest, shapes: list[tuple[int, i
 
 
 def _preset_params(data: Any) -> dict[str, Any]:
-    return data.model_dump(exclude={"kind", "name"})
+    return data.model_dump(exclude={"kind", "name", "test"})
 
 
 def _rename_preset_field(exc: DynamicsError) -> DynamicsError:
@@ -191,16 +218,27 @@ def _rename_preset_field(exc: DynamicsError) -> DynamicsError:
     return exc
 
 
-def build_problem(request: SimulationRequest) -> Problem:
+def build_problem(request: SimulationRequest | GradientsRequest) -> Problem:
+    """The core's problem of ``request.data``, with its held-out statistics when ``data.test`` is given."""
     data = request.data
     if isinstance(data, DatasetData):
-        return problem_from_data(data.x, data.y)
-    if isinstance(data, CorrelationsData):
-        return problem_from_correlations(data.sigma11, data.sigma31, data.sigma33)
-    try:
-        return build_preset(data.name, _preset_params(data))
-    except DynamicsError as exc:
-        raise _rename_preset_field(exc) from None
+        problem = problem_from_data(data.x, data.y)
+    elif isinstance(data, CorrelationsData):
+        problem = problem_from_correlations(data.sigma11, data.sigma31, data.sigma33)
+    else:
+        try:
+            problem = build_preset(data.name, _preset_params(data))
+        except DynamicsError as exc:
+            raise _rename_preset_field(exc) from None
+    test = getattr(data, "test", None)
+    if test is None:
+        return problem
+    prefix = ("data", "test")
+    if isinstance(test, HeldOutDataset):
+        held_out = problem_from_data(test.x, test.y, field_prefix=prefix)
+    else:
+        held_out = problem_from_correlations(test.sigma11, test.sigma31, test.sigma33, field_prefix=prefix)
+    return with_test(problem, held_out, field_prefix=prefix)
 
 
 def build_init_params(request: SimulationRequest) -> dict[str, Any]:
@@ -219,10 +257,11 @@ def build_method(request: SimulationRequest, max_flow_steps: int | None = None) 
     """The core's method; ``max_flow_steps`` caps a flow run's integrator steps (``GradientFlow.max_steps``)."""
     t = request.training
     if isinstance(t, GradientDescentTraining):
-        return GradientDescent(learning_rate=t.learning_rate, steps=t.steps, weight_decay=t.weight_decay)
+        return GradientDescent(learning_rate=t.learning_rate, steps=t.steps, weight_decay=t.weight_decay,
+                               stop_at_convergence=t.stop_at_convergence)
     if isinstance(t, GradientFlowTraining):
         return GradientFlow(t_max=t.t_max, rtol=t.rtol, atol=t.atol, weight_decay=t.weight_decay,
-                            max_steps=max_flow_steps)
+                            max_steps=max_flow_steps, stop_at_convergence=t.stop_at_convergence)
     if isinstance(t, ExactTraining):
         return Exact(t_max=t.t_max, weight_decay=t.weight_decay)
     raise TypeError(f"unknown training method {type(t).__name__}")
@@ -232,7 +271,7 @@ def build_record(request: SimulationRequest) -> RecordSchedule:
     rec = request.record
     return RecordSchedule(points=rec.points, spacing=rec.spacing,
                           times=tuple(rec.times) if rec.times is not None else None, weights=rec.weights,
-                          similarity=rec.similarity)
+                          similarity=rec.similarity, kernel=rec.kernel)
 
 
 def check_learning_rate(problem: Problem, depth: int, training: GradientDescentTraining) -> None:
@@ -279,6 +318,35 @@ def build_simulation(request: SimulationRequest, limits: Limits | None = None, *
     # outside the run, and for method exact whether a closed form applies (check_exact).
     preflight(problem, weights0, method, record, dtype=request.dtype)
     return SimulationSpec(problem, weights0, method, record, request.dtype)
+
+
+def build_gradients(request: GradientsRequest, limits: Limits | None = None) -> GradientsSpec:
+    """Validate a POST /v1/gradients request like a simulation's data and given init; raise DynamicsError.
+
+    The network's widths are those of the weights (input→output, as ``init.weights``): hidden width k is
+    the number of rows of weights[k], so the limits and shape errors name ``weights[k]``.
+    """
+    hidden = [len(w) for w in request.weights[:-1]]
+    if limits is not None:
+        _check_data_limits(request.data, hidden, limits, hidden_field=("weights",))
+    problem = build_problem(request)
+    shapes = network.layer_shapes(problem.n_in, hidden, problem.n_out)
+    if limits is not None:
+        _check_shape_limits(problem.n_in, problem.n_out, hidden, ("data",), ("data",), limits,
+                            hidden_field=("weights",))
+    weights = network.check_weights(request.weights, shapes, field=("weights",))
+    return GradientsSpec(problem, weights, float(request.weight_decay))
+
+
+def gradients_document(field: network.VectorField) -> dict[str, Any]:
+    """The Gradients JSON document (schema: service.schemas.Gradients)."""
+    return {
+        "loss": _json_number(field.loss),
+        "loss_without_sigma33": _json_number(field.loss_without_sigma33),
+        "objective": _json_number(field.objective),
+        "gradients": [_json_array(g) for g in field.gradients],
+        "gradient_norm": _json_number(field.gradient_norm),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,5 +421,28 @@ def trajectory_document(traj: Trajectory) -> dict[str, Any]:
         },
         "method": str(traj.method),
         "stability_hint": traj.stability_hint,
+        "test_loss": _optional(traj.test_loss),
+        "early_stopping": None if traj.early_stopping is None else {
+            "time": _json_number(traj.early_stopping.time),
+            "step": traj.early_stopping.step,
+            "test_loss": _json_number(traj.early_stopping.test_loss),
+        },
+        "loss_theory": None if traj.loss_theory is None else {
+            "loss": _optional(traj.loss_theory.loss),
+            "test_loss": _optional(traj.loss_theory.test_loss),
+            "model": traj.loss_theory.model,
+            "exact": bool(traj.loss_theory.exact),
+            "assumptions": traj.loss_theory.assumptions,
+        },
+        "kernel": None if traj.kernel is None else _kernel_document(traj.kernel, len(traj.time)),
+        "kernel_distance": None if traj.kernel is None else _json_array(traj.kernel.distance),
         "similarity": _optional(traj.similarity),
     }
+
+
+def _kernel_document(kernel: Any, count: int) -> dict[str, Any]:
+    """Per time, per hidden layer (the core keeps them per layer, per time)."""
+    inputs = [_json_array(p) for p in kernel.input_grams]
+    outputs = [_json_array(q) for q in kernel.output_grams]
+    return {"input_grams": [[layer[t] for layer in inputs] for t in range(count)],
+            "output_grams": [[layer[t] for layer in outputs] for t in range(count)]}

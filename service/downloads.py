@@ -23,11 +23,16 @@ MEDIA_TYPES = (JSON, NPZ)  # in order of preference when the Accept header ranks
 
 # Top-level members of the Trajectory document (service.schemas.Trajectory), in its order.
 FIELDS = ("time", "step", "loss", "excess_loss", "product", "weights", "modes", "balance_drift", "gradient_norm",
-          "distance_to_optimum", "outcome", "diverged_at_step", "optimum", "method", "stability_hint", "similarity")
-# Members with one entry per record (``every`` thins them); inside "modes", strength and theory.
+          "distance_to_optimum", "outcome", "diverged_at_step", "optimum", "method", "stability_hint", "test_loss",
+          "early_stopping", "loss_theory", "kernel", "kernel_distance", "similarity")
+# Members with one entry per record (``every`` thins them); inside the objects below, the members listed.
 PER_RECORD = ("time", "step", "loss", "excess_loss", "product", "weights", "balance_drift", "gradient_norm",
-              "distance_to_optimum", "similarity")
+              "distance_to_optimum", "test_loss", "kernel_distance", "similarity")
 PER_RECORD_MODES = ("strength", "theory")
+PER_RECORD_NESTED = {"modes": PER_RECORD_MODES, "loss_theory": ("loss", "test_loss"),
+                     "kernel": ("input_grams", "output_grams")}
+# Objects whose members become ``<object>_<member>`` arrays of the .npz.
+NESTED = ("modes", "optimum", "early_stopping", "loss_theory")
 
 NPZ_LAYOUT = """\
 `Accept: application/x-npz` returns the trajectory as a NumPy `.npz` archive (uncompressed; read it with
@@ -42,6 +47,15 @@ NPZ_LAYOUT = """\
 | `product` | (T, n_out, n_in) | float64 |
 | `weights_0` … `weights_{D-1}` | (T, rows_l, cols_l), input→output | float64 (when record.weights) |
 | `similarity` | (T, n_in, n_in) | float64 (when record.similarity) |
+| `test_loss` | (T,) | float64 (with data.test) |
+| `early_stopping_time`, `early_stopping_test_loss` | () | float64 (with data.test) |
+| `early_stopping_step` | () | int64 (with data.test, GD only) |
+| `loss_theory_loss`, `loss_theory_test_loss` | (T,) | float64 (where the loss theory applies) |
+| `loss_theory_model`, `loss_theory_assumptions` | () | str |
+| `loss_theory_exact` | () | bool |
+| `kernel_input_grams_0` … `kernel_input_grams_{D-2}` | (T, n_in, n_in) per hidden layer | float64 (record.kernel) |
+| `kernel_output_grams_0` … `_{D-2}` | (T, n_out, n_out) per hidden layer | float64 (record.kernel) |
+| `kernel_distance` | (T,) | float64 (when record.kernel) |
 | `modes_singular_values`, `modes_learning_time`, `modes_learning_time_theory` | (k,) | float64 |
 | `modes_strength`, `modes_theory` | (T, k) | float64 |
 | `modes_theory_model`, `modes_theory_assumptions` | () | str |
@@ -167,12 +181,13 @@ def select(doc: Mapping[str, Any], fields: Sequence[str] | None = None, every: i
     for name in PER_RECORD:
         if out.get(name) is not None:
             out[name] = [out[name][i] for i in idx]
-    if out.get("modes") is not None:
-        modes = dict(out["modes"])
-        for name in PER_RECORD_MODES:
-            if modes.get(name) is not None:
-                modes[name] = [modes[name][i] for i in idx]
-        out["modes"] = modes
+    for member, names in PER_RECORD_NESTED.items():
+        if out.get(member) is not None:
+            nested = dict(out[member])
+            for name in names:
+                if nested.get(name) is not None:
+                    nested[name] = [nested[name][i] for i in idx]
+            out[member] = nested
     return out
 
 
@@ -202,7 +217,13 @@ def npz_arrays(doc: Mapping[str, Any]) -> dict[str, np.ndarray]:
             layers = len(value[0]) if value else 0
             for layer in range(layers):
                 out[f"weights_{layer}"] = np.array([per_time[layer] for per_time in value], dtype=np.float64)
-        elif name in ("modes", "optimum"):
+        elif name == "kernel":
+            for sub in ("input_grams", "output_grams"):
+                layers = len(value[sub][0]) if value[sub] else 0
+                for layer in range(layers):
+                    out[f"kernel_{sub}_{layer}"] = np.array([per_time[layer] for per_time in value[sub]],
+                                                            dtype=np.float64)
+        elif name in NESTED:
             for sub, v in value.items():
                 if v is not None:
                     out[f"{name}_{sub}"] = _array(sub, v)
@@ -267,6 +288,30 @@ def trajectory_arrays(traj: Any) -> dict[str, np.ndarray]:
     out["method"] = np.array(str(traj.method), dtype=np.str_)
     if traj.stability_hint is not None:
         out["stability_hint"] = np.array(traj.stability_hint, dtype=np.str_)
+    if getattr(traj, "test_loss", None) is not None:
+        out["test_loss"] = f64(traj.test_loss)
+    stop = getattr(traj, "early_stopping", None)
+    if stop is not None:
+        out["early_stopping_time"] = f64(stop.time)
+        if stop.step is not None:
+            out["early_stopping_step"] = np.array(int(stop.step), dtype=np.int64)
+        out["early_stopping_test_loss"] = f64(stop.test_loss)
+    theory = getattr(traj, "loss_theory", None)
+    if theory is not None:
+        if theory.loss is not None:
+            out["loss_theory_loss"] = f64(theory.loss)
+        if theory.test_loss is not None:
+            out["loss_theory_test_loss"] = f64(theory.test_loss)
+        out["loss_theory_model"] = np.array(theory.model, dtype=np.str_)
+        out["loss_theory_exact"] = np.array(bool(theory.exact))
+        out["loss_theory_assumptions"] = np.array(theory.assumptions, dtype=np.str_)
+    kernel = getattr(traj, "kernel", None)
+    if kernel is not None:
+        for layer, gram in enumerate(kernel.input_grams):
+            out[f"kernel_input_grams_{layer}"] = f64(gram)
+        for layer, gram in enumerate(kernel.output_grams):
+            out[f"kernel_output_grams_{layer}"] = f64(gram)
+        out["kernel_distance"] = f64(kernel.distance)
     if getattr(traj, "similarity", None) is not None:
         out["similarity"] = f64(traj.similarity)
     return out

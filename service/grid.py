@@ -200,7 +200,8 @@ def point_summary(traj: Any) -> dict[str, Any]:
     last record), learning_time / learning_time_theory (per mode: first time u_α reaches half its
     final value, measured and predicted), theory_model, steps_to_convergence and time_to_convergence
     (the last record of a converged run: the run stops when the gradient norm is below tolerance),
-    diverged_at_step.
+    diverged_at_step; with test data (data.test) final_test_loss, min_test_loss and early_stopping_time (t of the
+    record of least test loss); with record.kernel final_kernel_distance.
     """
     converged = traj.outcome == "converged"
     modes = traj.modes
@@ -217,4 +218,8 @@ def point_summary(traj: Any) -> dict[str, Any]:
         "steps_to_convergence": int(traj.step[-1]) if converged and traj.step is not None else None,
         "time_to_convergence": _number(traj.time[-1]) if converged else None,
         "diverged_at_step": None if traj.diverged_at_step is None else int(traj.diverged_at_step),
+        "final_test_loss": None if traj.test_loss is None else _number(traj.test_loss[-1]),
+        "min_test_loss": None if traj.early_stopping is None else _number(traj.early_stopping.test_loss),
+        "early_stopping_time": None if traj.early_stopping is None else _number(traj.early_stopping.time),
+        "final_kernel_distance": None if traj.kernel is None else _number(traj.kernel.distance[-1]),
     }

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from threadpoolctl import threadpool_limits
 
-from service.api import health, plots, presets, simulations, sweeps
+from service.api import gradients, health, plots, presets, simulations, sweeps
 from service.api.access import (
     ApiKeyMiddleware,
     ProblemCORSMiddleware,
@@ -31,7 +31,7 @@ from service.jobs.retention import RetentionTask
 from service.jobs.store import JobStore
 from service.jobs.sweeps import SweepEngine
 from service.jobs.sweeps_store import SweepStore
-from service.schemas import ProblemDetails, SimulationRequest, SweepRequest
+from service.schemas import GradientsRequest, ProblemDetails, SimulationRequest, SweepRequest
 from service.settings import Settings, get_settings
 
 try:
@@ -53,7 +53,9 @@ TAGS = [
     {"name": "sweeps", "description": "Parameter sweeps: many simulations from one base request, run in "
                                       "batched chunks across the Dask workers."},
     {"name": "presets", "description": "Built-in learning problems (PNAS 2019 hierarchy, branching diffusion, "
-                                       "whitened, random teacher) and their parameters."},
+                                       "whitened, random teacher, noisy teacher) and their parameters."},
+    {"name": "gradients", "description": "The loss and its gradient at given weights (the seed's vector field), "
+                                         "answered synchronously."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
 
@@ -68,7 +70,7 @@ def operation_id(route: APIRoute) -> str:
 def _add_component_schemas(schema: dict[str, Any]) -> dict[str, Any]:
     """Make sure the schemas referenced by hand ($ref in responses and the request body) are defined."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ProblemDetails, SimulationRequest, SweepRequest):
+    for model in (ProblemDetails, SimulationRequest, SweepRequest, GradientsRequest):
         js = model.model_json_schema(ref_template="#/components/schemas/{model}")
         for name, definition in js.pop("$defs", {}).items():
             components.setdefault(name, definition)
@@ -142,6 +144,7 @@ def create_app(settings: Settings | None = None, *,
     app.include_router(plots.router)
     app.include_router(presets.router)
     app.include_router(sweeps.router)
+    app.include_router(gradients.router)
     app.include_router(health.router)
 
     base_openapi = app.openapi

@@ -4,12 +4,16 @@
     png = render_plot(document, "similarity", times=[0, 5, 40], fmt="png")
 
 Kinds:
-    loss        L(t) on a log axis (or L − L* when Σ33 is unknown, said on the axis); the optimum L* dotted.
+    loss        L(t) on a log axis (or L − L* when Σ33 is unknown, said on the axis); the optimum L* dotted; with
+                data.test the test loss and its minimum (the early-stopping point), and the loss theory dashed.
     modes       mode strengths u_α(t) = u_αᵀ W(t) v_α (solid) and the analytic prediction (dashed, same colour),
                 the theory model named in the title and legend, "(approximate)" when its assumptions hold only
                 approximately.
     product     heatmaps of the network map W(t) at chosen times (nearest record) next to the optimum W*.
     similarity  the hidden-layer item similarity RSM = W21ᵀW21 at chosen times (when it was recorded).
+    kernel      the NTK's kernel distance 1 − cos(K(0), K(t)) over time (solid), and the same distance for each
+                hidden layer's input-side Gram P_h and output-side Gram Q_h (dashed, dotted): which side moves
+                (when record.kernel).
 
 Rendering uses ``matplotlib.figure.Figure`` directly (never pyplot's global figure manager) on the headless
 Agg backend, and one lock: matplotlib documents that it is not thread-safe, and rendering holds the GIL
@@ -35,7 +39,7 @@ from matplotlib.ticker import FuncFormatter
 # Headless, explicitly: nothing here uses pyplot, but a server must never pick an interactive backend.
 matplotlib.use("Agg")
 
-KINDS = ("loss", "modes", "product", "similarity")
+KINDS = ("loss", "modes", "product", "similarity", "kernel")
 FORMATS = {"svg": "image/svg+xml", "png": "image/png"}
 MAX_TIMES = 8                 # panels of a product / similarity plot
 MAX_LEGEND_MODES = 10         # past this many modes the legend names the first ones and "…"
@@ -140,6 +144,7 @@ def _plot_loss(fig: Figure, doc: Mapping[str, Any], log_time: bool) -> None:
     else:
         ax.plot(time[keep], y[keep], color="C0", lw=1.8, label=name)
         ylabel = ylabel.replace("  [log scale]", "  [linear: no positive value to put on a log scale]")
+    _plot_test_loss(ax, doc, time, log_time, known)
     rank = (doc.get("optimum") or {}).get("rank")
     if known and optimum is not None:
         # L* = tr Σ33 − Σ σ² cancels to round-off for a realisable task: call that 0 rather than draw 1e-16.
@@ -158,6 +163,29 @@ def _plot_loss(fig: Figure, doc: Mapping[str, Any], log_time: bool) -> None:
     ax.set_title(f"Loss — {_method_name(doc)} ({_outcome_note(doc)})")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="best", frameon=True)
+
+
+def _plot_test_loss(ax, doc: Mapping[str, Any], time: np.ndarray, log_time: bool, known: bool) -> None:
+    """The test loss (with data.test), its minimum (the early-stopping point) and the loss theory, dashed."""
+    theory = doc.get("loss_theory") or {}
+    note = "" if theory.get("exact") else " (approximate)"
+    if known and theory.get("loss") is not None:
+        y = _array(theory["loss"])
+        ok = _time_mask(time, log_time) & np.isfinite(y) & (y > 0)
+        ax.plot(time[ok], y[ok], color="C0", ls="--", lw=1.2, label=f"theory L, {theory['model']}{note}")
+    if doc.get("test_loss") is None:
+        return
+    y = _array(doc["test_loss"])
+    ok = _time_mask(time, log_time) & np.isfinite(y) & (y > 0)
+    ax.plot(time[ok], y[ok], color="C3", lw=1.8, label="test loss L_test(t)")
+    if theory.get("test_loss") is not None:
+        yt = _array(theory["test_loss"])
+        okt = _time_mask(time, log_time) & np.isfinite(yt) & (yt > 0)
+        ax.plot(time[okt], yt[okt], color="C3", ls="--", lw=1.2, label=f"theory L_test, {theory['model']}{note}")
+    stop = doc.get("early_stopping") or {}
+    if stop.get("time") is not None and stop.get("test_loss") is not None and (stop["time"] > 0 or not log_time):
+        ax.plot([stop["time"]], [stop["test_loss"]], "v", color="C3", ms=7,
+                label=f"least test loss {stop['test_loss']:.4g} at t = {_fmt_time(stop['time'])}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,12 +307,47 @@ def _plot_similarity(fig: Figure, doc: Mapping[str, Any], times: Sequence[float]
               f"RSM = W21ᵀW21 (h_i = W21 e_i) — {_method_name(doc)}")
 
 
+def _gram_distance(stack: np.ndarray) -> np.ndarray:
+    """1 − ⟨G(0), G(t)⟩/(‖G(0)‖‖G(t)‖) per record for a stack of Grams (T, n, n)."""
+    flat = stack.reshape(len(stack), -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 1.0 - flat @ flat[0] / (np.linalg.norm(flat, axis=1) * np.linalg.norm(flat[0]))
+
+
+def _plot_kernel(fig: Figure, doc: Mapping[str, Any], log_time: bool) -> None:
+    if doc.get("kernel_distance") is None or doc.get("kernel") is None:
+        raise PlotError("this simulation did not record the neural tangent kernel", field="kind",
+                        fix="run the simulation again with record.kernel set to true", code="not_recorded")
+    ax = fig.add_subplot()
+    time = _array(doc["time"])
+    keep = _time_mask(time, log_time)
+    ax.plot(time[keep], _array(doc["kernel_distance"])[keep], color="k", lw=2.0,
+            label="NTK: 1 − cos(K(0), K(t))")
+    inputs = _array(doc["kernel"]["input_grams"])      # (T, D−1, n_in, n_in)
+    outputs = _array(doc["kernel"]["output_grams"])    # (T, D−1, n_out, n_out)
+    layers = inputs.shape[1] if inputs.ndim == 4 else 0
+    for h in range(min(layers, MAX_LEGEND_MODES)):
+        colour = f"C{h}"
+        ax.plot(time[keep], _gram_distance(inputs[:, h])[keep], color=colour, ls="--", lw=1.3,
+                label=f"input side P_{h + 1} = (W_{h + 1}⋯W_1)ᵀ(W_{h + 1}⋯W_1)")
+        ax.plot(time[keep], _gram_distance(outputs[:, h])[keep], color=colour, ls=":", lw=1.5,
+                label=f"output side Q_{h + 1} = (W_D⋯W_{h + 2})(W_D⋯W_{h + 2})ᵀ")
+    if log_time:
+        ax.set_xscale("log")
+    ax.set_ylim(bottom=0.0)
+    ax.set_xlabel(_time_label(doc, log_time))
+    ax.set_ylabel("kernel distance 1 − ⟨A(0), A(t)⟩ / (‖A(0)‖ ‖A(t)‖)\n0: lazy (the kernel keeps its direction)")
+    ax.set_title(f"Neural tangent kernel over time — {_method_name(doc)} ({_outcome_note(doc)})")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="best", frameon=True)
+
+
 # ------------------------------------------------------------------------------------------------
 # entry point
 
 
 def _figure_size(kind: str, doc: Mapping[str, Any], times: Sequence[float] | None) -> tuple[float, float]:
-    if kind in ("loss",):
+    if kind in ("loss", "kernel"):
         return 8.0, 5.0
     if kind == "modes":
         return 10.0, 5.5
@@ -317,6 +380,8 @@ def render_plot(doc: Mapping[str, Any], kind: str, *, log_time: bool = False, ti
             _plot_loss(fig, doc, log_time)
         elif kind == "modes":
             _plot_modes(fig, doc, log_time)
+        elif kind == "kernel":
+            _plot_kernel(fig, doc, log_time)
         elif kind == "product":
             _plot_product(fig, doc, times, labels)
         else:

@@ -36,8 +36,8 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "not-finished": ("Trajectory not available", "The simulation has not succeeded (yet); poll it until "
                                                  "status is succeeded, or read its error."),
     "not-recorded": ("Not recorded", "The run succeeded but did not keep what was asked for (a simulation without "
-                                     "record.similarity, a sweep point of a keep: summary sweep); run it again "
-                                     "recording it."),
+                                     "record.similarity or record.kernel, a sweep point of a keep: summary "
+                                     "sweep); run it again recording it."),
     "not-acceptable": ("Not acceptable", "No representation matches the Accept header; the route's description "
                                          "lists the media types it serves."),
     "body-too-large": ("Request body too large", "The request body is above this service's size limit."),

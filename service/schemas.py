@@ -59,6 +59,35 @@ Matrix = Annotated[
 # data
 
 
+class HeldOutDataset(StrictModel):
+    """Held-out samples as rows (x: N_test × n_in, y: N_test × n_out), scored, never trained on."""
+
+    kind: Literal["dataset"]
+    x: Matrix = Field(description="Test inputs, N_test × n_in (one sample per row).")
+    y: Matrix = Field(description="Test targets, N_test × n_out (one sample per row).")
+
+
+class HeldOutCorrelations(StrictModel):
+    """Statistics of the test distribution as means: Σ11ᵗ, Σ31ᵗ and Σ33ᵗ (required: the test loss is an MSE)."""
+
+    kind: Literal["correlations"]
+    sigma11: Matrix = Field(description="Σ11ᵗ = E xxᵀ over the test distribution, n_in × n_in, symmetric PSD.")
+    sigma31: Matrix = Field(description="Σ31ᵗ = E yxᵀ, n_out × n_in.")
+    sigma33: Matrix = Field(description="Σ33ᵗ = E yyᵀ, n_out × n_out.")
+
+
+def _is_none(value: Any) -> bool:
+    """Left out of the canonical request when absent: requests without test data keep their bytes (and hashes)."""
+    return value is None
+
+
+HeldOutData = Annotated[Union[HeldOutDataset, HeldOutCorrelations], Field(discriminator="kind")]  # noqa: UP007
+TEST_DESCRIPTION = (
+    "Held-out data (a dataset, or the test distribution's Σ11, Σ31, Σ33; same n_in and n_out): every method then "
+    "records trajectory.test_loss = tr Σ33ᵗ − 2 tr(W Σ31ᵗᵀ) + tr(W Σ11ᵗ Wᵀ), the MSE of the network map on it "
+    "(no ½, like the loss), and trajectory.early_stopping, the record of least test loss.")
+
+
 class DatasetData(StrictModel):
     """Samples as rows: x is N × n_in, y is N × n_out. The core uses their means
     Σ11 = XᵀX/N, Σ31 = YᵀX/N, Σ33 = YᵀY/N."""
@@ -66,6 +95,7 @@ class DatasetData(StrictModel):
     kind: Literal["dataset"]
     x: Matrix = Field(description="Inputs, N × n_in (one sample per row).")
     y: Matrix = Field(description="Targets, N × n_out (one sample per row).")
+    test: HeldOutData | None = Field(None, description=TEST_DESCRIPTION, exclude_if=_is_none)
 
 
 class CorrelationsData(StrictModel):
@@ -77,6 +107,7 @@ class CorrelationsData(StrictModel):
     sigma11: Matrix = Field(description="Σ11 = (1/N) Σ x xᵀ, n_in × n_in, symmetric positive semi-definite.")
     sigma31: Matrix = Field(description="Σ31 = (1/N) Σ y xᵀ, n_out × n_in.")
     sigma33: Matrix | None = Field(None, description="Σ33 = (1/N) Σ y yᵀ, n_out × n_out (optional).")
+    test: HeldOutData | None = Field(None, description=TEST_DESCRIPTION, exclude_if=_is_none)
 
 
 def _param_annotation(p: PresetParam) -> Any:
@@ -109,6 +140,8 @@ def _preset_model(name: str) -> type[BaseModel]:
     for p in preset.params:
         default = list(p.default) if isinstance(p.default, list) else p.default
         fields[p.name] = (_param_annotation(p), Field(default, description=p.description))
+    if not preset.builtin_test:  # a preset with its own test distribution takes none from the request
+        fields["test"] = (HeldOutData | None, Field(None, description=TEST_DESCRIPTION, exclude_if=_is_none))
     return create_model(f"{_camel(name)}Preset", __base__=StrictModel, __doc__=preset.description, **fields)
 
 
@@ -215,6 +248,11 @@ class GradientDescentTraining(StrictModel):
     allow_unstable: bool = Field(
         False, description="Run even when learning_rate exceeds the stability bound: divergence is then "
                            "a reported outcome (status succeeded, outcome diverged), not an error.")
+    stop_at_convergence: bool = Field(
+        True, description="true: the run stops at the first step whose gradient norm is ≤ 1e-10·‖Σ31‖_F "
+                          "(outcome converged); the trajectory then ends at that time, and record points after "
+                          "it are not in it. false: GD steps on to the last step, so the records cover the whole "
+                          "time axis [0, learning_rate·steps] (outcome completed).")
 
 
 class GradientFlowTraining(StrictModel):
@@ -225,6 +263,11 @@ class GradientFlowTraining(StrictModel):
     rtol: float = Field(1e-8, ge=1e-13, lt=1, description="Relative tolerance of the integrator.")
     atol: float = Field(1e-10, gt=0, description="Absolute tolerance of the integrator.")
     weight_decay: WeightDecay = 0.0
+    stop_at_convergence: bool = Field(
+        True, description="true: the run stops once the gradient norm is ≤ max(1e-10, 1e3·rtol)·‖Σ31‖_F "
+                          "(outcome converged) and the trajectory ends there, without the later record points. "
+                          "false: integrate to t_max, so the records cover [0, t_max] (near the minimum an "
+                          "explicit integrator needs many small steps: a long t_max may reach the step limit).")
 
 
 class ExactTraining(StrictModel):
@@ -241,7 +284,9 @@ Training = Annotated[Union[GradientDescentTraining, GradientFlowTraining, ExactT
 
 class Record(StrictModel):
     """When to sample the trajectory: ``points`` times spaced linearly or logarithmically over the run,
-    or explicit ``times`` (which then take precedence)."""
+    or explicit ``times`` (which then take precedence). A gd or flow run that converges stops there by
+    default, and its trajectory ends at that time: set ``training.stop_at_convergence`` to false to get
+    every record time."""
 
     points: int = Field(200, ge=2, description="Number of record points.")
     spacing: Literal["linear", "log"] = "linear"
@@ -252,6 +297,12 @@ class Record(StrictModel):
         False, description="Also record the hidden-layer representational similarity of the items, "
                            "RSM = W21ᵀW21 (n_in × n_in; items = the input basis vectors, i.e. the one-hot "
                            "items of the hierarchy presets), at every record point. Needs a hidden layer.")
+    kernel: bool = Field(
+        False, description="Also record the neural tangent kernel on the input basis, K = Σ_l Q_l ⊗ P_(l−1) "
+                           "(two layers: W32W32ᵀ ⊗ I + I ⊗ W21ᵀW21), as the Grams of every hidden layer h "
+                           "(P_h = (W_h⋯W_1)ᵀ(W_h⋯W_1), Q_h = (W_D⋯W_(h+1))(W_D⋯W_(h+1))ᵀ), and kernel_distance "
+                           "1 − ⟨K(0), K(t)⟩/(‖K(0)‖‖K(t)‖) at every record point (for exact Riccati runs from "
+                           "the blocks of P(t)). Needs a hidden layer.")
 
 
 SAXE_HIERARCHY_EXAMPLE = {
@@ -308,9 +359,41 @@ class SimulationRequest(StrictModel):
     dtype: Literal["float64", "float32"] = "float64"
 
 
+# ------------------------------------------------------------------------------------------------
+# the vector field: POST /v1/gradients
+
+GRADIENTS_EXAMPLE = {
+    "data": {"kind": "correlations", "sigma11": [[1.0, 0.0], [0.0, 1.0]], "sigma31": [[2.0, 0.0], [0.0, 0.5]],
+             "sigma33": [[4.0, 0.0], [0.0, 0.25]]},
+    "weights": [[[0.1, 0.0], [0.0, 0.1], [0.05, -0.05]], [[0.2, 0.0, 0.1], [0.0, 0.2, -0.1]]],
+    "weight_decay": 0.0,
+}
+GRADIENTS_EXAMPLES = {
+    "two_layer": {"summary": "A 2-3-2 network on given correlations: L, ∂L/∂W21, ∂L/∂W32", "value": GRADIENTS_EXAMPLE},
+    "hierarchy_regression": {
+        "summary": "Linear regression (one layer) on the PNAS hierarchy at W = 0",
+        "value": {"data": {"kind": "preset", "name": "hierarchy", "depth": 1},
+                  "weights": [[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]]}},
+}
+
+
+class GradientsRequest(StrictModel):
+    """The seed's vector field at given weights: any data kind, the weights of every layer (input→output, as
+    ``init.weights``: weights[0] is W21, hidden[0] × n_in) and an optional weight decay γ."""
+
+    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [GRADIENTS_EXAMPLE]})
+
+    data: Data
+    weights: Annotated[list[Matrix], Field(min_length=1, description=(
+        "W_1 … W_D input→output; the widths are the weights' own (hidden width k = rows of weights[k]); "
+        "one matrix is linear regression."))]
+    weight_decay: WeightDecay = 0.0
+
+
 # Discriminator tags that pydantic puts into error locations; HTTP paths name fields only.
 _UNION_TAGS: dict[tuple[str, ...], frozenset[str]] = {
     ("data",): frozenset({"dataset", "correlations", "preset", *PRESETS}),
+    ("data", "test"): frozenset({"dataset", "correlations"}),
     ("init",): frozenset({"gaussian", "orthogonal", "balanced", "lambda_balanced", "aligned", "given"}),
     ("training",): frozenset({"gd", "flow", "exact"}),
 }
@@ -323,7 +406,7 @@ def strip_union_tags(loc: Sequence[str | int]) -> tuple[str | int, ...]:
     out: list[str | int] = []
     for part in loc:
         if isinstance(part, str):
-            if len(out) == 1 and tuple(out) in _UNION_TAGS and part in _UNION_TAGS[tuple(out)]:
+            if tuple(out) in _UNION_TAGS and part in _UNION_TAGS[tuple(out)]:
                 continue
             if _MEMBER_TAG.match(part):
                 continue
@@ -420,6 +503,38 @@ class OptimumReport(BaseModel):
     rank: int
 
 
+class EarlyStoppingReport(BaseModel):
+    """Where to stop: the record with the smallest test loss."""
+
+    time: Num = Field(description="t of that record (t = η·step for GD).")
+    step: int | None = Field(None, description="Its GD step (null for flow and exact).")
+    test_loss: Num = Field(description="The smallest recorded test loss.")
+
+
+class LossTheoryReport(BaseModel):
+    """Train and test loss predicted from the mode theory (modes.theory): W(t) = Σ_α u_α(t) û_α v̂_αᵀ on the
+    training SVD with Σ11 = c·I (Lampinen & Ganguli 2019). Offered where a mode theory applies with Σ11 ≈ c·I."""
+
+    loss: list[Num] | None = Field(None, description="Predicted L at each time; null when Σ33 is unknown.")
+    test_loss: list[Num] | None = Field(None, description="Predicted L_test at each time; null without test data.")
+    model: str = Field(description="The model's name (modes_generalization).")
+    exact: bool = Field(description="Whether its assumptions hold exactly (an exact mode theory, Σ11 = c·I, an "
+                                    "init in the span of the mode pairs) or only approximately.")
+    assumptions: str
+
+
+class KernelReport(BaseModel):
+    """The neural tangent kernel on the input basis, held by the hidden layers' Grams: with P_0 = I_in, Q_D = I_out,
+    K = Σ_(l=1..D) Q_l ⊗ P_(l−1), (n_out·n_in)², row i·n_in + a ↔ output i of input e_a; Θ(x, x') =
+    Σ_l (xᵀP_(l−1)x') Q_l. Two layers: K = W32W32ᵀ ⊗ I_in + I_out ⊗ W21ᵀW21."""
+
+    input_grams: list[list[NumMatrix]] = Field(
+        description="Per time, per hidden layer h = 1 … D−1: P_h = (W_h⋯W_1)ᵀ(W_h⋯W_1), n_in × n_in (P_1 = W21ᵀW21).")
+    output_grams: list[list[NumMatrix]] = Field(
+        description="Per time, per hidden layer h = 1 … D−1: Q_h = (W_D⋯W_(h+1))(W_D⋯W_(h+1))ᵀ, n_out × n_out "
+                    "(two layers: Q_1 = W32W32ᵀ).")
+
+
 class Trajectory(BaseModel):
     """The recorded run. Times are t = η·step for GD."""
 
@@ -438,10 +553,34 @@ class Trajectory(BaseModel):
     optimum: OptimumReport
     method: str
     stability_hint: str | None = None
+    test_loss: list[Num] | None = Field(
+        None, description="L_test at each time: tr Σ33ᵗ − 2 tr(W Σ31ᵗᵀ) + tr(W Σ11ᵗ Wᵀ), the MSE of the recorded "
+                          "network map on data.test (no ½); null without test data.")
+    early_stopping: EarlyStoppingReport | None = Field(
+        None, description="The record of least test loss (the first, if tied); null without test data.")
+    loss_theory: LossTheoryReport | None = None
+    kernel: KernelReport | None = Field(None, description="The NTK's Grams per record; null unless record.kernel.")
+    kernel_distance: list[Num] | None = Field(
+        None, description="1 − ⟨K(0), K(t)⟩_F/(‖K(0)‖_F ‖K(t)‖_F) at each time: 0 while the kernel keeps its "
+                          "direction (lazy), towards 1 as it is rebuilt (rich); null unless record.kernel.")
     similarity: list[NumMatrix] | None = Field(
         None, description="Per time, the hidden-layer item similarity RSM = W21ᵀW21 (n_in × n_in: "
                           "RSM_ij = h_i·h_j with h_i = W21 e_i the hidden representation of input basis vector "
                           "(one-hot item) i; Neuromatch's net_rsm). Null unless record.similarity.")
+
+
+class Gradients(BaseModel):
+    """L and its gradient at the given weights (reference §0). ``gradients`` is the gradient itself, so GD is
+    W_l ← W_l − η·gradients[l] and gradient flow dW_l/dt = −gradients[l]; for two layers
+    gradients = [−2 W32ᵀ(Σ31 − W32W21Σ11), −2 (Σ31 − W32W21Σ11) W21ᵀ] (+ γ W_l with weight decay)."""
+
+    loss: Num = Field(description="L = (1/N) Σ ‖y − W x‖² (no ½, no weight decay term); null when Σ33 is unknown.")
+    loss_without_sigma33: Num = Field(description="L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ), always known.")
+    objective: Num = Field(description="L + (γ/2) Σ_l ‖W_l‖²_F, the function whose gradient `gradients` is "
+                                       "(equal to loss without weight decay); null when Σ33 is unknown.")
+    gradients: list[NumMatrix] = Field(description="∂L/∂W_l + γ W_l for l = 1 … D, input→output, each shaped like "
+                                                   "its weight matrix.")
+    gradient_norm: Num = Field(description="sqrt(Σ_l ‖gradients[l]‖²_F), as in trajectories.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -542,6 +681,12 @@ def _keys_by_pattern(node: Any) -> None:
 def _sweep_schema_extra(schema: dict[str, Any]) -> None:
     schema["examples"] = [SWEEP_EXAMPLE]
     _keys_by_pattern(schema.get("properties", {}))
+    # Exactly one of grid and points given (the route refuses neither and both with a problem naming the field;
+    # null counts as not given, as in the echoed request of a sweep resource), said with `not` alone: a
+    # top-level oneOf/anyOf makes openapi-python-client treat the model as a union and drop it.
+    grid = {"required": ["grid"], "properties": {"grid": {"type": "object"}}}
+    points = {"required": ["points"], "properties": {"points": {"type": "array"}}}
+    schema["not"] = {"anyOf": [{"allOf": [grid, points]}, {"not": {"anyOf": [grid, points]}}]}
 
 
 class SweepRequest(StrictModel):
@@ -626,6 +771,11 @@ class SweepPointResult(BaseModel):
     steps_to_convergence: int | None = Field(None, description="GD steps until the run converged (null otherwise).")
     time_to_convergence: Num = Field(None, description="t at which the run converged (null otherwise).")
     diverged_at_step: int | None = None
+    final_test_loss: Num = Field(None, description="L_test at the last record (null without data.test).")
+    min_test_loss: Num = Field(None, description="The smallest recorded L_test (null without data.test).")
+    early_stopping_time: Num = Field(None, description="t of the record of least L_test (null without data.test).")
+    final_kernel_distance: Num = Field(None, description="The NTK's kernel distance from its initial value at the "
+                                                         "last record, lazy ≈ 0 (null unless record.kernel).")
     error: ProblemDetails | None = Field(None, description="Why the point failed.")
     links: SweepPointLinks
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import Field
 
 from service.api.deps import EngineDep, SettingsDep, StoreDep
 from service.api.errors import ProblemError, problem_responses
@@ -35,10 +36,15 @@ The trajectory of a succeeded simulation as an SVG figure (409 until it succeede
 * `kind=modes` (default): mode strengths u_α(t) = u_αᵀ W(t) v_α, solid, with the analytic prediction dashed in
   the same colour; the theory model is named in the title and legend, marked "(approximate)" when its
   assumptions hold only approximately (e.g. a small random init).
-* `kind=loss`: L(t) on a log axis with the optimum L* dotted; when Σ33 is unknown the excess loss L − L* (the
+* `kind=loss`: L(t) on a log axis with the optimum L* dotted; with `data.test` the test loss (red) and its
+  minimum, the early-stopping point (▼), and where the loss theory applies its train and test curves dashed;
+  when Σ33 is unknown the excess loss L − L* (the
   axis says so). Values ≤ 0 cannot be drawn on a log axis: the legend counts them.
 * `kind=product`: heatmaps of the network map W(t) at the records nearest each `time` (default: the last)
   next to the optimum W*.
+* `kind=kernel`: the neural tangent kernel's distance from its initial value, 1 − ⟨K(0), K(t)⟩/(‖K(0)‖‖K(t)‖)
+  (solid; 0 is lazy), and the same distance for each hidden layer's input-side Gram P_h and output-side Gram Q_h
+  (dashed, dotted), which shows the side that moves; needs `record.kernel: true` (else 409 not-recorded).
 * `kind=similarity`: the hidden-layer item similarity RSM = W21ᵀW21 at the records nearest each `time`
   (default: four records spread over the run); needs `record.similarity: true` (else 409 not-recorded).
 
@@ -82,11 +88,13 @@ async def get_simulation_plot(
     store: StoreDep,
     engine: EngineDep,
     settings: SettingsDep,
-    kind: Annotated[Literal["loss", "modes", "product", "similarity"], Query(
-        description="What to draw: loss, modes (with theory), product (W and W*), similarity (hidden RSM).")
+    kind: Annotated[Literal["loss", "modes", "product", "similarity", "kernel"], Query(
+        description="What to draw: loss, modes (with theory), product (W and W*), similarity (hidden RSM), "
+                    "kernel (NTK distance).")
     ] = "modes",
-    log_time: Annotated[bool, Query(description="Log time axis (loss and modes).")] = False,
-    time: Annotated[list[float] | None, Query(
+    log_time: Annotated[bool, Query(description="Log time axis (loss, modes and kernel).")] = False,
+    time: Annotated[list[Annotated[float, Field(ge=0)]] | None, Query(
+        max_length=MAX_TIMES,
         description=f"Times (t ≥ 0) of the product / similarity panels, repeated: time=0&time=10 (≤ {MAX_TIMES}); "
                     "each panel shows the nearest record.")] = None,
 ) -> Response:

@@ -80,8 +80,8 @@ def _build_detail(name: str, query: list[tuple[str, str]], limits: Limits) -> di
             raise ProblemError(422, "validation-error", f"{key}: given more than once",
                                errors=[_query_error(key, "given more than once", f"give {key} once")])
         raw[key] = _query_value(value, params.get(key))
-    if "kind" in raw or "name" in raw:
-        key = "kind" if "kind" in raw else "name"
+    if "kind" in raw or "name" in raw or "test" in raw:
+        key = next(k for k in ("kind", "name", "test") if k in raw)
         raise ProblemError(422, "validation-error", f"{key}: not a parameter of the preset",
                            errors=[_query_error(key, "not a preset parameter", f"remove {key} from the query")])
     try:
@@ -92,7 +92,7 @@ def _build_detail(name: str, query: list[tuple[str, str]], limits: Limits) -> di
             if e["code"] == "extra_forbidden":
                 e["fix"] = f"remove it: the parameters of {name} are {', '.join(params)}"
         raise problem from None
-    values = data.model_dump(exclude={"kind", "name"})
+    values = data.model_dump(exclude={"kind", "name", "test"})
     shape = _preset_shape(name, values, limits)
     try:
         if shape is not None:  # the service's size limits, checked before anything is allocated

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
+from pydantic import StringConstraints, ValidationError
 
 from service.api.access import check_active_limit, current_owner, visible
 from service.api.deps import EngineDep, SettingsDep, StoreDep
@@ -158,12 +158,18 @@ def _check_media_type(request: Request) -> None:
 
 def parse_request(body: bytes) -> SimulationRequest:
     """Parse and validate a request body (strict JSON: no NaN/Infinity, no coercions); raise ProblemError."""
+    return parse_body(body, SimulationRequest)
+
+
+def parse_body(body: bytes, model: Any) -> Any:
+    """``model`` (a strict pydantic model) from a JSON body; 400 malformed-json or 422 validation-error."""
+    name = model.__name__
     if not body.strip():
-        raise ProblemError(400, "malformed-json", "the request body is empty: send a SimulationRequest JSON object",
+        raise ProblemError(400, "malformed-json", f"the request body is empty: send a {name} JSON object",
                            errors=[field_error([], "empty_body", "the request body is empty",
-                                               "send a SimulationRequest JSON object (with curl: -d @request.json)")])
+                                               f"send a {name} JSON object (with curl: -d @request.json)")])
     try:
-        return SimulationRequest.model_validate_json(body)
+        return model.model_validate_json(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         if any(e["type"] == "json_invalid" for e in errors):
@@ -393,8 +399,10 @@ async def get_trajectory(
     store: StoreDep,
     engine: EngineDep,
     settings: SettingsDep,
-    fields: Annotated[list[str] | None, Query(
-        description="Only these top-level members, e.g. `time,loss,modes` (comma-separated or repeated).")] = None,
+    fields: Annotated[list[Annotated[str, StringConstraints(pattern=r"[^,\s]")]] | None, Query(
+        min_length=1,
+        description="Only these top-level members, e.g. `time,loss,modes` (comma-separated or repeated; each value "
+                    "names at least one).")] = None,
     every: Annotated[int | None, Query(
         ge=1, description="Keep every k-th record (0, k, 2k, …) and the last one.")] = None,
     accept: Annotated[str | None, Header(

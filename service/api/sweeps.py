@@ -162,7 +162,7 @@ def _check_shape(sweep: SweepRequest, max_points: int) -> int:
                                  "give either a grid or a list of points, not both",
                                  "remove points (to sweep the grid's product) or grid (to run the listed points)")
     if sweep.grid is None and sweep.points is None:
-        # Not "missing": neither field is required on its own (the schema cannot say "one of the two").
+        # Not "missing": neither field is required on its own (the schema says "one of the two" with oneOf).
         raise _one_field_problem(422, "validation-error", ["grid"], "grid_or_points_missing",
                                  "a sweep needs a grid (axes whose product is swept) or a list of points",
                                  'add e.g. "grid": {"init.scale": [0.001, 0.1]}')

@@ -228,7 +228,8 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
     shrink = np.array([dt.type(1.0 - p.method.learning_rate * float(p.method.weight_decay)) for p in points],
                       dtype=dt)
     s31_norm = np.array([frobenius_norm(p.problem.sigma31) for p in points])
-    tol2 = np.array([(convergence_rtol(dt) * x) ** 2 for x in s31_norm])
+    tol2 = np.array([(convergence_rtol(dt) * x) ** 2 if p.method.stop_at_convergence else -1.0
+                     for x, p in zip(s31_norm, points, strict=True)])
     snap = np.empty((nb, n_rec + 1, layout.size), dtype=dt)  # + 1: the state where an early stop happens
     saved = np.empty_like(w)
     state, fstate = _kernels.new_state(nb)

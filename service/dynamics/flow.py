@@ -110,7 +110,7 @@ def _integrate(problem: Problem, weights0, method: GradientFlow, t_eval: np.ndar
 
     y0 = layout.pack(weights0, np.float64)
     s31_norm = float(np.linalg.norm(s31))
-    tol = flow_convergence_rtol(method.rtol) * s31_norm
+    tol = flow_convergence_rtol(method.rtol) * s31_norm if method.stop_at_convergence else -1.0
     g0 = float(np.linalg.norm(rhs(0.0, y0)))
     blow = blowup_threshold(g0, s31_norm, np.float64)
 

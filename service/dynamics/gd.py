@@ -352,7 +352,8 @@ def run_gd(problem: Problem, weights0: Sequence[np.ndarray], method: GradientDes
     decay = float(method.weight_decay)
 
     s31_norm = frobenius_norm(problem.sigma31)
-    tol2 = (convergence_rtol(dt) * s31_norm) ** 2
+    # a negative tolerance never stops the run: it steps on to the end (stop_at_convergence False)
+    tol2 = (convergence_rtol(dt) * s31_norm) ** 2 if method.stop_at_convergence else -1.0
 
     w = layout.pack(weights0, dt)
     s11 = np.ascontiguousarray(problem.sigma11, dtype=dt)

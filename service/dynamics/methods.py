@@ -24,6 +24,9 @@ class GradientDescent:
     learning_rate: float
     steps: int
     weight_decay: float = 0.0
+    # False: step on after the gradient falls below the convergence tolerance, so the records cover the whole
+    # time axis (the run then ends "completed"); True: stop there (outcome "converged", later records dropped)
+    stop_at_convergence: bool = True
 
     @property
     def t_end(self) -> float:
@@ -44,6 +47,7 @@ class GradientFlow:
     atol: float = 1e-10
     weight_decay: float = 0.0
     max_steps: int | None = None
+    stop_at_convergence: bool = True  # as GradientDescent's
 
     @property
     def t_end(self) -> float:

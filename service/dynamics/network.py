@@ -7,6 +7,7 @@ hidden[0] × n_in, and ``weights[-1]`` is W_D (= W32), of shape n_out × hidden[
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -122,6 +123,34 @@ def balance_drift(weights: Sequence[np.ndarray], initial_balance: Sequence[np.nd
 def gradient_norm(grads: Sequence[np.ndarray]) -> float:
     """sqrt(Σ_l ‖∂L/∂W_l‖²_F), the stopping criterion for ``converged``."""
     return float(np.sqrt(sum(float(np.sum(g * g)) for g in grads)))
+
+
+@dataclass(frozen=True)
+class VectorField:
+    """The seed's vector field at given weights: the loss there and the gradient GD subtracts."""
+
+    loss: float | None                 # L, None when tr Σ33 is unknown
+    loss_without_sigma33: float        # L − tr Σ33
+    objective: float | None            # L + (γ/2) Σ_l ‖W_l‖²_F: the function whose gradient ``gradients`` is
+    gradients: list[np.ndarray]        # ∂L/∂W_l + γ W_l, input→output
+    gradient_norm: float               # sqrt(Σ_l ‖∂L/∂W_l + γ W_l‖²_F)
+
+
+def vector_field(problem: Problem, weights: Sequence[np.ndarray], weight_decay: float = 0.0) -> VectorField:
+    """L, ∂L/∂W_l + γW_l and its norm at ``weights`` (input→output; reference §0):
+
+        L = tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ),   W = W_D ⋯ W_1
+        −∂L/∂W_l = 2 (W_D ⋯ W_{l+1})ᵀ (Σ31 − W Σ11) (W_{l−1} ⋯ W_1)ᵀ
+
+    so that GD is W_l ← W_l − η·gradients[l] and gradient flow dW_l/dt = −gradients[l]. With weight decay γ
+    the gradients are those of the objective L + (γ/2) Σ_l ‖W_l‖²_F.
+    """
+    w = network_map(weights)
+    wo = loss_without_sigma33(problem, w)
+    full = None if problem.sigma33_trace is None else problem.sigma33_trace + wo
+    penalty = 0.5 * float(weight_decay) * sum(float(np.sum(wl * wl)) for wl in weights)
+    grads = gradients(problem, weights, weight_decay)
+    return VectorField(full, wo, None if full is None else full + penalty, grads, gradient_norm(grads))
 
 
 def gd_stability_bound(problem: Problem, depth: int, weight_decay: float = 0.0) -> float:

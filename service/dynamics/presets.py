@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import DynamicsError, FieldPath, InvalidParameterError
-from .problem import Problem, problem_from_correlations, problem_from_data
+from .problem import Problem, problem_from_correlations, problem_from_data, with_test
 
 PARAMS_FIELD: FieldPath = ("data",)
 
@@ -237,6 +237,60 @@ def random_teacher(n_in: int = 8, n_out: int = 8, n_samples: int = 100, noise: f
 
 
 # ------------------------------------------------------------------------------------------------
+# noisy teacher (Lampinen & Ganguli 2019)
+
+
+def noisy_teacher(n_in: int = 16, n_out: int = 16, n_samples: int = 16, noise: float = 1.0,
+                  singular_values: Sequence[float] = (4.0, 2.0, 1.0), rank: int | None = None,
+                  seed: int = 0) -> Problem:
+    """A low-rank linear teacher with output noise, its training sample and its exact test distribution
+    (Lampinen & Ganguli 2019, reference §6d):
+
+        teacher  W̄ = U diag(s_1 … s_r) Vᵀ   (U: n_out × r, V: n_in × r, random orthonormal columns, seeded; the first
+                                              ``rank`` of ``singular_values``, all when rank is null)
+        training X = sqrt(N) Q  (N × n_in, Q with orthonormal columns: whitened exactly, Σ11 = XᵀX/N = I),
+                 Y = X W̄ᵀ + noise · Z,  Z ~ N(0, 1)  (N × n_out)
+        test     x ~ N(0, I), y = W̄ x + noise · z:  Σ11ᵗ = I,  Σ31ᵗ = W̄,  Σ33ᵗ = W̄W̄ᵀ + noise² I   (exact, not sampled)
+
+    So Σ31 = W̄ + ZᵀX/N is the teacher plus a noise matrix with i.i.d. N(0, noise²/N) entries (the spiked model of
+    reference §6d), and L_test(W) = ‖W − W̄‖²_F + n_out · noise². Needs n_samples ≥ n_in (whitened inputs).
+    """
+    n_in = _int_in("n_in", n_in, 1)
+    n_out = _int_in("n_out", n_out, 1)
+    n_samples = _int_in("n_samples", n_samples, 1)
+    noise = _float_in("noise", noise, 0.0, 1e6)
+    seed = _seed(seed)
+    if n_samples < n_in:
+        raise _bad("n_samples", f"n_samples = {n_samples} is below n_in = {n_in}: the training inputs cannot be "
+                                "whitened (Σ11 = I needs N ≥ n_in)", f"give n_samples ≥ {n_in}, or a smaller n_in")
+    if n_samples * (n_in + n_out) > MAX_TEACHER_ENTRIES:
+        raise _bad("n_samples", "the dataset would be too large",
+                   f"keep n_samples × (n_in + n_out) at most {MAX_TEACHER_ENTRIES}")
+    try:
+        s = np.asarray(singular_values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise _bad("singular_values", "singular_values must be a list of numbers", "give e.g. [4, 2, 1]") from exc
+    if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise _bad("singular_values", "singular_values must be a non-empty list of finite numbers ≥ 0",
+                   "give e.g. [4, 2, 1]")
+    if rank is not None:
+        s = s[:_int_in("rank", rank, 1, s.size)]
+    if s.size > min(n_in, n_out):
+        raise _bad("singular_values", f"a teacher of rank {s.size} does not fit n_in = {n_in}, n_out = {n_out}",
+                   f"give at most min(n_in, n_out) = {min(n_in, n_out)} singular values, or set rank")
+    rng = np.random.default_rng(seed)
+    teacher = (_random_orthonormal(rng, n_out, s.size) * s) @ _random_orthonormal(rng, n_in, s.size).T
+    x = math.sqrt(n_samples) * _random_orthonormal(rng, n_samples, n_in)
+    y = x @ teacher.T
+    if noise > 0:
+        y = y + noise * rng.standard_normal((n_samples, n_out))
+    train = problem_from_data(x, y)
+    test = Problem(np.eye(n_in), teacher, teacher @ teacher.T + noise ** 2 * np.eye(n_out), None,
+                   float(np.sum(teacher * teacher)) + n_out * noise ** 2)
+    return with_test(train, test)
+
+
+# ------------------------------------------------------------------------------------------------
 # registry
 
 
@@ -259,6 +313,7 @@ class Preset:
     params: tuple[PresetParam, ...]
     description: str
     labels: Callable[..., dict] | None = None
+    builtin_test: bool = False  # the built problem carries its own test distribution (Problem.test)
 
 
 PRESETS: dict[str, Preset] = {
@@ -296,6 +351,21 @@ PRESETS: dict[str, Preset] = {
          PresetParam("seed", "int", 0, "random seed", 0),
          PresetParam("rank", "int_or_null", None, "rank of the teacher (null = full rank)", 1)),
         "Gaussian inputs, a random linear teacher plus Gaussian noise; correlations from the sampled data."),
+    "noisy_teacher": Preset(
+        "noisy_teacher", noisy_teacher,
+        (PresetParam("n_in", "int", 16, "input dimension", 1),
+         PresetParam("n_out", "int", 16, "output dimension", 1),
+         PresetParam("n_samples", "int", 16, "number of training samples N (≥ n_in: the inputs are whitened)", 1),
+         PresetParam("noise", "float", 1.0, "standard deviation of the output noise", 0.0),
+         PresetParam("singular_values", "float_list", [4.0, 2.0, 1.0], "the teacher's singular values (≥ 0)", 0.0),
+         PresetParam("rank", "int_or_null", None, "the teacher's rank: its first `rank` singular values "
+                                                  "(null = all of them)", 1),
+         PresetParam("seed", "int", 0, "random seed (teacher, samples, noise)", 0)),
+        "Lampinen & Ganguli (2019) noisy teacher: a low-rank teacher W̄ = U diag(s) Vᵀ, N whitened training samples "
+        "(Σ11 = I) with Gaussian output noise, and the teacher's exact test distribution (Σ11ᵗ = I, Σ31ᵗ = W̄, "
+        "Σ33ᵗ = W̄W̄ᵀ + noise²·I) as data.test: runs record the test loss ‖W − W̄‖² + n_out·noise² and the "
+        "early-stopping point.",
+        builtin_test=True),
 }
 
 

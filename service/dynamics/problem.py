@@ -54,6 +54,7 @@ class Problem:
     sigma33: np.ndarray | None = None
     n_samples: int | None = None
     sigma33_trace: float | None = None
+    test: Problem | None = None  # held-out statistics (``with_test``): test loss along a run
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +82,26 @@ class Problem:
             c = float(np.mean(np.diag(self.sigma11)))
             self._cache["whitening"] = (c, float(np.max(np.abs(self.sigma11 - c * np.eye(self.n_in)))))
         return self._cache["whitening"]
+
+
+def with_test(problem: Problem, test: Problem, *, field_prefix: FieldPath = ("data", "test")) -> Problem:
+    """``problem`` with the statistics of a test distribution, Σ11ᵗ, Σ31ᵗ, Σ33ᵗ (``test``): a run then reports
+    L_test(W) = tr Σ33ᵗ − 2 tr(W Σ31ᵗᵀ) + tr(W Σ11ᵗ Wᵀ) at every record (``generalization.test_loss``).
+
+    The test data must have the training data's n_in and n_out, and tr Σ33ᵗ (the test loss is an MSE, not known
+    up to a constant). Errors name fields under ``field_prefix``.
+    """
+    if test.n_in != problem.n_in or test.n_out != problem.n_out:
+        which = "n_in" if test.n_in != problem.n_in else "n_out"
+        raise ShapeError(
+            f"the test data has n_in = {test.n_in}, n_out = {test.n_out}, the training data n_in = {problem.n_in}, "
+            f"n_out = {problem.n_out}", field=(*field_prefix, "sigma31" if test.n_out != problem.n_out else "sigma11"),
+            fix=f"give test data of the same shape: the same {which} as the training data")
+    if test.sigma33_trace is None:
+        raise InvalidParameterError("the test data has no sigma33: the test loss is an MSE and needs tr Σ33",
+                                    field=(*field_prefix, "sigma33"),
+                                    fix="give sigma33 of the test distribution, or the test dataset itself")
+    return Problem(problem.sigma11, problem.sigma31, problem.sigma33, problem.n_samples, problem.sigma33_trace, test)
 
 
 def _as_matrix(value, name: str, field_path: FieldPath) -> np.ndarray:

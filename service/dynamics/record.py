@@ -17,7 +17,8 @@ class RecordSchedule:
     Time is t = η·step (reference §0). Log spacing starts at t = 0 and then spaces points
     geometrically from t_end·10⁻⁴ (or one GD step, if larger) to t_end, which is what sigmoidal
     mode curves need on a log axis. ``weights`` asks for every layer at every record, ``similarity`` for
-    the hidden-layer item similarity W21ᵀW21 (see ``similarity.item_similarity``).
+    the hidden-layer item similarity W21ᵀW21 (see ``similarity.item_similarity``), ``kernel`` for the NTK's
+    Grams and the kernel distance (see ``kernel``).
     """
 
     points: int = 200
@@ -25,6 +26,7 @@ class RecordSchedule:
     times: tuple[float, ...] | None = None
     weights: bool = False
     similarity: bool = False
+    kernel: bool = False
 
     def sample_times(self, t_end: float, t_min: float | None = None) -> np.ndarray:
         """Sorted unique record times in [0, t_end]; 0 is always included."""

@@ -19,6 +19,9 @@ from . import _kernels, network
 from .errors import ExactNotApplicableError, InvalidParameterError
 from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
+from .generalization import early_stopping, test_loss
+from .kernel import check_kernel, kernel_record
+from .theory import loss_theory
 from .gd import Layout, plan_order, run_gd
 from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult
 from .modes import measured_learning_times, mode_basis, mode_strengths, optimum
@@ -48,6 +51,8 @@ def preflight(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
         record.sample_times(method.t_end)
     if record.similarity:
         check_similarity(weights0)
+    if record.kernel:
+        check_kernel(weights0)
     if isinstance(method, Exact):
         model = check_exact(problem, weights0, method.weight_decay)
         if record.weights and model.startswith("riccati"):
@@ -94,7 +99,8 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
         run = run_flow(problem, weights0, method, record.sample_times(method.t_max),
                        dtype=DTYPES[dtype], hooks=hooks)
     else:
-        run = exact_run(problem, weights0, record.sample_times(method.t_max), method.weight_decay)
+        run = exact_run(problem, weights0, record.sample_times(method.t_max), method.weight_decay,
+                        w32_gram=record.kernel)
         if hooks and hooks.progress:
             hooks.progress(1.0)
     return build_trajectory(problem, weights0, method, record, run)
@@ -107,19 +113,20 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
 
     Loss L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ), gradient norm sqrt(Σ_l ‖∂L/∂W_l + γW_l‖²), balance
     drift of W_{l+1}ᵀW_{l+1} − W_l W_lᵀ, mode strengths u_αᵀ W v_α and learning times, ‖W − W*‖_F, the
-    theory overlay and the item similarity W21ᵀW21; records from the first non-finite one on are cut
-    (the run is then diverged). ``weights0`` are float64. The optimum is cached on the problem (``optimum``),
-    so a sweep's points that share a problem compute it once.
+    theory overlay, the item similarity W21ᵀW21, the test loss on ``problem.test`` and the NTK's Grams; records
+    from the first non-finite one on are cut (the run is then diverged). ``weights0`` are float64. The optimum
+    is cached on the problem (``optimum``), so a sweep's points that share a problem compute it once.
     """
     hidden = [w.shape[0] for w in weights0[:-1]]
     if isinstance(run, ExactRun):
         times, steps, product, weights = run.times, None, run.product, run.weights
         gradient_norm, w21_gram, outcome, diverged_at_step = run.gradient_norm, run.w21_gram, "completed", None
+        w32_gram = run.w32_gram
     else:
         times, steps, outcome, diverged_at_step = run.times, run.steps, run.outcome, run.diverged_at_step
         weights = [w.astype(np.float64, copy=False) for w in run.weights]
         product = network.network_map(weights)
-        gradient_norm, w21_gram = None, None
+        gradient_norm, w21_gram, w32_gram = None, None, None
 
     basis = mode_basis(problem)
     opt = optimum(problem, hidden)
@@ -133,6 +140,7 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     else:
         drift = np.zeros(len(times))  # exact solutions without weights conserve the balance by construction
     strength = mode_strengths(product, basis)
+    test = test_loss(problem, product)
     arrays = {
         "loss": loss_wo,
         "gradient_norm": gradient_norm,
@@ -140,6 +148,8 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         "strength": strength.reshape(len(times), -1),
         "product": product.reshape(len(times), -1),
     }
+    if test is not None:
+        arrays["test_loss"] = test
     keep = _finite_prefix(arrays)
     if keep < len(times):
         outcome = "diverged"
@@ -150,6 +160,8 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         steps = steps[:keep] if steps is not None else None
         weights = [w[:keep] for w in weights] if weights is not None else None
         w21_gram = w21_gram[:keep] if w21_gram is not None else None
+        w32_gram = w32_gram[:keep] if w32_gram is not None else None
+        test = test[:keep] if test is not None else None
 
     overlay = theory_overlay(problem, weights0, method, times, steps)
     modes = ModeReport(
@@ -167,6 +179,9 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         similarity = item_similarity(weights[0])
     elif record.similarity:  # Riccati: no weights, but the input-side Gram W21ᵀW21 exactly (reference §3)
         similarity = symmetric(w21_gram)
+    kernel = None
+    if record.kernel:  # the NTK's Grams from the weights, or from the Riccati solution's P(t) blocks
+        kernel = kernel_record(weights, problem.n_in, problem.n_out, w21_gram=w21_gram, w32_gram=w32_gram)
     trace33 = problem.sigma33_trace
     hint = None
     if outcome == "diverged" and isinstance(method, GradientDescent):
@@ -192,6 +207,10 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         method={GradientDescent: "gd", GradientFlow: "flow", Exact: "exact"}[type(method)],
         stability_hint=hint,
         similarity=similarity,
+        test_loss=test,
+        early_stopping=early_stopping(times, steps, test),
+        loss_theory=loss_theory(problem, weights0, overlay, basis),
+        kernel=kernel,
     )
 
 

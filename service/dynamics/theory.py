@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import exact as ex
+from .generalization import LossTheory, mode_loss_theory
 from .exact import riccati
 from .methods import Exact, GradientDescent, GradientFlow
 from .modes import bottleneck, mode_basis, mode_strengths, optimum
@@ -407,3 +408,43 @@ def theory_overlay(problem: Problem, weights0: Sequence[np.ndarray], method: Gra
             ov.assumptions += "; " + skipped
         return ov
     return None
+
+
+# ------------------------------------------------------------------------------------------------
+# train and test loss from the mode theory (Lampinen & Ganguli 2019; generalization.mode_loss_theory)
+
+# W0 within this relative distance of Σ_α u_α(0) û_α v̂_αᵀ (the init lies in the span of the diagonal mode pairs,
+# as an aligned init's does) lets an exact mode theory give the losses exactly too.
+MODE_SPAN_RTOL = 1e-9
+
+
+def loss_theory(problem: Problem, weights0: Sequence[np.ndarray], overlay: TheoryOverlay | None,
+                basis=None) -> LossTheory | None:
+    """L(t) and L_test(t) predicted from the mode strengths' theory ``overlay`` (generalization module docstring):
+    W(t) = Σ_α u_α(t) û_α v̂_αᵀ with Σ11 = c·I. None without a mode theory, with Σ11 farther from c·I than
+    APPROX_WHITENING_RTOL, or with neither tr Σ33 nor test data (nothing to predict).
+
+    Exact when the mode theory is exact, Σ11 = c·I to round-off and W0 lies in the span of the diagonal mode
+    pairs (an aligned init); otherwise as approximate as the mode theory, plus the part of W(t) off that span.
+    """
+    if overlay is None or (problem.sigma33_trace is None and problem.test is None):
+        return None
+    c, wdev = problem.whitening_deviation()
+    if not (c > 0) or wdev > APPROX_WHITENING_RTOL * c:
+        return None
+    basis = basis if basis is not None else mode_basis(problem)
+    train, test = mode_loss_theory(problem, basis, overlay.strength, c)
+    w0 = weights0[0]
+    for wl in weights0[1:]:
+        w0 = wl @ w0
+    u0 = mode_strengths(w0, basis)
+    off_span = float(np.linalg.norm(w0 - (basis.u * u0) @ basis.v.T))
+    in_span = off_span <= MODE_SPAN_RTOL * max(float(np.linalg.norm(w0)), 1e-300)
+    exact = bool(overlay.exact and in_span and wdev <= ex.WHITENING_RTOL * c)
+    assumptions = (f"W(t) = Σ_α u_α(t) û_α v̂_αᵀ on the SVD of the training Σ31, u_α(t) from {overlay.model} "
+                   f"({'exact' if overlay.exact else 'approximate'}); Σ11 = c·I (c = {c:.6g}, max deviation "
+                   f"{wdev:.2g}); L = tr Σ33 − 2 Σ ŝ_α u_α + c Σ u_α², L_test = tr Σ33ᵗ − 2 Σ (û_αᵀΣ31ᵗv̂_α) u_α + "
+                   f"Σ (v̂_αᵀΣ11ᵗv̂_α) u_α² (Lampinen & Ganguli 2019, reference §6d); W0 off the mode span by "
+                   f"{off_span:.2g}")
+    return LossTheory(None if problem.sigma33_trace is None else train, test, "modes_generalization", exact,
+                      assumptions)

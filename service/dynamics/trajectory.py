@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .generalization import EarlyStopping, LossTheory
+from .kernel import KernelRecord
 from .methods import Outcome
 
 
@@ -61,3 +63,7 @@ class Trajectory:
     method: str
     stability_hint: str | None = None      # for a diverged GD run: the η bound of reference §5d
     similarity: np.ndarray | None = None   # (T, n_in, n_in) hidden-layer item RSM W21ᵀW21, when recorded
+    test_loss: np.ndarray | None = None    # (T,) L_test of W(t) on the problem's test data, when it has some
+    early_stopping: EarlyStopping | None = None  # the record of least test loss
+    loss_theory: LossTheory | None = None  # train/test loss from the mode theory, where it applies
+    kernel: KernelRecord | None = None     # the NTK's hidden-layer Grams and kernel distance, when recorded

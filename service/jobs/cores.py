@@ -14,6 +14,11 @@ made every ~0.2 s by every running job, and must survive a worker's death withou
 lock on a local file is a few system calls and dies with its holder. Workers in containers on one host
 share cores only if they share the ledger directory (docker-compose.yml mounts one volume on every worker).
 
+Other processes count too: a share never exceeds the cores that the rest of the machine left idle since the
+previous check (``OtherLoad``, from /proc/stat less this process's own CPU time), rounded. Why: a 2-thread
+OpenBLAS spin-waits at its barriers, so when a process outside the ledger (a notebook, a test run, another
+service) holds one of 2 cores, a (300,300,300) GD run measured 30–240 steps/s on 2 threads against 190 on one.
+
 Oversubscription: a job that starts while another holds every core takes its one thread at once; the
 other gives one back at its next check (within the core's hook interval, 0.2 s).
 """
@@ -57,16 +62,70 @@ def share_of(cores: int, holders: list[int], mine: int) -> int:
     return max(1, cores // n + (1 if rank < cores % n else 0))
 
 
+def machine_ticks() -> tuple[int, int] | None:
+    """(busy, total) CPU ticks of the whole machine so far (/proc/stat; idle and iowait are not busy), or None."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    total = sum(values[:8])  # user nice system idle iowait irq softirq steal (guest time is inside user)
+    return total - values[3] - values[4], total
+
+
+def process_ticks() -> int | None:
+    """CPU ticks this process has used so far, all its threads (utime + stime of /proc/self/stat), or None."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+class OtherLoad:
+    """Cores kept busy by every process but this one, over the time since the previous ``update`` (smoothed:
+    half the new reading, half the previous estimate). None until two readings exist, or without /proc."""
+
+    def __init__(self, cores: int, read_machine=machine_ticks, read_process=process_ticks) -> None:
+        self.cores, self.read_machine, self.read_process = cores, read_machine, read_process
+        self.previous = self._read()
+        self.estimate: float | None = None
+
+    def _read(self) -> tuple[int, int, int] | None:
+        machine, own = self.read_machine(), self.read_process()
+        return None if machine is None or own is None else (*machine, own)
+
+    def update(self) -> float | None:
+        now = self._read()
+        if now is None or self.previous is None:
+            self.previous = now
+            return self.estimate
+        busy, total, own = (a - b for a, b in zip(now, self.previous, strict=True))
+        if total <= 0:
+            return self.estimate
+        self.previous = now
+        reading = max(0.0, (busy - own) / total * self.cores)
+        self.estimate = reading if self.estimate is None else 0.5 * (self.estimate + reading)
+        return self.estimate
+
+
 class CoreShare:
     """A held slot (or none, when every slot was taken); ``threads()`` is this task's share right now."""
 
     def __init__(self, ledger: CoreLedger, slot: int | None, fd: int | None) -> None:
         self.ledger, self.slot, self._fd = ledger, slot, fd
+        self.load = OtherLoad(ledger.cores, *ledger.load_readers) if ledger.load_readers else None
 
     def threads(self) -> int:
+        """The ledger's share, capped by the cores the rest of the machine left idle (rounded), at least 1."""
         if self.slot is None:
             return 1
-        return share_of(self.ledger.cores, self.ledger.held_slots(mine=self.slot), self.slot)
+        share = share_of(self.ledger.cores, self.ledger.held_slots(mine=self.slot), self.slot)
+        others = self.load.update() if self.load is not None else None
+        if others is not None:
+            share = min(share, max(1, round(self.ledger.cores - others)))
+        return share
 
     def release(self) -> None:
         if self._fd is not None:
@@ -83,8 +142,11 @@ class CoreShare:
 class CoreLedger:
     """The slot files of one host (see the module docstring)."""
 
-    def __init__(self, directory: Path, cores: int, slots: int | None = None) -> None:
+    def __init__(self, directory: Path, cores: int, slots: int | None = None,
+                 load_readers: tuple | None = (machine_ticks, process_ticks)) -> None:
+        """``load_readers``: (machine, process) tick readers for ``OtherLoad``; None counts the ledger only."""
         self.directory, self.cores = Path(directory), max(1, int(cores))
+        self.load_readers = load_readers
         self.slots = slots or max(MIN_SLOTS, SLOTS_PER_CORE * self.cores)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._probes: dict[int, int] = {}  # slot → an fd of ours for probing it (its own open file description)

@@ -92,6 +92,13 @@ def test_build_maps_each_training_method():
     assert exact.method == Exact(t_max=2.0)
 
 
+def test_build_maps_stop_at_convergence_for_gd_and_flow():
+    gd = _spec(training={"method": "gd", "learning_rate": 0.05, "steps": 100, "stop_at_convergence": False}).method
+    assert gd == GradientDescent(learning_rate=0.05, steps=100, stop_at_convergence=False)
+    flow = _spec(training={"method": "flow", "t_max": 3.0, "stop_at_convergence": False}).method
+    assert flow == GradientFlow(t_max=3.0, stop_at_convergence=False)
+
+
 def test_build_maps_record_and_dtype():
     spec = _spec(record={"points": 7, "spacing": "log", "weights": True}, dtype="float32")
     assert (spec.record.points, spec.record.spacing, spec.record.weights) == (7, "log", True)

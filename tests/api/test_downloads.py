@@ -214,6 +214,12 @@ async def test_npz_of_an_unknown_simulation_is_a_404(service):
     {"data": {"kind": "correlations", "sigma11": [[1.0]], "sigma31": [[3.0]]}, "network": {"hidden": [1]},
      "init": {"scheme": "gaussian", "scale": 0.5, "seed": 0},
      "training": {"method": "gd", "learning_rate": 2.0, "steps": 50, "allow_unstable": True}},  # diverges
+    {"data": {"kind": "correlations", "sigma11": [[1.0, 0.0], [0.0, 1.0]], "sigma31": [[2.0, 0.0], [0.0, 0.5]],
+              "sigma33": [[4.5, 0.0], [0.0, 0.5]],
+              "test": {"kind": "dataset", "x": [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], "y": [[2.1, 0.0], [0.1, 0.4],
+                                                                                         [1.9, 0.6]]}},
+     "network": {"hidden": [3]}, "init": {"scheme": "aligned", "strength": 0.01},
+     "training": {"method": "gd", "learning_rate": 0.05, "steps": 200}},  # test loss, early stopping, loss theory
 ])
 def test_npz_from_the_core_trajectory_equals_the_npz_from_its_json(request_):
     spec = build_simulation(SimulationRequest.model_validate(request_))
@@ -225,5 +231,7 @@ def test_npz_from_the_core_trajectory_equals_the_npz_from_its_json(request_):
         assert array.dtype == via_json[name].dtype and array.shape == via_json[name].shape, name
         # the JSON carries the shortest round-trip repr of each float64: equal bit for bit (NaN where null)
         assert np.array_equal(array, via_json[name], equal_nan=array.dtype.kind == "f"), name
+    if "test" in request_["data"]:
+        assert {"test_loss", "early_stopping_step", "loss_theory_test_loss", "loss_theory_exact"} <= set(direct)
     if request_["training"].get("allow_unstable"):  # the diverging case carries the optional scalars too
         assert traj.outcome == "diverged" and {"stability_hint", "diverged_at_step"} <= set(direct)

@@ -7,14 +7,14 @@ import json
 import pytest
 from openapi_spec_validator import validate
 
-from service.convert import build_simulation
+from service.convert import build_gradients, build_simulation
 from service.openapi_export import DEFAULT_PATH, current_schema, render
-from service.schemas import REQUEST_EXAMPLES, SimulationRequest
+from service.schemas import GRADIENTS_EXAMPLES, REQUEST_EXAMPLES, GradientsRequest, SimulationRequest
 
 OPERATIONS = {"create_simulation", "get_simulation", "get_trajectory", "cancel_simulation", "delete_simulation",
               "list_simulations", "healthz", "readyz", "get_simulation_plot", "list_presets", "get_preset",
               "create_sweep", "get_sweep", "list_sweep_results", "get_sweep_point_trajectory", "cancel_sweep",
-              "delete_sweep", "list_sweeps", "get_sweep_plot"}
+              "delete_sweep", "list_sweeps", "get_sweep_plot", "compute_gradients"}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,7 @@ def test_every_error_response_is_a_documented_problem(schema):
     ("/v1/simulations/{job_id}", "delete", {"404"}),
     ("/v1/simulations", "get", {"422"}),
     ("/readyz", "get", {"503"}),
+    ("/v1/gradients", "post", {"400", "413", "415", "422"}),
 ])
 def test_each_route_documents_its_problem_statuses(schema, path, method, codes):
     assert codes <= set(schema["paths"][path][method]["responses"])
@@ -84,6 +85,20 @@ def test_success_responses_reference_the_resource_schemas(schema):
     assert listing["content"]["application/json"]["schema"] == ref("SimulationList")
 
 
+def test_gradients_route_takes_a_gradients_request_and_answers_gradients(schema):
+    post = schema["paths"]["/v1/gradients"]["post"]
+    body = post["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/GradientsRequest"}
+    assert body["examples"]  # documented with an example
+    assert post["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Gradients"}
+
+
+def test_gradients_examples_are_valid_requests():
+    for example in GRADIENTS_EXAMPLES.values():
+        build_gradients(GradientsRequest.model_validate(example["value"]))  # raises if the core would refuse it
+
+
 def test_request_examples_are_valid_requests():
     for name, example in REQUEST_EXAMPLES.items():
         request = SimulationRequest.model_validate(example["value"])
@@ -103,3 +118,44 @@ def test_tagged_unions_are_documented_with_their_discriminators(schema):
     preset_union = [m for m in request["data"]["oneOf"] if "discriminator" in m]
     assert preset_union[0]["discriminator"]["propertyName"] == "name"
     assert schemas["HierarchyPreset"]["properties"]["depth"]["maximum"] == 10
+
+
+# -- constraints the service enforces are in the schema, so generated clients and fuzzers know them -------
+
+
+def _parameter(schema: dict, path: str, name: str) -> dict:
+    (param,) = [p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == name]
+    return next(s for s in param["schema"]["anyOf"] if s["type"] == "array")
+
+
+def test_plot_times_are_documented_non_negative_and_at_most_the_panel_count(schema):
+    from service.api.plots import MAX_TIMES
+
+    times = _parameter(schema, "/v1/simulations/{job_id}/plot.svg", "time")
+    assert times["items"]["minimum"] == 0 and times["maxItems"] == MAX_TIMES
+
+
+def test_trajectory_fields_are_documented_non_empty(schema):
+    import re
+
+    fields = _parameter(schema, "/v1/simulations/{job_id}/trajectory", "fields")
+    assert fields["minItems"] == 1
+    pattern = re.compile(fields["items"]["pattern"])
+    assert pattern.search("time,loss") and not pattern.search("") and not pattern.search(" , ")
+
+
+@pytest.mark.parametrize(("members", "valid"), [
+    ({"grid": {"init.scale": [0.1]}}, True),
+    ({"points": [{"init.scale": 0.1}]}, True),
+    ({"grid": {"init.scale": [0.1]}, "points": None}, True),   # a sweep resource echoes the other as null
+    ({}, False),
+    ({"grid": None, "points": None}, False),
+    ({"grid": {"init.scale": [0.1]}, "points": [{"init.scale": 0.1}]}, False),
+])
+def test_sweep_request_schema_asks_for_exactly_one_of_grid_and_points(schema, members, valid):
+    import jsonschema
+
+    body = {"base": REQUEST_EXAMPLES["hierarchy_gd"]["value"], **members}
+    validator = jsonschema.Draft202012Validator(
+        {**schema["components"]["schemas"]["SweepRequest"], "components": schema["components"]})
+    assert validator.is_valid(json.loads(json.dumps(body))) is valid

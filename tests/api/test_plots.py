@@ -117,6 +117,29 @@ def test_loss_without_sigma33_is_the_excess_loss_and_the_axis_says_so():
     assert "(L itself is unknown: Σ33 was not given)" in text
 
 
+HELD_OUT_GD = {
+    "data": {"kind": "correlations", "sigma11": [[1.0, 0.0], [0.0, 1.0]], "sigma31": [[2.0, 0.0], [0.0, 0.5]],
+             "sigma33": [[4.5, 0.0], [0.0, 0.5]],
+             "test": {"kind": "correlations", "sigma11": [[1.0, 0.0], [0.0, 1.0]], "sigma31": [[2.0, 0.0], [0.0, 0.0]],
+                      "sigma33": [[4.5, 0.0], [0.0, 0.3]]}},
+    "network": {"hidden": [2]}, "init": {"scheme": "aligned", "strength": 0.001},
+    "training": {"method": "gd", "learning_rate": 0.05, "steps": 400}, "record": {"points": 60},
+}
+
+
+def test_loss_plot_draws_the_test_loss_its_minimum_and_the_loss_theory():
+    d = run_document(HELD_OUT_GD)
+    svg = render_plot(d, "loss")
+    text = " ".join(texts(svg))
+    stop = d["early_stopping"]
+    assert "test loss L_test(t)" in text
+    assert f"least test loss {stop['test_loss']:.4g}" in text
+    assert "theory L_test, modes_generalization" in text and "theory L, modes_generalization" in text
+    assert "(approximate)" not in text  # aligned, whitened: the loss theory is exact
+    dashed = [s for s in strokes(svg) if "stroke-dasharray" in s]
+    assert len(dashed) >= 2  # the two theory curves
+
+
 def test_non_positive_loss_values_are_counted_not_drawn():
     d = copy.deepcopy(doc("exact"))
     d["excess_loss"][-3:] = [0.0, -1e-17, 0.0]
@@ -217,3 +240,29 @@ async def test_similarity_counts_towards_the_trajectory_size_limit(service):
     body = assert_problem(await service.client.post("/v1/simulations", content=orjson.dumps(request)), 422,
                           "limit-exceeded")
     assert "record.similarity" in body["errors"][0]["fix"]
+
+
+# ------------------------------------------------------------------------------------------------
+# kernel
+
+KERNEL_FLOW = {
+    "data": {"kind": "preset", "name": "whitened", "singular_values": [3.0, 1.0], "n_in": 3, "n_out": 3},
+    "network": {"hidden": [4, 3]}, "init": {"scheme": "gaussian", "scale": 0.2, "seed": 0},
+    "training": {"method": "flow", "t_max": 4.0}, "record": {"points": 40, "kernel": True},
+}
+
+
+async def test_kernel_plot_draws_the_kernel_distance_and_each_hidden_layers_grams(service):
+    d = run_document(KERNEL_FLOW)
+    job = await create_finished(service, KERNEL_FLOW, d)
+    response = await plot(service, job, kind="kernel")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("image/svg+xml")
+    text = " ".join(texts(response.content))
+    assert "NTK: 1 − cos(K(0), K(t))" in text
+    assert "input side P_1" in text and "input side P_2" in text and "output side Q_2" in text  # D = 3: two hidden
+
+
+async def test_kernel_plot_of_a_run_without_it_is_a_409_not_recorded(service):
+    job = await create_finished(service, TEACHER_FLOW, doc("teacher"))
+    problem = assert_problem(await plot(service, job, kind="kernel"), 409, "not-recorded")
+    assert "record.kernel" in problem["detail"]

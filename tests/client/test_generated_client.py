@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from service.convert import build_simulation
+from service.convert import build_gradients, build_simulation
+from service.dynamics.network import vector_field
 from service.dynamics.simulate import simulate
-from service.schemas import REQUEST_EXAMPLES
+from service.schemas import GRADIENTS_EXAMPLE, REQUEST_EXAMPLES, GradientsRequest
 from service.schemas import SimulationRequest as ServerRequest
 from tests.client.generate import PACKAGE, SPEC, generate_client
 from tests.e2e.conftest import Server
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.e2e
 OPERATIONS = {"simulations": ["create_simulation", "get_simulation", "get_trajectory", "list_simulations",
                               "delete_simulation"],
               "sweeps": ["create_sweep", "get_sweep", "list_sweep_results", "get_sweep_point_trajectory"],
+              "gradients": ["compute_gradients"],
               "health": ["healthz", "readyz"]}
 
 
@@ -206,6 +208,45 @@ def test_a_sweep_runs_through_the_client_and_its_point_equals_the_single_run(gen
     assert isinstance(point, m.Trajectory)
     assert point.modes.strength == single.modes.strength
     assert rows[0].learning_time == single.modes.learning_time
+
+
+def test_compute_gradients_is_typed_and_equals_the_core(gen, client):
+    m = gen.models
+    body = m.GradientsRequest.from_dict(GRADIENTS_EXAMPLE)
+    got = gen.compute_gradients.sync(client=client, body=body)
+    assert isinstance(got, m.Gradients), got
+    spec = build_gradients(GradientsRequest.model_validate(GRADIENTS_EXAMPLE))
+    core = vector_field(spec.problem, spec.weights, spec.weight_decay)
+    # JSON carries float64 exactly: the typed answer is the core's, bit for bit
+    assert got.gradients == [g.tolist() for g in core.gradients]
+    assert got.loss == core.loss and got.gradient_norm == core.gradient_norm
+
+
+def test_test_loss_and_kernel_come_back_typed_and_equal_to_the_core(gen, client):
+    m = gen.models
+    body = {"data": {"kind": "preset", "name": "noisy_teacher", "n_in": 4, "n_out": 4, "n_samples": 4},
+            "network": {"hidden": [4]}, "init": {"scheme": "aligned", "strength": 0.001},
+            "training": {"method": "gd", "learning_rate": 0.05, "steps": 300}, "record": {"points": 20, "kernel": True}}
+    sim = gen.create_simulation.sync(client=client, body=m.SimulationRequest.from_dict(body), prefer="wait=30")
+    assert sim.status == m.SimulationStatus.SUCCEEDED, sim.error
+    traj = gen.get_trajectory.sync(job_id=sim.id, client=client)
+    spec = build_simulation(ServerRequest.model_validate(body))
+    with threadpool_limits(limits=1):
+        core = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
+    assert traj.test_loss == core.test_loss.tolist()
+    assert isinstance(traj.early_stopping, m.EarlyStoppingReport)
+    assert traj.early_stopping.step == core.early_stopping.step
+    assert traj.loss_theory.model == "modes_generalization" and traj.loss_theory.exact
+    assert traj.kernel_distance == core.kernel.distance.tolist()
+    assert traj.kernel.input_grams[-1][0] == core.kernel.input_grams[0][-1].tolist()
+
+
+def test_a_refused_gradients_request_is_a_typed_problem(gen, client):
+    m = gen.models
+    body = m.GradientsRequest.from_dict({**GRADIENTS_EXAMPLE, "weights": [[[1.0, 2.0]], [[1.0, 2.0]]]})
+    problem = gen.compute_gradients.sync(client=client, body=body)
+    assert isinstance(problem, m.ProblemDetails) and problem.status == 422
+    assert problem.errors[0].field == ["weights", 1]
 
 
 def test_health_probes_are_typed(gen, client):

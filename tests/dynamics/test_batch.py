@@ -84,6 +84,15 @@ def test_float32_group_equals_simulate_bit_for_bit(rng, problems):
     assert_equals_simulate(points, trajectories)
 
 
+def test_points_that_step_on_after_convergence_equal_simulate(rng, problems):
+    # a group mixing points that stop at convergence and points that step on to the end (a tolerance per point)
+    points = [SweepPoint(problems[0], random_net(rng, [5, 4], 0.4),
+                         GradientDescent(0.05, 3_000, stop_at_convergence=stop), REC) for stop in (True, False)]
+    trajectories = simulate_batch(points)
+    assert [t.outcome for t in trajectories] == ["converged", "completed"]
+    assert_equals_simulate(points, trajectories)
+
+
 def test_recorded_weights_and_similarity_equal_simulate(rng, problems):
     record = RecordSchedule(points=7, spacing="log", weights=True, similarity=True)
     points = gd_group(rng, problems, [5, 6, 4], record=record)

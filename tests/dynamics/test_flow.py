@@ -176,6 +176,16 @@ def test_flow_stops_early_when_converged():
     assert gradient_norm(problem, at(result, -1)) <= tol
 
 
+def test_flow_without_stop_at_convergence_integrates_to_t_max():
+    rng = np.random.default_rng(5)
+    problem = nonwhite_problem(rng, 3, 2)
+    w0 = random_net(rng, [3, 4, 2], 0.5)
+    result = run_flow(problem, w0, GradientFlow(200.0, stop_at_convergence=False), np.array([0.0, 1.0, 100.0, 200.0]))
+    assert result.outcome == "completed" and result.times.tolist() == [0.0, 1.0, 100.0, 200.0]
+    tol = flow_convergence_rtol(1e-8) * np.linalg.norm(problem.sigma31)
+    assert gradient_norm(problem, at(result, -1)) <= tol  # at the minimum, recorded to the end
+
+
 def test_finite_time_blow_up_is_reported_as_diverged_without_nan():
     """Σ11 = 0, Σ31 = s, depth 3 balanced: da/dt = 2s a², a(t) = a0/(1 − 2 s a0 t), infinite at 1/(2 s a0)."""
     s, a0 = 1.0, 0.5

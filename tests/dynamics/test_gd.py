@@ -302,6 +302,22 @@ def test_converged_run_stops_early_with_small_gradient():
     assert gradient_norm(problem, at(result, -1)) <= tol
 
 
+def test_without_stop_at_convergence_gd_steps_on_and_records_the_whole_time_axis():
+    rng = np.random.default_rng(9)
+    problem = nonwhite_problem(rng, 3, 2, n=40)
+    eta = 0.9 / np.linalg.eigvalsh(problem.sigma11)[-1]
+    w0, rec = [rng.standard_normal((2, 3))], np.array([0, 10, 2_000, 50_000])
+    stopping = run_gd(problem, w0, GradientDescent(eta, 50_000), rec)
+    full = run_gd(problem, w0, GradientDescent(eta, 50_000, stop_at_convergence=False), rec)
+    assert stopping.outcome == "converged" and stopping.steps[-1] < 2_000
+    assert full.outcome == "completed" and full.steps.tolist() == rec.tolist()
+    # the same steps up to the stop, bit for bit (checks sit at the same steps either way) ...
+    np.testing.assert_array_equal(full.weights[0][1], stopping.weights[0][1])
+    # ... and on: the optimum W* = Σ31 Σ11⁻¹ of the shallow problem to round-off
+    optimum = np.linalg.solve(problem.sigma11, problem.sigma31.T).T
+    np.testing.assert_allclose(full.weights[0][-1], optimum, rtol=0, atol=1e-12 * np.abs(optimum).max())
+
+
 def test_converged_step_is_the_first_step_below_the_tolerance():
     rng = np.random.default_rng(10)
     problem = nonwhite_problem(rng, 2, 2, n=40)

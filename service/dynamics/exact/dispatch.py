@@ -46,6 +46,7 @@ class ExactRun:
     model: str
     assumptions: str
     w21_gram: np.ndarray | None = None     # (T, Ni, Ni) W21ᵀW21, exact for Riccati (whose weights are None)
+    w32_gram: np.ndarray | None = None     # (T, No, No) W32W32ᵀ for Riccati, when asked for (the NTK)
 
 
 MODEL_SHALLOW = "shallow_closed_form"
@@ -187,8 +188,11 @@ def _gradient_norm_stack(problem: Problem, weights: Sequence[np.ndarray], weight
 
 
 def exact_run(problem: Problem, weights0: Sequence[np.ndarray], times: np.ndarray,
-              weight_decay: float = 0.0) -> ExactRun:
+              weight_decay: float = 0.0, *, w32_gram: bool = False) -> ExactRun:
     """Evaluate the applicable closed form at ``times`` (see ``check_exact``; raises ExactNotApplicableError).
+
+    ``w32_gram``: also return W32W32ᵀ(t) = P(t)[Ni:, Ni:] of the Riccati solution (n_out × n_out per record, so only
+    on request: the NTK needs it, ``kernel.kernel_record``).
 
     D = 1: shallow solution (any Σ11, any γ). D ≥ 2 with Σ11 = cI and an aligned decoupled init: per-mode
     formulas (D = 2 any a, b per mode; D ≥ 3 balanced; γ > 0 only for balanced D = 2), weights reconstructed
@@ -208,7 +212,7 @@ def exact_run(problem: Problem, weights0: Sequence[np.ndarray], times: np.ndarra
     if plan.model == MODEL_RICCATI:
         sol = riccati_flow(problem.sigma31, ws[0], ws[1], t, plan.c, basis=mode_basis(problem))
         return ExactRun(t, sol.product, None, riccati_gradient_norm(problem, sol), plan.model,
-                        plan.assumptions, sol.w21_gram)
+                        plan.assumptions, sol.w21_gram, sol.w32_gram if w32_gram else None)
     dec = plan.decoupled
     amps, u = decoupled_flow(dec, t, plan.c, weight_decay)
     weights = dec.weights_at(amps)

@@ -1,0 +1,87 @@
+"""The cost of the analysis records of issue 12, the test loss on held-out data and the NTK (record.kernel), as a
+fraction of a whole run: ``simulate`` (the GD steps and every derived quantity) with 200 records. Bar: < 5 %.
+
+    .venv/bin/python -c "from bench.recording import main; main()"      # this row alone
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from service.dynamics.generalization import early_stopping, test_loss
+from service.dynamics.kernel import kernel_record
+from service.dynamics.methods import GradientDescent
+from service.dynamics.problem import Problem, with_test
+from service.dynamics.record import RecordSchedule
+from service.dynamics.simulate import simulate
+
+from .common import Context, Row, use_service_malloc_settings
+from .stepping import LEARNING_RATE, make_problem
+
+STEPS = 10_000
+RECORDS = 200
+
+
+def _held_out(problem: Problem, seed: int = 1) -> Problem:
+    """``problem`` with test statistics of the same shapes (a second draw of make_problem's kind, with Σ33)."""
+    rng = np.random.default_rng(seed)
+    i, o = problem.n_in, problem.n_out
+    x = rng.standard_normal((4 * i, i))
+    y = x @ rng.standard_normal((o, i)).T + 0.1 * rng.standard_normal((4 * i, o))
+    test = Problem(x.T @ x / len(x), y.T @ x / len(x), y.T @ y / len(x))
+    return with_test(problem, test)
+
+
+def _best(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def analysis_recording_overhead(ctx: Context) -> list[Row]:
+    """test_loss + kernel at 200 records cost < 5 % of a 10,000-step GD run.
+
+    A run is ``simulate`` end to end (the steps and every derived quantity). The cost is the time of exactly what
+    those records add to it, timed on that run's 201 recorded weight stacks: the test loss and early-stopping point
+    (``generalization.test_loss``, ``early_stopping``) and the NTK's Grams and kernel distance
+    (``kernel.kernel_record``), best of many, over the best plain run. Timing the difference of two whole runs
+    instead drowns a 1 % effect in this shared VM's noise (runs swing by ±5 % from one to the next).
+    """
+    with threadpool_limits(limits=1, user_api="blas"):  # one BLAS thread, as a worker runs (DLNSIM_BLAS_THREADS)
+        return _overhead_rows(ctx)
+
+
+def _overhead_rows(ctx: Context) -> list[Row]:
+    repeats = 5 if ctx.quick else 40
+    return [_overhead_row(size, repeats) for size in ([(8, 16, 8)] if ctx.quick else
+                                                       [(8, 16, 8), (32, 32, 32), (100, 100, 100)])]
+
+
+def _overhead_row(size: tuple[int, int, int], repeats: int) -> Row:
+    method = GradientDescent(LEARNING_RATE, STEPS)
+    plain, w0 = make_problem(*size)
+    analysed = _held_out(plain)
+    run = _best(lambda: simulate(plain, w0, method, RecordSchedule(points=RECORDS)), max(3, repeats // 4))
+    traj = simulate(plain, w0, method, RecordSchedule(points=RECORDS, weights=True))
+    cost_test = _best(lambda: early_stopping(traj.time, traj.step, test_loss(analysed, traj.product)), repeats) / run
+    cost_kernel = _best(lambda: kernel_record(traj.weights, plain.n_in, plain.n_out), repeats) / run
+    both = cost_test + cost_kernel
+    return Row("(i12) test_loss + kernel, 200 records", str(size), flops=None,
+               value=f"{100 * both:.2f} % of the run", bar="< 5 %", passed=both < 0.05,
+               note=f"{STEPS:,} GD steps, simulate {1e3 * run:.2f} ms; test loss {100 * cost_test:.2f} %, "
+                    f"NTK Grams + distance {100 * cost_kernel:.2f} % ({len(traj.time)} records)")
+
+
+def main() -> None:
+    """This row alone, as ``python -m bench`` runs it: the workers' malloc thresholds, one BLAS thread."""
+    use_service_malloc_settings()  # else every fresh array past 128 KiB is a new mmap, paid in page faults
+    for row in analysis_recording_overhead(Context(quick=False, threads=1)):
+        print(f"| {row.benchmark} | {row.case} | {row.value} | {row.bar} | "
+              f"{'pass' if row.passed else ('—' if row.passed is None else 'FAIL')} | {row.note} |")

@@ -1,0 +1,58 @@
+"""POST /v1/gradients: the seed's vector field at given weights, answered synchronously (no job).
+
+The body is validated like a simulation's data and given init (same limits, same problem documents), then the
+core's ``network.vector_field`` evaluates L and ∂L/∂W_l in a worker thread (a large Σ is BLAS work the event
+loop must not do).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+
+from service.api.deps import SettingsDep
+from service.api.errors import dynamics_problem, problem_responses
+from service.api.simulations import _check_media_type, parse_body
+from service.convert import Limits, build_gradients, gradients_document
+from service.dynamics.errors import DynamicsError
+from service.dynamics.network import vector_field
+from service.schemas import GRADIENTS_EXAMPLES, Gradients, GradientsRequest
+
+router = APIRouter(prefix="/v1/gradients", tags=["gradients"])
+
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/GradientsRequest"},
+            "examples": GRADIENTS_EXAMPLES,
+        }},
+    },
+}
+
+
+def _compute(body: bytes, limits: Limits) -> dict[str, Any]:
+    request = parse_body(body, GradientsRequest)
+    try:
+        spec = build_gradients(request, limits)
+    except DynamicsError as exc:
+        raise dynamics_problem(exc) from None
+    return gradients_document(vector_field(spec.problem, spec.weights, spec.weight_decay))
+
+
+@router.post(
+    "",
+    response_model=Gradients,
+    summary="The loss and its gradient at given weights",
+    responses={**problem_responses(400, 413, 415, 422)},
+    openapi_extra=_REQUEST_BODY,
+)
+async def compute_gradients(request: Request, settings: SettingsDep) -> dict[str, Any]:
+    """L and ∂L/∂W_l (+ γW_l) for l = 1 … D at the given weights: the vector field GD and gradient flow follow
+    (reference §0; W32ᵀ, not the seed text's Σ32ᵀ). Synchronous: nothing is stored. The data and weights are
+    validated as in a simulation (shapes, Σ11 symmetric PSD, finite entries, the service's size limits)."""
+    _check_media_type(request)
+    body = await request.body()
+    return await run_in_threadpool(_compute, body, Limits.from_settings(settings))

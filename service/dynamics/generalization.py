@@ -1,0 +1,104 @@
+"""Generalization: the loss on held-out data along a run, the best early-stopping point, and the mode theory of
+train and test loss (Lampinen & Ganguli 2019, reference §6d).
+
+A problem may carry the statistics of a test distribution, ``problem.test`` (Σ11ᵗ, Σ31ᵗ, Σ33ᵗ, same n_in and n_out;
+see ``problem.with_test``). The test loss of a network map W is the training loss's formula on them (reference §0):
+
+    L_test(W) = tr Σ33ᵗ − 2 tr(W Σ31ᵗᵀ) + tr(W Σ11ᵗ Wᵀ) = E_test ‖y − W x‖²      (no ½, like L)
+
+Mode theory (``loss_theory``). Where the mode strengths u_α(t) along the SVD Σ31 = Û diag(ŝ) V̂ᵀ of the *training*
+correlations are predicted (``theory.theory_overlay``) and Σ11 = c·I, the network map is W(t) = Σ_α u_α(t) û_α v̂_αᵀ
+(exactly for an aligned init, approximately for a small random one), so both losses follow from the strengths alone:
+
+    L(t)      = tr Σ33 − 2 Σ_α ŝ_α u_α(t) + c Σ_α u_α(t)²
+    L_test(t) = tr Σ33ᵗ − 2 Σ_α (û_αᵀ Σ31ᵗ v̂_α) u_α(t) + Σ_α (v̂_αᵀ Σ11ᵗ v̂_α) u_α(t)²
+
+The test loss is not minimised where the training loss is: a mode whose empirical direction carries little of the
+teacher (û_αᵀ Σ31ᵗ v̂_α ≪ ŝ_α, the noise modes of a noisy teacher with few samples) lowers L but raises L_test once
+learned. Saxe's sigmoids learn the strong (high-SNR) modes first, so the test loss has a minimum before
+convergence: the early-stopping time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .problem import Problem
+
+if TYPE_CHECKING:  # modes imports trajectory, which imports this module
+    from .modes import ModeBasis
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """The record with the smallest test loss: its index, time t, GD step (None for flow and exact), L_test."""
+
+    index: int
+    time: float
+    step: int | None
+    test_loss: float
+
+
+@dataclass(frozen=True)
+class LossTheory:
+    """Train and test loss predicted from the mode strengths' theory at the run's records (T,), with the model's
+    name, whether it is exact, and its assumptions in words; ``test_loss`` is None without test data."""
+
+    loss: np.ndarray
+    test_loss: np.ndarray | None
+    model: str
+    exact: bool
+    assumptions: str
+
+
+def mse(problem: Problem, product: np.ndarray) -> np.ndarray:
+    """L(W) = tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ) for one W (n_out × n_in) or a stack (T, n_out, n_in).
+
+    Needs tr Σ33 (``problem.sigma33_trace``); held-out statistics always have it (``problem.with_test``).
+    """
+    w = np.asarray(product, dtype=np.float64)
+    cross = np.einsum("...ij,ij->...", w, problem.sigma31)
+    quad = np.einsum("...ij,...ij->...", w @ problem.sigma11, w)
+    return problem.sigma33_trace - 2.0 * cross + quad
+
+
+def test_loss(problem: Problem, product: np.ndarray) -> np.ndarray | None:
+    """L_test(W(t)) per record on ``problem.test`` (module docstring); None when the problem has no test data."""
+    if problem.test is None:
+        return None
+    return mse(problem.test, product)
+
+
+test_loss.__test__ = False  # a function of the core, not a test (pytest collects test_* names it is given)
+
+
+def early_stopping(times: np.ndarray, steps: np.ndarray | None, test_losses: np.ndarray | None) -> EarlyStopping | None:
+    """The first record where the test loss is smallest (argmin over the finite records); None without test loss."""
+    if test_losses is None or len(test_losses) == 0:
+        return None
+    values = np.where(np.isfinite(test_losses), test_losses, np.inf)
+    i = int(np.argmin(values))
+    if not np.isfinite(values[i]):
+        return None
+    return EarlyStopping(i, float(times[i]), None if steps is None else int(steps[i]), float(test_losses[i]))
+
+
+def mode_loss_theory(problem: Problem, basis: ModeBasis, strength: np.ndarray, c: float) -> tuple[np.ndarray,
+                                                                                                    np.ndarray | None]:
+    """(L(t), L_test(t)) of W(t) = Σ_α u_α(t) û_α v̂_αᵀ for predicted strengths ``strength`` (T, k) on the
+    training modes ``basis`` with Σ11 = c·I (module docstring); L_test is None without test data.
+
+    Needs tr Σ33 for L (NaN without it: the caller reports none).
+    """
+    u = np.asarray(strength, dtype=np.float64)
+    trace33 = np.nan if problem.sigma33_trace is None else problem.sigma33_trace
+    train = trace33 - 2.0 * (u @ basis.s) + c * np.sum(u * u, axis=1)
+    test = problem.test
+    if test is None:
+        return train, None
+    drive = np.einsum("ia,ij,ja->a", basis.u, test.sigma31, basis.v)       # û_αᵀ Σ31ᵗ v̂_α
+    gain = np.einsum("ia,ij,ja->a", basis.v, test.sigma11, basis.v)        # v̂_αᵀ Σ11ᵗ v̂_α
+    return train, test.sigma33_trace - 2.0 * (u @ drive) + (u * u) @ gain
