@@ -6,7 +6,6 @@ fraction of a whole run: ``simulate`` (the GD steps and every derived quantity) 
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -18,7 +17,7 @@ from service.dynamics.problem import Problem, with_test
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate
 
-from .common import Context, Row, use_service_malloc_settings
+from .common import Context, Row, best_time, use_service_malloc_settings
 from .stepping import LEARNING_RATE, make_problem
 
 STEPS = 10_000
@@ -37,12 +36,7 @@ def _held_out(problem: Problem, seed: int = 1) -> Problem:
 
 def _best(fn, repeats: int) -> float:
     fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_time(fn, repeats)
 
 
 def analysis_recording_overhead(ctx: Context) -> list[Row]:

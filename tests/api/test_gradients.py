@@ -16,6 +16,7 @@ from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate
 from service.schemas import GRADIENTS_EXAMPLE, GradientsRequest
 from tests.api.conftest import assert_problem
+from tests.sample_loss import per_sample_mse
 
 pytestmark = pytest.mark.anyio
 
@@ -36,20 +37,9 @@ def _weights(widths: list[int], seed: int = 1) -> list[np.ndarray]:
     return [rng.standard_normal((widths[l + 1], widths[l])) * 0.7 for l in range(len(widths) - 1)]
 
 
-def _data_loss(x: np.ndarray, y: np.ndarray, weights: list[np.ndarray]) -> float:
-    """(1/N) Σ_i ‖y_i − W x_i‖², sample by sample: the definition, not the correlation identity."""
-    total = 0.0
-    for xi, yi in zip(x, y):
-        h = xi
-        for w in weights:
-            h = w @ h
-        total += float(np.sum((yi - h) ** 2))
-    return total / len(x)
-
-
 def _finite_difference(x, y, weights, decay: float = 0.0) -> list[np.ndarray]:
     def objective(ws):
-        return _data_loss(x, y, ws) + 0.5 * decay * sum(float(np.sum(w * w)) for w in ws)
+        return per_sample_mse(x, y, ws) + 0.5 * decay * sum(float(np.sum(w * w)) for w in ws)
 
     grads = []
     for l, w in enumerate(weights):
@@ -97,7 +87,7 @@ async def test_weight_decay_gradients_are_those_of_the_objective_with_the_half_n
         np.testing.assert_allclose(g, e, rtol=FD_RTOL, atol=FD_RTOL * np.max(np.abs(e)))
     penalty = 0.15 * sum(float(np.sum(w * w)) for w in weights)
     # the loss is the data loss of trajectories (no penalty), the objective adds it: identities, 1e-12 relative
-    assert got["loss"] == pytest.approx(_data_loss(x, y, weights), rel=1e-12)
+    assert got["loss"] == pytest.approx(per_sample_mse(x, y, weights), rel=1e-12)
     assert got["objective"] == pytest.approx(got["loss"] + penalty, rel=1e-12)
 
 
@@ -117,7 +107,7 @@ async def test_loss_is_the_dataset_mse(service):
     weights = _weights([3, 5, 2])
     got = await _post(service, _body(x, y, weights))
     # correlation identity vs the per-sample sum: round-off of a handful of O(1) terms, 1e-12 relative
-    assert got["loss"] == pytest.approx(_data_loss(x, y, weights), rel=1e-12)
+    assert got["loss"] == pytest.approx(per_sample_mse(x, y, weights), rel=1e-12)
     assert got["loss_without_sigma33"] == pytest.approx(got["loss"] - float(np.sum(y * y)) / len(y), rel=1e-12)
 
 

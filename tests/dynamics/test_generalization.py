@@ -23,6 +23,7 @@ from service.dynamics.problem import (
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate
 from service.grid import point_summary
+from tests.sample_loss import per_sample_mse
 
 # test_loss vs the per-sample MSE: the correlation identity tr Σ33 − 2tr(WΣ31ᵀ) + tr(WΣ11Wᵀ) cancels terms of size
 # ~tr Σ33 down to an L_test of the same order here, so the two sums differ by a few ulps of tr Σ33: 1e-10 relative
@@ -35,16 +36,6 @@ def _test_samples(problem, n: int = 40, noise: float = 0.3, seed: int = 7):
     x = rng.standard_normal((n, problem.n_in))
     y = x @ problem.sigma31.T + noise * rng.standard_normal((n, problem.n_out))
     return x, y
-
-
-def _sample_mse(x, y, weights) -> float:
-    total = 0.0
-    for xi, yi in zip(x, y):
-        h = xi
-        for w in weights:
-            h = w @ h
-        total += float(np.sum((yi - h) ** 2))
-    return total / len(x)
 
 
 @pytest.fixture
@@ -60,7 +51,7 @@ def test_test_loss_is_the_test_mse_of_the_recorded_weights(task, method):
     problem, x, y = task
     w0 = initial_weights(problem, [5], "aligned", strength=1e-3)
     traj = simulate(problem, w0, method, RecordSchedule(points=12, weights=True))
-    expected = [_sample_mse(x, y, [w[t] for w in traj.weights]) for t in range(len(traj.time))]
+    expected = [per_sample_mse(x, y, [w[t] for w in traj.weights]) for t in range(len(traj.time))]
     np.testing.assert_allclose(traj.test_loss, expected, rtol=MSE_RTOL)
 
 
