@@ -1,7 +1,7 @@
 """The cost of the analysis records of issue 12, the test loss on held-out data and the NTK (record.kernel), as a
 fraction of a whole run: ``simulate`` (the GD steps and every derived quantity) with 200 records. Bar: < 5 %.
 
-    .venv/bin/python -c "from bench.recording import main; main()"      # this row alone
+    python -m bench.recording      # this row alone (make bench runs it too)
 """
 
 from __future__ import annotations
@@ -79,3 +79,7 @@ def main() -> None:
     for row in analysis_recording_overhead(Context(quick=False, threads=1)):
         print(f"| {row.benchmark} | {row.case} | {row.value} | {row.bar} | "
               f"{'pass' if row.passed else ('—' if row.passed is None else 'FAIL')} | {row.note} |")
+
+
+if __name__ == "__main__":
+    main()
