@@ -43,8 +43,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import ProblemError
-from service.problems import PROBLEM_MEDIA_TYPE, field_error, problem_body
 from service.api.security import is_api_path
+from service.problems import PROBLEM_MEDIA_TYPE, field_error, problem_body
 
 REALM = "dlnsim"
 SCHEME_NAME = "bearerAuth"

@@ -24,6 +24,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.security import security_headers
+from service.dynamics.errors import DynamicsError
+from service.jobs.store import StorageFullError
 from service.problems import (
     MAX_FIELD_ERRORS,
     PROBLEM_MEDIA_TYPE,
@@ -33,9 +36,6 @@ from service.problems import (
     field_error,
     problem_body,
 )
-from service.api.security import security_headers
-from service.dynamics.errors import DynamicsError
-from service.jobs.store import StorageFullError
 from service.schemas import strip_union_tags
 
 logger = logging.getLogger("service.api")

@@ -12,9 +12,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
+from service.api.bodies import check_media_type, parse_body
 from service.api.deps import SettingsDep
 from service.api.errors import dynamics_problem, problem_responses
-from service.api.simulations import _check_media_type, parse_body
 from service.convert import Limits, build_gradients, gradients_document
 from service.dynamics.errors import DynamicsError
 from service.dynamics.network import vector_field
@@ -53,6 +53,6 @@ async def compute_gradients(request: Request, settings: SettingsDep) -> dict[str
     """L and ∂L/∂W_l (+ γW_l) for l = 1 … D at the given weights: the vector field GD and gradient flow follow
     (reference §0; W32ᵀ, not the seed text's Σ32ᵀ). Synchronous: nothing is stored. The data and weights are
     validated as in a simulation (shapes, Σ11 symmetric PSD, finite entries, the service's size limits)."""
-    _check_media_type(request)
+    check_media_type(request)
     body = await request.body()
     return await run_in_threadpool(_compute, body, Limits.from_settings(settings))

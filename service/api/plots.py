@@ -14,7 +14,6 @@ from pydantic import Field
 
 from service.api.deps import EngineDep, SettingsDep, StoreDep
 from service.api.errors import ProblemError, problem_responses
-from service.problems import field_error
 from service.api.simulations import succeeded_result
 from service.dynamics.presets import preset_labels
 from service.plots import (
@@ -25,6 +24,7 @@ from service.plots import (
     render_sweep_plot,
     sweep_axes,
 )
+from service.problems import field_error
 
 router = APIRouter(prefix="/v1/simulations", tags=["simulations"])
 

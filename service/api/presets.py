@@ -15,11 +15,11 @@ from pydantic import ValidationError
 
 from service.api.deps import SettingsDep
 from service.api.errors import ProblemError, dynamics_problem, problem_responses, validation_problem
-from service.problems import field_error
 from service.convert import Limits, _check_shape_limits, _preset_shape
 from service.dynamics.errors import DynamicsError
 from service.dynamics.modes import mode_basis
 from service.dynamics.presets import PRESETS, PresetParam, build_preset, preset_labels
+from service.problems import field_error
 from service.schemas import PRESET_MODELS, PresetDetail, PresetList
 
 router = APIRouter(prefix="/v1/presets", tags=["presets"])

@@ -17,19 +17,18 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import StringConstraints, ValidationError
+from pydantic import StringConstraints
 
 from service.api.access import check_active_limit, current_owner, visible
+from service.api.bodies import check_media_type, parse_body
 from service.api.deps import EngineDep, SettingsDep, StoreDep
 from service.api.errors import (
     ProblemError,
     dynamics_problem,
     idempotency_key_reused,
     problem_responses,
-    validation_problem,
 )
 from service.api.prefer import parse_prefer, wait_seconds
-from service.problems import field_error, problem_body
 from service.convert import Limits, build_simulation
 from service.downloads import (
     JSON,
@@ -43,6 +42,7 @@ from service.downloads import (
 )
 from service.dynamics.errors import DynamicsError
 from service.jobs.store import CorruptResultError, QueueFullError
+from service.problems import field_error, problem_body
 from service.schemas import (
     REQUEST_EXAMPLES,
     Simulation,
@@ -141,44 +141,9 @@ def _queue_full(active: int, settings: Any) -> ProblemError:
                         f"{settings.max_queued}", headers={"Retry-After": str(max(settings.retry_after_seconds, 5))})
 
 
-def _check_media_type(request: Request) -> None:
-    content_type = request.headers.get("content-type")
-    if content_type is None:
-        return  # be lenient with clients that send JSON without saying so
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
-        return
-    raise ProblemError(415, "unsupported-media-type",
-                       f"the body must be sent as application/json, not {media!r}",
-                       errors=[field_error(["Content-Type"], "unsupported_media_type",
-                                           f"Content-Type is {media!r}",
-                                           "send Content-Type: application/json "
-                                           "(with curl: -H 'Content-Type: application/json')", "header")])
-
-
 def parse_request(body: bytes) -> SimulationRequest:
     """Parse and validate a request body (strict JSON: no NaN/Infinity, no coercions); raise ProblemError."""
     return parse_body(body, SimulationRequest)
-
-
-def parse_body(body: bytes, model: Any) -> Any:
-    """``model`` (a strict pydantic model) from a JSON body; 400 malformed-json or 422 validation-error."""
-    name = model.__name__
-    if not body.strip():
-        raise ProblemError(400, "malformed-json", f"the request body is empty: send a {name} JSON object",
-                           errors=[field_error([], "empty_body", "the request body is empty",
-                                               f"send a {name} JSON object (with curl: -d @request.json)")])
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        if any(e["type"] == "json_invalid" for e in errors):
-            message = next(e for e in errors if e["type"] == "json_invalid")["ctx"].get("error", "invalid JSON")
-            raise ProblemError(400, "malformed-json", f"the request body is not valid JSON: {message}",
-                               errors=[field_error([], "json_invalid", str(message),
-                                                   "send a valid JSON document (check quotes, commas, brackets)")]
-                               ) from None
-        raise validation_problem(errors) from None
 
 
 def _validate(body: bytes, limits: Limits) -> tuple[SimulationRequest, bytes, str]:
@@ -253,7 +218,7 @@ async def create_simulation(
 ) -> Response:
     """Validate the request completely (shapes, Σ11 symmetric PSD, init, stability bound, exact-method
     conditions, limits) and queue it. Nothing invalid is ever queued."""
-    _check_media_type(request)
+    check_media_type(request)
     body = await request.body()
     # A full queue answers first: refusing costs one COUNT, where validating can cost milliseconds of
     # numerics, which a saturated service must not spend on requests it refuses (tests/faults/test_load.py).

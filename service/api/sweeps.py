@@ -29,6 +29,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from service.api.access import check_active_limit, current_owner, visible
+from service.api.bodies import check_media_type
 from service.api.errors import (
     ProblemError,
     idempotency_key_reused,
@@ -37,8 +38,7 @@ from service.api.errors import (
     validation_field_errors,
 )
 from service.api.plots import SVG, SWEEP_PLOT_DESCRIPTION, sweep_plot_response
-from service.problems import MAX_FIELD_ERRORS, field_error
-from service.api.simulations import _check_media_type, _normalize_error
+from service.api.simulations import _normalize_error
 from service.convert import Limits, build_simulation
 from service.dynamics.errors import DynamicsError
 from service.grid import (
@@ -54,6 +54,7 @@ from service.grid import (
     remap_field,
 )
 from service.jobs.store import CorruptResultError, QueueFullError
+from service.problems import MAX_FIELD_ERRORS, field_error
 from service.schemas import (
     SWEEP_REQUEST_EXAMPLES,
     SimulationRequest,
@@ -479,7 +480,7 @@ async def create_sweep(request: Request, idempotency_key: IdempotencyKey = None)
     store = _state(request, "sweep_store")
     engine = _state(request, "sweep_engine")
     settings = request.app.state.settings
-    _check_media_type(request)
+    check_media_type(request)
     body = await request.body()
     owner = current_owner()
     sweep, request_json, request_hash = await run_in_threadpool(canonical_sweep, body)

@@ -71,7 +71,6 @@ def validation_problem(exc: Any) -> dict[str, Any]:
     """The 422 problem for a pydantic ValidationError (a stored request that no longer validates,
     e.g. after an upgrade changed the schema)."""
     from service.problems import field_error, problem_body
-
     from service.schemas import strip_union_tags
 
     errors = [field_error(strip_union_tags(e.get("loc", ())), e.get("type", "invalid"), e.get("msg", ""),

@@ -27,12 +27,12 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.python import asgi as schemathesis_asgi
 
-from service.problems import PROBLEM_TYPE_PREFIX, PROBLEM_TYPES
-from tests.waiting import wait_until
 from service.main import create_app
+from service.problems import PROBLEM_TYPE_PREFIX, PROBLEM_TYPES
 from service.settings import Settings
 from tests.fuzz import profiles
 from tests.fuzz.strategies import simulation_request, sweep_request
+from tests.waiting import wait_until
 
 PROFILE = profiles.current()
 

@@ -1,0 +1,48 @@
+"""JSON request bodies, shared by the routes that take one: the media type, and strict parsing into a schema
+with the one error model (400 malformed-json, 415 unsupported-media-type, 422 validation-error)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from pydantic import ValidationError
+
+from service.api.errors import ProblemError, validation_problem
+from service.problems import field_error
+
+
+def check_media_type(request: Request) -> None:
+    """415 unless the body is sent as JSON (application/json or application/*+json; no Content-Type passes)."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return  # be lenient with clients that send JSON without saying so
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise ProblemError(415, "unsupported-media-type",
+                       f"the body must be sent as application/json, not {media!r}",
+                       errors=[field_error(["Content-Type"], "unsupported_media_type",
+                                           f"Content-Type is {media!r}",
+                                           "send Content-Type: application/json "
+                                           "(with curl: -H 'Content-Type: application/json')", "header")])
+
+
+def parse_body(body: bytes, model: Any) -> Any:
+    """``model`` (a strict pydantic model) from a JSON body; 400 malformed-json or 422 validation-error."""
+    name = model.__name__
+    if not body.strip():
+        raise ProblemError(400, "malformed-json", f"the request body is empty: send a {name} JSON object",
+                           errors=[field_error([], "empty_body", "the request body is empty",
+                                               f"send a {name} JSON object (with curl: -d @request.json)")])
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            message = next(e for e in errors if e["type"] == "json_invalid")["ctx"].get("error", "invalid JSON")
+            raise ProblemError(400, "malformed-json", f"the request body is not valid JSON: {message}",
+                               errors=[field_error([], "json_invalid", str(message),
+                                                   "send a valid JSON document (check quotes, commas, brackets)")]
+                               ) from None
+        raise validation_problem(errors) from None
