@@ -64,11 +64,15 @@ class Service:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(workdir / f"service-{self.port}.log", "ab")  # noqa: SIM115 - closed in stop()
-        full_env = {**os.environ, "DLNSIM_PORT": str(self.port), "DLNSIM_DATA_DIR": str(workdir / f"data-{self.port}"),
+        # The service's defaults, not this process's thread settings: a Dask LocalCluster started earlier in this
+        # process (the sweep rows) leaves its workers' pre-spawn environment in os.environ (DLNSIM_BLAS_THREADS=1,
+        # OMP/OPENBLAS/NUMBA_NUM_THREADS=1), which would turn the cores-sharing service into a one-thread one.
+        inherited = {k: v for k, v in os.environ.items()
+                     if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+                                  "DLNSIM_BLAS_THREADS")}
+        full_env = {**inherited, "DLNSIM_PORT": str(self.port), "DLNSIM_DATA_DIR": str(workdir / f"data-{self.port}"),
                     "DLNSIM_LOG_LEVEL": "warning", "DLNSIM_CORES_DIR": str(workdir / "cores"),
                     "DLNSIM_MAX_WAIT_SECONDS": "300", **env}
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            full_env.pop(var, None)
         t0 = time.perf_counter()
         self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=full_env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
