@@ -16,7 +16,9 @@ one worker per core, SQLite store), started by this script:
 * **a lone large job** — a (300,300,300) GD job through the service (``Prefer: wait``, the whole round trip:
   validation, stepping, trajectory), steps/s as a fraction of the all-core GEMM bound measured in this process
   in the same run. Bar ≥ 0.8. Beside it the same job on a service whose workers are fixed at one BLAS thread
-  (``DLNSIM_BLAS_THREADS=1``, the previous behaviour).
+  (``DLNSIM_BLAS_THREADS=1``, the previous behaviour), and the same job run in this process (no HTTP, no Dask)
+  in the same rounds: what the machine gave a job of that length at that moment. Notes: the cores the
+  service's processes kept busy during the job (from /proc), and the service / in-process ratio per round.
 * **two concurrent jobs** — two such jobs submitted together: their summed steps/s, cores shared
   (``auto``) against fixed at one thread each. Bar: no loss (≥ 0.97, the run-to-run noise of these rounds).
 
@@ -41,6 +43,7 @@ import httpx
 import numpy as np
 
 from service.dynamics.gd import step_flops
+from service.jobs.cores import host_cores
 
 from .common import Context, Row, run_standalone, settle, table
 from .stepping import LEARNING_RATE
@@ -99,6 +102,18 @@ class Service:
             raise RuntimeError(f"job did not succeed: {response.status_code} {response.text[:300]}")
         return elapsed
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by every process of the service (API, scheduler, nannies, workers: its session)."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_bytes().rsplit(b")", 1)[1].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            if int(fields[3]) == self.process.pid:  # session id (the service started its own session)
+                total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.client.close()
         if self.process.poll() is None:
@@ -153,32 +168,62 @@ def first_job(ctx: Context, workdir: Path) -> list[Row]:
                      f"min {min(trips) * 1e3:.1f} ms, max {max(trips) * 1e3:.1f} ms")]
 
 
+def in_process(body: bytes, threads: int):
+    """A function running ``body`` in this process as a worker would (``task.simulate_request``: validation,
+    building, stepping on ``threads`` BLAS threads, trajectory, compression), returning its wall time."""
+    from service.dynamics.methods import Hooks
+    from service.jobs.task import simulate_request
+
+    hooks = Hooks(blas_threads=lambda: threads)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        simulate_request(body, hooks)
+        return time.perf_counter() - t0
+
+    return run
+
+
 def cores(ctx: Context, workdir: Path) -> list[Row]:
-    """Lone and concurrent (300,300,300) jobs on a cores-sharing service and on a one-thread-per-worker one."""
+    """Lone and concurrent (300,300,300) jobs on a cores-sharing service and on a one-thread-per-worker one,
+    and the same job run in this process over the same rounds."""
     n = 300
     flops = step_flops([n, n, n])
-    # ~10 s a lone job: the job's fixed cost (~0.3 s) is a few per cent; best of 6 rounds, as this VM's 2-core
-    # GEMM rate itself varies by tens of per cent from one second to the next
+    # ~8 s a lone job: the job's fixed cost (~0.25 s) is a few per cent. This VM's 2-core speed has slow spells
+    # of a few seconds (2-thread (300,300,300) GEMMs at ~60 GFLOP/s instead of ~90), and a job's round trip
+    # is long enough to catch one, so the lone job gets more rounds than the pairs; each round also runs the
+    # same job in this process, so a slow round shows as slow on both.
     steps = 400 if ctx.quick else 3000
-    rounds = 2 if ctx.quick else 6
+    lone_rounds, pair_rounds = (2, 1) if ctx.quick else (10, 6)
     body = large_job(steps, n)
     services = {"auto": Service(workdir), "fixed": Service(workdir, DLNSIM_BLAS_THREADS="1")}
-    lone: dict[str, list[float]] = {k: [] for k in services}
+    local = in_process(body, ctx.threads)
+    lone: dict[str, list[float]] = {k: [] for k in (*services, "local")}
+    busy: list[float] = []  # cores the auto service's processes kept busy over a lone job's round trip
     pair: dict[str, list[float]] = {k: [] for k in services}
     try:
         short = large_job(10, n)
         for service in services.values():
             service.run(short)  # warm: the first large job allocates the worker's buffers
+        in_process(short, ctx.threads)()
         overhead = statistics.median(services["auto"].run(short) for _ in range(5))
+        for r in range(lone_rounds):
+            order = ["auto", "local", "fixed"] if r % 2 == 0 else ["fixed", "local", "auto"]
+            for name in order:
+                settle()
+                ctx.sample_gemm("float64")
+                settle()
+                if name == "local":
+                    lone[name].append(steps / local())
+                    continue
+                cpu0 = services[name].cpu_seconds()
+                elapsed = services[name].run(body)
+                lone[name].append(steps / elapsed)
+                if name == "auto":
+                    busy.append((services[name].cpu_seconds() - cpu0) / elapsed)
         with ThreadPoolExecutor(2) as pool:
-            for r in range(rounds):
-                order = ["auto", "fixed"] if r % 2 == 0 else ["fixed", "auto"]
-                for name in order:  # ABBA across rounds
-                    settle()
-                    ctx.sample_gemm("float64")
-                    settle()
-                    lone[name].append(steps / services[name].run(body))
-                for name in order[::-1]:
+            for r in range(pair_rounds):
+                for name in (["auto", "fixed"] if r % 2 == 0 else ["fixed", "auto"]):
                     settle()
                     t0 = time.perf_counter()
                     list(pool.map(services[name].run, [body, body]))
@@ -187,18 +232,25 @@ def cores(ctx: Context, workdir: Path) -> list[Row]:
         for service in services.values():
             service.stop()
     loss = max(pair["auto"]) / max(pair["fixed"])
+    versus_local = statistics.median(a / b for a, b in zip(lone["auto"], lone["local"], strict=True))
     rows = [Row("lone large job through the service, cores shared", f"({n}, {n}, {n})", flops=flops,
                 measured=max(lone["auto"]), bar_fraction=0.8, median=statistics.median(lone["auto"]),
                 note=f"{steps:,} GD steps, whole round trip (POST with Prefer: wait; a 10-step job takes "
-                     f"{overhead * 1e3:.0f} ms: building the preset, validating, storing); best of {rounds} rounds; "
-                     f"×{max(lone['auto']) / max(lone['fixed']):.2f} the same job with workers fixed at one "
-                     "BLAS thread"),
+                     f"{overhead * 1e3:.0f} ms: building the preset, validating, storing); best of {lone_rounds} "
+                     f"rounds; ×{max(lone['auto']) / max(lone['fixed']):.2f} the same job with workers fixed at one "
+                     f"BLAS thread; the service's processes kept {statistics.median(busy):.2f} of "
+                     f"{host_cores()} cores busy over the round trip (median); per round ×{versus_local:.3f} the "
+                     "same job run in the bench process (median)"),
+            Row("the same job in the bench process, same rounds", f"({n}, {n}, {n})", flops=flops,
+                measured=max(lone["local"]), median=statistics.median(lone["local"]),
+                note=f"task.simulate_request on {ctx.threads} BLAS threads (validation, preset, stepping, trajectory, "
+                     "compression; no HTTP, no Dask), interleaved with the service's rounds"),
             Row("lone large job through the service, one BLAS thread per worker", f"({n}, {n}, {n})", flops=flops,
                 measured=max(lone["fixed"]), median=statistics.median(lone["fixed"]),
                 note="DLNSIM_BLAS_THREADS=1 (the previous behaviour)"),
             Row("two concurrent large jobs, cores shared vs one thread each", f"({n}, {n}, {n})",
                 value=f"×{loss:.3f} the summed steps/s", bar="≥ 0.97", passed=loss >= 0.97,
-                note=f"summed steps/s, best of {rounds} rounds: shared {max(pair['auto']):,.1f} (median "
+                note=f"summed steps/s, best of {pair_rounds} rounds: shared {max(pair['auto']):,.1f} (median "
                      f"{statistics.median(pair['auto']):,.1f}), fixed {max(pair['fixed']):,.1f} (median "
                      f"{statistics.median(pair['fixed']):,.1f})")]
     return rows
