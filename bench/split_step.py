@@ -2,6 +2,7 @@
 
     python -m bench.split_step            10 interleaved rounds of 1,000 (300,300,300) steps each (~1.5 min)
     python -m bench.split_step --rounds 4
+    python -m bench.split_step --spells 120   the 2-thread GEMM rate of this machine in 10-s windows, 2 min
 
 Not part of ``make bench``: a measurement for the next change to the kernel, not a figure of the service.
 
@@ -114,10 +115,37 @@ def measure(rounds: int, steps: int = STEPS) -> dict[str, list[float]]:
     return rates
 
 
+def spells(seconds: float, window: float = 10.0, n: int = SIZE) -> list[tuple[float, float]]:
+    """(mean, best) GFLOP/s of back-to-back 2-thread n³ GEMMs in each ``window`` seconds: the machine's quiet and
+    busy spells, as a job of that length meets them (best: over batches of 30 products, ~20 ms)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n)), rng.standard_normal((n, n))
+    c = np.empty((n, n))
+    flops = 2 * n ** 3 * 30
+    out = []
+    with threadpool_limits(2):
+        for _ in range(max(1, int(seconds / window))):
+            t_start, done, best = time.perf_counter(), 0, 0.0
+            while time.perf_counter() - t_start < window:
+                t0 = time.perf_counter()
+                for _ in range(30):
+                    np.matmul(a, b, out=c)
+                best = max(best, flops / (time.perf_counter() - t0))
+                done += 1
+            out.append((done * flops / (time.perf_counter() - t_start) / 1e9, best / 1e9))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--spells", type=float, metavar="SECONDS",
+                        help="instead: 2-thread GEMM GFLOP/s (mean/best) in 10-s windows for SECONDS")
     args = parser.parse_args(argv)
+    if args.spells:
+        print(f"2-thread ({SIZE},{SIZE},{SIZE}) GEMM, GFLOP/s mean/best per 10 s: "
+              + " ".join(f"{m:.0f}/{b:.0f}" for m, b in spells(args.spells)))
+        return 0
     rates = measure(args.rounds)
     for name, r in rates.items():
         print(f"{name:17s} median {statistics.median(r):6.0f} steps/s, best {max(r):6.0f}   "
