@@ -12,6 +12,13 @@ from service.api.errors import ProblemError, validation_problem
 from service.problems import field_error
 
 
+def json_request_body(schema: str, examples: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its JSON body itself (``parse_body``): the body's schema, by
+    name in components/schemas, and its examples, so the document and generated clients still know it."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{schema}"}, "examples": examples}}}}
+
+
 def check_media_type(request: Request) -> None:
     """415 unless the body is sent as JSON (application/json or application/*+json; no Content-Type passes)."""
     content_type = request.headers.get("content-type")

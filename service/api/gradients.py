@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.bodies import check_media_type, parse_body
+from service.api.bodies import check_media_type, json_request_body, parse_body
 from service.api.deps import SettingsDep
 from service.api.errors import dynamics_problem, problem_responses
 from service.convert import Limits, build_gradients, gradients_document
@@ -22,15 +22,6 @@ from service.schemas import GRADIENTS_EXAMPLES, Gradients, GradientsRequest
 
 router = APIRouter(prefix="/v1/gradients", tags=["gradients"])
 
-_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/GradientsRequest"},
-            "examples": GRADIENTS_EXAMPLES,
-        }},
-    },
-}
 
 
 def _compute(body: bytes, limits: Limits) -> dict[str, Any]:
@@ -47,7 +38,7 @@ def _compute(body: bytes, limits: Limits) -> dict[str, Any]:
     response_model=Gradients,
     summary="The loss and its gradient at given weights",
     responses={**problem_responses(400, 413, 415, 422)},
-    openapi_extra=_REQUEST_BODY,
+    openapi_extra=json_request_body("GradientsRequest", GRADIENTS_EXAMPLES),
 )
 async def compute_gradients(request: Request, settings: SettingsDep) -> dict[str, Any]:
     """L and ∂L/∂W_l (+ γW_l) for l = 1 … D at the given weights: the vector field GD and gradient flow follow

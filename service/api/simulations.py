@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import StringConstraints
 
 from service.api.access import check_active_limit, current_owner, visible
-from service.api.bodies import check_media_type, parse_body
+from service.api.bodies import check_media_type, json_request_body, parse_body
 from service.api.deps import EngineDep, SettingsDep, StoreDep
 from service.api.errors import (
     ProblemError,
@@ -161,15 +161,6 @@ def _validate(body: bytes, limits: Limits) -> tuple[SimulationRequest, bytes, st
     return request, canonical, hashlib.sha256(canonical).hexdigest()
 
 
-_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/SimulationRequest"},
-            "examples": REQUEST_EXAMPLES,
-        }},
-    },
-}
 
 _SIMULATION_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Simulation"}}}
 _NOT_TERMINAL_HEADERS = {"Retry-After": {"description": "Seconds until it is worth polling again (while not "
@@ -200,7 +191,7 @@ _SIMULATION_LINKS = {
               "links": _SIMULATION_LINKS},
         **problem_responses(400, 413, 415, 422, 429, 503, 507),
     },
-    openapi_extra=_REQUEST_BODY,
+    openapi_extra=json_request_body("SimulationRequest", REQUEST_EXAMPLES),
 )
 async def create_simulation(
     request: Request,

@@ -29,7 +29,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from service.api.access import check_active_limit, current_owner, visible
-from service.api.bodies import check_media_type
+from service.api.bodies import check_media_type, json_request_body
 from service.api.errors import (
     ProblemError,
     idempotency_key_reused,
@@ -467,8 +467,7 @@ async def _replay(request: Request, row: Any, request_hash: str, idempotency_key
                     d429="Too many sweeps queued or running; retry after the Retry-After delay (a retry with a "
                          "used Idempotency-Key is answered even then)"),
     },
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/SweepRequest"}, "examples": SWEEP_REQUEST_EXAMPLES}}}},
+    openapi_extra=json_request_body("SweepRequest", SWEEP_REQUEST_EXAMPLES),
 )
 async def create_sweep(request: Request, idempotency_key: IdempotencyKey = None) -> Response:
     """Validate the grid (or points) and every point as a single simulation would be validated, store
