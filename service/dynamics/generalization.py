@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .problem import Problem
+from . import network
+from .problem import Problem, least_squares
 
 if TYPE_CHECKING:  # modes imports trajectory, which imports this module
     from .modes import ModeBasis
@@ -55,14 +56,12 @@ class LossTheory:
 
 
 def mse(problem: Problem, product: np.ndarray) -> np.ndarray:
-    """L(W) = tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ) for one W (n_out × n_in) or a stack (T, n_out, n_in).
+    """L(W) = tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ) = L_ls + ‖W F − G‖² ≥ 0 for one W (n_out × n_in) or a stack
+    (T, n_out, n_in) (``network.loss``).
 
     Needs tr Σ33 (``problem.sigma33_trace``); held-out statistics always have it (``problem.with_test``).
     """
-    w = np.asarray(product, dtype=np.float64)
-    cross = np.einsum("...ij,ij->...", w, problem.sigma31)
-    quad = np.einsum("...ij,...ij->...", w @ problem.sigma11, w)
-    return problem.sigma33_trace - 2.0 * cross + quad
+    return network.loss(problem, product)
 
 
 def test_loss(problem: Problem, product: np.ndarray) -> np.ndarray | None:
@@ -91,14 +90,25 @@ def mode_loss_theory(problem: Problem, basis: ModeBasis, strength: np.ndarray, c
     """(L(t), L_test(t)) of W(t) = Σ_α u_α(t) û_α v̂_αᵀ for predicted strengths ``strength`` (T, k) on the
     training modes ``basis`` with Σ11 = c·I (module docstring); L_test is None without test data.
 
+    Both as sums of squares, never negative (``problem.least_squares``): with Σ11 = c·I, ‖W F − G‖² = Σ_α
+    (c u_α − ŝ_α)²/c, so L = L_ls + Σ_α (c u_α − ŝ_α)²/c. On the test data, with A = V̂ᵀFᵗ and B = ÛᵀGᵗ (rows a_α,
+    b_α), ‖W Fᵗ − Gᵗ‖² = ‖(I − ÛÛᵀ) Gᵗ‖² + Σ_α ‖u_α a_α − b_α‖², and each row term is ‖a_α‖² (u_α − ū_α)² +
+    ‖b_α − ū_α a_α‖² with ū_α = ⟨a_α, b_α⟩/‖a_α‖² — the same quadratic as tr Σ33ᵗ − 2 Σ (û_αᵀΣ31ᵗv̂_α) u_α +
+    Σ (v̂_αᵀΣ11ᵗv̂_α) u_α², since ⟨a_α, b_α⟩ = û_αᵀΣ31ᵗv̂_α and ‖a_α‖² = v̂_αᵀΣ11ᵗv̂_α.
+
     Needs tr Σ33 for L (NaN without it: the caller reports none).
     """
     u = np.asarray(strength, dtype=np.float64)
-    trace33 = np.nan if problem.sigma33_trace is None else problem.sigma33_trace
-    train = trace33 - 2.0 * (u @ basis.s) + c * np.sum(u * u, axis=1)
-    test = problem.test
-    if test is None:
+    residual = least_squares(problem).residual
+    train = (np.nan if residual is None else residual) + np.sum((c * u - basis.s) ** 2, axis=1) / c
+    if problem.test is None:
         return train, None
-    drive = np.einsum("ia,ij,ja->a", basis.u, test.sigma31, basis.v)       # û_αᵀ Σ31ᵗ v̂_α
-    gain = np.einsum("ia,ij,ja->a", basis.v, test.sigma11, basis.v)        # v̂_αᵀ Σ11ᵗ v̂_α
-    return train, test.sigma33_trace - 2.0 * (u @ drive) + (u * u) @ gain
+    held_out = least_squares(problem.test)
+    a = basis.v.T @ held_out.f                       # (k, n_in)
+    b = basis.u.T @ held_out.g                       # (k, n_in)
+    outside = held_out.g - basis.u @ b               # (I − ÛÛᵀ) Gᵗ: the test targets no mode of W can reach
+    gain = np.einsum("ai,ai->a", a, a)               # v̂_αᵀ Σ11ᵗ v̂_α
+    target = np.divide(np.einsum("ai,ai->a", a, b), gain, out=np.zeros_like(gain), where=gain > 0)
+    miss = b - target[:, None] * a
+    floor = held_out.residual + float(np.sum(outside * outside)) + float(np.sum(miss * miss))
+    return train, floor + ((u - target) ** 2) @ gain

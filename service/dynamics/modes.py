@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .problem import Problem
+from . import network
+from .problem import Problem, least_squares
 from .trajectory import Optimum
 
 
@@ -95,15 +96,23 @@ def _optimum(problem: Problem, r: int) -> Optimum:
     m = problem.sigma31 @ s11_mhalf
     u_m, s_m, vt_m = np.linalg.svd(m, full_matrices=False)
     w_star = ((u_m[:, :r] * s_m[:r]) @ vt_m[:r]) @ s11_mhalf
-    explained = float(np.sum(s_m[:r] ** 2))
-    loss_star = None if problem.sigma33_trace is None else problem.sigma33_trace - explained
     w_star.flags.writeable = False  # shared through the cache
-    return Optimum(product=w_star, loss=loss_star, loss_without_sigma33=-explained, rank=r)
+    # L* = L_ls + ‖W* F − G‖² (= tr Σ33 − Σ_{i≤r} σ_i(M)², without subtracting numbers of size tr Σ33)
+    gap = network.fit_gap(problem, w_star)
+    loss_star = network.loss(problem, w_star)
+    return Optimum(product=w_star, loss=loss_star, loss_without_sigma33=gap - least_squares(problem).g_norm2, rank=r,
+                   fit_gap=gap)
 
 
-def excess_loss(loss_without_sigma33_values, opt: Optimum) -> np.ndarray:
-    """L − L* = (L − tr Σ33) − (L* − tr Σ33): known even when Σ33 is not (the constant cancels)."""
-    return np.asarray(loss_without_sigma33_values, dtype=np.float64) - opt.loss_without_sigma33
+def excess_loss(fit_gaps, opt: Optimum) -> np.ndarray:
+    """L − L* = ‖W F − G‖² − ‖W* F − G‖² ≥ 0 from the fit gaps of maps W (``network.fit_gap``): known even when
+    Σ33 is not (L_ls cancels exactly).
+
+    At full rank (r = rank Σ31, the usual case) ‖W* F − G‖² is round-off and L − L* is a sum of squares. Below it,
+    the difference of two fit gaps is ≥ 0 by Eckart–Young (W has rank ≤ r) and exact to eps·L* absolute; values
+    below 0 are that round-off and are reported as 0.
+    """
+    return np.maximum(np.asarray(fit_gaps, dtype=np.float64) - opt.fit_gap, 0.0)
 
 
 # A mode whose final strength is at most this fraction of the largest |strength| in the record

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidParameterError, NonFiniteError, ShapeError
-from .problem import Problem
+from .problem import Problem, least_squares
 
 
 def layer_shapes(n_in: int, hidden: Sequence[int], n_out: int) -> list[tuple[int, int]]:
@@ -62,19 +62,30 @@ def network_map(weights: Sequence[np.ndarray]) -> np.ndarray:
     return w
 
 
-def loss_without_sigma33(problem: Problem, w: np.ndarray) -> float:
-    """L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ): the loss up to the data constant tr Σ33.
+def fit_gap(problem: Problem, w: np.ndarray) -> np.ndarray | float:
+    """‖W F − G‖²_F = L(W) − L_ls ≥ 0 for one map W (n_out × n_in) or a stack (T, n_out, n_in) (``least_squares``):
+    how far W is from the least-squares fit, in the loss's units."""
+    ls = least_squares(problem)
+    r = np.asarray(w, dtype=np.float64) @ ls.f
+    r -= ls.g
+    gap = np.einsum("...ij,...ij->...", r, r)
+    return float(gap) if gap.ndim == 0 else gap
 
-    This is what is computable when Σ33 is unknown (reference §0 loss identity).
+
+def loss_without_sigma33(problem: Problem, w: np.ndarray) -> np.ndarray | float:
+    """L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ) = ‖W F − G‖² − ‖G‖²: the loss up to the data constant tr Σ33,
+    all that is computable when Σ33 is unknown (docs/theory.md, "The loss")."""
+    return fit_gap(problem, w) - least_squares(problem).g_norm2
+
+
+def loss(problem: Problem, w: np.ndarray) -> np.ndarray | float | None:
+    """L = (1/N) Σ ‖y − W x‖² = L_ls + ‖W F − G‖²_F ≥ 0 for one map or a stack; None when tr Σ33 is unknown.
+
+    Equal to tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ), but a sum of two non-negative terms: it cannot cancel to a
+    negative number near a perfect fit (``problem.least_squares``).
     """
-    return float(-2.0 * np.sum(w * problem.sigma31) + np.sum((w @ problem.sigma11) * w))
-
-
-def loss(problem: Problem, w: np.ndarray) -> float | None:
-    """L = (1/N) Σ ||y − W x||² = tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ); None when tr Σ33 is unknown."""
-    if problem.sigma33_trace is None:
-        return None
-    return problem.sigma33_trace + loss_without_sigma33(problem, w)
+    residual = least_squares(problem).residual
+    return None if residual is None else residual + fit_gap(problem, w)
 
 
 def error_correlation(problem: Problem, w: np.ndarray) -> np.ndarray:
@@ -139,7 +150,7 @@ class VectorField:
 def vector_field(problem: Problem, weights: Sequence[np.ndarray], weight_decay: float = 0.0) -> VectorField:
     """L, ∂L/∂W_l + γW_l and its norm at ``weights`` (input→output; reference §0):
 
-        L = tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ),   W = W_D ⋯ W_1
+        L = tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ) = L_ls + ‖W F − G‖²,   W = W_D ⋯ W_1
         −∂L/∂W_l = 2 (W_D ⋯ W_{l+1})ᵀ (Σ31 − W Σ11) (W_{l−1} ⋯ W_1)ᵀ
 
     so that GD is W_l ← W_l − η·gradients[l] and gradient flow dW_l/dt = −gradients[l]. With weight decay γ
@@ -147,7 +158,7 @@ def vector_field(problem: Problem, weights: Sequence[np.ndarray], weight_decay: 
     """
     w = network_map(weights)
     wo = loss_without_sigma33(problem, w)
-    full = None if problem.sigma33_trace is None else problem.sigma33_trace + wo
+    full = loss(problem, w)
     penalty = 0.5 * float(weight_decay) * sum(float(np.sum(wl * wl)) for wl in weights)
     grads = gradients(problem, weights, weight_decay)
     return VectorField(full, wo, None if full is None else full + penalty, grads, gradient_norm(grads))

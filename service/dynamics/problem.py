@@ -10,7 +10,7 @@ These are means, not sums. The dynamics depend on the data only through them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -47,6 +47,9 @@ class Problem:
     ``sigma33`` is None when the output covariance is unknown (correlations given without it) or too
     large to hold (n_out > MAX_DENSE_SIGMA33 from data). The loss needs only ``sigma33_trace`` = tr Σ33,
     which is kept whenever it is known; without it the loss is known only up to that constant.
+
+    ``residual_loss`` is min_W L(W), the least-squares residual, when it is known exactly (computed from the
+    data's own residual, or given by a preset); None: it is derived from tr Σ33 (``least_squares``).
     """
 
     sigma11: np.ndarray
@@ -55,6 +58,7 @@ class Problem:
     n_samples: int | None = None
     sigma33_trace: float | None = None
     test: Problem | None = None  # held-out statistics (``with_test``): test loss along a run
+    residual_loss: float | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,7 +105,53 @@ def with_test(problem: Problem, test: Problem, *, field_prefix: FieldPath = ("da
         raise InvalidParameterError("the test data has no sigma33: the test loss is an MSE and needs tr Σ33",
                                     field=(*field_prefix, "sigma33"),
                                     fix="give sigma33 of the test distribution, or the test dataset itself")
-    return Problem(problem.sigma11, problem.sigma31, problem.sigma33, problem.n_samples, problem.sigma33_trace, test)
+    return Problem(problem.sigma11, problem.sigma31, problem.sigma33, problem.n_samples, problem.sigma33_trace, test,
+                   problem.residual_loss)
+
+
+@dataclass(frozen=True)
+class LeastSquares:
+    """The loss as a sum of squares, which cannot cancel (docs/theory.md, "The loss without cancellation").
+
+    With Σ11 = E diag(e) Eᵀ, F = E diag(√e) and G = Σ31 E diag(1/√e) (columns where e is round-off: 0),
+
+        L(W) = L_ls + ‖W F − G‖²_F,      L_ls = min_W L(W) = tr Σ33 − ‖G‖²_F ≥ 0
+
+    because tr(W Σ11 Wᵀ) = ‖W F‖², tr(W Σ31ᵀ) = ⟨W F, G⟩ and ‖G‖² = tr(Σ31 Σ11⁺ Σ31ᵀ). The textbook form
+    tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ) subtracts numbers of size tr Σ33 and goes negative near a perfect fit;
+    here both terms are ≥ 0. ``w_ls`` = G diag(1/√e) Eᵀ = Σ31 Σ11⁺ is the minimum-norm least-squares map.
+    """
+
+    f: np.ndarray        # n_in × n_in
+    g: np.ndarray        # n_out × n_in
+    g_norm2: float       # ‖G‖²_F = tr(Σ31 Σ11⁺ Σ31ᵀ), the variance a linear map can explain
+    w_ls: np.ndarray     # n_out × n_in
+    residual: float | None  # L_ls, None when tr Σ33 is unknown
+
+
+def least_squares(problem: Problem) -> LeastSquares:
+    """F, G, ‖G‖², the least-squares map and residual L_ls of ``problem`` (``LeastSquares``; cached).
+
+    Eigenvalues of Σ11 at or below n_in·eps·e_max are round-off of a zero and count as 0 (G's column 0): for data
+    there Σ31's component is round-off too, so dropping it changes L by round-off only. L_ls is the problem's
+    ``residual_loss`` when known exactly, else tr Σ33 − ‖G‖² clipped at 0 (it is a Schur complement's trace, ≥ 0).
+    """
+    if "least_squares" not in problem._cache:
+        e, vecs = np.linalg.eigh(problem.sigma11)
+        e = np.maximum(e, 0.0)
+        keep = e > problem.n_in * np.finfo(np.float64).eps * (float(e[-1]) if e.size else 0.0)
+        root = np.sqrt(e)
+        inv_root = np.divide(1.0, root, out=np.zeros_like(root), where=keep)
+        g = (problem.sigma31 @ vecs) * inv_root
+        g_norm2 = float(np.sum(g * g))
+        if problem.residual_loss is not None:
+            residual = problem.residual_loss
+        elif problem.sigma33_trace is not None:
+            residual = max(problem.sigma33_trace - g_norm2, 0.0)
+        else:
+            residual = None
+        problem._cache["least_squares"] = LeastSquares(vecs * root, g, g_norm2, (g * inv_root) @ vecs.T, residual)
+    return problem._cache["least_squares"]
 
 
 def _as_matrix(value, name: str, field_path: FieldPath) -> np.ndarray:
@@ -157,12 +207,13 @@ def check_covariance(a: np.ndarray, name: str, field_path: FieldPath) -> np.ndar
 
 
 def problem_from_correlations(sigma11, sigma31, sigma33=None, *, n_samples: int | None = None,
-                              field_prefix: FieldPath = ("data",)) -> Problem:
+                              field_prefix: FieldPath = ("data",), residual_loss: float | None = None) -> Problem:
     """Validate Σ11 (n_in × n_in), Σ31 (n_out × n_in) and optional Σ33 (n_out × n_out).
 
     Raises a ``DynamicsError`` subclass naming the field for shapes that disagree, non-finite
     entries, and Σ11/Σ33 that are not symmetric or not positive semi-definite. A joint check that
-    [[Σ11, Σ31ᵀ], [Σ31, Σ33]] is PSD (true for any real data) is applied when Σ33 is given.
+    [[Σ11, Σ31ᵀ], [Σ31, Σ33]] is PSD (true for any real data) is applied when Σ33 is given. ``residual_loss`` is
+    min_W L(W) when the caller knows it exactly (a preset's noise-free teacher: 0).
     """
     s11 = _as_matrix(sigma11, "sigma11", (*field_prefix, "sigma11"))
     s31 = _as_matrix(sigma31, "sigma31", (*field_prefix, "sigma31"))
@@ -197,7 +248,7 @@ def problem_from_correlations(sigma11, sigma31, sigma33=None, *, n_samples: int 
     if n_samples is not None and n_samples < 1:
         raise InvalidParameterError("n_samples must be at least 1", field=(*field_prefix, "n_samples"),
                                     fix="give at least one sample")
-    return Problem(s11, s31, s33, n_samples)
+    return Problem(s11, s31, s33, n_samples, residual_loss=residual_loss)
 
 
 def _check_sigma31_in_range(s11: np.ndarray, s31: np.ndarray, field_path: FieldPath) -> None:
@@ -235,7 +286,27 @@ def problem_from_data(x, y, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
         raise InvalidParameterError(f"chunk_rows must be at least 1, got {chunk_rows}", field=("chunk_rows",),
                                     fix="give a positive number of rows per chunk")
     chunks = ((xa[i:i + chunk_rows], ya[i:i + chunk_rows]) for i in range(0, n, chunk_rows))
-    return correlations_from_chunks(chunks, field_prefix=field_prefix)
+    moments = correlations_from_chunks(chunks, field_prefix=field_prefix)
+    residual = least_squares_residual(moments, xa, ya, chunk_rows)
+    problem = Problem(moments.sigma11, moments.sigma31, moments.sigma33, moments.n_samples, moments.sigma33_trace,
+                      residual_loss=residual)
+    problem._cache["least_squares"] = replace(least_squares(moments), residual=residual)
+    return problem
+
+
+def least_squares_residual(problem: Problem, x: np.ndarray, y: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS
+                           ) -> float:
+    """L_ls = (1/N) Σ_i ‖y_i − W_ls x_i‖², the least-squares fit's own residual on the data (W_ls = Σ31 Σ11⁺).
+
+    Exact to the round-off of the fit (≈ eps² · ‖Y‖² when the data are fitted exactly), where tr Σ33 − ‖G‖²
+    would carry eps · tr Σ33; one more pass over the rows, n_in·n_out multiply-adds each.
+    """
+    w_ls = least_squares(problem).w_ls
+    total = 0.0
+    for i in range(0, x.shape[0], chunk_rows):
+        r = y[i:i + chunk_rows] - x[i:i + chunk_rows] @ w_ls.T
+        total += float(np.einsum("ij,ij->", r, r))
+    return total / x.shape[0]
 
 
 def correlations_from_chunks(chunks, *, field_prefix: FieldPath = ("data",)) -> Problem:

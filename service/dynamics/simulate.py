@@ -24,8 +24,8 @@ from .kernel import check_kernel, kernel_record
 from .theory import loss_theory
 from .gd import Layout, plan_order, run_gd
 from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult
-from .modes import measured_learning_times, mode_basis, mode_strengths, optimum
-from .problem import Problem
+from .modes import excess_loss, measured_learning_times, mode_basis, mode_strengths, optimum
+from .problem import Problem, least_squares
 from .record import RecordSchedule
 from .similarity import check_similarity, item_similarity, symmetric
 from .theory import theory_overlay
@@ -111,7 +111,7 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     """Every derived quantity of a run (GD, flow: ``RunResult``; exact: ``ExactRun``), vectorised over its
     T records: the one post-processing of ``simulate`` and ``batch.simulate_batch``.
 
-    Loss L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ), gradient norm sqrt(Σ_l ‖∂L/∂W_l + γW_l‖²), balance
+    Loss L = L_ls + ‖W F − G‖² (never negative), excess loss, gradient norm sqrt(Σ_l ‖∂L/∂W_l + γW_l‖²), balance
     drift of W_{l+1}ᵀW_{l+1} − W_l W_lᵀ, mode strengths u_αᵀ W v_α and learning times, ‖W − W*‖_F, the
     theory overlay, the item similarity W21ᵀW21, the test loss on ``problem.test`` and the NTK's Grams; records
     from the first non-finite one on are cut (the run is then diverged). ``weights0`` are float64. The optimum
@@ -131,9 +131,8 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     basis = mode_basis(problem)
     opt = optimum(problem, hidden)
     final_strength = mode_strengths(opt.product, basis)
-    # L − tr Σ33 = −2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ), per record; W Σ11 is shared with the gradient below.
-    w_sigma11 = product @ problem.sigma11
-    loss_wo = -2.0 * np.einsum("tij,ij->t", product, problem.sigma31) + np.einsum("tij,tij->t", w_sigma11, product)
+    # L = L_ls + ‖W F − G‖² per record: a sum of squares, never negative (problem.least_squares)
+    gap = network.fit_gap(problem, product)
     if weights is not None:
         grad_norm, drift = record_diagnostics(problem, weights, method.weight_decay)
         gradient_norm = grad_norm if gradient_norm is None else gradient_norm  # exact runs bring their own
@@ -142,7 +141,7 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     strength = mode_strengths(product, basis)
     test = test_loss(problem, product)
     arrays = {
-        "loss": loss_wo,
+        "loss": gap,
         "gradient_norm": gradient_norm,
         "drift": drift,
         "strength": strength.reshape(len(times), -1),
@@ -156,7 +155,7 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         if diverged_at_step is None and steps is not None:
             diverged_at_step = int(steps[keep])
         times, product, strength = times[:keep], product[:keep], strength[:keep]
-        loss_wo, gradient_norm, drift = loss_wo[:keep], gradient_norm[:keep], drift[:keep]
+        gap, gradient_norm, drift = gap[:keep], gradient_norm[:keep], drift[:keep]
         steps = steps[:keep] if steps is not None else None
         weights = [w[:keep] for w in weights] if weights is not None else None
         w21_gram = w21_gram[:keep] if w21_gram is not None else None
@@ -182,7 +181,7 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     kernel = None
     if record.kernel:  # the NTK's Grams from the weights, or from the Riccati solution's P(t) blocks
         kernel = kernel_record(weights, problem.n_in, problem.n_out, w21_gram=w21_gram, w32_gram=w32_gram)
-    trace33 = problem.sigma33_trace
+    residual = least_squares(problem).residual
     hint = None
     if outcome == "diverged" and isinstance(method, GradientDescent):
         bound = network.gd_stability_bound(problem, len(weights0), method.weight_decay)
@@ -193,8 +192,8 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     return Trajectory(
         time=times,
         step=steps,
-        loss=None if trace33 is None else trace33 + loss_wo,
-        excess_loss=loss_wo - opt.loss_without_sigma33,
+        loss=None if residual is None else residual + gap,
+        excess_loss=excess_loss(gap, opt),
         product=product,
         weights=weights if record.weights else None,
         modes=modes,

@@ -36,13 +36,15 @@ class Optimum:
     """Reduced-rank regression optimum for the network's bottleneck r (reference §5a).
 
     W* = [M]_r Σ11^{-1/2} with M = Σ31 Σ11^{-1/2}; L* = tr Σ33 − Σ_{i≤r} σ_i(M)² (None without Σ33).
-    ``loss_without_sigma33`` = L* − tr Σ33 is always known.
+    ``loss_without_sigma33`` = L* − tr Σ33 is always known. ``fit_gap`` = L* − L_ls = ‖W* F − G‖² (= Σ_{i>r}
+    σ_i(M)², 0 at full rank): the excess loss of W is its own fit gap minus this one.
     """
 
     product: np.ndarray
     loss: float | None
     loss_without_sigma33: float
     rank: int
+    fit_gap: float
 
 
 @dataclass

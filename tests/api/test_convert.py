@@ -36,7 +36,7 @@ def _trajectory(dtype=np.float64, weights=True) -> Trajectory:
                          learning_time=np.array([np.nan]), learning_time_theory=None),
         balance_drift=np.zeros(3, dtype=dtype), gradient_norm=np.array([1.0, 0.5, -np.inf]),
         distance_to_optimum=np.ones(3), outcome="diverged", diverged_at_step=np.int64(10),
-        optimum=Optimum(product=np.array([[1.0, 0.0]]), loss=None, loss_without_sigma33=-4.0, rank=1),
+        optimum=Optimum(product=np.array([[1.0, 0.0]]), loss=None, loss_without_sigma33=-4.0, rank=1, fit_gap=0.0),
         method="gd", stability_hint="η < 0.25")
 
 

@@ -117,7 +117,7 @@ def test_optimum_without_sigma33_has_no_loss_but_knows_the_loss_up_to_the_consta
 
 def test_excess_loss_is_zero_at_the_optimum_and_positive_elsewhere(problem):
     opt = optimum(problem, [2])
-    values = [network.loss_without_sigma33(problem, w) for w in (opt.product, 0 * opt.product)]
+    values = [network.fit_gap(problem, w) for w in (opt.product, 0 * opt.product)]
     exc = excess_loss(values, opt)
     assert abs(exc[0]) <= 1e-13 * _loss_scale(problem)
     assert exc[1] == pytest.approx(-opt.loss_without_sigma33, rel=1e-15)
