@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 # Import the engines first: the GD kernel loads the BLAS it calls (numpy's OpenBLAS, or scipy's on its
 # portable path), and the thread pin below only reaches libraries already loaded.
-from service.dynamics import _kernels
+from service.dynamics import gd_loop
 
 from . import sweeps
 from . import service as through_service
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{MALLOC_TRIM_THRESHOLD >> 20} MiB; docker-compose.yml), so that page faults on returned records do "
               "not depend on this process's allocation history (bench/common.py)" if malloc else
               "- malloc: glibc's defaults (the workers' thresholds could not be set)"),
-             f"- GD kernel BLAS: {_kernels.BLAS}'s ({_kernels.NUMPY_CBLAS_PATH or 'numba_xxgemm'}). Every timing "
+             f"- GD kernel BLAS: {gd_loop.BLAS}'s ({gd_loop.NUMPY_CBLAS_PATH or 'numba_xxgemm'}). Every timing "
              f"starts {BLAS_SETTLE_SECONDS} s after the previous BLAS call: a thread pool keeps its idle threads "
              "spinning ~0.1 s after a call, on the cores the next timing needs (bench/common.py "
              "BLAS_SETTLE_SECONDS).",

@@ -11,7 +11,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from service.dynamics.generalization import early_stopping, test_loss
-from service.dynamics.kernel import kernel_record
+from service.dynamics.ntk import kernel_record
 from service.dynamics.methods import GradientDescent
 from service.dynamics.problem import Problem, with_test
 from service.dynamics.record import RecordSchedule

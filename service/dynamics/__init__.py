@@ -5,7 +5,7 @@ Plain numpy/scipy (numba for the small-network GD loop), no web imports. One con
     problem    Σ11, Σ31, Σ33 from data (chunked) or given; validation errors with field paths
     network    network map, loss, gradients of every layer, balance W_{l+1}ᵀW_{l+1} − W_l W_lᵀ
     init       initial conditions (gaussian, orthogonal, balanced, lambda_balanced, aligned, given)
-    gd, flow   the simulated methods; exact: closed forms (Saxe modes, Riccati, shallow)
+    gd, flow   the simulated methods (gd_loop: the compiled GD loop); exact: closed forms (Saxe modes, Riccati, shallow)
     modes      SVD of Σ31, mode strengths, reduced-rank optimum, learning times; theory: overlays
     record     the record schedule; trajectory: what a run returns; simulate: the one entry point
     presets    built-in problems (PNAS 2019 hierarchy, branching diffusion, whitened, random teacher)

@@ -7,8 +7,8 @@ Grouping (``group_key``): GD points with the same layer widths (n_in, hidden…,
 schedule and dtype form one group; learning rate, weight decay, Σ11, Σ31 and the initial weights may
 differ per point. Flow and exact points are not grouped: each runs through ``simulate``.
 
-A GD group runs in one compiled call over its points (``_kernels.gd_batch_steps``), which advances each
-point with the single-simulation step loop itself (``_kernels.gd_chunk``, the loop ``run_gd`` runs), its
+A GD group runs in one compiled call over its points (``gd_loop.gd_batch_steps``), which advances each
+point with the single-simulation step loop itself (``gd_loop.gd_chunk``, the loop ``run_gd`` runs), its
 loop state kept per point between calls. Checks sit at fixed steps and that state carries over, so neither
 the grouping nor the chunking for the hooks changes a bit: every point's weights are those of
 ``simulate`` on it, with or without hooks. Every trajectory is filled by ``simulate.build_trajectory``
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels
-from ._kernels import RUNNING, STATUS
+from . import gd_loop
+from .gd_loop import RUNNING, STATUS
 from .errors import DynamicsError, InvalidParameterError
 from .gd import (
     BLOWUP_RATIO,
@@ -232,11 +232,11 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
                      for x, p in zip(s31_norm, points, strict=True)])
     snap = np.empty((nb, n_rec + 1, layout.size), dtype=dt)  # + 1: the state where an early stop happens
     saved = np.empty_like(w)
-    state, fstate = _kernels.new_state(nb)
+    state, fstate = gd_loop.new_state(nb)
     scratch = scratch_for(layout, m0, dt)
 
     def advance(k_stop: int) -> None:
-        _kernels.gd_batch_steps(w, saved, layout.dims, layout.offs, s11, s31, s13, pidx, eta, decay, two_eta, shrink,
+        gd_loop.gd_batch_steps(w, saved, layout.dims, layout.offs, s11, s31, s13, pidx, eta, decay, two_eta, shrink,
                                 m0, n_steps, rec, nrec, snap, tol2, BLOWUP_RATIO, s31_norm, blowup_cap(dt), state,
                                 fstate, k_stop, scratch)
 
@@ -254,7 +254,7 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
             if progress.active:
                 rate = chunk / max(time.perf_counter() - t0, 1e-9)
                 chunk = int(min(max(1.0, rate * progress.clock.interval), 4.0 * chunk))
-                k = state[:, _kernels.K]
+                k = state[:, gd_loop.K]
                 done = np.where(state[:, STATUS] == RUNNING, np.minimum(k, n_steps) / max(n_steps, 1), 1.0)
                 # a replay before a stop rewinds k by < CHECK_EVERY steps: keep the reported fraction monotone
                 progress.fraction[index] = np.maximum(progress.fraction[index], done)

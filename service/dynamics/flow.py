@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.integrate import DOP853
 
-from . import _kernels
+from . import gd_loop
 from .errors import InvalidParameterError, WorkLimitError
 from .gd import DTYPES, HookClock, Layout, blas_threads_for, blowup_threshold, layout_of, plan_order
 from .methods import CONVERGENCE_RTOL, GradientFlow, Hooks, RunResult
@@ -104,7 +104,7 @@ def _integrate(problem: Problem, weights0, method: GradientFlow, t_eval: np.ndar
     def rhs(t, y):
         """dW/dt = −(∂L/∂W + γW), flat."""
         out = np.empty_like(y)
-        _kernels.gradient(y, dims, offs, s11, s31, decay, m0, out)
+        gd_loop.gradient(y, dims, offs, s11, s31, decay, m0, out)
         np.negative(out, out=out)
         return out
 

@@ -2,7 +2,7 @@
 
     W_l ← W_l − η (∂L/∂W_l + γ W_l),   −∂L/∂W_l = 2 (W_D⋯W_{l+1})ᵀ (Σ31 − W Σ11) (W_{l−1}⋯W_1)ᵀ,   t = η·step.
 
-The steps run in one compiled loop (``_kernels.gd_steps``) that calls BLAS directly with no Python per
+The steps run in one compiled loop (``gd_loop.gd_steps``) that calls BLAS directly with no Python per
 step, at every size. Against a numpy loop over preallocated buffers (``out=``), measured side by side
 (bench/): ×20 at 8-16-8 (numpy costs ~1 µs per call), ×2.5 at 32³, ×1.1 at 100³, equal within noise
 from 300³ up where BLAS does all the work; so there is no separate numpy path. Products are evaluated
@@ -16,7 +16,7 @@ its mid-size products across threads at a loss) and 60 % faster when another pro
 multi-threaded OpenBLAS spin-waits at its barriers); from 128³ up a second thread gives ×1.6–1.9 when
 the machine is quiet.
 
-Stopping rules (checked exactly at every step, see ``_kernels``):
+Stopping rules (checked exactly at every step, see ``gd_loop``):
 
 * converged: gradient norm sqrt(Σ‖∂L/∂W_l + γW_l‖²) ≤ rtol·‖Σ31‖_F, rtol = ``convergence_rtol(dtype)``
   (CONVERGENCE_RTOL = 1e-10 in float64; 1.2e-5 in float32, whose round-off floor lies above 1e-10);
@@ -43,7 +43,7 @@ from functools import cache
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from . import _kernels
+from . import gd_loop
 from .errors import InvalidParameterError, NonFiniteError, ShapeError, StopRequested
 from .methods import CONVERGENCE_RTOL, GradientDescent, Hooks, RunResult
 from .problem import Problem
@@ -168,7 +168,7 @@ def step_flops(dims: Sequence[int]) -> int:
 
 @cache
 def _threadpools() -> ThreadpoolController:
-    # created once, after _kernels has loaded the BLAS its kernels call (numpy's, or scipy's on the portable path)
+    # created once, after gd_loop has loaded the BLAS its kernels call (numpy's, or scipy's on the portable path)
     return ThreadpoolController()
 
 
@@ -189,7 +189,7 @@ def _thread_buffer(purpose: str, n: int, dt: np.dtype) -> np.ndarray:
 
 
 def scratch_for(layout: Layout, m0: int, dtype) -> np.ndarray:
-    """The GD kernel's scratch vector for this shape (``_kernels.gd_workspace``), reused across runs on this
+    """The GD kernel's scratch vector for this shape (``gd_loop.gd_workspace``), reused across runs on this
     thread (runs on one thread never overlap; contents don't carry between runs).
 
     Why: the first touch of a fresh page is a page fault, and a run of a 300³ net touched ~1,600 fresh pages
@@ -197,7 +197,7 @@ def scratch_for(layout: Layout, m0: int, dtype) -> np.ndarray:
     allocated per run: its faults are negligible next to the steps of such a net.
     """
     dt = np.dtype(dtype)
-    return _thread_buffer("scratch", int(_kernels.scratch_size(layout.dims, layout.offs, m0)), dt)
+    return _thread_buffer("scratch", int(gd_loop.scratch_size(layout.dims, layout.offs, m0)), dt)
 
 
 @contextlib.contextmanager
@@ -226,7 +226,7 @@ def frobenius_norm(a: np.ndarray) -> float:
     """‖A‖_F = sqrt(Σ_ij A_ij²), computed without BLAS.
 
     Why not ``np.linalg.norm``: it calls numpy's BLAS, which on the kernels' portable path
-    (``_kernels.BLAS == "scipy"``) is another OpenBLAS build than the one they call. After a multi-threaded
+    (``gd_loop.BLAS == "scipy"``) is another OpenBLAS build than the one they call. After a multi-threaded
     call, OpenBLAS's idle threads spin for ~0.1 s before they sleep, on the cores the kernel's 2-thread
     GEMMs need: measured at (300,300,300), 2 steps took 17.8 ms right after a numpy matmul against 8.0 ms
     0.2 s later. Called right before the kernel, it must not wake another pool.
@@ -364,15 +364,15 @@ def run_gd(problem: Problem, weights0: Sequence[np.ndarray], method: GradientDes
     saved = np.empty_like(w)
     # the blow-up threshold is set by the first check, from the initial gradient norm: it equals
     # blowup_threshold(g0, ‖Σ31‖) (new_state marks it unknown)
-    state, fstate = (a[0] for a in _kernels.new_state(1))
+    state, fstate = (a[0] for a in gd_loop.new_state(1))
     scratch = scratch_for(layout, m0, dt)
 
     def advance(k_stop):
-        _kernels.gd_steps(w, saved, layout.dims, layout.offs, s11, s31, s13, eta_t, decay_t, two_eta, shrink, m0,
+        gd_loop.gd_steps(w, saved, layout.dims, layout.offs, s11, s31, s13, eta_t, decay_t, two_eta, shrink, m0,
                           n_steps, rec, snap, tol2, BLOWUP_RATIO, s31_norm, blowup_cap(dt), state, fstate, k_stop,
                           scratch)
 
-    # Chunks only decide when the hooks run: the loop state carries over (see _kernels), so no bit depends
+    # Chunks only decide when the hooks run: the loop state carries over (see gd_loop), so no bit depends
     # on their lengths, which follow the measured speed.
     clock = HookClock(hooks)
     k_stop = 0
@@ -380,17 +380,17 @@ def run_gd(problem: Problem, weights0: Sequence[np.ndarray], method: GradientDes
     chunk = max(1, int(clock.interval * 1e9 / max(flops, 1))) if clock.active else n_steps + 1
     # + 1 row: the state where an early stop happens
     with snapshot_buffer(rec.size + 1, layout.size, dt) as snap, blas_threads_for(flops, clock):
-        while state[_kernels.STATUS] == _kernels.RUNNING:
+        while state[gd_loop.STATUS] == gd_loop.RUNNING:
             t0 = time.perf_counter()
-            k_start = int(state[_kernels.K])
+            k_start = int(state[gd_loop.K])
             k_stop = min(k_stop + chunk, n_steps + 1)
             advance(k_stop)
-            if state[_kernels.STATUS] == _kernels.RUNNING and clock.active:
+            if state[gd_loop.STATUS] == gd_loop.RUNNING and clock.active:
                 elapsed = time.perf_counter() - t0
-                rate = (int(state[_kernels.K]) - k_start) / max(elapsed, 1e-9)
+                rate = (int(state[gd_loop.K]) - k_start) / max(elapsed, 1e-9)
                 # at most ×4 growth per chunk: one noisy fast chunk must not make the next one very long
                 chunk = int(min(max(1.0, rate * clock.interval), 4.0 * chunk))
-                clock.check(int(state[_kernels.K]) / max(n_steps, 1))
+                clock.check(int(state[gd_loop.K]) / max(n_steps, 1))
         clock.done()
         return finish_run(method, layout, dt, rec, snap, w, state)  # copies the records out of the buffer
 
@@ -399,17 +399,17 @@ def finish_run(method: GradientDescent, layout: Layout, dt: np.dtype, rec: np.nd
                w: np.ndarray, state: np.ndarray) -> RunResult:
     """The RunResult of a finished run from its kernel state: on an early stop at step k the state there
     is appended as the last record (for divergence only if finite), later records are dropped."""
-    status, k, pos = int(state[_kernels.STATUS]), int(state[_kernels.K]), int(state[_kernels.POS])
+    status, k, pos = int(state[gd_loop.STATUS]), int(state[gd_loop.K]), int(state[gd_loop.POS])
     steps_taken = list(rec[:pos])
-    if (status in (_kernels.CONVERGED, _kernels.DIVERGED) and (not steps_taken or steps_taken[-1] != k)
-            and (status == _kernels.CONVERGED or np.all(np.isfinite(w)))):
+    if (status in (gd_loop.CONVERGED, gd_loop.DIVERGED) and (not steps_taken or steps_taken[-1] != k)
+            and (status == gd_loop.CONVERGED or np.all(np.isfinite(w)))):
         snap[pos] = w
         pos += 1
         steps_taken.append(k)
-    diverged_at = int(k) if status == _kernels.DIVERGED else None
+    diverged_at = int(k) if status == gd_loop.DIVERGED else None
     steps_arr = np.asarray(steps_taken, dtype=np.int64)
-    outcome = {_kernels.COMPLETED: "completed", _kernels.CONVERGED: "converged",
-               _kernels.DIVERGED: "diverged"}[status]
+    outcome = {gd_loop.COMPLETED: "completed", gd_loop.CONVERGED: "converged",
+               gd_loop.DIVERGED: "diverged"}[status]
     return RunResult(
         times=steps_arr * float(method.learning_rate),
         steps=steps_arr,

@@ -21,38 +21,16 @@ convergence: the early-stopping time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import network
 from .problem import Problem, least_squares
+from .trajectory import EarlyStopping
 
-if TYPE_CHECKING:  # modes imports trajectory, which imports this module
+if TYPE_CHECKING:
     from .modes import ModeBasis
-
-
-@dataclass(frozen=True)
-class EarlyStopping:
-    """The record with the smallest test loss: its index, time t, GD step (None for flow and exact), L_test."""
-
-    index: int
-    time: float
-    step: int | None
-    test_loss: float
-
-
-@dataclass(frozen=True)
-class LossTheory:
-    """Train and test loss predicted from the mode strengths' theory at the run's records (T,), with the model's
-    name, whether it is exact, and its assumptions in words; ``test_loss`` is None without test data."""
-
-    loss: np.ndarray
-    test_loss: np.ndarray | None
-    model: str
-    exact: bool
-    assumptions: str
 
 
 def mse(problem: Problem, product: np.ndarray) -> np.ndarray:

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _kernels, network
+from . import gd_loop, network
 from .errors import ExactNotApplicableError, InvalidParameterError
 from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
 from .generalization import early_stopping, test_loss
-from .kernel import check_kernel, kernel_record
+from .ntk import check_kernel, kernel_record
 from .theory import loss_theory
 from .gd import Layout, plan_order, run_gd
 from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult
@@ -216,12 +216,12 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
 def record_diagnostics(problem: Problem, weights: list[np.ndarray], weight_decay: float
                        ) -> tuple[np.ndarray, np.ndarray]:
     """(gradient norm sqrt(Σ_l ‖∂L/∂W_l + γW_l‖²), balance drift max_l |B_l(t) − B_l(0)|) per record, from
-    the per-layer stacks (T, rows, cols) of float64 weights; compiled (``_kernels.record_diagnostics``)."""
+    the per-layer stacks (T, rows, cols) of float64 weights; compiled (``gd_loop.record_diagnostics``)."""
     t = len(weights[0])
     flat = np.concatenate([w.reshape(t, -1) for w in weights], axis=1)
     layout = Layout.of_widths([weights[0].shape[2], *(w.shape[1] for w in weights)])
     grad_norm, drift = np.empty(t), np.empty(t)
-    _kernels.record_diagnostics(flat, layout.dims, layout.offs, np.ascontiguousarray(problem.sigma11),
+    gd_loop.record_diagnostics(flat, layout.dims, layout.offs, np.ascontiguousarray(problem.sigma11),
                                 np.ascontiguousarray(problem.sigma31), float(weight_decay),
                                 plan_order(layout.dims)[0], grad_norm, drift)
     return grad_norm, drift

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import exact as ex
-from .generalization import LossTheory, mode_loss_theory
+from .generalization import mode_loss_theory
+from .trajectory import LossTheory
 from .exact import riccati
 from .methods import Exact, GradientDescent, GradientFlow
 from .modes import bottleneck, mode_basis, mode_strengths, optimum

@@ -6,9 +6,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .generalization import EarlyStopping, LossTheory
-from .kernel import KernelRecord
 from .methods import Outcome
+from .ntk import KernelRecord
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """The record with the smallest test loss: its index, time t, GD step (None for flow and exact), L_test."""
+
+    index: int
+    time: float
+    step: int | None
+    test_loss: float
+
+
+@dataclass(frozen=True)
+class LossTheory:
+    """Train and test loss predicted from the mode strengths' theory at the run's records (T,), with the model's
+    name, whether it is exact, and its assumptions in words; ``test_loss`` is None without test data."""
+
+    loss: np.ndarray
+    test_loss: np.ndarray | None
+    model: str
+    exact: bool
+    assumptions: str
 
 
 @dataclass

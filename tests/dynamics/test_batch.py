@@ -2,7 +2,7 @@
 in input order, with per-point outcomes, chunking for the hooks that changes nothing, and cooperative stop.
 
 Bitwise is the claim for GD because the batch advances each point with the single-simulation step loop
-itself (``_kernels.gd_chunk``, whose checks sit at fixed steps) and fills it with ``simulate``'s own
+itself (``gd_loop.gd_chunk``, whose checks sit at fixed steps) and fills it with ``simulate``'s own
 ``build_trajectory``; flow and exact points run through ``simulate`` itself. So every comparison here is
 exact equality, NaNs included."""
 

@@ -1,4 +1,4 @@
-"""The NTK over a run (service.dynamics.kernel) against its definition: Θ = J Jᵀ with the Jacobian J of the network
+"""The NTK over a run (service.dynamics.ntk) against its definition: Θ = J Jᵀ with the Jacobian J of the network
 outputs on the input basis with respect to every weight, built here column by column without autodiff.
 
 f is linear in each layer separately, so f(W_l + E_pq) − f(W_l) is exactly the Jacobian column of weight (p, q)
@@ -12,7 +12,7 @@ import pytest
 
 from service.dynamics.errors import InvalidParameterError
 from service.dynamics.init import initial_weights
-from service.dynamics.kernel import hidden_grams, kernel_distance, ntk_matrix
+from service.dynamics.ntk import hidden_grams, kernel_distance, ntk_matrix
 from service.dynamics.methods import Exact, GradientDescent, GradientFlow
 from service.dynamics.presets import whitened
 from service.dynamics.record import RecordSchedule

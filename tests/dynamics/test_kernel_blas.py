@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_info
 
-from service.dynamics import _kernels
+from service.dynamics import gd_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # A run both paths take: two layers, weight decay, 3,000 steps (checked and fused steps), float64.
 RUN = """
 import json, numpy as np
-from service.dynamics import _kernels
+from service.dynamics import gd_loop
 from service.dynamics.gd import run_gd
 from service.dynamics.methods import GradientDescent
 from service.dynamics.problem import Problem
@@ -29,7 +29,7 @@ x = rng.standard_normal((6, 12))
 problem = Problem(x @ x.T / 12 + 0.1 * np.eye(6), rng.standard_normal((4, 6)))
 w0 = [0.3 * rng.standard_normal((9, 6)), 0.3 * rng.standard_normal((4, 9))]
 run = run_gd(problem, w0, GradientDescent(0.02, 3000, weight_decay=0.01), np.array([0, 3000]))
-print(json.dumps({"blas": _kernels.BLAS, "outcome": run.outcome,
+print(json.dumps({"blas": gd_loop.BLAS, "outcome": run.outcome,
                   "weights": [w[-1].tolist() for w in run.weights]}))
 """
 
@@ -47,9 +47,9 @@ def numpy_bundles_scipy_openblas64() -> bool:
 
 def test_kernels_call_numpys_openblas_when_numpy_bundles_it():
     expected = "numpy" if numpy_bundles_scipy_openblas64() and not os.environ.get("DLNSIM_KERNEL_BLAS") else "scipy"
-    assert _kernels.BLAS == expected
-    assert (_kernels.NUMPY_CBLAS_PATH is not None) == (expected == "numpy")
-    assert _kernels.CACHE == (expected == "numpy")  # a cache is only ever written under numpy's BLAS
+    assert gd_loop.BLAS == expected
+    assert (gd_loop.NUMPY_CBLAS_PATH is not None) == (expected == "numpy")
+    assert gd_loop.CACHE == (expected == "numpy")  # a cache is only ever written under numpy's BLAS
 
 
 def test_portable_scipy_blas_path_gives_the_same_run_to_round_off():
