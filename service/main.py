@@ -28,8 +28,10 @@ from service.api.errors import install_error_handlers
 from service.api.security import SecurityHeadersMiddleware
 from service.jobs.engine import Engine
 from service.jobs.retention import RetentionTask
+from service.jobs.database import Database
 from service.jobs.store import JobStore
 from service.jobs.sweeps import SweepEngine
+from service.jobs.submission import Simulations, Sweeps
 from service.jobs.sweeps_store import SweepStore
 from service.schemas import GradientsRequest, ProblemDetails, SimulationRequest, SweepRequest
 from service.settings import Settings, get_settings
@@ -89,11 +91,14 @@ def create_app(settings: Settings | None = None, *,
         # threads at once: one BLAS thread each, like the workers. A multi-threaded BLAS here made a 20 ms
         # validation take ~1 s under load and starved the event loop (tests/faults/test_load.py).
         threadpool_limits(limits=1 if settings.blas_threads == "auto" else settings.blas_threads)
-        store = JobStore(settings.data_dir / STORE_FILE, max_bytes=settings.store_max_bytes)
+        db = Database(settings.data_dir / STORE_FILE, max_bytes=settings.store_max_bytes)
+        store = JobStore(db)
         engine = (engine_factory or Engine)(settings, store)
-        # Sweeps share the store's file and the engine's Dask client.
-        sweep_store = SweepStore(store)
+        # Sweeps share the database and the engine's Dask client.
+        sweep_store = SweepStore(db)
         sweep_engine = SweepEngine(settings, sweep_store, engine)
+        simulations = Simulations(store, sweep_store, engine, settings)
+        sweeps = Sweeps(sweep_store, store, sweep_engine, settings)
         # Finished jobs older than DLNSIM_RETENTION_DAYS are purged in the background (0: kept forever).
         retention = (RetentionTask(store, sweep_store, days=settings.retention_days,
                                    interval=settings.retention_interval_seconds)
@@ -103,6 +108,7 @@ def create_app(settings: Settings | None = None, *,
             await sweep_engine.start()
             app.state.store, app.state.engine = store, engine
             app.state.sweep_store, app.state.sweep_engine = sweep_store, sweep_engine
+            app.state.simulations, app.state.sweeps = simulations, sweeps
             if retention is not None:
                 retention.start()
             app.state.retention = retention
@@ -110,12 +116,13 @@ def create_app(settings: Settings | None = None, *,
         finally:
             app.state.store = app.state.engine = None
             app.state.sweep_store = app.state.sweep_engine = None
+            app.state.simulations = app.state.sweeps = None
             app.state.retention = None
             if retention is not None:
                 await retention.stop()  # before the store closes: a purge in progress finishes its batch
             await sweep_engine.close()
             await engine.close()
-            store.close()
+            db.close()
 
     app = FastAPI(
         title="dlnsim",
@@ -129,6 +136,7 @@ def create_app(settings: Settings | None = None, *,
     app.state.settings = settings
     app.state.store = app.state.engine = None
     app.state.sweep_store = app.state.sweep_engine = None
+    app.state.simulations = app.state.sweeps = None
     install_error_handlers(app)
     # Outermost last: security headers on everything, CORS (also on 401s, so browsers can read them),
     # then API keys (checked before any body is read), then the body limit.

@@ -354,7 +354,7 @@ def _figure_size(kind: str, doc: Mapping[str, Any], times: Sequence[float] | Non
     count = len(times) if times else (1 if kind == "product" else DEFAULT_SIMILARITY_PANELS)
     panels = min(count, MAX_TIMES) + (1 if kind == "product" else 0)
     # Each panel as wide as its matrix is at 3.4 inches high (within 1.8–4.5 inches), so tall maps get no gaps.
-    first = doc["product"][0] if kind == "product" and doc["product"] else [[0.0]]
+    first = doc["product"][0] if kind == "product" and len(doc["product"]) else [[0.0]]
     rows, cols = len(first), len(first[0])
     width = min(max(3.4 * cols / rows, 1.8), 4.5) + 0.4
     return 1.6 + width * panels, 4.8

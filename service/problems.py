@@ -1,7 +1,8 @@
-"""RFC 9457 problem documents, without any web framework (the worker builds them too).
+"""RFC 9457 problem documents and ``ProblemError``, without any web framework (the worker builds them too).
 
 A problem's ``type`` is a relative URI, ``/problems/<slug>``: it resolves against the service's own
-address, where GET /problems/<slug> describes the problem type.
+address, where GET /problems/<slug> describes the problem type. Every layer raises ``ProblemError`` (the job
+services, the routes); ``service.api.errors`` turns it into the application/problem+json response, once.
 """
 
 from __future__ import annotations
@@ -115,3 +116,47 @@ def dynamics_problem_body(exc: Any, *, instance: str | None = None) -> dict[str,
     detail = f"{dotted(path)}: {message}" if path else message
     return problem_body(422, slug, f"{detail}. Fix: {fix}", instance=instance,
                         errors=[field_error(path, code, message, fix)])
+
+
+class ProblemError(Exception):
+    """An error that becomes a problem+json response: its status, problem type (slug), detail, field errors and
+    response headers (e.g. Retry-After)."""
+
+    def __init__(self, status: int, slug: str, detail: str, *, errors: Sequence[dict] | None = None,
+                 headers: dict[str, str] | None = None, title: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title or TITLES.get(slug, "Error")
+        self.detail = detail
+        self.errors = list(errors or [])
+        self.headers = headers or {}
+
+
+def dynamics_problem(exc: Any) -> ProblemError:
+    """422 for a request the core refuses (shape, symmetry, PSD, exact conditions, limits, …)."""
+    body = dynamics_problem_body(exc)
+    return ProblemError(422, body["type"].rsplit("/", 1)[-1], body["detail"], errors=body["errors"])
+
+
+def one_field_problem(status: int, slug: str, field: Sequence[str | int], code: str, message: str, fix: str,
+                      where: str = "body", headers: dict[str, str] | None = None) -> ProblemError:
+    """A problem about one field: "<field path joined by dots>: <message>. Fix: <fix>" with that field's error."""
+    return ProblemError(status, slug, f"{'.'.join(map(str, field)) or 'the body'}: {message}. Fix: {fix}",
+                        errors=[field_error(field, code, message, fix, where)], headers=headers)
+
+
+def idempotency_key_reused(key: str, resource: str) -> ProblemError:
+    """422 for an Idempotency-Key the caller already used with a different request body; ``resource``
+    names what the key created, e.g. "simulation <id>" or "sweep <id>"."""
+    return ProblemError(
+        422, "idempotency-key-reused", f"Idempotency-Key {key!r} was used for {resource} with a different request",
+        errors=[field_error(["Idempotency-Key"], "idempotency_key_reused", "this key belongs to another request body",
+                            "use a new Idempotency-Key for a new request, or resend the original body", "header")])
+
+
+def page_token_problem(exc: Exception) -> ProblemError:
+    """422 for a ``page_token`` the service did not issue."""
+    return ProblemError(422, "invalid-page-token", str(exc),
+                        errors=[field_error(["page_token"], "invalid_page_token", str(exc),
+                                            "pass back next_page_token exactly as received, or omit it", "query")])

@@ -35,14 +35,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.errors import ProblemError
 from service.api.security import is_api_path
 from service.problems import PROBLEM_MEDIA_TYPE, field_error, problem_body
 
@@ -62,12 +59,6 @@ _owner: ContextVar[str | None] = ContextVar("dlnsim_owner", default=None)
 def current_owner() -> str | None:
     """The key id of the request being served; None when API keys are off (then nothing is filtered)."""
     return _owner.get()
-
-
-def visible(row_owner: str | None) -> bool:
-    """Whether the current caller may see a job or sweep owned by ``row_owner``."""
-    owner = _owner.get()
-    return owner is None or row_owner == owner
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,32 +159,6 @@ class ApiKeyMiddleware:
             else:
                 response = _unauthorized(scope["path"], True, "the API key is not valid")
         await response(scope, receive, send)
-
-
-# ------------------------------------------------------------------------------------------------
-# per-key limits
-
-
-def _active_jobs(store: Any, sweep_store: Any, owner: str | None) -> int:
-    return int(store.count_active(owner)) + int(sweep_store.count_active(owner) if sweep_store is not None else 0)
-
-
-async def check_active_limit(request: Request) -> None:
-    """429 when the caller's key already has DLNSIM_MAX_ACTIVE_PER_KEY simulations and sweeps queued or
-    running (all callers together when keys are off). A soft limit: two creates racing may both pass."""
-    settings = request.app.state.settings
-    limit = settings.max_active_per_key
-    if limit is None:
-        return
-    owner = current_owner()
-    active = await run_in_threadpool(_active_jobs, request.app.state.store,
-                                     getattr(request.app.state, "sweep_store", None), owner)
-    if active >= limit:
-        who = "this API key has" if owner is not None else "callers have"
-        raise ProblemError(429, "too-many-active-jobs",
-                           f"{who} {active} simulations and sweeps queued or running, the limit is {limit} "
-                           "(DLNSIM_MAX_ACTIVE_PER_KEY)",
-                           headers={"Retry-After": str(max(settings.retry_after_seconds, 5))})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
-from pydantic import ValidationError
 
-from service.api.errors import ProblemError, validation_problem
+from service.api.errors import ProblemError
 from service.problems import field_error
 
 
@@ -33,23 +32,3 @@ def check_media_type(request: Request) -> None:
                                            f"Content-Type is {media!r}",
                                            "send Content-Type: application/json "
                                            "(with curl: -H 'Content-Type: application/json')", "header")])
-
-
-def parse_body(body: bytes, model: Any) -> Any:
-    """``model`` (a strict pydantic model) from a JSON body; 400 malformed-json or 422 validation-error."""
-    name = model.__name__
-    if not body.strip():
-        raise ProblemError(400, "malformed-json", f"the request body is empty: send a {name} JSON object",
-                           errors=[field_error([], "empty_body", "the request body is empty",
-                                               f"send a {name} JSON object (with curl: -d @request.json)")])
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        if any(e["type"] == "json_invalid" for e in errors):
-            message = next(e for e in errors if e["type"] == "json_invalid")["ctx"].get("error", "invalid JSON")
-            raise ProblemError(400, "malformed-json", f"the request body is not valid JSON: {message}",
-                               errors=[field_error([], "json_invalid", str(message),
-                                                   "send a valid JSON document (check quotes, commas, brackets)")]
-                               ) from None
-        raise validation_problem(errors) from None

@@ -1,8 +1,8 @@
-"""Dependencies: the settings, job store and engine the lifespan put on ``app.state``.
+"""Dependencies: the settings, the job services and the caller's key id, typed (the template's ``api/deps.py``).
 
-They are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in the thread
-pool, and these are attribute lookups, for which a thread hop (~0.1 ms of CPU and two context switches
-each) cost more than the whole rest of a status read (bench/load.py).
+They are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in the thread pool, and
+these are attribute lookups, for which a thread hop costs more than the whole rest of a status read
+(bench/load.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from service.api.errors import ProblemError
+from service.api.access import current_owner
+from service.jobs.submission import Simulations, Sweeps
+from service.problems import ProblemError
 from service.settings import Settings
 
 
@@ -27,16 +29,20 @@ def _state(request: Request, name: str) -> Any:
     return value
 
 
-async def get_store(request: Request) -> Any:
-    """The JobStore (service.jobs.store.JobStore)."""
-    return _state(request, "store")
+async def get_simulations(request: Request) -> Simulations:
+    return _state(request, "simulations")
 
 
-async def get_engine(request: Request) -> Any:
-    """The Engine (service.jobs.engine.Engine)."""
-    return _state(request, "engine")
+async def get_sweeps(request: Request) -> Sweeps:
+    return _state(request, "sweeps")
+
+
+async def get_owner() -> str | None:
+    """The calling API key's id (None when keys are off: then every caller sees everything)."""
+    return current_owner()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[Any, Depends(get_store)]
-EngineDep = Annotated[Any, Depends(get_engine)]
+SimulationsDep = Annotated[Simulations, Depends(get_simulations)]
+SweepsDep = Annotated[Sweeps, Depends(get_sweeps)]
+OwnerDep = Annotated[str | None, Depends(get_owner)]

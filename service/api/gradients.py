@@ -12,13 +12,17 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.bodies import check_media_type, json_request_body, parse_body
+from service.api.bodies import check_media_type, json_request_body
 from service.api.deps import SettingsDep
-from service.api.errors import dynamics_problem, problem_responses
-from service.convert import Limits, build_gradients, gradients_document
+from service.api.documents import gradients_document
+from service.api.errors import problem_responses
+from service.build import build_gradients
 from service.dynamics.errors import DynamicsError
 from service.dynamics.network import vector_field
+from service.limits import Limits
+from service.problems import dynamics_problem
 from service.schemas import GRADIENTS_EXAMPLES, Gradients, GradientsRequest
+from service.schemas.validation import parse_body
 
 router = APIRouter(prefix="/v1/gradients", tags=["gradients"])
 

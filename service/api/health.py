@@ -7,8 +7,8 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.errors import ProblemError, problem_responses
-from service.problems import PROBLEM_TYPES, problem_type
+from service.api.errors import problem_responses
+from service.problems import PROBLEM_TYPES, ProblemError, problem_type
 from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -34,7 +34,7 @@ async def readyz(request: Request) -> Readiness:
     store_ok = False
     if store is not None:
         try:
-            store_ok = bool(await asyncio.wait_for(run_in_threadpool(store.ping), STORE_PING_TIMEOUT))
+            store_ok = bool(await asyncio.wait_for(run_in_threadpool(store.db.ping), STORE_PING_TIMEOUT))
         except Exception:  # noqa: BLE001 - any failure means not ready
             store_ok = False
     worker_ok, workers, warm = False, 0, 0

@@ -1,6 +1,7 @@
-"""GET /v1/simulations/{id}/plot.svg: a succeeded simulation's trajectory drawn as SVG (service.plots).
+"""The plots: GET /v1/simulations/{id}/plot.svg (a succeeded simulation's trajectory) and
+GET /v1/sweeps/{id}/plot.svg (a sweep's results against a swept parameter), drawn by ``service.plots``.
 
-Decoding the stored trajectory and rendering are CPU work, done in a worker thread, never on the event loop.
+Reading the stored arrays and rendering are CPU work, done in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
-from service.api.deps import EngineDep, SettingsDep, StoreDep
-from service.api.errors import ProblemError, problem_responses
-from service.api.simulations import succeeded_result
+from service import codec
+from service.api.deps import OwnerDep, SimulationsDep, SweepsDep
+from service.api.errors import problem_responses
 from service.dynamics.presets import preset_labels
 from service.plots import (
     MAX_SWEEP_SERIES,
@@ -24,9 +25,9 @@ from service.plots import (
     render_sweep_plot,
     sweep_axes,
 )
-from service.problems import field_error
+from service.problems import ProblemError, field_error
 
-router = APIRouter(prefix="/v1/simulations", tags=["simulations"])
+router = APIRouter()
 
 SVG = "image/svg+xml"
 
@@ -65,18 +66,14 @@ def _labels(request_json: bytes) -> dict[str, Any] | None:
         return None  # labels are a nicety: a plot without them is still right
 
 
-def _render(stored: bytes, request_json: bytes | None, kind: str, log_time: bool, times: list[float] | None) -> bytes:
-    labels = _labels(request_json) if request_json is not None and kind in ("product", "similarity") else None
-    return render_plot(orjson.loads(stored), kind, log_time=log_time, times=times, labels=labels, fmt="svg")
-
-
 def _query_problem(exc: PlotError) -> ProblemError:
     return ProblemError(422, "validation-error", f"{exc.field}: {exc.message}",
                         errors=[field_error([exc.field], "invalid_query", exc.message, exc.fix, "query")])
 
 
 @router.get(
-    "/{job_id}/plot.svg",
+    "/v1/simulations/{job_id}/plot.svg",
+    tags=["simulations"],
     response_class=Response,
     summary="Plot a simulation's trajectory (SVG)",
     description=_DESCRIPTION,
@@ -85,9 +82,8 @@ def _query_problem(exc: PlotError) -> ProblemError:
 )
 async def get_simulation_plot(
     job_id: Annotated[str, Path(description="The simulation id.")],
-    store: StoreDep,
-    engine: EngineDep,
-    settings: SettingsDep,
+    simulations: SimulationsDep,
+    owner: OwnerDep,
     kind: Annotated[Literal["loss", "modes", "product", "similarity", "kernel"], Query(
         description="What to draw: loss, modes (with theory), product (W and W*), similarity (hidden RSM), "
                     "kernel (NTK distance).")
@@ -105,19 +101,21 @@ async def get_simulation_plot(
         if any(not (t >= 0 and t != float("inf")) for t in time):
             raise _query_problem(PlotError("every time must be a finite number ≥ 0", field="time",
                                            fix="give times t ≥ 0 within the run, e.g. time=0&time=10"))
-    stored = await succeeded_result(store, job_id, settings, engine)
-    row = await run_in_threadpool(store.get, job_id)
+    row = await simulations.get(job_id, owner)
+    labels = _labels(row.request) if kind in ("product", "similarity") else None
+
+    def render(stored: codec.Stored) -> bytes:
+        document = codec.document(codec.select(stored), codec.MEMBERS)
+        return render_plot(document, kind, log_time=log_time, times=time, labels=labels, fmt="svg")
+
     try:
-        svg = await run_in_threadpool(_render, stored, row.request if row is not None else None, kind, log_time, time)
+        svg = await simulations.read_trajectory(job_id, owner, render)
     except PlotError as exc:
         if exc.code == "not_recorded":
             raise ProblemError(409, "not-recorded", f"simulation {job_id}: {exc.message}; {exc.fix}") from None
         raise _query_problem(exc) from None
     return Response(svg, media_type=SVG)
 
-
-# ------------------------------------------------------------------------------------------------
-# GET /v1/sweeps/{id}/plot.svg (the route lives in service.api.sweeps; the work is here)
 
 SWEEP_PLOT_DESCRIPTION = f"""\
 A sweep's results rows (GET /v1/sweeps/{{id}}/results) drawn against one swept parameter `x` (default: the first
@@ -135,26 +133,33 @@ Diverged points are red × marks on the top edge, counted in the legend.
 """
 
 
-def _sweep_rows(store: Any, sweep_id: str) -> list[dict[str, Any]]:
-    """Every point's results row, parameters decoded (paged through the store like GET results)."""
-    rows: list[dict[str, Any]] = []
-    token = None
-    while True:
-        points, token = store.points(sweep_id, None, 1000, token)
-        rows += [{"parameters": orjson.loads(p.params), "status": p.status, "outcome": p.outcome,
-                  **(p.summary or {})} for p in points]
-        if token is None:
-            return rows
-
-
-def _render_sweep(store: Any, sweep_id: str, request_json: bytes, kind: str, x: str | None) -> bytes:
-    return render_sweep_plot(_sweep_rows(store, sweep_id), sweep_axes(orjson.loads(request_json)), kind, x)
-
-
-async def sweep_plot_response(store: Any, row: Any, kind: str, x: str | None) -> Response:
-    """The SVG of sweep ``row`` (already checked visible); PlotError -> 422 naming the query parameter."""
+@router.get(
+    "/v1/sweeps/{sweep_id}/plot.svg",
+    tags=["sweeps"],
+    response_class=Response,
+    summary="Plot a sweep's learning times or final losses against a swept parameter (SVG)",
+    description=SWEEP_PLOT_DESCRIPTION,
+    responses={200: {"description": "The figure.", "content": {SVG: {"schema": {"type": "string"}}}},
+               **problem_responses(404, 422, d404="No sweep with this id",
+                                   d422="Unknown kind, x not a swept parameter, or too many combinations of the "
+                                        "other axes")},
+)
+async def get_sweep_plot(
+    sweep_id: Annotated[str, Path(description="The sweep id.")],
+    sweeps: SweepsDep,
+    owner: OwnerDep,
+    kind: Annotated[Literal["learning_time", "final_loss"], Query(
+        description="learning_time: per-mode learning time, measured and theory; final_loss: L − L* (log).")
+    ] = "learning_time",
+    x: Annotated[str | None, Query(max_length=200, description="The swept parameter path on the x axis (default: "
+                                                               "the first grid axis), e.g. init.scale.")] = None,
+) -> Response:
+    row = await sweeps.get(sweep_id, owner)
+    points = await sweeps.all_points(row)
+    rows = [{"parameters": orjson.loads(p.params), "status": p.status, "outcome": p.outcome, **(p.summary or {})}
+            for p in points]
     try:
-        svg = await run_in_threadpool(_render_sweep, store, row.id, row.request, kind, x)
+        svg = await run_in_threadpool(render_sweep_plot, rows, sweep_axes(orjson.loads(row.request)), kind, x)
     except PlotError as exc:
         raise _query_problem(exc) from None
     return Response(svg, media_type=SVG)

@@ -14,13 +14,14 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from service.api.deps import SettingsDep
-from service.api.errors import ProblemError, dynamics_problem, problem_responses, validation_problem
-from service.convert import Limits, _check_shape_limits, _preset_shape
+from service.api.errors import problem_responses
 from service.dynamics.errors import DynamicsError
 from service.dynamics.modes import mode_basis
 from service.dynamics.presets import PRESETS, PresetParam, build_preset, preset_labels
-from service.problems import field_error
+from service.limits import Limits, check_shape_limits, preset_shape
+from service.problems import ProblemError, dynamics_problem, field_error
 from service.schemas import PRESET_MODELS, PresetDetail, PresetList
+from service.schemas.validation import validation_problem
 
 router = APIRouter(prefix="/v1/presets", tags=["presets"])
 
@@ -93,11 +94,11 @@ def _build_detail(name: str, query: list[tuple[str, str]], limits: Limits) -> di
                 e["fix"] = f"remove it: the parameters of {name} are {', '.join(params)}"
         raise problem from None
     values = data.model_dump(exclude={"kind", "name", "test"})
-    shape = _preset_shape(name, values, limits)
+    shape = preset_shape(name, values, limits)
     try:
         if shape is not None:  # the service's size limits, checked before anything is allocated
             n_in, n_out, in_field, out_field = shape
-            _check_shape_limits(n_in, n_out, [], in_field, out_field, limits)
+            check_shape_limits(n_in, n_out, [], in_field, out_field, limits)
         # field_prefix (): errors name the query parameter itself ("depth"), not data.depth
         problem = build_preset(name, values, field_prefix=())
     except DynamicsError as exc:

@@ -1,8 +1,10 @@
-"""Jobs: the SQLite job store (source of truth), the Dask engine, and the task run on workers."""
+"""Jobs: the database (SQLite, the source of truth) and its job and sweep stores, the Dask engines, and the tasks
+run on workers."""
 
+from .database import CorruptResultError, Database, InvalidPageToken
 from .engine import Engine
-from .store import CorruptResultError, InvalidPageToken, JobRow, JobStore
+from .store import JobRow, JobStore
 from .task import JobCancelled, JobFailed, run_simulation
 
-__all__ = ["CorruptResultError", "Engine", "InvalidPageToken", "JobCancelled", "JobFailed", "JobRow",
+__all__ = ["CorruptResultError", "Database", "Engine", "InvalidPageToken", "JobCancelled", "JobFailed", "JobRow",
            "JobStore", "run_simulation"]

@@ -33,7 +33,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .store import JobStore, StorageFullError
+from .database import StorageFullError
+from .store import JobStore
 from .task import (
     PROGRESS_TOPIC,
     JobCancelled,
@@ -442,7 +443,7 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - never lose a job: record why it ended
                 await self._record(self.store.fail, job_id, _failure_problem(exc))
             else:
-                await self._record(self.store.finish, job_id, blob, outcome, compressed=True)
+                await self._record(self.store.finish, job_id, blob, outcome)
         finally:
             if self._futures.get(job_id) is future:
                 del self._futures[job_id]

@@ -1,14 +1,12 @@
 """Sweeps in the job store's SQLite file: the sweep, one row per point, and kept trajectories.
 
-    sweeps = SweepStore(job_store)            # same file, same per-thread connections
+    sweeps = SweepStore(db)                   # the JobStore's peer on the same database
     row = sweeps.create(request_json, base_json, "summary", [(params_json, group_key), ...])
     row, created = sweeps.create_or_get(request_json, base_json, "summary", points, owner,
                                         request_hash=digest, idempotency_key="abc")
 
-Why the same database file (tables added by schema migration 2 in ``store.py``) and not a second
-file: one file is one thing to back up, mount and migrate; a single schema version guards both (an
-older service refuses a newer file as a whole); and the sweep store borrows the JobStore's
-connections, so there is one connection per thread and one ``close``.
+The sweep tables live in the service's one database file (``database.Database``, migration 2), beside the
+jobs.
 
 Durability is the JobStore's (WAL, synchronous=FULL): a created sweep (a 202) survives a crash, and
 each chunk's points are written in one transaction as the chunk finishes, so after a restart only
@@ -22,23 +20,23 @@ from __future__ import annotations
 import base64
 import binascii
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import zstandard
 
-from .store import (
-    ACTIVE,
+from service.codec import ARRAYS, JSONTrajectory, StoredTrajectory
+from service.status import ACTIVE, FAILED, POINT_FINISHED, STATUSES, SUCCEEDED
+
+from .database import (
+    ACTIVE_SQL,
     PURGE_BATCH,
-    RESULT_CODEC,
-    STATUSES,
-    CorruptResultError,
+    TERMINAL_SQL,
+    Database,
     InvalidPageToken,
-    JobStore,
     QueueFullError,
-    decompress_result,
     keyset_page,
     new_job_id,
     utc_now,
@@ -103,22 +101,16 @@ def decode_point_token(token: str) -> int:
 
 
 class SweepStore:
-    """Sweeps and their points; thread-safe and blocking like the JobStore it shares a file with."""
+    """Sweeps and their points; thread-safe and blocking, like its peer the JobStore."""
 
-    def __init__(self, jobs: JobStore) -> None:
-        self.jobs = jobs
-
-    def _conn(self):
-        return self.jobs._conn()
-
-    def _write(self):
-        return self.jobs._write()
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     # -- reading ---------------------------------------------------------------------------------
 
     def _counts(self, sweep_id: str) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
-        for status, n in self._conn().execute(
+        for status, n in self.db.connection().execute(
                 "SELECT status, count(*) FROM sweep_points WHERE sweep_id = ? GROUP BY status", (sweep_id,)):
             counts[status] = n
         return counts
@@ -135,41 +127,41 @@ class SweepStore:
                         error=orjson.loads(r[9]) if r[9] is not None else None, has_trajectory=bool(r[10]))
 
     def get(self, sweep_id: str) -> SweepRow | None:
-        r = self._conn().execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        r = self.db.connection().execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
         return self._sweep(r) if r else None
 
     def list(self, status: str | None = None, page_size: int = 50,
              page_token: str | None = None, owner: str | None = None) -> tuple[list[SweepRow], str | None]:
         """Newest first, keyset paging on (created_at, id) like JobStore.list; with ``owner``, only its sweeps."""
-        return keyset_page(self._conn(), "sweeps", _SWEEP_COLUMNS, self._sweep, status, page_size, page_token, owner)
+        return keyset_page(self.db.connection(), "sweeps", _SWEEP_COLUMNS, self._sweep, status, page_size, page_token, owner)
 
     def by_idempotency_key(self, idempotency_key: str, owner: str | None = None) -> SweepRow | None:
         """The sweep this owner created with this Idempotency-Key, if any (keys are per owner)."""
         return self._by_key(idempotency_key, owner)
 
     def _by_key(self, idempotency_key: str, owner: str | None) -> SweepRow | None:
-        r = self._conn().execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE {_BY_KEY}",
+        r = self.db.connection().execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE {_BY_KEY}",
                                  (owner, idempotency_key)).fetchone()
         return self._sweep(r) if r else None
 
     def unfinished(self) -> list[SweepRow]:
         """Sweeps left queued or running (a crash, a restart), oldest first."""
-        cur = self._conn().execute(
-            f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE status IN ('queued', 'running') ORDER BY created_at, id")
+        cur = self.db.connection().execute(
+            f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE status IN {ACTIVE_SQL} ORDER BY created_at, id")
         return [self._sweep(r) for r in cur.fetchall()]
 
     def count_active(self, owner: str | None = None) -> int:
         """Sweeps queued or running (with ``owner``, only that owner's)."""
         if owner is None:
-            return self._conn().execute(
-                "SELECT count(*) FROM sweeps WHERE status IN ('queued', 'running')").fetchone()[0]
-        return self._conn().execute(
-            "SELECT count(*) FROM sweeps WHERE owner = ? AND status IN ('queued', 'running')", (owner,)).fetchone()[0]
+            return self.db.connection().execute(
+                f"SELECT count(*) FROM sweeps WHERE status IN {ACTIVE_SQL}").fetchone()[0]
+        return self.db.connection().execute(
+            f"SELECT count(*) FROM sweeps WHERE owner = ? AND status IN {ACTIVE_SQL}", (owner,)).fetchone()[0]
 
     def pending_points(self, sweep_id: str) -> list[tuple[int, bytes, str]]:
         """(k, params, group_key) of the points still to run (queued, or running when the API died)."""
-        cur = self._conn().execute(
-            "SELECT k, params, group_key FROM sweep_points WHERE sweep_id = ? AND status IN ('queued', 'running') "
+        cur = self.db.connection().execute(
+            f"SELECT k, params, group_key FROM sweep_points WHERE sweep_id = ? AND status IN {ACTIVE_SQL} "
             "ORDER BY k", (sweep_id,))
         return [(k, bytes(p), g) for k, p, g in cur.fetchall()]
 
@@ -188,32 +180,24 @@ class SweepStore:
             where.append("k > ?")
             args.append(decode_point_token(page_token))
         sql = f"SELECT {_POINT_COLUMNS} FROM sweep_points p WHERE {' AND '.join(where)} ORDER BY k LIMIT ?"
-        rows = [self._point(r) for r in self._conn().execute(sql, (*args, page_size + 1)).fetchall()]
+        rows = [self._point(r) for r in self.db.connection().execute(sql, (*args, page_size + 1)).fetchall()]
         if len(rows) > page_size:
             rows = rows[:page_size]
             return rows, encode_point_token(rows[-1].k)
         return rows, None
 
     def point(self, sweep_id: str, k: int) -> PointRow | None:
-        r = self._conn().execute(f"SELECT {_POINT_COLUMNS} FROM sweep_points p WHERE sweep_id = ? AND k = ?",
+        r = self.db.connection().execute(f"SELECT {_POINT_COLUMNS} FROM sweep_points p WHERE sweep_id = ? AND k = ?",
                                  (sweep_id, k)).fetchone()
         return self._point(r) if r else None
 
-    def trajectory(self, sweep_id: str, k: int) -> bytes | None:
-        """A kept point trajectory as JSON bytes; None if none was kept. CorruptResultError if unreadable."""
-        r = self._conn().execute("SELECT codec, size, data FROM sweep_trajectories WHERE sweep_id = ? AND k = ?",
-                                 (sweep_id, k)).fetchone()
-        if r is None:
-            return None
-        codec, size, blob = r
-        name = f"{sweep_id}/points/{k}"
-        try:
-            data = decompress_result(bytes(blob), codec)
-        except (zstandard.ZstdError, ValueError) as exc:
-            raise CorruptResultError(name, str(exc)) from None
-        if len(data) != size:
-            raise CorruptResultError(name, f"{len(data)} bytes instead of {size}")
-        return data
+    @contextmanager
+    def open_trajectory(self, sweep_id: str, k: int) -> Iterator[StoredTrajectory | JSONTrajectory | None]:
+        """A kept point trajectory, opened in this thread for the block's length; None if none was kept.
+        CorruptResultError when its bytes do not decode."""
+        with self.db.open_trajectory("sweep_trajectories", "sweep_id = ? AND k = ?", (sweep_id, k),
+                                     f"{sweep_id}/points/{k}") as stored:
+            yield stored
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -238,10 +222,10 @@ class SweepStore:
             raise ValueError(f"unknown keep {keep!r}")
         sweep_id = new_job_id()
         try:
-            with self._write() as conn:
+            with self.db.write() as conn:
                 if max_active is not None:
                     active = conn.execute(
-                        "SELECT count(*) FROM sweeps WHERE status IN ('queued', 'running')").fetchone()[0]
+                        f"SELECT count(*) FROM sweeps WHERE status IN {ACTIVE_SQL}").fetchone()[0]
                     if active >= max_active and (idempotency_key is None or conn.execute(
                             f"SELECT 1 FROM sweeps WHERE {_BY_KEY}", (owner, idempotency_key)).fetchone() is None):
                         raise QueueFullError(active, max_active)
@@ -270,36 +254,36 @@ class SweepStore:
     def mark_points_running(self, sweep_id: str, ks: Iterable[int]) -> int:
         """A worker started a chunk: its unfinished points run (one more attempt), the sweep runs."""
         ks = list(ks)
-        with self._write() as conn:
+        with self.db.write() as conn:
             changed = sum(conn.execute(
                 "UPDATE sweep_points SET status = 'running', attempts = attempts + 1 "
-                "WHERE sweep_id = ? AND k = ? AND status IN ('queued', 'running')", (sweep_id, k)).rowcount
+                f"WHERE sweep_id = ? AND k = ? AND status IN {ACTIVE_SQL}", (sweep_id, k)).rowcount
                 for k in ks)
             if changed:
                 conn.execute("UPDATE sweeps SET status = 'running', started_at = coalesce(started_at, ?) "
-                             "WHERE id = ? AND status IN ('queued', 'running')", (utc_now(), sweep_id))
+                             f"WHERE id = ? AND status IN {ACTIVE_SQL}", (utc_now(), sweep_id))
         return changed
 
     def finish_points(self, sweep_id: str, results: Sequence[Mapping[str, Any]]) -> int:
         """Record a chunk's points in one transaction; returns how many were recorded.
 
         Each result: {"k", "status": "succeeded"|"failed", "outcome", "summary" (dict), "error" (problem
-        dict), "trajectory" (compressed bytes or None)}. Only points still queued or running change;
+        dict), "trajectory" (the packed trajectory, ``service.codec.pack``, or None)}. Only points still queued or running change;
         the sweep ends (succeeded, or failed if any point failed) once no point is left to run.
         """
         now = utc_now()
         changed = 0
-        with self._write() as conn:
+        with self.db.write() as conn:
             for res in results:
                 k = int(res["k"])
                 status = res["status"]
-                if status not in ("succeeded", "failed"):
+                if status not in POINT_FINISHED:
                     raise ValueError(f"a finished point is succeeded or failed, not {status!r}")
                 summary = res.get("summary")
                 error = res.get("error")
                 cur = conn.execute(
                     "UPDATE sweep_points SET status = ?, outcome = ?, summary = ?, error = ?, finished_at = ? "
-                    "WHERE sweep_id = ? AND k = ? AND status IN ('queued', 'running')",
+                    f"WHERE sweep_id = ? AND k = ? AND status IN {ACTIVE_SQL}",
                     (status, res.get("outcome"), orjson.dumps(summary) if summary is not None else None,
                      orjson.dumps(error).decode() if error is not None else None, now, sweep_id, k))
                 if cur.rowcount != 1:
@@ -307,11 +291,8 @@ class SweepStore:
                 changed += 1
                 blob = res.get("trajectory")
                 if blob is not None:
-                    size = zstandard.frame_content_size(bytes(blob))
-                    if size < 0:
-                        raise ValueError("compressed trajectory has no content size in its frame header")
                     conn.execute("INSERT OR REPLACE INTO sweep_trajectories (sweep_id, k, codec, size, data) "
-                                 "VALUES (?, ?, ?, ?, ?)", (sweep_id, k, RESULT_CODEC, size, bytes(blob)))
+                                 "VALUES (?, ?, ?, ?, ?)", (sweep_id, k, ARRAYS, len(blob), bytes(blob)))
             self._finalize(conn, sweep_id, now)
         return changed
 
@@ -321,32 +302,32 @@ class SweepStore:
 
     @staticmethod
     def _finalize(conn, sweep_id: str, now: str) -> None:
-        left = conn.execute("SELECT count(*) FROM sweep_points WHERE sweep_id = ? AND status IN ('queued', 'running')",
+        left = conn.execute(f"SELECT count(*) FROM sweep_points WHERE sweep_id = ? AND status IN {ACTIVE_SQL}",
                             (sweep_id,)).fetchone()[0]
         if left:
             return
         failed = conn.execute("SELECT count(*) FROM sweep_points WHERE sweep_id = ? AND status = 'failed'",
                               (sweep_id,)).fetchone()[0]
         conn.execute("UPDATE sweeps SET status = ?, finished_at = ?, started_at = coalesce(started_at, ?) "
-                     "WHERE id = ? AND status IN ('queued', 'running')",
-                     ("failed" if failed else "succeeded", now, now, sweep_id))
+                     f"WHERE id = ? AND status IN {ACTIVE_SQL}",
+                     (FAILED if failed else SUCCEEDED, now, now, sweep_id))
 
     def cancel(self, sweep_id: str) -> str | None:
         """Cancel a queued or running sweep and its unfinished points (finished points keep their
         results). Returns the status it had, or None if unknown or already finished."""
         now = utc_now()
-        with self._write() as conn:
+        with self.db.write() as conn:
             r = conn.execute("SELECT status FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
             if r is None or r[0] not in ACTIVE:
                 return None
             conn.execute("UPDATE sweeps SET status = 'cancelled', finished_at = ? WHERE id = ?", (now, sweep_id))
             conn.execute("UPDATE sweep_points SET status = 'cancelled', finished_at = ? "
-                         "WHERE sweep_id = ? AND status IN ('queued', 'running')", (now, sweep_id))
+                         f"WHERE sweep_id = ? AND status IN {ACTIVE_SQL}", (now, sweep_id))
         return r[0]
 
     def delete(self, sweep_id: str) -> bool:
         """Remove the sweep, its points and kept trajectories; the caller cancels it first."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             cur = conn.execute("DELETE FROM sweeps WHERE id = ?", (sweep_id,))
         return cur.rowcount == 1
 
@@ -354,9 +335,9 @@ class SweepStore:
         """Delete up to ``limit`` finished sweeps (succeeded, failed, cancelled) whose finished_at is
         earlier than ``before``, with their points and kept trajectories (ON DELETE CASCADE); returns
         how many sweeps. Queued and running sweeps are never touched."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             cur = conn.execute(
                 "DELETE FROM sweeps WHERE id IN (SELECT id FROM sweeps WHERE finished_at < ? "
-                "AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?)",
+                f"AND status IN {TERMINAL_SQL} ORDER BY finished_at LIMIT ?)",
                 (before, int(limit)))
         return cur.rowcount

@@ -216,27 +216,23 @@ def start_attempt(job_id: str) -> tuple[_Reporter, _StopFlag]:
 
 def simulate_request(request_json: bytes, hooks: Any = None) -> tuple[str, bytes]:
     """The work of a simulation task without its bookkeeping: validate the request, build it, simulate it,
-    encode the trajectory; return (outcome, compressed trajectory JSON).
+    pack the trajectory's arrays (``service.codec``); return (outcome, packed trajectory).
 
     Raises what the core raises (DynamicsError, StopRequested) and pydantic's ValidationError.
     """
-    import orjson
-
-    from service.convert import build_simulation, trajectory_document
+    from service.codec import arrays_of, pack
+    from service.build import build_run
     from service.dynamics.simulate import simulate
     from service.schemas import SimulationRequest
 
-    from .store import compress_result
-
     request = SimulationRequest.model_validate_json(request_json)
-    spec = build_simulation(request, max_flow_steps=worker_max_steps())
+    spec = build_run(request, max_flow_steps=worker_max_steps())
     traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype, hooks=hooks)
-    data = orjson.dumps(trajectory_document(traj), option=orjson.OPT_SERIALIZE_NUMPY)
-    return str(traj.outcome), compress_result(data)
+    return str(traj.outcome), pack(arrays_of(traj))
 
 
 def run_simulation(job_id: str, request_json: bytes) -> tuple[str, bytes]:
-    """Validate, build and simulate one request; return (outcome, compressed trajectory JSON).
+    """Validate, build and simulate one request; return (outcome, packed trajectory).
 
     Raises JobCancelled when the job's cancel flag is seen, JobFailed(problem) when the core rejects
     the request. Any other exception is a bug and reaches the engine as is.
@@ -329,7 +325,7 @@ def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tup
 
     Each point's request is the sweep's base with its parameter values set (``service.grid``),
     validated and built as a single simulation's request is, so its numbers are the single run's.
-    ``trajectory`` is the compressed trajectory JSON when ``keep == "trajectories"``. A point the core
+    ``trajectory`` is the packed trajectory (``service.codec``) when ``keep == "trajectories"``. A point the core
     refuses fails alone (its problem names the field); the chunk's cancel flag is the sweep's.
     Raises JobCancelled when the sweep is cancelled.
     """
@@ -337,13 +333,12 @@ def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tup
     import orjson
     from pydantic import ValidationError
 
-    from service.convert import build_simulation, trajectory_document
+    from service.codec import arrays_of, pack
+    from service.build import build_run
     from service.dynamics.errors import DynamicsError, StopRequested
     from service.dynamics.methods import Hooks
     from service.grid import GridError, apply_params, point_summary
     from service.schemas import SimulationRequest
-
-    from .store import compress_result
 
     reporter = _SweepReporter(_worker(), sweep_id, chunk)
     # The points travel with the event so that anyone subscribed can tell which points ran where.
@@ -358,7 +353,7 @@ def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tup
     for k, params_json in items:
         try:
             request = SimulationRequest.model_validate_json(orjson.dumps(apply_params(base, orjson.loads(params_json))))
-            built.append((k, build_simulation(request, max_flow_steps=worker_max_steps())))
+            built.append((k, build_run(request, max_flow_steps=worker_max_steps())))
         except DynamicsError as exc:
             results[k] = failed_point(k, dynamics_problem(exc))
         except ValidationError as exc:
@@ -379,7 +374,7 @@ def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tup
     for (k, _), traj in done:
         blob = None
         if keep == "trajectories":
-            blob = compress_result(orjson.dumps(trajectory_document(traj), option=orjson.OPT_SERIALIZE_NUMPY))
+            blob = pack(arrays_of(traj))
         results[k] = {"k": k, "status": "succeeded", "outcome": str(traj.outcome), "summary": point_summary(traj),
                       "error": None, "trajectory": blob}
     reporter.send({"progress": 1.0})

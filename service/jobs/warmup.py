@@ -46,7 +46,7 @@ WARMUP_REQUESTS: list[dict] = [
 
 def _warm_batch() -> None:
     """The sweep chunk's path: ``simulate_batch`` over a group of GD points, in both dtypes."""
-    from service.convert import build_simulation
+    from service.build import build_run
     from service.dynamics.batch import SweepPoint, simulate_batch
     from service.schemas import SimulationRequest
 
@@ -55,7 +55,7 @@ def _warm_batch() -> None:
         for seed in (0, 1):
             request = SimulationRequest.model_validate_json(orjson.dumps(
                 {**WARMUP_REQUESTS[0], "init": {"scheme": "gaussian", "scale": 0.1, "seed": seed}, "dtype": dtype}))
-            s = build_simulation(request)
+            s = build_run(request)
             points.append(SweepPoint(s.problem, s.weights0, s.method, s.record, dtype=s.dtype))
         simulate_batch(points)
 

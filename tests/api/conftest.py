@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from service.main import create_app
 from service.settings import Settings
+from tests.support.trajectories import packed
 
 
 class FakeEngine:
@@ -71,7 +71,8 @@ class Service:
         return self.engine.store
 
     def finish(self, job_id: str, document: dict | bytes, outcome: str = "converged") -> bytes:
-        data = document if isinstance(document, bytes) else orjson.dumps(document)
+        """Store a result as the worker would: a Trajectory document (packed here) or packed bytes."""
+        data = document if isinstance(document, bytes) else packed(document)
         self.store.mark_running(job_id)
         assert self.store.finish(job_id, data, outcome)
         return data

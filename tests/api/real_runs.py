@@ -7,9 +7,10 @@ from typing import Any
 
 import orjson
 
-from service.convert import build_simulation, trajectory_document
+from service.build import build_run
 from service.dynamics.simulate import simulate
 from service.schemas import SimulationRequest
+from tests.support.trajectories import trajectory_document
 
 HIERARCHY_GD = {
     "data": {"kind": "preset", "name": "hierarchy", "depth": 2},
@@ -36,7 +37,7 @@ TEACHER_FLOW = {  # Σ11 ≠ cI and a random init: no analytic prediction applie
 
 def run_document(request: dict[str, Any]) -> dict[str, Any]:
     """The Trajectory document of ``request``, as stored (through orjson, so nulls are nulls)."""
-    spec = build_simulation(SimulationRequest.model_validate(request))
+    spec = build_run(SimulationRequest.model_validate(request))
     traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
     return orjson.loads(orjson.dumps(trajectory_document(traj)))
 

@@ -133,7 +133,7 @@ async def test_a_job_stores_its_key_id_never_the_token(service):
     named, unnamed = await create(service, A), await create(service, C)
     assert service.store.get(named).owner == "alice"
     assert service.store.get(unnamed).owner == "sha256:" + hashlib.sha256(TOKEN_C.encode()).hexdigest()[:16]
-    rows = service.store._conn().execute("SELECT * FROM jobs").fetchall()
+    rows = service.store.db.connection().execute("SELECT * FROM jobs").fetchall()
     assert not any(TOKEN_A in str(v) or TOKEN_C in str(v) for row in rows for v in row)
 
 

@@ -6,20 +6,16 @@ import numpy as np
 import orjson
 import pytest
 
-from service.convert import (
-    LimitExceededError,
-    Limits,
-    UnstableLearningRateError,
-    build_simulation,
-    trajectory_document,
-)
+from service.build import UnstableLearningRateError, admit_simulation, build_run
 from service.dynamics.errors import DynamicsError
 from service.dynamics.methods import Exact, GradientDescent, GradientFlow
 from service.dynamics.trajectory import ModeReport, Optimum, Trajectory
+from service.limits import LimitExceededError, Limits
 from service.schemas import SimulationRequest
 from service.schemas import Trajectory as TrajectorySchema
 from service.settings import Settings
 from tests.api.conftest import small_request
+from tests.support.trajectories import trajectory_document
 
 
 def _trajectory(dtype=np.float64, weights=True) -> Trajectory:
@@ -80,7 +76,7 @@ def test_integers_are_plain_json_integers():
 
 
 def _spec(**changes):
-    return build_simulation(SimulationRequest.model_validate(small_request(**changes)))
+    return build_run(SimulationRequest.model_validate(small_request(**changes)))
 
 
 def test_build_maps_each_training_method():
@@ -123,9 +119,9 @@ def test_build_checks_the_learning_rate_only_without_allow_unstable():
 def test_build_without_limits_checks_none():
     request = SimulationRequest.model_validate(small_request(training={"method": "gd", "learning_rate": 0.05,
                                                                        "steps": 10**6}))
-    build_simulation(request)  # the worker's call: no limits
+    build_run(request)  # the worker's call: no limits
     with pytest.raises(LimitExceededError):
-        build_simulation(request, Limits(max_steps=1000))
+        admit_simulation(request, Limits(max_steps=1000))
 
 
 def test_preset_errors_from_the_core_name_the_inline_field():

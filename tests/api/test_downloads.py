@@ -1,4 +1,4 @@
-"""GET /v1/simulations/{id}/trajectory: JSON or .npz by Accept, ?fields= and ?every= (service.downloads)."""
+"""GET /v1/simulations/{id}/trajectory: JSON or .npz by Accept, ?fields= and ?every= (service.codec)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,20 @@ import numpy as np
 import orjson
 import pytest
 
-from service.convert import build_simulation, trajectory_document
-from service.downloads import (
-    FIELDS,
-    NPZ,
-    PER_RECORD,
-    negotiate,
-    npz_arrays,
-    record_indices,
-    to_npz,
-    trajectory_arrays,
-)
+from service.api.negotiation import NPZ, negotiate
+from service.build import build_run
+from service.codec import MEMBERS as FIELDS
+from service.codec import arrays_of, field_of, npz_arrays, record_indices, to_npz
 from service.dynamics.simulate import simulate
 from service.schemas import SimulationRequest, Trajectory
 from tests.api.conftest import assert_problem, small_request
-from tests.api.real_runs import CORRELATIONS_EXACT, HIERARCHY_GD, create_finished, run_document
+from tests.api.real_runs import (
+    CORRELATIONS_EXACT,
+    HIERARCHY_GD,
+    create_finished,
+    run_document,
+)
+from tests.support.trajectories import document_arrays, trajectory_document
 
 pytestmark = pytest.mark.anyio
 
@@ -96,14 +95,15 @@ async def test_every_keeps_every_kth_record_and_the_last(service):
 
 
 def test_record_indices_always_end_at_the_last_record():
-    assert record_indices(10, 3) == [0, 3, 6, 9]
-    assert record_indices(11, 3) == [0, 3, 6, 9, 10]
-    assert record_indices(1, 5) == [0]
+    assert record_indices(10, 3).tolist() == [0, 3, 6, 9]
+    assert record_indices(11, 3).tolist() == [0, 3, 6, 9, 10]
+    assert record_indices(1, 5).tolist() == [0]
 
 
 def test_fields_are_the_trajectory_schema_members():
     assert FIELDS == tuple(Trajectory.model_fields)
-    assert set(PER_RECORD) < set(FIELDS)
+    per_record = {f.member for f in map(field_of, npz_arrays(document_arrays(doc()))) if f.kind == "record"}
+    assert per_record < set(FIELDS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,10 +147,10 @@ def test_null_entries_become_nan_in_npz():
     d = doc()
     d["loss"][3] = None
     d["product"][2][0][1] = None
-    arrays = npz_arrays(d)
+    arrays = npz_arrays(document_arrays(d))
     assert np.isnan(arrays["loss"][3]) and np.isnan(arrays["product"][2, 0, 1])
     assert np.isfinite(np.delete(arrays["loss"], 3)).all()
-    assert load_npz(to_npz(d))["loss"].dtype == np.float64
+    assert load_npz(to_npz(document_arrays(d)))["loss"].dtype == np.float64
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,10 +222,10 @@ async def test_npz_of_an_unknown_simulation_is_a_404(service):
      "training": {"method": "gd", "learning_rate": 0.05, "steps": 200}},  # test loss, early stopping, loss theory
 ])
 def test_npz_from_the_core_trajectory_equals_the_npz_from_its_json(request_):
-    spec = build_simulation(SimulationRequest.model_validate(request_))
+    spec = build_run(SimulationRequest.model_validate(request_))
     traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
-    direct = trajectory_arrays(traj)
-    via_json = npz_arrays(orjson.loads(orjson.dumps(trajectory_document(traj))))
+    direct = npz_arrays(arrays_of(traj))
+    via_json = npz_arrays(document_arrays(orjson.loads(orjson.dumps(trajectory_document(traj)))))
     assert list(direct) == list(via_json)
     for name, array in direct.items():
         assert array.dtype == via_json[name].dtype and array.shape == via_json[name].shape, name

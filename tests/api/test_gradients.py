@@ -10,10 +10,11 @@ import numpy as np
 import orjson
 import pytest
 
-from service.convert import build_gradients
+from service.build import build_gradients
 from service.dynamics.methods import GradientDescent
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate
+from service.limits import Limits
 from service.schemas import GRADIENTS_EXAMPLE, GradientsRequest
 from tests.api.conftest import assert_problem
 from tests.sample_loss import per_sample_mse
@@ -128,7 +129,7 @@ async def test_gradient_norm_is_the_frobenius_norm_of_all_layers(service):
 
 async def test_one_gd_step_of_a_simulation_subtracts_learning_rate_times_the_gradient(service):
     got = await _post(service, GRADIENTS_EXAMPLE)
-    spec = build_gradients(GradientsRequest.model_validate(GRADIENTS_EXAMPLE))
+    spec = build_gradients(GradientsRequest.model_validate(GRADIENTS_EXAMPLE), Limits())
     eta = 0.01
     traj = simulate(spec.problem, spec.weights, GradientDescent(eta, 1), RecordSchedule(points=2, weights=True))
     for w_sim, w0, g in zip(traj.weights, spec.weights, got["gradients"]):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from service.convert import build_simulation, trajectory_document
+from service.build import build_run
 from service.dynamics.simulate import simulate
 from service.schemas import SimulationRequest
 from tests.api.conftest import assert_problem, small_request
+from tests.support.trajectories import trajectory_document
 
 pytestmark = pytest.mark.anyio
 
@@ -75,7 +76,7 @@ async def test_a_test_dataset_above_the_size_limit_is_refused(service):
 
 def test_the_trajectory_document_carries_test_loss_and_early_stopping():
     request = SimulationRequest.model_validate({**_with_test(TEST_CORRELATIONS), "record": {"points": 20}})
-    spec = build_simulation(request)
+    spec = build_run(request)
     traj = simulate(spec.problem, spec.weights0, spec.method, spec.record)
     doc = orjson.loads(orjson.dumps(trajectory_document(traj)))
     assert doc["test_loss"] == traj.test_loss.tolist()
@@ -97,7 +98,7 @@ async def test_a_noisy_teacher_run_reports_its_test_loss_and_theory():
                  "singular_values": [3.0, 1.0]},
         "network": {"hidden": [4]}, "init": {"scheme": "aligned", "strength": 0.001},
         "training": {"method": "exact", "t_max": 10.0}, "record": {"points": 30}})
-    spec = build_simulation(request)
+    spec = build_run(request)
     doc = orjson.loads(orjson.dumps(trajectory_document(simulate(spec.problem, spec.weights0, spec.method,
                                                                   spec.record))))
     assert doc["loss_theory"]["model"] == "modes_generalization" and doc["loss_theory"]["exact"]

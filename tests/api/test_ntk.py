@@ -5,10 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from service.convert import build_simulation, trajectory_document
+from service.build import build_run
 from service.dynamics.simulate import simulate
 from service.schemas import SimulationRequest
 from tests.api.conftest import assert_problem, small_request
+from tests.support.trajectories import trajectory_document
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +43,7 @@ async def test_the_kernel_counts_towards_the_trajectory_size_limit(service):
      "training": {"method": "exact", "t_max": 3.0}, "record": {"points": 5, "kernel": True}},
 ], ids=["gd_depth3", "exact_riccati"])
 def test_the_document_serves_the_grams_per_time_per_hidden_layer(request_):
-    spec = build_simulation(SimulationRequest.model_validate(request_))
+    spec = build_run(SimulationRequest.model_validate(request_))
     traj = simulate(spec.problem, spec.weights0, spec.method, spec.record)
     doc = orjson.loads(orjson.dumps(trajectory_document(traj)))
     layers = len(request_["network"]["hidden"])

@@ -7,9 +7,15 @@ import json
 import pytest
 from openapi_spec_validator import validate
 
-from service.convert import build_gradients, build_simulation
+from service.build import build_gradients, build_run
+from service.limits import Limits
 from service.openapi_export import DEFAULT_PATH, current_schema, render
-from service.schemas import GRADIENTS_EXAMPLES, REQUEST_EXAMPLES, GradientsRequest, SimulationRequest
+from service.schemas import (
+    GRADIENTS_EXAMPLES,
+    REQUEST_EXAMPLES,
+    GradientsRequest,
+    SimulationRequest,
+)
 
 OPERATIONS = {"create_simulation", "get_simulation", "get_trajectory", "cancel_simulation", "delete_simulation",
               "list_simulations", "healthz", "readyz", "get_simulation_plot", "list_presets", "get_preset",
@@ -96,13 +102,13 @@ def test_gradients_route_takes_a_gradients_request_and_answers_gradients(schema)
 
 def test_gradients_examples_are_valid_requests():
     for example in GRADIENTS_EXAMPLES.values():
-        build_gradients(GradientsRequest.model_validate(example["value"]))  # raises if the core would refuse it
+        build_gradients(GradientsRequest.model_validate(example["value"]), Limits())  # raises if the core would refuse it
 
 
 def test_request_examples_are_valid_requests():
     for name, example in REQUEST_EXAMPLES.items():
         request = SimulationRequest.model_validate(example["value"])
-        build_simulation(request)  # raises if the core would refuse it
+        build_run(request)  # raises if the core would refuse it
         assert name
 
 

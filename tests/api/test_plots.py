@@ -11,7 +11,13 @@ import pytest
 
 from service.plots import PlotError, nearest_records, render_plot
 from tests.api.conftest import assert_problem, small_request
-from tests.api.real_runs import CORRELATIONS_EXACT, HIERARCHY_GD, TEACHER_FLOW, create_finished, run_document
+from tests.api.real_runs import (
+    CORRELATIONS_EXACT,
+    HIERARCHY_GD,
+    TEACHER_FLOW,
+    create_finished,
+    run_document,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import numpy as np
 import orjson
 import pytest
 
+from service import codec
 from service.api.prefer import parse_prefer, wait_seconds
 from tests.api.conftest import assert_problem, small_request
+from tests.support.trajectories import stored_arrays
 
 pytestmark = pytest.mark.anyio
 
@@ -113,15 +118,18 @@ async def test_trajectory_is_409_after_failure_with_the_reason(service):
     assert "worker died" in body["detail"]
 
 
-async def test_trajectory_bytes_are_served_exactly_as_stored(service):
+async def test_trajectory_json_is_printed_from_the_stored_arrays(service):
     sim = (await _create(service)).json()
-    # Bytes no encoder of ours would produce (odd spacing, key order): proves there is no re-encoding.
-    stored = b'{"time": [0.0,  0.1], "outcome":"completed", "z": 1}'
+    # Arrays as the worker stores them (no JSON text is stored): the document is printed from them, members
+    # that were not stored are null, names outside the trajectory's table are not served.
+    stored = codec.pack({"time": np.array([0.0, 0.1]), "outcome": "completed", "z": 1})
     service.finish(sim["id"], stored, "completed")
     response = await service.client.get(f"/v1/simulations/{sim['id']}/trajectory")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert response.content == stored
+    body = response.json()
+    assert body["time"] == [0.0, 0.1] and body["outcome"] == "completed" and body["loss"] is None
+    assert list(body) == list(codec.MEMBERS)
 
 
 async def test_trajectory_of_unknown_id_is_404(service):
@@ -306,7 +314,7 @@ async def test_delete_of_a_finished_simulation_does_not_cancel(service):
     service.finish(sim["id"], {"x": 1})
     assert (await service.client.delete(f"/v1/simulations/{sim['id']}")).status_code == 204
     assert service.engine.cancelled == []
-    assert service.store.result(sim["id"]) is None
+    assert stored_arrays(service.store, sim["id"]) is None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -344,7 +352,7 @@ async def test_readyz_is_a_503_problem_when_the_worker_is_unreachable(service):
 
 
 async def test_readyz_is_a_503_problem_when_the_store_is_unreachable(service, monkeypatch):
-    monkeypatch.setattr(service.store, "ping", lambda: False)
+    monkeypatch.setattr(service.store.db, "ping", lambda: False)
     body = assert_problem(await service.client.get("/readyz"), 503, "unavailable")
     assert "job store" in body["detail"]
 
@@ -393,10 +401,12 @@ async def test_corrupt_stored_trajectory_is_a_500_problem_and_the_simulation_run
     sim = (await _create(service)).json()
     service.finish(sim["id"], {"x": 1})
 
+    @contextmanager
     def corrupt(job_id):
         raise CorruptResultError(job_id, "checksum mismatch")
+        yield
 
-    monkeypatch.setattr(service.store, "result", corrupt)
+    monkeypatch.setattr(service.store, "open_result", corrupt)
     response = await service.client.get(f"/v1/simulations/{sim['id']}/trajectory")
     body = assert_problem(response, 500, "corrupt-result")
     assert "checksum mismatch" in body["detail"] and "queued to run again" in body["detail"]

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from service.convert import build_gradients, build_simulation
+from service.build import build_gradients, build_run
 from service.dynamics.network import vector_field
 from service.dynamics.simulate import simulate
+from service.limits import Limits
 from service.schemas import GRADIENTS_EXAMPLE, REQUEST_EXAMPLES, GradientsRequest
 from service.schemas import SimulationRequest as ServerRequest
 from tests.client.generate import PACKAGE, SPEC, generate_client
@@ -139,7 +140,7 @@ def test_trajectory_typed_fields_equal_the_core_bit_for_bit(gen, client, created
     traj = gen.get_trajectory.sync(job_id=finished.id, client=client)
     assert isinstance(traj, gen.models.Trajectory)
     # What the core computes for the same request, called directly (one BLAS thread, like the workers).
-    spec = build_simulation(ServerRequest.model_validate(typed_request(gen.models).to_dict()))
+    spec = build_run(ServerRequest.model_validate(typed_request(gen.models).to_dict()))
     with threadpool_limits(limits=1):
         core = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
     # JSON numbers round-trip float64 exactly (shortest repr), so equal values mean equal bits.
@@ -215,7 +216,7 @@ def test_compute_gradients_is_typed_and_equals_the_core(gen, client):
     body = m.GradientsRequest.from_dict(GRADIENTS_EXAMPLE)
     got = gen.compute_gradients.sync(client=client, body=body)
     assert isinstance(got, m.Gradients), got
-    spec = build_gradients(GradientsRequest.model_validate(GRADIENTS_EXAMPLE))
+    spec = build_gradients(GradientsRequest.model_validate(GRADIENTS_EXAMPLE), Limits())
     core = vector_field(spec.problem, spec.weights, spec.weight_decay)
     # JSON carries float64 exactly: the typed answer is the core's, bit for bit
     assert got.gradients == [g.tolist() for g in core.gradients]
@@ -230,7 +231,7 @@ def test_test_loss_and_kernel_come_back_typed_and_equal_to_the_core(gen, client)
     sim = gen.create_simulation.sync(client=client, body=m.SimulationRequest.from_dict(body), prefer="wait=30")
     assert sim.status == m.SimulationStatus.SUCCEEDED, sim.error
     traj = gen.get_trajectory.sync(job_id=sim.id, client=client)
-    spec = build_simulation(ServerRequest.model_validate(body))
+    spec = build_run(ServerRequest.model_validate(body))
     with threadpool_limits(limits=1):
         core = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
     assert traj.test_loss == core.test_loss.tolist()

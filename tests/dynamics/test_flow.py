@@ -15,8 +15,16 @@ from service.dynamics.gd import run_gd
 from service.dynamics.methods import GradientDescent, GradientFlow, Hooks
 from service.dynamics.problem import Problem
 
-from .test_gd import aligned_init, at, gradient_norm, mode_strength, nonwhite_problem, orthogonal, random_net, \
-    whitened_problem
+from .test_gd import (
+    aligned_init,
+    at,
+    gradient_norm,
+    mode_strength,
+    nonwhite_problem,
+    orthogonal,
+    random_net,
+    whitened_problem,
+)
 
 TIGHT = dict(rtol=1e-11, atol=1e-13)  # the reference's brute-force setting (its checks use the same)
 

@@ -7,8 +7,19 @@ import numpy as np
 import pytest
 
 from service.dynamics import network, presets
-from service.dynamics.errors import InvalidParameterError, NonFiniteError, ShapeError, StopRequested
-from service.dynamics.gd import blowup_threshold, convergence_rtol, frobenius_norm, run_gd, step_flops
+from service.dynamics.errors import (
+    InvalidParameterError,
+    NonFiniteError,
+    ShapeError,
+    StopRequested,
+)
+from service.dynamics.gd import (
+    blowup_threshold,
+    convergence_rtol,
+    frobenius_norm,
+    run_gd,
+    step_flops,
+)
 from service.dynamics.methods import GradientDescent, Hooks
 from service.dynamics.problem import Problem, problem_from_data
 

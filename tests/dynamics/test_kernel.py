@@ -12,8 +12,8 @@ import pytest
 
 from service.dynamics.errors import InvalidParameterError
 from service.dynamics.init import initial_weights
-from service.dynamics.ntk import hidden_grams, kernel_distance, ntk_matrix
 from service.dynamics.methods import Exact, GradientDescent, GradientFlow
+from service.dynamics.ntk import hidden_grams, kernel_distance, ntk_matrix
 from service.dynamics.presets import whitened
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate

@@ -9,7 +9,11 @@ import pytest
 from service.dynamics import init, network, presets
 from service.dynamics.methods import Exact, GradientDescent
 from service.dynamics.modes import optimum
-from service.dynamics.problem import least_squares, problem_from_correlations, problem_from_data
+from service.dynamics.problem import (
+    least_squares,
+    problem_from_correlations,
+    problem_from_data,
+)
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate
 

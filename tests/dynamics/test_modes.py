@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from service.dynamics import network, presets
-from service.dynamics.modes import excess_loss, measured_learning_times, optimum, sigma11_inverse_sqrt
+from service.dynamics.modes import (
+    excess_loss,
+    measured_learning_times,
+    optimum,
+    sigma11_inverse_sqrt,
+)
 from service.dynamics.problem import problem_from_correlations, problem_from_data
 
 

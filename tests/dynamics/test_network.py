@@ -11,6 +11,7 @@ from service.dynamics import network, presets
 from service.dynamics.errors import NonFiniteError, ShapeError
 from service.dynamics.problem import problem_from_correlations, problem_from_data
 
+
 def _data(rng, n, n_in, n_out):
     x = rng.standard_normal((n, n_in)) * rng.uniform(0.3, 2.0, n_in)  # non-whitened Σ11
     y = x @ rng.standard_normal((n_in, n_out)) + 0.5 * rng.standard_normal((n, n_out))

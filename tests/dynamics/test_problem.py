@@ -12,7 +12,11 @@ from service.dynamics.errors import (
     NotSymmetricError,
     ShapeError,
 )
-from service.dynamics.problem import correlations_from_chunks, problem_from_correlations, problem_from_data
+from service.dynamics.problem import (
+    correlations_from_chunks,
+    problem_from_correlations,
+    problem_from_data,
+)
 
 
 def _xy(seed=0, n=37, n_in=4, n_out=3):

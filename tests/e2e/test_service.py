@@ -14,10 +14,11 @@ import orjson
 import pytest
 from threadpoolctl import threadpool_limits
 
-from service.convert import build_simulation, trajectory_document
+from service.build import build_run
 from service.dynamics.simulate import simulate
 from service.schemas import SimulationRequest
 from tests.e2e.conftest import Server
+from tests.support.trajectories import trajectory_document
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +32,7 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 def core_document(request: dict) -> dict:
     """What the core gives for this request, called directly, as the service would serialise it."""
     validated = SimulationRequest.model_validate_json(orjson.dumps(request))
-    spec = build_simulation(validated)
+    spec = build_run(validated)
     # One BLAS thread, like the workers: a different thread count may change summation order.
     with threadpool_limits(limits=1):
         traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)

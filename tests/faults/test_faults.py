@@ -20,8 +20,21 @@ import orjson
 import pytest
 
 from tests.e2e.conftest import Server
-from tests.e2e.test_service import CORRELATIONS, core_document, medium_request, post, run_request
-from tests.faults.conftest import TERMINAL, dask_workers, integrity, poll, query, wait_until
+from tests.e2e.test_service import (
+    CORRELATIONS,
+    core_document,
+    medium_request,
+    post,
+    run_request,
+)
+from tests.faults.conftest import (
+    TERMINAL,
+    dask_workers,
+    integrity,
+    poll,
+    query,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -124,7 +137,7 @@ SWEEP_POINTS = 12
 
 def expected_summaries() -> dict[int, dict]:
     """Each grid point run alone with ``simulate`` in this process (bit for bit what a sweep reports)."""
-    from service.convert import build_simulation
+    from service.build import build_run
     from service.dynamics.simulate import simulate
     from service.grid import point_summary
     from service.schemas import SimulationRequest
@@ -133,7 +146,7 @@ def expected_summaries() -> dict[int, dict]:
     for k, (scale, seed) in enumerate(itertools.product(*SWEEP_GRID.values())):
         request = orjson.loads(orjson.dumps(SWEEP_BASE))
         request["init"].update(scale=scale, seed=seed)
-        spec = build_simulation(SimulationRequest.model_validate(request))
+        spec = build_run(SimulationRequest.model_validate(request))
         traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
         out[k] = orjson.loads(orjson.dumps(point_summary(traj)))
     return out

@@ -18,8 +18,9 @@ import psutil
 import pytest
 
 from bench.load import run_load, worker_processes
-from service.api.simulations import read_nowait
+from service.jobs.database import Database
 from service.jobs.store import JobStore
+from service.jobs.submission import read_nowait
 from service.settings import Settings
 from tests.e2e.conftest import Server
 
@@ -93,12 +94,12 @@ def locked_store(tmp_path):
     """A store with one job, and another connection holding the database in exclusive locking mode (in WAL
     mode, the only way a reader can be locked out) until the test ends. busy_timeout 60 s: a read that waited
     would hang the test instead of raising."""
-    store = JobStore(tmp_path / "jobs.sqlite3", busy_timeout_ms=60_000)
+    store = JobStore(Database(tmp_path / "jobs.sqlite3", busy_timeout_ms=60_000))
     row, _ = store.create(b"{}", "hash")
     # An exclusive lock needs every other connection closed (WAL connections hold a shared lock while open):
     # this thread's is closed; the store opens a new one when next asked.
-    store._local.conn.close()
-    store._local.conn = None
+    store.db._local.conn.close()
+    store.db._local.conn = None
     locker = sqlite3.connect(tmp_path / "jobs.sqlite3", isolation_level=None)
     locker.execute("PRAGMA locking_mode = EXCLUSIVE")
     locker.execute("BEGIN IMMEDIATE")
@@ -108,13 +109,13 @@ def locked_store(tmp_path):
         yield store, row.id, locker
     finally:
         locker.close()
-        store.close()
+        store.db.close()
 
 
 @pytest.mark.timeout(30)
 def test_a_nowait_read_raises_at_once_instead_of_waiting_for_a_lock(locked_store):
     store, job_id, _ = locked_store
-    with pytest.raises(sqlite3.OperationalError, match="locked"), store.nowait():
+    with pytest.raises(sqlite3.OperationalError, match="locked"), store.db.nowait():
         store.get(job_id)
 
 
@@ -123,7 +124,7 @@ def test_a_locked_out_status_read_falls_back_to_a_waiting_read_in_a_thread(locke
     store, job_id, locker = locked_store
 
     async def read_while_the_lock_is_released():
-        read = asyncio.create_task(read_nowait(store, store.get, job_id))
+        read = asyncio.create_task(read_nowait(store.db, store.get, job_id))
         await asyncio.sleep(0.2)  # the nowait read has failed; the thread's read waits on the busy timeout
         locker.close()            # releases the lock
         return await read
@@ -132,9 +133,9 @@ def test_a_locked_out_status_read_falls_back_to_a_waiting_read_in_a_thread(locke
 
 
 def test_a_write_in_a_nowait_block_is_refused(tmp_path):
-    store = JobStore(tmp_path / "jobs.sqlite3")
+    store = JobStore(Database(tmp_path / "jobs.sqlite3"))
     row, _ = store.create(b"{}", "hash")
-    with pytest.raises(sqlite3.OperationalError, match="readonly"), store.nowait():
+    with pytest.raises(sqlite3.OperationalError, match="readonly"), store.db.nowait():
         store.mark_cancelled(row.id)
     assert store.get(row.id).status == "queued"
-    store.close()
+    store.db.close()

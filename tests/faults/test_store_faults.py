@@ -11,15 +11,17 @@ import sqlite3
 import pytest
 
 from service.jobs import engine as engine_module
-from service.jobs.store import CorruptResultError, JobStore, StorageFullError
+from service.jobs.database import CorruptResultError, Database, StorageFullError
+from service.jobs.store import JobStore
 from tests.faults.conftest import PageCapDisk, integrity
+from tests.support.trajectories import packed, stored_arrays
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = JobStore(tmp_path / "dlnsim.sqlite3", max_bytes=PageCapDisk.MAX_BYTES)
+    s = JobStore(Database(tmp_path / "dlnsim.sqlite3", max_bytes=PageCapDisk.MAX_BYTES))
     yield s
-    s.close()
+    s.db.close()
 
 
 def test_a_full_store_refuses_a_write_with_storage_full_and_takes_it_once_space_is_freed(store, tmp_path):
@@ -28,7 +30,7 @@ def test_a_full_store_refuses_a_write_with_storage_full_and_takes_it_once_space_
     disk.fill()
     with pytest.raises(StorageFullError, match="is full"):
         store.create(b'{"big": "' + b"x" * 100_000 + b'"}', "h2")
-    assert not store._conn().in_transaction  # rolled back: the thread's next write can start
+    assert not store.db.connection().in_transaction  # rolled back: the thread's next write can start
     assert store.get(kept.id) == kept        # reads still work
     disk.free()
     row, created = store.create(b'{"big": "' + b"x" * 100_000 + b'"}', "h2")
@@ -38,33 +40,33 @@ def test_a_full_store_refuses_a_write_with_storage_full_and_takes_it_once_space_
 
 def test_a_failed_commit_is_rolled_back_and_the_next_write_works(store):
     # A deferred foreign key fails at COMMIT, like a full disk can: SQLite then keeps the transaction open.
-    with pytest.raises(sqlite3.IntegrityError), store._write() as conn:
+    with pytest.raises(sqlite3.IntegrityError), store.db.write() as conn:
         conn.execute("PRAGMA defer_foreign_keys = ON")
         conn.execute("INSERT INTO results (job_id, codec, size, data) VALUES ('no-such-job', 'zstd', 0, x'')")
-    assert not store._conn().in_transaction
+    assert not store.db.connection().in_transaction
     row, created = store.create(b"{}", "h")
-    assert created and store.result(row.id) is None
+    assert created and stored_arrays(store, row.id) is None
 
 
 def test_reopening_an_up_to_date_store_writes_nothing(tmp_path):
     # A write at start-up would make a restart on a full disk fail.
-    JobStore(tmp_path / "s.sqlite3").close()
-    again = JobStore(tmp_path / "s.sqlite3")
+    JobStore(Database(tmp_path / "s.sqlite3")).db.close()
+    again = JobStore(Database(tmp_path / "s.sqlite3"))
     try:
-        assert again._conn().total_changes == 0
+        assert again.db.connection().total_changes == 0
     finally:
-        again.close()
+        again.db.close()
 
 
 def finished_job(store: JobStore) -> str:
     row, _ = store.create(b"{}", "h")
     store.mark_running(row.id)
-    store.finish(row.id, b'{"time": [0.0]}', "completed")
+    store.finish(row.id, packed({"time": [0.0]}), "completed")
     return row.id
 
 
 def corrupt(store: JobStore, job_id: str) -> None:
-    with store._write() as conn:
+    with store.db.write() as conn:
         conn.execute("UPDATE results SET data = zeroblob(length(data)) WHERE job_id = ?", (job_id,))
 
 
@@ -72,11 +74,11 @@ def test_a_corrupt_result_is_dropped_and_its_job_queued_again(store):
     job_id = finished_job(store)
     corrupt(store, job_id)
     with pytest.raises(CorruptResultError):
-        store.result(job_id)
+        stored_arrays(store, job_id)
     assert store.recover_corrupt_result(job_id, {"detail": "corrupt"}, max_attempts=5) == "queued"
     row = store.get(job_id)
     assert (row.status, row.outcome, row.finished_at, row.error) == ("queued", None, None, None)
-    assert store.result(job_id) is None
+    assert stored_arrays(store, job_id) is None
     assert [r.id for r in store.unfinished()] == [job_id]  # a restart would resubmit it too
     assert store.recover_corrupt_result(job_id, {}, max_attempts=5) is None  # not succeeded: nothing to do
 
@@ -87,7 +89,7 @@ def test_a_result_corrupt_after_max_attempts_fails_the_job_with_the_reason(store
     assert store.recover_corrupt_result(job_id, {"detail": "corrupt every time"}, max_attempts=1) == "failed"
     row = store.get(job_id)
     assert (row.status, row.error) == ("failed", {"detail": "corrupt every time"})
-    assert row.finished_at is not None and store.result(job_id) is None
+    assert row.finished_at is not None and stored_arrays(store, job_id) is None
 
 
 def test_a_write_refused_for_lack_of_space_is_retried_until_it_is_stored(monkeypatch, tmp_path):

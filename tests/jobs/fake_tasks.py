@@ -11,7 +11,7 @@ import time
 
 import orjson
 
-from service.jobs.store import compress_result
+from service import codec
 from service.jobs.task import JobCancelled, JobFailed, start_attempt
 
 SLEEP = 0.02
@@ -33,7 +33,7 @@ def sleepy_task(job_id: str, request_json: bytes) -> tuple[str, bytes]:
             raise JobCancelled(job_id)
         time.sleep(SLEEP)
     document = {"seconds": seconds, "job": job_id, "pid": os.getpid()}
-    return "completed", compress_result(orjson.dumps(document))
+    return "completed", codec.pack(document)
 
 
 def dispatch_task(job_id: str, request_json: bytes) -> tuple[str, bytes]:

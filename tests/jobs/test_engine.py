@@ -21,9 +21,12 @@ import types
 import orjson
 import pytest
 
+from service import codec
+from service.jobs.database import Database
 from service.jobs.engine import Engine
 from service.jobs.store import JobStore
 from tests.jobs.fake_tasks import dispatch_task
+from tests.support.trajectories import stored_arrays, stored_blob
 from tests.waiting import wait_until as _wait_until
 
 # Generous bound for things that take ~0.1 s (a round trip through the scheduler, a store write):
@@ -64,13 +67,13 @@ def settings(**overrides):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     loop = LoopThread()
-    store = JobStore(tmp_path_factory.mktemp("engine") / "jobs.sqlite3")
+    store = JobStore(Database(tmp_path_factory.mktemp("engine") / "jobs.sqlite3"))
     engine = Engine(settings(), store, task=dispatch_task)
     loop.run(engine.start(), timeout=120)
     yield types.SimpleNamespace(loop=loop, store=store, engine=engine, run=loop.run, call=loop.call)
     loop.run(engine.close(), timeout=60)
     loop.stop()
-    store.close()
+    store.db.close()
 
 
 def submit(env, request: dict) -> str:
@@ -108,23 +111,23 @@ def test_job_result_is_stored(env):
     job_id = submit(env, fake(0.05))
     row = finish(env, job_id)
     assert (row.status, row.outcome, row.attempts, row.progress) == ("succeeded", "completed", 1, 1.0)
-    assert orjson.loads(env.store.result(job_id))["job"] == job_id
+    assert stored_arrays(env.store, job_id)["job"] == job_id
 
 
 def test_small_simulation_matches_calling_the_core_directly(env):
     from threadpoolctl import threadpool_limits
 
-    from service.convert import build_simulation, trajectory_document
+    from service.build import build_run
     from service.dynamics.simulate import simulate
     from service.schemas import GD_HIERARCHY_EXAMPLE, SimulationRequest
 
     job_id = submit(env, GD_HIERARCHY_EXAMPLE)
     row = finish(env, job_id)
     assert row.status == "succeeded", row.error
-    spec = build_simulation(SimulationRequest.model_validate(GD_HIERARCHY_EXAMPLE))
+    spec = build_run(SimulationRequest.model_validate(GD_HIERARCHY_EXAMPLE))
     with threadpool_limits(1):  # the workers run BLAS on one thread: same summation order, same bits
         traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
-    assert env.store.result(job_id) == orjson.dumps(trajectory_document(traj), option=orjson.OPT_SERIALIZE_NUMPY)
+    assert stored_blob(env.store, job_id) == codec.pack(codec.arrays_of(traj))  # the same bits
     assert row.outcome == traj.outcome
 
 
@@ -305,7 +308,7 @@ def test_workers_keep_glibc_adaptive_malloc_thresholds(env):
 def test_start_resubmits_unfinished_jobs_to_an_external_scheduler(env, tmp_path):
     """A restarted API (here: a second engine on another store, pointed at the running cluster as
     DLNSIM_SCHEDULER) runs the jobs a crash left queued or running."""
-    store = JobStore(tmp_path / "jobs.sqlite3")
+    store = JobStore(Database(tmp_path / "jobs.sqlite3"))
     queued, _ = store.create(orjson.dumps(fake(0.0)), "h")
     was_running, _ = store.create(orjson.dumps(fake(0.1)), "h")
     store.mark_running(was_running.id)
@@ -319,7 +322,7 @@ def test_start_resubmits_unfinished_jobs_to_an_external_scheduler(env, tmp_path)
         assert (store.get(was_running.id).status, store.get(was_running.id).attempts) == ("succeeded", 2)
     finally:
         env.run(engine.close())
-        store.close()
+        store.db.close()
     assert not env.run(engine.ready())
 
 

@@ -10,12 +10,14 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from service.jobs.database import Database
 from service.jobs.retention import RetentionTask, cutoff, purge_expired
-from service.jobs.store import JobStore, compress_result
+from service.jobs.store import JobStore
 from service.jobs.sweeps_store import SweepStore
 from service.main import create_app
 from service.settings import Settings
 from tests.api.conftest import FakeEngine
+from tests.support.trajectories import packed, stored_arrays
 
 OLD = "2020-01-01T00:00:00.000000Z"      # years before any cut-off of these tests
 # A hang guard for awaits on the background task, not a speed assertion.
@@ -24,23 +26,23 @@ GUARD = 30.0
 
 @pytest.fixture
 def store(tmp_path):
-    s = JobStore(tmp_path / "dlnsim.sqlite3")
+    s = JobStore(Database(tmp_path / "dlnsim.sqlite3"))
     yield s
-    s.close()
+    s.db.close()
 
 
 @pytest.fixture
 def sweeps(store):
-    return SweepStore(store)
+    return SweepStore(store.db)
 
 
 def count(store: JobStore, table: str) -> int:
-    return store._conn().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return store.db.connection().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
 def age(store: JobStore, table: str, row_id: str, finished_at: str = OLD) -> None:
     """Pretend the row finished long ago (its other timestamps too)."""
-    conn = store._conn()
+    conn = store.db.connection()
     conn.execute(f"UPDATE {table} SET created_at = ? WHERE id = ?", (OLD, row_id))
     conn.execute(f"UPDATE {table} SET finished_at = ? WHERE id = ? AND finished_at IS NOT NULL",
                  (finished_at, row_id))
@@ -51,7 +53,7 @@ def job(store: JobStore, end: str | None, n: int = 0) -> str:
     row, _ = store.create(orjson.dumps({"n": n}), f"h{n}")
     store.mark_running(row.id)
     if end == "succeeded":
-        assert store.finish(row.id, b'{"time": [0.0]}', "converged")
+        assert store.finish(row.id, packed({"time": [0.0]}), "converged")
     elif end == "failed":
         assert store.fail(row.id, {"title": "boom"})
     elif end == "cancelled":
@@ -62,7 +64,7 @@ def job(store: JobStore, end: str | None, n: int = 0) -> str:
 def sweep(sweeps: SweepStore, finished: bool) -> str:
     row = sweeps.create(b'{"base":{}}', b"{}", "trajectories", [(orjson.dumps({"init.seed": k}), "g") for k in range(2)])
     if finished:
-        blob = compress_result(b'{"time": [0.0]}')
+        blob = packed({"time": [0.0]})
         sweeps.finish_points(row.id, [{"k": k, "status": "succeeded", "outcome": "completed", "summary": {},
                                        "trajectory": blob} for k in range(2)])
         assert sweeps.get(row.id).status == "succeeded"
@@ -91,7 +93,7 @@ def test_finished_jobs_older_than_the_cutoff_go_with_their_results(store, sweeps
 def test_newer_finished_jobs_are_kept(store, sweeps):
     recent = job(store, "succeeded")
     assert purge_expired(store, sweeps, days=30) == (0, 0)
-    assert store.get(recent).status == "succeeded" and store.result(recent) == b'{"time": [0.0]}'
+    assert store.get(recent).status == "succeeded" and stored_arrays(store, recent)["time"].tolist() == [0.0]
 
 
 def test_the_cutoff_is_compared_with_finished_at_not_created_at(store, sweeps):
@@ -118,8 +120,10 @@ def test_old_finished_sweeps_go_with_their_points_and_trajectories(store, sweeps
     assert count(store, "sweep_trajectories") == 4
     assert purge_expired(store, sweeps, days=30) == (0, 1)
     assert sweeps.get(old) is None
-    assert store._conn().execute("SELECT count(*) FROM sweep_points WHERE sweep_id = ?", (old,)).fetchone()[0] == 0
-    assert count(store, "sweep_trajectories") == 2 and sweeps.trajectory(new, 0) == b'{"time": [0.0]}'
+    assert store.db.connection().execute("SELECT count(*) FROM sweep_points WHERE sweep_id = ?", (old,)).fetchone()[0] == 0
+    assert count(store, "sweep_trajectories") == 2
+    with sweeps.open_trajectory(new, 0) as stored:
+        assert stored.get("time").tolist() == [0.0]
     assert sweeps.get(unfinished).status == "queued" and sweeps.get(unfinished).counts["queued"] == 2
 
 

@@ -9,24 +9,25 @@ import threading
 import orjson
 import pytest
 
-from service.jobs.store import (
+from service.jobs.database import (
     SCHEMA_VERSION,
     CorruptResultError,
+    Database,
     InvalidPageToken,
-    JobStore,
-    compress_result,
     encode_page_token,
 )
-from tests.store_versions import write_store_at_version
+from service.jobs.store import JobStore
+from tests.support.store_versions import write_store_at_version
+from tests.support.trajectories import packed, stored_arrays
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = JobStore(tmp_path / "jobs.sqlite3")
+    s = JobStore(Database(tmp_path / "jobs.sqlite3"))
     yield s
-    s.close()
+    s.db.close()
 
 
 def make(store, n=1, **kwargs):
@@ -114,44 +115,45 @@ def test_reused_idempotency_key_returns_the_first_job_and_its_hash(store):
 def test_finish_stores_the_result_and_marks_succeeded(store):
     (row,) = make(store)
     assert store.mark_running(row.id)
-    assert store.finish(row.id, b'{"time":[0.0,1.0]}', "converged")
+    assert store.finish(row.id, packed({"time": [0.0, 1.0]}), "converged")
     done = store.get(row.id)
     assert (done.status, done.progress, done.outcome) == ("succeeded", 1.0, "converged")
     assert ISO_Z.match(done.finished_at)
-    assert store.result(row.id) == b'{"time":[0.0,1.0]}'
+    assert stored_arrays(store, row.id)["time"].tolist() == [0.0, 1.0]
 
 
-def test_finish_accepts_a_result_compressed_on_the_worker(store):
+def test_finish_stores_the_workers_packed_trajectory_as_it_came(store):
     (row,) = make(store)
-    data = orjson.dumps({"loss": list(range(1000))})
-    assert store.finish(row.id, compress_result(data), "completed", compressed=True)
-    assert store.result(row.id) == data
+    data = packed({"loss": list(range(1000)), "outcome": "completed"})
+    assert store.finish(row.id, data, "completed")
+    assert store.db.connection().execute("SELECT data FROM results").fetchone()[0] == data
+    assert stored_arrays(store, row.id)["loss"].tolist() == list(range(1000))
 
 
 def test_result_of_an_unfinished_job_is_none(store):
     (row,) = make(store)
-    assert store.result(row.id) is None
+    assert stored_arrays(store, row.id) is None
 
 
 def test_finished_job_is_terminal(store):
     (row,) = make(store)
-    store.finish(row.id, b"{}", "completed")
+    store.finish(row.id, packed({}), "completed")
     assert not store.fail(row.id, {"title": "late"})
     assert store.mark_cancelled(row.id) is None
     assert not store.mark_running(row.id)
-    assert not store.finish(row.id, b'{"other":1}', "diverged")
+    assert not store.finish(row.id, packed({"outcome": "diverged"}), "diverged")
     after = store.get(row.id)
     assert (after.status, after.outcome, after.error) == ("succeeded", "completed", None)
-    assert store.result(row.id) == b"{}"
+    assert stored_arrays(store, row.id) == {}
 
 
 def test_cancelled_job_ignores_a_late_result(store):
     (row,) = make(store)
     store.mark_running(row.id)
     assert store.mark_cancelled(row.id) == "running"
-    assert not store.finish(row.id, b"{}", "completed")
+    assert not store.finish(row.id, packed({}), "completed")
     assert store.get(row.id).status == "cancelled"
-    assert store.result(row.id) is None
+    assert stored_arrays(store, row.id) is None
 
 
 def test_fail_records_the_problem(store):
@@ -184,75 +186,75 @@ def test_progress_moves_only_running_jobs_and_is_clamped(store):
 def test_unfinished_lists_queued_and_running_jobs_oldest_first(store):
     a, b, c, d = make(store, 4)
     store.mark_running(b.id)
-    store.finish(c.id, b"{}", "completed")
+    store.finish(c.id, packed({}), "completed")
     assert [r.id for r in store.unfinished()] == [a.id, b.id, d.id]
     assert store.count_active() == 3
 
 
 def test_delete_removes_the_job_and_its_result(store):
     (row,) = make(store)
-    store.finish(row.id, b"{}", "completed")
+    store.finish(row.id, packed({}), "completed")
     assert store.delete(row.id)
-    assert store.get(row.id) is None and store.result(row.id) is None
+    assert store.get(row.id) is None and stored_arrays(store, row.id) is None
     assert not store.delete(row.id)
 
 
 def test_late_result_of_a_deleted_job_is_dropped(store):
     (row,) = make(store)
     store.delete(row.id)
-    assert not store.finish(row.id, b"{}", "completed")
-    assert store.result(row.id) is None
+    assert not store.finish(row.id, packed({}), "completed")
+    assert stored_arrays(store, row.id) is None
 
 
 def test_jobs_and_results_survive_reopening(tmp_path):
     path = tmp_path / "jobs.sqlite3"
-    first = JobStore(path)
+    first = JobStore(Database(path))
     a, b = make(first, 2, )
-    first.finish(a.id, b'{"x":1}', "completed")
-    first.close()
-    second = JobStore(path)
-    assert second.get(a.id).status == "succeeded" and second.result(a.id) == b'{"x":1}'
+    first.finish(a.id, packed({"time": [1.0]}), "completed")
+    first.db.close()
+    second = JobStore(Database(path))
+    assert second.get(a.id).status == "succeeded" and stored_arrays(second, a.id)["time"].tolist() == [1.0]
     assert [r.id for r in second.unfinished()] == [b.id]
-    second.close()
+    second.db.close()
 
 
 def test_database_uses_wal_with_full_sync(store):
-    conn = store._conn()
+    conn = store.db.connection()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: a commit is fsynced
 
 
 def test_schema_version_is_recorded(store):
-    assert store._conn().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    assert store.db.connection().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_newer_schema_refuses_to_open(tmp_path):
     path = tmp_path / "jobs.sqlite3"
-    JobStore(path).close()
+    JobStore(Database(path)).db.close()
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(RuntimeError, match="newer"):
-        JobStore(path)
+        JobStore(Database(path))
 
 
 def test_corrupt_result_raises_corrupt_result_error(store):
     (row,) = make(store)
-    store.finish(row.id, orjson.dumps(list(range(100))), "completed")
-    conn = store._conn()
+    store.finish(row.id, packed({"loss": list(range(100))}), "completed")
+    conn = store.db.connection()
     blob = bytearray(conn.execute("SELECT data FROM results").fetchone()[0])
-    blob[len(blob) // 2] ^= 0xFF  # flip one byte: zstd's content checksum catches it
+    blob[-10] ^= 0xFF  # flip one byte of the array's frame: zstd's content checksum catches it
     conn.execute("UPDATE results SET data = ?", (bytes(blob),))
     with pytest.raises(CorruptResultError) as info:
-        store.result(row.id)
+        stored_arrays(store, row.id)
     assert info.value.job_id == row.id
     assert store.get(row.id).status == "succeeded"  # the row itself still reads
 
 
 def test_ping_is_true_when_open_and_false_when_closed(tmp_path):
-    s = JobStore(tmp_path / "jobs.sqlite3")
-    assert s.ping()
-    s.close()
-    assert not s.ping()
+    s = JobStore(Database(tmp_path / "jobs.sqlite3"))
+    assert s.db.ping()
+    s.db.close()
+    assert not s.db.ping()
 
 
 def test_a_version_2_store_keeps_its_idempotency_keys_which_become_per_owner(tmp_path):
@@ -260,7 +262,7 @@ def test_a_version_2_store_keeps_its_idempotency_keys_which_become_per_owner(tmp
     write_store_at_version(  # what the previous release wrote: migrations 1 and 2
         path, 2, "INSERT INTO jobs (id, status, created_at, request, request_hash, idempotency_key) "
                  "VALUES ('j', 'queued', '2026-01-01T00:00:00.000000Z', x'7b7d', 'h', 'k')")
-    store = JobStore(path)
+    store = JobStore(Database(path))
     try:
         assert store.get("j").idempotency_key == "k" and store.get("j").owner is None
         replay, created = store.create(b"{}", "h", "k")
@@ -269,4 +271,4 @@ def test_a_version_2_store_keeps_its_idempotency_keys_which_become_per_owner(tmp
         assert created and mine.owner == "alice" and mine.id != "j"
         assert store.create(b"{}", "h", "k", owner="alice") == (mine, False)
     finally:
-        store.close()
+        store.db.close()

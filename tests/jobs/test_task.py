@@ -7,7 +7,7 @@ import pickle
 import orjson
 import pytest
 
-from service.jobs.store import decompress_result
+from service import codec
 from service.jobs.task import (
     JobCancelled,
     JobFailed,
@@ -18,16 +18,16 @@ from service.jobs.task import (
 )
 
 
-def test_run_simulation_returns_the_outcome_and_the_compressed_document():
-    from service.convert import build_simulation, trajectory_document
+def test_run_simulation_returns_the_outcome_and_the_packed_trajectory():
+    from service.build import build_run
     from service.dynamics.simulate import simulate
     from service.schemas import CORRELATIONS_EXAMPLE, SimulationRequest
 
     outcome, blob = run_simulation("job", orjson.dumps(CORRELATIONS_EXAMPLE))
-    spec = build_simulation(SimulationRequest.model_validate(CORRELATIONS_EXAMPLE))
+    spec = build_run(SimulationRequest.model_validate(CORRELATIONS_EXAMPLE))
     traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
     # Same process, same inputs: the same bits (the flow integrator is deterministic).
-    assert decompress_result(blob) == orjson.dumps(trajectory_document(traj), option=orjson.OPT_SERIALIZE_NUMPY)
+    assert blob == codec.pack(codec.arrays_of(traj))
     assert outcome == traj.outcome
 
 

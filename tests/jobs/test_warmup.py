@@ -16,7 +16,7 @@ import numba, orjson
 from service.jobs.warmup import warm_up
 from service.jobs.task import simulate_request
 from service.dynamics.batch import SweepPoint, simulate_batch
-from service.convert import build_simulation
+from service.build import build_run
 from service.schemas import SimulationRequest
 
 def dispatchers():
@@ -34,7 +34,7 @@ requests = json.loads(sys.argv[1])
 for request in requests:
     simulate_request(orjson.dumps(request))
 for dtype in ("float64", "float32"):
-    specs = [build_simulation(SimulationRequest.model_validate_json(orjson.dumps({**r, "dtype": dtype})))
+    specs = [build_run(SimulationRequest.model_validate_json(orjson.dumps({**r, "dtype": dtype})))
              for r in requests if r["training"]["method"] == "gd"]
     simulate_batch([SweepPoint(s.problem, s.weights0, s.method, s.record, dtype=s.dtype) for s in specs])
 after = {name: set(map(str, d.signatures)) for name, d in dispatchers().items()}

@@ -129,16 +129,17 @@ def expected() -> dict[int, dict]:
 
     from threadpoolctl import threadpool_limits
 
-    from service.convert import build_simulation, trajectory_document
+    from service.build import build_run
     from service.dynamics.simulate import simulate
     from service.grid import point_summary
     from service.schemas import SimulationRequest
+    from tests.support.trajectories import trajectory_document
 
     out = {}
     with threadpool_limits(1):  # as on the workers: same summation order, same bits
         for k, values in enumerate(itertools.product(*GRID.values())):
             request = point_request(dict(zip(GRID, values, strict=True)))
-            spec = build_simulation(SimulationRequest.model_validate(request))
+            spec = build_run(SimulationRequest.model_validate(request))
             traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
             # through JSON, as the service reports them
             out[k] = {"outcome": traj.outcome, **orjson.loads(orjson.dumps(point_summary(traj))),

@@ -9,10 +9,11 @@ import threading
 import orjson
 import pytest
 
-from service.jobs.store import SCHEMA_VERSION, JobStore, QueueFullError
+from service.jobs.database import SCHEMA_VERSION, Database, QueueFullError
+from service.jobs.store import JobStore
 from service.jobs.sweeps_store import SweepStore
 from tests.api.conftest import assert_problem, small_request
-from tests.store_versions import write_store_at_version
+from tests.support.store_versions import write_store_at_version
 from tests.sweeps.test_api import finish, store, sweep_body
 
 pytestmark = pytest.mark.anyio
@@ -35,7 +36,7 @@ async def post(service, body: dict | None = None, key: str | None = "k", **heade
 
 def counts(service) -> tuple[int, int]:
     """(sweeps, points) stored."""
-    conn = store(service)._conn()
+    conn = store(service).db.connection()
     return (conn.execute("SELECT count(*) FROM sweeps").fetchone()[0],
             conn.execute("SELECT count(*) FROM sweep_points").fetchone()[0])
 
@@ -201,9 +202,9 @@ def _points(n: int) -> list[tuple[bytes, str]]:
 
 @pytest.fixture
 def sweeps(tmp_path):
-    jobs = JobStore(tmp_path / "dlnsim.sqlite3")
-    yield SweepStore(jobs)
-    jobs.close()
+    jobs = JobStore(Database(tmp_path / "dlnsim.sqlite3"))
+    yield SweepStore(jobs.db)
+    jobs.db.close()
 
 
 def test_store_returns_the_keys_sweep_and_writes_no_points_for_a_used_key(sweeps):
@@ -213,7 +214,7 @@ def test_store_returns_the_keys_sweep_and_writes_no_points_for_a_used_key(sweeps
                                                 idempotency_key="k")
     assert (created, created_again) == (True, False)
     assert again == first and again.request_hash == "h1"  # the caller compares hashes
-    assert sweeps._conn().execute("SELECT count(*) FROM sweep_points").fetchone()[0] == 3
+    assert sweeps.db.connection().execute("SELECT count(*) FROM sweep_points").fetchone()[0] == 3
 
 
 def test_same_key_from_many_threads_creates_one_sweep(sweeps):
@@ -231,7 +232,7 @@ def test_same_key_from_many_threads_creates_one_sweep(sweeps):
         t.join()
     assert len({row.id for row, _ in results}) == 1
     assert sum(created for _, created in results) == 1
-    assert sweeps._conn().execute("SELECT count(*) FROM sweep_points").fetchone()[0] == 2
+    assert sweeps.db.connection().execute("SELECT count(*) FROM sweep_points").fetchone()[0] == 2
 
 
 def test_full_store_still_answers_the_replay_of_a_key(sweeps):
@@ -245,7 +246,7 @@ def test_full_store_still_answers_the_replay_of_a_key(sweeps):
 
 
 def test_key_lookup_uses_the_per_owner_unique_index(sweeps):
-    plan = sweeps._conn().execute(
+    plan = sweeps.db.connection().execute(
         "EXPLAIN QUERY PLAN SELECT id FROM sweeps WHERE coalesce(owner, '') = coalesce(?, '') "
         "AND idempotency_key = ?", (None, "k")).fetchall()
     assert any("sweeps_owner_idempotency" in row[-1] for row in plan), plan
@@ -256,10 +257,10 @@ def test_a_version_3_store_upgrades_keeping_its_sweeps_and_accepts_keys(tmp_path
     write_store_at_version(  # what the previous release wrote: migrations 1 to 3
         path, 3, "INSERT INTO sweeps (id, status, created_at, request, base, keep, n_points, owner) "
                  "VALUES ('s', 'queued', '2026-01-01T00:00:00.000000Z', x'7b7d', x'7b7d', 'summary', 0, 'alice')")
-    jobs = JobStore(path)
+    jobs = JobStore(Database(path))
     try:
-        sweeps = SweepStore(jobs)
-        assert jobs._conn().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 4
+        sweeps = SweepStore(jobs.db)
+        assert jobs.db.connection().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 4
         old = sweeps.get("s")
         assert (old.status, old.owner, old.idempotency_key, old.request_hash) == ("queued", "alice", None, None)
         mine, created = sweeps.create_or_get(b"{}", b"{}", "summary", _points(1), "alice", request_hash="h",
@@ -273,7 +274,7 @@ def test_a_version_3_store_upgrades_keeping_its_sweeps_and_accepts_keys(tmp_path
         assert sweeps.create_or_get(b"{}", b"{}", "summary", _points(1), "bob", request_hash="h",
                                     idempotency_key="k")[1]
     finally:
-        jobs.close()
+        jobs.db.close()
 
 
 # ------------------------------------------------------------------------------------------------

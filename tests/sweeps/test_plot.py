@@ -8,7 +8,7 @@ import copy
 import orjson
 import pytest
 
-from service.convert import build_simulation
+from service.build import build_run
 from service.dynamics.simulate import simulate
 from service.grid import apply_params, point_summary
 from service.plots import render_sweep_plot
@@ -28,7 +28,7 @@ LEGEND_GREY = "#333333"  # the colour of the legend's style samples (matplotlib 
 def run_point(base: dict, params: dict) -> dict:
     """The point's real summary and outcome, as service.jobs.sweeps stores them."""
     request = SimulationRequest.model_validate(apply_params(base, params))
-    spec = build_simulation(request)
+    spec = build_run(request)
     traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
     return {"outcome": traj.outcome, "summary": orjson.loads(orjson.dumps(point_summary(traj)))}
 

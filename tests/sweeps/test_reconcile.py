@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from service.jobs import sweeps as sweeps_module
+from service.jobs.database import Database
 from service.jobs.store import JobStore
 from service.jobs.sweeps import SweepEngine
 from service.jobs.sweeps_store import SweepStore
@@ -84,8 +85,8 @@ def cluster():
 
 @pytest.fixture
 def env(cluster, tmp_path):
-    jobs = JobStore(tmp_path / "dlnsim.sqlite3")
-    store = SweepStore(jobs)
+    jobs = JobStore(Database(tmp_path / "dlnsim.sqlite3"))
+    store = SweepStore(jobs.db)
     # The engine stand-in: the SweepEngine only uses its Dask client. Chunks of 2 points: a 4-point sweep
     # is 2 chunks, one per worker thread.
     client = CountingClient(cluster.client)
@@ -93,7 +94,7 @@ def env(cluster, tmp_path):
                          task=fake_chunk)
     yield types.SimpleNamespace(store=store, sweeps=engine, client=client, run=cluster.loop.run)
     cluster.loop.run(engine.close())
-    jobs.close()
+    jobs.db.close()
 
 
 def make(env, n: int = 4) -> str:

@@ -5,21 +5,23 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from service.jobs.store import SCHEMA_VERSION, JobStore, compress_result
+from service.jobs.database import SCHEMA_VERSION, Database
+from service.jobs.store import JobStore
 from service.jobs.sweeps_store import SweepStore
-from tests.store_versions import write_store_at_version
+from tests.support.store_versions import write_store_at_version
+from tests.support.trajectories import packed
 
 
 @pytest.fixture
 def jobs(tmp_path):
-    store = JobStore(tmp_path / "dlnsim.sqlite3")
+    store = JobStore(Database(tmp_path / "dlnsim.sqlite3"))
     yield store
-    store.close()
+    store.db.close()
 
 
 @pytest.fixture
 def sweeps(jobs):
-    return SweepStore(jobs)
+    return SweepStore(jobs.db)
 
 
 def make(sweeps: SweepStore, n: int = 3, keep: str = "summary"):
@@ -36,13 +38,13 @@ def test_version_1_store_is_migrated_and_keeps_its_jobs(tmp_path):
     write_store_at_version(  # what the first release wrote: migration 1 only
         path, 1, "INSERT INTO jobs (id, status, created_at, request, request_hash) "
                  "VALUES ('j', 'queued', '2026-01-01T00:00:00.000000Z', x'7b7d', 'h')")
-    jobs = JobStore(path)
+    jobs = JobStore(Database(path))
     try:
-        assert jobs._conn().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+        assert jobs.db.connection().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
         assert jobs.get("j").status == "queued"
-        assert make(SweepStore(jobs)).n_points == 3
+        assert make(SweepStore(jobs.db)).n_points == 3
     finally:
-        jobs.close()
+        jobs.db.close()
 
 
 def test_created_sweep_and_its_points_are_queued(sweeps):
@@ -88,19 +90,19 @@ def test_sweep_with_a_failed_point_fails_when_the_rest_finish(sweeps):
 
 def test_finished_points_are_not_pending_after_reopening(tmp_path):
     path = tmp_path / "dlnsim.sqlite3"
-    jobs = JobStore(path)
-    sweeps = SweepStore(jobs)
+    jobs = JobStore(Database(path))
+    sweeps = SweepStore(jobs.db)
     row = make(sweeps, 4)
     sweeps.mark_points_running(row.id, [0, 1, 2])
     sweeps.finish_points(row.id, [done(0), done(2)])
-    jobs.close()
-    jobs = JobStore(path)  # a restart
+    jobs.db.close()
+    jobs = JobStore(Database(path))  # a restart
     try:
-        reopened = SweepStore(jobs)
+        reopened = SweepStore(jobs.db)
         assert [r.id for r in reopened.unfinished()] == [row.id]
         assert [k for k, _, _ in reopened.pending_points(row.id)] == [1, 3]  # running or queued
     finally:
-        jobs.close()
+        jobs.db.close()
 
 
 def test_cancel_keeps_finished_points_and_is_final(sweeps):
@@ -117,17 +119,17 @@ def test_cancel_keeps_finished_points_and_is_final(sweeps):
 
 def test_kept_trajectory_round_trips(sweeps):
     row = make(sweeps, 1, keep="trajectories")
-    document = orjson.dumps({"time": [0.0, 1.0]})
-    sweeps.finish_points(row.id, [done(0, trajectory=compress_result(document))])
+    sweeps.finish_points(row.id, [done(0, trajectory=packed({"time": [0.0, 1.0]}))])
     assert sweeps.point(row.id, 0).has_trajectory
-    assert sweeps.trajectory(row.id, 0) == document
+    with sweeps.open_trajectory(row.id, 0) as stored:
+        assert stored.get("time").tolist() == [0.0, 1.0]
 
 
 def test_delete_removes_points_and_trajectories(sweeps, jobs):
     row = make(sweeps, 2, keep="trajectories")
-    sweeps.finish_points(row.id, [done(0, trajectory=compress_result(b"{}"))])
+    sweeps.finish_points(row.id, [done(0, trajectory=packed({}))])
     assert sweeps.delete(row.id)
-    conn = jobs._conn()
+    conn = jobs.db.connection()
     assert conn.execute("SELECT count(*) FROM sweep_points").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM sweep_trajectories").fetchone()[0] == 0
     assert not sweeps.delete(row.id)

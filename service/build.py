@@ -1,0 +1,214 @@
+"""Request → the core's objects: the one crossing from the HTTP contract into ``service.dynamics``.
+
+    spec = admit_simulation(request, limits)       # the API, before queueing: every check, the limits first
+    spec = build_run(request, max_flow_steps)      # the worker, to run it: the same objects, no limit checks
+    traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
+
+Both raise DynamicsError (field, fix) for the API's 422. No web imports; deterministic, so the worker builds exactly
+what the API validated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.dynamics import network
+from service.dynamics.errors import DynamicsError
+from service.dynamics.init import initial_weights
+from service.dynamics.methods import Exact, GradientDescent, GradientFlow, Method
+from service.dynamics.presets import build_preset
+from service.dynamics.problem import Problem, problem_from_correlations, problem_from_data, with_test
+from service.dynamics.record import RecordSchedule
+from service.dynamics.simulate import preflight
+from service.limits import (
+    Limits,
+    check_data_limits,
+    check_request_limits,
+    check_shape_limits,
+    check_trajectory_size,
+    preset_params,
+)
+from service.schemas import (
+    AlignedInit,
+    CorrelationsData,
+    DatasetData,
+    ExactTraining,
+    GivenInit,
+    GradientDescentTraining,
+    GradientFlowTraining,
+    GradientsRequest,
+    HeldOutDataset,
+    LambdaBalancedInit,
+    SimulationRequest,
+)
+
+
+class UnstableLearningRateError(DynamicsError):
+    """A GD learning rate above the stability bound, without training.allow_unstable."""
+
+    code = "unstable_learning_rate"
+
+
+
+@dataclass(frozen=True)
+class GradientsSpec:
+    """What ``network.vector_field`` needs, validated: the problem, the weights (float64), γ."""
+
+    problem: Problem
+    weights: list[np.ndarray]
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class SimulationSpec:
+    """Everything ``simulate`` needs, validated."""
+
+    problem: Problem
+    weights0: list[np.ndarray]
+    method: Method
+    record: RecordSchedule
+    dtype: str
+
+
+
+# ------------------------------------------------------------------------------------------------
+# building
+
+
+def _rename_preset_field(exc: DynamicsError) -> DynamicsError:
+    """The core names preset fields data.params.<p> and data.preset; our request has them inline."""
+    field = tuple(exc.field)
+    if field[:2] == ("data", "params"):
+        exc.field = ("data", *field[2:])
+    elif field == ("data", "preset"):
+        exc.field = ("data", "name")
+    return exc
+
+
+def build_problem(request: SimulationRequest | GradientsRequest) -> Problem:
+    """The core's problem of ``request.data``, with its held-out statistics when ``data.test`` is given."""
+    data = request.data
+    if isinstance(data, DatasetData):
+        problem = problem_from_data(data.x, data.y)
+    elif isinstance(data, CorrelationsData):
+        problem = problem_from_correlations(data.sigma11, data.sigma31, data.sigma33)
+    else:
+        try:
+            problem = build_preset(data.name, preset_params(data))
+        except DynamicsError as exc:
+            raise _rename_preset_field(exc) from None
+    test = getattr(data, "test", None)
+    if test is None:
+        return problem
+    prefix = ("data", "test")
+    if isinstance(test, HeldOutDataset):
+        held_out = problem_from_data(test.x, test.y, field_prefix=prefix)
+    else:
+        held_out = problem_from_correlations(test.sigma11, test.sigma31, test.sigma33, field_prefix=prefix)
+    return with_test(problem, held_out, field_prefix=prefix)
+
+
+def build_init_params(request: SimulationRequest) -> dict[str, Any]:
+    """The keyword parameters of ``initial_weights`` for the request's init (scheme excluded)."""
+    init = request.init
+    if isinstance(init, GivenInit):
+        return {"weights": init.weights}
+    if isinstance(init, AlignedInit):
+        return {"strength": init.strength, "seed": init.seed}
+    if isinstance(init, LambdaBalancedInit):
+        return {"lam": init.lam, "scale": init.scale, "seed": init.seed}
+    return {"scale": init.scale, "seed": init.seed}
+
+
+def build_method(request: SimulationRequest, max_flow_steps: int | None = None) -> Method:
+    """The core's method; ``max_flow_steps`` caps a flow run's integrator steps (``GradientFlow.max_steps``)."""
+    t = request.training
+    if isinstance(t, GradientDescentTraining):
+        return GradientDescent(learning_rate=t.learning_rate, steps=t.steps, weight_decay=t.weight_decay,
+                               stop_at_convergence=t.stop_at_convergence)
+    if isinstance(t, GradientFlowTraining):
+        return GradientFlow(t_max=t.t_max, rtol=t.rtol, atol=t.atol, weight_decay=t.weight_decay,
+                            max_steps=max_flow_steps, stop_at_convergence=t.stop_at_convergence)
+    if isinstance(t, ExactTraining):
+        return Exact(t_max=t.t_max, weight_decay=t.weight_decay)
+    raise TypeError(f"unknown training method {type(t).__name__}")
+
+
+def build_record(request: SimulationRequest) -> RecordSchedule:
+    rec = request.record
+    return RecordSchedule(points=rec.points, spacing=rec.spacing,
+                          times=tuple(rec.times) if rec.times is not None else None, weights=rec.weights,
+                          similarity=rec.similarity, kernel=rec.kernel)
+
+
+def check_learning_rate(problem: Problem, depth: int, training: GradientDescentTraining) -> None:
+    """GD with η above ``gd_stability_bound`` cannot settle at the minimum (reference §5d): refuse it
+    unless the caller asked for the unstable run (its divergence is then reported as the outcome)."""
+    if training.allow_unstable:
+        return
+    bound = network.gd_stability_bound(problem, depth, training.weight_decay)
+    if training.learning_rate > bound:
+        raise UnstableLearningRateError(
+            f"learning_rate {training.learning_rate:g} is above the stability bound {bound:.6g} for this task "
+            f"and depth {depth}: gradient descent would diverge or oscillate",
+            field=("training", "learning_rate"),
+            fix=f"use a learning_rate below {bound:.6g} (with proportionally more steps), "
+                "or set training.allow_unstable to true to simulate the divergence")
+
+
+def admit_simulation(request: SimulationRequest, limits: Limits) -> SimulationSpec:
+    """Validate ``request`` completely, as the API does before queueing it; raise DynamicsError naming the field.
+
+    The service's size limits come first, from the request alone where possible (so an oversized request is
+    refused before anything large is allocated), then every check of the run itself: data (shapes, finiteness,
+    symmetric PSD Σ11/Σ33), network widths, init parameters, record times within the run, the GD stability bound
+    and the exact method's conditions. A flow run's integrator steps are capped at ``limits.max_steps``.
+    """
+    check_request_limits(request, limits)
+    problem = build_problem(request)
+    hidden = list(request.network.hidden)
+    shapes = network.layer_shapes(problem.n_in, hidden, problem.n_out)
+    check_shape_limits(problem.n_in, problem.n_out, hidden, ("data",), ("data",), limits)
+    check_trajectory_size(request, shapes, problem, limits)
+    return _simulation_spec(request, problem, len(shapes), limits.max_steps)
+
+
+def build_run(request: SimulationRequest, max_flow_steps: int | None = None) -> SimulationSpec:
+    """The core's inputs for a request the API admitted, as a worker builds them to run it (no limit checks: they
+    held at admission; the run's own checks run again and give the same answer). ``max_flow_steps`` caps a flow
+    run's integrator steps (``GradientFlow.max_steps``)."""
+    problem = build_problem(request)
+    return _simulation_spec(request, problem, len(request.network.hidden) + 1, max_flow_steps)
+
+
+def _simulation_spec(request: SimulationRequest, problem: Problem, depth: int,
+                     max_flow_steps: int | None) -> SimulationSpec:
+    weights0 = initial_weights(problem, list(request.network.hidden), request.init.scheme,
+                               **build_init_params(request))
+    method = build_method(request, max_flow_steps)
+    record = build_record(request)
+    if isinstance(request.training, GradientDescentTraining):
+        check_learning_rate(problem, depth, request.training)
+    # The core's own checks of everything simulate() would refuse: method parameters, record times
+    # outside the run, and for method exact whether a closed form applies (check_exact).
+    preflight(problem, weights0, method, record, dtype=request.dtype)
+    return SimulationSpec(problem, weights0, method, record, request.dtype)
+
+
+def build_gradients(request: GradientsRequest, limits: Limits) -> GradientsSpec:
+    """Validate a POST /v1/gradients request like a simulation's data and given init; raise DynamicsError.
+
+    The network's widths are those of the weights (input→output, as ``init.weights``): hidden width k is
+    the number of rows of weights[k], so the limits and shape errors name ``weights[k]``.
+    """
+    hidden = [len(w) for w in request.weights[:-1]]
+    check_data_limits(request.data, hidden, limits, hidden_field=("weights",))
+    problem = build_problem(request)
+    shapes = network.layer_shapes(problem.n_in, hidden, problem.n_out)
+    check_shape_limits(problem.n_in, problem.n_out, hidden, ("data",), ("data",), limits, hidden_field=("weights",))
+    weights = network.check_weights(request.weights, shapes, field=("weights",))
+    return GradientsSpec(problem, weights, float(request.weight_decay))
+

@@ -1,0 +1,424 @@
+"""The trajectory codec: one field table (``service.schemas.trajectory.TRAJECTORY_FIELDS``) → stored arrays, the JSON
+document, the .npz archive.
+
+    arrays = arrays_of(trajectory)                 # the core's Trajectory as named arrays (worker side)
+    blob = pack(arrays)                            # what the store keeps: compressed binary arrays
+    stored = StoredTrajectory(reader_of(blob))     # API side: reads only the arrays it is asked for
+    body = to_json(select(stored, fields=["time", "loss"], every=10))
+
+A trajectory is stored as binary arrays, never as JSON text, so ``?fields=``, .npz and plots decompress only what
+they use and never parse float text; the JSON document is printed from the arrays (orjson's numpy path, which
+prints the shortest repr that round-trips, as for Python floats, and null for a non-finite value).
+
+Stored layout (codec ``ARRAYS``): ``MAGIC``, a little-endian uint32 header length, a JSON header
+``{"arrays": [{"name", "dtype", "shape", "offset", "size"}], "scalars": {name: value}}``, then one zstd frame per
+array (with its content checksum) at the header's offsets, relative to the end of the header. An array's bytes are
+byte-shuffled before compression (all first bytes of its values, then all second bytes, …): float mantissas that
+differ only in their low bytes then compress well (see bench/results.md for the sizes against JSON text). Frames are
+compressed on several threads (zstd releases the GIL). The earlier layout, the JSON document compressed as one zstd
+frame (codec ``JSON_ZSTD``), is still read.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import orjson
+import zstandard
+
+from service.schemas.trajectory import FIELD_BY_NAME, MEMBERS, OBJECTS, TRAJECTORY_FIELDS, TrajectoryField
+
+ARRAYS = "arrays-zstd-1"
+JSON_ZSTD = "zstd"
+MAGIC = b"DLNSIMT1"
+_LEVEL = 1  # the fastest level: levels 3 and 9 saved under 1 % more on shuffled float64 (bench/results.md)
+_THREADS = max(1, min(os.cpu_count() or 1, 8))
+
+Value = np.ndarray | str | bool | int | float | None
+Arrays = dict[str, Value]
+
+
+class CorruptTrajectory(ValueError):
+    """Stored bytes that do not decode: a bad header, a frame that fails its checksum, sizes that disagree."""
+
+
+# ------------------------------------------------------------------------------------------------
+# the core's Trajectory -> named arrays
+
+
+def array_names(field: TrajectoryField, value: Any) -> list[tuple[str, Any]]:
+    """(name, value) of a field's value: one pair, or one per layer for a layered field."""
+    if field.layered:
+        return [(f"{field.name}_{l}", v) for l, v in enumerate(value)]
+    return [(field.name, value)]
+
+
+def _as_field_dtype(field: TrajectoryField, value: Any) -> Value:
+    if field.kind == "scalar":
+        if field.dtype == "str":
+            return str(value)
+        if field.dtype == "bool":
+            return bool(value)
+        if field.dtype == "int64":
+            return int(value)
+        value = float(value)
+        return value if np.isfinite(value) else None
+    return np.ascontiguousarray(value, dtype=np.dtype(field.dtype))
+
+
+def arrays_of(trajectory: Any) -> Arrays:
+    """Every recorded quantity of a core Trajectory by name (absent quantities left out), in the table's order."""
+    out: Arrays = {}
+    for field in TRAJECTORY_FIELDS:
+        value = field.source(trajectory)
+        if value is None:
+            continue
+        for name, v in array_names(field, value):
+            v = _as_field_dtype(field, v)
+            if v is not None:
+                out[name] = v
+    return out
+
+
+def field_of(name: str) -> TrajectoryField:
+    """The table's field of an array name (``weights_2`` → the ``weights`` field)."""
+    if name in FIELD_BY_NAME:
+        return FIELD_BY_NAME[name]
+    base, _, layer = name.rpartition("_")
+    if layer.isdigit() and base in FIELD_BY_NAME and FIELD_BY_NAME[base].layered:
+        return FIELD_BY_NAME[base]
+    raise KeyError(name)
+
+
+# ------------------------------------------------------------------------------------------------
+# storage: pack and read
+
+
+def _shuffle(a: np.ndarray) -> bytes:
+    raw = a.reshape(-1).view(np.uint8)
+    return raw.tobytes() if a.itemsize == 1 else raw.reshape(-1, a.itemsize).T.tobytes()
+
+
+def _unshuffle(data: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if dtype.itemsize > 1:
+        raw = raw.reshape(dtype.itemsize, count).T
+    return np.ascontiguousarray(raw).view(dtype).reshape(shape)
+
+
+def pack(arrays: Mapping[str, Value]) -> bytes:
+    """The stored form of named arrays and scalars (module docstring); frames compressed on several threads."""
+    names = [n for n, v in arrays.items() if isinstance(v, np.ndarray)]
+    scalars = {n: v for n, v in arrays.items() if not isinstance(v, np.ndarray)}
+
+    def compress(name: str) -> bytes:
+        a = arrays[name]
+        return zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True).compress(_shuffle(a))
+
+    if len(names) > 1 and sum(arrays[n].nbytes for n in names) > 1 << 20:
+        with ThreadPoolExecutor(_THREADS) as pool:
+            frames = list(pool.map(compress, names))
+    else:
+        frames = [compress(n) for n in names]
+    entries, offset = [], 0
+    for name, frame in zip(names, frames, strict=True):
+        a = arrays[name]
+        entries.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset,
+                        "size": len(frame)})
+        offset += len(frame)
+    header = orjson.dumps({"arrays": entries, "scalars": scalars})
+    return b"".join([MAGIC, struct.pack("<I", len(header)), header, *frames])
+
+
+Reader = Callable[[int, int], bytes]  # read(offset, size) -> exactly those bytes
+
+
+def reader_of(blob: bytes) -> Reader:
+    view = memoryview(blob)
+    return lambda offset, size: bytes(view[offset:offset + size])
+
+
+class StoredTrajectory:
+    """A stored trajectory opened for reading: the header at once, each array when asked for (``get``).
+
+    ``read(offset, size)`` reads the stored bytes (from memory, or an SQLite blob without loading the rest), and
+    ``length`` is their total size. Raises CorruptTrajectory when the bytes do not decode.
+    """
+
+    def __init__(self, read: Reader, length: int) -> None:
+        self._read = read
+        head = read(0, len(MAGIC) + 4)
+        if len(head) != len(MAGIC) + 4 or head[:len(MAGIC)] != MAGIC:
+            raise CorruptTrajectory("not a stored trajectory (bad magic)")
+        (header_size,) = struct.unpack("<I", head[len(MAGIC):])
+        self._base = len(MAGIC) + 4 + header_size
+        try:
+            header = orjson.loads(read(len(MAGIC) + 4, header_size))
+            self._entries = {e["name"]: e for e in header["arrays"]}
+            self._scalars: dict[str, Value] = dict(header["scalars"])
+            end = max((e["offset"] + e["size"] for e in self._entries.values()), default=0)
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CorruptTrajectory(f"unreadable header: {exc}") from None
+        if self._base + end != length:
+            raise CorruptTrajectory(f"{length} bytes stored, the header describes {self._base + end}")
+
+    @property
+    def names(self) -> list[str]:
+        """Every stored name (arrays and scalars): the table's in its order, then any others."""
+        present = set(self._entries) | set(self._scalars)
+        known = _table_order(present)
+        return known + sorted(present - set(known))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries or name in self._scalars
+
+    def get(self, name: str) -> Value:
+        """The array or scalar ``name`` (None when not stored)."""
+        if name in self._scalars:
+            return self._scalars[name]
+        entry = self._entries.get(name)
+        if entry is None:
+            return None
+        frame = self._read(self._base + entry["offset"], entry["size"])
+        try:
+            data = zstandard.ZstdDecompressor().decompress(frame)
+            return _unshuffle(data, np.dtype(entry["dtype"]), tuple(entry["shape"]))
+        except (zstandard.ZstdError, ValueError) as exc:
+            raise CorruptTrajectory(f"array {name}: {exc}") from None
+
+
+class JSONTrajectory:
+    """A trajectory stored by earlier versions as its JSON document (codec ``JSON_ZSTD``), read as named arrays."""
+
+    def __init__(self, document: Mapping[str, Any]) -> None:
+        self._values: Arrays = {}
+        for field in TRAJECTORY_FIELDS:
+            value: Any = document
+            for key in field.path:
+                value = None if value is None else value.get(key)
+            if value is None:
+                continue
+            if field.layered:  # per time, per layer → one (T, …) array per layer
+                value = [[per_time[l] for per_time in value] for l in range(len(value[0]) if value else 0)]
+            for name, v in array_names(field, value):
+                if field.kind != "scalar":
+                    v = np.array(v, dtype=np.float64 if field.dtype == "float64" else np.dtype(field.dtype))
+                self._values[name] = _as_field_dtype(field, v)
+
+    @property
+    def names(self) -> list[str]:
+        return _table_order(set(self._values))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+    def get(self, name: str) -> Value:
+        return self._values.get(name)
+
+
+Stored = StoredTrajectory | JSONTrajectory
+
+
+def open_stored(read: Reader, length: int, codec: str, size: int | None = None) -> Stored:
+    """The stored trajectory of either codec: ``ARRAYS``, or the earlier ``JSON_ZSTD`` whose document must
+    decompress to ``size`` bytes."""
+    if codec == ARRAYS:
+        return StoredTrajectory(read, length)
+    if codec == JSON_ZSTD:
+        try:
+            text = zstandard.ZstdDecompressor().decompress(read(0, length))
+            if size is not None and len(text) != size:
+                raise CorruptTrajectory(f"{len(text)} bytes instead of {size}")
+            return JSONTrajectory(orjson.loads(text))
+        except (zstandard.ZstdError, orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+            if isinstance(exc, CorruptTrajectory):
+                raise
+            raise CorruptTrajectory(str(exc)) from None
+    raise CorruptTrajectory(f"unknown codec {codec!r}")
+
+
+def _table_order(names: set[str]) -> list[str]:
+    order = []
+    for field in TRAJECTORY_FIELDS:
+        if field.layered:
+            layers = sorted(int(n.rpartition("_")[2]) for n in names
+                            if n.startswith(field.name + "_") and n.rpartition("_")[2].isdigit()
+                            and n.rpartition("_")[0] == field.name)
+            order += [f"{field.name}_{l}" for l in layers]
+        elif field.name in names:
+            order.append(field.name)
+    return order
+
+
+# ------------------------------------------------------------------------------------------------
+# selection: ?fields= and ?every=
+
+
+class SelectionError(ValueError):
+    """A bad ``fields`` or ``every`` value; ``field`` names the query parameter."""
+
+    def __init__(self, message: str, *, field: str, fix: str) -> None:
+        super().__init__(message)
+        self.message, self.field, self.fix = message, field, fix
+
+
+def parse_fields(values: Iterable[str] | None) -> list[str] | None:
+    """``?fields=time,loss&fields=modes`` -> ["time", "loss", "modes"] (validated, order kept, no repeats)."""
+    if values is None:
+        return None
+    out: list[str] = []
+    for value in values:
+        for name in value.split(","):
+            name = name.strip()
+            if not name:
+                continue
+            if name not in MEMBERS:
+                raise SelectionError(f"the trajectory has no field {name!r}", field="fields",
+                                     fix=f"use a comma-separated list of {', '.join(MEMBERS)}")
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise SelectionError("fields is empty", field="fields", fix="name at least one field, e.g. fields=time,loss")
+    return out
+
+
+def record_indices(count: int, every: int) -> np.ndarray:
+    """Records 0, every, 2·every, … and always the last one (so the final state is never thinned away)."""
+    if every < 1:
+        raise SelectionError(f"every must be ≥ 1, got {every}", field="every", fix="give a positive integer")
+    idx = list(range(0, count, every))
+    if count and idx[-1] != count - 1:
+        idx.append(count - 1)
+    return np.asarray(idx, dtype=np.intp)
+
+
+def select(stored: Stored, fields: Sequence[str] | None = None,
+           every: int | None = None) -> Arrays:
+    """The named arrays of the members ``fields`` (all when None), every ``every``-th record; only those are read."""
+    wanted = set(fields or MEMBERS)
+    names = [n for n in _table_order(set(stored.names)) if field_of(n).member in wanted]
+    out: Arrays = {n: stored.get(n) for n in names}
+    if every is not None and every != 1:
+        time = out["time"] if "time" in out else stored.get("time")
+        idx = record_indices(len(time), every)
+        for name, value in out.items():
+            if field_of(name).kind == "record":
+                out[name] = value[idx]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# representations
+
+
+def _json_value(field: TrajectoryField, value: Value) -> Any:
+    if isinstance(value, np.ndarray) and value.dtype == np.float32:
+        return value.astype(np.float64)  # printed as the double it is, as the document always has
+    return value
+
+
+def document(arrays: Mapping[str, Value], members: Sequence[str] | None = None) -> dict[str, Any]:
+    """The Trajectory JSON document of named arrays (numpy arrays inside: print it with ``to_json``), with the
+    members ``members`` (default: those of which something is stored), each null when nothing of it is stored."""
+    present = {field_of(n).member for n in arrays}
+    members = [m for m in MEMBERS if m in present] if members is None else list(members)
+    out: dict[str, Any] = {}
+    for member in members:
+        fields = [f for f in TRAJECTORY_FIELDS if f.member == member]
+        if member in OBJECTS:
+            if not any(_stored(f, arrays) for f in fields):
+                out[member] = None
+                continue
+            out[member] = {f.path[1]: _member_value(f, arrays) for f in fields}
+        else:
+            (field,) = fields
+            out[member] = _member_value(field, arrays)
+    return out
+
+
+def _stored(field: TrajectoryField, arrays: Mapping[str, Value]) -> bool:
+    return (f"{field.name}_0" if field.layered else field.name) in arrays
+
+
+def _member_value(field: TrajectoryField, arrays: Mapping[str, Value]) -> Any:
+    if field.layered:
+        layers = [arrays[n] for n in _table_order(set(arrays)) if field_of(n) is field]
+        if not layers:
+            return None
+        layers = [_json_value(field, a) for a in layers]
+        return [[layer[t] for layer in layers] for t in range(len(layers[0]))]
+    return _json_value(field, arrays.get(field.name))
+
+
+def to_json(arrays: Mapping[str, Value], members: Sequence[str] | None = None) -> bytes:
+    """The JSON document (``document``) as bytes."""
+    return orjson.dumps(document(arrays, members), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def npz_arrays(arrays: Mapping[str, Value]) -> dict[str, np.ndarray]:
+    """The .npz members: every array and scalar by its name, floats as float64 (NaN where not finite)."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        if value is None:
+            continue
+        field = field_of(name)
+        if field.dtype == "str":
+            out[name] = np.array(value, dtype=np.str_)
+        elif field.dtype == "bool":
+            out[name] = np.array(bool(value))
+        else:
+            out[name] = np.asarray(value, dtype=np.dtype(field.dtype))
+    return out
+
+
+def to_npz(arrays: Mapping[str, Value]) -> bytes:
+    """An uncompressed .npz archive (the stored arrays are compressed already; zlib would cost seconds)."""
+    buf = io.BytesIO()
+    np.savez(buf, **npz_arrays(arrays))
+    return buf.getvalue()
+
+
+NPZ_LAYOUT = """\
+`Accept: application/x-npz` returns the trajectory as a NumPy `.npz` archive (uncompressed; read it with
+`numpy.load(io.BytesIO(body))`, no pickle needed). T is the number of records (after `every`), k = min(n_in, n_out).
+Every member of the JSON document is there under its name, the members of its objects as `<object>_<member>`, one
+array per layer for per-layer lists:
+
+| array | shape | dtype |
+|---|---|---|
+| `time` | (T,) | float64 |
+| `step` | (T,) | int64 (GD only) |
+| `loss` | (T,) | float64 (absent when Σ33 is unknown) |
+| `excess_loss`, `balance_drift`, `gradient_norm`, `distance_to_optimum` | (T,) | float64 |
+| `product` | (T, n_out, n_in) | float64 |
+| `weights_0` … `weights_{D-1}` | (T, rows_l, cols_l), input→output | float64 (when record.weights) |
+| `similarity` | (T, n_in, n_in) | float64 (when record.similarity) |
+| `test_loss` | (T,) | float64 (with data.test) |
+| `early_stopping_time`, `early_stopping_test_loss` | () | float64 (with data.test) |
+| `early_stopping_step` | () | int64 (with data.test, GD only) |
+| `loss_theory_loss`, `loss_theory_test_loss` | (T,) | float64 (where the loss theory applies) |
+| `loss_theory_model`, `loss_theory_assumptions` | () | str |
+| `loss_theory_exact` | () | bool |
+| `kernel_input_grams_0` … `kernel_input_grams_{D-2}` | (T, n_in, n_in) per hidden layer | float64 (record.kernel) |
+| `kernel_output_grams_0` … `_{D-2}` | (T, n_out, n_out) per hidden layer | float64 (record.kernel) |
+| `kernel_distance` | (T,) | float64 (when record.kernel) |
+| `modes_singular_values`, `modes_learning_time`, `modes_learning_time_theory` | (k,) | float64 |
+| `modes_strength`, `modes_theory` | (T, k) | float64 |
+| `modes_theory_model`, `modes_theory_assumptions` | () | str |
+| `modes_theory_exact` | () | bool |
+| `optimum_product` | (n_out, n_in) | float64 |
+| `optimum_loss`, `optimum_loss_without_sigma33` | () | float64 |
+| `optimum_rank` | () | int64 |
+| `outcome`, `method`, `stability_hint` | () | str |
+| `diverged_at_step` | () | int64 |
+
+A JSON null inside an array (a non-finite value) is NaN; a member that is null as a whole is left out, and so
+is every member not named by `fields`.
+"""

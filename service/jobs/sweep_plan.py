@@ -1,0 +1,221 @@
+"""Planning a sweep: parse the body, check its grid (or points), expand it and validate every point exactly as a
+single simulation is validated at admission (``build.admit_simulation`` with the service's limits), before anything
+is stored.
+
+    sweep, request_json, request_hash = canonical_sweep(body)      # cheap: a retry is recognised before the rest
+    validated = validate_parsed(sweep, request_json, request_hash, limits, max_points)
+
+An invalid point is a 422 whose field names where its value came from (``["grid", "init.scale", 2]``) or, for a
+problem of the base itself, ``["base", ...]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from service.build import admit_simulation
+from service.dynamics.errors import DynamicsError
+from service.grid import (
+    GridError,
+    apply_params,
+    describe_params,
+    expand_grid,
+    expand_points,
+    grid_size,
+    group_key,
+    non_finite,
+    overlapping,
+    remap_field,
+)
+from service.limits import Limits
+from service.problems import MAX_FIELD_ERRORS, ProblemError, field_error, one_field_problem
+from service.schemas import SimulationRequest, SweepRequest
+from service.schemas.validation import summarize, validation_field_errors
+
+
+@dataclass(frozen=True)
+class ValidatedSweep:
+    request_json: bytes                 # the canonical SweepRequest (base with defaults filled in)
+    base_json: bytes                    # the canonical base: what each point's values are applied to
+    keep: str
+    points: list[tuple[bytes, str]]     # (parameter values as JSON, group key), in index order
+    request_hash: str                   # sha256 of request_json: what an Idempotency-Key is checked against
+
+
+def parse_sweep(body: bytes) -> SweepRequest:
+    if not body.strip():
+        raise ProblemError(400, "malformed-json", "the request body is empty: send a SweepRequest JSON object",
+                           errors=[field_error([], "empty_body", "the request body is empty",
+                                               "send a SweepRequest JSON object (with curl: -d @sweep.json)")])
+    try:
+        return SweepRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        bad_json = next((e for e in errors if e["type"] == "json_invalid"), None)
+        if bad_json is not None:
+            message = bad_json["ctx"].get("error", "invalid JSON")
+            raise ProblemError(400, "malformed-json", f"the request body is not valid JSON: {message}",
+                               errors=[field_error([], "json_invalid", str(message),
+                                                   "send a valid JSON document (check quotes, commas, brackets)")]
+                               ) from None
+        fields = []
+        for err in errors[:MAX_FIELD_ERRORS]:
+            loc = tuple(err.get("loc", ()))
+            if loc[:1] == ("base",):  # the base's union tags are stripped as for a SimulationRequest
+                for fe in validation_field_errors([err], prefix_len=1):
+                    fields.append(field_error(["base", *fe["field"]], fe["code"], fe["message"], fe["fix"]))
+            elif loc[-1:] == ("[key]",):  # a grid or point key that is not a parameter path
+                path = list(loc[:-1])
+                fields.append(field_error(path, "invalid_parameter_path", f"{loc[-2]!r} is not a parameter path",
+                                          "name a field with dotted names, e.g. init.scale, "
+                                          "training.learning_rate, network.hidden or network.hidden.0"))
+            else:
+                fields += validation_field_errors([err])
+        raise ProblemError(422, "validation-error", summarize(fields, len(errors)), errors=fields) from None
+
+
+def _check_shape(sweep: SweepRequest, max_points: int) -> int:
+    """Exactly one of grid/points, no overlapping paths, finite values, size within the limit."""
+    if sweep.grid is not None and sweep.points is not None:
+        raise one_field_problem(422, "validation-error", ["points"], "grid_and_points",
+                                 "give either a grid or a list of points, not both",
+                                 "remove points (to sweep the grid's product) or grid (to run the listed points)")
+    if sweep.grid is None and sweep.points is None:
+        # Not "missing": neither field is required on its own (the schema says "one of the two" with oneOf).
+        raise one_field_problem(422, "validation-error", ["grid"], "grid_or_points_missing",
+                                 "a sweep needs a grid (axes whose product is swept) or a list of points",
+                                 'add e.g. "grid": {"init.scale": [0.001, 0.1]}')
+    if sweep.grid is not None:
+        pair = overlapping(list(sweep.grid))
+        if pair:
+            raise one_field_problem(422, "validation-error", ["grid", pair[1]], "overlapping_parameters",
+                                     f"axes {pair[0]!r} and {pair[1]!r} set the same field",
+                                     "keep one of the two axes")
+        for path, values in sweep.grid.items():
+            for i, value in enumerate(values):
+                if non_finite(value):
+                    raise one_field_problem(422, "validation-error", ["grid", path, i], "finite_number",
+                                             "NaN and Infinity are not allowed", "give finite numbers")
+        size = grid_size(sweep.grid)
+        if size > max_points:
+            lengths = " × ".join(str(len(v)) for v in sweep.grid.values())
+            raise one_field_problem(
+                422, "limit-exceeded", ["grid"], "limit_exceeded",
+                f"the grid has {size} points (axis lengths {lengths}), above this service's limit of "
+                f"{max_points} points per sweep (DLNSIM_MAX_SWEEP_POINTS)",
+                "use fewer values per axis, or split the sweep into several sweeps")
+        return size
+    for k, point in enumerate(sweep.points):
+        pair = overlapping(list(point))
+        if pair:
+            raise one_field_problem(422, "validation-error", ["points", k, pair[1]], "overlapping_parameters",
+                                     f"{pair[0]!r} and {pair[1]!r} set the same field", "keep one of the two")
+        for path, value in point.items():
+            if non_finite(value):
+                raise one_field_problem(422, "validation-error", ["points", k, path], "finite_number",
+                                         "NaN and Infinity are not allowed", "give finite numbers")
+    if len(sweep.points) > max_points:
+        raise one_field_problem(
+            422, "limit-exceeded", ["points"], "limit_exceeded",
+            f"{len(sweep.points)} points, above this service's limit of {max_points} points per sweep "
+            "(DLNSIM_MAX_SWEEP_POINTS)", "split the sweep into several sweeps")
+    return len(sweep.points)
+
+
+def _dynamics_slug(code: str) -> str:
+    return {"limit_exceeded": "limit-exceeded", "unstable_learning_rate": "unstable-learning-rate"}.get(
+        code, "invalid-simulation")
+
+
+def _trajectory_values(request: SimulationRequest, spec: Any) -> int:
+    """Numbers in a point's trajectory: per record the network map, two per mode and a few scalars, plus
+    every layer with record.weights (what DLNSIM_MAX_TRAJECTORY_VALUES bounds for one simulation)."""
+    rec = request.record
+    records = len(rec.times) + 1 if rec.times is not None else rec.points
+    n_out, n_in = spec.problem.n_out, spec.problem.n_in
+    per_record = n_out * n_in + 2 * min(n_out, n_in) + 8
+    if rec.weights:
+        per_record += sum(int(w.shape[0]) * int(w.shape[1]) for w in spec.weights0)
+    return records * per_record
+
+
+def canonical_sweep(body: bytes) -> tuple[SweepRequest, bytes, str]:
+    """Body -> (sweep, canonical JSON, sha256 of it), or ProblemError (400, or 422 for the schema).
+
+    The canonical JSON is the parsed SweepRequest with defaults filled in (in the base too): what is
+    stored and what GET returns. Equal sweeps written differently (spacing, the base's key order, explicit
+    defaults, 2 vs 2.0 in a float field of the base) hash the same; the grid's axis order does not, since
+    it orders the points. Cheap next to validating the points, so a retry is recognised before that.
+    """
+    sweep = parse_sweep(body)
+    request_json = sweep.__pydantic_serializer__.to_json(sweep, by_alias=True)
+    return sweep, request_json, hashlib.sha256(request_json).hexdigest()
+
+
+def validate_sweep(body: bytes, limits: Limits, max_points: int) -> ValidatedSweep:
+    """Body -> the stored form of the sweep, after validating every point as a single simulation;
+    raises ProblemError (422 naming the grid entry, point or base field to fix)."""
+    return validate_parsed(*canonical_sweep(body), limits, max_points)
+
+
+def validate_parsed(sweep: SweepRequest, request_json: bytes, request_hash: str, limits: Limits,
+                    max_points: int) -> ValidatedSweep:
+    """``validate_sweep`` for a body already through ``canonical_sweep``."""
+    _check_shape(sweep, max_points)
+    base_json = sweep.base.__pydantic_serializer__.to_json(sweep.base, by_alias=True)
+    base = orjson.loads(base_json)
+    expanded = expand_grid(sweep.grid) if sweep.grid is not None else expand_points(sweep.points)
+
+    errors: list[dict] = []
+    seen: set[tuple] = set()
+    slug = None
+    total = 0
+
+    def add(k: int, params: dict, field: list, code: str, message: str, fix: str, kind: str) -> None:
+        nonlocal slug, total
+        total += 1
+        key = (tuple(map(str, field)), code)
+        if key in seen or len(errors) >= MAX_FIELD_ERRORS:
+            return
+        seen.add(key)
+        slug = slug or kind
+        errors.append(field_error(field, code, f"point {k} ({describe_params(params)}): {message}", fix))
+
+    points: list[tuple[bytes, str]] = []
+    kept_values = 0  # numbers in all kept trajectories (keep: trajectories)
+    for k, (params, origin) in enumerate(expanded):
+        try:
+            point = apply_params(base, params, origin)
+            request = SimulationRequest.model_validate_json(orjson.dumps(point))
+            spec = admit_simulation(request, limits)
+        except GridError as exc:
+            add(k, params, exc.field, exc.code, exc.message, exc.fix, "validation-error")
+            continue
+        except ValidationError as exc:
+            for fe in validation_field_errors(exc.errors(include_url=False)[:MAX_FIELD_ERRORS]):
+                add(k, params, remap_field(fe["field"], params, origin), fe["code"], fe["message"], fe["fix"],
+                    "validation-error")
+            continue
+        except DynamicsError as exc:
+            add(k, params, remap_field(exc.field, params, origin), exc.code, exc.message,
+                exc.fix or "see the message", _dynamics_slug(exc.code))
+            continue
+        if not errors:
+            points.append((orjson.dumps(params), group_key(spec)))
+            kept_values += _trajectory_values(request, spec)
+    if errors:
+        detail = summarize(errors, total)
+        raise ProblemError(422, slug or "validation-error", detail, errors=errors)
+    if sweep.keep == "trajectories" and kept_values > limits.max_trajectory_values:
+        raise one_field_problem(
+            422, "limit-exceeded", ["keep"], "limit_exceeded",
+            f"keeping every point's trajectory would store about {kept_values} numbers, above this service's "
+            f"limit of {limits.max_trajectory_values} (DLNSIM_MAX_TRAJECTORY_VALUES)",
+            'use keep: "summary" (the results rows), fewer points, or fewer record points')
+    return ValidatedSweep(request_json, base_json, sweep.keep, points, request_hash)
+
