@@ -16,17 +16,23 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from threadpoolctl import threadpool_limits
 
 # Import the engines first: the GD kernel loads the BLAS it calls (numpy's OpenBLAS, or scipy's on its
 # portable path), and the thread pin below only reaches libraries already loaded.
 from service.dynamics import gd_loop
 
-from . import sweeps
 from . import service as through_service
-from .common import (BLAS_SETTLE_SECONDS, MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD, Context, environment,
-                     table, use_service_malloc_settings)
+from . import sweeps
+from .common import (
+    BLAS_SETTLE_SECONDS,
+    MALLOC_MMAP_THRESHOLD,
+    MALLOC_TRIM_THRESHOLD,
+    Context,
+    environment,
+    table,
+    use_service_malloc_settings,
+)
 from .exact import exact_cost
 from .recording import analysis_recording_overhead
 from .stepping import gd_recording_overhead, gd_speed, gd_speed_float32, gd_vs_torch

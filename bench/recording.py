@@ -6,13 +6,12 @@ fraction of a whole run: ``simulate`` (the GD steps and every derived quantity) 
 
 from __future__ import annotations
 
-
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from service.dynamics.generalization import early_stopping, test_loss
-from service.dynamics.ntk import kernel_record
 from service.dynamics.methods import GradientDescent
+from service.dynamics.ntk import kernel_record
 from service.dynamics.problem import Problem, with_test
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate

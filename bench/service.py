@@ -172,7 +172,7 @@ def in_process(body: bytes, threads: int):
     """A function running ``body`` in this process as a worker would (``task.simulate_request``: validation,
     building, stepping on ``threads`` BLAS threads, trajectory, compression), returning its wall time."""
     from service.dynamics.methods import Hooks
-    from service.jobs.task import simulate_request
+    from service.jobs.tasks import simulate_request
 
     hooks = Hooks(blas_threads=lambda: threads)
 

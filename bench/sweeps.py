@@ -164,7 +164,11 @@ class Cluster:
         import dask
         from distributed import Client, LocalCluster
 
-        from service.jobs.engine import WORKER_SATURATION, embedded_worker_plugin, pre_spawn_environ
+        from service.jobs.cluster import (
+            WORKER_SATURATION,
+            embedded_worker_plugin,
+            pre_spawn_environ,
+        )
 
         # The embedded engine's worker environment (BLAS pinned to 1 thread, glibc's adaptive malloc kept)
         with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn_environ(1),

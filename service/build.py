@@ -20,7 +20,12 @@ from service.dynamics.errors import DynamicsError
 from service.dynamics.init import initial_weights
 from service.dynamics.methods import Exact, GradientDescent, GradientFlow, Method
 from service.dynamics.presets import build_preset
-from service.dynamics.problem import Problem, problem_from_correlations, problem_from_data, with_test
+from service.dynamics.problem import (
+    Problem,
+    problem_from_correlations,
+    problem_from_data,
+    with_test,
+)
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import preflight
 from service.limits import (

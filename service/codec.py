@@ -32,7 +32,13 @@ import numpy as np
 import orjson
 import zstandard
 
-from service.schemas.trajectory import FIELD_BY_NAME, MEMBERS, OBJECTS, TRAJECTORY_FIELDS, TrajectoryField
+from service.schemas.trajectory import (
+    FIELD_BY_NAME,
+    MEMBERS,
+    OBJECTS,
+    TRAJECTORY_FIELDS,
+    TrajectoryField,
+)
 
 ARRAYS = "arrays-zstd-1"
 JSON_ZSTD = "zstd"

@@ -15,7 +15,13 @@ from typing import Any
 
 from service.dynamics.errors import DynamicsError, FieldPath
 from service.dynamics.problem import Problem
-from service.schemas import CorrelationsData, DatasetData, GradientDescentTraining, HeldOutDataset, SimulationRequest
+from service.schemas import (
+    CorrelationsData,
+    DatasetData,
+    GradientDescentTraining,
+    HeldOutDataset,
+    SimulationRequest,
+)
 
 
 class LimitExceededError(DynamicsError):

@@ -26,14 +26,19 @@ from service.api.access import (
 from service.api.body_limit import BodySizeLimitMiddleware
 from service.api.errors import install_error_handlers
 from service.api.security import SecurityHeadersMiddleware
+from service.jobs.database import Database
 from service.jobs.engine import Engine
 from service.jobs.retention import RetentionTask
-from service.jobs.database import Database
 from service.jobs.store import JobStore
-from service.jobs.sweeps import SweepEngine
 from service.jobs.submission import Simulations, Sweeps
+from service.jobs.sweep_engine import SweepEngine
 from service.jobs.sweeps_store import SweepStore
-from service.schemas import GradientsRequest, ProblemDetails, SimulationRequest, SweepRequest
+from service.schemas import (
+    GradientsRequest,
+    ProblemDetails,
+    SimulationRequest,
+    SweepRequest,
+)
 from service.settings import Settings, get_settings
 
 try:

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import gd_loop
-from .gd_loop import RUNNING, STATUS
 from .errors import DynamicsError, InvalidParameterError
 from .gd import (
     BLOWUP_RATIO,
@@ -49,6 +48,7 @@ from .gd import (
     plan_order,
     scratch_for,
 )
+from .gd_loop import RUNNING, STATUS
 from .methods import GradientDescent, Hooks, Method
 from .problem import Problem
 from .record import RecordSchedule

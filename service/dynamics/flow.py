@@ -35,10 +35,17 @@ from scipy.integrate import DOP853
 
 from . import gd_loop
 from .errors import InvalidParameterError, WorkLimitError
-from .gd import DTYPES, HookClock, Layout, blas_threads_for, blowup_threshold, layout_of, plan_order
+from .gd import (
+    DTYPES,
+    HookClock,
+    Layout,
+    blas_threads_for,
+    blowup_threshold,
+    layout_of,
+    plan_order,
+)
 from .methods import CONVERGENCE_RTOL, GradientFlow, Hooks, RunResult
 from .problem import Problem
-
 
 # Converged when ‖∇L‖ ≤ max(CONVERGENCE_RTOL, FLOW_CONVERGENCE_FACTOR·rtol)·‖Σ31‖_F (module docstring).
 FLOW_CONVERGENCE_FACTOR = 1e3

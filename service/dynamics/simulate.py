@@ -19,16 +19,21 @@ from . import gd_loop, network
 from .errors import ExactNotApplicableError, InvalidParameterError
 from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
-from .generalization import early_stopping, test_loss
-from .ntk import check_kernel, kernel_record
-from .theory import loss_theory
 from .gd import Layout, plan_order, run_gd
+from .generalization import early_stopping, test_loss
 from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult
-from .modes import excess_loss, measured_learning_times, mode_basis, mode_strengths, optimum
+from .modes import (
+    excess_loss,
+    measured_learning_times,
+    mode_basis,
+    mode_strengths,
+    optimum,
+)
+from .ntk import check_kernel, kernel_record
 from .problem import Problem, least_squares
 from .record import RecordSchedule
 from .similarity import check_similarity, item_similarity, symmetric
-from .theory import theory_overlay
+from .theory import loss_theory, theory_overlay
 from .trajectory import ModeReport, Trajectory
 
 DTYPES = {"float64": np.float64, "float32": np.float32}

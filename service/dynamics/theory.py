@@ -38,12 +38,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import exact as ex
-from .generalization import mode_loss_theory
-from .trajectory import LossTheory
 from .exact import riccati
+from .generalization import mode_loss_theory
 from .methods import Exact, GradientDescent, GradientFlow
 from .modes import bottleneck, mode_basis, mode_strengths, optimum
 from .problem import Problem
+from .trajectory import LossTheory
 
 # Σ11 within this relative distance of c·I still gets the (approximate) per-mode overlay: the mode coupling
 # through Σ11 − cI is then a ≤10 % perturbation of the rates. Beyond it no per-mode picture is offered.

@@ -4,7 +4,8 @@ run on workers."""
 from .database import CorruptResultError, Database, InvalidPageToken
 from .engine import Engine
 from .store import JobRow, JobStore
-from .task import JobCancelled, JobFailed, run_simulation
+from .tasks import run_simulation
+from .worker import JobCancelled, JobFailed
 
 __all__ = ["CorruptResultError", "Database", "Engine", "InvalidPageToken", "JobCancelled", "JobFailed", "JobRow",
            "JobStore", "run_simulation"]

@@ -28,7 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.codec import CorruptTrajectory, JSONTrajectory, StoredTrajectory, open_stored
+from service.codec import (
+    CorruptTrajectory,
+    JSONTrajectory,
+    StoredTrajectory,
+    open_stored,
+)
 from service.status import ACTIVE, STATUSES, TERMINAL, sql_in
 
 _STATUS_CHECK = f"CHECK (status IN {sql_in(STATUSES)})"

@@ -33,7 +33,12 @@ from service.grid import (
     remap_field,
 )
 from service.limits import Limits
-from service.problems import MAX_FIELD_ERRORS, ProblemError, field_error, one_field_problem
+from service.problems import (
+    MAX_FIELD_ERRORS,
+    ProblemError,
+    field_error,
+    one_field_problem,
+)
 from service.schemas import SimulationRequest, SweepRequest
 from service.schemas.validation import summarize, validation_field_errors
 

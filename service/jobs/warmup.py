@@ -62,7 +62,7 @@ def _warm_batch() -> None:
 
 def warm_up() -> float:
     """Run every warm-up request in this process; return the seconds it took."""
-    from .task import simulate_request
+    from .tasks import simulate_request
 
     start = time.perf_counter()
     for request in WARMUP_REQUESTS:

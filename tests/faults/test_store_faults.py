@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from service.jobs import engine as engine_module
+from service.jobs import runner as engine_module
 from service.jobs.database import CorruptResultError, Database, StorageFullError
 from service.jobs.store import JobStore
 from tests.faults.conftest import PageCapDisk, integrity

@@ -12,7 +12,7 @@ import time
 import orjson
 
 from service import codec
-from service.jobs.task import JobCancelled, JobFailed, start_attempt
+from service.jobs.worker import JobCancelled, JobFailed, start_attempt
 
 SLEEP = 0.02
 
@@ -38,7 +38,7 @@ def sleepy_task(job_id: str, request_json: bytes) -> tuple[str, bytes]:
 
 def dispatch_task(job_id: str, request_json: bytes) -> tuple[str, bytes]:
     """{"fake": {...}} runs sleepy_task on the inner object; anything else is a real simulation."""
-    from service.jobs.task import run_simulation
+    from service.jobs.tasks import run_simulation
 
     request = orjson.loads(request_json)
     if isinstance(request, dict) and "fake" in request:

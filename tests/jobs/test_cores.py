@@ -74,13 +74,13 @@ def test_a_killed_workers_slot_is_free_at_once(tmp_path):
 
 
 def test_fixed_blas_threads_setting_turns_sharing_off(monkeypatch):
-    from service.jobs import task
+    from service.jobs import worker
 
     monkeypatch.setenv("DLNSIM_BLAS_THREADS", "3")
-    with task.shared_cores() as blas_threads:
+    with worker.shared_cores() as blas_threads:
         assert blas_threads is None
     monkeypatch.setenv("DLNSIM_BLAS_THREADS", "auto")
-    with task.shared_cores() as blas_threads:
+    with worker.shared_cores() as blas_threads:
         assert blas_threads() >= 1
 
 

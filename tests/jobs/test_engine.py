@@ -25,6 +25,7 @@ from service import codec
 from service.jobs.database import Database
 from service.jobs.engine import Engine
 from service.jobs.store import JobStore
+from service.settings import Settings
 from tests.jobs.fake_tasks import dispatch_task
 from tests.support.trajectories import stored_arrays, stored_blob
 from tests.waiting import wait_until as _wait_until
@@ -61,7 +62,8 @@ class LoopThread:
 
 
 def settings(**overrides):
-    return types.SimpleNamespace(**{"scheduler": None, "workers": 2, "blas_threads": "auto", **overrides})
+    """The engine's settings for these tests: two embedded workers at the service's own priority."""
+    return Settings(**{"scheduler": None, "workers": 2, "blas_threads": "auto", "worker_nice": 0, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +273,7 @@ def test_embedded_workers_run_without_dasks_sampling_profiler_also_after_a_resta
 
 
 def test_embedded_scheduler_hands_each_worker_thread_one_task_at_a_time(env):
-    from service.jobs.engine import WORKER_SATURATION
+    from service.jobs.cluster import WORKER_SATURATION
 
     assert WORKER_SATURATION == 1.0
     assert env.engine.cluster.scheduler.WORKER_SATURATION == WORKER_SATURATION
@@ -365,7 +367,7 @@ def warm(env) -> tuple[int, int]:
 
 
 def test_every_worker_warms_up_and_then_runs_a_gd_job_without_compiling(env):
-    from service.jobs.task import simulate_request
+    from service.jobs.tasks import simulate_request
 
     assert warm(env) == (2, 2)
     client = env.engine.client
@@ -399,7 +401,7 @@ def share_while_holding(seconds: float) -> tuple[int, int, float | None]:
     import time
 
     from service.jobs.cores import host_cores
-    from service.jobs.task import shared_cores
+    from service.jobs.worker import shared_cores
 
     with shared_cores() as blas_threads:
         time.sleep(seconds / 2)

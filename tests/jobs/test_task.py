@@ -8,13 +8,14 @@ import orjson
 import pytest
 
 from service import codec
-from service.jobs.task import (
+from service.jobs.tasks import run_simulation
+from service.jobs.worker import (
+    PROGRESS_TOPIC,
     JobCancelled,
     JobFailed,
-    _Reporter,
-    _StopFlag,
+    Reporter,
+    StopFlag,
     cancel_event_name,
-    run_simulation,
 )
 
 
@@ -84,7 +85,7 @@ class FakeWorker:
 
 def test_progress_is_reported_at_most_once_per_interval():
     worker = FakeWorker()
-    report = _Reporter(worker, "job", interval=3600.0)
+    report = Reporter(worker, PROGRESS_TOPIC, {"job": "job"}, interval=3600.0)
     for i in range(100):
         report(i / 100)
     assert worker.events == [("dlnsim-progress", {"job": "job", "progress": 0.0})]
@@ -100,14 +101,14 @@ class CountingEvent:
 
 
 def test_stop_flag_asks_the_scheduler_at_most_once_per_interval():
-    flag = _StopFlag("job", interval=3600.0)
+    flag = StopFlag("job", interval=3600.0)
     flag.event = CountingEvent(False)
     assert not any(flag() for _ in range(100))
     assert flag.event.calls == 1
 
 
 def test_stop_flag_stays_true_once_seen():
-    flag = _StopFlag("job", interval=0.0)
+    flag = StopFlag("job", interval=0.0)
     flag.event = CountingEvent(True)
     assert flag() and flag()
     assert flag.event.calls == 1
@@ -115,4 +116,4 @@ def test_stop_flag_stays_true_once_seen():
 
 
 def test_stop_flag_outside_a_worker_is_false():
-    assert not _StopFlag("job", interval=0.0)()
+    assert not StopFlag("job", interval=0.0)()

@@ -14,7 +14,7 @@ SCRIPT = r"""
 import json, sys
 import numba, orjson
 from service.jobs.warmup import warm_up
-from service.jobs.task import simulate_request
+from service.jobs.tasks import simulate_request
 from service.dynamics.batch import SweepPoint, simulate_batch
 from service.build import build_run
 from service.schemas import SimulationRequest

@@ -23,7 +23,7 @@ import httpx
 import orjson
 import pytest
 
-from service.jobs.task import SWEEP_PROGRESS_TOPIC
+from service.jobs.worker import SWEEP_PROGRESS_TOPIC
 from tests.e2e.conftest import ROOT, Server, free_port
 from tests.waiting import wait_until as _wait_until
 
@@ -224,7 +224,7 @@ def test_sweep_with_a_large_base_runs(client):
     through the scheduler with every chunk."""
     import numpy as np
 
-    from service.jobs.engine import SCATTER_BYTES
+    from service.jobs.runner import SCATTER_BYTES
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20_000, 4)).round(6)

@@ -13,7 +13,7 @@ from service.grid import (
     remap_field,
     split_path,
 )
-from service.jobs.sweeps import chunk_sizes
+from service.jobs.sweep_engine import chunk_sizes
 
 
 def test_grid_is_the_product_with_the_first_axis_slowest():

@@ -18,11 +18,12 @@ import types
 import orjson
 import pytest
 
-from service.jobs import sweeps as sweeps_module
+from service.jobs import runner as runner_module
 from service.jobs.database import Database
 from service.jobs.store import JobStore
-from service.jobs.sweeps import SweepEngine
+from service.jobs.sweep_engine import SweepEngine
 from service.jobs.sweeps_store import SweepStore
+from service.settings import Settings
 from tests.jobs.test_engine import LoopThread
 from tests.waiting import wait_until as _wait_until
 
@@ -90,7 +91,7 @@ def env(cluster, tmp_path):
     # The engine stand-in: the SweepEngine only uses its Dask client. Chunks of 2 points: a 4-point sweep
     # is 2 chunks, one per worker thread.
     client = CountingClient(cluster.client)
-    engine = SweepEngine(types.SimpleNamespace(sweep_chunk_size=2), store, types.SimpleNamespace(client=client),
+    engine = SweepEngine(Settings(sweep_chunk_size=2), store, types.SimpleNamespace(client=client),
                          task=fake_chunk)
     yield types.SimpleNamespace(store=store, sweeps=engine, client=client, run=cluster.loop.run)
     cluster.loop.run(engine.close())
@@ -201,7 +202,7 @@ def test_start_runs_the_unfinished_points_of_stored_sweeps(env):
 
 
 def test_reconcile_loop_submits_a_sweep_stored_after_start(env, monkeypatch):
-    monkeypatch.setattr(sweeps_module, "RECONCILE_SECONDS", FAST_RECONCILE)
+    monkeypatch.setattr(runner_module, "RECONCILE_SECONDS", FAST_RECONCILE)
     env.run(env.sweeps.start())
     sweep_id = make(env)  # stored but never submitted, as when the submit after the 202 was lost
     assert_every_point_succeeded(env, sweep_id)
@@ -210,7 +211,7 @@ def test_reconcile_loop_submits_a_sweep_stored_after_start(env, monkeypatch):
 
 
 def test_reconcile_loop_keeps_going_after_a_failing_pass(env, monkeypatch):
-    monkeypatch.setattr(sweeps_module, "RECONCILE_SECONDS", FAST_RECONCILE)
+    monkeypatch.setattr(runner_module, "RECONCILE_SECONDS", FAST_RECONCILE)
     env.run(env.sweeps.start())
     unfinished = fail_first(1, env.store.unfinished)
     monkeypatch.setattr(env.store, "unfinished", unfinished)

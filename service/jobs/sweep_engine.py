@@ -1,6 +1,6 @@
 """The sweep engine: runs a stored sweep's points on Dask in chunks and records them as chunks finish.
 
-    sweeps = SweepEngine(settings, SweepStore(job_store), engine)   # shares the Engine's Dask client
+    sweeps = SweepEngine(settings, SweepStore(db), engine)   # shares the Engine's Dask client
     await sweeps.start()            # after engine.start(): resubmits the points of unfinished sweeps,
                                     # then every RECONCILE_SECONDS any unfinished sweep not submitted
     await sweeps.submit(sweep_id)   # the sweep and its points are already in the store (queued)
@@ -14,17 +14,15 @@ worker gets work. One chunk is one Dask task (``run_sweep_chunk``) that calls ``
 Chunks run at priority -1: a single simulation submitted during a long sweep goes ahead of the chunks
 still waiting (Dask orders ready tasks by priority, then by submission).
 
-What is never lost or repeated:
+What is never lost or repeated (beside what ``runner`` says for both engines):
 * a chunk's points are written to the store in one transaction when the chunk finishes; on start,
   only points still queued or running are submitted again (finished points are never rerun);
 * every RECONCILE_SECONDS (the Engine's), a reconcile pass submits every unfinished sweep this process
   is not running: one whose submit failed after the POST answered 202 (store or scheduler briefly
   unreachable), or one whose chunk results could not be stored at all;
 * a chunk whose results the store refuses has its points failed with the reason (not rerun forever);
-* a worker that dies mid-chunk makes the scheduler rerun that chunk elsewhere (up to
-  ``distributed.scheduler.allowed-failures`` deaths, then its points fail with the reason); the
-  store's guarded transitions record every point once even if two runs of a chunk report back;
-* a chunk future cancelled by Dask itself (lost scheduler connection) is resubmitted.
+* the store's guarded transitions record every point once even if two runs of a chunk report back (a chunk
+  rerun after a worker death whose first run's result arrived too).
 
 Cancel: the store marks the sweep and its unfinished points cancelled at once, the sweep's cancel
 Event (the same per-job flag as simulations: ``cancel_event_name(sweep_id)``) is set so that running
@@ -34,7 +32,6 @@ chunks stop at their next check, and every chunk future is cancelled so that que
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import math
@@ -43,23 +40,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import (
-    CANCEL_FLAG_GRACE_SECONDS,
+from service.settings import Settings
+
+from .runner import (
     MAX_RESUBMITS,
-    RECONCILE_SECONDS,
     SCATTER_BYTES,
-    _describe,
-    write_when_space,
+    Runner,
+    describe,
+    failure_problem,
+    settle,
 )
-from .sweeps_store import SweepStore
-from .task import (
-    SWEEP_PROGRESS_TOPIC,
-    JobCancelled,
-    cancel_event_name,
-    internal_problem,
-    run_sweep_chunk,
-    sweep_chunk_key,
-)
+from .sweeps_store import SweepRow, SweepStore
+from .tasks import run_sweep_chunk
+from .worker import SWEEP_PROGRESS_TOPIC, internal_problem, sweep_chunk_key
 
 log = logging.getLogger("dlnsim.sweeps")
 
@@ -92,12 +85,14 @@ class _Sweep:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class SweepEngine:
+class SweepEngine(Runner):
     """Submits stored sweeps as chunk tasks on the Engine's Dask client and records what they return."""
 
-    def __init__(self, settings: Any, store: SweepStore, engine: Any, *,
+    what = "sweeps"
+
+    def __init__(self, settings: Settings, store: SweepStore, engine: Any, *,
                  task: Callable[..., list[dict[str, Any]]] = run_sweep_chunk) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.store = store
         self.engine = engine
         self._task = task
@@ -106,8 +101,6 @@ class SweepEngine:
         self._watchers: dict[str, asyncio.Task] = {}
         self._progress: dict[str, float] = {}       # chunk key -> fraction done (running chunks)
         self._cancelled: set[str] = set()
-        self._background: set[asyncio.Task] = set()
-        self._closing = False
         self._subscribed = False
 
     @property
@@ -142,22 +135,10 @@ class SweepEngine:
             count += await self._submit_row(row)
         return count
 
-    async def _reconcile_forever(self) -> None:
-        while not self._closing:
-            await asyncio.sleep(RECONCILE_SECONDS)  # read each round: tests shorten it
-            try:
-                await self.reconcile()
-            except Exception:  # noqa: BLE001 - e.g. the store briefly unreadable: try again next round
-                log.exception("looking for unsubmitted sweeps failed")
-
     async def close(self) -> None:
         """Stop watching. Unfinished points stay queued or running in the store and are submitted
         again by the next start; the Dask client belongs to the Engine, which closes it."""
-        self._closing = True
-        tasks = [*self._watchers.values(), *self._background]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stop_background(*self._watchers.values())
         if self._subscribed and self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic(SWEEP_PROGRESS_TOPIC)
@@ -185,7 +166,7 @@ class SweepEngine:
         except Exception:  # noqa: BLE001 - only sizes the chunks
             return 1
 
-    async def _submit_row(self, row) -> bool:
+    async def _submit_row(self, row: SweepRow) -> bool:
         """Submit the sweep's unfinished points as chunks; True if any chunk was handed to the cluster.
         Never raises (but on cancel): a failure before the chunks exist is logged and drops the claim,
         so that the next reconcile pass tries again."""
@@ -218,7 +199,7 @@ class SweepEngine:
             self._submit_chunk(key, chunk)
         return True
 
-    async def _plan(self, row, sweep: _Sweep) -> list[_Chunk]:
+    async def _plan(self, row: SweepRow, sweep: _Sweep) -> list[_Chunk]:
         """The chunks of the sweep's points still to run (none if every point has finished)."""
         pending = await asyncio.to_thread(self.store.pending_points, row.id)
         if not pending:  # every point finished but the sweep was not closed (a lost race with its last chunk)
@@ -234,7 +215,7 @@ class SweepEngine:
         chunks = []
         for items in groups.values():
             start = 0
-            for size in chunk_sizes(len(items), workers, getattr(self.settings, "sweep_chunk_size", 128)):
+            for size in chunk_sizes(len(items), workers, self.settings.sweep_chunk_size):
                 part = items[start:start + size]
                 start += size
                 chunks.append(_Chunk(row.id, [k for k, _ in part], part))
@@ -250,7 +231,7 @@ class SweepEngine:
         except Exception as exc:  # noqa: BLE001 - never lose points silently
             log.exception("submitting chunk %s failed", key)
             self._spawn(self._chunk_failed(key, chunk, internal_problem(
-                f"The sweep's points could not be submitted: {_describe(exc)}")))
+                f"The sweep's points could not be submitted: {describe(exc)}")))
             return
         self._watchers[key] = asyncio.create_task(self._watch(key, chunk, chunk.future), name=f"watch-{key}")
 
@@ -262,10 +243,7 @@ class SweepEngine:
         self._cancelled.add(sweep_id)
         sweep = self._sweeps.get(sweep_id)
         if self.client is not None:
-            try:
-                await self._event(sweep_id).set()
-            except Exception:  # noqa: BLE001 - the store already says cancelled; the rest is wasted work
-                log.exception("setting the cancel flag of sweep %s failed", sweep_id)
+            await self._set_flag(sweep_id)
             if sweep is not None:
                 futures = [self._chunks[k].future for k in sweep.chunks if self._chunks[k].future is not None]
                 with contextlib.suppress(Exception):
@@ -294,22 +272,19 @@ class SweepEngine:
     # -- completion ----------------------------------------------------------------------------------
 
     async def _watch(self, key: str, chunk: _Chunk, future) -> None:
-        resubmit = False
         try:
-            try:
-                results = await future
-            except asyncio.CancelledError:
-                raise  # closing
-            except concurrent.futures.CancelledError:
-                resubmit = chunk.sweep_id not in self._cancelled
-                if resubmit:
-                    log.warning("Dask cancelled sweep chunk %s: resubmitting", key)
-            except JobCancelled:
-                pass  # the store already has the sweep's unfinished points cancelled
-            except Exception as exc:  # noqa: BLE001 - record why these points ended
-                await self._record_chunk(chunk, self.store.fail_points, chunk.ks, _failure_problem(exc))
-            else:
-                await self._record_chunk(chunk, self.store.finish_points, results)
+            settled = await settle(future)
+            # Dropped by Dask itself (e.g. the connection to the scheduler was lost): the points must run again.
+            resubmit = settled.kind == "dropped" and chunk.sweep_id not in self._cancelled
+            if resubmit:
+                log.warning("Dask cancelled sweep chunk %s: resubmitting", key)
+            elif settled.kind in ("failed", "crashed"):  # a chunk's own points fail inside its results
+                problem = settled.value if settled.kind == "failed" else failure_problem(
+                    settled.value, "these sweep points", "use keep: summary, fewer record points or smaller networks")
+                await self._record_chunk(chunk, self.store.fail_points, chunk.ks, problem)
+            elif settled.kind == "result":
+                await self._record_chunk(chunk, self.store.finish_points, settled.value)
+            # "cancelled": the store already has the sweep's unfinished points cancelled
         finally:
             self._watchers.pop(key, None)
             self._progress.pop(key, None)
@@ -337,8 +312,7 @@ class SweepEngine:
             await self._chunk_failed(key, chunk, internal_problem(
                 f"The cluster dropped this sweep chunk's task {chunk.resubmits} times (lost scheduler connection?)"))
             return
-        await asyncio.sleep(min(2.0 ** (chunk.resubmits - 1), 10.0))
-        if self._closing or chunk.sweep_id in self._cancelled:
+        if not await self._backoff(chunk.resubmits) or chunk.sweep_id in self._cancelled:
             self._chunk_done(key, chunk)
             return
         self._submit_chunk(key, chunk)
@@ -354,34 +328,25 @@ class SweepEngine:
         If that fails too (the store unreachable), the points stay unfinished and the first reconcile pass
         after the sweep's other chunks end runs them again."""
         try:
-            await write_when_space(write, chunk.sweep_id, *args, closing=lambda: self._closing,
-                                   what=f"sweep {chunk.sweep_id}'s points")
+            await self._write(write, chunk.sweep_id, *args, what=f"sweep {chunk.sweep_id}'s points")
         except Exception as exc:  # noqa: BLE001
             log.exception("recording sweep %s's points failed", chunk.sweep_id)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.store.fail_points, chunk.sweep_id, chunk.ks, internal_problem(
-                    f"The sweep points' results could not be stored: {_describe(exc)}"))
+                    f"The sweep points' results could not be stored: {describe(exc)}"))
 
     async def _record(self, write: Callable[..., Any], *args: Any) -> None:
         try:
             # A full disk: the chunk's results wait in memory until they can be stored.
-            await write_when_space(write, *args, closing=lambda: self._closing, what=f"sweep {args[0]}'s points")
+            await self._write(write, *args, what=f"sweep {args[0]}'s points")
         except Exception:  # noqa: BLE001 - a lost "running" mark: the chunk's outcome is recorded anyway
             log.exception("recording sweep points failed")
 
     # -- cancel flags and events -----------------------------------------------------------------------
 
-    def _event(self, sweep_id: str):
-        from distributed import Event
-
-        return Event(cancel_event_name(sweep_id), client=self.client)
-
     async def _clear_cancel_flag_later(self, sweep_id: str) -> None:
-        await asyncio.sleep(CANCEL_FLAG_GRACE_SECONDS)
+        await self._clear_flag_later(sweep_id)
         self._cancelled.discard(sweep_id)
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self._event(sweep_id).clear()
 
     def _on_event(self, event: tuple[float, Any]) -> None:
         """Handler of SWEEP_PROGRESS_TOPIC (on the event loop): mark a started chunk's points running,
@@ -397,18 +362,3 @@ class SweepEngine:
             self._spawn(self._record(self.store.mark_points_running, chunk.sweep_id, chunk.ks))
         elif isinstance(msg.get("progress"), int | float) and msg["chunk"] in self._watchers:
             self._progress[msg["chunk"]] = min(max(float(msg["progress"]), 0.0), 1.0)
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-
-def _failure_problem(exc: BaseException) -> dict[str, Any]:
-    from distributed.scheduler import KilledWorker
-
-    if isinstance(exc, KilledWorker):
-        return internal_problem(
-            "The worker process running these sweep points died on every retry (out of memory?): use "
-            "keep: summary, fewer record points or smaller networks, or give the workers more memory.")
-    return internal_problem(f"The sweep chunk crashed: {_describe(exc)}")

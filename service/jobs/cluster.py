@@ -1,0 +1,194 @@
+"""The Dask cluster the engines run on: the embedded LocalCluster (its workers' environment, priority, profiler)
+or a client of an external scheduler, and the worker plugins both get.
+
+    cluster, client = await connect(settings)     # cluster None for an external scheduler
+    await register_plugins(client, embedded=cluster is not None, nice=settings.worker_nice)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any
+
+from service.settings import Settings
+
+log = logging.getLogger("dlnsim.jobs")
+
+# Tasks the embedded scheduler hands a worker thread at a time (Dask's default is 1.1, i.e. 2 per thread). With
+# one, a worker that finishes early takes the next chunk instead of the slower one holding two, so a sweep's idle
+# tail is at most one chunk and a simulation submitted during a sweep waits for one running chunk only
+# (bench/results.md). It costs a scheduler round trip per task.
+WORKER_SATURATION = 1.0
+
+
+def worker_environment(blas_threads: int | str) -> dict[str, str | None]:
+    """Environment of the embedded workers, set before they spawn (BLAS reads it when it loads).
+
+    BLAS pools start with one thread ("auto": a job's stepping then takes its share of the cores, see
+    service/jobs/cores.py; a number: that many threads, fixed).
+    None unsets a variable of Dask's default ``distributed.nanny.pre-spawn-environ``: its
+    MALLOC_TRIM_THRESHOLD_=65536 switches off glibc's adaptive mmap threshold, so every array over 128 KiB
+    (a trajectory's record arrays) is a fresh mmap with page faults on first touch. Measured on a 256-point
+    (8,16,8) sweep chunk: 1.68M vs 1.97M simulation-steps/s in one process (−15 %), the gap between a Dask
+    worker and the same work in-process. Our workers hold no long-lived data that trimming would return.
+    """
+    n = "1" if blas_threads == "auto" else str(int(blas_threads))
+    return {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n,
+            "NUMBA_NUM_THREADS": n, "DLNSIM_BLAS_THREADS": str(blas_threads), "MALLOC_TRIM_THRESHOLD_": None}
+
+
+def pre_spawn_environ(blas_threads: int | str) -> dict[str, str | None]:
+    """Dask's ``distributed.nanny.pre-spawn-environ`` with ``worker_environment`` laid over it (the value to
+    set while a LocalCluster starts: the nanny reads it when it is created and keeps it for restarts)."""
+    import dask
+
+    return {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **worker_environment(blas_threads)}
+
+
+def renice_threads(nice: int) -> int:
+    """Lower every thread of this process to niceness ``nice`` (never raising a priority); returns how
+    many threads changed. Linux niceness is per thread and a new thread inherits its creator's, so the
+    threads a worker starts later (its task thread) run at ``nice`` too. Elsewhere, the process's."""
+    tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+    changed = 0
+    for tid in tids:
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+                changed += 1
+    return changed
+
+
+def stop_sampling_profiler(worker) -> None:
+    """Stop a Dask worker's statistical profiler (its "profile" and "profile-cycle" periodic callbacks).
+
+    Why: every 10 ms it takes the GIL on the worker's event-loop thread and walks the task thread's stack,
+    for a dashboard the embedded cluster does not serve (dashboard_address=None). Measured on a 2-worker
+    sweep of (8,16,8) nets: the worker processes used 1.82 CPUs, their task threads 1.73; without it the
+    sweep ran 2-3 % faster (bench/sweeps.py).
+    """
+    for name in ("profile", "profile-cycle"):
+        callback = worker.periodic_callbacks.pop(name, None)
+        if callback is not None:
+            callback.stop()
+
+
+def embedded_worker_plugin(nice: int):
+    """A Dask WorkerPlugin set up on each embedded worker, also one restarted after a crash: lowers its
+    threads to niceness ``nice`` (``renice_threads``) and stops its sampling profiler (``stop_sampling_profiler``).
+
+    Why renice: on a machine the API shares with its embedded workers (by default one per core), a busy
+    worker otherwise takes an equal share of a core from the API, and status reads queue behind numerics
+    (bench/load.py, 50 polling clients, both cores' workers busy: status-read p99 33.6 ms at nice 0, 15.2 ms
+    at nice 10, for 8 % less worker CPU). At nice 10 a worker still gets every core the API leaves idle.
+    A plugin rather than configuration: the nanny hands its worker a snapshot of Dask's configuration, so a
+    setting would have to be in place when each nanny is created; a plugin registered with the scheduler is
+    set up on every worker that joins, restarted ones included.
+    Defined here (not at module level) so importing the engine does not import distributed; cloudpickle
+    ships the class by value and the functions it calls by reference.
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class EmbeddedWorker(WorkerPlugin):
+        idempotent = True
+        name = "dlnsim-embedded-worker"
+
+        def __init__(self, nice: int) -> None:
+            self.nice = nice
+
+        def setup(self, worker) -> None:
+            renice_threads(self.nice)
+            stop_sampling_profiler(worker)
+
+    return EmbeddedWorker(nice)
+
+
+# A worker's warm-up state, kept as an attribute of the Dask Worker object: False while it runs, True after.
+WARM_ATTRIBUTE = "dlnsim_warm"
+
+
+def warm_up_plugin():
+    """A Dask WorkerPlugin that warms each worker up (``service.jobs.warmup.warm_up``: compiles or loads
+    every GD kernel, imports what a job imports) as it joins, restarted workers included.
+
+    Why a plugin: a joining worker sets up the scheduler's plugins before it handles its first task, so
+    a worker never starts a job cold. The warm-up runs in a thread: the worker's event loop keeps
+    answering the scheduler (heartbeats) and ``warm_workers``, which /readyz asks. Registered on the
+    embedded cluster and on an external one alike. A warm-up that fails is logged and the worker marked
+    warm anyway: its jobs then report the error themselves.
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class WarmUp(WorkerPlugin):
+        idempotent = True
+        name = "dlnsim-warm-up"
+
+        async def setup(self, worker) -> None:
+            if getattr(worker, WARM_ATTRIBUTE, False):
+                return
+            setattr(worker, WARM_ATTRIBUTE, False)
+            from service.jobs.warmup import warm_up
+
+            try:
+                seconds = await asyncio.to_thread(warm_up)
+                log.info("worker %s warmed up in %.1f s", worker.address, seconds)
+            except Exception:  # noqa: BLE001 - see the docstring
+                log.exception("warming up worker %s failed", worker.address)
+            setattr(worker, WARM_ATTRIBUTE, True)
+
+    return WarmUp()
+
+
+def worker_is_warm(dask_worker) -> bool:
+    """Run on a worker (``Client.run``): has it finished its warm-up?"""
+    return bool(getattr(dask_worker, WARM_ATTRIBUTE, False))
+
+
+async def start_local_cluster(settings: Settings):
+    """The embedded cluster: one single-threaded worker process per core (DLNSIM_WORKERS), on loopback."""
+    import dask
+    from distributed import LocalCluster
+
+    workers = settings.workers or os.cpu_count() or 1
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn_environ(settings.blas_threads),
+                          "distributed.scheduler.worker-saturation": WORKER_SATURATION}):
+        return await LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, asynchronous=True,
+            host="127.0.0.1", scheduler_port=0, dashboard_address=None,
+            # The scheduler always serves HTTP (health, metrics); a free port instead of 8787
+            # keeps it from colliding with the user's own Dask dashboard.
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.WARNING)
+
+
+async def connect(settings: Settings) -> tuple[Any, Any]:
+    """(cluster, client): a client of DLNSIM_SCHEDULER (cluster None), or of a new embedded cluster whose workers
+    run at lower CPU priority and without the sampling profiler (an external cluster's workers are its
+    operator's business)."""
+    from distributed import Client
+
+    if settings.scheduler:
+        return None, await Client(settings.scheduler, asynchronous=True, set_as_default=False)
+    cluster = await start_local_cluster(settings)
+    client = await Client(cluster, asynchronous=True, set_as_default=False)
+    nice = int(settings.worker_nice or 0)
+    await client.register_plugin(embedded_worker_plugin(min(os.getpriority(os.PRIO_PROCESS, 0) + nice, 19)))
+    return cluster, client
+
+
+async def register_warm_up(client) -> None:
+    """Register the warm-up plugin: it waits for every worker's warm-up, so run it in the background."""
+    try:
+        await client.register_plugin(warm_up_plugin())
+    except Exception:  # noqa: BLE001 - jobs still run, cold: they compile their kernels themselves
+        log.exception("registering the worker warm-up failed")
+
+
+async def disconnect(cluster, client) -> None:
+    for thing in (client, cluster):
+        if thing is not None:
+            with contextlib.suppress(Exception):
+                await thing.close()
