@@ -27,7 +27,7 @@ from service.api.body_limit import BodySizeLimitMiddleware
 from service.api.errors import install_error_handlers
 from service.api.security import SecurityHeadersMiddleware
 from service.jobs.database import Database
-from service.jobs.engine import Engine
+from service.jobs.engine import Engine, EngineProtocol
 from service.jobs.retention import RetentionTask
 from service.jobs.store import JobStore
 from service.jobs.submission import Simulations, Sweeps
@@ -86,7 +86,7 @@ def _add_component_schemas(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None, *,
-               engine_factory: Callable[[Settings, JobStore], Any] | None = None) -> FastAPI:
+               engine_factory: Callable[[Settings, JobStore], EngineProtocol] | None = None) -> FastAPI:
     """The app. ``engine_factory(settings, store)`` replaces the Dask engine (tests of HTTP behaviour)."""
     settings = settings or get_settings()
 

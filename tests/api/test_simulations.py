@@ -414,3 +414,10 @@ async def test_corrupt_stored_trajectory_is_a_500_problem_and_the_simulation_run
     # back in the queue and submitted (tests/faults/test_faults.py checks the rerun's trajectory)
     assert (await service.client.get(f"/v1/simulations/{sim['id']}")).json()["status"] == "queued"
     assert service.engine.submitted.count(sim["id"]) == 2
+
+
+async def test_the_http_tests_engine_double_has_the_engines_interface(service):
+    from service.jobs.engine import Engine, EngineProtocol
+
+    assert isinstance(service.engine, EngineProtocol)
+    assert issubclass(Engine, EngineProtocol)
