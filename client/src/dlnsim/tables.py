@@ -43,7 +43,7 @@ def _mode_column(template: str, i: int) -> str:
 def trajectory_frame(arrays: Mapping[str, np.ndarray]) -> pd.DataFrame:
     """One row per record, indexed by ``time``: the per-record scalars of ``ARRAYS`` that are present (``step``
     for GD), and the per-mode ones as ``<column>_1 … <column>_k``."""
-    pd = require("pandas", "pandas", "to_pandas()")
+    pandas = require("pandas", "pandas", "to_pandas()")
     columns: dict[str, np.ndarray] = {}
     for spec in ARRAYS:
         array = arrays.get(spec.name)
@@ -54,22 +54,25 @@ def trajectory_frame(arrays: Mapping[str, np.ndarray]) -> pd.DataFrame:
         elif spec.dims == ("time", "mode"):
             for mode in range(array.shape[1]):
                 columns[_mode_column(spec.column, mode + 1)] = array[:, mode]
-    index = pd.Index(arrays["time"], name="time") if "time" in arrays else None
-    return pd.DataFrame(columns, index=index)
+    index = pandas.Index(arrays["time"], name="time") if "time" in arrays else None
+    frame: pd.DataFrame = pandas.DataFrame(columns, index=index)
+    return frame
 
 
 def _attr_value(array: np.ndarray) -> str | int | float:
     value = array.item()
     if isinstance(value, bool | np.bool_):
         return int(value)
-    return value
+    if isinstance(value, str | int | float):
+        return value
+    return str(value)
 
 
 def trajectory_dataset(arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None = None) -> xr.Dataset:
     """The arrays as an xarray Dataset with the named dimensions of ``dlnsim.fields``: ``time`` (and ``step``
     for GD) and ``mode`` (1..k) as coordinates, strings and flags as attributes; ``attrs`` added to them
     (nested values as JSON text)."""
-    xr = require("xarray", "xarray", "to_xarray()")
+    xarray = require("xarray", "xarray", "to_xarray()")
     depth = depth_of(arrays)
     coords: dict[str, Any] = {}
     data_vars: dict[str, Any] = {}
@@ -91,7 +94,8 @@ def trajectory_dataset(arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any
     for key, value in (attrs or {}).items():
         if value is not None:
             out_attrs[key] = value if isinstance(value, str | int | float) else json.dumps(value)
-    return xr.Dataset(data_vars, coords=coords, attrs=out_attrs)
+    dataset: xr.Dataset = xarray.Dataset(data_vars, coords=coords, attrs=out_attrs)
+    return dataset
 
 
 # ------------------------------------------------------------------------------------------------
@@ -163,16 +167,16 @@ def _is_mode_column(name: str) -> bool:
 def sweep_frame(table: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
     """A flat results table (``sweep_table``'s, or a CSV's read by pandas) as a DataFrame indexed by ``point``,
     with the dtypes of ``SWEEP_DTYPES`` (per-mode columns float64; parameters as pandas infers them)."""
-    pd = require("pandas", "pandas", "Sweep.results()")
-    frame = pd.DataFrame({name: list(values) for name, values in table.items()})
+    pandas = require("pandas", "pandas", "Sweep.results()")
+    frame: pd.DataFrame = pandas.DataFrame({name: list(values) for name, values in table.items()})
     for name in frame.columns:
         kind = "float64" if _is_mode_column(name) else SWEEP_DTYPES.get(name)
         if kind == "datetime":
-            frame[name] = pd.to_datetime(frame[name], utc=True)
+            frame[name] = pandas.to_datetime(frame[name], utc=True)
         elif kind == "float64":
-            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
+            frame[name] = pandas.to_numeric(frame[name], errors="coerce").astype("float64")
         elif kind == "Int64":
-            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("Int64")
-        elif kind is not None:
-            frame[name] = frame[name].astype(kind)
+            frame[name] = pandas.to_numeric(frame[name], errors="coerce").astype("Int64")
+        elif kind == "string":
+            frame[name] = frame[name].astype("string")
     return frame.set_index(INDEX)
