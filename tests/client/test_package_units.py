@@ -77,6 +77,12 @@ def test_retry_after_reads_seconds_and_http_dates():
     assert parse_retry_after("soon") is None
 
 
+def test_a_failed_simulations_error_is_its_problem_as_problem_error():
+    failed = dlnsim.Simulation(http=None, document={"id": "x", "status": "failed", "error": PROBLEM})
+    assert isinstance(failed.error, ProblemError) and failed.error.errors[0].path == "data.sigma11[2]"
+    assert dlnsim.Simulation(http=None, document={"id": "y", "status": "succeeded", "error": None}).error is None
+
+
 # ------------------------------------------------------------------------------------------------
 # requests
 
@@ -123,6 +129,11 @@ def test_select_keeps_the_named_members_and_thins_only_per_record_arrays():
     assert sorted(selected) == ["modes_singular_values", "modes_strength", "time"]
     assert selected["time"].tolist() == [0.0, 3.0, 4.0]
     assert selected["modes_strength"].shape == (3, 2) and selected["modes_singular_values"].shape == (2,)
+
+
+def test_select_takes_fields_as_one_comma_separated_string():
+    arrays = {"time": np.arange(3.0), "loss": np.arange(3.0), "excess_loss": np.arange(3.0)}
+    assert sorted(select_arrays(arrays, "time,loss")) == ["loss", "time"]
 
 
 def test_to_pandas_without_pandas_names_the_extra(monkeypatch):

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["ARRAYS", "ArraySpec", "array_dims", "arrays_from_json", "depth_of", "record_indices", "select_arrays",
+__all__ = ["ARRAYS", "FRAME_MEMBERS", "ArraySpec", "array_dims", "arrays_from_json", "depth_of", "record_indices", "select_arrays",
            "spec_of"]
 
 Role = Literal["coord", "data", "attr"]
@@ -89,6 +89,10 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("loss_theory_exact", "loss_theory", (), role="attr"),
     ArraySpec("loss_theory_assumptions", "loss_theory", (), role="attr"),
 )
+
+# The trajectory members to_pandas needs (so a DataFrame of a large network does not download its matrices).
+FRAME_MEMBERS: tuple[str, ...] = tuple(dict.fromkeys(spec.member for spec in ARRAYS
+                                                     if spec.column is not None or spec.name == "time"))
 
 _EXACT = {spec.name: spec for spec in ARRAYS if "{l}" not in spec.name}
 _LAYERED = [(re.compile(re.escape(spec.name).replace(re.escape("{l}"), r"(\d+)") + "$"), spec)
@@ -194,10 +198,12 @@ def _member(name: str) -> str:
     return found[0].member if found else name
 
 
-def select_arrays(arrays: Mapping[str, np.ndarray], fields: Sequence[str] | None = None,
+def select_arrays(arrays: Mapping[str, np.ndarray], fields: Sequence[str] | str | None = None,
                   every: int | None = None) -> dict[str, np.ndarray]:
-    """The arrays of the members named by ``fields`` (all when None), per-record arrays thinned to every
-    ``every``-th record and the last."""
+    """The arrays of the members named by ``fields`` (names, or one comma-separated string; all when None),
+    per-record arrays thinned to every ``every``-th record and the last."""
+    if isinstance(fields, str):
+        fields = [fields]
     wanted = set(_split_fields(fields)) if fields is not None else None
     out = {name: a for name, a in arrays.items() if wanted is None or _member(name) in wanted}
     if every is None or every == 1 or "time" not in arrays:

@@ -7,13 +7,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import numpy as np
 
 from dlnsim import _wait
 from dlnsim._http import JSON, NPZ, SVG, Http
 from dlnsim.errors import ProblemError, parse_retry_after
 from dlnsim.events import Event, stream_events
-from dlnsim.fields import arrays_from_json, select_arrays
+from dlnsim.fields import FRAME_MEMBERS, arrays_from_json, select_arrays
 from dlnsim.plot import Figure
 from dlnsim.tables import sweep_frame, sweep_table, trajectory_dataset, trajectory_frame
 
@@ -32,7 +33,7 @@ def _fields_param(fields: Sequence[str] | str | None) -> str | None:
     return fields if isinstance(fields, str) else ",".join(fields)
 
 
-def load_arrays(response: Any) -> dict[str, np.ndarray]:
+def load_arrays(response: httpx.Response) -> dict[str, np.ndarray]:
     """A trajectory response's arrays: the .npz as served, or a JSON trajectory in the same layout."""
     media = response.headers.get("content-type", "").partition(";")[0].strip()
     if media == NPZ:
@@ -45,7 +46,8 @@ class _Trajectory(ABC):
     """What a simulation and a kept sweep point share: the trajectory as arrays, a DataFrame and a Dataset."""
 
     @abstractmethod
-    def trajectory(self, fields: Sequence[str] | None = None, every: int | None = None) -> dict[str, np.ndarray]:
+    def trajectory(self, fields: Sequence[str] | str | None = None,
+                   every: int | None = None) -> dict[str, np.ndarray]:
         """The trajectory's arrays."""
 
     @abstractmethod
@@ -57,7 +59,7 @@ class _Trajectory(ABC):
         gradient_norm, balance_drift, distance_to_optimum, kernel_distance, loss_theory, test_loss_theory (the
         ones recorded), ``step`` for GD, the mode strengths as ``strength_1 … strength_k`` and their theory as
         ``strength_theory_1 …``. Needs pandas (``pip install './client[pandas]'``)."""
-        return trajectory_frame(self.trajectory(every=every))
+        return trajectory_frame(self.trajectory(fields=FRAME_MEMBERS, every=every))
 
     def to_xarray(self, every: int | None = None) -> xr.Dataset:
         """The whole trajectory as an xarray Dataset with named dimensions (``dlnsim.fields`` lists them):
@@ -124,7 +126,7 @@ class Simulation(_Trajectory):
     def _path(self) -> str:
         return f"/v1/simulations/{self.id}"
 
-    def _update(self, response: Any) -> float | None:
+    def _update(self, response: httpx.Response) -> float | None:
         """Take the simulation from an answer; return the answer's Retry-After."""
         self.document = response.json()
         return parse_retry_after(response.headers.get("retry-after"))
@@ -153,7 +155,8 @@ class Simulation(_Trajectory):
 
     # -- results ------------------------------------------------------------------------------------
 
-    def trajectory(self, fields: Sequence[str] | None = None, every: int | None = None) -> dict[str, np.ndarray]:
+    def trajectory(self, fields: Sequence[str] | str | None = None,
+                   every: int | None = None) -> dict[str, np.ndarray]:
         """The trajectory as NumPy arrays (the ``.npz`` download): ``time``, ``loss``, ``product`` (T, n_out,
         n_in), ``modes_strength`` (T, k), … (``dlnsim.fields.ARRAYS`` lists them). ``fields`` keeps only those
         trajectory members (e.g. ``["time", "loss", "modes"]``), ``every=k`` every k-th record and the last.
@@ -188,7 +191,8 @@ class SweepPoint(_Trajectory):
     def __repr__(self) -> str:
         return f"<SweepPoint {self.index} of sweep {self.sweep.id}>"
 
-    def trajectory(self, fields: Sequence[str] | None = None, every: int | None = None) -> dict[str, np.ndarray]:
+    def trajectory(self, fields: Sequence[str] | str | None = None,
+                   every: int | None = None) -> dict[str, np.ndarray]:
         """The point's trajectory as NumPy arrays, in the layout of ``Simulation.trajectory`` (``fields`` and
         ``every`` as there). ProblemError 409 ``not-recorded`` for a sweep with ``"keep": "summary"``."""
         response = self.sweep._http.request("GET", f"{self.sweep._path}/points/{self.index}/trajectory",
@@ -248,7 +252,7 @@ class Sweep:
     def _path(self) -> str:
         return f"/v1/sweeps/{self.id}"
 
-    def _update(self, response: Any) -> float | None:
+    def _update(self, response: httpx.Response) -> float | None:
         self.document = response.json()
         return parse_retry_after(response.headers.get("retry-after"))
 
