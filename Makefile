@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The Python client (client/, `import dlnsim`) with every extra, for the tests; `make run` needs only the service.
+CLIENT_STAMP := $(VENV)/.client-installed
 
 .PHONY: run test fuzz bench load install openapi docker-check clean
 
@@ -15,12 +17,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m service.jobs.warmup
 	touch $(STAMP)
 
-install: $(STAMP)
+# editable: the tests import the client from this checkout's client/src
+$(CLIENT_STAMP): $(STAMP) client/pyproject.toml
+	$(PY) -m pip install --quiet -e './client[notebook]'
+	touch $(CLIENT_STAMP)
+
+install: $(STAMP) $(CLIENT_STAMP)
 
 run: $(STAMP)
 	$(PY) -m service
 
-test: $(STAMP)
+test: $(STAMP) $(CLIENT_STAMP)
 	$(PY) -m pytest
 
 openapi: $(STAMP)
