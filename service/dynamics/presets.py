@@ -74,7 +74,8 @@ def _one_hot_problem(y_items: np.ndarray, *, dense_sigma33: bool = True) -> Prob
 
     Built directly: these are exact moments of a dataset, so symmetric and jointly PSD by construction. The dataset
     itself, P samples x_i = e_i (the rows of I_P) with targets y_i = column i of ``y_items``, is kept for SGD
-    (``Problem.samples``; y is a read-only transposed view of ``y_items``, not a copy).
+    (``Problem.samples``; y is a read-only transposed view of ``y_items``, not a copy, so the problem keeps
+    ``y_items`` alive: as many numbers as Σ31, 160 MB at MAX_SAMPLED_ENTRIES; x is I_P, 8 MB at P = 1024).
     """
     n_features, p = y_items.shape
     sigma33 = (y_items @ y_items.T) / p if dense_sigma33 and n_features <= MAX_DENSE_SIGMA33_OUTPUTS else None
