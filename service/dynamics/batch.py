@@ -266,6 +266,7 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
     for j, p in enumerate(points):
         run = finish_run(p.method, layout, dt, rec[j, :nrec[j]], snap[j], w[j], state[j])
         with _point(index[j]):
-            out.append(build_trajectory(p.problem, weights0[j], p.method, p.record, run))
+            out.append(build_trajectory(p.problem, weights0[j], p.method, p.record, run,
+                                        between=progress.tick if progress.active else None))
         progress.tick()  # post-processing a large group takes a while: honour a stop request meanwhile
     return out

@@ -39,7 +39,7 @@ tolerance (1e-6: 40 products); it is not a few per cent of a run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, eigsh
@@ -182,16 +182,22 @@ class CompiledHessian:
                          np.ascontiguousarray(v, dtype=np.float64).reshape(-1), out)
         return out
 
-    def top_lanczos(self, flat: np.ndarray, v0: np.ndarray, tol: float, max_iter: int):
-        """(θ, residual, iterations, converged) per row of ``flat`` (T × weights): ``hessian_loop.lanczos_top``."""
+    def top_lanczos(self, flat: np.ndarray, v0: np.ndarray, tol: float, max_iter: int,
+                    between: Callable[[], None] | None = None):
+        """(θ, residual, iterations, converged) per row of ``flat`` (T × weights): ``hessian_loop.lanczos_top``,
+        one compiled call per record with ``between()`` after each (worker hooks: it may raise StopRequested)."""
+        flat = np.ascontiguousarray(flat, dtype=np.float64)
         t, n = flat.shape[0], self.n
         theta, resid = np.empty(t), np.empty(t)
         iters, ok = np.empty(t, dtype=np.int64), np.empty(t, dtype=np.bool_)
         m = min(max_iter, n)
-        hessian_loop.top_sharpness(np.ascontiguousarray(flat, dtype=np.float64), self.layout.dims, self.layout.offs,
-                                   self.s11, self.s31, v0, tol, m, theta, resid, iters, ok, self.buf, self.starts,
-                                   np.empty(n), np.empty(n), np.empty(n), np.empty(m), np.empty(m), np.empty(m),
-                                   np.empty(m), np.empty(m))
+        vectors, tridiagonal = [np.empty(n) for _ in range(3)], [np.empty(m) for _ in range(5)]
+        for i in range(t):
+            hessian_loop.top_sharpness(flat[i:i + 1], self.layout.dims, self.layout.offs, self.s11, self.s31, v0, tol,
+                                       m, theta[i:i + 1], resid[i:i + 1], iters[i:i + 1], ok[i:i + 1], self.buf,
+                                       self.starts, *vectors, *tridiagonal)
+            if between is not None:
+                between()
         return theta, resid, iters, ok
 
 
@@ -209,14 +215,15 @@ def _arpack_top(op: CompiledHessian, k: int, v0: np.ndarray) -> np.ndarray:
 SOLVERS = ("auto", "lanczos", "arpack", "dense")
 
 
-def sharpness_record(problem: Problem, weights: Sequence[np.ndarray], k: int = 1, *, solver: str = "auto"
-                     ) -> np.ndarray:
+def sharpness_record(problem: Problem, weights: Sequence[np.ndarray], k: int = 1, *, solver: str = "auto",
+                     between: Callable[[], None] | None = None) -> np.ndarray:
     """(T, k): the k largest Hessian eigenvalues of L at every record, descending, from per-layer stacks (T, rows,
     cols) of float64 weights.
 
     ``solver`` "auto" (module docstring): dense below DENSE_MAX_PARAMETERS weights, else the compiled Lanczos for
     k = 1 and ARPACK for k ≥ 2 and for any record whose Lanczos did not converge within LANCZOS_MAX_ITER products.
-    "lanczos" (k = 1 only), "arpack" and "dense" force one (for tests and benchmarks).
+    "lanczos" (k = 1 only), "arpack" and "dense" force one (for tests and benchmarks). ``between()`` is called
+    after each record (a record can take seconds on a large net: the worker's stop check goes there).
     """
     if solver not in SOLVERS or (solver == "lanczos" and k != 1):
         raise InvalidParameterError(f"unknown solver {solver!r} for k = {k}", field=("solver",),
@@ -230,18 +237,22 @@ def sharpness_record(problem: Problem, weights: Sequence[np.ndarray], k: int = 1
         for i in range(t):
             dense = HessianOperator(problem, [w[i] for w in weights]).dense()
             out[i] = np.linalg.eigvalsh(dense)[::-1][:k]
+            if between is not None:
+                between()
         return out
     op = CompiledHessian(problem, widths)
     v0 = start_vector(n)
     todo = np.arange(t)
     if k == 1 and solver in ("auto", "lanczos"):
-        theta, _, _, ok = op.top_lanczos(flat, v0, SHARPNESS_RTOL, LANCZOS_MAX_ITER)
+        theta, _, _, ok = op.top_lanczos(flat, v0, SHARPNESS_RTOL, LANCZOS_MAX_ITER, between)
         out[:, 0] = theta
         todo = np.flatnonzero(~ok)
         if solver == "lanczos" and todo.size:
             raise RuntimeError(f"Lanczos did not converge within {LANCZOS_MAX_ITER} products at records {todo}")
     for i in todo:
         out[i] = _arpack_top(op.at(flat[i]), k, v0)
+        if between is not None:
+            between()
     return out
 
 

@@ -11,7 +11,7 @@ norm, distance to the optimum) is computed here once, vectorised over the record
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from .flow import run_flow
 from .generalization import early_stopping, test_loss
 from .ntk import check_kernel, kernel_record
 from .theory import loss_theory
-from .gd import Layout, plan_order, run_gd
+from .gd import HookClock, Layout, plan_order, run_gd
 from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult, StochasticGradientDescent
 from .modes import excess_loss, measured_learning_times, mode_basis, mode_strengths, optimum
 from .problem import Problem, least_squares
@@ -96,7 +96,7 @@ def _check_method(method: Method) -> None:
 def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
              record: RecordSchedule = RecordSchedule(), *, dtype: str = "float64",
              hooks: Hooks | None = None) -> Trajectory:
-    """Simulate (``gd``, ``flow``) or evaluate (``exact``) the learning dynamics from ``weights0``.
+    """Simulate (``gd``, ``sgd``, ``flow``) or evaluate (``exact``) the learning dynamics from ``weights0``.
 
     Weights are input→output (weights0[0] = W21). Time is t = η·step for GD and SGD (reference §0).
     """
@@ -120,11 +120,13 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
                         w32_gram=record.kernel)
         if hooks and hooks.progress:
             hooks.progress(1.0)
-    return build_trajectory(problem, weights0, method, record, run)
+    clock = HookClock(hooks)
+    return build_trajectory(problem, weights0, method, record, run,
+                            between=(lambda: clock.check(1.0) if clock.due() else None) if clock.active else None)
 
 
 def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Method, record: RecordSchedule,
-                     run: RunResult | ExactRun) -> Trajectory:
+                     run: RunResult | ExactRun, *, between: Callable[[], None] | None = None) -> Trajectory:
     """Every derived quantity of a run (GD, flow: ``RunResult``; exact: ``ExactRun``), vectorised over its
     T records: the one post-processing of ``simulate`` and ``batch.simulate_batch``.
 
@@ -134,6 +136,8 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     (top Hessian eigenvalues, ``sharpness.sharpness_record``) with its threshold; records
     from the first non-finite one on are cut (the run is then diverged). ``weights0`` are float64. The optimum
     is cached on the problem (``optimum``), so a sweep's points that share a problem compute it once.
+    ``between()`` is called between the records of the sharpness (seconds each on large nets): the worker hooks'
+    stop check, which may raise ``StopRequested``.
     """
     hidden = [w.shape[0] for w in weights0[:-1]]
     if isinstance(run, ExactRun):
@@ -215,7 +219,7 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
                    if mu else "") + "): lower the learning rate")
     sharp = None
     if record.sharpness and weights is not None:  # exact runs without weights are refused by preflight
-        sharp = sharpness_record(problem, weights, int(record.sharpness_k))
+        sharp = sharpness_record(problem, weights, int(record.sharpness_k), between=between)
     return Trajectory(
         time=times,
         step=steps,

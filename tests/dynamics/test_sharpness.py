@@ -271,3 +271,24 @@ def test_gd_sharpens_progressively_to_two_over_eta_and_converges_at_the_edge_of_
     flow = simulate(problem, w0, GradientFlow(eta * steps, stop_at_convergence=False),
                     RecordSchedule(points=2, sharpness=True))
     assert flow.loss[-1] < 1e-15 and flow.sharpness[-1, 0] / edge > 1.25
+
+
+def test_a_stop_request_is_honoured_between_the_records_of_the_sharpness():
+    # the sharpness is post-processing, after the run reported progress 1.0; a large net's records take seconds
+    # each, so the worker's stop check runs between them
+    from service.dynamics.errors import StopRequested
+    from service.dynamics.methods import Hooks
+
+    rng = np.random.default_rng(50)
+    problem = nonwhite_problem(rng, 12, 10, n=100)
+    w0 = random_net(rng, [12, 14, 10], 0.3)
+    finished, asked = [], []
+
+    def should_stop():
+        asked.append(bool(finished))
+        return bool(finished)
+
+    hooks = Hooks(progress=lambda f: finished.append(f) if f == 1.0 else None, should_stop=should_stop, interval=0.0)
+    with pytest.raises(StopRequested):
+        simulate(problem, w0, GradientDescent(0.01, 50), RecordSchedule(points=20, sharpness=True), hooks=hooks)
+    assert asked[-1] and finished  # stopped by a check after the steps were done, i.e. inside the sharpness
