@@ -1,7 +1,8 @@
-"""The cost of the analysis records of issue 12, the test loss on held-out data and the NTK (record.kernel), as a
-fraction of a whole run: ``simulate`` (the GD steps and every derived quantity) with 200 records. Bar: < 5 %.
+"""The cost of the analysis records of issue 12, the test loss on held-out data and the NTK (record.kernel), and of
+the sharpness (record.sharpness), as a fraction of a whole run: ``simulate`` (the GD steps and every derived
+quantity) with 200 records. Bar: < 5 %.
 
-    python -m bench.recording      # this row alone (make bench runs it too)
+    python -m bench.recording      # these rows alone (make bench runs them too)
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from service.dynamics.methods import GradientDescent
 from service.dynamics.ntk import kernel_record
 from service.dynamics.problem import Problem, with_test
 from service.dynamics.record import RecordSchedule
+from service.dynamics.sharpness import (
+    LANCZOS_MAX_ITER,
+    SHARPNESS_RTOL,
+    CompiledHessian,
+    sharpness_record,
+    start_vector,
+)
 from service.dynamics.simulate import simulate
 
 from .common import Context, Row, best_time, use_service_malloc_settings
@@ -72,10 +80,42 @@ def _overhead_row(size: tuple[int, int, int], repeats: int) -> Row:
                     f"NTK Grams + distance {100 * cost_kernel:.2f} % ({len(traj.time)} records)")
 
 
+def sharpness_recording_overhead(ctx: Context) -> list[Row]:
+    """record.sharpness (k = 1) at 200 records against the 10,000-step GD run it records, side by side in one process.
+
+    The cost is ``sharpness.sharpness_record`` on that run's 201 recorded weight stacks (the compiled Lanczos), best
+    of a few, over the best plain ``simulate``. The same records through ARPACK (``eigsh`` on a ``LinearOperator``
+    of the same compiled product) are timed beside it, for the choice of solver (sharpness.py).
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return [_sharpness_row(size, 2 if ctx.quick else 5) for size in ([(8, 16, 8)] if ctx.quick else
+                                                                        [(8, 16, 8), (32, 32, 32)])]
+
+
+def _sharpness_row(size: tuple[int, int, int], repeats: int) -> Row:
+    method = GradientDescent(LEARNING_RATE, STEPS)
+    problem, w0 = make_problem(*size)
+    run = _best(lambda: simulate(problem, w0, method, RecordSchedule(points=RECORDS)), max(3, repeats))
+    traj = simulate(problem, w0, method, RecordSchedule(points=RECORDS, weights=True))
+    lanczos = _best(lambda: sharpness_record(problem, traj.weights, 1), repeats)
+    arpack = _best(lambda: sharpness_record(problem, traj.weights, 1, solver="arpack"), 1)
+    op = CompiledHessian(problem, size)
+    flat = np.concatenate([w.reshape(len(traj.time), -1) for w in traj.weights], axis=1)
+    _, _, iters, _ = op.top_lanczos(flat, start_vector(op.n), SHARPNESS_RTOL, LANCZOS_MAX_ITER)
+    cost = lanczos / run
+    return Row("(s) record.sharpness, 200 records", str(size), flops=None,
+               value=f"{100 * cost:.0f} % of the run", bar="< 5 %", passed=cost < 0.05,
+               note=f"{STEPS:,} GD steps, simulate {1e3 * run:.2f} ms; sharpness {1e3 * lanczos:.1f} ms "
+                    f"({len(traj.time)} records × {np.mean(iters):.0f} Hessian products, "
+                    f"{1e6 * lanczos / iters.sum():.1f} µs each); ARPACK on the same products {1e3 * arpack:.0f} ms "
+                    f"(×{arpack / lanczos:.1f})")
+
+
 def main() -> None:
-    """This row alone, as ``python -m bench`` runs it: the workers' malloc thresholds, one BLAS thread."""
+    """These rows alone, as ``python -m bench`` runs them: the workers' malloc thresholds, one BLAS thread."""
     use_service_malloc_settings()  # else every fresh array past 128 KiB is a new mmap, paid in page faults
-    for row in analysis_recording_overhead(Context(quick=False, threads=1)):
+    ctx = Context(quick=False, threads=1)
+    for row in analysis_recording_overhead(ctx) + sharpness_recording_overhead(ctx):
         print(f"| {row.benchmark} | {row.case} | {row.value} | {row.bar} | "
               f"{'pass' if row.passed else ('—' if row.passed is None else 'FAIL')} | {row.note} |")
 

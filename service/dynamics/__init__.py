@@ -6,9 +6,11 @@ Plain numpy/scipy (numba for the small-network GD loop), no web imports. One con
     network    network map, loss, gradients of every layer, balance W_{l+1}ᵀW_{l+1} − W_l W_lᵀ
     init       initial conditions (gaussian, orthogonal, balanced, lambda_balanced, aligned, given)
     gd, flow   the simulated methods (gd_loop: the compiled GD loop); exact: closed forms (Saxe modes, Riccati, shallow)
+    sgd        GD with momentum and mini-batch SGD, PyTorch's torch.optim.SGD (sgd_loop: their compiled loop)
+    sharpness  top Hessian eigenvalues of L and the edge-of-stability threshold (hessian_loop: product, Lanczos)
     modes      SVD of Σ31, mode strengths, reduced-rank optimum, learning times; theory: overlays
     record     the record schedule; trajectory: what a run returns; simulate: the one entry point
     presets    built-in problems (PNAS 2019 hierarchy, branching diffusion, whitened, random teacher)
 
-Conventions (``shared/reference/dynamics.md`` §0): L = (1/N) Σ ‖y − W x‖², t = η·step, dW_l/dt = −∂L/∂W_l.
+Conventions (``shared/reference/dynamics.md`` §0): L = (1/N) Σ ‖y − W x‖², t = η·step (GD, SGD), dW_l/dt = −∂L/∂W_l.
 """

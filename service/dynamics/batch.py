@@ -5,7 +5,8 @@
 
 Grouping (``group_key``): GD points with the same layer widths (n_in, hidden…, n_out), step count, record
 schedule and dtype form one group; learning rate, weight decay, Σ11, Σ31 and the initial weights may
-differ per point. Flow and exact points are not grouped: each runs through ``simulate``.
+differ per point. Flow, exact, SGD and GD-with-momentum points are not grouped: each runs through ``simulate``
+(so a sweep can take SGD's seed, batch size or momentum as an axis).
 
 A GD group runs in one compiled call over its points (``gd_loop.gd_batch_steps``), which advances each
 point with the single-simulation step loop itself (``gd_loop.gd_chunk``, the loop ``run_gd`` runs), its
@@ -72,12 +73,13 @@ class SweepPoint:
 
 
 def group_key(point: SweepPoint) -> tuple | None:
-    """Points with equal keys are stepped together; None: the point runs alone (flow, exact).
+    """Points with equal keys are stepped together; None: the point runs alone (flow, exact, sgd, and GD with
+    momentum, which the compiled GD loop does not step).
 
     GD key: ("gd", widths (n_in, hidden…, n_out), steps, record schedule, dtype). Learning rate, weight
     decay, Σ11/Σ31 and the initial weights are per point within a group.
     """
-    if not isinstance(point.method, GradientDescent):
+    if not isinstance(point.method, GradientDescent) or point.method.momentum:
         return None
     widths = (int(np.shape(point.weights0[0])[1]), *(int(np.shape(w)[0]) for w in point.weights0))
     return ("gd", widths, int(point.method.steps), point.record, point.dtype)
@@ -264,6 +266,7 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
     for j, p in enumerate(points):
         run = finish_run(p.method, layout, dt, rec[j, :nrec[j]], snap[j], w[j], state[j])
         with _point(index[j]):
-            out.append(build_trajectory(p.problem, weights0[j], p.method, p.record, run))
+            out.append(build_trajectory(p.problem, weights0[j], p.method, p.record, run,
+                                        between=progress.tick if progress.active else None))
         progress.tick()  # post-processing a large group takes a while: honour a stop request meanwhile
     return out

@@ -1,4 +1,4 @@
-"""Settings of the three methods and the raw result of a simulated run (shared by gd, flow, exact)."""
+"""Settings of the methods (gd, sgd, flow, exact) and the raw result of a simulated run (shared by gd, sgd, flow, exact)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,12 @@ Outcome = Literal["converged", "completed", "diverged"]
 
 @dataclass(frozen=True)
 class GradientDescent:
-    """Full-batch GD: W_l ← W_l − η (∂L/∂W_l + γ W_l), for ``steps`` steps; t = η·step."""
+    """Full-batch GD: W_l ← W_l − η (∂L/∂W_l + γ W_l), for ``steps`` steps; t = η·step.
+
+    With ``momentum`` μ > 0 (and optionally ``nesterov``), PyTorch's ``torch.optim.SGD`` with dampening 0 on the
+    full batch (``sgd.momentum_direction``): g = ∂L/∂W + γW; v ← μv + g (v = g at the first step); W ← W − η d
+    with d = g + μv (nesterov) or d = v. μ = 0 is plain GD, bit for bit (the compiled GD loop).
+    """
 
     learning_rate: float
     steps: int
@@ -27,10 +32,46 @@ class GradientDescent:
     # False: step on after the gradient falls below the convergence tolerance, so the records cover the whole
     # time axis (the run then ends "completed"); True: stop there (outcome "converged", later records dropped)
     stop_at_convergence: bool = True
+    momentum: float = 0.0    # μ in [0, 1)
+    nesterov: bool = False   # needs μ > 0 (as in PyTorch)
 
     @property
     def t_end(self) -> float:
         return self.learning_rate * self.steps
+
+
+@dataclass(frozen=True)
+class StochasticGradientDescent:
+    """Mini-batch SGD on a dataset (method "sgd"), PyTorch's ``torch.optim.SGD`` (dampening 0) fed by a
+    ``DataLoader(shuffle=True, drop_last=False)``:
+
+        epoch e: a permutation π_e of the N samples (the e-th ``Generator.permutation(N)`` of
+                 ``numpy.random.default_rng(seed)``), cut into ⌈N/B⌉ batches of B rows, the last one the remainder;
+        step k:  batch b = batch k mod ⌈N/B⌉ of epoch ⌊k / ⌈N/B⌉⌋, its correlations Σ11_b = X_bᵀX_b/|b|,
+                 Σ31_b = Y_bᵀX_b/|b| (means over the batch), g = ∂L_b/∂W + γW with
+                 −∂L_b/∂W_l = 2 (W_D⋯W_{l+1})ᵀ (Σ31_b − W Σ11_b) (W_{l−1}⋯W_1)ᵀ, then the momentum update of
+                 ``GradientDescent`` (μ = 0: W ← W − η g); t = η·step.
+
+    Exactly one of ``steps`` and ``epochs`` (an epoch is ⌈N/B⌉ steps). The run goes through all its steps
+    (outcome "completed" or "diverged"): there is no convergence stop, see ``sgd`` (module docstring).
+    """
+
+    learning_rate: float
+    batch_size: int
+    steps: int | None = None
+    epochs: int | None = None
+    seed: int = 0
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    nesterov: bool = False
+
+    def steps_per_epoch(self, n_samples: int) -> int:
+        """⌈N / B⌉: the batches of one pass over the data, the last one the remainder."""
+        return -(-int(n_samples) // int(self.batch_size))
+
+    def total_steps(self, n_samples: int) -> int:
+        """``steps``, or ``epochs`` × ⌈N / B⌉."""
+        return int(self.steps) if self.steps is not None else int(self.epochs) * self.steps_per_epoch(n_samples)
 
 
 @dataclass(frozen=True)
@@ -66,7 +107,7 @@ class Exact:
         return self.t_max
 
 
-Method = GradientDescent | GradientFlow | Exact
+Method = GradientDescent | GradientFlow | Exact | StochasticGradientDescent
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import DynamicsError, FieldPath, InvalidParameterError
-from .problem import Problem, problem_from_correlations, problem_from_data, with_test
+from .problem import Problem, problem_from_correlations, problem_from_data, read_only_samples, with_test
 
 PARAMS_FIELD: FieldPath = ("data",)
 
@@ -72,12 +72,16 @@ def _one_hot_problem(y_items: np.ndarray, *, dense_sigma33: bool = True) -> Prob
         Σ11 = I/P,  Σ31 = Y/P,  Σ33 = YYᵀ/P  (None past MAX_DENSE_SIGMA33_OUTPUTS features; tr Σ33 = ‖Y‖²_F/P is
     always kept, so the loss stays known)
 
-    Built directly: these are exact moments of a dataset, so symmetric and jointly PSD by construction.
+    Built directly: these are exact moments of a dataset, so symmetric and jointly PSD by construction. The dataset
+    itself, P samples x_i = e_i (the rows of I_P) with targets y_i = column i of ``y_items``, is kept for SGD
+    (``Problem.samples``; y is a read-only transposed view of ``y_items``, not a copy, so the problem keeps
+    ``y_items`` alive: as many numbers as Σ31, 160 MB at MAX_SAMPLED_ENTRIES; x is I_P, 8 MB at P = 1024).
     """
     n_features, p = y_items.shape
     sigma33 = (y_items @ y_items.T) / p if dense_sigma33 and n_features <= MAX_DENSE_SIGMA33_OUTPUTS else None
     # one-hot inputs: W = Y fits every item, so min_W L = 0 exactly
-    return Problem(np.eye(p) / p, y_items / p, sigma33, p, float(np.sum(y_items * y_items)) / p, residual_loss=0.0)
+    return Problem(np.eye(p) / p, y_items / p, sigma33, p, float(np.sum(y_items * y_items)) / p, residual_loss=0.0,
+                   samples=read_only_samples(np.eye(p), y_items.T))
 
 
 # ------------------------------------------------------------------------------------------------

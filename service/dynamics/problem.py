@@ -41,6 +41,31 @@ RANGE_RTOL = 1e-8
 
 
 @dataclass(frozen=True, eq=False)
+class Samples:
+    """The dataset a problem was built from, kept for stochastic gradient descent: x (N × n_in), y (N × n_out),
+    one sample per row, as read-only views of the arrays the correlations were computed from (no copy).
+
+    SGD's mini-batch b has the correlations Σ11_b = X_bᵀX_b/|b|, Σ31_b = Y_bᵀX_b/|b| (means over the batch), which
+    only the samples determine; full-batch methods never read them.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+
+def read_only_samples(x: np.ndarray, y: np.ndarray) -> Samples:
+    """``Samples`` of x and y as read-only views (the caller's arrays stay writeable; nothing is copied)."""
+    xv, yv = x.view(), y.view()
+    xv.flags.writeable = False
+    yv.flags.writeable = False
+    return Samples(xv, yv)
+
+
+@dataclass(frozen=True, eq=False)
 class Problem:
     """Correlation matrices of a regression task, validated.
 
@@ -60,6 +85,9 @@ class Problem:
     test: Problem | None = None  # held-out statistics (``with_test``): test loss along a run
     residual_loss: float | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # the dataset itself when the problem was built from one (``problem_from_data``, presets built from data):
+    # what SGD samples its mini-batches from; None when only the correlations are known
+    samples: Samples | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.sigma33_trace is None and self.sigma33 is not None:
@@ -106,7 +134,7 @@ def with_test(problem: Problem, test: Problem, *, field_prefix: FieldPath = ("da
                                     field=(*field_prefix, "sigma33"),
                                     fix="give sigma33 of the test distribution, or the test dataset itself")
     return Problem(problem.sigma11, problem.sigma31, problem.sigma33, problem.n_samples, problem.sigma33_trace, test,
-                   problem.residual_loss)
+                   problem.residual_loss, samples=problem.samples)
 
 
 @dataclass(frozen=True)
@@ -272,6 +300,9 @@ def problem_from_data(x, y, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
 
     ``x`` is N × n_in and ``y`` is N × n_out, one sample per row. Accepts arrays or sequences of
     rows; an iterable of (x_chunk, y_chunk) pairs is accepted by ``correlations_from_chunks``.
+
+    The problem keeps the samples (``Problem.samples``, for SGD) as read-only views of the float64 arrays read
+    here: of ``x`` and ``y`` themselves when they are float64 arrays, so the caller must not modify them afterwards.
     """
     xa = _as_matrix(x, "x", (*field_prefix, "x"))
     ya = _as_matrix(y, "y", (*field_prefix, "y"))
@@ -289,7 +320,7 @@ def problem_from_data(x, y, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
     moments = correlations_from_chunks(chunks, field_prefix=field_prefix)
     residual = least_squares_residual(moments, xa, ya, chunk_rows)
     problem = Problem(moments.sigma11, moments.sigma31, moments.sigma33, moments.n_samples, moments.sigma33_trace,
-                      residual_loss=residual)
+                      residual_loss=residual, samples=read_only_samples(xa, ya))
     problem._cache["least_squares"] = replace(least_squares(moments), residual=residual)
     return problem
 

@@ -11,7 +11,7 @@ norm, distance to the optimum) is computed here once, vectorised over the record
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -19,19 +19,15 @@ from . import gd_loop, network
 from .errors import ExactNotApplicableError, InvalidParameterError
 from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
-from .gd import Layout, plan_order, run_gd
+from .gd import HookClock, Layout, plan_order, run_gd
 from .generalization import early_stopping, test_loss
-from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult
-from .modes import (
-    excess_loss,
-    measured_learning_times,
-    mode_basis,
-    mode_strengths,
-    optimum,
-)
+from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult, StochasticGradientDescent
+from .modes import excess_loss, measured_learning_times, mode_basis, mode_strengths, optimum
 from .ntk import check_kernel, kernel_record
 from .problem import Problem, least_squares
 from .record import RecordSchedule
+from .sgd import check_momentum, check_sgd, momentum_of, run_momentum_gd, run_sgd, stability_factor, theory_overlay_for
+from .sharpness import check_sharpness, refuse_without_weights, sharpness_record, sharpness_threshold
 from .similarity import check_similarity, item_similarity, symmetric
 from .theory import loss_theory, theory_overlay
 from .trajectory import ModeReport, Trajectory
@@ -43,21 +39,27 @@ def preflight(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
               record: RecordSchedule = RecordSchedule(), *, dtype: str = "float64") -> None:
     """Every check ``simulate`` would fail on, without running anything (cheap: for the HTTP layer).
 
-    Raises ``DynamicsError`` subclasses naming the field: the dtype, the method's parameters, the record
-    schedule, and for ``exact`` whether a closed form applies.
+    Raises ``DynamicsError`` subclasses naming the field: the dtype, the method's parameters (for ``sgd`` against
+    the problem: it needs the samples), the record schedule, and for ``exact`` whether a closed form applies.
     """
     if dtype not in DTYPES:
         raise InvalidParameterError(f"dtype {dtype!r} is not supported", field=("dtype",),
                                     fix='use "float64" (default) or "float32"')
-    _check_method(method)
-    if isinstance(method, GradientDescent):
-        record.gd_steps(method.learning_rate, method.steps)
+    if isinstance(method, StochasticGradientDescent):
+        record.gd_steps(method.learning_rate, check_sgd(problem, method))
     else:
+        _check_method(method)
+    if isinstance(method, GradientDescent):
+        check_momentum(method.momentum, method.nesterov)
+        record.gd_steps(method.learning_rate, method.steps)
+    elif not isinstance(method, StochasticGradientDescent):
         record.sample_times(method.t_end)
     if record.similarity:
         check_similarity(weights0)
     if record.kernel:
         check_kernel(weights0)
+    if record.sharpness:
+        check_sharpness(record.sharpness_k, weights0)
     if isinstance(method, Exact):
         model = check_exact(problem, weights0, method.weight_decay)
         if record.weights and model.startswith("riccati"):
@@ -65,6 +67,8 @@ def preflight(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
                 "the Riccati solution determines W = W32·W21 and the Gram blocks W21ᵀW21, W32W32ᵀ, "
                 "not the individual weights", field=("record", "weights"),
                 fix='set record.weights to false, or use method "flow" to record every layer')
+        if record.sharpness and model.startswith("riccati"):
+            raise refuse_without_weights()
 
 
 def _check_method(method: Method) -> None:
@@ -91,13 +95,20 @@ def _check_method(method: Method) -> None:
 def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
              record: RecordSchedule = RecordSchedule(), *, dtype: str = "float64",
              hooks: Hooks | None = None) -> Trajectory:
-    """Simulate (``gd``, ``flow``) or evaluate (``exact``) the learning dynamics from ``weights0``.
+    """Simulate (``gd``, ``sgd``, ``flow``) or evaluate (``exact``) the learning dynamics from ``weights0``.
 
-    Weights are input→output (weights0[0] = W21). Time is t = η·step for GD (reference §0).
+    Weights are input→output (weights0[0] = W21). Time is t = η·step for GD and SGD (reference §0).
     """
     preflight(problem, weights0, method, record, dtype=dtype)
     weights0 = [np.asarray(w, dtype=np.float64) for w in weights0]
-    if isinstance(method, GradientDescent):
+    if isinstance(method, StochasticGradientDescent):
+        run = run_sgd(problem, weights0, method,
+                      record.gd_steps(method.learning_rate, method.total_steps(problem.samples.n)),
+                      dtype=DTYPES[dtype], hooks=hooks)
+    elif isinstance(method, GradientDescent) and method.momentum:
+        run = run_momentum_gd(problem, weights0, method, record.gd_steps(method.learning_rate, method.steps),
+                              dtype=DTYPES[dtype], hooks=hooks)
+    elif isinstance(method, GradientDescent):
         run = run_gd(problem, weights0, method, record.gd_steps(method.learning_rate, method.steps),
                      dtype=DTYPES[dtype], hooks=hooks)
     elif isinstance(method, GradientFlow):
@@ -108,19 +119,24 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
                         w32_gram=record.kernel)
         if hooks and hooks.progress:
             hooks.progress(1.0)
-    return build_trajectory(problem, weights0, method, record, run)
+    clock = HookClock(hooks)
+    return build_trajectory(problem, weights0, method, record, run,
+                            between=(lambda: clock.check(1.0) if clock.due() else None) if clock.active else None)
 
 
 def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Method, record: RecordSchedule,
-                     run: RunResult | ExactRun) -> Trajectory:
+                     run: RunResult | ExactRun, *, between: Callable[[], None] | None = None) -> Trajectory:
     """Every derived quantity of a run (GD, flow: ``RunResult``; exact: ``ExactRun``), vectorised over its
     T records: the one post-processing of ``simulate`` and ``batch.simulate_batch``.
 
     Loss L = L_ls + ‖W F − G‖² (never negative), excess loss, gradient norm sqrt(Σ_l ‖∂L/∂W_l + γW_l‖²), balance
     drift of W_{l+1}ᵀW_{l+1} − W_l W_lᵀ, mode strengths u_αᵀ W v_α and learning times, ‖W − W*‖_F, the
-    theory overlay, the item similarity W21ᵀW21, the test loss on ``problem.test`` and the NTK's Grams; records
+    theory overlay, the item similarity W21ᵀW21, the test loss on ``problem.test``, the NTK's Grams and the sharpness
+    (top Hessian eigenvalues, ``sharpness.sharpness_record``) with its threshold; records
     from the first non-finite one on are cut (the run is then diverged). ``weights0`` are float64. The optimum
     is cached on the problem (``optimum``), so a sweep's points that share a problem compute it once.
+    ``between()`` is called between the records of the sharpness (seconds each on large nets): the worker hooks'
+    stop check, which may raise ``StopRequested``.
     """
     hidden = [w.shape[0] for w in weights0[:-1]]
     if isinstance(run, ExactRun):
@@ -167,7 +183,10 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         w32_gram = w32_gram[:keep] if w32_gram is not None else None
         test = test[:keep] if test is not None else None
 
-    overlay = theory_overlay(problem, weights0, method, times, steps)
+    if isinstance(method, StochasticGradientDescent) or momentum_of(method)[0]:
+        overlay = theory_overlay_for(problem, weights0, method, times, steps)  # a stand-in's theory (sgd.py)
+    else:
+        overlay = theory_overlay(problem, weights0, method, times, steps)
     modes = ModeReport(
         singular_values=basis.s,
         strength=strength,
@@ -188,12 +207,18 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         kernel = kernel_record(weights, problem.n_in, problem.n_out, w21_gram=w21_gram, w32_gram=w32_gram)
     residual = least_squares(problem).residual
     hint = None
-    if outcome == "diverged" and isinstance(method, GradientDescent):
-        bound = network.gd_stability_bound(problem, len(weights0), method.weight_decay)
-        hint = (f"GD diverged at step {diverged_at_step} with learning_rate {method.learning_rate:g}; near the "
-                f"optimum GD is stable only for learning_rate < {bound:.6g} (reference §5d: 1/λ_max(Σ11) for "
-                f"D = 1, 1/(D·s_max^(2−2/D)) for whitened D ≥ 2; weight decay γ lowers it to 2/(curvature + γ))"
-                f": lower the learning rate")
+    if outcome == "diverged" and isinstance(method, (GradientDescent, StochasticGradientDescent)):
+        mu, nesterov = momentum_of(method)
+        bound = network.gd_stability_bound(problem, len(weights0), method.weight_decay) * stability_factor(mu, nesterov)
+        name = "SGD" if isinstance(method, StochasticGradientDescent) else "GD"
+        hint = (f"{name} diverged at step {diverged_at_step} with learning_rate {method.learning_rate:g}; near the "
+                f"optimum {name} is stable only for learning_rate < {bound:.6g} (reference §5d: 1/λ_max(Σ11) for "
+                f"D = 1, 1/(D·s_max^(2−2/D)) for whitened D ≥ 2; weight decay γ lowers it to 2/(curvature + γ)"
+                + (f"; momentum μ = {mu:g} multiplies it by {'(1 + μ)/(1 + 2μ) (Nesterov)' if nesterov else '1 + μ'}"
+                   if mu else "") + "): lower the learning rate")
+    sharp = None
+    if record.sharpness and weights is not None:  # exact runs without weights are refused by preflight
+        sharp = sharpness_record(problem, weights, int(record.sharpness_k), between=between)
     return Trajectory(
         time=times,
         step=steps,
@@ -208,13 +233,16 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         outcome=outcome,
         diverged_at_step=diverged_at_step,
         optimum=opt,
-        method={GradientDescent: "gd", GradientFlow: "flow", Exact: "exact"}[type(method)],
+        method={GradientDescent: "gd", GradientFlow: "flow", Exact: "exact",
+                StochasticGradientDescent: "sgd"}[type(method)],
         stability_hint=hint,
         similarity=similarity,
         test_loss=test,
         early_stopping=early_stopping(times, steps, test),
         loss_theory=loss_theory(problem, weights0, overlay, basis),
         kernel=kernel,
+        sharpness=sharp,
+        sharpness_threshold=sharpness_threshold(method),
     )
 
 

@@ -84,9 +84,11 @@ class Trajectory:
     diverged_at_step: int | None
     optimum: Optimum
     method: str
-    stability_hint: str | None = None      # for a diverged GD run: the η bound of reference §5d
+    stability_hint: str | None = None      # for a diverged GD/SGD run: the η bound of reference §5d
     similarity: np.ndarray | None = None   # (T, n_in, n_in) hidden-layer item RSM W21ᵀW21, when recorded
     test_loss: np.ndarray | None = None    # (T,) L_test of W(t) on the problem's test data, when it has some
     early_stopping: EarlyStopping | None = None  # the record of least test loss
     loss_theory: LossTheory | None = None  # train/test loss from the mode theory, where it applies
     kernel: KernelRecord | None = None     # the NTK's hidden-layer Grams and kernel distance, when recorded
+    sharpness: np.ndarray | None = None    # (T, k) top-k Hessian eigenvalues of L, descending, when recorded
+    sharpness_threshold: float | None = None  # the stability limit of the sharpness: 2/η for gd/sgd (sharpness.py)
