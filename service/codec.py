@@ -24,7 +24,8 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -305,19 +306,11 @@ def record_indices(count: int, every: int) -> np.ndarray:
     return np.asarray(idx, dtype=np.intp)
 
 
-def select(stored: Stored, fields: Sequence[str] | None = None,
+def select(stored: Stored | Mapping[str, Value], fields: Sequence[str] | None = None,
            every: int | None = None) -> Arrays:
     """The named arrays of the members ``fields`` (all when None), every ``every``-th record; only those are read."""
-    wanted = set(fields or MEMBERS)
-    names = [n for n in _table_order(set(stored.names)) if field_of(n).member in wanted]
-    out: Arrays = {n: stored.get(n) for n in names}
-    if every is not None and every != 1:
-        time = out["time"] if "time" in out else stored.get("time")
-        idx = record_indices(len(time), every)
-        for name, value in out.items():
-            if field_of(name).kind == "record":
-                out[name] = value[idx]
-    return out
+    source = _selection(stored, fields, every)
+    return {name: source.get(name) for name in source.names}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -363,32 +356,170 @@ def _member_value(field: TrajectoryField, arrays: Mapping[str, Value]) -> Any:
     return _json_value(field, arrays.get(field.name))
 
 
-def to_json(arrays: Mapping[str, Value], members: Sequence[str] | None = None) -> bytes:
-    """The JSON document (``document``) as bytes."""
-    return orjson.dumps(document(arrays, members), option=orjson.OPT_SERIALIZE_NUMPY)
+class _Selection:
+    """Lazy reads of ``stored`` restricted to ``names`` and thinned to the records ``idx`` (None: all)."""
+
+    def __init__(self, stored: Stored | Mapping[str, Value], names: Sequence[str], idx: np.ndarray | None) -> None:
+        self.stored, self.names, self.idx = stored, list(names), idx
+
+    def get(self, name: str) -> Value:
+        value = self.stored.get(name)
+        if self.idx is not None and field_of(name).kind == "record" and value is not None:
+            value = value[self.idx]
+        return value
+
+
+def _selection(stored: Stored | Mapping[str, Value], fields: Sequence[str] | None, every: int | None) -> _Selection:
+    present = set(stored.names) if hasattr(stored, "names") else set(stored)
+    wanted = set(fields or MEMBERS)
+    names = [n for n in _table_order(present) if field_of(n).member in wanted]
+    idx = None
+    if every is not None and every != 1:
+        idx = record_indices(len(stored.get("time")), every)
+    return _Selection(stored, names, idx)
+
+
+# JSON is printed in pieces of about this many bytes: a large trajectory streams out while the rest is printed,
+# and no more than one array (and one piece of its text) is held at a time.
+JSON_PIECE_BYTES = 1 << 21
+_BYTES_PER_NUMBER = 20  # what a float64 takes in JSON, roughly, to size the pieces
+
+
+def _json(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _float64(a: Any) -> Any:
+    # float32 arrays are printed as the doubles they are (orjson would print float32's shortest repr)
+    return a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype == np.float32 else a
+
+
+def _iter_array(a: np.ndarray) -> Iterator[bytes]:
+    """``a`` as JSON, in pieces along its first axis."""
+    a = _float64(a)
+    per_row = max(1, a[0].size if a.ndim > 1 and len(a) else 1)
+    rows = max(1, JSON_PIECE_BYTES // (_BYTES_PER_NUMBER * per_row))
+    if a.ndim == 0 or len(a) <= rows:
+        yield _json(a)
+        return
+    yield b"["
+    for start in range(0, len(a), rows):
+        yield (b"," if start else b"") + _json(a[start:start + rows])[1:-1]
+    yield b"]"
+
+
+def _iter_layered(layers: list[np.ndarray]) -> Iterator[bytes]:
+    """Per-layer arrays (T, …) as the document's per time, per layer lists, in pieces of records."""
+    layers = [_float64(a) for a in layers]
+    count = len(layers[0])
+    rows = max(1, JSON_PIECE_BYTES // (_BYTES_PER_NUMBER * max(1, sum(a[0].size for a in layers))))
+    yield b"["
+    for start in range(0, count, rows):
+        block = [[layer[t] for layer in layers] for t in range(start, min(start + rows, count))]
+        yield (b"," if start else b"") + _json(block)[1:-1]
+    yield b"]"
+
+
+def _iter_field(field: TrajectoryField, source: _Selection) -> Iterator[bytes]:
+    if field.layered:
+        names = [n for n in source.names if field_of(n) is field]
+        if not names:
+            yield b"null"
+        else:
+            yield from _iter_layered([source.get(n) for n in names])
+        return
+    value = source.get(field.name) if field.name in source.names else None
+    if isinstance(value, np.ndarray) and value.ndim > 0:
+        yield from _iter_array(value)
+    else:
+        yield _json(value)
+
+
+def iter_json(stored: Stored | Mapping[str, Value], members: Sequence[str] | None = None,
+              every: int | None = None) -> Iterator[bytes]:
+    """The Trajectory JSON document of ``stored`` (a stored trajectory, or named arrays) in pieces, reading one array
+    at a time: the members ``members`` (default: all, each null when nothing of it is stored), every ``every``-th
+    record."""
+    members = list(members or MEMBERS)
+    source = _selection(stored, members, every)
+    stored_fields = {field_of(n).name for n in source.names}
+    yield b"{"
+    for i, member in enumerate(members):
+        yield (b"," if i else b"") + _json(member) + b":"
+        fields = [f for f in TRAJECTORY_FIELDS if f.member == member]
+        if member not in OBJECTS:
+            yield from _iter_field(fields[0], source)
+        elif not any(f.name in stored_fields for f in fields):
+            yield b"null"
+        else:
+            yield b"{"
+            for j, field in enumerate(fields):
+                yield (b"," if j else b"") + _json(field.path[1]) + b":"
+                yield from _iter_field(field, source)
+            yield b"}"
+    yield b"}"
+
+
+def to_json(arrays: Stored | Mapping[str, Value], members: Sequence[str] | None = None,
+            every: int | None = None) -> bytes:
+    """The JSON document (``iter_json``) as one bytes object."""
+    return b"".join(iter_json(arrays, members, every))
+
+
+def _npz_array(name: str, value: Value) -> np.ndarray:
+    field = field_of(name)
+    if field.dtype == "str":
+        return np.array(value, dtype=np.str_)
+    if field.dtype == "bool":
+        return np.array(bool(value))
+    return np.asarray(value, dtype=np.dtype(field.dtype))
 
 
 def npz_arrays(arrays: Mapping[str, Value]) -> dict[str, np.ndarray]:
     """The .npz members: every array and scalar by its name, floats as float64 (NaN where not finite)."""
-    out: dict[str, np.ndarray] = {}
-    for name, value in arrays.items():
-        if value is None:
-            continue
-        field = field_of(name)
-        if field.dtype == "str":
-            out[name] = np.array(value, dtype=np.str_)
-        elif field.dtype == "bool":
-            out[name] = np.array(bool(value))
-        else:
-            out[name] = np.asarray(value, dtype=np.dtype(field.dtype))
-    return out
+    return {name: _npz_array(name, value) for name, value in arrays.items() if value is not None}
 
 
-def to_npz(arrays: Mapping[str, Value]) -> bytes:
-    """An uncompressed .npz archive (the stored arrays are compressed already; zlib would cost seconds)."""
-    buf = io.BytesIO()
-    np.savez(buf, **npz_arrays(arrays))
-    return buf.getvalue()
+class _Pipe(io.RawIOBase):
+    """A write-only, unseekable stream whose writes are collected until ``drain``: zipfile then writes each member
+    with a data descriptor, so an archive can be sent as it is made."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self._chunks.append(bytes(b))
+        return len(b)
+
+    def drain(self) -> bytes:
+        out, self._chunks = b"".join(self._chunks), []
+        return out
+
+
+def iter_npz(stored: Stored | Mapping[str, Value], fields: Sequence[str] | None = None,
+             every: int | None = None) -> Iterator[bytes]:
+    """An uncompressed .npz archive (what ``numpy.load`` reads) of the selected arrays, in pieces, one array read at
+    a time (the stored arrays are compressed already; zlib would cost seconds)."""
+    source = _selection(stored, fields, every)
+    pipe = _Pipe()
+    with zipfile.ZipFile(pipe, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name in source.names:
+            value = source.get(name)
+            if value is None:
+                continue
+            with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, _npz_array(name, value), allow_pickle=False)
+            yield pipe.drain()
+    yield pipe.drain()
+
+
+def to_npz(arrays: Stored | Mapping[str, Value], fields: Sequence[str] | None = None,
+           every: int | None = None) -> bytes:
+    """The .npz archive (``iter_npz``) as one bytes object."""
+    return b"".join(iter_npz(arrays, fields, every))
 
 
 NPZ_LAYOUT = """\

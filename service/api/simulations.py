@@ -6,9 +6,11 @@ resource documents come from ``service.api.documents``, the trajectory's represe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import StringConstraints
 
 from service import codec
@@ -126,15 +128,12 @@ The recorded trajectory. 409 until the simulation succeeded.
 **Only what you need:** `fields=time,loss,modes` keeps those top-level members (comma-separated or repeated);
 `every=k` keeps records 0, k, 2k, … and always the last one (per-record members: time, step, loss, excess_loss,
 product, weights, balance_drift, gradient_norm, distance_to_optimum, similarity, modes.strength, modes.theory).
-Only the arrays of the members asked for are read from the store.
+Only the arrays of the members asked for are read from the store, one at a time, and the body is streamed as it
+is made.
 
 {codec.NPZ_LAYOUT}"""
 
 
-def encode_trajectory(stored: codec.Stored, media: str, fields: list[str] | None, every: int | None) -> bytes:
-    """The stored trajectory as ``media`` bytes, restricted to ``fields`` and thinned by ``every``."""
-    arrays = codec.select(stored, fields, every)
-    return codec.to_json(arrays, fields or codec.MEMBERS) if media == JSON else codec.to_npz(arrays)
 
 
 def trajectory_selection(fields: list[str] | None, every: int | None, accept: str | None
@@ -177,12 +176,14 @@ Accept = Annotated[str | None, Header(alias="Accept",
 async def get_trajectory(job_id: JobId, simulations: SimulationsDep, owner: OwnerDep, fields: Fields = None,
                          every: Every = None, accept: Accept = None) -> Response:
     media, selected = trajectory_selection(fields, every, accept)
-    body = await simulations.read_trajectory(job_id, owner,
-                                             lambda stored: encode_trajectory(stored, media, selected, every))
+    def encode(stored: codec.Stored) -> Iterator[bytes]:
+        return codec.iter_json(stored, selected, every) if media == JSON else codec.iter_npz(stored, selected, every)
+
+    pieces = await simulations.stream_trajectory(job_id, owner, encode)
     headers = {"Vary": "Accept"}
     if media == NPZ:
         headers["Content-Disposition"] = f'attachment; filename="trajectory-{job_id}.npz"'
-    return Response(body, media_type=media, headers=headers)
+    return StreamingResponse(pieces, media_type=media, headers=headers)
 
 
 @router.get(

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from service import codec
 from service.api.bodies import check_media_type, json_request_body
@@ -170,9 +171,8 @@ async def list_sweep_results(
 )
 async def get_sweep_point_trajectory(sweep_id: SweepId, k: PointIndex, sweeps: SweepsDep,
                                      owner: OwnerDep) -> Response:
-    body = await sweeps.read_point_trajectory(sweep_id, k, owner,
-                                              lambda stored: codec.to_json(codec.select(stored), codec.MEMBERS))
-    return Response(body, media_type="application/json")
+    pieces = await sweeps.stream_point_trajectory(sweep_id, k, owner, codec.iter_json)
+    return StreamingResponse(pieces, media_type="application/json")
 
 
 @router.get(

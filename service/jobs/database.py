@@ -384,18 +384,65 @@ class Database:
         """The trajectory stored in ``table`` (a row with columns codec, size, data) at ``where``, opened for
         reading in this thread (its arrays are read from the blob as they are asked for, inside the block);
         None when there is none. CorruptResultError naming ``name`` when its bytes do not decode."""
-        conn = self.connection()
-        r = conn.execute(f"SELECT rowid, codec, size, length(data) FROM {table} WHERE {where}", args).fetchone()
-        if r is None:
-            yield None
-            return
-        rowid, codec, size, length = r
         try:
-            with conn.blobopen(table, "data", rowid, readonly=True) as blob:
-                def read(offset: int, count: int) -> bytes:
-                    blob.seek(offset)
-                    return blob.read(count)
-
-                yield open_stored(read, length, codec, size)
+            with _open_blob(self.connection(), table, where, args) as stored:
+                yield stored
         except CorruptTrajectory as exc:
             raise CorruptResultError(name, str(exc)) from None
+
+    def trajectory_reader(self, table: str, where: str, args: tuple, name: str) -> TrajectoryReader:
+        """The trajectory at ``where`` on a read-only connection of its own (``TrajectoryReader``), for a response
+        that is read from several threads while other requests use theirs; close it when done."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self._busy_timeout_ms / 1000)
+        conn.execute("PRAGMA query_only = ON")
+        return TrajectoryReader(conn, _open_blob(conn, table, where, args), name)
+
+
+@contextmanager
+def _open_blob(conn: sqlite3.Connection, table: str, where: str, args: tuple
+               ) -> Iterator[StoredTrajectory | JSONTrajectory | None]:
+    """The stored trajectory of the row at ``where`` in ``table`` on ``conn``, read from its blob as asked for."""
+    r = conn.execute(f"SELECT rowid, codec, size, length(data) FROM {table} WHERE {where}", args).fetchone()
+    if r is None:
+        yield None
+        return
+    rowid, codec, size, length = r
+    with conn.blobopen(table, "data", rowid, readonly=True) as blob:
+        def read(offset: int, count: int) -> bytes:
+            blob.seek(offset)
+            return blob.read(count)
+
+        yield open_stored(read, length, codec, size)
+
+
+class TrajectoryReader:
+    """A stored trajectory open on its own connection: ``stored`` (None when there is none), ``close()``. Opening
+    reads its header (CorruptResultError at once for a damaged one); a damaged array raises CorruptResultError when
+    it is read."""
+
+    def __init__(self, conn: sqlite3.Connection, opened: Any, name: str) -> None:
+        self._conn, self._opened, self.name = conn, opened, name
+        try:
+            self.stored = opened.__enter__()
+        except CorruptTrajectory as exc:
+            conn.close()
+            raise CorruptResultError(name, str(exc)) from None
+        except BaseException:
+            conn.close()
+            raise
+
+    def get(self, name: str) -> Any:
+        try:
+            return self.stored.get(name)
+        except CorruptTrajectory as exc:
+            raise CorruptResultError(self.name, str(exc)) from None
+
+    @property
+    def names(self) -> list[str]:
+        return self.stored.names
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self._opened.__exit__(None, None, None)
+        self._conn.close()

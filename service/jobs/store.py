@@ -30,6 +30,7 @@ from .database import (
     CorruptResultError,
     Database,
     QueueFullError,
+    TrajectoryReader,
     keyset_page,
     new_job_id,
     utc_now,
@@ -117,6 +118,10 @@ class JobStore:
         has not succeeded). CorruptResultError when its bytes do not decode."""
         with self.db.open_trajectory("results", "job_id = ?", (job_id,), job_id) as stored:
             yield stored
+
+    def result_reader(self, job_id: str) -> TrajectoryReader:
+        """The job's stored trajectory on a connection of its own, for a streamed response (close it when done)."""
+        return self.db.trajectory_reader("results", "job_id = ?", (job_id,), job_id)
 
     # -- writing ---------------------------------------------------------------------------------
 

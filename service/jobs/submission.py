@@ -24,7 +24,7 @@ import hashlib
 import logging
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -44,7 +44,7 @@ from service.schemas.validation import parse_body
 from service.settings import Settings
 from service.status import CANCELLED, FAILED, QUEUED, SUCCEEDED
 
-from .database import CorruptResultError, Database, InvalidPageToken, QueueFullError
+from .database import CorruptResultError, Database, InvalidPageToken, QueueFullError, TrajectoryReader
 from .store import JobRow, JobStore
 from .sweep_plan import ValidatedSweep, canonical_sweep, validate_parsed
 from .sweeps_store import PointRow, SweepRow, SweepStore
@@ -90,6 +90,20 @@ async def read_nowait(db: Database, read: Callable[..., T], *args: Any) -> T:
             return read(*args)
     except sqlite3.OperationalError:
         return await asyncio.to_thread(read, *args)
+
+
+def _streamed(reader: TrajectoryReader, encode: Callable[[Any], Iterator[bytes]],
+              on_corrupt: Callable[[CorruptResultError], None]) -> Iterator[bytes]:
+    """The pieces of ``encode(reader)``, the reader closed after the last (or when the response is dropped). A
+    damaged array found mid-stream cuts the response (its status is sent already): logged, ``on_corrupt`` told."""
+    try:
+        yield from encode(reader)
+    except CorruptResultError as exc:
+        log.error("%s (found while sending it: the response was cut)", exc)
+        on_corrupt(exc)
+        raise
+    finally:
+        reader.close()
 
 
 def retry_after(settings: Settings, at_least: int = 0) -> dict[str, str]:
@@ -277,6 +291,33 @@ class Simulations(_Jobs[JobRow]):
         except CorruptResultError as exc:
             raise await self._recover_corrupt_result(job_id, exc) from None
 
+    async def stream_trajectory(self, job_id: str, viewer: str | None,
+                                encode: Callable[[Any], Iterator[bytes]]) -> Iterator[bytes]:
+        """The pieces ``encode(stored)`` yields from the stored trajectory of a succeeded simulation, read from a
+        connection of its own as they are sent (one array at a time): 404, 409 and a damaged header (500, the
+        simulation queued again) are found before the first piece. A damaged array found mid-stream cuts the
+        response (its status is sent already), and queues the simulation again for the next request."""
+        row = await self.get(job_id, viewer)
+        if row.status != SUCCEEDED:
+            raise self._not_finished(row)
+        try:
+            reader = await asyncio.to_thread(self.store.result_reader, job_id)
+        except CorruptResultError as exc:
+            raise await self._recover_corrupt_result(job_id, exc) from None
+        if reader.stored is None:
+            await asyncio.to_thread(reader.close)
+            raise ProblemError(500, "invalid-simulation-result", f"simulation {job_id} succeeded but has no stored "
+                               "result")
+        return _streamed(reader, encode, lambda exc: self._requeue_corrupt(job_id, exc))
+
+    def _requeue_corrupt(self, job_id: str, exc: CorruptResultError) -> None:
+        """A stored result found damaged mid-stream: queued again (the engine's reconcile pass submits it), so the
+        next request gets the 500 that says so."""
+        failed = problem_body(500, "corrupt-result", f"the stored trajectory was corrupt ({exc.reason}) after "
+                              f"each of {MAX_RESULT_ATTEMPTS} runs; check the data dir's disk, then submit the "
+                              "request again", instance=f"/v1/simulations/{job_id}")
+        self.store.recover_corrupt_result(job_id, failed, MAX_RESULT_ATTEMPTS)
+
     def _not_finished(self, row: JobRow) -> ProblemError:
         if row.status == FAILED:
             reason = (row.error or {}).get("detail") or "see its error"
@@ -371,9 +412,10 @@ class Sweeps(_Jobs[SweepRow]):
 
         return await asyncio.to_thread(read)
 
-    async def read_point_trajectory(self, sweep_id: str, k: int, viewer: str | None, use: Callable[[Stored], T]) -> T:
-        """``use(stored)`` on point k's kept trajectory: 404 no such point, 409 not-recorded (a summary sweep) or
-        not-finished, 500 unreadable."""
+    async def stream_point_trajectory(self, sweep_id: str, k: int, viewer: str | None,
+                                      encode: Callable[[Any], Iterator[bytes]]) -> Iterator[bytes]:
+        """The pieces ``encode(stored)`` yields from point k's kept trajectory (as ``Simulations.stream_trajectory``):
+        404 no such point, 409 not-recorded (a summary sweep) or not-finished, 500 unreadable."""
         row = await self.get(sweep_id, viewer)
         if k >= row.n_points:
             raise ProblemError(404, "not-found", f"sweep {sweep_id} has no point {k}: its points are "
@@ -392,8 +434,7 @@ class Sweeps(_Jobs[SweepRow]):
             raise ProblemError(409, "not-finished", f"point {k} of sweep {sweep_id} is {state}; its trajectory exists "
                                "once it has succeeded", headers=headers)
         try:
-            return await self._read(lambda: self.store.open_trajectory(sweep_id, k), use,
-                                    f"point {k} of sweep {sweep_id} succeeded but has no stored trajectory")
+            reader = await asyncio.to_thread(self.store.trajectory_reader, sweep_id, k)
         except CorruptResultError as exc:
             log.error("%s", exc)
             # Not rerun in place (the sweep has finished): the point's run is seeded, so the same request run
@@ -402,3 +443,8 @@ class Sweeps(_Jobs[SweepRow]):
                                f"corrupt ({exc.reason}); check the data dir's disk. The run is seeded: POST the sweep's "
                                f"base with this point's parameters (GET /v1/sweeps/{sweep_id}/results) to "
                                "/v1/simulations for the same trajectory") from None
+        if reader.stored is None:
+            await asyncio.to_thread(reader.close)
+            raise ProblemError(500, "invalid-simulation-result", f"point {k} of sweep {sweep_id} succeeded but has no "
+                               "stored trajectory")
+        return _streamed(reader, encode, lambda exc: None)

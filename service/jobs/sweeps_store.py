@@ -37,6 +37,7 @@ from .database import (
     Database,
     InvalidPageToken,
     QueueFullError,
+    TrajectoryReader,
     keyset_page,
     new_job_id,
     utc_now,
@@ -198,6 +199,11 @@ class SweepStore:
         with self.db.open_trajectory("sweep_trajectories", "sweep_id = ? AND k = ?", (sweep_id, k),
                                      f"{sweep_id}/points/{k}") as stored:
             yield stored
+
+    def trajectory_reader(self, sweep_id: str, k: int) -> TrajectoryReader:
+        """A kept point trajectory on a connection of its own, for a streamed response (close it when done)."""
+        return self.db.trajectory_reader("sweep_trajectories", "sweep_id = ? AND k = ?", (sweep_id, k),
+                                         f"{sweep_id}/points/{k}")
 
     # -- writing ---------------------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ import io
 import numpy as np
 import orjson
 import pytest
+import zstandard
 
+from service import codec
 from service.api.negotiation import NPZ, negotiate
 from service.build import build_run
 from service.codec import MEMBERS as FIELDS
@@ -235,3 +237,50 @@ def test_npz_from_the_core_trajectory_equals_the_npz_from_its_json(request_):
         assert {"test_loss", "early_stopping_step", "loss_theory_test_loss", "loss_theory_exact"} <= set(direct)
     if request_["training"].get("allow_unstable"):  # the diverging case carries the optional scalars too
         assert traj.outcome == "diverged" and {"stability_hint", "diverged_at_step"} <= set(direct)
+
+
+# ------------------------------------------------------------------------------------------------
+# storage
+
+
+async def test_a_result_stored_as_json_text_by_earlier_versions_is_still_served(service):
+    job = await finished(service)
+    # what versions before the array store wrote: the document's JSON text as one zstd frame, codec "zstd"
+    text = orjson.dumps(doc())
+    with service.store.db.write() as conn:
+        conn.execute("UPDATE results SET codec = 'zstd', size = ?, data = ? WHERE job_id = ?",
+                     (len(text), zstandard.ZstdCompressor(level=1).compress(text), job))
+    assert (await get(service, job)).content == text
+    assert np.array_equal(load_npz((await get(service, job, accept=NPZ, fields="product")).content)["product"],
+                          np.array(doc()["product"]))
+
+
+def test_a_large_trajectory_is_printed_in_pieces_one_array_at_a_time(monkeypatch):
+    monkeypatch.setattr(codec, "JSON_PIECE_BYTES", 4096)
+    arrays = document_arrays(doc())
+    blob = codec.pack(arrays)
+    reads = []
+    stored = codec.StoredTrajectory(codec.reader_of(blob), len(blob))
+    original = stored.get
+    monkeypatch.setattr(stored, "get", lambda name: reads.append(name) or original(name))
+    pieces = codec.iter_json(stored)
+    first = next(pieces)
+    assert reads == []  # nothing is read before the first array's piece is asked for
+    rest = list(pieces)
+    assert len(rest) > 10 and max(map(len, rest)) < 3 * 4096
+    assert first + b"".join(rest) == orjson.dumps(doc())
+    assert sorted(reads) == sorted(set(reads))  # every array read once
+
+
+async def test_an_array_found_damaged_mid_stream_cuts_the_response_and_queues_the_simulation_again(service):
+    job = await finished(service)
+    with service.store.db.write() as conn:
+        blob = bytearray(conn.execute("SELECT data FROM results WHERE job_id = ?", (job,)).fetchone()[0])
+        blob[-20] ^= 0xFF  # inside the last array's frame: the header reads, the frame fails its checksum
+        conn.execute("UPDATE results SET data = ? WHERE job_id = ?", (bytes(blob), job))
+    with pytest.raises(Exception):  # noqa: B017 - the transport's error for a body cut short
+        body = (await get(service, job)).content
+        orjson.loads(body)  # a body that did arrive is not the whole document
+    simulation = (await service.client.get(f"/v1/simulations/{job}")).json()
+    assert simulation["status"] == "queued"
+    assert_problem(await get(service, job), 409, "not-finished")

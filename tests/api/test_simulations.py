@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import orjson
 import pytest
@@ -401,12 +399,10 @@ async def test_corrupt_stored_trajectory_is_a_500_problem_and_the_simulation_run
     sim = (await _create(service)).json()
     service.finish(sim["id"], {"x": 1})
 
-    @contextmanager
     def corrupt(job_id):
         raise CorruptResultError(job_id, "checksum mismatch")
-        yield
 
-    monkeypatch.setattr(service.store, "open_result", corrupt)
+    monkeypatch.setattr(service.store, "result_reader", corrupt)
     response = await service.client.get(f"/v1/simulations/{sim['id']}/trajectory")
     body = assert_problem(response, 500, "corrupt-result")
     assert "checksum mismatch" in body["detail"] and "queued to run again" in body["detail"]
