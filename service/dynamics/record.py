@@ -18,7 +18,8 @@ class RecordSchedule:
     geometrically from t_end·10⁻⁴ (or one GD step, if larger) to t_end, which is what sigmoidal
     mode curves need on a log axis. ``weights`` asks for every layer at every record, ``similarity`` for
     the hidden-layer item similarity W21ᵀW21 (see ``similarity.item_similarity``), ``kernel`` for the NTK's
-    Grams and the kernel distance (see ``kernel``).
+    Grams and the kernel distance (see ``kernel``), ``linearized`` for the loss of the network linearised at its
+    initialisation at the same records (see ``linearized``).
     """
 
     points: int = 200
@@ -27,6 +28,7 @@ class RecordSchedule:
     weights: bool = False
     similarity: bool = False
     kernel: bool = False
+    linearized: bool = False
 
     def sample_times(self, t_end: float, t_min: float | None = None) -> np.ndarray:
         """Sorted unique record times in [0, t_end]; 0 is always included."""

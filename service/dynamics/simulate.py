@@ -27,6 +27,7 @@ from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunRes
 from .modes import excess_loss, measured_learning_times, mode_basis, mode_strengths, optimum
 from .problem import Problem, least_squares
 from .record import RecordSchedule
+from .sequence import TaskSequence, preflight_sequence, simulate_sequence
 from .similarity import check_similarity, item_similarity, symmetric
 from .theory import theory_overlay
 from .trajectory import ModeReport, Trajectory
@@ -39,8 +40,12 @@ def preflight(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
     """Every check ``simulate`` would fail on, without running anything (cheap: for the HTTP layer).
 
     Raises ``DynamicsError`` subclasses naming the field: the dtype, the method's parameters, the record
-    schedule, and for ``exact`` whether a closed form applies.
+    schedule, and for ``exact`` whether a closed form applies. A ``sequence.TaskSequence`` in place of the problem
+    gets ``sequence.preflight_sequence``.
     """
+    if isinstance(problem, TaskSequence):
+        preflight_sequence(problem, weights0, method, record, dtype=dtype)
+        return
     if dtype not in DTYPES:
         raise InvalidParameterError(f"dtype {dtype!r} is not supported", field=("dtype",),
                                     fix='use "float64" (default) or "float32"')
@@ -88,8 +93,11 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
              hooks: Hooks | None = None) -> Trajectory:
     """Simulate (``gd``, ``flow``) or evaluate (``exact``) the learning dynamics from ``weights0``.
 
-    Weights are input→output (weights0[0] = W21). Time is t = η·step for GD (reference §0).
+    Weights are input→output (weights0[0] = W21). Time is t = η·step for GD (reference §0). A
+    ``sequence.TaskSequence`` in place of the problem runs its phases one after the other (``simulate_sequence``).
     """
+    if isinstance(problem, TaskSequence):
+        return simulate_sequence(problem, weights0, method, record, dtype=dtype, hooks=hooks)
     preflight(problem, weights0, method, record, dtype=dtype)
     weights0 = [np.asarray(w, dtype=np.float64) for w in weights0]
     if isinstance(method, GradientDescent):
@@ -210,7 +218,18 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         early_stopping=early_stopping(times, steps, test),
         loss_theory=loss_theory(problem, weights0, overlay, basis),
         kernel=kernel,
+        final_weights=_final_weights(run, weights),
     )
+
+
+def _final_weights(run: RunResult | ExactRun, weights: list[np.ndarray] | None) -> list[np.ndarray] | None:
+    """The weights at the last record, float64: an exact run's own (for Riccati the factorisation of its state), else
+    the last recorded layer of each stack (after the cut of non-finite records)."""
+    if isinstance(run, ExactRun):
+        return run.final_weights
+    if weights is None or not len(weights[0]):
+        return None
+    return [np.array(w[-1], dtype=np.float64) for w in weights]
 
 
 def record_diagnostics(problem: Problem, weights: list[np.ndarray], weight_decay: float
