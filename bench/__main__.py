@@ -28,10 +28,11 @@ from . import service as through_service
 from .common import (BLAS_SETTLE_SECONDS, MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD, Context, environment,
                      table, use_service_malloc_settings)
 from .exact import exact_cost
-from .recording import analysis_recording_overhead
+from .recording import analysis_recording_overhead, linearized_overhead
 from .stepping import gd_recording_overhead, gd_speed, gd_speed_float32, gd_vs_torch
 
-BENCHMARKS = [gd_speed, gd_speed_float32, gd_recording_overhead, analysis_recording_overhead, gd_vs_torch, exact_cost]
+BENCHMARKS = [gd_speed, gd_speed_float32, gd_recording_overhead, analysis_recording_overhead, linearized_overhead,
+              gd_vs_torch, exact_cost]
 RESULTS = Path(__file__).with_name("results.md")
 
 

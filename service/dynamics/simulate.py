@@ -20,6 +20,7 @@ from .errors import ExactNotApplicableError, InvalidParameterError
 from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
 from .generalization import early_stopping, test_loss
+from .linearized import linearized_loss
 from .ntk import check_kernel, kernel_record
 from .theory import loss_theory
 from .gd import Layout, plan_order, run_gd
@@ -219,7 +220,17 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         loss_theory=loss_theory(problem, weights0, overlay, basis),
         kernel=kernel,
         final_weights=_final_weights(run, weights),
+        **_linearized(problem, weights0, method, record, times, steps),
     )
+
+
+def _linearized(problem: Problem, weights0: list[np.ndarray], method: Method, record: RecordSchedule,
+                times: np.ndarray, steps: np.ndarray | None) -> dict:
+    """Trajectory fields of the linearised model at the records (``linearized``), when recorded."""
+    if not record.linearized:
+        return {}
+    lin = linearized_loss(problem, weights0, method, times, steps)
+    return {"linearized_loss": lin.loss, "linearized_excess_loss": lin.excess_loss}
 
 
 def _final_weights(run: RunResult | ExactRun, weights: list[np.ndarray] | None) -> list[np.ndarray] | None:
