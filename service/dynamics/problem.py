@@ -60,6 +60,9 @@ class Problem:
     test: Problem | None = None  # held-out statistics (``with_test``): test loss along a run
     residual_loss: float | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # the description of a teacher that generated the data, for theories that predict without the sample
+    # (random_matrix.NoisyTeacher, set by presets.noisy_teacher); None for any other problem
+    teacher: object | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.sigma33_trace is None and self.sigma33 is not None:
@@ -106,7 +109,7 @@ def with_test(problem: Problem, test: Problem, *, field_prefix: FieldPath = ("da
                                     field=(*field_prefix, "sigma33"),
                                     fix="give sigma33 of the test distribution, or the test dataset itself")
     return Problem(problem.sigma11, problem.sigma31, problem.sigma33, problem.n_samples, problem.sigma33_trace, test,
-                   problem.residual_loss)
+                   problem.residual_loss, teacher=problem.teacher)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from .gd import Layout, plan_order, run_gd
 from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult
 from .modes import excess_loss, measured_learning_times, mode_basis, mode_strengths, optimum
 from .problem import Problem, least_squares
+from .random_matrix import random_matrix_loss_theory
 from .record import RecordSchedule
 from .sequence import TaskSequence, preflight_sequence, simulate_sequence
 from .similarity import check_similarity, item_similarity, symmetric
@@ -218,6 +219,7 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         test_loss=test,
         early_stopping=early_stopping(times, steps, test),
         loss_theory=loss_theory(problem, weights0, overlay, basis),
+        loss_theory_random_matrix=random_matrix_loss_theory(problem, weights0, method, times, steps),
         kernel=kernel,
         final_weights=_final_weights(run, weights),
         **_linearized(problem, weights0, method, record, times, steps),
