@@ -42,7 +42,9 @@ and L_lin = L_ls + Σ_n a_n². The eigenbasis, by cost:
 * "stepped": beyond those sizes, the linear map itself: GD stepped exactly (one Σ_l Q_l E P_{l−1} per step, about the
   cost of a GD step), flow integrated by DOP853 at rtol 1e-12 (the only route not exact to round-off).
 
-Measured at (32, 32, 32), Σ11 not whitened, 200 records: "rows" costs ~1–2 % of a 10,000-step GD run (bench/recording.py).
+Measured (bench/recording.py, python -m bench.recording): at (32, 32, 32), Σ11 not whitened, 201 records, "rows" costs
+1.9 ms, 3.1 % of a 10,000-step GD run (62.7 ms); (100, 100, 100) 2.6 %; "dense" at (16, 16, 16, 16) 5.9 ms (27 % of
+that short run: one 256² eigendecomposition).
 
 D = 1: f is linear, the linearised model is the model itself (H[Z] = ZΛ): linearized_loss equals loss.
 The linearised model is not bound by the bottleneck rank (W_lin − W(0) = Σ_l A_l Δ_l B_l can have rank up to D·r),

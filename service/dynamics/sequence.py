@@ -433,10 +433,11 @@ def build_sequence_trajectory(problems: list[Problem], weights0: list[np.ndarray
     task_loss = np.stack([gaps[:, p] + residuals[p] if residuals[p] is not None else task_excess[:, p]
                           for p in range(n_p)], axis=1)
     loss = task_loss[rows, phase] if all(k == "loss" for k in kinds) else None
-    distance = np.empty(t)
-    for p in range(n_p):
+    diff = product - opts[0].product          # as simulate.build_trajectory computes it (same layout, same sums)
+    for p in range(1, n_p):
         sel = phase == p
-        distance[sel] = np.sqrt(np.einsum("tij->t", (product[sel] - opts[p].product) ** 2))
+        diff[sel] = product[sel] - opts[p].product
+    distance = np.sqrt(np.einsum("tij->t", diff ** 2))
     grad = base.gradient_norm
     if not isinstance(run, ExactRun):   # gd, flow: the gradient of each record's own task (exact runs bring theirs)
         grad = np.empty(t)

@@ -302,6 +302,20 @@ def test_float32_flow_sequence_integrates_in_float64_and_rounds_only_the_records
         np.testing.assert_array_equal(w32, w64.astype(np.float32).astype(np.float64))
 
 
+@pytest.mark.parametrize("method", [GradientDescent(0.01, 300), GradientFlow(t_max=3.0), Exact(t_max=3.0)],
+                         ids=["gd", "flow", "exact"])
+def test_a_single_phase_is_the_plain_run(tasks, method):
+    (a, _, _), _ = tasks
+    w0 = init.initial_weights(a, [3], "lambda_balanced", lam=0.3, scale=0.1, seed=0)
+    plain = simulate(a, w0, method, RecordSchedule(points=7))
+    seq = simulate(TaskSequence([Phase(a)]), w0, method, RecordSchedule(points=7))
+    for name in ("time", "loss", "excess_loss", "product", "gradient_norm", "distance_to_optimum", "balance_drift"):
+        np.testing.assert_array_equal(getattr(seq, name), getattr(plain, name), err_msg=name)
+    np.testing.assert_array_equal(seq.modes.theory, plain.modes.theory)
+    np.testing.assert_array_equal(seq.task_loss[:, 0], plain.loss)
+    assert seq.task_loss_kind == ("loss",) and np.all(seq.phase == 0) and list(seq.phase_starts) == [0.0]
+
+
 def test_gradient_norm_is_that_of_each_records_task(tasks):
     (a, _, _), (b, _, _) = tasks
     from service.dynamics import network
