@@ -364,18 +364,18 @@ PRESETS: dict[str, Preset] = {
         "noisy_teacher", noisy_teacher,
         (PresetParam("n_in", "int", 16, "input dimension", 1),
          PresetParam("n_out", "int", 16, "output dimension", 1),
-         PresetParam("n_samples", "int", 16, "number of training samples N (N ≥ n_in: whitened inputs; N < n_in: N "
-                                             "orthogonal inputs of norm √n_in, Σ11 = (n_in/N)·projection)", 1),
+         # the registry's texts are part of the HTTP contract (openapi/openapi.json): N < n_in is described in
+         # noisy_teacher's docstring; the HTTP layer updates these texts when it exposes it
+         PresetParam("n_samples", "int", 16, "number of training samples N (≥ n_in: the inputs are whitened)", 1),
          PresetParam("noise", "float", 1.0, "standard deviation of the output noise", 0.0),
          PresetParam("singular_values", "float_list", [4.0, 2.0, 1.0], "the teacher's singular values (≥ 0)", 0.0),
          PresetParam("rank", "int_or_null", None, "the teacher's rank: its first `rank` singular values "
                                                   "(null = all of them)", 1),
          PresetParam("seed", "int", 0, "random seed (teacher, samples, noise)", 0)),
-        "Lampinen & Ganguli (2019) noisy teacher: a low-rank teacher W̄ = U diag(s) Vᵀ, N training samples with "
-        "Gaussian output noise (whitened, Σ11 = I, when N ≥ n_in; N orthogonal inputs otherwise), and the teacher's "
-        "exact test distribution (Σ11ᵗ = I, Σ31ᵗ = W̄, Σ33ᵗ = W̄W̄ᵀ + noise²·I) as data.test: runs record the test loss "
-        "‖W − W̄‖² + n_out·noise², the early-stopping point and the paper's sample-free random-matrix prediction of "
-        "train and test loss.",
+        "Lampinen & Ganguli (2019) noisy teacher: a low-rank teacher W̄ = U diag(s) Vᵀ, N whitened training samples "
+        "(Σ11 = I) with Gaussian output noise, and the teacher's exact test distribution (Σ11ᵗ = I, Σ31ᵗ = W̄, "
+        "Σ33ᵗ = W̄W̄ᵀ + noise²·I) as data.test: runs record the test loss ‖W − W̄‖² + n_out·noise² and the "
+        "early-stopping point.",
         builtin_test=True),
 }
 
