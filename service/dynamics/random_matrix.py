@@ -69,6 +69,10 @@ MODEL = "random_matrix"
 # Gauss–Legendre nodes per region of the Marchenko–Pastur integrals (in the angle θ of y² = 1 + A + 2√A cos θ, where
 # the density is smooth): the integrands are Saxe sigmoids in y, resolved to ~1e-10 at 400 nodes.
 MP_NODES = 400
+# GD runs get the exact per-mode GD map while steps × modes (teacher modes + the bulk's nodes) stays below this (a
+# compiled loop, ~0.1 s); longer runs get the flow's curves at t = η·step, O(η) from GD, as theory.py's small-init
+# overlay does (the theory itself is O(1/√n) from a finite sample anyway).
+GD_MAP_MAX_UPDATES = 2e7
 
 
 @dataclass(frozen=True)
@@ -198,22 +202,23 @@ def predicted_spectrum(teacher: NoisyTeacher) -> PredictedSpectrum:
 # the learning curves
 
 
-def _mode_curves(s_hat: np.ndarray, u0: float, depth: int, c: float, method, times, steps) -> np.ndarray | None:
-    """u(t; ŝ) (T, K) for Σ31 singular values ``s_hat`` (K,), every mode from u0 (module docstring); None where no
-    per-mode solution exists (depth ≥ 3 with weight decay)."""
-    gamma = float(method.weight_decay)
+def _mode_curves(s_hat: np.ndarray, u0: float, depth: int, c: float, gamma: float, times,
+                 gd: tuple[float, np.ndarray] | None = None) -> np.ndarray | None:
+    """u(t; ŝ) (T, K) for Σ31 singular values ``s_hat`` (K,), every mode from u0 (module docstring): the exact per-mode
+    GD map at the steps when ``gd`` = (η, steps), else the flow at ``times``; None where no per-mode solution exists
+    (depth ≥ 3 with weight decay)."""
     t = np.asarray(times, dtype=np.float64)
-    if isinstance(method, GradientDescent):
-        k = np.asarray(steps if steps is not None else np.rint(t / method.learning_rate), dtype=np.int64)
+    if gd is not None:
+        eta, k = gd
         if depth == 1:
-            rate = 1.0 - method.learning_rate * (2.0 * c + gamma)
+            rate = 1.0 - eta * (2.0 * c + gamma)
             limit = 2.0 * s_hat / (2.0 * c + gamma)
             with np.errstate(over="ignore", invalid="ignore"):
                 return limit[None] + (u0 - limit[None]) * np.power(rate, k.astype(np.float64))[:, None]
         if gamma and depth >= 3:
             return None
         a = np.full((s_hat.size, depth), u0 ** (1.0 / depth))
-        return np.prod(ex.gd_mode_map(a, s_hat, method.learning_rate, k, c, gamma), axis=2)
+        return np.prod(ex.gd_mode_map(a, s_hat, eta, k, c, gamma), axis=2)
     tt = t[:, None]
     if depth == 1:
         rate = 2.0 * c + gamma
@@ -250,8 +255,17 @@ def random_matrix_loss_theory(problem: Problem, weights0: Sequence[np.ndarray],
     if not eps > 0:
         return None
     c, sig_e, aspect = spec.c, spec.noise_scale, spec.aspect
+    gamma = float(method.weight_decay)
+    times = np.asarray(times, dtype=np.float64)
+    gd, how = None, "flow"
+    if isinstance(method, GradientDescent):
+        k = np.asarray(steps if steps is not None else np.rint(times / method.learning_rate), dtype=np.int64)
+        if depth == 1 or float(np.max(k, initial=0)) * (r_bar + 2 * MP_NODES) <= GD_MAP_MAX_UPDATES:
+            gd, how = (float(method.learning_rate), k), "exact per-mode GD maps"
+        else:
+            how = f"flow at t = η·step, O(η) from GD (η = {method.learning_rate:g})"
     learned_spikes = min(rank, r_bar)
-    spikes = _mode_curves(spec.s_hat, eps, depth, c, method, times, steps)
+    spikes = _mode_curves(spec.s_hat, eps, depth, c, gamma, times, gd)
     if spikes is None:
         return None
     spikes = spikes.copy()
@@ -267,7 +281,7 @@ def random_matrix_loss_theory(problem: Problem, weights0: Sequence[np.ndarray],
         y_out, w_out = _mp_angle_nodes(aspect, theta_q, np.pi)
         t_in = sig_e * y_in                                       # the noise modes' targets, T's singular values
         if t_in.size:
-            u = _mode_curves(c * t_in, eps, depth, c, method, times, steps)
+            u = _mode_curves(c * t_in, eps, depth, c, gamma, times, gd)
             if u is None:
                 return None
             train = train + spec.n_bulk * c * ((u - t_in[None]) ** 2) @ w_in
@@ -282,6 +296,6 @@ def random_matrix_loss_theory(problem: Problem, weights0: Sequence[np.ndarray],
         f"predicted Σ31 singular values {np.array2string(spec.s_hat, precision=4)} with overlaps "
         f"{np.array2string(spec.overlap, precision=4)}, {spec.n_bulk} noise modes in [{spec.bulk_edges[0]:.4g}, "
         f"{spec.bulk_edges[1]:.4g}]; a training-aligned student of rank {rank} learns every mode from "
-        f"ε = ‖W(0)‖/√r = {eps:.3g} (Saxe's per-mode solutions, depth {depth}); asymptotic in the sizes (errors "
+        f"ε = ‖W(0)‖/√r = {eps:.3g} (Saxe's per-mode solutions, depth {depth}, {how}); asymptotic in the sizes (errors "
         f"O(1/√max(n_out, min(N, n_in))) on finite ones), no use of the sample")
     return LossTheory(train, test, MODEL, False, assumptions)

@@ -166,6 +166,11 @@ def test_theory_is_attached_to_noisy_teacher_runs_only_and_handles_depth_and_flo
     gd = simulate(pb, w0, GradientDescent(0.001, 3000), RecordSchedule(points=31)).loss_theory_random_matrix
     # the GD map at η = 0.001 is the flow to O(η): within 1 % here
     np.testing.assert_allclose(gd.test_loss, flow.test_loss, rtol=0.01)
+    assert "exact per-mode GD maps" in gd.assumptions
+    # a long GD run gets the flow's curves at t = η·step (the GD maps' cost grows with the steps)
+    long = simulate(pb, w0, GradientDescent(1e-4, 30_000), RecordSchedule(points=31)).loss_theory_random_matrix
+    assert "flow at t = η·step" in long.assumptions
+    np.testing.assert_allclose(long.test_loss, flow.test_loss, rtol=1e-12)
     deep = init.initial_weights(pb, [20, 20], "aligned", strength=1e-3)
     th = simulate(pb, deep, GradientFlow(t_max=3.0), RecordSchedule(points=31)).loss_theory_random_matrix
     assert th is not None and "depth 3" in th.assumptions
