@@ -1,5 +1,6 @@
 """The cost of the analysis records of issue 12, the test loss on held-out data and the NTK (record.kernel), and of
-the sharpness (record.sharpness), as a fraction of a whole run: ``simulate`` (the GD steps and every derived
+the sharpness (record.sharpness) and the linearised loss (record.linearized: the lazy limit as theory), each as a
+fraction of a whole run: ``simulate`` (the GD steps and every derived
 quantity) with 200 records. Bar: < 5 %.
 
     python -m bench.recording      # these rows alone (make bench runs them too)
@@ -11,6 +12,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from service.dynamics.generalization import early_stopping, test_loss
+from service.dynamics.linearized import linearized_loss
 from service.dynamics.methods import GradientDescent
 from service.dynamics.ntk import kernel_record
 from service.dynamics.problem import Problem, with_test
@@ -111,11 +113,43 @@ def _sharpness_row(size: tuple[int, int, int], repeats: int) -> Row:
                     f"(×{arpack / lanczos:.1f})")
 
 
+def linearized_overhead(ctx: Context) -> list[Row]:
+    """The linearised loss (``linearized.linearized_loss``) at a 10,000-step GD run's 201 records costs < 5 % of that
+    run at (32, 32, 32): timed on the run's own record steps, best of many, over the best plain run (as above).
+    Σ11 is not whitened (bench.stepping.make_problem), so two layers take the "rows" route; (8, 16, 8) and
+    (100, 100, 100) are shown beside it, and a three-layer (16, 16, 16, 16) on the "dense" route."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        repeats = 5 if ctx.quick else 40
+        sizes = [(32, 32, 32)] if ctx.quick else [(8, 16, 8), (32, 32, 32), (100, 100, 100)]
+        rows = [_linearized_row(size, repeats) for size in sizes]
+        if not ctx.quick:
+            rows.append(_linearized_row((16, 16, 16, 16), repeats))
+        return rows
+
+
+def _linearized_row(size: tuple[int, ...], repeats: int) -> Row:
+    method = GradientDescent(LEARNING_RATE, STEPS)
+    problem, w0 = make_problem(size[0], size[1], size[-1])
+    if len(size) == 4:   # one more hidden layer, O(1) like make_problem's
+        rng = np.random.default_rng(1)
+        w0 = [w0[0], rng.standard_normal((size[2], size[1])) / np.sqrt(size[1]),
+              rng.standard_normal((size[3], size[2])) / np.sqrt(size[2])]
+    run = _best(lambda: simulate(problem, w0, method, RecordSchedule(points=RECORDS)), max(3, repeats // 4))
+    traj = simulate(problem, w0, method, RecordSchedule(points=RECORDS))
+    lin = linearized_loss(problem, w0, method, traj.time, traj.step)
+    cost = _best(lambda: linearized_loss(problem, w0, method, traj.time, traj.step), repeats) / run
+    bar = size == (32, 32, 32)
+    return Row("(II.5) linearized loss, 200 records", str(size), flops=None, value=f"{100 * cost:.2f} % of the run",
+               bar="< 5 %" if bar else "", passed=(cost < 0.05) if bar else None,
+               note=f"{STEPS:,} GD steps, simulate {1e3 * run:.2f} ms; route {lin.route}, {1e3 * cost * run:.2f} ms "
+                    f"({len(traj.time)} records)")
+
+
 def main() -> None:
     """These rows alone, as ``python -m bench`` runs them: the workers' malloc thresholds, one BLAS thread."""
     use_service_malloc_settings()  # else every fresh array past 128 KiB is a new mmap, paid in page faults
     ctx = Context(quick=False, threads=1)
-    for row in analysis_recording_overhead(ctx) + sharpness_recording_overhead(ctx):
+    for row in analysis_recording_overhead(ctx) + sharpness_recording_overhead(ctx) + linearized_overhead(ctx):
         print(f"| {row.benchmark} | {row.case} | {row.value} | {row.bar} | "
               f"{'pass' if row.passed else ('—' if row.passed is None else 'FAIL')} | {row.note} |")
 

@@ -11,8 +11,9 @@ they use and never parse float text; the JSON document is printed from the array
 prints the shortest repr that round-trips, as for Python floats, and null for a non-finite value).
 
 Stored layout (codec ``ARRAYS``): ``MAGIC``, a little-endian uint32 header length, a JSON header
-``{"arrays": [{"name", "dtype", "shape", "offset", "size"}], "scalars": {name: value}}``, then one zstd frame per
-array (with its content checksum) at the header's offsets, relative to the end of the header. An array's bytes are
+``{"arrays": [{"name", "dtype", "shape", "offset", "size", "crc32"}], "scalars": {name: value}}``, then one zstd
+frame per array (with its content checksum) at the header's offsets, relative to the end of the header; ``crc32``
+is that of the compressed frame, so stored bytes can be checked without decompressing them. An array's bytes are
 byte-shuffled before compression (all first bytes of its values, then all second bytes, …): float mantissas that
 differ only in their low bytes then compress well (see bench/results.md for the sizes against JSON text). Frames are
 compressed on several threads (zstd releases the GIL). The earlier layout, the JSON document compressed as one zstd
@@ -25,6 +26,7 @@ import io
 import os
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -138,7 +140,7 @@ def pack(arrays: Mapping[str, Value]) -> bytes:
     for name, frame in zip(names, frames, strict=True):
         a = arrays[name]
         entries.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "offset": offset,
-                        "size": len(frame)})
+                        "size": len(frame), "crc32": zlib.crc32(frame)})
         offset += len(frame)
     header = orjson.dumps({"arrays": entries, "scalars": scalars})
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *frames])
@@ -186,6 +188,16 @@ class StoredTrajectory:
     def __contains__(self, name: str) -> bool:
         return name in self._entries or name in self._scalars
 
+    def verify(self, names: Iterable[str]) -> None:
+        """Check the stored bytes of the arrays ``names`` against their CRC-32 (CorruptTrajectory if one differs),
+        without decompressing them: cheap, so that a response can be refused before its first byte is sent."""
+        for name in names:
+            entry = self._entries.get(name)
+            if entry is None or "crc32" not in entry:  # a scalar, or stored before frames carried a CRC
+                continue
+            if zlib.crc32(self._read(self._base + entry["offset"], entry["size"])) != entry["crc32"]:
+                raise CorruptTrajectory(f"array {name}: its stored bytes fail their CRC-32")
+
     def get(self, name: str) -> Value:
         """The array or scalar ``name`` (None when not stored)."""
         if name in self._scalars:
@@ -202,7 +214,8 @@ class StoredTrajectory:
 
 
 class JSONTrajectory:
-    """A trajectory stored by earlier versions as its JSON document (codec ``JSON_ZSTD``), read as named arrays."""
+    """A trajectory stored by earlier versions as its JSON document (codec ``JSON_ZSTD``), read as named arrays
+    (decompressed and checked whole when it is opened)."""
 
     def __init__(self, document: Mapping[str, Any]) -> None:
         self._values: Arrays = {}
@@ -222,6 +235,9 @@ class JSONTrajectory:
     @property
     def names(self) -> list[str]:
         return _table_order(set(self._values))
+
+    def verify(self, names: Iterable[str]) -> None:
+        """Nothing left to check: the whole document was checked when it was opened."""
 
     def __contains__(self, name: str) -> bool:
         return name in self._values
@@ -304,6 +320,11 @@ def record_indices(count: int, every: int) -> np.ndarray:
     if count and idx[-1] != count - 1:
         idx.append(count - 1)
     return np.asarray(idx, dtype=np.intp)
+
+
+def selected_names(stored: Stored | Mapping[str, Value], fields: Sequence[str] | None) -> list[str]:
+    """The stored names the members ``fields`` (all when None) are made of."""
+    return _selection(stored, fields, None).names
 
 
 def select(stored: Stored | Mapping[str, Value], fields: Sequence[str] | None = None,

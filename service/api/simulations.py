@@ -179,7 +179,7 @@ async def get_trajectory(job_id: JobId, simulations: SimulationsDep, owner: Owne
     def encode(stored: codec.Stored) -> Iterator[bytes]:
         return codec.iter_json(stored, selected, every) if media == JSON else codec.iter_npz(stored, selected, every)
 
-    pieces = await simulations.stream_trajectory(job_id, owner, encode)
+    pieces = await simulations.stream_trajectory(job_id, owner, selected, encode)
     headers = {"Vary": "Accept"}
     if media == NPZ:
         headers["Content-Disposition"] = f'attachment; filename="trajectory-{job_id}.npz"'

@@ -10,7 +10,10 @@ Plain numpy/scipy (numba for the small-network GD loop), no web imports. One con
     sharpness  top Hessian eigenvalues of L and the edge-of-stability threshold (hessian_loop: product, Lanczos)
     modes      SVD of Σ31, mode strengths, reduced-rank optimum, learning times; theory: overlays
     record     the record schedule; trajectory: what a run returns; simulate: the one entry point
-    presets    built-in problems (PNAS 2019 hierarchy, branching diffusion, whitened, random teacher)
+    sequence   task sequences: one run over phases (problem, until), for continual learning and transfer
+    linearized the loss of the network linearised at its init (the lazy limit as theory)
+    random_matrix  Lampinen & Ganguli's sample-free theory of train and test loss for a noisy teacher
+    presets    built-in problems (PNAS 2019 hierarchy, branching diffusion, whitened, random teacher, noisy teacher)
 
 Conventions (``shared/reference/dynamics.md`` §0): L = (1/N) Σ ‖y − W x‖², t = η·step (GD, SGD), dW_l/dt = −∂L/∂W_l.
 """

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .errors import DynamicsError, FieldPath, InvalidParameterError
 from .problem import Problem, problem_from_correlations, problem_from_data, read_only_samples, with_test
+from .random_matrix import NoisyTeacher
 
 PARAMS_FIELD: FieldPath = ("data",)
 
@@ -253,21 +254,24 @@ def noisy_teacher(n_in: int = 16, n_out: int = 16, n_samples: int = 16, noise: f
 
         teacher  W̄ = U diag(s_1 … s_r) Vᵀ   (U: n_out × r, V: n_in × r, random orthonormal columns, seeded; the first
                                               ``rank`` of ``singular_values``, all when rank is null)
-        training X = sqrt(N) Q  (N × n_in, Q with orthonormal columns: whitened exactly, Σ11 = XᵀX/N = I),
+        training N ≥ n_in: X = sqrt(N) Q  (N × n_in, Q with orthonormal columns: whitened exactly, Σ11 = XᵀX/N = I)
+                 N < n_in: X = sqrt(n_in) R  (N × n_in, R with orthonormal rows: N orthogonal inputs of norm √n_in,
+                           the test inputs' typical norm; they cannot be whitened: Σ11 = (n_in/N)·RᵀR, a multiple of
+                           the projection on their span — the paper's P < N1 case of P orthonormal inputs)
                  Y = X W̄ᵀ + noise · Z,  Z ~ N(0, 1)  (N × n_out)
         test     x ~ N(0, I), y = W̄ x + noise · z:  Σ11ᵗ = I,  Σ31ᵗ = W̄,  Σ33ᵗ = W̄W̄ᵀ + noise² I   (exact, not sampled)
 
-    So Σ31 = W̄ + ZᵀX/N is the teacher plus a noise matrix with i.i.d. N(0, noise²/N) entries (the spiked model of
-    reference §6d), and L_test(W) = ‖W − W̄‖²_F + n_out · noise². Needs n_samples ≥ n_in (whitened inputs).
+    So for N ≥ n_in, Σ31 = W̄ + ZᵀX/N is the teacher plus a noise matrix with i.i.d. N(0, noise²/N) entries (the spiked
+    model of reference §6d); for N < n_in, Σ31/(n_in/N) is the teacher seen through the inputs' N-dimensional span
+    plus noise of variance noise²/n_in per entry in that span, and the sample is fitted exactly (L_ls = 0). Either
+    way L_test(W) = ‖W − W̄‖²_F + n_out · noise². The problem carries its ``random_matrix.NoisyTeacher``, from which
+    runs report the sample-free prediction of train and test loss (Trajectory.loss_theory_random_matrix).
     """
     n_in = _int_in("n_in", n_in, 1)
     n_out = _int_in("n_out", n_out, 1)
     n_samples = _int_in("n_samples", n_samples, 1)
     noise = _float_in("noise", noise, 0.0, 1e6)
     seed = _seed(seed)
-    if n_samples < n_in:
-        raise _bad("n_samples", f"n_samples = {n_samples} is below n_in = {n_in}: the training inputs cannot be "
-                                "whitened (Σ11 = I needs N ≥ n_in)", f"give n_samples ≥ {n_in}, or a smaller n_in")
     if n_samples * (n_in + n_out) > MAX_TEACHER_ENTRIES:
         raise _bad("n_samples", "the dataset would be too large",
                    f"keep n_samples × (n_in + n_out) at most {MAX_TEACHER_ENTRIES}")
@@ -285,14 +289,18 @@ def noisy_teacher(n_in: int = 16, n_out: int = 16, n_samples: int = 16, noise: f
                    f"give at most min(n_in, n_out) = {min(n_in, n_out)} singular values, or set rank")
     rng = np.random.default_rng(seed)
     teacher = (_random_orthonormal(rng, n_out, s.size) * s) @ _random_orthonormal(rng, n_in, s.size).T
-    x = math.sqrt(n_samples) * _random_orthonormal(rng, n_samples, n_in)
+    if n_samples >= n_in:
+        x = math.sqrt(n_samples) * _random_orthonormal(rng, n_samples, n_in)
+    else:
+        x = math.sqrt(n_in) * _random_orthonormal(rng, n_in, n_samples).T
     y = x @ teacher.T
     if noise > 0:
         y = y + noise * rng.standard_normal((n_samples, n_out))
     train = problem_from_data(x, y)
     test = Problem(np.eye(n_in), teacher, teacher @ teacher.T + noise ** 2 * np.eye(n_out), None,
                    float(np.sum(teacher * teacher)) + n_out * noise ** 2, residual_loss=n_out * noise ** 2)
-    return with_test(train, test)
+    spec = NoisyTeacher(tuple(float(v) for v in s), noise, n_in, n_out, n_samples)
+    return replace(with_test(train, test), teacher=spec)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -360,6 +368,8 @@ PRESETS: dict[str, Preset] = {
         "noisy_teacher", noisy_teacher,
         (PresetParam("n_in", "int", 16, "input dimension", 1),
          PresetParam("n_out", "int", 16, "output dimension", 1),
+         # the registry's texts are part of the HTTP contract (openapi/openapi.json): N < n_in is described in
+         # noisy_teacher's docstring; the HTTP layer updates these texts when it exposes it
          PresetParam("n_samples", "int", 16, "number of training samples N (≥ n_in: the inputs are whitened)", 1),
          PresetParam("noise", "float", 1.0, "standard deviation of the output noise", 0.0),
          PresetParam("singular_values", "float_list", [4.0, 2.0, 1.0], "the teacher's singular values (≥ 0)", 0.0),

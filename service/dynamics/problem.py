@@ -88,6 +88,9 @@ class Problem:
     # the dataset itself when the problem was built from one (``problem_from_data``, presets built from data):
     # what SGD samples its mini-batches from; None when only the correlations are known
     samples: Samples | None = field(default=None, repr=False, compare=False)
+    # the description of a teacher that generated the data, for theories that predict without the sample
+    # (random_matrix.NoisyTeacher, set by presets.noisy_teacher); None for any other problem
+    teacher: object | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.sigma33_trace is None and self.sigma33 is not None:
@@ -134,7 +137,7 @@ def with_test(problem: Problem, test: Problem, *, field_prefix: FieldPath = ("da
                                     field=(*field_prefix, "sigma33"),
                                     fix="give sigma33 of the test distribution, or the test dataset itself")
     return Problem(problem.sigma11, problem.sigma31, problem.sigma33, problem.n_samples, problem.sigma33_trace, test,
-                   problem.residual_loss, samples=problem.samples)
+                   problem.residual_loss, samples=problem.samples, teacher=problem.teacher)
 
 
 @dataclass(frozen=True)

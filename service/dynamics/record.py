@@ -19,7 +19,8 @@ class RecordSchedule:
     mode curves need on a log axis. ``weights`` asks for every layer at every record, ``similarity`` for
     the hidden-layer item similarity W21ᵀW21 (see ``similarity.item_similarity``), ``kernel`` for the NTK's
     Grams and the kernel distance (see ``kernel``), ``sharpness`` for the ``sharpness_k`` largest eigenvalues of
-    the Hessian of L w.r.t. all weights (see ``sharpness``).
+    the Hessian of L w.r.t. all weights (see ``sharpness``), ``linearized`` for the loss of the network linearised at
+    its initialisation at the same records (see ``linearized``).
     """
 
     points: int = 200
@@ -30,6 +31,7 @@ class RecordSchedule:
     kernel: bool = False
     sharpness: bool = False
     sharpness_k: int = 1
+    linearized: bool = False
 
     def sample_times(self, t_end: float, t_min: float | None = None) -> np.ndarray:
         """Sorted unique record times in [0, t_end]; 0 is always included."""

@@ -21,11 +21,14 @@ from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
 from .gd import HookClock, Layout, plan_order, run_gd
 from .generalization import early_stopping, test_loss
+from .linearized import linearized_loss
 from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult, StochasticGradientDescent
 from .modes import excess_loss, measured_learning_times, mode_basis, mode_strengths, optimum
 from .ntk import check_kernel, kernel_record
 from .problem import Problem, least_squares
+from .random_matrix import random_matrix_loss_theory
 from .record import RecordSchedule
+from .sequence import TaskSequence, preflight_sequence, simulate_sequence
 from .sgd import check_momentum, check_sgd, momentum_of, run_momentum_gd, run_sgd, stability_factor, theory_overlay_for
 from .sharpness import check_sharpness, refuse_without_weights, sharpness_record, sharpness_threshold
 from .similarity import check_similarity, item_similarity, symmetric
@@ -40,8 +43,12 @@ def preflight(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
     """Every check ``simulate`` would fail on, without running anything (cheap: for the HTTP layer).
 
     Raises ``DynamicsError`` subclasses naming the field: the dtype, the method's parameters (for ``sgd`` against
-    the problem: it needs the samples), the record schedule, and for ``exact`` whether a closed form applies.
+    the problem: it needs the samples), the record schedule, and for ``exact`` whether a closed form applies. A
+    ``sequence.TaskSequence`` in place of the problem gets ``sequence.preflight_sequence``.
     """
+    if isinstance(problem, TaskSequence):
+        preflight_sequence(problem, weights0, method, record, dtype=dtype)
+        return
     if dtype not in DTYPES:
         raise InvalidParameterError(f"dtype {dtype!r} is not supported", field=("dtype",),
                                     fix='use "float64" (default) or "float32"')
@@ -60,6 +67,11 @@ def preflight(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
         check_kernel(weights0)
     if record.sharpness:
         check_sharpness(record.sharpness_k, weights0)
+    if record.linearized and (isinstance(method, StochasticGradientDescent) or momentum_of(method)[0]):
+        raise InvalidParameterError(
+            "the linearised loss is the model linearised at its initialisation trained by full-batch gd without "
+            "momentum, gradient flow or the exact solution", field=("record", "linearized"),
+            fix='set record.linearized to false, or use method "gd" without momentum, "flow" or "exact"')
     if isinstance(method, Exact):
         model = check_exact(problem, weights0, method.weight_decay)
         if record.weights and model.startswith("riccati"):
@@ -97,8 +109,11 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
              hooks: Hooks | None = None) -> Trajectory:
     """Simulate (``gd``, ``sgd``, ``flow``) or evaluate (``exact``) the learning dynamics from ``weights0``.
 
-    Weights are input→output (weights0[0] = W21). Time is t = η·step for GD and SGD (reference §0).
+    Weights are input→output (weights0[0] = W21). Time is t = η·step for GD and SGD (reference §0). A
+    ``sequence.TaskSequence`` in place of the problem runs its phases one after the other (``simulate_sequence``).
     """
+    if isinstance(problem, TaskSequence):
+        return simulate_sequence(problem, weights0, method, record, dtype=dtype, hooks=hooks)
     preflight(problem, weights0, method, record, dtype=dtype)
     weights0 = [np.asarray(w, dtype=np.float64) for w in weights0]
     if isinstance(method, StochasticGradientDescent):
@@ -240,10 +255,32 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         test_loss=test,
         early_stopping=early_stopping(times, steps, test),
         loss_theory=loss_theory(problem, weights0, overlay, basis),
+        loss_theory_random_matrix=random_matrix_loss_theory(problem, weights0, method, times, steps),
         kernel=kernel,
         sharpness=sharp,
         sharpness_threshold=sharpness_threshold(method),
+        final_weights=_final_weights(run, weights),
+        **_linearized(problem, weights0, method, record, times, steps),
     )
+
+
+def _linearized(problem: Problem, weights0: list[np.ndarray], method: Method, record: RecordSchedule,
+                times: np.ndarray, steps: np.ndarray | None) -> dict:
+    """Trajectory fields of the linearised model at the records (``linearized``), when recorded."""
+    if not record.linearized:
+        return {}
+    lin = linearized_loss(problem, weights0, method, times, steps)
+    return {"linearized_loss": lin.loss, "linearized_excess_loss": lin.excess_loss}
+
+
+def _final_weights(run: RunResult | ExactRun, weights: list[np.ndarray] | None) -> list[np.ndarray] | None:
+    """The weights at the last record, float64: an exact run's own (for Riccati the factorisation of its state), else
+    the last recorded layer of each stack (after the cut of non-finite records)."""
+    if isinstance(run, ExactRun):
+        return run.final_weights
+    if weights is None or not len(weights[0]):
+        return None
+    return [np.array(w[-1], dtype=np.float64) for w in weights]
 
 
 def record_diagnostics(problem: Problem, weights: list[np.ndarray], weight_decay: float

@@ -92,3 +92,19 @@ class Trajectory:
     kernel: KernelRecord | None = None     # the NTK's hidden-layer Grams and kernel distance, when recorded
     sharpness: np.ndarray | None = None    # (T, k) top-k Hessian eigenvalues of L, descending, when recorded
     sharpness_threshold: float | None = None  # the stability limit of the sharpness: 2/η for gd/sgd (sharpness.py)
+    # the weights at the last record, input→output (float64): where another run can start from (init "given"). For an
+    # exact Riccati run a factorisation of its state (exact.factorise): product and Grams equal the state's
+    final_weights: list[np.ndarray] | None = None
+    # the loss of the network linearised at its initialisation (NTK frozen at K(0)), at the same times / GD steps, when
+    # recorded (record.linearized; see linearized.py); None without tr Σ33, like ``loss``
+    linearized_loss: np.ndarray | None = None         # (T,)
+    linearized_excess_loss: np.ndarray | None = None  # (T,) L_lin − L*, always known when recorded
+    # Lampinen & Ganguli's sample-free prediction of train and test loss (model "random_matrix"), for problems that
+    # carry their teacher's description (presets.noisy_teacher); see random_matrix.py
+    loss_theory_random_matrix: LossTheory | None = None
+    # task sequences (sequence.simulate_sequence), None for a single task: P phases, each a task with its own Σ's
+    task_loss: np.ndarray | None = None               # (T, P) every phase's task loss at every record
+    task_loss_kind: tuple[str, ...] | None = None      # (P,) "loss", or "excess_loss" for a task without tr Σ33
+    task_excess_loss: np.ndarray | None = None        # (T, P) L_p − L*_p, always known
+    phase: np.ndarray | None = None                   # (T,) ints: the phase whose task drives the record's dynamics
+    phase_starts: np.ndarray | None = None            # (P,) the time each phase starts (0 first; GD: η·switch step)

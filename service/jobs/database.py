@@ -438,6 +438,12 @@ class TrajectoryReader:
         except CorruptTrajectory as exc:
             raise CorruptResultError(self.name, str(exc)) from None
 
+    def verify(self, names: list[str]) -> None:
+        try:
+            self.stored.verify(names)
+        except CorruptTrajectory as exc:
+            raise CorruptResultError(self.name, str(exc)) from None
+
     @property
     def names(self) -> list[str]:
         return self.stored.names

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from service.build import admit_simulation
-from service.codec import Stored
+from service.codec import Stored, selected_names
 from service.dynamics.errors import DynamicsError
 from service.limits import Limits
 from service.problems import (
@@ -291,11 +291,12 @@ class Simulations(_Jobs[JobRow]):
         except CorruptResultError as exc:
             raise await self._recover_corrupt_result(job_id, exc) from None
 
-    async def stream_trajectory(self, job_id: str, viewer: str | None,
+    async def stream_trajectory(self, job_id: str, viewer: str | None, fields: list[str] | None,
                                 encode: Callable[[Any], Iterator[bytes]]) -> Iterator[bytes]:
-        """The pieces ``encode(stored)`` yields from the stored trajectory of a succeeded simulation, read from a
-        connection of its own as they are sent (one array at a time): 404, 409 and a damaged header (500, the
-        simulation queued again) are found before the first piece. A damaged array found mid-stream cuts the
+        """The pieces ``encode(stored)`` yields from the members ``fields`` of the stored trajectory of a succeeded
+        simulation, read from a connection of its own as they are sent (one array at a time). 404, 409 and damaged
+        stored bytes (500, the simulation queued again) are found before the first piece: the arrays to send are
+        checked against their CRC-32 first. A damage that slips past it (bytes that change meanwhile) cuts the
         response (its status is sent already), and queues the simulation again for the next request."""
         row = await self.get(job_id, viewer)
         if row.status != SUCCEEDED:
@@ -308,6 +309,11 @@ class Simulations(_Jobs[JobRow]):
             await asyncio.to_thread(reader.close)
             raise ProblemError(500, "invalid-simulation-result", f"simulation {job_id} succeeded but has no stored "
                                "result")
+        try:
+            await asyncio.to_thread(reader.verify, selected_names(reader.stored, fields))
+        except CorruptResultError as exc:
+            await asyncio.to_thread(reader.close)
+            raise await self._recover_corrupt_result(job_id, exc) from None
         return _streamed(reader, encode, lambda exc: self._requeue_corrupt(job_id, exc))
 
     def _requeue_corrupt(self, job_id: str, exc: CorruptResultError) -> None:
@@ -435,6 +441,12 @@ class Sweeps(_Jobs[SweepRow]):
                                "once it has succeeded", headers=headers)
         try:
             reader = await asyncio.to_thread(self.store.trajectory_reader, sweep_id, k)
+            if reader.stored is not None:
+                try:
+                    await asyncio.to_thread(reader.verify, selected_names(reader.stored, None))
+                except CorruptResultError:
+                    await asyncio.to_thread(reader.close)
+                    raise
         except CorruptResultError as exc:
             log.error("%s", exc)
             # Not rerun in place (the sweep has finished): the point's run is seeded, so the same request run

@@ -272,12 +272,34 @@ def test_a_large_trajectory_is_printed_in_pieces_one_array_at_a_time(monkeypatch
     assert sorted(reads) == sorted(set(reads))  # every array read once
 
 
-async def test_an_array_found_damaged_mid_stream_cuts_the_response_and_queues_the_simulation_again(service):
-    job = await finished(service)
+def _damage_last_array(service, job: str) -> None:
     with service.store.db.write() as conn:
         blob = bytearray(conn.execute("SELECT data FROM results WHERE job_id = ?", (job,)).fetchone()[0])
-        blob[-20] ^= 0xFF  # inside the last array's frame: the header reads, the frame fails its checksum
+        blob[-20] ^= 0xFF  # inside the last array's frame: the header reads, the frame fails its checks
         conn.execute("UPDATE results SET data = ? WHERE job_id = ?", (bytes(blob), job))
+
+
+async def test_an_array_stored_damaged_is_a_500_before_any_byte_and_the_simulation_runs_again(service):
+    job = await finished(service)
+    _damage_last_array(service, job)
+    problem = assert_problem(await get(service, job), 500, "corrupt-result")
+    assert "CRC-32" in problem["detail"] and "queued to run again" in problem["detail"]
+    assert (await service.client.get(f"/v1/simulations/{job}")).json()["status"] == "queued"
+
+
+async def test_fields_not_asked_for_are_not_checked_or_read(service):
+    job = await finished(service)
+    _damage_last_array(service, job)  # the last array is similarity's: not asked for
+    assert (await get(service, job, fields="time")).json() == {"time": doc()["time"]}
+
+
+async def test_an_array_found_damaged_mid_stream_cuts_the_response_and_queues_the_simulation_again(service,
+                                                                                                 monkeypatch):
+    from service.jobs.database import TrajectoryReader
+
+    monkeypatch.setattr(TrajectoryReader, "verify", lambda self, names: None)  # bytes that change after the check
+    job = await finished(service)
+    _damage_last_array(service, job)
     with pytest.raises(Exception):  # noqa: B017 - the transport's error for a body cut short
         body = (await get(service, job)).content
         orjson.loads(body)  # a body that did arrive is not the whole document

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import dlnsim
 import pytest
 
-import dlnsim
 from tests.e2e.conftest import Server
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import dlnsim
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
-
-import dlnsim
 from dlnsim.fields import arrays_from_json, spec_of
+
 from tests.e2e.conftest import Server
 from tests.waiting import wait_until
 

@@ -15,12 +15,11 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import dlnsim
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
-
-import dlnsim
 from dlnsim import _wait
 from dlnsim._http import encode_json, query_value
 from dlnsim.errors import ProblemError, field_path, parse_retry_after

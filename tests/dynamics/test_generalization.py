@@ -166,9 +166,10 @@ def test_noisy_teacher_rank_keeps_the_leading_singular_values():
                                atol=1e-14)
 
 
-def test_noisy_teacher_needs_at_least_n_in_samples():
+def test_noisy_teacher_checks_its_sample_size():
+    # fewer samples than inputs is the paper's P < N1 case (tests/dynamics/test_random_matrix.py); zero is not a sample
     with pytest.raises(InvalidParameterError) as err:
-        noisy_teacher(n_in=8, n_samples=4)
+        noisy_teacher(n_in=8, n_samples=0)
     assert err.value.field == ("data", "n_samples")
 
 

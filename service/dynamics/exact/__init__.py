@@ -36,6 +36,7 @@ Modules, one closed form each (the package re-exports the names listed in ``__al
     gd_maps       exact GD maps per mode (§7b)     shallow     shallow regression, GD and flow (§7a)
     riccati       matrix Riccati solution (§3)     decouple    decoupled (aligned) initial conditions
     dispatch      ``exact_run`` / ``check_exact``  _common     shared tolerances and helpers
+    factorise     weights from the Riccati state (a factorisation of QQᵀ, for continuing from an exact run's end)
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from .dispatch import (
     decoupled_flow,
     exact_run,
 )
+from .factorise import riccati_factors
 from .gd_maps import _gd_modes_kernel, gd_balanced_mode, gd_mode_map
 from .riccati import (
     FLUSH_RTOL,
@@ -103,6 +105,6 @@ __all__ = [
     "_reach", "_shallow_terms", "balance_deviation", "balanced_mode", "check_exact", "decouple", "decoupled_flow",
     "deep_balanced_mode", "deep_limit", "exact_run", "gd_balanced_mode", "gd_mode_map", "half_time_deep",
     "half_time_two_layer", "lambda_balance", "learning_time_deep", "learning_time_two_layer", "riccati_flow",
-    "riccati_gradient_norm", "riccati_subspace", "shallow_coefficients", "shallow_solution", "two_layer_limit",
+    "riccati_factors", "riccati_gradient_norm", "riccati_subspace", "shallow_coefficients", "shallow_solution", "two_layer_limit",
     "two_layer_mode",
 ]

@@ -24,6 +24,7 @@ from ._common import (
 )
 from .decouple import DecoupledInit, balance_deviation, decouple
 from .deep_modes import deep_balanced_mode
+from .factorise import riccati_factors
 from .riccati import (
     _check_riccati_dim,
     lambda_balance,
@@ -47,6 +48,9 @@ class ExactRun:
     assumptions: str
     w21_gram: np.ndarray | None = None     # (T, Ni, Ni) W21ᵀW21, exact for Riccati (whose weights are None)
     w32_gram: np.ndarray | None = None     # (T, No, No) W32W32ᵀ for Riccati, when asked for (the NTK)
+    # the weights at the last record, input→output: for Riccati a factorisation of its state (``factorise``), so that
+    # another run (a task switch, a continuation) can start from the network this one ends with
+    final_weights: list[np.ndarray] | None = None
 
 
 MODEL_SHALLOW = "shallow_closed_form"
@@ -196,7 +200,8 @@ def exact_run(problem: Problem, weights0: Sequence[np.ndarray], times: np.ndarra
 
     D = 1: shallow solution (any Σ11, any γ). D ≥ 2 with Σ11 = cI and an aligned decoupled init: per-mode
     formulas (D = 2 any a, b per mode; D ≥ 3 balanced; γ > 0 only for balanced D = 2), weights reconstructed
-    exactly. D = 2, γ = 0, λ-balanced (aligned or not): chunked Riccati, weights None.
+    exactly. D = 2, γ = 0, λ-balanced (aligned or not): chunked Riccati, weights None. Every model returns
+    ``final_weights``, the weights at the last record (Riccati: a factorisation of its state, ``factorise``).
     """
     plan = _plan(problem, weights0, weight_decay)
     ws = _check_shapes(problem, weights0)
@@ -208,14 +213,20 @@ def exact_run(problem: Problem, weights0: Sequence[np.ndarray], times: np.ndarra
         w = shallow_solution(problem, ws[0], t, weight_decay=weight_decay)
         weights = [w]
         return ExactRun(t, w, weights, _gradient_norm_stack(problem, weights, weight_decay), plan.model,
-                        plan.assumptions)
+                        plan.assumptions, final_weights=_last(weights))
     if plan.model == MODEL_RICCATI:
         sol = riccati_flow(problem.sigma31, ws[0], ws[1], t, plan.c, basis=mode_basis(problem))
         return ExactRun(t, sol.product, None, riccati_gradient_norm(problem, sol), plan.model,
-                        plan.assumptions, sol.w21_gram, sol.w32_gram if w32_gram else None)
+                        plan.assumptions, sol.w21_gram, sol.w32_gram if w32_gram else None,
+                        final_weights=riccati_factors(sol, ws[0].shape[0]) if t.size else None)
     dec = plan.decoupled
     amps, u = decoupled_flow(dec, t, plan.c, weight_decay)
     weights = dec.weights_at(amps)
     product = dec.product_at(u)
     return ExactRun(t, product, weights, _gradient_norm_stack(problem, weights, weight_decay), plan.model,
-                    plan.assumptions)
+                    plan.assumptions, final_weights=_last(weights))
+
+
+def _last(weights: list[np.ndarray]) -> list[np.ndarray] | None:
+    """Each layer at the last record (copies), None without records."""
+    return [np.array(w[-1]) for w in weights] if weights and len(weights[0]) else None
