@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from threadpoolctl import threadpool_limits
 
-from service.api import gradients, health, plots, presets, simulations, sweeps
+from service.api import gradients, health, plots, presets, simulations, sweeps, trajectories
 from service.api.access import (
     ApiKeyMiddleware,
     ProblemCORSMiddleware,
@@ -154,6 +154,7 @@ def create_app(settings: Settings | None = None, *,
         app.add_middleware(ProblemCORSMiddleware, origins=cors_origins)
     app.add_middleware(SecurityHeadersMiddleware, docs_url=app.docs_url)
     app.include_router(simulations.router)
+    app.include_router(trajectories.router)
     app.include_router(plots.router)
     app.include_router(presets.router)
     app.include_router(sweeps.router)

@@ -85,9 +85,11 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("modes_theory_model", "modes", (), role="attr"),
     ArraySpec("modes_theory_exact", "modes", (), role="attr"),
     ArraySpec("modes_theory_assumptions", "modes", (), role="attr"),
+    ArraySpec("modes_theory_source", "modes", (), role="attr"),
     ArraySpec("loss_theory_model", "loss_theory", (), role="attr"),
     ArraySpec("loss_theory_exact", "loss_theory", (), role="attr"),
     ArraySpec("loss_theory_assumptions", "loss_theory", (), role="attr"),
+    ArraySpec("loss_theory_source", "loss_theory", (), role="attr"),
 )
 
 # The trajectory members to_pandas needs (so a DataFrame of a large network does not download its matrices).
