@@ -61,8 +61,8 @@ TAGS = [
                                       "batched chunks across the Dask workers."},
     {"name": "presets", "description": "Built-in learning problems (PNAS 2019 hierarchy, branching diffusion, "
                                        "whitened, random teacher, noisy teacher) and their parameters."},
-    {"name": "gradients", "description": "The loss and its gradient at given weights (the seed's vector field), "
-                                         "answered synchronously."},
+    {"name": "gradients", "description": "The loss and its gradient at given weights (the vector field GD and "
+                                         "gradient flow follow, docs/theory.md#gradient), answered synchronously."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
 

@@ -1,4 +1,4 @@
-"""Full-batch gradient descent on a deep linear network (reference §0):
+"""Full-batch gradient descent on a deep linear network (docs/theory.md#conventions):
 
     W_l ← W_l − η (∂L/∂W_l + γ W_l),   −∂L/∂W_l = 2 (W_D⋯W_{l+1})ᵀ (Σ31 − W Σ11) (W_{l−1}⋯W_1)ᵀ,   t = η·step.
 
@@ -87,7 +87,7 @@ class Layout:
 
     @classmethod
     def of_widths(cls, widths: Sequence[int]) -> Layout:
-        """The layout of widths (n_in, hidden…, n_out): layer l (W_{l+1} in the reference) is n_{l+1} × n_l."""
+        """The layout of widths (n_in, hidden…, n_out): layer l (W_{l+1} in docs/theory.md) is n_{l+1} × n_l."""
         d = np.asarray(widths, dtype=np.int64)
         return cls(d, np.concatenate([[0], np.cumsum(d[1:] * d[:-1])]).astype(np.int64))
 

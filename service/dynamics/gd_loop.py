@@ -173,7 +173,7 @@ def _error(ws, s11, s31, m0, prefix, chain, e, scal):
 
 @njit(cache=CACHE, nogil=True)
 def _raw_gradients(ws, gs, s11, s31, m0, prefix, chain, back, e, scal):
-    """gs[l] ← (W_D⋯W_{l+2})ᵀ E (W_l⋯W_1)ᵀ = −½ ∂L/∂W for layer l (0-based), reference §0 general depth.
+    """gs[l] ← (W_D⋯W_{l+2})ᵀ E (W_l⋯W_1)ᵀ = −½ ∂L/∂W for layer l (0-based), docs/theory.md#gradient.
 
     Backward: B_D = E, B_l = W_{l+1}ᵀ B_{l+1}; the gradient of layer l ≥ 1 is B P_{l}ᵀ, of layer 0 it is B_1.
     """
@@ -226,7 +226,8 @@ def record_diagnostics(flat, dims, offs, s11, s31, decay, m0, grad_norm, drift):
     """Per record t (row t of ``flat``, T × len(w), float64): the gradient norm and the balance drift.
 
         grad_norm[t] = sqrt(Σ_l ‖∂L/∂W_l + γ W_l‖²_F)   at W(t)
-        drift[t]     = max_l max_ij |B_l(t) − B_l(0)|_ij,   B_l = W_{l+1}ᵀ W_{l+1} − W_l W_lᵀ (reference §4a)
+        drift[t]     = max_l max_ij |B_l(t) − B_l(0)|_ij,   B_l = W_{l+1}ᵀ W_{l+1} − W_l W_lᵀ
+                       (docs/theory.md#conservation)
 
     drift is 0 for D = 1 and NaN where a B_l(t) has a NaN entry (so that a cut at the first non-finite
     record sees it). One BLAS call per product: a trajectory's 200 records of a small net cost ~0.1 ms here

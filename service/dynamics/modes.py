@@ -1,4 +1,4 @@
-"""Modes of the task: the SVD of Σ31 and the network's strength along each mode (reference §1)."""
+"""Modes of the task: the SVD of Σ31 and the network's strength along each mode (docs/theory.md#modes)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def bottleneck(problem: Problem, hidden) -> int:
 
 
 def optimum(problem: Problem, hidden) -> Optimum:
-    """Reduced-rank regression optimum for the network's bottleneck r (reference §5a, Baldi & Hornik):
+    """Reduced-rank regression optimum for the network's bottleneck r (docs/theory.md#optimum, Baldi & Hornik):
 
         M = Σ31 Σ11^{-1/2} = U_M S_M V_Mᵀ,   W* = [M]_r Σ11^{-1/2} = U_r U_rᵀ Σ31 Σ11⁻¹
         L* = tr Σ33 − Σ_{i≤r} σ_i(M)²         (None when Σ33 is unknown)
@@ -121,7 +121,7 @@ LEARNING_TIME_ZERO_RTOL = 1e-9
 
 
 def measured_learning_times(times, strengths, final=None) -> np.ndarray:
-    """For each mode α, the first time u_α(t) reaches half its final value u_α(∞) (reference §1c t½).
+    """For each mode α, the first time u_α(t) reaches half its final value u_α(∞) (docs/theory.md#learning-time).
 
     ``times`` (T,), ``strengths`` (T, k); ``final`` (k,) defaults to the last recorded strengths.
     "Reaches" means u ≥ final/2 for final > 0 and u ≤ final/2 for final < 0, with linear interpolation
