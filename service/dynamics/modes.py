@@ -35,8 +35,8 @@ def mode_basis(problem: Problem) -> ModeBasis:
 def mode_strengths(product: np.ndarray, basis: ModeBasis) -> np.ndarray:
     """u_α = u_αᵀ W v_α for each mode α: shape (k,) for one W, (T, k) for a stack of T maps."""
     # (UᵀW)_{αj} V_{jα} summed over j, without forming the k×k matrix UᵀWV. One matmul then a plain
-    # einsum: ×2.7 faster on a (202, 8, 8) stack than a three-operand einsum(optimize=True), whose path
-    # search is most of its cost at these sizes (sweep post-processing calls this per point).
+    # einsum: faster on small stacks than a three-operand einsum(optimize=True), whose path search is most
+    # of its cost at these sizes (sweep post-processing calls this per point; docs/performance.md#records).
     return np.einsum("...ai,ia->...a", basis.u.T @ product, basis.v)
 
 
