@@ -46,7 +46,7 @@ from service.schemas.trajectory import (
 ARRAYS = "arrays-zstd-1"
 JSON_ZSTD = "zstd"
 MAGIC = b"DLNSIMT1"
-_LEVEL = 1  # the fastest level: levels 3 and 9 saved under 1 % more on shuffled float64 (bench/results.md)
+_LEVEL = 1  # the fastest level: higher levels hardly shrink shuffled float64 (docs/performance.md#storage)
 _THREADS = max(1, min(os.cpu_count() or 1, 8))
 
 Value = np.ndarray | str | bool | int | float | None

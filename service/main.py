@@ -61,8 +61,8 @@ TAGS = [
                                       "batched chunks across the Dask workers."},
     {"name": "presets", "description": "Built-in learning problems (PNAS 2019 hierarchy, branching diffusion, "
                                        "whitened, random teacher, noisy teacher) and their parameters."},
-    {"name": "gradients", "description": "The loss and its gradient at given weights (the seed's vector field), "
-                                         "answered synchronously."},
+    {"name": "gradients", "description": "The loss and its gradient at given weights (the vector field GD and "
+                                         "gradient flow follow, docs/theory.md#gradient), answered synchronously."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
 
@@ -93,8 +93,9 @@ def create_app(settings: Settings | None = None, *,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Requests are validated with numerics (Σ11's eigenvalues, the GD stability bound's SVD) in many
-        # threads at once: one BLAS thread each, like the workers. A multi-threaded BLAS here made a 20 ms
-        # validation take ~1 s under load and starved the event loop (tests/faults/test_load.py).
+        # threads at once: one BLAS thread each, like the workers. A multi-threaded BLAS here made a validation
+        # of milliseconds take about a second under load and starved the event loop (tests/faults/test_load.py;
+        # docs/performance.md#load).
         threadpool_limits(limits=1 if settings.blas_threads == "auto" else settings.blas_threads)
         db = Database(settings.data_dir / STORE_FILE, max_bytes=settings.store_max_bytes)
         store = JobStore(db)

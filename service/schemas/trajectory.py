@@ -2,7 +2,7 @@
 
 The table is the one place a trajectory's contents are listed. Each field is a named array (or a scalar) with its
 place in the JSON document, whether it has one entry per record, its dtype, its dimensions and a description;
-``service.codec`` makes every representation from it (the stored arrays, the JSON document, the .npz, netCDF), and
+``service.codec`` makes every representation from it (the stored arrays, the JSON document, the .npz), and
 the pydantic models below take their descriptions from it, so the OpenAPI document says what the table says.
 
 Per-record fields have the record axis ``time`` first; "layered" fields are one array per layer (``weights_0`` …
@@ -29,7 +29,7 @@ Kind = Literal["record", "run", "scalar"]
 class TrajectoryField:
     """One recorded quantity.
 
-    ``name``: the array's name in storage, .npz and netCDF (``modes_strength``; layered fields add ``_{l}``).
+    ``name``: the array's name in storage and in the .npz (``modes_strength``; layered fields add ``_{l}``).
     ``path``: its place in the JSON document (("modes", "strength")). ``kind``: "record" (axis 0 is the record,
     thinned by ``every``), "run" (an array for the whole run) or "scalar" (a number, string or flag). ``dims``: the
     dimensions after ``time``; "{l}" and "{l+1}" stand for a layer's index. ``source``: the value in a core
