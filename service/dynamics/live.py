@@ -18,8 +18,8 @@ against the tens of steps a record usually spans.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,10 +31,11 @@ from .modes import excess_loss, mode_basis, mode_strengths, optimum
 from .problem import Problem, least_squares
 
 
-def _number(x: float) -> float | None:
-    """A JSON number, or None for a value that is not finite (a run blowing up)."""
-    x = float(x)
-    return x if math.isfinite(x) else None
+def _numbers(a: np.ndarray) -> list:
+    """JSON numbers (nested lists), None where a value is not finite (a run blowing up)."""
+    if np.isfinite(a).all():
+        return a.tolist()
+    return np.where(np.isfinite(a), a, None).tolist()
 
 
 class LiveRecords:
@@ -46,24 +47,24 @@ class LiveRecords:
         self.optimum = optimum(problem, list(hidden))
         self.residual = least_squares(problem).residual
 
-    def summaries(self, start: int, run: RunResult) -> list[dict[str, Any]]:
+    def summaries(self, start: int, run: RunResult, modes: int | None = None) -> list[dict[str, Any]]:
         """One dict per record of ``run`` (records ``start``, ``start + 1``, …): index, time, step, loss,
-        excess_loss, test_loss and strength (per mode), as JSON-ready numbers."""
+        excess_loss, test_loss and strength (per mode: the first ``modes``, all when None), as JSON-ready numbers."""
         weights = [w.astype(np.float64, copy=False) for w in run.weights]
         product = network.network_map(weights)
         gap = np.atleast_1d(network.fit_gap(self.problem, product))
-        excess = excess_loss(gap, self.optimum)
-        strength = mode_strengths(product, self.basis).reshape(len(run.times), -1)
+        count = len(run.times)
+        basis = self.basis if modes is None else replace(self.basis, u=self.basis.u[:, :modes],
+                                                             s=self.basis.s[:modes], v=self.basis.v[:, :modes])
+        strength = mode_strengths(product, basis).reshape(count, -1)
         test = test_loss(self.problem, product)
-        out = []
-        for i, t in enumerate(run.times):
-            out.append({
-                "index": start + i,
-                "time": float(t),
-                "step": None if run.steps is None else int(run.steps[i]),
-                "loss": None if self.residual is None else _number(self.residual + gap[i]),
-                "excess_loss": _number(excess[i]),
-                "test_loss": None if test is None else _number(test[i]),
-                "strength": [_number(u) for u in strength[i]],
-            })
-        return out
+        columns = {
+            "index": list(range(start, start + count)),
+            "time": _numbers(np.asarray(run.times, dtype=np.float64)),
+            "step": [None] * count if run.steps is None else np.asarray(run.steps).tolist(),
+            "loss": [None] * count if self.residual is None else _numbers(self.residual + gap),
+            "excess_loss": _numbers(excess_loss(gap, self.optimum)),
+            "test_loss": [None] * count if test is None else _numbers(np.asarray(test)),
+            "strength": _numbers(strength),
+        }
+        return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]

@@ -227,9 +227,7 @@ class LiveReporter(Reporter):
     def records(self, start: int, run: Any) -> None:
         if self.live is None:
             return
-        rows = self.live.summaries(start, run)
-        for row in rows:
-            row["strength"] = row["strength"][:LIVE_MODES]
+        rows = self.live.summaries(start, run, LIVE_MODES)
         self.pending.extend(rows)
         self.latest = rows[-1] if rows else self.latest
 

@@ -11,12 +11,12 @@ import httpx
 import numpy as np
 
 from dlnsim import _wait
-from dlnsim._http import JSON, NPZ, SVG, Http
+from dlnsim._http import CSV, JSON, NPZ, SVG, Http
 from dlnsim.errors import ProblemError, parse_retry_after
 from dlnsim.events import Event, stream_events
 from dlnsim.fields import FRAME_MEMBERS, arrays_from_json, select_arrays
 from dlnsim.plot import Figure
-from dlnsim.tables import sweep_frame, sweep_table, trajectory_dataset, trajectory_frame
+from dlnsim.tables import sweep_frame, trajectory_dataset, trajectory_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -300,8 +300,10 @@ class Sweep:
     def results(self, status: str | None = None) -> pd.DataFrame:
         """One row per point, indexed by ``point``, flat columns: each swept parameter by its path
         (``init.scale``), each scalar result, per-mode vectors as ``learning_time_1 … learning_time_k``, and
-        ``error_type``/``error_detail`` for failed points. Needs pandas (``pip install './client[pandas]'``)."""
-        return sweep_frame(sweep_table(self.rows(status)))
+        ``error_type``/``error_detail`` for failed points: the service's CSV (``Accept: text/csv``; its layout is
+        the service's), typed. Needs pandas (``pip install './client[pandas]'``)."""
+        response = self._http.request("GET", f"{self._path}/results", accept=CSV, params={"status": status})
+        return sweep_frame(response.text)
 
     def point(self, k: int) -> SweepPoint:
         """Point k (its row in ``results()``)."""
