@@ -21,9 +21,9 @@ from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
 from .gd import HookClock, Layout, plan_order, run_gd
 from .generalization import early_stopping, test_loss
+from .learning_time import ModeWatch, measure
 from .linearized import linearized_loss
 from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult, StochasticGradientDescent
-from .learning_time import ModeWatch, measure
 from .modes import excess_loss, mode_basis, mode_strengths, optimum
 from .ntk import check_kernel, kernel_record
 from .problem import Problem, least_squares

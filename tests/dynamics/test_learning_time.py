@@ -64,7 +64,7 @@ def test_exact_learning_time_equals_the_root_of_the_riccati_closed_form_in_the_l
     optimum_strength = np.linalg.svd(s31, compute_uv=False)          # Σ11 = I, full rank: u*_α = s_α
     assert traj.time[1] == pytest.approx(4.0 / 199)                    # the first record interval holds them all
     for a in range(3):
-        root = brentq(lambda t: _riccati_closed_form_strengths(s31, w21, w32, t)[a] - optimum_strength[a] / 2,
+        root = brentq(lambda t, a=a: _riccati_closed_form_strengths(s31, w21, w32, t)[a] - optimum_strength[a] / 2,
                       0.0, float(traj.time[1]), xtol=1e-16, rtol=1e-15)
         assert traj.modes.learning_time[a] == pytest.approx(root, rel=1e-6)
         assert traj.modes.learning_time[a] == pytest.approx(traj.modes.learning_time_theory[a], rel=1e-6)
@@ -92,7 +92,7 @@ def test_flow_learning_time_is_the_closed_form_root_to_the_solvers_tolerance():
     s = np.linalg.svd(s31, compute_uv=False)
     for a in range(3):
         first = int(np.argmax(traj.modes.strength[:, a] >= s[a] / 2))
-        root = brentq(lambda t: _riccati_closed_form_strengths(s31, w21, w32, t)[a] - s[a] / 2,
+        root = brentq(lambda t, a=a: _riccati_closed_form_strengths(s31, w21, w32, t)[a] - s[a] / 2,
                       float(traj.time[first - 1]), float(traj.time[first]), xtol=1e-16, rtol=1e-15)
         assert traj.modes.learning_time[a] == pytest.approx(root, rel=1e-8)
 
