@@ -24,6 +24,7 @@ from service.api.access import (
     parse_cors_origins,
 )
 from service.api.body_limit import BodySizeLimitMiddleware
+from service.api.docs import install_docs
 from service.api.errors import install_error_handlers
 from service.api.security import SecurityHeadersMiddleware
 from service.jobs.database import Database
@@ -137,6 +138,8 @@ def create_app(settings: Settings | None = None, *,
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
         separate_input_output_schemas=False,
+        docs_url=None,      # served from the installed assets instead of a CDN: service.api.docs
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.store = app.state.engine = None
@@ -152,13 +155,14 @@ def create_app(settings: Settings | None = None, *,
     cors_origins = parse_cors_origins(settings.cors_origins)
     if cors_origins:
         app.add_middleware(ProblemCORSMiddleware, origins=cors_origins)
-    app.add_middleware(SecurityHeadersMiddleware, docs_url=app.docs_url)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.include_router(simulations.router)
     app.include_router(plots.router)
     app.include_router(presets.router)
     app.include_router(sweeps.router)
     app.include_router(gradients.router)
     app.include_router(health.router)
+    install_docs(app)
 
     base_openapi = app.openapi
 
