@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 from threadpoolctl import threadpool_limits
 
@@ -27,6 +27,7 @@ from service.api.body_limit import BodySizeLimitMiddleware
 from service.api.docs import install_docs
 from service.api.errors import install_error_handlers
 from service.api.security import SecurityHeadersMiddleware
+from service.api.strict import document_strictness, strict_request
 from service.jobs.database import Database
 from service.jobs.engine import Engine, EngineProtocol
 from service.jobs.retention import RetentionTask
@@ -140,6 +141,8 @@ def create_app(settings: Settings | None = None, *,
         separate_input_output_schemas=False,
         docs_url=None,      # served from the installed assets instead of a CDN: service.api.docs
         redoc_url=None,
+        # every route: 400 for an unknown query parameter, 406 for an Accept it cannot serve (service.api.strict)
+        dependencies=[Depends(strict_request)],
     )
     app.state.settings = settings
     app.state.store = app.state.engine = None
@@ -167,7 +170,7 @@ def create_app(settings: Settings | None = None, *,
     base_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
-        return document_security(_add_component_schemas(base_openapi()))
+        return document_security(document_strictness(_add_component_schemas(base_openapi())))
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -31,7 +31,7 @@ def install_docs(app: FastAPI) -> None:
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
 
-    @app.get(DOCS_URL, include_in_schema=False)
+    @app.get(DOCS_URL, include_in_schema=False, response_class=HTMLResponse)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path") or ""
         return get_swagger_ui_html(openapi_url=root + openapi_url, title=f"{app.title} — API documentation",
@@ -39,7 +39,7 @@ def install_docs(app: FastAPI) -> None:
                                    swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
                                    swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png")
 
-    @app.get(REDOC_URL, include_in_schema=False)
+    @app.get(REDOC_URL, include_in_schema=False, response_class=HTMLResponse)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path") or ""
         return get_redoc_html(openapi_url=root + openapi_url, title=f"{app.title} — API reference",
