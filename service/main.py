@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 from threadpoolctl import threadpool_limits
 
-from service.api import gradients, health, plots, presets, simulations, sweeps
+from service.api import compare, gradients, health, plots, presets, simulations, sweeps
 from service.api.access import (
     ApiKeyMiddleware,
     ProblemCORSMiddleware,
@@ -63,6 +63,8 @@ TAGS = [
                                       "batched chunks across the Dask workers."},
     {"name": "presets", "description": "Built-in learning problems (PNAS 2019 hierarchy, branching diffusion, "
                                        "whitened, random teacher, noisy teacher) and their parameters."},
+    {"name": "plots", "description": "Figures of several simulations at once (each simulation's and sweep's own plots "
+                                     "are under their resources)."},
     {"name": "gradients", "description": "The loss and its gradient at given weights (the seed's vector field), "
                                          "answered synchronously."},
     {"name": "health", "description": "Liveness and readiness probes."},
@@ -161,6 +163,7 @@ def create_app(settings: Settings | None = None, *,
     app.add_middleware(SecurityHeadersMiddleware)
     app.include_router(simulations.router)
     app.include_router(plots.router)
+    app.include_router(compare.router)
     app.include_router(presets.router)
     app.include_router(sweeps.router)
     app.include_router(gradients.router)

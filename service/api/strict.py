@@ -98,7 +98,8 @@ def _not_acceptable(request: Request, route: APIRoute, accept: str, media: tuple
     return ProblemError(406, "not-acceptable",
                         f"{request.method} {route.path_format} answers {offered}, and Accept is {accept!r}",
                         errors=[field_error(["Accept"], "not_acceptable", f"no representation matches {accept!r}",
-                                            f"send Accept: {media[0]} (or no Accept header)", "header")])
+                                            f"send Accept: {' or Accept: '.join(media)} (or no Accept header)",
+                                            "header")])
 
 
 async def strict_request(request: Request) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from service.openapi_export import current_schema
 from tests.api.conftest import assert_problem, small_request
 from tests.api.real_runs import CORRELATIONS_EXACT, create_finished, run_document
