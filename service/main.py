@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 from threadpoolctl import threadpool_limits
 
-from service.api import compare, gradients, health, plots, presets, simulations, sweeps
+from service.api import compare, gradients, health, plots, presets, simulations, sweeps, trajectories
 from service.api.access import (
     ApiKeyMiddleware,
     ProblemCORSMiddleware,
@@ -65,8 +65,8 @@ TAGS = [
                                        "whitened, random teacher, noisy teacher) and their parameters."},
     {"name": "plots", "description": "Figures of several simulations at once (each simulation's and sweep's own plots "
                                      "are under their resources)."},
-    {"name": "gradients", "description": "The loss and its gradient at given weights (the seed's vector field), "
-                                         "answered synchronously."},
+    {"name": "gradients", "description": "The loss and its gradient at given weights (the vector field GD and "
+                                         "gradient flow follow, docs/theory.md#gradient), answered synchronously."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
 
@@ -97,8 +97,9 @@ def create_app(settings: Settings | None = None, *,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Requests are validated with numerics (Σ11's eigenvalues, the GD stability bound's SVD) in many
-        # threads at once: one BLAS thread each, like the workers. A multi-threaded BLAS here made a 20 ms
-        # validation take ~1 s under load and starved the event loop (tests/faults/test_load.py).
+        # threads at once: one BLAS thread each, like the workers. A multi-threaded BLAS here made a validation
+        # of milliseconds take about a second under load and starved the event loop (tests/faults/test_load.py;
+        # docs/performance.md#load).
         threadpool_limits(limits=1 if settings.blas_threads == "auto" else settings.blas_threads)
         db = Database(settings.data_dir / STORE_FILE, max_bytes=settings.store_max_bytes)
         store = JobStore(db)
@@ -162,6 +163,7 @@ def create_app(settings: Settings | None = None, *,
         app.add_middleware(ProblemCORSMiddleware, origins=cors_origins)
     app.add_middleware(SecurityHeadersMiddleware)
     app.include_router(simulations.router)
+    app.include_router(trajectories.router)
     app.include_router(plots.router)
     app.include_router(compare.router)
     app.include_router(presets.router)

@@ -40,11 +40,19 @@ from service.problems import (
     problem_body,
 )
 from service.schemas import SimulationRequest
+from service.schemas.common import LABELS
 from service.schemas.validation import parse_body
 from service.settings import Settings
 from service.status import CANCELLED, FAILED, QUEUED, SUCCEEDED
 
-from .database import CorruptResultError, Database, InvalidPageToken, QueueFullError, TrajectoryReader
+from .database import (
+    CorruptResultError,
+    Database,
+    InvalidPageToken,
+    ListFilter,
+    QueueFullError,
+    TrajectoryReader,
+)
 from .store import JobRow, JobStore
 from .sweep_plan import ValidatedSweep, canonical_sweep, validate_parsed
 from .sweeps_store import PointRow, SweepRow, SweepStore
@@ -132,8 +140,9 @@ class _Jobs(ABC, Generic[Row]):
         """Everything checked before anything is stored; what ``_insert`` stores. ProblemError 422."""
 
     @abstractmethod
-    def _insert(self, validated: Any, digest: str, key: str | None, owner: str | None) -> tuple[Row, bool]:
-        """Store it queued (row, True), or the row this owner's key already made (row, False)."""
+    def _insert(self, parsed: Any, validated: Any, digest: str, key: str | None, owner: str | None
+                ) -> tuple[Row, bool]:
+        """Store it queued with its labels (row, True), or the row this owner's key already made (row, False)."""
 
     @abstractmethod
     def _max_active(self) -> int:
@@ -154,7 +163,7 @@ class _Jobs(ABC, Generic[Row]):
         validated = await asyncio.to_thread(self._validate, parsed, canonical, digest)
         await self._check_active_limit(owner)
         try:
-            row, created = await asyncio.to_thread(self._insert, validated, digest, idempotency_key, owner)
+            row, created = await asyncio.to_thread(self._insert, parsed, validated, digest, idempotency_key, owner)
         except QueueFullError as exc:
             raise self._queue_full(exc.active) from None
         if not created:  # a concurrent create with this key stored its job first
@@ -201,10 +210,11 @@ class _Jobs(ABC, Generic[Row]):
             raise ProblemError(404, "not-found", f"no {self.what} with id {row_id!r}")
         return row
 
-    async def list(self, status: str | None, page_size: int, page_token: str | None,
+    async def list(self, filters: ListFilter, page_size: int, page_token: str | None,
                    viewer: str | None) -> tuple[list[Row], str | None]:
+        """One page, newest first, of what ``filters`` keeps (and the caller may see)."""
         try:
-            return await asyncio.to_thread(self.store.list, status, page_size, page_token, viewer)
+            return await asyncio.to_thread(self.store.list_filtered, filters, page_size, page_token, viewer)
         except InvalidPageToken as exc:
             raise page_token_problem(exc) from None
 
@@ -256,7 +266,7 @@ class Simulations(_Jobs[JobRow]):
         """The validated request with defaults filled in (what the worker runs and GET returns): equal requests
         written differently (spacing, key order, 1 vs 1.0) hash the same."""
         request = parse_body(body, SimulationRequest)
-        canonical = request.__pydantic_serializer__.to_json(request, by_alias=True)
+        canonical = request.__pydantic_serializer__.to_json(request, by_alias=True, exclude=LABELS)
         return request, canonical, hashlib.sha256(canonical).hexdigest()
 
     def _validate(self, request: SimulationRequest, canonical: bytes, digest: str) -> bytes:
@@ -267,8 +277,10 @@ class Simulations(_Jobs[JobRow]):
             raise dynamics_problem(exc) from None
         return canonical
 
-    def _insert(self, canonical: bytes, digest: str, key: str | None, owner: str | None) -> tuple[JobRow, bool]:
-        return self.store.create(canonical, digest, key, owner, max_active=self.settings.max_queued)
+    def _insert(self, request: SimulationRequest, canonical: bytes, digest: str, key: str | None, owner: str | None
+                ) -> tuple[JobRow, bool]:
+        return self.store.create(canonical, digest, key, owner, max_active=self.settings.max_queued,
+                                 name=request.name, tags=request.tags, provenance={"dtype": request.dtype})
 
     async def create(self, body: bytes, *, owner: str | None, idempotency_key: str | None,
                      wait: float | None = None) -> Created[JobRow]:
@@ -375,9 +387,11 @@ class Sweeps(_Jobs[SweepRow]):
         return validate_parsed(sweep, canonical, digest, Limits.from_settings(self.settings),
                                self.settings.max_sweep_points)
 
-    def _insert(self, v: ValidatedSweep, digest: str, key: str | None, owner: str | None) -> tuple[SweepRow, bool]:
+    def _insert(self, sweep: Any, v: ValidatedSweep, digest: str, key: str | None, owner: str | None
+                ) -> tuple[SweepRow, bool]:
         return self.store.create_or_get(v.request_json, v.base_json, v.keep, v.points, owner, request_hash=digest,
-                                        idempotency_key=key, max_active=self.settings.max_active_sweeps)
+                                        idempotency_key=key, max_active=self.settings.max_active_sweeps,
+                                        name=sweep.name, tags=sweep.tags, provenance={"dtype": sweep.base.dtype})
 
     async def get(self, row_id: str, viewer: str | None) -> SweepRow:
         row = await asyncio.to_thread(self.store.get, row_id)  # counts per status: more than a point read

@@ -58,6 +58,13 @@ async def test_compare_route_labels_runs_by_id_without_names(service):
     assert f"{lazy}: d_K(end)" in text and f"{rich}: d_K(end)" in text
 
 
+async def test_compare_route_labels_runs_by_their_name_and_tags(service):
+    lazy = await create_finished(service, {**LAZY, "name": "lazy", "tags": ["lambda=-25", "exact"]}, doc("lazy"))
+    rich = await create_finished(service, {**RICH, "name": "rich"}, doc("rich"))
+    text = " ".join(texts((await compare(service, [lazy, rich], kind="kernel")).content))
+    assert "lazy [lambda=-25, exact]: d_K(end)" in text and "rich: d_K(end)" in text and lazy not in text
+
+
 @pytest.mark.parametrize(("fmt", "media", "magic"), [("png", "image/png", b"\x89PNG"),
                                                       ("pdf", "application/pdf", b"%PDF-")])
 async def test_compare_route_answers_png_and_pdf(service, fmt, media, magic):

@@ -39,7 +39,7 @@ def _with(request: dict, **parts) -> dict:
 
 def _riccati_closed_form_strengths(sigma31: np.ndarray, w21: np.ndarray, w32: np.ndarray, t: float) -> np.ndarray:
     """u_α(t) = u_αᵀ W(t) v_α from the one-shot closed form P(x) = e^{Fx} P0 [I + K(x) P0]⁻¹ e^{Fx}, x = 2t, on the
-    whole (n_in + n_out) space (Σ11 = I; no chunks, no reduced subspace: reference §3, evaluated directly)."""
+    whole (n_in + n_out) space (Σ11 = I; no chunks, no reduced subspace: docs/theory.md#riccati, evaluated directly)."""
     n_out, n_in = sigma31.shape
     lam = float(np.trace(w32.T @ w32 - w21 @ w21.T)) / w21.shape[0]
     f = np.block([[-(lam / 2) * np.eye(n_in), sigma31.T], [sigma31, (lam / 2) * np.eye(n_out)]])
@@ -77,7 +77,7 @@ def test_exact_learning_time_of_an_aligned_hierarchy_is_saxes_half_time():
                   "record": {"points": 40}})
     traj = simulate(spec.problem, spec.weights0, spec.method, spec.record)
     s, c, u0 = traj.modes.singular_values, 1 / 8, 0.001
-    # t½ = ln(s/(c·u0) − 1)/(4s), reference §5e: Σ11 = c·I
+    # t½ = ln(s/(c·u0) − 1)/(4s), docs/theory.md#whitening: Σ11 = c·I
     np.testing.assert_allclose(traj.modes.learning_time, np.log(s / (c * u0) - 1) / (4 * s), rtol=1e-10)
     np.testing.assert_allclose(traj.modes.optimum_strength, s / c, rtol=1e-12)
 

@@ -260,7 +260,7 @@ def test_a_version_3_store_upgrades_keeping_its_sweeps_and_accepts_keys(tmp_path
     jobs = JobStore(Database(path))
     try:
         sweeps = SweepStore(jobs.db)
-        assert jobs.db.connection().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert jobs.db.connection().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
         old = sweeps.get("s")
         assert (old.status, old.owner, old.idempotency_key, old.request_hash) == ("queued", "alice", None, None)
         mine, created = sweeps.create_or_get(b"{}", b"{}", "summary", _points(1), "alice", request_hash="h",
