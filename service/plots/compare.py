@@ -115,7 +115,8 @@ def figure(runs: Sequence[tuple[str, Mapping[str, Any], Context]], kind: str, op
         log_axis(ax.yaxis, all_y)
     if time_note:
         notes.append(time_note)
-    apply_time_axis(ax, runs[0][1], scale, union)
+    methods = {doc.get("method") for _, doc, _ in runs}
+    apply_time_axis(ax, {"method": methods.pop() if len(methods) == 1 else None}, scale, union)
     ax.set_ylabel(ylabel + ("  [log scale]" if y_log else ""))
     ax.set_title(f"Comparison of {len(runs)} runs — {kind}")
     ax.grid(True, which="major", **GRID)

@@ -102,7 +102,7 @@ def choose_time_scale(requested: str, time, settle: float | None,
     if settle is None or settle > EARLY_FRACTION * t_end:
         return "linear", None
     if int(np.sum(positive <= settle)) >= MIN_LOG_RECORDS:
-        return "log", f"log time axis: the run settles by t ≈ {fmt(settle, 3)}, {settle / t_end:.0%} of its span"
+        return "log", f"log time axis: settled by t ≈ {fmt(settle, 3)}, {settle / t_end:.0%} of the span"
     first = int(np.sum(t <= settle))
     return "linear", (f"the run settles by t ≈ {fmt(settle, 3)}, within its first {first} record"
                       f"{'s' if first > 1 else ''}: record more points or use record.spacing = log to see it")

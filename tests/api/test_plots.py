@@ -160,7 +160,7 @@ def test_auto_time_axis_is_log_when_the_dynamics_end_early():
     ax = plot_figure(doc("lazy"), "modes").axes[0]       # lazy: settled by t ≈ 0.08 of t_end = 4
     assert ax.get_xscale() == "log" and "[log scale; t = 0 not shown]" in ax.get_xlabel()
     assert ax.get_xlim()[0] == pytest.approx(doc("lazy")["time"][1])
-    assert any("log time axis: the run settles by t ≈" in t for t in legend_texts(ax.figure))
+    assert any("log time axis: settled by t ≈" in t for t in legend_texts(ax.figure))
 
 
 def test_auto_time_axis_is_linear_when_the_dynamics_fill_the_run():
