@@ -49,8 +49,16 @@ def _names(depth: int, h: int) -> tuple[str, str]:
     """(P_h, Q_h) with their definitions, readable for two layers."""
     if depth == 2:
         return "P_1 = W21ᵀW21 (input side)", "Q_1 = W32W32ᵀ (output side)"
-    return (f"P_{h} = (W_{h}⋯W_1)ᵀ(W_{h}⋯W_1) (input side)",
-            f"Q_{h} = (W_{depth}⋯W_{h + 1})(W_{depth}⋯W_{h + 1})ᵀ (output side)")
+    def chain(hi: int, lo: int) -> tuple[str, bool]:
+        if hi == lo:
+            return f"W_{hi}", True
+        return (f"W_{hi}W_{lo}" if hi == lo + 1 else f"W_{hi}⋯W_{lo}"), False
+
+    p, p_single = chain(h, 1)
+    q, q_single = chain(depth, h + 1)
+    p_text = f"{p}ᵀ{p}" if p_single else f"({p})ᵀ({p})"
+    q_text = f"{q}{q}ᵀ" if q_single else f"({q})({q})ᵀ"
+    return f"P_{h} = {p_text} (input side)", f"Q_{h} = {q_text} (output side)"
 
 
 def _term(depth: int, l: int) -> str:

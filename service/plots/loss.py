@@ -52,14 +52,14 @@ def figure(doc: Mapping[str, Any], options: Options, context: Context) -> Figure
     below = keep & finite & ~above
     handles, notes = [], []
     name = "L(t): training loss, (1/N) Σ ‖y − W x‖²" if known else "L(t) − L*: excess training loss"
-    (line,) = ax.plot(time[keep & above], y[keep & above], color="C0", lw=1.8, label=name, zorder=3)
+    (line,) = ax.plot(time[keep & above], y[keep & above], color="C0", lw=2.6, alpha=0.7, label=name, zorder=3)
     handles.append(line)
     theory = doc.get("loss_theory") or {}
     qualifier = "exact" if theory.get("exact") else "approximate"
     if known and theory.get("loss") is not None:
         yt = array(theory["loss"])
         ok = keep & np.isfinite(yt) & ((yt > floor) if y_log else True)
-        (t_line,) = ax.plot(time[ok], yt[ok], color="C0", ls="--", lw=1.2,
+        (t_line,) = ax.plot(time[ok], yt[ok], color="0.15", ls="--", lw=1.1, zorder=4,
                             label=f"theory of L ({theory['model']}, {qualifier})")
         handles.append(t_line)
     handles += _test_loss(ax, doc, time, keep, y_log, floor, qualifier, scale)
@@ -103,14 +103,14 @@ def _test_loss(ax, doc: Mapping[str, Any], time: np.ndarray, keep: np.ndarray, y
     handles = []
     y = array(doc["test_loss"])
     ok = keep & np.isfinite(y) & ((y > floor) if y_log else True)
-    (line,) = ax.plot(time[ok], y[ok], color=TEST_COLOUR, lw=1.8, zorder=3,
+    (line,) = ax.plot(time[ok], y[ok], color=TEST_COLOUR, lw=2.6, alpha=0.7, zorder=3,
                       label="L_test(t): test loss, E_test ‖y − W x‖²")
     handles.append(line)
     theory = doc.get("loss_theory") or {}
     if theory.get("test_loss") is not None:
         yt = array(theory["test_loss"])
         okt = keep & np.isfinite(yt) & ((yt > floor) if y_log else True)
-        (t_line,) = ax.plot(time[okt], yt[okt], color=TEST_COLOUR, ls="--", lw=1.2,
+        (t_line,) = ax.plot(time[okt], yt[okt], color="darkred", ls="--", lw=1.1, zorder=4,
                             label=f"theory of L_test ({theory['model']}, {qualifier})")
         handles.append(t_line)
     stop = doc.get("early_stopping") or {}

@@ -29,6 +29,7 @@ SETTLE_RTOL = 0.02
 EARLY_FRACTION = 0.2
 MIN_LOG_RECORDS = 2
 STAGE_SPREAD = 20.0
+STAGE_SLACK = 0.05          # a snapshot this much (relative) after the learning time it stands for says so
 
 
 def learning_times(doc: Mapping[str, Any]) -> np.ndarray:
@@ -136,21 +137,29 @@ def apply_time_axis(ax, doc: Mapping[str, Any], scale: str, time) -> None:
 
 
 def stage_times(doc: Mapping[str, Any], limit: int = 4) -> list[tuple[int, str]]:
-    """(record index, label) of up to ``limit`` stages: the records nearest the modes' measured learning times, modes
-    falling on one record counted together, spread over the stages when there are more."""
+    """(record index, label) of up to ``limit`` stages: the first record at or after each mode's measured learning
+    time, modes falling on one record counted together, spread over the stages when there are more. The label says
+    when the record lies visibly after the learning time (records far apart)."""
     time = array(doc["time"])
     lt = learning_times(doc)
     if not lt.size or not time.size:
         return []
     stages: dict[int, list[int]] = {}
     for a in np.argsort(lt, kind="stable"):
-        if np.isfinite(lt[a]) and lt[a] > 0:
-            i = int(np.argmin(np.abs(time - lt[a])))
+        if np.isfinite(lt[a]) and lt[a] >= 0:
+            i = min(int(np.searchsorted(time, lt[a] * (1 - 1e-12), side="left")), len(time) - 1)
             stages.setdefault(i, []).append(int(a))
     keys = sorted(stages)
     if len(keys) > limit:
         keys = [keys[round(j)] for j in np.linspace(0, len(keys) - 1, limit)]
-    return [(i, f"t½ of {mode_list(stages[i])}") for i in keys]
+    out = []
+    for i in keys:
+        modes = stages[i]
+        t_half = max(lt[a] for a in modes)
+        late = float(time[i] - t_half) > STAGE_SLACK * t_half
+        label = f"t½ of {mode_list(modes)}"
+        out.append((i, f"first record after {label} = {fmt(min(lt[a] for a in modes), 3)}" if late else label))
+    return out
 
 
 def mode_list(modes: list[int]) -> str:

@@ -244,11 +244,21 @@ def test_y_scale_linear_draws_the_loss_on_a_linear_axis():
 def test_product_panels_default_to_the_stage_times_the_last_record_and_the_optimum():
     d = doc("hierarchy")
     titles = [ax.get_title() for ax in plot_figure(d, "product").axes if ax.get_images()]
+    lt = d["modes"]["learning_time"]
+    first_at_or_after = [d["time"][int(np.searchsorted(d["time"], lt[a] * (1 - 1e-12)))] for a in (0, 1, 2, 4)]
     assert titles[:4] == [f"W(t = {t:.4g})\nt½ of {m}" for t, m in zip(
-        [d["time"][nearest_records(d["time"], [lt])[0]] for lt in
-         (d["modes"]["learning_time"][0], d["modes"]["learning_time"][1], d["modes"]["learning_time"][2],
-          d["modes"]["learning_time"][4])], ("mode 1", "mode 2", "modes 3–4", "modes 5–8"), strict=True)]
+        first_at_or_after, ("mode 1", "mode 2", "modes 3–4", "modes 5–8"), strict=True)]
     assert titles[4] == f"W(t = {d['time'][-1]:.4g})\nlast record" and titles[5].startswith("W*: the optimum")
+
+
+def test_a_stage_far_from_any_record_says_so():
+    d = copy.deepcopy(doc("hierarchy"))
+    keep = list(range(0, len(d["time"]), 20))             # records 8 time units apart
+    for member in ("time", "product"):
+        d[member] = [d[member][i] for i in keep]
+    d["modes"]["strength"] = [d["modes"]["strength"][i] for i in keep]
+    titles = [ax.get_title() for ax in plot_figure(d, "product").axes if ax.get_images()]
+    assert titles[0] == "W(t = 8.081)\nfirst record after t½ of modes 1–2 = 4.27"
 
 
 def test_noisy_teacher_product_shows_the_early_stopping_map_and_the_teacher():
