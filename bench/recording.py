@@ -145,11 +145,58 @@ def _linearized_row(size: tuple[int, ...], repeats: int) -> Row:
                     f"({len(traj.time)} records)")
 
 
+def live_records_overhead(ctx: Context) -> list[Row]:
+    """The live view (issue 17): a worker's record events cost < 2 % of a 10,000-step GD run at (32, 32, 32).
+
+    Side by side in one process, alternating: ``simulate`` with the hooks every worker run has (progress, stop
+    check) against the same with ``Hooks.records`` feeding a ``worker.LiveReporter`` (each record summarised:
+    loss, excess and test loss, mode strengths; messages built as for Dask's ``log_event``, not sent: no worker
+    here). Best of many each; the ratio is the cost.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        repeats = 5 if ctx.quick else 30
+        sizes = [(32, 32, 32)] if ctx.quick else [(8, 16, 8), (32, 32, 32), (100, 100, 100)]
+        return [_live_row(size, repeats) for size in sizes]
+
+
+def _live_row(size: tuple[int, int, int], repeats: int) -> Row:
+    from service.dynamics.live import LiveRecords
+    from service.dynamics.methods import Hooks
+    from service.jobs.worker import LiveReporter
+
+    method = GradientDescent(LEARNING_RATE, STEPS)
+    problem, w0 = make_problem(*size)
+    schedule = RecordSchedule(points=RECORDS)
+
+    def plain() -> None:
+        simulate(problem, w0, method, schedule, hooks=Hooks(progress=lambda f: None, should_stop=lambda: False))
+
+    def live() -> None:
+        reporter = LiveReporter(None, "bench", "attempt")
+        reporter.live = LiveRecords(problem, [size[1]])
+        simulate(problem, w0, method, schedule, hooks=Hooks(progress=reporter, should_stop=lambda: False,
+                                                             records=reporter.records))
+        reporter.flush()
+
+    plain(), live()
+    best_plain = best_live = float("inf")
+    for _ in range(repeats):  # alternating, so that a busy spell of the machine hits both
+        best_plain = min(best_plain, best_time(plain, 1))
+        best_live = min(best_live, best_time(live, 1))
+    cost = best_live / best_plain - 1.0
+    return Row("(i17) live record events, 200 records", str(size), flops=None,
+               value=f"{100 * cost:.2f} % of the run", bar="< 2 %", passed=cost < 0.02,
+               note=f"{STEPS:,} GD steps with the worker's hooks {1e3 * best_plain:.2f} ms, with record events "
+                    f"{1e3 * best_live:.2f} ms (best of {repeats} each, alternating)")
+
+
 def main() -> None:
     """These rows alone, as ``python -m bench`` runs them: the workers' malloc thresholds, one BLAS thread."""
     use_service_malloc_settings()  # else every fresh array past 128 KiB is a new mmap, paid in page faults
     ctx = Context(quick=False, threads=1)
-    for row in analysis_recording_overhead(ctx) + sharpness_recording_overhead(ctx) + linearized_overhead(ctx):
+    rows = (analysis_recording_overhead(ctx) + sharpness_recording_overhead(ctx) + linearized_overhead(ctx)
+            + live_records_overhead(ctx))
+    for row in rows:
         print(f"| {row.benchmark} | {row.case} | {row.value} | {row.bar} | "
               f"{'pass' if row.passed else ('—' if row.passed is None else 'FAIL')} | {row.note} |")
 

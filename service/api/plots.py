@@ -33,6 +33,11 @@ from service.api.plot_params import (
 from service.grid import apply_params
 from service.plots import render_plot, render_sweep_plot, sweep_axes
 from service.plots.context import context_of
+from service.problems import ProblemError
+from service.status import RUNNING
+
+# what the records of a running simulation can draw (its partial trajectory: loss and mode strengths)
+LIVE_KINDS = ("loss", "modes")
 
 router = APIRouter()
 
@@ -64,7 +69,8 @@ PNG (`plot.png`, `dpi` 50–600, default 150: slides) or PDF (`plot.pdf`: papers
 learned on very different time scales (the figure says why); `linear` and `log` force it (`log_time=true` is the
 older spelling of `time_scale=log`). `y_scale` (auto, linear, log) for loss, modes and kernel. `time` (repeated, at
 most 8) picks the records of product and similarity panels. Time is t = η·step for GD; every symbol on a figure is
-defined on it. Preset problems get their item and feature names on the axes.
+defined on it. Preset problems get their item and feature names on the axes. A running simulation's loss and modes
+plots draw its records so far (the other kinds are a 409 until it ends).
 """
 
 SWEEP_DESCRIPTION = """\
@@ -93,6 +99,10 @@ def _simulation_endpoint(fmt: str) -> Callable[..., Any]:
     async def render(job_id: str, simulations: Any, owner: str | None, q: SimulationPlotQuery, dpi: int | None
                      ) -> Response:
         row = await simulations.get(job_id, owner)
+        if row.status == RUNNING and q.kind not in LIVE_KINDS:
+            raise ProblemError(409, "not-finished", f"simulation {job_id} is running: its {q.kind} plot needs the "
+                               f"finished run; {' and '.join(LIVE_KINDS)} are drawn from its records so far",
+                               headers={"Retry-After": str(simulations.settings.retry_after_seconds)})
         context = context_of(orjson.loads(row.request), getattr(row, "name", None))
 
         def draw(stored: codec.Stored) -> bytes:

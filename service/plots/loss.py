@@ -91,6 +91,8 @@ def figure(doc: Mapping[str, Any], options: Options, context: Context) -> Figure
     ax.grid(True, which="major", **GRID)
     if time_note:
         notes.append(time_note)
+    if doc.get("partial"):
+        notes.insert(0, f"partial: the records up to t = {fmt(time[-1], 4)} ({outcome_note(doc)})")
     legend_right(ax, handles + [note(n) for n in notes])
     return fig
 

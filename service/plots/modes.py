@@ -81,12 +81,14 @@ def figure(doc: Mapping[str, Any], options: Options, context: Context) -> Figure
     time = array(doc["time"])
     strength = array(modes["strength"]).reshape(len(time), -1)
     theory = array(modes["theory"]).reshape(len(time), -1) if modes.get("theory") is not None else None
-    s = array(modes["singular_values"])
+    k = strength.shape[1]
+    # a running simulation's records so far carry the strengths only (partial: true)
+    s = array(modes["singular_values"]) if modes.get("singular_values") is not None else np.full(k, np.nan)
     u_star = array(modes["optimum_strength"]) if modes.get("optimum_strength") is not None else None
     if u_star is not None:   # the learning times' rule: a strength at the optimum ≤ 1e-9 of the largest is 0
         u_star = np.where(np.abs(u_star) <= ZERO_S_RTOL * np.nanmax(np.abs(u_star), initial=0.0), 0.0, u_star)
     lt = learning_times(doc)
-    groups, zero = mode_groups(s)
+    groups, zero = mode_groups(s) if np.isfinite(s).all() else ([[a] for a in range(k)], [])
     drawn = [a for g in groups for a in g]
     scale, time_note = choose_time_scale(options.time_scale, time,
                                          settle_time(time, strength[:, drawn]) if drawn else None, lt)
@@ -129,6 +131,8 @@ def figure(doc: Mapping[str, Any], options: Options, context: Context) -> Figure
         styles.append(sample("dotted: u*_α, the strength at the optimum", ls=":", lw=0.9))
         styles.append(sample(f"t½: {LEARNING_TIME_DEFINITION}", ls="", marker="o", ms=5))
     notes = [n for n in (asymptote_note(s, u_star), time_note) if n]
+    if doc.get("partial"):
+        notes.insert(0, f"partial: the records up to t = {fmt(time[-1], 4)} ({outcome_note(doc)})")
     if sparse:
         notes.append("dots: the records, far apart where some mode is learned; the lines between them are "
                      "straight, t½ (●) is measured in the run itself")
@@ -154,6 +158,8 @@ def figure(doc: Mapping[str, Any], options: Options, context: Context) -> Figure
 
 def _group_label(members: list[int], s: np.ndarray, u_star: np.ndarray | None) -> str:
     a = members[0]
+    if not np.isfinite(s[a]):
+        return mode_list(members)
     label = f"{mode_list(members)}: s = {fmt(s[a])}"
     if len(members) > 1:
         label += f" (×{len(members)})"

@@ -170,7 +170,8 @@ class Simulation(_Trajectory):
         """The trajectory as NumPy arrays (the ``.npz`` download): ``time``, ``loss``, ``product`` (T, n_out,
         n_in), ``modes_strength`` (T, k), … (``dlnsim.fields.ARRAYS`` lists them). ``fields`` keeps only those
         trajectory members (e.g. ``["time", "loss", "modes"]``), ``every=k`` every k-th record and the last.
-        ProblemError 409 until the simulation has succeeded."""
+        While the simulation runs: its records so far (``partial`` True: time, step, loss, excess_loss, test_loss,
+        modes_strength); after a cancel: the records up to it. ProblemError 409 while it has no record, or failed."""
         response = self._http.request("GET", f"{self._path}/trajectory", accept=NPZ,
                                       params={"fields": _fields_param(fields), "every": every})
         return load_arrays(response)
