@@ -174,15 +174,33 @@ def gd_crossing_times(problem: Problem, method: GradientDescent, weights: Sequen
     """η·k at the first GD step k at which each mode with a record crossing (``first`` ≥ 1) reaches its target.
 
     ``weights`` are the per-layer (T, rows, cols) records of the run in its ``dtype`` (the state itself, so GD
-    continues from them bit for bit); each record interval holding a crossing is stepped again with the run's own
-    compiled loop (``gd.run_gd``), recording every step, or for large networks in passes that record fewer steps and
-    narrow the interval (each pass starts from the last recorded state below every crossing still open)."""
+    continues from them bit for bit); the record intervals holding a crossing are stepped again with the run's own
+    compiled loop (``gd.run_gd``): small networks in one run that records every step of them, large ones interval by
+    interval in passes that record fewer steps and narrow the interval (each pass starts from the last recorded state
+    below every crossing still open)."""
     from .gd import run_gd  # deferred: gd imports the dynamics' shared modules
 
     out = np.full(first.shape, np.nan)
     size = sum(int(np.prod(w.shape[1:])) for w in weights) * np.dtype(dtype).itemsize
     per_pass = int(max(3, RESTEP_BYTES // max(size, 1)))
-    for i in np.unique(first[first >= 1]):
+    intervals = np.unique(first[first >= 1])
+    if not intervals.size:
+        return out
+    # small networks: one run from the first interval's start, recording every step of every crossing interval
+    wanted = np.unique(np.concatenate([np.arange(steps[i - 1], steps[i] + 1) for i in intervals]))
+    if wanted.size <= per_pass:
+        a = int(steps[intervals[0] - 1])
+        run = run_gd(problem, [np.asarray(w[intervals[0] - 1]) for w in weights],
+                     GradientDescent(method.learning_rate, int(wanted[-1]) - a, method.weight_decay,
+                                     stop_at_convergence=False), wanted - a, dtype=dtype)
+        got = a + np.asarray(run.steps, dtype=np.int64)
+        modes = np.flatnonzero(first >= 1)
+        at = reached(stack_strengths(run.weights, basis.u[:, modes], basis.v[:, modes]), target[modes][None])
+        for c, m in enumerate(modes):
+            inside = (got > steps[first[m] - 1]) & (got <= steps[first[m]]) & at[:, c]
+            out[m] = method.learning_rate * (got[np.argmax(inside)] if inside.any() else steps[first[m]])
+        return out
+    for i in intervals:
         modes = np.flatnonzero(first == i)
         lo = np.full(modes.size, int(steps[i - 1]))   # a step known to be below the target
         hi = np.full(modes.size, int(steps[i]))       # a step known to be at it
