@@ -625,7 +625,7 @@ array per layer for per-layer lists:
 | `kernel_input_grams_0` … `kernel_input_grams_{D-2}` | (T, n_in, n_in) per hidden layer | float64 (record.kernel) |
 | `kernel_output_grams_0` … `_{D-2}` | (T, n_out, n_out) per hidden layer | float64 (record.kernel) |
 | `kernel_distance` | (T,) | float64 (when record.kernel) |
-| `modes_singular_values`, `modes_learning_time`, `modes_learning_time_theory` | (k,) | float64 |
+| `modes_singular_values`, `modes_optimum_strength`, `modes_learning_time`, `modes_learning_time_theory` | (k,) | float64 |
 | `modes_strength`, `modes_theory` | (T, k) | float64 |
 | `modes_theory_model`, `modes_theory_assumptions` | () | str |
 | `modes_theory_exact` | () | bool |

@@ -68,6 +68,7 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("kernel_output_grams_{l}", "kernel", ("time", "output", "output_")),
     # per mode
     ArraySpec("modes_singular_values", "modes", ("mode",)),
+    ArraySpec("modes_optimum_strength", "modes", ("mode",)),
     ArraySpec("modes_learning_time", "modes", ("mode",)),
     ArraySpec("modes_learning_time_theory", "modes", ("mode",)),
     # once
