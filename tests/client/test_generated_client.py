@@ -27,7 +27,6 @@ from service.limits import Limits
 from service.schemas import GRADIENTS_EXAMPLE, REQUEST_EXAMPLES, GradientsRequest
 from service.schemas import SimulationRequest as ServerRequest
 from tests.client.generate import PACKAGE, SPEC, generate_client
-from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -55,16 +54,6 @@ def gen(tmp_path_factory) -> Iterator[SimpleNamespace]:
         sys.path.remove(dest)
         for name in [n for n in sys.modules if n == PACKAGE or n.startswith(PACKAGE + ".")]:
             del sys.modules[name]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("client-server")
-    srv = Server(base / "data", base / "server.log", workers=1).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

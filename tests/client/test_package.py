@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from dlnsim.fields import arrays_from_json, spec_of
 
-from tests.e2e.conftest import Server
+from tests.support.server import Server
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
