@@ -15,10 +15,12 @@ Real ``python -m service`` processes on loopback (bench/service.py's ``Service``
   (service/jobs/warmup.py) compiled their kernels before /readyz said ready.
 * **costs** — the round trip (POST with ``Prefer: wait``: validation, stepping, every derived quantity, storing) of a
   10,000-step GD job on an (32,32,32) random teacher (Σ11 from 64 samples: not whitened) with 200 records, plain and
-  with each new record setting; best of the rounds, which alternate. Bars: the linearised loss and a two-phase
-  sequence's task losses < 5 % of the plain job (issue 20). The sharpness has no bar: it costs more than the run
-  (about 50 Hessian-vector products per record, each about two GD steps: docs/performance.md#sharpness). SGD (batch
-  8 of 64, momentum 0.9) is shown beside it for scale.
+  with each new record setting; best of the rounds, which alternate. No bars: a few per cent is within the noise of
+  a round trip on a shared machine (Dask's two workers, the API's validation, storing), so the costs themselves are
+  timed in process with their bars (bench/recording.py: the linearised loss, a sequence's task losses, the
+  sharpness); these rows show that nothing else is added on the way. The sharpness costs more than the run (about 50
+  Hessian-vector products per record, each about two GD steps: docs/performance.md#sharpness). SGD (batch 8 of 64,
+  momentum 0.9) is shown beside it for scale.
 """
 
 from __future__ import annotations
@@ -95,12 +97,16 @@ def costs(ctx: Context, workdir: Path) -> list[Row]:
     steps = 2000 if ctx.quick else 10_000
     rounds = 2 if ctx.quick else 6
     bodies = jobs(steps)
-    service = Service(workdir)
+    # one worker: with two, jobs sent one after another alternate between the workers, and a worker on a busier core
+    # would bias the settings that happen to land on it
+    service = Service(workdir, DLNSIM_WORKERS="1")
     times: dict[str, list[float]] = {name: [] for name in bodies}
     try:
         for body in bodies.values():
             service.run(body)  # warm: the worker's buffers, the preset's problem
         for r in range(rounds):
+            settle()
+            ctx.sample_gemm("float64")  # the machine's speed over the rounds, for the section's header
             for name in (list(bodies) if r % 2 == 0 else list(reversed(bodies))):
                 settle()
                 times[name].append(service.run(bodies[name]))
@@ -111,15 +117,16 @@ def costs(ctx: Context, workdir: Path) -> list[Row]:
     case = f"({N}, {N}, {N})"
     head = f"{steps:,} GD steps, {RECORDS} records, round trip best of {rounds} (plain {plain * 1e3:.0f} ms"
 
-    def extra(name: str, what: str, bar: bool) -> Row:
+    def extra(name: str, what: str, core_row: str) -> Row:
         cost = best[name] / plain - 1.0
         return Row(f"{what} through the service", case, value=f"{100 * cost:+.1f} % of the run",
-                   bar="< 5 %" if bar else "", passed=(cost < 0.05) if bar else None,
-                   note=f"{head}, with it {best[name] * 1e3:.0f} ms; medians {statistics.median(times['plain']) * 1e3:.0f}"
-                        f" and {statistics.median(times[name]) * 1e3:.0f} ms)")
+                   note=f"{head}, with it {best[name] * 1e3:.0f} ms; medians "
+                        f"{statistics.median(times['plain']) * 1e3:.0f} and {statistics.median(times[name]) * 1e3:.0f} "
+                        "ms). A difference of round trips, within "
+                        f"their noise on a shared machine: row {core_row} above times the cost itself")
 
-    return [extra("linearized", "record.linearized", True),
-            extra("sequence", "task sequence of 2 phases (task_loss, phase)", True),
+    return [extra("linearized", "record.linearized", "(II.5)"),
+            extra("sequence", "task sequence of 2 phases (task_loss, phase)", "(i20)"),
             Row("record.sharpness through the service", case, value=f"×{best['sharpness'] / plain:.2f} the run",
                 note=f"{head}, with it {best['sharpness'] * 1e3:.0f} ms): more than the run, as planned "
                      "(docs/performance.md#sharpness)"),

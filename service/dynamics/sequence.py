@@ -464,9 +464,10 @@ def build_sequence_trajectory(problems: list[Problem], weights0: list[np.ndarray
     distance = np.sqrt(np.einsum("tij->t", diff ** 2))
     grad = base.gradient_norm
     if not isinstance(run, ExactRun):   # gd, flow: the gradient of each record's own task (exact runs bring theirs)
-        grad = np.empty(t)
+        # the first phase's records have theirs from ``base`` (the first task's, record by record)
+        grad = np.array(grad, dtype=np.float64, copy=True)
         weights = [np.asarray(w[:t], dtype=np.float64) for w in run.weights]
-        for p in range(n_p):
+        for p in range(1, n_p):
             sel = np.flatnonzero(phase == p)
             if sel.size:
                 grad[sel] = record_diagnostics(problems[p], [w[sel] for w in weights], method.weight_decay)[0]

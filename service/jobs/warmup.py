@@ -6,7 +6,7 @@ imports, before the worker takes its first job.
 
 Why: numba compiles a kernel on its first call for each argument type. On a clone with an empty cache the
 first 2,000-step (8,16,8) GD job took 21.4 s through the service, compiling in the worker while the user
-waited; a process that finds the cache loads the kernels in about a second. So the install fills the cache,
+waited; a process that finds the cache loads the kernels in a second or two. So the install fills the cache,
 and each worker runs these requests as it joins the cluster (restarted workers too); /readyz answers 200
 only once every worker has.
 

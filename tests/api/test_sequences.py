@@ -157,3 +157,19 @@ async def test_the_gradients_endpoint_takes_one_task_not_a_sequence(service):
     body = {"data": sequence((TASK_A, None)), "weights": [np.zeros((4, 4)).tolist()]}
     response = await service.client.post("/v1/gradients", json=body)
     assert assert_problem(response, 422, "validation-error")["errors"][0]["field"] == ["data", "kind"]
+
+
+@pytest.mark.parametrize("kind", ["loss", "modes", "product"])
+async def test_the_plots_of_a_sequence_and_of_an_sgd_run_render(service, kind):
+    # the per-phase loss (null without every task's Σ33), the first-phase-only theory (NaN after the switch) and a
+    # method the plots did not know before are drawn, not a 500
+    hierarchy = {"kind": "preset", "name": "hierarchy", "depth": 2}
+    runs = [request(sequence((TASK_A, 2.5), (TASK_C, None))),
+            {"data": hierarchy, "network": {"hidden": [4]},
+             "training": {"method": "sgd", "learning_rate": 0.05, "batch_size": 2, "epochs": 30},
+             "record": {"points": 11, "sharpness": True}}]
+    for body in runs:
+        job_id, _ = await submit_and_run(service, body)
+        response = await service.client.get(f"/v1/simulations/{job_id}/plot.svg", params={"kind": kind})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("image/svg+xml")
