@@ -23,6 +23,7 @@ The source is resolved for the caller's API key only: another key's simulation i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from service.problems import ProblemError, field_error, one_field_problem
@@ -95,6 +96,11 @@ def resolve_init(request: SimulationRequest, store: JobStore, owner: str | None,
                                 "of the service)",
                                 f"run its request again (GET /v1/simulations/{init.id}) and continue from the new "
                                 "simulation")
+    if not all(math.isfinite(v) for layer in weights for row in layer for v in row):
+        # a diverged run's records are cut at its last finite state, so this is a guard, not an expected case
+        raise one_field_problem(422, "invalid-simulation", list(field), "non_finite_weights",
+                                f"simulation {init.id} ended with non-finite weights: there is nothing to continue",
+                                "continue from a simulation that did not diverge")
     if init.weights is not None and init.weights != weights:
         raise one_field_problem(422, "invalid-simulation", [*prefix, "init", "weights"], "weights_differ",
                                 f"init.weights differ from the final weights of simulation {init.id}",

@@ -178,3 +178,15 @@ async def test_a_sweep_continues_from_its_bases_simulation_and_not_from_a_grid_o
     response = await service.client.post("/v1/sweeps", json={**sweep, "grid": {"init.id": [first, other]}})
     body = assert_problem(response, 422, "validation-error")
     assert body["errors"][0]["field"] == ["grid", "init.id", 1] and "one sweep per simulation" in body["errors"][0]["fix"]
+
+
+async def test_a_simulation_that_ended_with_non_finite_weights_is_refused(service):
+    gd = {"method": "gd", "learning_rate": 0.05, "steps": 30}
+    first = (await submit(service, base(gd))).json()["id"]
+    document = run_as_worker(service, first)
+    service.store.delete(first)
+    broken = (await submit(service, base(gd))).json()["id"]
+    document["final_weights"][0][0][0] = None  # JSON's null: a non-finite value
+    service.finish(broken, document)
+    body = assert_problem(await submit(service, continued(broken, gd)), 422, "invalid-simulation")
+    assert body["errors"][0]["field"] == ["init", "id"] and body["errors"][0]["code"] == "non_finite_weights"
