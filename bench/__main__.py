@@ -38,6 +38,7 @@ from .exact import exact_cost
 from .recording import (
     analysis_recording_overhead,
     linearized_overhead,
+    live_records_overhead,
     sequence_overhead,
     sharpness_recording_overhead,
 )
@@ -45,7 +46,8 @@ from .sgd import sgd_speed
 from .stepping import gd_recording_overhead, gd_speed, gd_speed_float32, gd_vs_torch
 
 BENCHMARKS = [gd_speed, gd_speed_float32, gd_recording_overhead, analysis_recording_overhead, linearized_overhead,
-              sequence_overhead, sharpness_recording_overhead, sgd_speed, gd_vs_torch, exact_cost, downloads]
+              sequence_overhead, sharpness_recording_overhead, live_records_overhead, sgd_speed, gd_vs_torch,
+              exact_cost, downloads]
 RESULTS = Path(__file__).with_name("results.md")
 
 
