@@ -648,7 +648,7 @@ array per layer for per-layer lists:
 | `phase` | (T,) | int64 (a task sequence) |
 | `phase_starts` | (P,) | float64 (a task sequence) |
 | `final_weights_0` … `final_weights_{D-1}` | (rows_l, cols_l), input→output | float64 (the weights at the last record) |
-| `modes_singular_values`, `modes_learning_time`, `modes_learning_time_theory` | (k,) | float64 |
+| `modes_singular_values`, `modes_optimum_strength`, `modes_learning_time`, `modes_learning_time_theory` | (k,) | float64 |
 | `modes_strength`, `modes_theory` | (T, k) | float64 |
 | `modes_theory_model`, `modes_theory_assumptions` | () | str |
 | `modes_theory_exact` | () | bool |

@@ -438,8 +438,10 @@ def build_sequence_trajectory(problems: list[Problem], weights0: list[np.ndarray
     balance, final weights, outcome), then every per-task quantity for the current phase (module docstring)."""
     from .simulate import build_trajectory, record_diagnostics  # deferred: simulate imports this module
 
-    # the sharpness is of each record's own task: taken below, phase by phase, not with the first task's Hessian
-    base = build_trajectory(problems[0], weights0, method, replace(record, sharpness=False), run)
+    # the sharpness is of each record's own task: taken below, phase by phase, not with the first task's Hessian;
+    # learning times on the first task's modes, found between records only before the first switch
+    base = build_trajectory(problems[0], weights0, method, replace(record, sharpness=False), run,
+                            refine_until=float(plan.starts[1]) if len(problems) > 1 else np.inf)
     t = len(base.time)
     product = base.product
     if plan.steps is not None:

@@ -538,3 +538,32 @@ class Sweeps(_Jobs[SweepRow]):
             raise ProblemError(500, "invalid-simulation-result", f"point {k} of sweep {sweep_id} succeeded but has no "
                                "stored trajectory")
         return _streamed(reader, encode, lambda exc: None)
+
+    # -- issue 18: plots of a kept point trajectory (additive: GET /v1/sweeps/{id}/points/{k}/plot.*) ----------------
+
+    async def read_point_trajectory(self, sweep_id: str, k: int, viewer: str | None,
+                                    use: Callable[[Stored], T]) -> tuple[SweepRow, PointRow, T]:
+        """(sweep, point, ``use(stored)``) on point k's kept trajectory, in a worker thread: 404 no such point, 409
+        not-recorded (a keep: summary sweep) or not-finished, 500 unreadable (as ``stream_point_trajectory``)."""
+        row = await self.get(sweep_id, viewer)
+        if k >= row.n_points:
+            raise ProblemError(404, "not-found", f"sweep {sweep_id} has no point {k}: its points are "
+                               f"0..{row.n_points - 1}")
+        if row.keep != "trajectories":
+            raise ProblemError(409, "not-recorded", f'point {k}\'s trajectory was not kept: sweep {sweep_id} has keep: '
+                               '"summary". Submit the sweep again with keep: "trajectories", or run the point as a '
+                               "simulation (the sweep's request.base with the point's parameters applied)")
+        point = await asyncio.to_thread(self.store.point, sweep_id, k)
+        if point is None or point.status != SUCCEEDED:
+            state = point.status if point is not None else "unknown"
+            raise ProblemError(409, "not-finished", f"point {k} of sweep {sweep_id} is {state}; its trajectory exists "
+                               "once it has succeeded",
+                               headers=retry_after(self.settings) if state in ("queued", "running") else {})
+        try:
+            value = await self._read(lambda: self.store.open_trajectory(sweep_id, k), use,
+                                     f"point {k} of sweep {sweep_id} succeeded but has no stored trajectory")
+        except CorruptResultError as exc:
+            log.error("%s", exc)
+            raise ProblemError(500, "corrupt-result", f"the stored trajectory of point {k} of sweep {sweep_id} is "
+                               f"corrupt ({exc.reason}); check the data dir's disk") from None
+        return row, point, value

@@ -61,6 +61,9 @@ def _opt(obj: Any, *names: str) -> Any:
     return obj
 
 
+# The one definition of the learning time, in the same words in the README, the schemas and the plots' axis labels.
+LEARNING_TIME_DEFINITION = "the time a mode's strength first reaches half its strength at the optimum"
+
 F = TrajectoryField
 TRAJECTORY_FIELDS: tuple[TrajectoryField, ...] = (
     F("time", ("time",), "record", "float64", (), "t at each record (t = η·step for GD).", lambda t: t.time),
@@ -92,8 +95,14 @@ TRAJECTORY_FIELDS: tuple[TrajectoryField, ...] = (
     F("modes_theory_source", ("modes", "theory_source"), "scalar", "str", (),
       "The paper the theory comes from, with its DOI, and the section of docs/theory.md that states it (null "
       "without a theory).", lambda t: theory_source(t.modes.theory_model)),
+    F("modes_optimum_strength", ("modes", "optimum_strength"), "run", "float64", ("mode",),
+      "u*_α = u_αᵀ W* v_α, each mode's strength at the optimum W*: the level its strength tends to (s_α/c for "
+      "Σ11 = c·I within the bottleneck rank, 0 beyond it).", lambda t: t.modes.optimum_strength),
     F("modes_learning_time", ("modes", "learning_time"), "run", "float64", ("mode",),
-      "Time a mode first reaches half its final strength (null: never).", lambda t: t.modes.learning_time),
+      f"Per mode, the learning time: {LEARNING_TIME_DEFINITION} (null: not within the run, or u*_α ≈ 0). "
+      "Measured from the closed form's root for exact runs, on the integrator's dense output for flow, as η × "
+      "the first step at it for gd, at the first record at it for sgd and momentum.",
+      lambda t: t.modes.learning_time),
     F("modes_learning_time_theory", ("modes", "learning_time_theory"), "run", "float64", ("mode",),
       "The same, predicted by the theory (null without one).", lambda t: t.modes.learning_time_theory),
     F("balance_drift", ("balance_drift",), "record", "float64", (),
@@ -261,6 +270,7 @@ class Modes(BaseModel):
     theory_exact: bool = Field(False, description=describe("modes", "theory_exact"))
     theory_assumptions: str | None = Field(None, description=describe("modes", "theory_assumptions"))
     theory_source: str | None = Field(None, description=describe("modes", "theory_source"))
+    optimum_strength: list[Num] | None = Field(None, description=describe("modes", "optimum_strength") + _LATER)
     learning_time: list[Num] | None = Field(None, description=describe("modes", "learning_time") + _LATER)
     learning_time_theory: list[Num] | None = Field(None, description=describe("modes", "learning_time_theory"))
 

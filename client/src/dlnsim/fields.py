@@ -79,6 +79,7 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("task_excess_loss", "task_excess_loss", ("time", "task")),
     # per mode
     ArraySpec("modes_singular_values", "modes", ("mode",)),
+    ArraySpec("modes_optimum_strength", "modes", ("mode",)),
     ArraySpec("modes_learning_time", "modes", ("mode",)),
     ArraySpec("modes_learning_time_theory", "modes", ("mode",)),
     # per task of a sequence
