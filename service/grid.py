@@ -160,12 +160,14 @@ def group_key(spec: Any) -> str:
     """Points with the same key share layer shapes, method, record schedule and dtype, so one chunk of
     them runs as one vectorised batch (``simulate_batch`` groups again exactly; this only keeps the
     chunks homogeneous). Learning rates, scales, seeds and weight decays may differ within a group."""
-    from service.dynamics.methods import Exact, GradientDescent, GradientFlow
+    from service.dynamics.methods import Exact, GradientDescent, GradientFlow, StochasticGradientDescent
 
     method = spec.method
     shapes = [list(np.shape(w)) for w in spec.weights0]
     if isinstance(method, GradientDescent):
         run = f"gd:{method.steps}"
+    elif isinstance(method, StochasticGradientDescent):  # runs point by point: seeds, rates, momenta share a chunk
+        run = f"sgd:{method.steps}:{method.epochs}:{method.batch_size}"
     elif isinstance(method, GradientFlow):
         run = f"flow:{method.t_max!r}:{method.rtol!r}:{method.atol!r}"
     elif isinstance(method, Exact):

@@ -1,8 +1,13 @@
 """The service's size limits: what a request may ask for, checked from the request alone where possible (so an
 oversized request is refused before anything large is allocated).
 
-    check_request_limits(request, limits)     # widths, steps, record points, dataset sizes
-    check_trajectory_size(request, shapes, problem, limits)
+    check_request_limits(request, limits)     # widths, steps, record points, dataset sizes, sharpness's products
+    check_run_limits(request, tasks, limits)  # what needs the built problem: SGD's steps (epochs × batches)
+    check_trajectory_size(request, shapes, tasks, limits)
+
+The cost of a run is bounded in units the request states: GD and SGD steps (an SGD epoch is ⌈N/B⌉ steps; a task
+sequence's phases share the run's steps), flow integrator steps (capped while running), and for record.sharpness
+the Hessian-vector products its eigenvalues take (estimated, ``SHARPNESS_PRODUCTS_PER_EIGENVALUE``).
 
 Raises ``LimitExceededError`` (a core DynamicsError, so it names the field and the fix like every other refusal).
 """
@@ -20,8 +25,15 @@ from service.schemas import (
     DatasetData,
     GradientDescentTraining,
     HeldOutDataset,
+    SequenceData,
     SimulationRequest,
+    StochasticGradientDescentTraining,
 )
+
+# The Hessian-vector products record.sharpness is planned at, per eigenvalue and record: Lanczos from the fixed start
+# took 48 at (32,32,32) and 92 at (100,100,100) for the top one (service/dynamics/sharpness.py), so 100 is a typical
+# count, not a bound (Lanczos may take up to LANCZOS_MAX_ITER, then ARPACK). A product costs about two GD steps.
+SHARPNESS_PRODUCTS_PER_EIGENVALUE = 100
 
 
 class LimitExceededError(DynamicsError):
@@ -42,6 +54,7 @@ class Limits:
     max_record_points: int = 10_000
     max_dataset_values: int = 8_000_000
     max_trajectory_values: int = 50_000_000
+    max_hessian_products: int = 10_000_000
 
     @classmethod
     def from_settings(cls, settings: Any) -> Limits:
@@ -94,67 +107,134 @@ def check_shape_limits(n_in: int, n_out: int, hidden: list[int], in_field: Field
 
 
 def record_count(request: SimulationRequest) -> tuple[int, FieldPath]:
+    """Records the request asks for (a task sequence adds one at every switch), and the field that sets them."""
     rec = request.record
+    switches = len(request.data.phases) - 1 if isinstance(request.data, SequenceData) else 0
     if rec.times is not None:
-        return len(rec.times) + 1, ("record", "times")  # t = 0 is always added
-    return rec.points, ("record", "points")
+        return len(rec.times) + 1 + switches, ("record", "times")  # t = 0 is always added
+    return rec.points + switches, ("record", "points")
 
 
 def check_request_limits(request: SimulationRequest, limits: Limits) -> None:
     """Limits visible in the request itself, checked before anything is computed."""
     training = request.training
-    if isinstance(training, GradientDescentTraining):
+    if isinstance(training, GradientDescentTraining | StochasticGradientDescentTraining) and training.steps is not None:
         over(training.steps, limits.max_steps, ("training", "steps"), "the number of steps", "use fewer steps")
+    if isinstance(training, StochasticGradientDescentTraining) and training.epochs is not None:
+        # an epoch is at least one step
+        over(training.epochs, limits.max_steps, ("training", "epochs"), "the number of epochs (each at least one "
+             "step)", "use fewer epochs")
     count, field = record_count(request)
     over(count, limits.max_record_points, field, "the number of record points", "record fewer points")
-    check_data_limits(request.data, list(request.network.hidden), limits)
+    if request.record.sharpness:
+        products = count * request.record.sharpness_k * SHARPNESS_PRODUCTS_PER_EIGENVALUE
+        over(products, limits.max_hessian_products,
+             ("record", "sharpness_k") if request.record.sharpness_k > 1 else field,
+             f"the Hessian-vector products of record.sharpness (records × sharpness_k × "
+             f"{SHARPNESS_PRODUCTS_PER_EIGENVALUE}, about two GD steps each)",
+             "record fewer points, ask for fewer eigenvalues (record.sharpness_k), or set record.sharpness to false")
+    hidden = list(request.network.hidden)
+    if isinstance(request.data, SequenceData):
+        total = 0
+        for p, phase in enumerate(request.data.phases):
+            prefix = ("data", "phases", p, "data")
+            check_data_limits(phase.data, hidden, limits, prefix=prefix)
+            total += dataset_values(phase.data)
+            over(total, limits.max_dataset_values, prefix, "the datasets of the phases so far, Σ N × (n_in + n_out) "
+                 "(with their test data)", "send fewer samples, or the phases' correlations (kind: correlations)")
+    else:
+        check_data_limits(request.data, hidden, limits)
+
+
+def dataset_values(data: Any) -> int:
+    """The numbers a task's samples hold: N × (n_in + n_out) of its dataset (or sampled preset) and test dataset."""
+    total = 0
+    test = getattr(data, "test", None)
+    if isinstance(test, HeldOutDataset):
+        total += len(test.x) * (len(test.x[0]) + len(test.y[0]))
+    if isinstance(data, DatasetData):
+        total += len(data.x) * (len(data.x[0]) + len(data.y[0]))
+    elif getattr(data, "name", None) in ("random_teacher", "noisy_teacher"):
+        total += data.n_samples * (data.n_in + data.n_out)
+    return total
+
+
+def check_run_limits(request: SimulationRequest, tasks: list[Problem], limits: Limits) -> None:
+    """What the built tasks decide: SGD's steps, epochs × ⌈N/batch_size⌉ (N the task's samples)."""
+    training = request.training
+    samples = tasks[0].samples
+    if isinstance(training, StochasticGradientDescentTraining) and training.epochs is not None and samples is not None:
+        per_epoch = -(-samples.n // max(1, training.batch_size))
+        over(training.epochs * per_epoch, limits.max_steps, ("training", "epochs"),
+             f"the number of SGD steps, epochs × ⌈N/batch_size⌉ = {training.epochs} × {per_epoch},",
+             "use fewer epochs, or a larger batch_size")
 
 
 def check_data_limits(data: Any, hidden: list[int], limits: Limits,
-                       hidden_field: FieldPath = ("network", "hidden")) -> None:
-    """The limits a request's ``data`` (and network widths) must respect, from the request alone."""
+                      hidden_field: FieldPath = ("network", "hidden"), prefix: FieldPath = ("data",)) -> None:
+    """The limits a task's ``data`` (and the network widths) must respect, from the request alone; fields are named
+    under ``prefix`` (a sequence's phase: ("data", "phases", p, "data"))."""
     test = getattr(data, "test", None)
     if isinstance(test, HeldOutDataset):
         n = len(test.x)
-        over(n * (len(test.x[0]) + len(test.y[0])), limits.max_dataset_values, ("data", "test", "x"),
-              "the test dataset size N_test × (n_in + n_out)",
-              "send fewer test samples, or the test distribution's correlations (kind: correlations)")
+        over(n * (len(test.x[0]) + len(test.y[0])), limits.max_dataset_values, (*prefix, "test", "x"),
+             "the test dataset size N_test × (n_in + n_out)",
+             "send fewer test samples, or the test distribution's correlations (kind: correlations)")
     if isinstance(data, DatasetData):
         n, n_in, n_out = len(data.x), len(data.x[0]), len(data.y[0])
-        over(n * (n_in + n_out), limits.max_dataset_values, ("data", "x"), "the dataset size N × (n_in + n_out)",
-              "send fewer samples, or send the correlations (kind: correlations) instead of the data")
-        check_shape_limits(n_in, n_out, hidden, ("data", "x"), ("data", "y"), limits, hidden_field)
+        over(n * (n_in + n_out), limits.max_dataset_values, (*prefix, "x"), "the dataset size N × (n_in + n_out)",
+             "send fewer samples, or send the correlations (kind: correlations) instead of the data")
+        check_shape_limits(n_in, n_out, hidden, (*prefix, "x"), (*prefix, "y"), limits, hidden_field)
     elif isinstance(data, CorrelationsData):
         n_out, n_in = len(data.sigma31), len(data.sigma31[0])
-        check_shape_limits(n_in, n_out, hidden, ("data", "sigma11"), ("data", "sigma31"), limits, hidden_field)
+        check_shape_limits(n_in, n_out, hidden, (*prefix, "sigma11"), (*prefix, "sigma31"), limits, hidden_field)
     else:
         shape = preset_shape(data.name, preset_params(data), limits)
         if shape is not None:
-            check_shape_limits(*shape[:2], hidden, *shape[2:], limits, hidden_field)
+            in_field, out_field = ((*prefix, *f[1:]) for f in shape[2:])
+            check_shape_limits(*shape[:2], hidden, in_field, out_field, limits, hidden_field)
         if data.name in ("random_teacher", "noisy_teacher"):
             values = data.n_samples * (data.n_in + data.n_out)
-            over(values, limits.max_dataset_values, ("data", "n_samples"), "the dataset size N × (n_in + n_out)",
-                  "use fewer samples")
+            over(values, limits.max_dataset_values, (*prefix, "n_samples"), "the dataset size N × (n_in + n_out)",
+                 "use fewer samples")
 
 
-def check_trajectory_size(request: SimulationRequest, shapes: list[tuple[int, int]], problem: Problem,
-                           limits: Limits) -> None:
-    count, field = record_count(request)
-    per_record = problem.n_out * problem.n_in + 2 * min(problem.n_out, problem.n_in) + 8
-    if request.record.weights:
+def trajectory_values(request: SimulationRequest, shapes: list[tuple[int, int]], tasks: list[Problem]) -> int:
+    """Numbers in the trajectory of ``request`` (``count`` records): per record the network map, two per mode and a
+    few scalars, plus what the record settings add; the final weights once."""
+    count, _ = record_count(request)
+    first, n_tasks = tasks[0], len(tasks)
+    rec = request.record
+    per_record = first.n_out * first.n_in + 2 * min(first.n_out, first.n_in) + 8
+    if rec.weights:
         per_record += sum(r * c for r, c in shapes)
-    if request.record.similarity:
-        per_record += problem.n_in * problem.n_in
-    if problem.test is not None:
+    if rec.similarity:
+        per_record += first.n_in * first.n_in
+    if first.test is not None:
         per_record += 3  # test loss, and its theory
-    if request.record.kernel:  # the Grams of every hidden layer, and the distance
-        per_record += (len(shapes) - 1) * (problem.n_in ** 2 + problem.n_out ** 2) + 1
-    fix = "record fewer points" + (", or set record.weights to false" if request.record.weights else "") + (
-        ", or set record.similarity to false" if request.record.similarity else "") + (
-        ", or set record.kernel to false" if request.record.kernel else "")
-    over(count * per_record, limits.max_trajectory_values, field,
-          "the trajectory size (record points × numbers per record)", fix)
+    if rec.kernel:  # the Grams of every hidden layer, and the distance
+        per_record += (len(shapes) - 1) * (first.n_in ** 2 + first.n_out ** 2) + 1
+    if rec.sharpness:
+        per_record += rec.sharpness_k
+    if rec.linearized:
+        per_record += 2
+    if getattr(first, "teacher", None) is not None:
+        per_record += 2  # the random-matrix theory's train and test loss
+    if n_tasks > 1:
+        per_record += 2 * n_tasks + 1  # task_loss, task_excess_loss, phase
+    return count * per_record + sum(r * c for r, c in shapes)
 
+
+def check_trajectory_size(request: SimulationRequest, shapes: list[tuple[int, int]], tasks: list[Problem],
+                          limits: Limits) -> None:
+    count, field = record_count(request)
+    rec = request.record
+    fix = "record fewer points" + (", or set record.weights to false" if rec.weights else "") + (
+        ", or set record.similarity to false" if rec.similarity else "") + (
+        ", or set record.kernel to false" if rec.kernel else "") + (
+        ", or ask for fewer eigenvalues (record.sharpness_k)" if rec.sharpness and rec.sharpness_k > 1 else "")
+    over(trajectory_values(request, shapes, tasks), limits.max_trajectory_values, field,
+         "the trajectory size (record points × numbers per record)", fix)
 
 
 def preset_params(data: Any) -> dict[str, Any]:

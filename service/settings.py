@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     max_dataset_values: int = Field(8_000_000, ge=1)
     # Largest trajectory, as numbers: points × (n_out·n_in [+ all layer sizes when record.weights]).
     max_trajectory_values: int = Field(50_000_000, ge=1)
+    # Most Hessian-vector products record.sharpness may plan: records × sharpness_k × 100 (a typical Lanczos count
+    # per eigenvalue; each product costs about two GD steps).
+    max_hessian_products: int = Field(10_000_000, ge=1)
     # Jobs queued or running at once; beyond it POST answers 429 with Retry-After.
     max_queued: int = Field(64, ge=1)
     # Largest sweep, in points (the product of the grid's axis lengths, or the explicit points).

@@ -47,6 +47,7 @@ from service.schemas.validation import parse_body
 from service.settings import Settings
 from service.status import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 
+from .continuation import resolve_init, visible
 from .database import (
     CorruptResultError,
     Database,
@@ -90,11 +91,6 @@ class Created(Generic[Row]):
 
     row: Row
     replayed: bool
-
-
-def visible(viewer: str | None, owner: str | None) -> bool:
-    """Whether a caller with key id ``viewer`` may see a row owned by ``owner`` (everything when keys are off)."""
-    return viewer is None or owner == viewer
 
 
 async def read_nowait(db: Database, read: Callable[..., T], *args: Any) -> T:
@@ -144,8 +140,9 @@ class _Jobs(ABC, Generic[Row]):
         """(parsed, canonical JSON, its sha256) of a body; ProblemError 400/422 for a bad one."""
 
     @abstractmethod
-    def _validate(self, parsed: Any, canonical: bytes, digest: str) -> Any:
-        """Everything checked before anything is stored; what ``_insert`` stores. ProblemError 422."""
+    def _validate(self, parsed: Any, canonical: bytes, digest: str, owner: str | None) -> Any:
+        """Everything checked before anything is stored (as the caller ``owner`` sees the store); what ``_insert``
+        stores. ProblemError 422 (409 for a simulation to continue from that has not succeeded)."""
 
     @abstractmethod
     def _insert(self, parsed: Any, validated: Any, digest: str, key: str | None, owner: str | None
@@ -168,7 +165,7 @@ class _Jobs(ABC, Generic[Row]):
             if existing is not None:
                 return self._replay(existing, digest, idempotency_key)
             await self._check_queue()
-        validated = await asyncio.to_thread(self._validate, parsed, canonical, digest)
+        validated = await asyncio.to_thread(self._validate, parsed, canonical, digest, owner)
         await self._check_active_limit(owner)
         try:
             row, created = await asyncio.to_thread(self._insert, parsed, validated, digest, idempotency_key, owner)
@@ -277,13 +274,17 @@ class Simulations(_Jobs[JobRow]):
         canonical = request.__pydantic_serializer__.to_json(request, by_alias=True, exclude=LABELS)
         return request, canonical, hashlib.sha256(canonical).hexdigest()
 
-    def _validate(self, request: SimulationRequest, canonical: bytes, digest: str) -> bytes:
-        """Every check the core can make, before queueing (the limits first)."""
+    def _validate(self, request: SimulationRequest, canonical: bytes, digest: str, owner: str | None) -> bytes:
+        """Every check the core can make, before queueing (the limits first); the stored request: ``canonical``, or
+        for an init from_simulation the request with the source's final weights copied in (``continuation``)."""
+        resolved = resolve_init(request, self.store, owner)
         try:
-            admit_simulation(request, Limits.from_settings(self.settings))
+            admit_simulation(resolved, Limits.from_settings(self.settings))
         except DynamicsError as exc:
             raise dynamics_problem(exc) from None
-        return canonical
+        if resolved is request:
+            return canonical
+        return resolved.__pydantic_serializer__.to_json(resolved, by_alias=True, exclude=LABELS)
 
     def _insert(self, request: SimulationRequest, canonical: bytes, digest: str, key: str | None, owner: str | None
                 ) -> tuple[JobRow, bool]:
@@ -433,6 +434,7 @@ class Sweeps(_Jobs[SweepRow]):
 
     def __init__(self, store: SweepStore, jobs: JobStore | None, engine: Engine, settings: Settings) -> None:
         super().__init__(store, engine, settings, counted=(jobs, store))
+        self.jobs = jobs  # where a base's init from_simulation finds its simulation
 
     def _max_active(self) -> int:
         return self.settings.max_active_sweeps
@@ -440,9 +442,14 @@ class Sweeps(_Jobs[SweepRow]):
     def _canonical(self, body: bytes) -> tuple[Any, bytes, str]:
         return canonical_sweep(body)
 
-    def _validate(self, sweep: Any, canonical: bytes, digest: str) -> ValidatedSweep:
+    def _validate(self, sweep: Any, canonical: bytes, digest: str, owner: str | None) -> ValidatedSweep:
+        def resolve(base: SimulationRequest) -> SimulationRequest:
+            if self.jobs is None:
+                return base
+            return resolve_init(base, self.jobs, owner, prefix=("base",))
+
         return validate_parsed(sweep, canonical, digest, Limits.from_settings(self.settings),
-                               self.settings.max_sweep_points)
+                               self.settings.max_sweep_points, resolve=resolve)
 
     def _insert(self, sweep: Any, v: ValidatedSweep, digest: str, key: str | None, owner: str | None
                 ) -> tuple[SweepRow, bool]:

@@ -33,7 +33,8 @@ def run(command: list[str], **env: str) -> subprocess.CompletedProcess:
 
 
 def test_the_known_results_have_their_scripts():
-    assert {"saxe_modes.py", "hierarchy_stages.py", "lazy_vs_rich.py", "generalization.py"} <= set(SCRIPTS)
+    assert {"saxe_modes.py", "hierarchy_stages.py", "lazy_vs_rich.py", "generalization.py", "forgetting.py",
+            "progressive_sharpening.py", "lazy_linearized.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
