@@ -12,7 +12,7 @@ import pytest
 from service.api.access import parse_api_keys
 from service.api.security import API_CSP, SVG_CSP
 from tests.api.conftest import assert_problem, small_request
-from tests.api.real_runs import CORRELATIONS_EXACT, create_finished, run_document
+from tests.support.real_runs import CORRELATIONS_EXACT, create_finished, run_document
 
 pytestmark = pytest.mark.anyio
 

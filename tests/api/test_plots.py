@@ -17,7 +17,7 @@ from service.plots import Context, Options, PlotError, nearest_records, plot_fig
 from service.plots.context import context_of, run_label
 from service.plots.loss import roundoff_floor
 from tests.api.conftest import assert_problem, small_request
-from tests.api.real_runs import (
+from tests.support.real_runs import (
     CORRELATIONS_EXACT,
     HIERARCHY_GD,
     TEACHER_FLOW,

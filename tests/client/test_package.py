@@ -17,7 +17,7 @@ import pytest
 from dlnsim.fields import arrays_from_json, spec_of
 
 from tests.support.server import Server
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

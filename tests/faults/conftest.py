@@ -23,7 +23,7 @@ import pytest
 
 from service.main import STORE_FILE
 from tests.support.server import Server
-from tests.waiting import wait_until as _wait_until
+from tests.support.waiting import wait_until as _wait_until
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 # Waits for things that take seconds when all is well; only reached when something is broken.

@@ -28,7 +28,7 @@ from service.jobs.store import JobStore
 from service.settings import Settings
 from tests.jobs.fake_tasks import dispatch_task
 from tests.support.trajectories import stored_arrays, stored_blob
-from tests.waiting import wait_until as _wait_until
+from tests.support.waiting import wait_until as _wait_until
 
 # Generous bound for things that take ~0.1 s (a round trip through the scheduler, a store write):
 # only reached when something is broken, so it costs nothing when tests pass.
