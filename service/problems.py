@@ -37,7 +37,8 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "not-finished": ("Trajectory not available", "The simulation has not succeeded (yet); poll it until "
                                                  "status is succeeded, or read its error."),
     "not-recorded": ("Not recorded", "The run succeeded but did not keep what was asked for (a simulation without "
-                                     "record.similarity or record.kernel, a sweep point of a keep: summary "
+                                     "record.similarity, record.kernel or record.sharpness, the tasks plot of a "
+                                     "single task rather than a task sequence, a sweep point of a keep: summary "
                                      "sweep); run it again recording it."),
     "unknown-query-parameter": ("Unknown query parameter",
                                 "The query string names a parameter this route does not take (a typo, or a parameter "
