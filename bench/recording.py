@@ -8,6 +8,8 @@ quantity) with 200 records. Bar: < 5 %.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -26,7 +28,7 @@ from service.dynamics.sharpness import (
 )
 from service.dynamics.simulate import simulate
 
-from .common import Context, Row, best_time, use_service_malloc_settings
+from .common import Context, Row, best_time, run_standalone
 from .stepping import LEARNING_RATE, make_problem
 
 STEPS = 10_000
@@ -229,16 +231,27 @@ def _live_row(size: tuple[int, int, int], repeats: int) -> Row:
                     f"copied, summarised and put into messages {1e3 * cost * run:.2f} ms")
 
 
-def main() -> None:
-    """These rows alone, as ``python -m bench`` runs them: the workers' malloc thresholds, one BLAS thread."""
-    use_service_malloc_settings()  # else every fresh array past 128 KiB is a new mmap, paid in page faults
-    ctx = Context(quick=False, threads=1)
-    rows = (analysis_recording_overhead(ctx) + sharpness_recording_overhead(ctx) + linearized_overhead(ctx)
+HEADING = "## Recorded quantities (issues 12, 17, 20)"
+RESULTS = Path(__file__).with_name("results.md")
+
+
+def recording_costs(ctx: Context) -> list[Row]:
+    """Every row of this module, as ``python -m bench`` runs them."""
+    return (analysis_recording_overhead(ctx) + sharpness_recording_overhead(ctx) + linearized_overhead(ctx)
             + live_records_overhead(ctx) + sequence_overhead(ctx))
-    for row in rows:
-        print(f"| {row.benchmark} | {row.case} | {row.value} | {row.bar} | "
-              f"{'pass' if row.passed else ('—' if row.passed is None else 'FAIL')} | {row.note} |")
+
+
+def section(rows: list[Row]) -> list[str]:
+    from .common import table
+
+    return [HEADING, "", *table(rows), ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """These rows alone, their section of bench/results.md replaced (the workers' malloc thresholds)."""
+    return run_standalone("bench.recording", __doc__.split("\n")[0], "fewer repeats", HEADING, RESULTS,
+                          recording_costs, section, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
