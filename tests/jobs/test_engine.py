@@ -10,12 +10,9 @@ tests call into it with ``run(coro)``.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 import os
 import signal
-import threading
 import types
 
 import orjson
@@ -27,38 +24,13 @@ from service.jobs.engine import Engine
 from service.jobs.store import JobStore
 from service.settings import Settings
 from tests.jobs.fake_tasks import dispatch_task
+from tests.support.loop_thread import PATIENCE, LoopThread
 from tests.support.trajectories import stored_arrays, stored_blob
 from tests.support.waiting import wait_until as _wait_until
 
-# Generous bound for things that take ~0.1 s (a round trip through the scheduler, a store write):
-# only reached when something is broken, so it costs nothing when tests pass.
-PATIENCE = 30.0
 # The contract: a cancelled job stops within a second or two (the core checks every 0.2 s, the
 # stop flag is one scheduler round-trip).
 CANCEL_WITHIN = 2.0
-
-
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, awaitable, timeout: float = PATIENCE):
-        return asyncio.run_coroutine_threadsafe(awaitable, self.loop).result(timeout)
-
-    def call(self, fn, timeout: float = PATIENCE):
-        """Run fn() on the loop and await what it returns (the async client's methods must be
-        called on its own loop: called from another thread they block instead)."""
-        async def wrapper():
-            result = fn()
-            return await result if inspect.isawaitable(result) else result
-
-        return self.run(wrapper(), timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 def settings(**overrides):

@@ -14,7 +14,7 @@ from service.jobs.store import JobStore
 from service.jobs.sweeps_store import SweepStore
 from tests.api.conftest import assert_problem, small_request
 from tests.support.store_versions import write_store_at_version
-from tests.sweeps.test_api import finish, store, sweep_body
+from tests.support.sweeps import finish, store, sweep_body
 
 pytestmark = pytest.mark.anyio
 
