@@ -6,6 +6,7 @@ import gc
 
 import uvicorn
 
+from service.http_server import guarded_protocol, max_connections, raise_open_files_limit
 from service.settings import get_settings
 
 
@@ -21,9 +22,13 @@ def main() -> None:
 
     gc.collect()
     gc.freeze()
+    # Slow clients (service/http_server.py): header, body and send deadlines, header limits and a cap on open
+    # connections that leaves file descriptors for the store and the cluster.
+    protocol = guarded_protocol(settings, max_connections(settings, raise_open_files_limit()))
     # One process: the app owns the Dask cluster and the store; more uvicorn workers would each start one.
     uvicorn.run("service.main:app", host=settings.host, port=settings.port, log_level=settings.log_level,
-                workers=1, proxy_headers=True, server_header=False)
+                workers=1, proxy_headers=True, server_header=False, http=protocol,
+                timeout_keep_alive=settings.keep_alive_seconds)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from service.api.access import (
 from service.api.body_limit import BodySizeLimitMiddleware
 from service.api.errors import install_error_handlers
 from service.api.security import SecurityHeadersMiddleware
+from service.http_server import install_access_log_redaction
 from service.jobs.database import Database
 from service.jobs.engine import Engine, EngineProtocol
 from service.jobs.retention import RetentionTask
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, *,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_access_log_redaction()  # uvicorn has configured its loggers by now: no query value is logged
         # Requests are validated with numerics (Σ11's eigenvalues, the GD stability bound's SVD) in many
         # threads at once: one BLAS thread each, like the workers. A multi-threaded BLAS here made a 20 ms
         # validation take ~1 s under load and starved the event loop (tests/faults/test_load.py).

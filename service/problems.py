@@ -59,6 +59,15 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "insufficient-storage": ("Insufficient storage", "The disk of the job store (DLNSIM_DATA_DIR) is full, or the "
                                                      "store reached DLNSIM_STORE_MAX_BYTES; nothing was stored. Free "
                                                      "space (delete old simulations, grow the volume), then retry."),
+    "request-timeout": ("Request timeout", "The request's headers or body did not arrive in time "
+                                           "(DLNSIM_HEADER_TIMEOUT_SECONDS, DLNSIM_BODY_TIMEOUT_SECONDS and "
+                                           "DLNSIM_MIN_BODY_RATE); the connection was closed. Send the request at "
+                                           "once."),
+    "headers-too-large": ("Request header fields too large", "The request line and headers are longer than "
+                                                             "DLNSIM_MAX_HEADER_BYTES, or have more than "
+                                                             "DLNSIM_MAX_HEADERS fields."),
+    "uri-too-long": ("URI too long", "The request target is longer than DLNSIM_MAX_HEADER_BYTES."),
+    "malformed-request": ("Malformed HTTP request", "The bytes received are not a valid HTTP/1.1 request."),
     "internal": ("Internal server error", "An unexpected error; it has been logged."),
     "http-error": ("HTTP error", "An HTTP-level error."),
 }

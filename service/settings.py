@@ -24,6 +24,20 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_level: str = "info"
 
+    # Slow and greedy clients (service/http_server.py, README "Settings and limits"): a request's line and headers
+    # must arrive within header_timeout_seconds; its body within body_timeout_seconds plus one second per
+    # min_body_rate bytes received; a response whose client reads nothing for send_timeout_seconds is dropped; an
+    # idle keep-alive connection is closed after keep_alive_seconds. At most max_connections connections are open
+    # (more are answered 503), a request has at most max_header_bytes of line and headers and max_headers fields.
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(10.0, gt=0)
+    min_body_rate: int = Field(8192, ge=1)
+    send_timeout_seconds: float = Field(60.0, gt=0)
+    keep_alive_seconds: int = Field(5, ge=1)
+    max_connections: int = Field(1000, ge=16)
+    max_header_bytes: int = Field(16384, ge=1024)
+    max_headers: int = Field(100, ge=8)
+
     # The job store (SQLite file dlnsim.sqlite3) lives here; created on start.
     data_dir: Path = Path("./data")
     # Largest size of the job store file, in bytes (None: as large as the disk allows). Beyond it, as on a

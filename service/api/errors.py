@@ -22,6 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from service.api.security import security_headers
 from service.jobs.database import StorageFullError
@@ -118,7 +120,16 @@ async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
     problem = ProblemError(500, "internal", "an unexpected error occurred; it has been logged")
     # Starlette sends this response from its outermost middleware, past SecurityHeadersMiddleware.
     problem.headers = security_headers(request.url.path, PROBLEM_MEDIA_TYPE)
+    # Starlette re-raises the error after this answer and uvicorn then closes the connection: say so, or a pooled
+    # client sends its next request on a socket about to close and cannot tell whether it was received.
+    problem.headers["Connection"] = "close"
     return problem_response(request, problem)
+
+
+async def _client_disconnect_handler(request: Request, exc: ClientDisconnect) -> Response:
+    # A client that went away mid-upload: an ordinary event, not an error (no traceback; nobody reads the answer).
+    logger.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=400, headers={"Connection": "close"})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -126,6 +137,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
     app.add_exception_handler(StorageFullError, _storage_full_handler)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect_handler)
     app.add_exception_handler(Exception, _unhandled_handler)
 
 
