@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 import uvicorn
 
@@ -19,6 +20,15 @@ def main() -> None:
     import distributed  # noqa: F401 - imported by the lifespan anyway
 
     import service.main  # noqa: F401 - what uvicorn.run imports below
+
+    # The store is checked before anything starts: a damaged file stops the service with what to do, not a traceback.
+    from service.jobs.database import StoreDamagedError
+
+    try:
+        service.main.open_database(settings).close()
+    except StoreDamagedError as exc:
+        print(f"dlnsim: not starting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     gc.collect()
     gc.freeze()

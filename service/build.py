@@ -33,7 +33,9 @@ from service.limits import (
     check_data_limits,
     check_request_limits,
     check_shape_limits,
+    check_cost,
     check_trajectory_size,
+    gradients_cost,
     preset_params,
 )
 from service.schemas import (
@@ -154,7 +156,10 @@ def check_learning_rate(problem: Problem, depth: int, training: GradientDescentT
     unless the caller asked for the unstable run (its divergence is then reported as the outcome)."""
     if training.allow_unstable:
         return
-    bound = network.gd_stability_bound(problem, depth, training.weight_decay)
+    key = ("gd_stability_bound", depth, float(training.weight_decay))
+    if key not in problem._cache:  # a sweep's points share their problem: its ‖Σ31‖₂ is computed once
+        problem._cache[key] = network.gd_stability_bound(problem, depth, training.weight_decay)
+    bound = problem._cache[key]
     if training.learning_rate > bound:
         raise UnstableLearningRateError(
             f"learning_rate {training.learning_rate:g} is above the stability bound {bound:.6g} for this task "
@@ -164,16 +169,23 @@ def check_learning_rate(problem: Problem, depth: int, training: GradientDescentT
                 "or set training.allow_unstable to true to simulate the divergence")
 
 
-def admit_simulation(request: SimulationRequest, limits: Limits) -> SimulationSpec:
+def admit_simulation(request: SimulationRequest, limits: Limits, *, problems: dict | None = None,
+                     data_key: object = None) -> SimulationSpec:
     """Validate ``request`` completely, as the API does before queueing it; raise DynamicsError naming the field.
 
     The service's size limits come first, from the request alone where possible (so an oversized request is
     refused before anything large is allocated), then every check of the run itself: data (shapes, finiteness,
     symmetric PSD Σ11/Σ33), network widths, init parameters, record times within the run, the GD stability bound
     and the exact method's conditions. A flow run's integrator steps are capped at ``limits.max_steps``.
+    ``problems``: problems already built, by ``data_key`` (a sweep's points with the same data share one).
     """
     check_request_limits(request, limits)
-    problem = build_problem(request)
+    if problems is not None and data_key in problems:
+        problem = problems[data_key]
+    else:
+        problem = build_problem(request)
+        if problems is not None:
+            problems[data_key] = problem
     hidden = list(request.network.hidden)
     shapes = network.layer_shapes(problem.n_in, hidden, problem.n_out)
     check_shape_limits(problem.n_in, problem.n_out, hidden, ("data",), ("data",), limits)
@@ -211,6 +223,12 @@ def build_gradients(request: GradientsRequest, limits: Limits) -> GradientsSpec:
     """
     hidden = [len(w) for w in request.weights[:-1]]
     check_data_limits(request.data, hidden, limits, hidden_field=("weights",))
+    try:
+        cost = gradients_cost(request, limits)
+    except (IndexError, TypeError, ValueError):  # shapes the model cannot read: the checks below say what is wrong
+        cost = None
+    if cost is not None:
+        check_cost(cost, request, limits)
     problem = build_problem(request)
     shapes = network.layer_shapes(problem.n_in, hidden, problem.n_out)
     check_shape_limits(problem.n_in, problem.n_out, hidden, ("data",), ("data",), limits, hidden_field=("weights",))

@@ -27,6 +27,7 @@ from service.api.body_limit import BodySizeLimitMiddleware
 from service.api.errors import install_error_handlers
 from service.api.security import SecurityHeadersMiddleware
 from service.http_server import install_access_log_redaction
+from service.jobs.admission import Admission
 from service.jobs.database import Database
 from service.jobs.engine import Engine, EngineProtocol
 from service.jobs.retention import RetentionTask
@@ -86,6 +87,13 @@ def _add_component_schemas(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def open_database(settings: Settings) -> Database:
+    """The job store of these settings, checked (PRAGMA quick_check) and migrated; StoreDamagedError when damaged."""
+    return Database(settings.data_dir / STORE_FILE, max_bytes=settings.store_max_bytes,
+                    busy_timeout_ms=int(settings.store_busy_timeout_seconds * 1000),
+                    wal_max_bytes=settings.wal_max_bytes)
+
+
 def create_app(settings: Settings | None = None, *,
                engine_factory: Callable[[Settings, JobStore], EngineProtocol] | None = None) -> FastAPI:
     """The app. ``engine_factory(settings, store)`` replaces the Dask engine (tests of HTTP behaviour)."""
@@ -98,17 +106,20 @@ def create_app(settings: Settings | None = None, *,
         # threads at once: one BLAS thread each, like the workers. A multi-threaded BLAS here made a 20 ms
         # validation take ~1 s under load and starved the event loop (tests/faults/test_load.py).
         threadpool_limits(limits=1 if settings.blas_threads == "auto" else settings.blas_threads)
-        db = Database(settings.data_dir / STORE_FILE, max_bytes=settings.store_max_bytes)
+        db = open_database(settings)
         store = JobStore(db)
         engine = (engine_factory or Engine)(settings, store)
         # Sweeps share the database and the engine's Dask client.
         sweep_store = SweepStore(db)
         sweep_engine = SweepEngine(settings, sweep_store, engine)
-        simulations = Simulations(store, sweep_store, engine, settings)
-        sweeps = Sweeps(sweep_store, store, sweep_engine, settings)
+        # Admission control (service/jobs/admission.py): validation slots, budgets and quotas, shared by both kinds.
+        admission = Admission(settings, db, store, sweep_store)
+        simulations = Simulations(store, sweep_store, engine, settings, admission)
+        sweeps = Sweeps(sweep_store, store, sweep_engine, settings, admission)
         # Finished jobs older than DLNSIM_RETENTION_DAYS are purged in the background (0: kept forever).
         retention = (RetentionTask(store, sweep_store, days=settings.retention_days,
-                                   interval=settings.retention_interval_seconds)
+                                   interval=settings.retention_interval_seconds,
+                                   keys_hours=settings.idempotency_keep_hours)
                      if settings.retention_days > 0 else None)
         try:
             await engine.start()
@@ -116,6 +127,7 @@ def create_app(settings: Settings | None = None, *,
             app.state.store, app.state.engine = store, engine
             app.state.sweep_store, app.state.sweep_engine = sweep_store, sweep_engine
             app.state.simulations, app.state.sweeps = simulations, sweeps
+            app.state.admission = admission
             if retention is not None:
                 retention.start()
             app.state.retention = retention
@@ -124,7 +136,7 @@ def create_app(settings: Settings | None = None, *,
             app.state.store = app.state.engine = None
             app.state.sweep_store = app.state.sweep_engine = None
             app.state.simulations = app.state.sweeps = None
-            app.state.retention = None
+            app.state.retention = app.state.admission = None
             if retention is not None:
                 await retention.stop()  # before the store closes: a purge in progress finishes its batch
             await sweep_engine.close()

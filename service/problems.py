@@ -49,9 +49,23 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "too-many-active-jobs": ("Too many active jobs for this API key",
                              "This key already has DLNSIM_MAX_ACTIVE_PER_KEY simulations and sweeps queued or "
                              "running; retry after the Retry-After delay, or cancel some."),
+    "compute-budget-exceeded": ("Compute budget exceeded", "This key's queued and running simulations and sweeps "
+                                                           "already use DLNSIM_MAX_KEY_FLOPS of estimated compute; "
+                                                           "retry after the Retry-After delay, or cancel some."),
+    "storage-quota-exceeded": ("Storage quota exceeded", "This key's stored results, plus what its running work and "
+                                                         "this request may store, exceed DLNSIM_STORAGE_QUOTA_BYTES; "
+                                                         "delete simulations or sweeps it no longer needs."),
+    "idempotency-key-spent": ("Idempotency-Key already used", "This Idempotency-Key created a simulation or sweep that "
+                                                              "has since been deleted; the request is not run again. "
+                                                              "Send a new key to run it again."),
     "cors-rejected": ("CORS preflight rejected", "The browser's preflight asked for an origin, method or header "
                                                  "this service does not allow (DLNSIM_CORS_ORIGINS)."),
-    "unavailable": ("Service unavailable", "The job store or the worker cluster is not reachable."),
+    "unavailable": ("Service unavailable", "The job store or the worker cluster is not reachable (or the store is "
+                                           "locked by another connection, or has no room: see the detail); retry "
+                                           "after the Retry-After delay."),
+    "store-damaged": ("Job store damaged", "The job store's file is damaged (a page that does not decode); the "
+                                           "detail names the file and how to recover it. The operator must repair "
+                                           "it: retrying does not help."),
     "invalid-simulation-result": ("Stored result unreadable", "The stored trajectory could not be read."),
     "corrupt-result": ("Stored result corrupt", "The stored trajectory failed its checksum (damaged on disk). A "
                                                 "simulation is queued to run again: poll it until it succeeds. A "

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     # Largest size of the job store file, in bytes (None: as large as the disk allows). Beyond it, as on a
     # full disk, writes are refused: new submissions get 507 and finished results wait in memory.
     store_max_bytes: int | None = Field(None, ge=1 << 20)
+    # How long a store write waits for a lock held by another connection before it gives up (the API then answers
+    # 503 with Retry-After; the engines retry the write itself, never the computation).
+    store_busy_timeout_seconds: float = Field(5.0, gt=0)
+    # Free space the store keeps beyond what running work will write: a request whose results would not leave this
+    # much free is refused with 507 (insufficient-storage), and below it /readyz answers 503 (storage full).
+    store_min_free_bytes: int = Field(16 << 20, ge=0)
+    # The WAL is cut back to this many bytes whenever it is reset (PRAGMA journal_size_limit).
+    wal_max_bytes: int = Field(64 << 20, ge=1 << 20)
 
     # Dask: None = an embedded LocalCluster started with the app; "tcp://host:8786" = an existing one.
     scheduler: str | None = None
@@ -79,6 +87,21 @@ class Settings(BaseSettings):
     max_dataset_values: int = Field(8_000_000, ge=1)
     # Largest trajectory, as numbers: points × (n_out·n_in [+ all layer sizes when record.weights]).
     max_trajectory_values: int = Field(50_000_000, ge=1)
+    # The cost model (service/limits.py request_cost), checked from the request alone before anything is built:
+    # what validating one request may cost the API, in FLOP-equivalents (1e10 ≈ a second of one core) and in
+    # bytes held at once, and what one job may compute, in floating-point operations (422 limit-exceeded beyond).
+    max_validation_flops: float = Field(1e10, gt=0)
+    max_validation_bytes: int = Field(256 << 20, ge=1 << 20)
+    max_job_flops: float = Field(1e15, gt=0)
+    # Requests whose validation is heavy (a body over 1 MiB, or over 1e8 FLOP-equivalents) are validated this many
+    # at a time; one that waits longer than validation_wait_seconds for its turn gets 503 with Retry-After.
+    validation_concurrency: int = Field(2, ge=1)
+    validation_wait_seconds: float = Field(10.0, gt=0)
+    # Per API key (all callers together without keys): the estimated FLOPs of its queued and running simulations
+    # and sweeps (429 beyond), and the bytes its stored results plus the expected results of its running work may
+    # take in the store (429 storage-quota-exceeded beyond; DELETE frees it).
+    max_key_flops: float = Field(4e15, gt=0)
+    storage_quota_bytes: int = Field(10 << 30, ge=1 << 20)
     # Jobs queued or running at once; beyond it POST answers 429 with Retry-After.
     max_queued: int = Field(64, ge=1)
     # Largest sweep, in points (the product of the grid's axis lengths, or the explicit points).
@@ -107,6 +130,9 @@ class Settings(BaseSettings):
     # they finished (0 = kept forever), by a background purge that runs every interval.
     retention_days: float = Field(30, ge=0)
     retention_interval_seconds: float = Field(3600, gt=0)
+    # An Idempotency-Key is kept at least this long after its request, whatever becomes of what it created (a retry
+    # of a deleted simulation's request is answered 410, not run again).
+    idempotency_keep_hours: float = Field(24.0, ge=24.0)
 
 
 @lru_cache

@@ -99,7 +99,7 @@ IdempotencyKey = Annotated[str | None, Header(
                                                   "schema": {"type": "string"}},
                           **_SWEEP_CONTENT_HEADERS},
               "links": _SWEEP_LINKS},
-        **problem_responses(400, 413, 415, 422, 429, 503, 507,
+        **problem_responses(400, 410, 413, 415, 422, 429, 503, 507,
                          d422="Invalid sweep: a point (named by its grid entry or point index), the base, or the "
                               "sweep's size above DLNSIM_MAX_SWEEP_POINTS; or an Idempotency-Key already used with "
                               "a different body (idempotency-key-reused)",

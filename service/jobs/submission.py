@@ -11,10 +11,14 @@ Creating is one flow for both kinds (``_Jobs.create``):
 2. the body is parsed into its canonical form (defaults filled in; its sha256 is what a key is checked against);
 3. with a key this owner already used, the stored job answers (the same digest: a replay, whatever the limits) or
    it is a 422 (another body); else the queue bound is checked;
-4. the request is validated completely (every point of a sweep), in a worker thread;
-5. the caller's per-key limit (DLNSIM_MAX_ACTIVE_PER_KEY) is checked;
-6. the store inserts it, checking the queue bound again in its write transaction (concurrent creates cannot
-   overshoot it; concurrent creates with one key store one job), and the engine is handed its id.
+4. its cost is estimated from the request alone (``service.limits.request_cost``) and checked against the validation
+   and job budgets (422 limit-exceeded) before anything is built;
+5. the request is validated completely (every point of a sweep), in a worker thread — a large body or a costly
+   validation holding one of a few validation slots (``admission.Admission``), from before its parse;
+6. the caller's per-key limit (DLNSIM_MAX_ACTIVE_PER_KEY), compute budget and storage quota, and the disk's room for
+   its results, are checked (429, 507);
+7. the store inserts it with its cost, checking the queue bound again in its write transaction (concurrent creates
+   cannot overshoot it; concurrent creates with one key store one job), and the engine is handed its id.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from service.build import admit_simulation
 from service.codec import Stored, selected_names
 from service.dynamics.errors import DynamicsError
-from service.limits import Limits
+from service.limits import ZERO_COST, Cost, Limits, check_cost, check_request_limits, request_cost
 from service.problems import (
     ProblemError,
     dynamics_problem,
@@ -44,9 +48,10 @@ from service.schemas.validation import parse_body
 from service.settings import Settings
 from service.status import CANCELLED, FAILED, QUEUED, SUCCEEDED
 
+from .admission import Admission
 from .database import CorruptResultError, Database, InvalidPageToken, QueueFullError, TrajectoryReader
 from .store import JobRow, JobStore
-from .sweep_plan import ValidatedSweep, canonical_sweep, validate_parsed
+from .sweep_plan import ValidatedSweep, canonical_sweep, sweep_cost_estimate, validate_parsed
 from .sweeps_store import PointRow, SweepRow, SweepStore
 
 log = logging.getLogger("dlnsim.jobs")
@@ -116,10 +121,12 @@ class _Jobs(ABC, Generic[Row]):
     what = "job"        # "simulation" / "sweep", in problem details
     limit_name = ""     # the setting that bounds how many may be queued or running
 
-    def __init__(self, store: Any, engine: Engine, settings: Settings, counted: Sequence[Any]) -> None:
+    def __init__(self, store: Any, engine: Engine, settings: Settings, counted: Sequence[Any],
+                 admission: Admission | None = None) -> None:
         """``counted``: the stores whose active rows count against a key's DLNSIM_MAX_ACTIVE_PER_KEY (both kinds)."""
         self.store, self.engine, self.settings = store, engine, settings
         self._counted = [s for s in counted if s is not None]
+        self.admission = admission or Admission(settings, store.db, *self._counted)
 
     # -- what each kind supplies -------------------------------------------------------------------
 
@@ -132,8 +139,18 @@ class _Jobs(ABC, Generic[Row]):
         """Everything checked before anything is stored; what ``_insert`` stores. ProblemError 422."""
 
     @abstractmethod
-    def _insert(self, validated: Any, digest: str, key: str | None, owner: str | None) -> tuple[Row, bool]:
-        """Store it queued (row, True), or the row this owner's key already made (row, False)."""
+    def _insert(self, validated: Any, digest: str, key: str | None, owner: str | None, cost: Cost
+                ) -> tuple[Row, bool]:
+        """Store it queued with its cost (row, True), or the row this owner's key already made (row, False)."""
+
+    @abstractmethod
+    def _cost(self, parsed: Any) -> Cost:
+        """Its cost from the request alone (``service.limits.request_cost``), checked against the validation and job
+        budgets: ProblemError 422 limit-exceeded, before anything is built."""
+
+    def _validated_cost(self, validated: Any, estimate: Cost) -> Cost:
+        """The cost to store with it: what validation found when it knows better (a sweep's points), else ``estimate``."""
+        return estimate
 
     @abstractmethod
     def _max_active(self) -> int:
@@ -145,16 +162,21 @@ class _Jobs(ABC, Generic[Row]):
         """Validate and queue a new job (module docstring), or answer the one this key already made."""
         if idempotency_key is None:
             await self._check_queue()
-        parsed, canonical, digest = await asyncio.to_thread(self._canonical, body)
-        if idempotency_key is not None:
-            existing = await asyncio.to_thread(self.store.by_idempotency_key, idempotency_key, owner)
-            if existing is not None:
-                return self._replay(existing, digest, idempotency_key)
-            await self._check_queue()
-        validated = await asyncio.to_thread(self._validate, parsed, canonical, digest)
+        async with self.admission.validating(len(body)) as ticket:  # a large body waits for a validation slot
+            parsed, canonical, digest = await asyncio.to_thread(self._canonical, body)
+            if idempotency_key is not None:
+                existing = await asyncio.to_thread(self.store.by_idempotency_key, idempotency_key, owner)
+                if existing is not None:
+                    return self._replay(existing, digest, idempotency_key)
+                await self._check_queue()
+            cost = self._cost(parsed)
+            await ticket.hold_if(cost)  # so does a costly validation
+            validated = await asyncio.to_thread(self._validate, parsed, canonical, digest)
+        cost = self._validated_cost(validated, cost)
         await self._check_active_limit(owner)
+        await self.admission.check_budgets(owner, cost)
         try:
-            row, created = await asyncio.to_thread(self._insert, validated, digest, idempotency_key, owner)
+            row, created = await asyncio.to_thread(self._insert, validated, digest, idempotency_key, owner, cost)
         except QueueFullError as exc:
             raise self._queue_full(exc.active) from None
         if not created:  # a concurrent create with this key stored its job first
@@ -246,8 +268,9 @@ class Simulations(_Jobs[JobRow]):
 
     what = "simulation"
 
-    def __init__(self, store: JobStore, sweep_store: SweepStore | None, engine: Engine, settings: Settings) -> None:
-        super().__init__(store, engine, settings, counted=(store, sweep_store))
+    def __init__(self, store: JobStore, sweep_store: SweepStore | None, engine: Engine, settings: Settings,
+                 admission: Admission | None = None) -> None:
+        super().__init__(store, engine, settings, counted=(store, sweep_store), admission=admission)
 
     def _max_active(self) -> int:
         return self.settings.max_queued
@@ -267,8 +290,22 @@ class Simulations(_Jobs[JobRow]):
             raise dynamics_problem(exc) from None
         return canonical
 
-    def _insert(self, canonical: bytes, digest: str, key: str | None, owner: str | None) -> tuple[JobRow, bool]:
-        return self.store.create(canonical, digest, key, owner, max_active=self.settings.max_queued)
+    def _cost(self, request: SimulationRequest) -> Cost:
+        limits = Limits.from_settings(self.settings)
+        try:
+            check_request_limits(request, limits)  # the per-field limits first: they name the field to change
+            cost = request_cost(request, limits)
+            check_cost(cost, request, limits)
+        except DynamicsError as exc:
+            raise dynamics_problem(exc) from None
+        except (IndexError, TypeError, ValueError):  # shapes the model cannot read: validation says what is wrong
+            return ZERO_COST
+        return cost
+
+    def _insert(self, canonical: bytes, digest: str, key: str | None, owner: str | None, cost: Cost
+                ) -> tuple[JobRow, bool]:
+        return self.store.create(canonical, digest, key, owner, max_active=self.settings.max_queued,
+                                 expected_bytes=cost.result_bytes, cost_flops=cost.run_flops)
 
     async def create(self, body: bytes, *, owner: str | None, idempotency_key: str | None,
                      wait: float | None = None) -> Created[JobRow]:
@@ -362,8 +399,9 @@ class Sweeps(_Jobs[SweepRow]):
     what = "sweep"
     limit_name = " (DLNSIM_MAX_ACTIVE_SWEEPS)"
 
-    def __init__(self, store: SweepStore, jobs: JobStore | None, engine: Engine, settings: Settings) -> None:
-        super().__init__(store, engine, settings, counted=(jobs, store))
+    def __init__(self, store: SweepStore, jobs: JobStore | None, engine: Engine, settings: Settings,
+                 admission: Admission | None = None) -> None:
+        super().__init__(store, engine, settings, counted=(jobs, store), admission=admission)
 
     def _max_active(self) -> int:
         return self.settings.max_active_sweeps
@@ -375,9 +413,17 @@ class Sweeps(_Jobs[SweepRow]):
         return validate_parsed(sweep, canonical, digest, Limits.from_settings(self.settings),
                                self.settings.max_sweep_points)
 
-    def _insert(self, v: ValidatedSweep, digest: str, key: str | None, owner: str | None) -> tuple[SweepRow, bool]:
+    def _cost(self, sweep: Any) -> Cost:
+        return sweep_cost_estimate(sweep, Limits.from_settings(self.settings), self.settings.max_sweep_points)
+
+    def _validated_cost(self, validated: ValidatedSweep, estimate: Cost) -> Cost:
+        return validated.cost
+
+    def _insert(self, v: ValidatedSweep, digest: str, key: str | None, owner: str | None, cost: Cost
+                ) -> tuple[SweepRow, bool]:
         return self.store.create_or_get(v.request_json, v.base_json, v.keep, v.points, owner, request_hash=digest,
-                                        idempotency_key=key, max_active=self.settings.max_active_sweeps)
+                                        idempotency_key=key, max_active=self.settings.max_active_sweeps,
+                                        expected_bytes=cost.result_bytes, cost_flops=cost.run_flops)
 
     async def get(self, row_id: str, viewer: str | None) -> SweepRow:
         row = await asyncio.to_thread(self.store.get, row_id)  # counts per status: more than a point read

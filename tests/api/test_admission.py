@@ -1,0 +1,191 @@
+"""Admission control (issue 19.2, 19.4): a cost model checked from the request alone before anything large is built,
+heavy validation bounded in concurrency, a key's compute budget and storage quota.
+
+The issue's attacks, each refused before it costs: one valid request of 8 layers of 2000×2000 (4.8 s and +372 MB in
+the API before its 202), the same with an unstable learning rate (13 s and +1.2 GB each for a 422), a preset of
+4000×4000 with 1000 samples (37 s), a sweep of points at n = 1000 (0.5 s per point), a job that would run for years.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from service.jobs import submission
+from service.limits import Limits, request_cost
+from service.schemas import SimulationRequest
+from tests.api.conftest import assert_problem, small_request
+
+pytestmark = pytest.mark.anyio
+
+# Refusals are answered from the request alone: far below this, where building would take seconds.
+CHEAP_SECONDS = 0.5
+
+
+def big_request(**training: Any) -> dict:
+    return {"data": {"kind": "preset", "name": "random_teacher", "n_in": 2000, "n_out": 2000, "n_samples": 1000},
+            "network": {"hidden": [2000] * 7}, "init": {"scheme": "gaussian", "scale": 0.01, "seed": 1},
+            "training": {"method": "gd", "learning_rate": 1e-4, "steps": 1000, **training}, "record": {"points": 2}}
+
+
+async def timed(coro) -> tuple[Any, float]:
+    started = time.process_time()
+    result = await coro
+    return result, time.process_time() - started
+
+
+async def test_a_request_of_eight_layers_of_2000x2000_is_refused_from_the_request_alone(service):
+    response, cpu = await timed(service.client.post("/v1/simulations", json=big_request()))
+    problem = assert_problem(response, 422, "limit-exceeded")
+    assert "DLNSIM_MAX_VALIDATION_FLOPS" in problem["detail"] and problem["errors"][0]["field"] == ["data", "n_in"]
+    assert cpu < CHEAP_SECONDS, cpu
+    assert service.job_count() == 0
+
+
+async def test_four_concurrent_unstable_requests_at_that_size_cost_nothing(service):
+    started = time.process_time()
+    answers = await asyncio.gather(*(service.client.post("/v1/simulations", json=big_request(learning_rate=10.0))
+                                     for _ in range(4)))
+    cpu = time.process_time() - started
+    for response in answers:
+        assert_problem(response, 422, "limit-exceeded")
+    assert cpu < CHEAP_SECONDS, cpu
+
+
+async def test_a_preset_of_4000x4000_with_1000_samples_is_refused_before_it_is_built(service):
+    response, cpu = await timed(service.client.get(
+        "/v1/presets/random_teacher", params={"n_in": 4000, "n_out": 4000, "n_samples": 1000}))
+    problem = assert_problem(response, 422, "limit-exceeded")
+    assert problem["errors"][0]["in"] == "query" and "DLNSIM_MAX_VALIDATION_FLOPS" in problem["detail"]
+    assert cpu < CHEAP_SECONDS, cpu
+
+
+async def test_a_job_that_would_run_for_years_is_refused_naming_its_steps(service):
+    request = {"data": {"kind": "preset", "name": "random_teacher", "n_in": 64, "n_out": 64, "n_samples": 256},
+               "network": {"hidden": [4000, 4000]}, "init": {"scheme": "gaussian", "scale": 0.001, "seed": 0},
+               "training": {"method": "gd", "learning_rate": 1e-6, "steps": 10_000_000}, "record": {"points": 2}}
+    problem = assert_problem(await service.client.post("/v1/simulations", json=request), 422, "limit-exceeded")
+    assert problem["errors"][0]["field"] == ["training", "steps"] and "DLNSIM_MAX_JOB_FLOPS" in problem["detail"]
+
+
+def sweep(n: int, points: int, axis: str = "init.seed") -> dict:
+    base = {"data": {"kind": "preset", "name": "random_teacher", "n_in": n, "n_out": n, "n_samples": n},
+            "network": {"hidden": [n]}, "init": {"scheme": "gaussian", "scale": 0.01, "seed": 0},
+            "training": {"method": "gd", "learning_rate": 1e-4, "steps": 10}, "record": {"points": 2}}
+    values = list(range(points)) if axis == "init.seed" else [n + k for k in range(points)]
+    return {"base": base, "grid": {axis: values}}
+
+
+async def test_sweep_points_that_share_their_data_build_it_once(service):
+    one, cpu_one = await timed(service.client.post("/v1/simulations", json=sweep(600, 1)["base"]))
+    assert one.status_code == 202, one.text
+    many, cpu_many = await timed(service.client.post("/v1/sweeps", json=sweep(600, 40)))
+    assert many.status_code == 202, many.text
+    assert cpu_many < 3 * cpu_one + 0.5, (cpu_one, cpu_many)  # not 40 builds of the problem
+
+
+async def test_a_sweep_whose_points_each_build_a_large_problem_is_refused_up_front(service):
+    # n_samples varies: every point has its own data, each costing ~0.5 s at n = 1000
+    response, cpu = await timed(service.client.post("/v1/sweeps", json=sweep(1000, 200, axis="data.n_samples")))
+    problem = assert_problem(response, 422, "limit-exceeded")
+    assert problem["errors"][0]["field"] in (["grid"], ["points"])
+    assert cpu < 2.0, cpu
+
+
+@pytest.mark.parametrize("settings_overrides", [{"validation_concurrency": 1}])
+async def test_heavy_validations_run_one_at_a_time_and_light_ones_never_wait(service, monkeypatch):
+    running, peak, lock = [0], [0], threading.Lock()
+    original = submission.admit_simulation
+
+    def counting(*args: Any, **kwargs: Any):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.2)
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(submission, "admit_simulation", counting)
+    heavy = sweep(400, 1)["base"]  # a validation over 1e8 FLOP-equivalents
+    assert request_cost(SimulationRequest.model_validate(heavy), Limits()).validation_flops > 1e8
+    answers = await asyncio.gather(*(service.client.post("/v1/simulations", json=heavy | {"init": {
+        "scheme": "gaussian", "scale": 0.01, "seed": k}}) for k in range(4)))
+    assert [r.status_code for r in answers] == [202] * 4
+    assert peak[0] == 1
+
+
+@pytest.mark.parametrize("settings_overrides", [{"validation_concurrency": 1, "validation_wait_seconds": 0.1}])
+async def test_a_request_that_waits_too_long_for_a_validation_slot_gets_503_with_retry_after(service):
+    admission = service.app.state.admission
+    async with admission.validating(0) as ticket:
+        await ticket.hold()  # every slot taken
+        response = await service.client.post("/v1/simulations", json=sweep(400, 1)["base"])
+    assert_problem(response, 503, "unavailable")
+    assert response.headers["retry-after"] == "2"
+    light = await service.client.post("/v1/simulations", json=small_request())  # unaffected once free
+    assert light.status_code == 202
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_key_flops": 3e9}])
+async def test_a_keys_queued_and_running_work_is_bounded_by_its_compute_budget(service):
+    request = small_request(training={"method": "gd", "learning_rate": 0.05, "steps": 10_000_000})
+    cost = request_cost(SimulationRequest.model_validate(request), Limits())
+    assert 3e9 / 2 < cost.run_flops < 3e9
+    assert (await service.client.post("/v1/simulations", json=request)).status_code == 202
+    refused = await service.client.post("/v1/simulations", json=request)
+    problem = assert_problem(refused, 429, "compute-budget-exceeded")
+    assert "DLNSIM_MAX_KEY_FLOPS" in problem["detail"] and int(refused.headers["retry-after"]) >= 1
+    row = service.store.list()[0][0]
+    assert service.store.active_cost() == (pytest.approx(cost.run_flops), cost.result_bytes)
+    assert service.store.mark_cancelled(row.id)  # finished work no longer counts
+    assert (await service.client.post("/v1/simulations", json=request)).status_code == 202
+
+
+SIX_HUNDRED_BYTES = {  # the issue's ~600-byte request: 64-128-64, 500 records of every layer (88 MB compressed)
+    "data": {"kind": "preset", "name": "random_teacher", "n_in": 64, "n_out": 64, "n_samples": 128},
+    "network": {"hidden": [128]}, "init": {"scheme": "gaussian", "scale": 0.01, "seed": 1},
+    "training": {"method": "gd", "learning_rate": 0.001, "steps": 20_000}, "record": {"points": 500, "weights": True}}
+
+
+@pytest.mark.parametrize("settings_overrides", [{"storage_quota_bytes": 200 << 20}])
+async def test_a_small_request_is_admitted_with_its_results_size_against_the_keys_storage_quota(service):
+    body = orjson.dumps(SIX_HUNDRED_BYTES)
+    assert len(body) < 700
+    expected = request_cost(SimulationRequest.model_validate(SIX_HUNDRED_BYTES), Limits()).result_bytes
+    assert expected > 75 << 20
+    first = await service.client.post("/v1/simulations", content=body, headers={"content-type": "application/json"})
+    assert first.status_code == 202
+    assert service.store.active_cost()[1] == expected  # reserved while it runs
+    second = await service.client.post("/v1/simulations", content=body, headers={"content-type": "application/json"})
+    assert second.status_code == 202
+    third = await service.client.post("/v1/simulations", content=body, headers={"content-type": "application/json"})
+    problem = assert_problem(third, 429, "storage-quota-exceeded")
+    assert "DLNSIM_STORAGE_QUOTA_BYTES" in problem["detail"] and "DELETE" in problem["detail"]
+    # stored results count too, and deleting them frees the quota
+    ids = [first.json()["id"], second.json()["id"]]
+    for job_id in ids:
+        service.finish(job_id, _blob(90 << 20))
+    assert_problem(await service.client.post("/v1/simulations", content=body,
+                                             headers={"content-type": "application/json"}), 429,
+                   "storage-quota-exceeded")
+    for job_id in ids:
+        assert (await service.client.delete(f"/v1/simulations/{job_id}")).status_code == 204
+    again = await service.client.post("/v1/simulations", content=body, headers={"content-type": "application/json"})
+    assert again.status_code == 202
+
+
+def _blob(size: int) -> bytes:
+    """A stored result of about ``size`` bytes (random numbers do not compress)."""
+    import numpy as np
+
+    from service import codec
+
+    return codec.pack({"time": np.random.default_rng(0).random(size // 8)})
