@@ -22,18 +22,18 @@ GEMM_N = 2000
 # OpenBLAS's idle threads spin for ~0.1 s (2^28 cycles) after a multi-threaded call before they sleep (torch's
 # OpenMP pool alike). A timing that starts right after another pool's call shares the cores with its spinning
 # threads: another library in this process (scipy's OpenBLAS, which the GD kernel calls on its portable path;
-# torch), or this process's own pool while Dask worker processes run a sweep. Measured with the kernel on
-# scipy's OpenBLAS: 2 GD steps at (300,300,300) took 17.8 ms right after a numpy matmul, 8.0 ms 0.2 s later
-# (16.4 / 12.2 / 8.1 ms after 5 / 50 / 100 ms). Every timed measurement starts after this pause, so each
-# code path is timed in its steady state, as in a long run.
+# torch), or this process's own pool while Dask worker processes run a sweep: measured with the kernel on
+# scipy's OpenBLAS, GD steps right after a numpy matmul took about twice as long as 0.2 s later
+# (docs/performance.md#one-blas). Every timed measurement starts after this pause, so each code path is timed
+# in its steady state, as in a long run.
 BLAS_SETTLE_SECONDS = 0.2
 
 
 # glibc malloc thresholds of the service's cluster workers (docker-compose.yml): arrays up to 32 MiB come from
 # the heap, which is trimmed only past 64 MiB free. Left to glibc's dynamic threshold, whether a run's
 # returned records (400 KB at (8,16,8) with 200 records) are fresh mmaps, page-faulted in on every run,
-# depends on the process's allocation history: forcing the default 128 KiB threshold made bar (d) read
-# +12 % at (8,16,8) instead of +4 %, and full runs flipped between +1.8 % and +16 %.
+# depends on the process's allocation history, and bar (d) flipped between runs by more than the effect it
+# measures (docs/performance.md#bench-settings).
 MALLOC_MMAP_THRESHOLD = 32 * 2 ** 20
 MALLOC_TRIM_THRESHOLD = 64 * 2 ** 20
 

@@ -19,30 +19,10 @@ It prints the answers by status code, transport errors, status-read p50/p99/max,
 carried Retry-After, and the CPU time of the API, the busy workers and itself. Every loop is bounded in time
 and in requests; every request goes to 127.0.0.1.
 
-Figures (2-core machine, 50 clients, 30 s, --max-queued 8; status-read p99 / requests per second):
-
-    --think 0.1, --workers 1                      11-13 ms / 485  (before this work: 81.7 ms)
-    --think 0.1, --workers 2 (one per core)       15.2 ms / 481   (--worker-nice 0: 33.6 ms)
-    --think 0,   --workers 1 (closed loop)        66-78 ms / 1080-1270  (before: 296 ms / ~700)
-
-How to read them. A status read costs the API ~0.12 ms of CPU in-process; under load the p99 is waiting.
-* --think 0 is a throughput test: 50 clients that never pause keep 50 requests in flight, so by Little's law
-  the mean time in the system is 50 / throughput whatever a request costs. The API process is then at one
-  core (its event loop holds the GIL; POSTs that pass the queue bound run ~10 ms of validation numerics),
-  and status reads queue behind everything else: p99 ≈ 3× the mean cycle. It says how many requests per
-  second one API process serves, not how long a user waits.
-* --think 0.1 is a polling client ten times more eager than the service asks (Retry-After: 1) — 480
-  requests/s from 50 users, still a heavy lab server. That is the figure for "how long does a status read
-  take while the workers are saturated", and the one under the 50 ms target.
-* The busy workers run at nice 10 (DLNSIM_WORKER_NICE), a product decision: on a shared machine interactive
-  requests win over batch numerics. It matters when the workers fill every core (the default, one per core):
-  p99 15.2 ms vs 33.6 ms at nice 0, for 8 % less worker CPU (41.6 s vs 45.1 s over 30 s).
-* The load generator itself used 0.1 core (2.9-4 s of CPU over 30 s): cheap enough not to need its own core.
-  With one httpx.AsyncClient per client it used 0.8 core at ~1 ms per request, and its event loop queued the
-  answers of 50 clients behind each other: much of the old figures was the generator's own latency.
-* What made the API cheaper (in-process, per status read 0.38 -> 0.12 ms of CPU): FastAPI dependencies that
-  are async (a sync one runs in the thread pool), the row read on the loop without a thread hop
-  (JobStore.nowait), the same for the queue-bound COUNT before a 429; gc.freeze() after start-up.
+--think 0 is a throughput test (50 clients that never pause keep 50 requests in flight, so by Little's law the
+mean time in the system is 50 / throughput whatever a request costs); --think 0.1 is a polling client ten times
+more eager than the service asks (Retry-After: 1), the figure for "how long does a status read take while the
+workers are saturated". The figures measured so far, and how to read them: docs/performance.md#load.
 """
 
 from __future__ import annotations
@@ -162,9 +142,9 @@ class _Collector:
 class Connection:
     """One keep-alive HTTP/1.1 connection to 127.0.0.1, as each separate user has, with a minimal client:
     the request written in one piece, the response parsed by httptools (uvicorn's parser: status, headers,
-    Content-Length or chunked body). Why not httpx: at ~1 ms of CPU per request on the generator's one event
-    loop, 50 clients' answers queued behind each other in httpx and the measured latency was mostly the load
-    generator's (p50 45 ms at 820 requests/s, with the generator using 0.8 core). This client costs ~0.1 ms.
+    Content-Length or chunked body). Why not httpx: its CPU cost per request on the generator's one event loop
+    queued 50 clients' answers behind each other, and the measured latency was mostly the load generator's
+    (docs/performance.md#load). This client costs about a tenth as much.
     An error closes the connection; the next request opens a new one."""
 
     def __init__(self, url: str) -> None:

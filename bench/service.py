@@ -189,8 +189,8 @@ def cores(ctx: Context, workdir: Path) -> list[Row]:
     and the same job run in this process over the same rounds."""
     n = 300
     flops = step_flops([n, n, n])
-    # ~8 s a lone job: the job's fixed cost (~0.25 s) is a few per cent. This VM's 2-core speed has slow spells
-    # of a few seconds (2-thread (300,300,300) GEMMs at ~60 GFLOP/s instead of ~90), and a job's round trip
+    # ~8 s a lone job: the job's fixed cost is a few per cent. A shared VM's 2-core speed has slow spells of a
+    # few seconds (2-thread GEMMs a third slower, docs/performance.md#cores), and a job's round trip
     # is long enough to catch one, so the lone job gets more rounds than the pairs; each round also runs the
     # same job in this process, so a slow round shows as slow on both.
     steps = 400 if ctx.quick else 3000

@@ -6,10 +6,10 @@
 
 Not part of ``make bench``: a measurement for the next change to the kernel, not a figure of the service.
 
-Why: on this 2-core VM a 2-thread OpenBLAS (300,300,300) GEMM runs at ~90 GFLOP/s in quiet spells and ~60 in
-busy ones, and a GD step (four such products with OpenBLAS's fork and join around each) follows it, so a lone
-job through the service reaches 0.8 of the GEMM bound only in quiet spells. Both sides here are plain numpy,
-the same products and update as the compiled kernel's two-layer step:
+Why: on a shared 2-core VM a 2-thread OpenBLAS (300,300,300) GEMM runs a third slower in busy spells than in quiet
+ones (docs/performance.md#cores), and a GD step (four such products with OpenBLAS's fork and join around each)
+follows it, so a lone job through the service reaches 0.8 of the GEMM bound only in quiet spells. Both sides here
+are plain numpy, the same products and update as the compiled kernel's two-layer step:
 
 * **OpenBLAS threads** — each product one call on a 2-thread pool (what the kernel does today);
 * **split** — two Python threads, each on a one-thread pool, computing half of the rows of X = W21 Σ11 and of

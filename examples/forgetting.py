@@ -1,5 +1,5 @@
 """Catastrophic forgetting in a two-layer linear network, exactly (Braun, Dominé, Fitzgerald & Saxe, NeurIPS 2022 /
-J. Stat. Mech. 2023, 114004, doi:10.1088/1742-5468/ad01b8: continual learning; reference §3).
+J. Stat. Mech. 2023, 114004, doi:10.1088/1742-5468/ad01b8: continual learning; docs/theory.md#task-sequences).
 
 A network learns task A, then switches to task B at t = 5. With whitened inputs and a λ-balanced init the Riccati
 solution is exact, and it continues exactly through the switch from the state it reached (the exact method restarts

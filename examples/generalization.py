@@ -1,4 +1,5 @@
-"""Generalization dynamics of a noisy linear teacher (Lampinen & Ganguli 2019, reference §6d).
+"""Generalization dynamics of a noisy linear teacher (Lampinen & Ganguli 2019,
+docs/theory.md#generalization).
 
 A rank-3 teacher W̄ (singular values 4, 2, 1) labels N whitened samples with Gaussian output noise; a two-layer
 network from a small aligned init learns the *empirical* modes of Σ31 = W̄ + noise, strongest first (Saxe's

@@ -2,9 +2,9 @@
 in stages.
 
 Eight items are the leaves of a binary tree of depth 3; each item has one feature per tree node above it (one-hot
-inputs, Σ11 = I/8, reference §6a). The singular values of Σ31 belong to the tree's levels: the uniform mode
-√15/8, the root split √7/8, the two level-1 splits √3/8 and the four level-2 splits 1/8. From small random
-weights each mode rises along its own sigmoid, so larger singular values are learned earlier, and the levels
+inputs, Σ11 = I/8, docs/theory.md#hierarchy-tree). The singular values of Σ31 belong to the tree's levels: the
+uniform mode √15/8, the root split √7/8, the two level-1 splits √3/8 and the four level-2 splits 1/8. From small
+random weights each mode rises along its own sigmoid, so larger singular values are learned earlier, and the levels
 are learned one after another with plateaus in between.
 Run: .venv/bin/python examples/hierarchy_stages.py
 """
@@ -22,7 +22,7 @@ traj = simulate(problem, w0, GradientDescent(learning_rate=0.05, steps=1000), Re
 
 modes = traj.modes
 names = ["uniform", "root split", "level-1 splits", "level-2 splits"]   # broadest first
-s_levels = np.sqrt([15, 7, 3, 1]) / 8                                  # reference §6a
+s_levels = np.sqrt([15, 7, 3, 1]) / 8                                  # docs/theory.md#hierarchy-tree
 level_of_mode = np.argmin(np.abs(modes.singular_values[:, None] - s_levels), axis=1)
 final = modes.strength[-1]
 
@@ -41,7 +41,7 @@ for lv, name in enumerate(names):
     # barely started (measured: ≥ 99.6 % and ≤ 3.4 %).
     assert all(f > 0.9 for f in learned[:lv]) and all(f < 0.1 for f in learned[lv + 1:]), (name, learned)
 
-# The singular values are the reference's, and the order of learning follows them: every mode of a broader
+# The singular values are the closed form's, and the order of learning follows them: every mode of a broader
 # level is learned before any mode of a finer one.
 assert np.allclose(modes.singular_values, s_levels[level_of_mode], rtol=1e-12)
 assert np.bincount(level_of_mode).tolist() == [1, 1, 2, 4]

@@ -1,5 +1,5 @@
 """Lazy vs rich learning against the linearised network (the NTK frozen at its initial value; Jacot et al. 2018,
-Lee et al. 2019; for deep linear networks Braun et al. 2022 and Dominé et al. 2024, reference §3).
+Lee et al. 2019; for deep linear networks Braun et al. 2022 and Dominé et al. 2024, docs/theory.md#linearized).
 
 Every init below is λ-balanced (W32ᵀW32 − W21W21ᵀ = λI) with the same network map W0, a small Gaussian init's, shared
 differently between the two layers. Beside each run the trajectory records the loss of the network linearised at its

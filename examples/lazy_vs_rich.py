@@ -1,14 +1,15 @@
-"""Lazy vs rich learning as the balance λ of a two-layer init varies (Dominé et al. 2024, reference §3).
+"""Lazy vs rich learning as the balance λ of a two-layer init varies (Dominé et al. 2024,
+docs/theory.md#riccati).
 
 A λ-balanced init has W32ᵀW32 − W21W21ᵀ = λI, which gradient flow conserves. Every init below has the same
 network map W0 = W32W21 (a small Gaussian init's), only shared differently between the two layers.
 
 * λ = 0, rich: each mode waits on a plateau, then rises along a sigmoid; the hidden representation W21ᵀW21 (the
   similarity of the hidden codes x ↦ W21 x) is built from almost nothing.
-* |λ| large, lazy: W relaxes exponentially from the start, W(t) − W* ≈ (W0 − W*) e^{−2|λ|t} (reference §3, lazy
-  limit, x = 2t), and the large layer hardly moves. For λ < 0 that is W21: W21ᵀW21 starts near |λ|·I (h = n_in
-  here, h the hidden width) and tends to the §3 limit Ṽ diag((√(λ² + 4s²) − λ)/2) Ṽᵀ ≈ |λ|·I + Ṽ diag(s²/|λ|) Ṽᵀ,
-  so it moves by a fraction ≈ ‖s²‖/(√h λ²). For λ > 0 the same holds for W32W32ᵀ on the output side.
+* |λ| large, lazy: W relaxes exponentially from the start, W(t) − W* ≈ (W0 − W*) e^{−2|λ|t}
+  (docs/theory.md#riccati-limits, x = 2t), and the large layer hardly moves. For λ < 0 that is W21: W21ᵀW21 starts
+  near |λ|·I (h = n_in here, h the hidden width) and tends to the Riccati limit
+  Ṽ diag((√(λ² + 4s²) − λ)/2) Ṽᵀ ≈ |λ|·I + Ṽ diag(s²/|λ|) Ṽᵀ, so it moves by a fraction ≈ ‖s²‖/(√h λ²). For λ > 0 the same holds for W32W32ᵀ on the output side.
 Run: .venv/bin/python examples/lazy_vs_rich.py
 """
 

@@ -1,8 +1,9 @@
 """Saxe, McClelland & Ganguli (ICLR 2014): every mode of a two-layer linear network is learned along a sigmoid.
 
 Whitened inputs (Σ11 = I) and Σ31 = U diag(s) Vᵀ. From a small init aligned with that SVD, gradient flow keeps
-the modes decoupled and the strength u(t) = u_αᵀ W(t) v_α of a mode with singular value s obeys (reference §1a,
-§1c; our units have τ = 1/2 because L = (1/N) Σ ‖y − W x‖² has no ½ and its gradient keeps the factor 2)
+the modes decoupled and the strength u(t) = u_αᵀ W(t) v_α of a mode with singular value s obeys
+(docs/theory.md#saxe-balanced, docs/theory.md#saxe-learning-time; our units have τ = 1/2 because
+L = (1/N) Σ ‖y − W x‖² has no ½ and its gradient keeps the factor 2: docs/theory.md#time-units)
 
     u(t) = s e^{4st} / (e^{4st} − 1 + s/u0),        half-way at  t½ = ln(s/u0 − 1) / (4s).
 

@@ -13,10 +13,10 @@ from service.settings import get_settings
 
 def main() -> None:
     settings = get_settings()
-    # The modules (the app's, Dask's) live as long as the process: frozen out of the cyclic collector's reach
-    # once loaded, so its full collections under load no longer walk them (perf under bench/load.py: gc was
-    # ~6 % of the API's CPU). Only here, not in the app's lifespan: a test process starting many apps would
-    # freeze, and so keep, every earlier app's garbage cycles.
+    # The modules (the app's, Dask's) live as long as the process: frozen out of the cyclic collector's reach once
+    # loaded, so its full collections under load no longer walk them (perf under bench/load.py showed gc as a
+    # visible share of the API's CPU; docs/performance.md#load). Only here, not in the app's lifespan: a test
+    # process starting many apps would freeze, and so keep, every earlier app's garbage cycles.
     import distributed  # noqa: F401 - imported by the lifespan anyway
 
     import service.main  # noqa: F401 - what uvicorn.run imports below

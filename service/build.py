@@ -152,7 +152,7 @@ def build_record(request: SimulationRequest) -> RecordSchedule:
 
 
 def check_learning_rate(problem: Problem, depth: int, training: GradientDescentTraining) -> None:
-    """GD with η above ``gd_stability_bound`` cannot settle at the minimum (reference §5d): refuse it
+    """GD with η above ``gd_stability_bound`` cannot settle at the minimum (docs/theory.md#gd-stability): refuse it
     unless the caller asked for the unstable run (its divergence is then reported as the outcome)."""
     if training.allow_unstable:
         return

@@ -46,7 +46,7 @@ from service.schemas.trajectory import (
 ARRAYS = "arrays-zstd-1"
 JSON_ZSTD = "zstd"
 MAGIC = b"DLNSIMT1"
-_LEVEL = 1  # the fastest level: levels 3 and 9 saved under 1 % more on shuffled float64 (bench/results.md)
+_LEVEL = 1  # the fastest level: higher levels hardly shrink shuffled float64 (docs/performance.md#storage)
 _THREADS = max(1, min(os.cpu_count() or 1, 8))
 
 Value = np.ndarray | str | bool | int | float | None
@@ -541,6 +541,64 @@ def to_npz(arrays: Stored | Mapping[str, Value], fields: Sequence[str] | None = 
            every: int | None = None) -> bytes:
     """The .npz archive (``iter_npz``) as one bytes object."""
     return b"".join(iter_npz(arrays, fields, every))
+
+
+def _dims(field: TrajectoryField, name: str) -> tuple[str, ...]:
+    """The netCDF dimensions of array ``name`` of ``field``: "time" first for per-record fields, a layer's "{l}" and
+    "{l+1}" filled in."""
+    layer = int(name.rpartition("_")[2]) if field.layered else 0
+    dims = tuple(d.replace("{l+1}", str(layer + 1)).replace("{l}", str(layer)) for d in field.dims)
+    return ("time", *dims) if field.kind == "record" else dims
+
+
+def to_netcdf(stored: Stored | Mapping[str, Value], fields: Sequence[str] | None = None, every: int | None = None,
+              attributes: Mapping[str, str] | None = None) -> bytes:
+    """The selected arrays as a netCDF-3 file (64-bit offsets; what ``xarray.open_dataset`` reads with its scipy
+    engine): named dimensions from the field table ("time", "mode", "output", "input", "unit_l" …), a "mode"
+    coordinate 1…k, "step" as the records' coordinate for GD, each variable described; scalars that are strings
+    (and ``attributes``, e.g. the request and provenance as JSON) as global attributes, text in UTF-8. netCDF-3 has
+    no 64-bit integers: integers are stored as int32, flags as int8."""
+    from scipy.io import netcdf_file
+
+    source = _selection(stored, fields, every)
+    values = {name: source.get(name) for name in source.names}
+    buf = io.BytesIO()
+    out = netcdf_file(buf, "w", version=2)
+    out.title = "dlnsim trajectory"
+    for key, text in (attributes or {}).items():
+        setattr(out, key, text.encode())  # netCDF-3 text is bytes: UTF-8 (xarray decodes it)
+    sizes: dict[str, int] = {}
+    for name, value in values.items():
+        field = field_of(name)
+        if field.dtype == "str":
+            setattr(out, name, str(value).encode())
+            continue
+        array = np.asarray(value)
+        dims = _dims(field, name)
+        for dim, size in zip(dims, array.shape, strict=True):
+            if sizes.setdefault(dim, size) != size:
+                raise ValueError(f"dimension {dim} is {sizes[dim]} and {size}")
+    for dim, size in sizes.items():
+        out.createDimension(dim, size)
+    if "mode" in sizes:
+        mode = out.createVariable("mode", "i", ("mode",))
+        mode[:] = np.arange(1, sizes["mode"] + 1, dtype=np.int32)
+        mode.long_name = "mode α (1 = the largest singular value of Σ31)".encode()
+    for name, value in values.items():
+        field = field_of(name)
+        if field.dtype == "str":
+            continue
+        kind = {"float64": "d", "int64": "i", "bool": "b"}[field.dtype]
+        array = np.asarray(value, dtype={"d": np.float64, "i": np.int32, "b": np.int8}[kind])
+        variable = out.createVariable(name, kind, _dims(field, name))
+        variable.data[...] = array
+        variable.description = field.description.encode()
+        if field.kind == "record" and name != "step" and "step" in values:
+            variable.coordinates = "step"
+    out.flush()
+    data = buf.getvalue()
+    out.close()
+    return data
 
 
 NPZ_LAYOUT = """\

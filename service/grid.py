@@ -8,7 +8,7 @@
 A parameter path is dotted: ``init.scale``, ``training.learning_rate``, ``network.hidden`` (the value
 is then a list), ``data.depth`` (a preset parameter), ``network.hidden.0`` (a list element). It names
 a field of the base request *after* validation, i.e. with every default filled in, so ``init.seed``
-works even when the base leaves the seed to its default. The API validates every point's request
+works even when the base leaves ``init.seed`` to its default. The API validates every point's request
 exactly as POST /v1/simulations would (``build.admit_simulation`` with the limits) and the worker
 rebuilds it from the same base and values, so a sweep point and the same request sent as a single
 simulation run the same inputs.

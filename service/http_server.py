@@ -176,11 +176,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(*self._headers_too_large())
 
     def _headers_too_large(self) -> tuple[int, str, str]:
-        return (431, "headers-too-large", f"the request line and headers are longer than this server's limit of "
-                f"{self.max_header_bytes} bytes (DLNSIM_MAX_HEADER_BYTES)")
+        return (431, "headers-too-large", (f"the request line and headers are longer than this server's limit of "
+                                           f"{self.max_header_bytes} bytes (DLNSIM_MAX_HEADER_BYTES)"))
 
     def _peer(self) -> str:
-        return "%s:%d" % self.client if self.client else "a client"
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "malformed-request", msg)

@@ -206,7 +206,7 @@ def preset_params(data: Any) -> dict[str, Any]:
 GEMM_FE = 0.4        # per multiply-add pair (2·m·n·k flops) of a matrix product: BLAS runs it near peak
 EIG_FE = 1.5         # × n³: a symmetric eigendecomposition with vectors (Σ11's least-squares fit)
 EIGVALS_FE = 0.7     # × n³: eigenvalues only (Σ11's PSD check and λ_max)
-SVD_FE = 2.0         # × m·n·min(m, n): a singular value decomposition (‖Σ31‖₂, orthonormal draws, exact method)
+SVD_FE = 2.0         # × m·n·min(m, n): an SVD (‖Σ31‖₂, orthonormal draws, the exact method)
 DRAW_FE = 150.0      # a Gaussian draw (data of the teacher presets, random initial weights)
 READ_FE = 200.0      # a number read from the request (a Python float made into an array entry, checked)
 QR_FE = 1.0          # × m·n·min(m, n): an orthonormal basis (QR) of an m × n draw

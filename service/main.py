@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from threadpoolctl import threadpool_limits
 
-from service.api import gradients, health, plots, presets, simulations, sweeps
+from service.api import gradients, health, plots, presets, simulations, sweeps, trajectories
 from service.api.access import (
     ApiKeyMiddleware,
     ProblemCORSMiddleware,
@@ -63,8 +63,8 @@ TAGS = [
                                       "batched chunks across the Dask workers."},
     {"name": "presets", "description": "Built-in learning problems (PNAS 2019 hierarchy, branching diffusion, "
                                        "whitened, random teacher, noisy teacher) and their parameters."},
-    {"name": "gradients", "description": "The loss and its gradient at given weights (the seed's vector field), "
-                                         "answered synchronously."},
+    {"name": "gradients", "description": "The loss and its gradient at given weights (the vector field GD and "
+                                         "gradient flow follow, docs/theory.md#gradient), answered synchronously."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
 
@@ -103,8 +103,9 @@ def create_app(settings: Settings | None = None, *,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         install_access_log_redaction()  # uvicorn has configured its loggers by now: no query value is logged
         # Requests are validated with numerics (Σ11's eigenvalues, the GD stability bound's SVD) in many
-        # threads at once: one BLAS thread each, like the workers. A multi-threaded BLAS here made a 20 ms
-        # validation take ~1 s under load and starved the event loop (tests/faults/test_load.py).
+        # threads at once: one BLAS thread each, like the workers. A multi-threaded BLAS here made a validation
+        # of milliseconds take about a second under load and starved the event loop (tests/faults/test_load.py;
+        # docs/performance.md#load).
         threadpool_limits(limits=1 if settings.blas_threads == "auto" else settings.blas_threads)
         db = open_database(settings)
         store = JobStore(db)
@@ -168,6 +169,7 @@ def create_app(settings: Settings | None = None, *,
         app.add_middleware(ProblemCORSMiddleware, origins=cors_origins)
     app.add_middleware(SecurityHeadersMiddleware, docs_url=app.docs_url)
     app.include_router(simulations.router)
+    app.include_router(trajectories.router)
     app.include_router(plots.router)
     app.include_router(presets.router)
     app.include_router(sweeps.router)

@@ -1,8 +1,8 @@
 """Suite-wide settings.
 
-BLAS runs on one thread in the test process and in the processes it starts: the suite shares 2 cores
-with the Dask workers and servers it launches, and a multi-threaded OpenBLAS spin-waiting at its barriers
-while another process holds a core made small solves ~100× slower here. Numerics do not depend on the
+BLAS runs on one thread in the test process and in the processes it starts: the suite shares 2 cores with the Dask
+workers and servers it launches, and a multi-threaded OpenBLAS spin-waiting at its barriers while another process
+holds a core made small solves many times slower here (docs/performance.md#cores). Numerics do not depend on the
 thread count beyond round-off, and results compared bit for bit are computed on one thread on both sides.
 """
 

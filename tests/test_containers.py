@@ -444,3 +444,18 @@ def test_image_puts_the_dask_cli_on_the_path():
     assert "PATH=/opt/venv/bin:$PATH" in " ".join(args(final, "ENV")).split()
     assert any(d.startswith("dask[distributed]") for d in pyproject()["project"]["dependencies"])
     assert any(ep.name == "dask" for ep in entry_points(group="console_scripts"))
+
+
+def test_the_citation_file_is_valid_cff_with_the_packages_version():
+    import tomllib
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    citation = yaml.safe_load((root / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and citation["authors"] and citation["title"]
+    assert citation["version"] == tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert all(ref["doi"].startswith("10.") for ref in citation["references"])
+    # the Citation File Format's own schema (vendored in check-jsonschema)
+    subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.citation-file-format",
+                    str(root / "CITATION.cff")], check=True, capture_output=True)

@@ -1,4 +1,4 @@
-"""The house's arrows point one way (CONTRIBUTING.md, "Where the code lives"): api → jobs → build/codec → schemas
+"""The house's arrows point one way (README.md, "Where the code lives"): api → jobs → build/codec → schemas
 → dynamics. Checked on the source, so a lazy import inside a function counts too."""
 
 from __future__ import annotations

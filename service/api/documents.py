@@ -57,6 +57,9 @@ def simulation_json(row: JobRow) -> bytes:
         "finished_at": row.finished_at,
         "error": normalize_error(row.error, row.id),
         "outcome": row.outcome,
+        "name": row.name,
+        "tags": list(row.tags),
+        "provenance": row.provenance,
         "links": _simulation_links(row.id),
     })
     return b'{"request":' + bytes(row.request) + b"," + envelope[1:]
@@ -106,6 +109,9 @@ def sweep_json(row: SweepRow, running: float = 0.0, first_failed: PointRow | Non
         "counts": row.counts,
         "keep": row.keep,
         "error": _sweep_error(row, first_failed),
+        "name": row.name,
+        "tags": list(row.tags),
+        "provenance": row.provenance,
         "links": _sweep_links(row.id),
     })
     return b'{"request":' + bytes(row.request) + b"," + envelope[1:]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+from itertools import groupby
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -63,14 +64,20 @@ async def _problem_error_handler(request: Request, exc: ProblemError) -> JSONRes
     return problem_response(request, exc)
 
 
+def _parameter_kind(err: dict) -> tuple[str, int]:
+    """(where the parameter is: query, path, header, body…, how many location entries name that)."""
+    loc = tuple(err.get("loc", ()))
+    where = str(loc[0]) if loc and loc[0] in ("query", "path", "header", "body", "cookie") else "body"
+    return where, 1 if loc and loc[0] == where else 0
+
+
 async def _request_validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI's own validation: query, path and header parameters (the body is parsed by the route).
     errors = list(exc.errors())
     fields = []
-    for err in errors[:MAX_FIELD_ERRORS]:
-        loc = tuple(err.get("loc", ()))
-        where = str(loc[0]) if loc and loc[0] in ("query", "path", "header", "body", "cookie") else "body"
-        fields += validation_field_errors([err], where=where, prefix_len=1 if loc and loc[0] == where else 0)
+    for (where, prefix_len), run in groupby(errors[:MAX_FIELD_ERRORS], key=_parameter_kind):
+        # a run of errors of one kind of parameter together: one value outside a union is then one error
+        fields += validation_field_errors(list(run), where=where, prefix_len=prefix_len)
     if any(e.get("type") == "json_invalid" for e in errors):
         raise_exc = ProblemError(400, "malformed-json", "the request body is not valid JSON", errors=fields)
     else:

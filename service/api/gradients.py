@@ -1,4 +1,5 @@
-"""POST /v1/gradients: the seed's vector field at given weights, answered synchronously (no job).
+"""POST /v1/gradients: the vector field GD and gradient flow follow, at given weights, answered synchronously
+(no job; docs/theory.md#gradient).
 
 The body is validated like a simulation's data and given init (same limits, same problem documents), then the
 core's ``network.vector_field`` evaluates L and ∂L/∂W_l in a worker thread (a large Σ is BLAS work the event
@@ -46,8 +47,9 @@ def _compute(body: bytes, limits: Limits) -> dict[str, Any]:
 )
 async def compute_gradients(request: Request, settings: SettingsDep) -> dict[str, Any]:
     """L and ∂L/∂W_l (+ γW_l) for l = 1 … D at the given weights: the vector field GD and gradient flow follow
-    (reference §0; W32ᵀ, not the seed text's Σ32ᵀ). Synchronous: nothing is stored. The data and weights are
-    validated as in a simulation (shapes, Σ11 symmetric PSD, finite entries, the service's size limits)."""
+    (docs/theory.md#gradient; some texts print Σ32ᵀ; W32ᵀ is right, see docs/theory.md#gradient-typo).
+    Synchronous: nothing is stored. The data and weights are validated as in a simulation (shapes, Σ11
+    symmetric PSD, finite entries, the service's size limits)."""
     check_media_type(request)
     body = await request.body()
     admission = getattr(request.app.state, "admission", None)

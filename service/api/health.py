@@ -1,4 +1,5 @@
-"""Liveness and readiness probes, and the problem-type pages that problem ``type`` URIs point to."""
+"""Liveness and readiness probes, the service's own description (/v1/service-info), and the problem-type pages that
+problem ``type`` URIs point to."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
+from service.api.deps import SettingsDep
 from service.api.errors import problem_responses
 from service.jobs.database import recovery_advice
+from service.jobs.worker import provenance
+from service.limits import Limits
 from service.problems import PROBLEM_TYPES, ProblemError, problem_type
-from service.schemas import Health, Readiness
+from service.schemas import Health, Provenance, Readiness, ServiceInfo
 
 router = APIRouter(tags=["health"])
 
@@ -73,6 +77,24 @@ async def readyz(request: Request) -> Readiness:
     if waiting:
         raise ProblemError(503, "unavailable", f"not ready: {'; '.join(waiting)}", headers={"Retry-After": "2"})
     return Readiness(status="ready", store=True, worker=True, workers=workers, workers_warm=warm)
+
+
+CITE = ("dlnsim: learning dynamics of deep linear networks, over HTTP (version {version}); see CITATION.cff, and cite "
+        "the theory each overlay names (its theory_source) with it")
+
+
+@router.get("/v1/service-info", response_model=ServiceInfo, responses=problem_responses(),
+            summary="The service: version, what it runs with, workers and limits")
+async def service_info(request: Request, settings: SettingsDep) -> ServiceInfo:
+    """What this service is and what it runs with; each run's own provenance is on the simulation."""
+    engine = getattr(request.app.state, "engine", None)
+    workers, warm = (await engine.warm_workers()) if engine is not None else (0, 0)
+    process = await run_in_threadpool(provenance)
+    limits = Limits.from_settings(settings)
+    return ServiceInfo(version=process["dlnsim"], provenance=Provenance(**process), workers=workers,
+                       workers_warm=warm, limits={name: int(getattr(limits, name))  # all integral (FLOP budgets too)
+                               for name in limits.__dataclass_fields__},
+                       cite=CITE.format(version=process["dlnsim"]))
 
 
 @router.get("/problems/{slug}", include_in_schema=False)

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 JSON = "application/json"
 NPZ = "application/x-npz"
-TRAJECTORY_MEDIA_TYPES = (JSON, NPZ)  # in order of preference when the Accept header ranks them equally
+NETCDF = "application/x-netcdf"
+TRAJECTORY_MEDIA_TYPES = (JSON, NPZ, NETCDF)  # in order of preference when the Accept header ranks them equally
 
 
 def _media_ranges(accept: str) -> list[tuple[str, float]]:

@@ -15,10 +15,10 @@ from pydantic import ValidationError
 
 from service.api.deps import SettingsDep
 from service.api.errors import problem_responses
-from service.jobs.admission import HEAVY_FLOPS
 from service.dynamics.errors import DynamicsError
 from service.dynamics.modes import mode_basis
 from service.dynamics.presets import PRESETS, PresetParam, build_preset, preset_labels
+from service.jobs.admission import HEAVY_FLOPS
 from service.limits import Limits, check_preset_cost, check_shape_limits, preset_cost, preset_shape
 from service.problems import ProblemError, dynamics_problem, field_error
 from service.schemas import PRESET_MODELS, PresetDetail, PresetList

@@ -6,28 +6,20 @@ resource documents come from ``service.api.documents``, the trajectory's represe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from fastapi.responses import StreamingResponse
-from pydantic import StringConstraints
 
-from service import codec
 from service.api.bodies import check_media_type, json_request_body
-from service.api.deps import OwnerDep, SettingsDep, SimulationsDep
+from service.api.deps import ListFilterDep, OwnerDep, SettingsDep, SimulationsDep
 from service.api.documents import list_json, simulation_json
 from service.api.errors import problem_responses
-from service.api.negotiation import JSON, NPZ, TRAJECTORY_MEDIA_TYPES, negotiate
 from service.api.prefer import parse_prefer, wait_seconds
 from service.jobs.store import JobRow
-from service.problems import ProblemError, field_error
 from service.schemas import (
     REQUEST_EXAMPLES,
     Simulation,
     SimulationList,
-    Status,
-    Trajectory,
 )
 from service.settings import Settings
 
@@ -119,73 +111,6 @@ async def get_simulation(job_id: JobId, simulations: SimulationsDep, settings: S
     return simulation_response(await simulations.get(job_id, owner), 200, settings)
 
 
-_TRAJECTORY_DESCRIPTION = f"""\
-The recorded trajectory. 409 until the simulation succeeded.
-
-**Representations** (content negotiation on `Accept`): `application/json` (default; the Trajectory schema) or
-`application/x-npz` (NumPy arrays); anything else is a 406 problem. Both are made from the stored arrays.
-
-**Only what you need:** `fields=time,loss,modes` keeps those top-level members (comma-separated or repeated);
-`every=k` keeps records 0, k, 2k, … and always the last one (per-record members: time, step, loss, excess_loss,
-product, weights, balance_drift, gradient_norm, distance_to_optimum, similarity, modes.strength, modes.theory).
-Only the arrays of the members asked for are read from the store, one at a time, and the body is streamed as it
-is made.
-
-{codec.NPZ_LAYOUT}"""
-
-
-
-
-def trajectory_selection(fields: list[str] | None, every: int | None, accept: str | None
-                         ) -> tuple[str, list[str] | None]:
-    """(media type, fields) of a trajectory request; 406 for an Accept nothing matches, 422 for bad fields."""
-    media = negotiate(accept)
-    if media is None:
-        raise ProblemError(406, "not-acceptable",
-                           f"the trajectory is served as {' or '.join(TRAJECTORY_MEDIA_TYPES)}, and Accept is "
-                           f"{accept!r}",
-                           errors=[field_error(["Accept"], "not_acceptable", f"no representation matches {accept!r}",
-                                               f"send Accept: {JSON} or Accept: {NPZ} (or no Accept header)",
-                                               "header")])
-    try:
-        return media, codec.parse_fields(fields)
-    except codec.SelectionError as exc:
-        raise ProblemError(422, "validation-error", f"{exc.field}: {exc.message}",
-                           errors=[field_error([exc.field], "invalid_field", exc.message, exc.fix, "query")]) from None
-
-
-Fields = Annotated[list[Annotated[str, StringConstraints(pattern=r"[^,\s]")]] | None, Query(
-    min_length=1, description="Only these top-level members, e.g. `time,loss,modes` (comma-separated or repeated; "
-                              "each value names at least one).")]
-Every = Annotated[int | None, Query(ge=1, description="Keep every k-th record (0, k, 2k, …) and the last one.")]
-Accept = Annotated[str | None, Header(alias="Accept",
-                                      description="`application/json` (default) or `application/x-npz`.")]
-
-
-@router.get(
-    "/{job_id}/trajectory",
-    response_model=None,
-    summary="Get the trajectory of a succeeded simulation (JSON or .npz)",
-    description=_TRAJECTORY_DESCRIPTION,
-    responses={200: {"model": Trajectory, "description": "The recorded trajectory (JSON, or .npz on request).",
-                     "content": {NPZ: {"schema": {"type": "string", "format": "binary"}}},
-                     "headers": {"Vary": {"description": "Accept: the representation depends on it",
-                                          "schema": {"type": "string"}}}},
-               **problem_responses(404, 406, 409, 422)},
-)
-async def get_trajectory(job_id: JobId, simulations: SimulationsDep, owner: OwnerDep, fields: Fields = None,
-                         every: Every = None, accept: Accept = None) -> Response:
-    media, selected = trajectory_selection(fields, every, accept)
-    def encode(stored: codec.Stored) -> Iterator[bytes]:
-        return codec.iter_json(stored, selected, every) if media == JSON else codec.iter_npz(stored, selected, every)
-
-    pieces = await simulations.stream_trajectory(job_id, owner, selected, encode)
-    headers = {"Vary": "Accept"}
-    if media == NPZ:
-        headers["Content-Disposition"] = f'attachment; filename="trajectory-{job_id}.npz"'
-    return StreamingResponse(pieces, media_type=media, headers=headers)
-
-
 @router.get(
     "",
     response_model=None,
@@ -196,12 +121,12 @@ async def get_trajectory(job_id: JobId, simulations: SimulationsDep, owner: Owne
 async def list_simulations(
     simulations: SimulationsDep,
     owner: OwnerDep,
-    status: Annotated[Status | None, Query(description="Only simulations with this status.")] = None,
+    filters: ListFilterDep,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Items per page (1..100).")] = 20,
     page_token: Annotated[str | None, Query(max_length=512, description="next_page_token of the previous page.")
                           ] = None,
 ) -> Response:
-    rows, token = await simulations.list(status, page_size, page_token, owner)
+    rows, token = await simulations.list(filters, page_size, page_token, owner)
     return Response(list_json([simulation_json(row) for row in rows], token), media_type="application/json")
 
 

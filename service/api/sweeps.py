@@ -18,16 +18,16 @@ import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from service import codec
 from service.api.bodies import check_media_type, json_request_body
-from service.api.deps import OwnerDep, SettingsDep, SweepsDep
+from service.api.deps import ListFilterDep, OwnerDep, SettingsDep, StatusQuery, SweepsDep
 from service.api.documents import list_json, point_document, sweep_json
 from service.api.errors import problem_responses
+from service.api.negotiation import NETCDF, NPZ
+from service.api.representations import BINARY, accepted, download_headers, encoder
 from service.jobs.submission import Sweeps
 from service.jobs.sweeps_store import SweepRow
 from service.schemas import (
     SWEEP_REQUEST_EXAMPLES,
-    Status,
     Sweep,
     SweepList,
     SweepResults,
@@ -58,7 +58,7 @@ async def sweep_response(sweeps: Sweeps, settings: Settings, row: SweepRow, stat
 # but the sweep did not record what was asked for, as with a simulation's plot that needs record.similarity
 # (409 not-recorded); the problem type tells a client it will never appear, unlike not-finished.
 _POINT_TRAJECTORY_DESCRIPTION = """\
-The recorded trajectory of point k, served like a simulation's trajectory. Only sweeps created with
+The recorded trajectory of point k, served like a simulation's trajectory (JSON, or .npz or netCDF by `Accept`). Only sweeps created with
 `keep: "trajectories"` keep point trajectories (the results rows link them).
 
 - 404 `not-found`: no sweep with this id (or another API key's), or no point k in it.
@@ -147,7 +147,7 @@ async def list_sweep_results(
     sweep_id: SweepId,
     sweeps: SweepsDep,
     owner: OwnerDep,
-    status: Annotated[Status | None, Query(description="Only points with this status.")] = None,
+    status: Annotated[StatusQuery | None, Query(description="Only points with this status.")] = None,
     page_size: Annotated[int, Query(ge=1, le=MAX_RESULTS_PAGE_SIZE, description="Rows per page (1..1000).")] = 100,
     page_token: Annotated[str | None, Query(max_length=512, description="next_page_token of the previous page.")
                           ] = None,
@@ -162,17 +162,20 @@ async def list_sweep_results(
     response_model=None,
     summary="The trajectory of one sweep point (sweeps with keep: trajectories)",
     description=_POINT_TRAJECTORY_DESCRIPTION,
-    responses={200: {"model": Trajectory, "description": "The point's recorded trajectory."},
+    responses={200: {"model": Trajectory, "description": "The point's recorded trajectory (JSON; .npz or netCDF on "
+                                                         "request, by Accept, as a simulation's).",
+                     "content": {NPZ: {"schema": BINARY}, NETCDF: {"schema": BINARY}}},
                **problem_responses(404, 409, d404="No sweep with this id, or no point k in it",
                                 d409="not-finished: the point has not succeeded (yet; Retry-After while it is queued "
                                      "or running). not-recorded: the sweep has keep: \"summary\", so no point "
                                      "trajectory was kept; submit the sweep again with keep: \"trajectories\", or "
                                      "run the point as a simulation")},
 )
-async def get_sweep_point_trajectory(sweep_id: SweepId, k: PointIndex, sweeps: SweepsDep,
+async def get_sweep_point_trajectory(sweep_id: SweepId, k: PointIndex, request: Request, sweeps: SweepsDep,
                                      owner: OwnerDep) -> Response:
-    pieces = await sweeps.stream_point_trajectory(sweep_id, k, owner, codec.iter_json)
-    return StreamingResponse(pieces, media_type="application/json")
+    media = accepted(request.headers.get("accept"))
+    pieces = await sweeps.stream_point_trajectory(sweep_id, k, owner, encoder(media, None, None))
+    return StreamingResponse(pieces, media_type=media, headers=download_headers(media, f"sweep-{sweep_id}-point-{k}"))
 
 
 @router.get(
@@ -184,12 +187,12 @@ async def get_sweep_point_trajectory(sweep_id: SweepId, k: PointIndex, sweeps: S
 async def list_sweeps(
     sweeps: SweepsDep,
     owner: OwnerDep,
-    status: Annotated[Status | None, Query(description="Only sweeps with this status.")] = None,
+    filters: ListFilterDep,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Items per page (1..100).")] = 20,
     page_token: Annotated[str | None, Query(max_length=512, description="next_page_token of the previous page.")
                           ] = None,
 ) -> Response:
-    rows, token = await sweeps.list(status, page_size, page_token, owner)
+    rows, token = await sweeps.list(filters, page_size, page_token, owner)
     items = [sweep_json(row, sweeps.running_progress(row), await sweeps.first_failed(row)) for row in rows]
     return Response(list_json(items, token), media_type="application/json")
 

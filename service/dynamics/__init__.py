@@ -13,7 +13,12 @@ Plain numpy/scipy (numba for the small-network GD loop), no web imports. One con
     sequence   task sequences: one run over phases (problem, until), for continual learning and transfer
     linearized the loss of the network linearised at its init (the lazy limit as theory)
     random_matrix  Lampinen & Ganguli's sample-free theory of train and test loss for a noisy teacher
-    presets    built-in problems (PNAS 2019 hierarchy, branching diffusion, whitened, random teacher, noisy teacher)
+        presets    built-in problems (PNAS 2019 hierarchy, branching diffusion, whitened, random/noisy teacher)
+    methods    the settings of each method and a simulated run's raw result; batch: many runs stepped together
+    ntk        the NTK's Grams and kernel distance; similarity: hidden-layer item similarity
+    generalization  test loss, early stopping and the mode theory of train and test loss
+    errors     one exception family, each naming the input field and the fix
 
-Conventions (``shared/reference/dynamics.md`` §0): L = (1/N) Σ ‖y − W x‖², t = η·step (GD, SGD), dW_l/dt = −∂L/∂W_l.
+Conventions (docs/theory.md#conventions): L = (1/N) Σ ‖y − W x‖², t = η·step (GD, SGD),
+dW_l/dt = −∂L/∂W_l.
 """

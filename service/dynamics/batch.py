@@ -16,7 +16,7 @@ the grouping nor the chunking for the hooks changes a bit: every point's weights
 (the one post-processing); the optimum is cached on the problem, so the points that share it compute it once.
 
 Why not a batched numpy path for large nets: the compiled loop calls BLAS directly with no Python per step
-(measured ×1.1 over a numpy loop at 100³ and equal from 300³, see gd.py); stacking the points into
+(level with a numpy loop from a few hundred units wide up, see gd.py); stacking the points into
 batched matmuls would change the BLAS calls and lose the bitwise equality with ``simulate`` for no gain.
 What batching does buy is the per-point overhead outside the steps: Python per run, and the per-problem
 pieces of the post-processing.

@@ -1,4 +1,4 @@
-"""Gradient flow dW_l/dt = −∂L/∂W_l − γ W_l (reference §0), integrated with adaptive DOP853.
+"""Gradient flow dW_l/dt = −∂L/∂W_l − γ W_l (docs/theory.md#conventions), integrated with adaptive DOP853.
 
 scipy's DOP853 (8th order, embedded 5th/3rd-order error control, rtol/atol from the method) is stepped by
 hand rather than through ``solve_ivp`` so that between steps we can call the worker hooks, stop early and

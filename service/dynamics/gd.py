@@ -1,20 +1,19 @@
-"""Full-batch gradient descent on a deep linear network (reference §0):
+"""Full-batch gradient descent on a deep linear network (docs/theory.md#conventions):
 
     W_l ← W_l − η (∂L/∂W_l + γ W_l),   −∂L/∂W_l = 2 (W_D⋯W_{l+1})ᵀ (Σ31 − W Σ11) (W_{l−1}⋯W_1)ᵀ,   t = η·step.
 
 The steps run in one compiled loop (``gd_loop.gd_steps``) that calls BLAS directly with no Python per
-step, at every size. Against a numpy loop over preallocated buffers (``out=``), measured side by side
-(bench/): ×20 at 8-16-8 (numpy costs ~1 µs per call), ×2.5 at 32³, ×1.1 at 100³, equal within noise
-from 300³ up where BLAS does all the work; so there is no separate numpy path. Products are evaluated
-in the cheapest order (``plan_order``).
+step, at every size. Measured side by side against a numpy loop over preallocated buffers (``out=``), it is
+far ahead for small nets, where numpy's per-call overhead dominates, and level from a few hundred units wide
+up, where BLAS does all the work (the "plain numpy loop" notes of the GD speed rows in bench/results.md); so
+there is no separate numpy path. Products are evaluated in the cheapest order (``plan_order``).
 
 BLAS threads: the process's setting (the job worker pins it), or what the ``blas_threads`` hook asks for
 between chunks (the job worker's share of the host's cores, service/jobs/cores.py), except that steps below
-``SINGLE_THREAD_MAX_FLOPS`` run with BLAS limited to one thread. Measured on 2 cores with 2 threads
-allowed: a 100³ two-layer net steps 9 % faster on one thread on a quiet machine (OpenBLAS splits some of
-its mid-size products across threads at a loss) and 60 % faster when another process holds a core (a
-multi-threaded OpenBLAS spin-waits at its barriers); from 128³ up a second thread gives ×1.6–1.9 when
-the machine is quiet.
+``SINGLE_THREAD_MAX_FLOPS`` run with BLAS limited to one thread. Below that size a second thread costs more
+than it gives: OpenBLAS splits some mid-size products across threads at a loss, and a multi-threaded
+OpenBLAS spin-waits at its barriers when another process holds a core. Above it a second thread pays on a
+quiet machine (figures: docs/performance.md#blas-threads).
 
 Stopping rules (checked exactly at every step, see ``gd_loop``):
 
@@ -49,7 +48,8 @@ from .methods import CONVERGENCE_RTOL, GradientDescent, Hooks, RunResult
 from .problem import Problem
 
 # Steps cheaper than this run with BLAS limited to one thread (module docstring): 1e7 FLOPs is a two-layer
-# net of width ≈ 108; 100³ (8e6) is faster on one thread, 128³ (1.7e7) on two.
+# net of width ≈ 108; 100³ (8e6) measured faster on one thread, 128³ (1.7e7) on two
+# (docs/performance.md#blas-threads).
 SINGLE_THREAD_MAX_FLOPS = 1e7
 
 # Blow-up: gradient norm beyond BLOWUP_RATIO × max(initial gradient norm, ‖Σ31‖_F) counts as diverged.
@@ -87,7 +87,7 @@ class Layout:
 
     @classmethod
     def of_widths(cls, widths: Sequence[int]) -> Layout:
-        """The layout of widths (n_in, hidden…, n_out): layer l (W_{l+1} in the reference) is n_{l+1} × n_l."""
+        """The layout of widths (n_in, hidden…, n_out): layer l (W_{l+1} in docs/theory.md) is n_{l+1} × n_l."""
         d = np.asarray(widths, dtype=np.int64)
         return cls(d, np.concatenate([[0], np.cumsum(d[1:] * d[:-1])]).astype(np.int64))
 
@@ -206,9 +206,9 @@ def snapshot_buffer(rows: int, size: int, dtype):
     records out (``finish_run``) before the buffer is released.
 
     Why: a fresh buffer is fresh pages, and freeing it with the run's outputs can leave enough free memory at
-    the heap's top for glibc to trim it, so the next run faults its pages in again: a 10,000-step 32³ run
-    with 200 records took 1,557 page faults and +7 % (60.4 vs 56.2 ms) against 2 records. A run started from
-    a hook of a run on the same thread gets a fresh buffer.
+    the heap's top for glibc to trim it, so the next run faults its pages in again, which made recording a
+    small net's run measurably slower (docs/performance.md#records). A run started from a hook of a run on the
+    same thread gets a fresh buffer.
     """
     dt = np.dtype(dtype)
     busy = _scratch.__dict__.setdefault("snapshots_busy", [False])
@@ -228,14 +228,15 @@ def frobenius_norm(a: np.ndarray) -> float:
     Why not ``np.linalg.norm``: it calls numpy's BLAS, which on the kernels' portable path
     (``gd_loop.BLAS == "scipy"``) is another OpenBLAS build than the one they call. After a multi-threaded
     call, OpenBLAS's idle threads spin for ~0.1 s before they sleep, on the cores the kernel's 2-thread
-    GEMMs need: measured at (300,300,300), 2 steps took 17.8 ms right after a numpy matmul against 8.0 ms
-    0.2 s later. Called right before the kernel, it must not wake another pool.
+    GEMMs need, and the kernel's next steps run about twice as slow (docs/performance.md#one-blas). Called
+    right before the kernel, it must not wake another pool.
     """
     return float(np.sqrt(np.einsum("ij,ij->", a, a)))
 
 
 def set_blas_threads(n: int) -> None:
-    """Set every BLAS pool of the process to ``n`` threads (threadpoolctl, ~1 µs per pool)."""
+    """Set every BLAS pool of the process to ``n`` threads (threadpoolctl; cheap enough to call between
+    chunks, docs/performance.md#blas-threads)."""
     for lib in _threadpools().select(user_api="blas").lib_controllers:
         if lib.get_num_threads() != n:
             lib.set_num_threads(n)
@@ -248,7 +249,7 @@ def blas_threads_for(flops: float, clock: HookClock | None = None):
     every check (``HookClock.check``), or the process's setting without that hook. The process's counts
     are restored at the end.
 
-    The limit is process-wide while it lasts (threadpoolctl, ~20 µs); in a process already pinned to one
+    The limit is process-wide while it lasts (threadpoolctl; once per run); in a process already pinned to one
     thread (the job worker's default) the single-thread limit changes nothing.
     """
     if flops < SINGLE_THREAD_MAX_FLOPS:

@@ -8,13 +8,12 @@ Products go straight to BLAS ``xGEMM`` (C ← α op(A) op(B) + β C), row-major,
 (``cblas_xgemm`` of the scipy-openblas64 build numpy wheels bundle, see ``BLAS``): one BLAS, one thread pool in
 the process. Where numpy has another BLAS, numba's entry point ``numba_xxgemm`` (scipy's BLAS) is used
 instead. Why numpy's: OpenBLAS keeps idle threads spinning ~0.1 s after a multi-threaded call, so two
-builds in one process slow each other after every switch (2 steps at (300,300,300): 17.8 ms right after a
-numpy matmul, 8.0 ms 0.2 s later); and its CBLAS entry, called by value, costs 64 ns against 73 ns per
-8×16×8 product. α and β let a step fold the
+builds in one process slow each other after every switch; and its CBLAS entry, called by value, is a little
+cheaper per small product than numba's (figures: docs/performance.md#one-blas). α and β let a step fold the
 error E = Σ31 − WΣ11 and the update W ← (1 − ηγ)W + 2η(…) into the products, so a plain step touches
-memory outside BLAS only to copy Σ31 into E and to update the first layer. Measured: from 8×8 up, this
-beats hand-written loops (which cannot vectorise well without fastmath) and a numpy loop (≈ 1 µs of
-Python per call); see bench/.
+memory outside BLAS only to copy Σ31 into E and to update the first layer. Measured from 8×8 up, this beats
+hand-written loops (which cannot vectorise well without fastmath) and a numpy loop, whose Python overhead per
+call dominates small products (bench/results.md, the GD speed rows).
 
 fastmath is off and every reduction runs in a fixed order: runs are reproducible bit for bit for a given
 BLAS and thread count.
@@ -173,7 +172,7 @@ def _error(ws, s11, s31, m0, prefix, chain, e, scal):
 
 @njit(cache=CACHE, nogil=True)
 def _raw_gradients(ws, gs, s11, s31, m0, prefix, chain, back, e, scal):
-    """gs[l] ← (W_D⋯W_{l+2})ᵀ E (W_l⋯W_1)ᵀ = −½ ∂L/∂W for layer l (0-based), reference §0 general depth.
+    """gs[l] ← (W_D⋯W_{l+2})ᵀ E (W_l⋯W_1)ᵀ = −½ ∂L/∂W for layer l (0-based), docs/theory.md#gradient.
 
     Backward: B_D = E, B_l = W_{l+1}ᵀ B_{l+1}; the gradient of layer l ≥ 1 is B P_{l}ᵀ, of layer 0 it is B_1.
     """
@@ -226,11 +225,12 @@ def record_diagnostics(flat, dims, offs, s11, s31, decay, m0, grad_norm, drift):
     """Per record t (row t of ``flat``, T × len(w), float64): the gradient norm and the balance drift.
 
         grad_norm[t] = sqrt(Σ_l ‖∂L/∂W_l + γ W_l‖²_F)   at W(t)
-        drift[t]     = max_l max_ij |B_l(t) − B_l(0)|_ij,   B_l = W_{l+1}ᵀ W_{l+1} − W_l W_lᵀ (reference §4a)
+        drift[t]     = max_l max_ij |B_l(t) − B_l(0)|_ij,   B_l = W_{l+1}ᵀ W_{l+1} − W_l W_lᵀ
+                       (docs/theory.md#conservation)
 
     drift is 0 for D = 1 and NaN where a B_l(t) has a NaN entry (so that a cut at the first non-finite
-    record sees it). One BLAS call per product: a trajectory's 200 records of a small net cost ~0.1 ms here
-    against ~0.6 ms for stacked numpy matmuls (sweep post-processing, bench/sweeps.py).
+    record sees it). One BLAS call per product: for a small net's records this is several times cheaper than
+    stacked numpy matmuls, which matters in sweep post-processing (docs/performance.md#records).
     """
     d = dims.size - 1
     # one workspace for all records (``gradient`` would allocate one per record)
@@ -295,8 +295,8 @@ def _copy(dst, src):
 def _fused_step2(w21, w32, w21_flat, s11, s13_flat, m0, x, et, et_flat, b, b_flat, scal, two_eta, shrink):
     """``_fused_step`` for two layers, with the arrays unpacked (list access costs atomic refcounts).
 
-    Works with Eᵀ (n_in × n_out) rather than E: small row-major A·Bᵀ products are ~2× slower in OpenBLAS
-    than the other three transpose combinations (measured 170 ns vs 75 ns at 8×8×16), and with Eᵀ every
+    Works with Eᵀ (n_in × n_out) rather than E: small row-major A·Bᵀ products are about twice as slow in
+    OpenBLAS as the other three transpose combinations (docs/performance.md#one-blas), and with Eᵀ every
     product here avoids that form. With Σ13 = Σ31ᵀ and Σ11 symmetric:
       m0 = 0: X = W21 Σ11, Eᵀ = Σ13 − Xᵀ W32ᵀ;   m0 = 1: X = W32 W21, Eᵀ = Σ13 − Σ11 Xᵀ;
       B = W32ᵀ E, W32 ← (1 − ηγ) W32 + 2η E W21ᵀ, W21 ← (1 − ηγ) W21 + 2η B.

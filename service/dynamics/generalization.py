@@ -1,8 +1,9 @@
 """Generalization: the loss on held-out data along a run, the best early-stopping point, and the mode theory of
-train and test loss (Lampinen & Ganguli 2019, reference §6d).
+train and test loss (Lampinen & Ganguli 2019, docs/theory.md#generalization).
 
 A problem may carry the statistics of a test distribution, ``problem.test`` (Σ11ᵗ, Σ31ᵗ, Σ33ᵗ, same n_in and n_out;
-see ``problem.with_test``). The test loss of a network map W is the training loss's formula on them (reference §0):
+see ``problem.with_test``). The test loss of a network map W is the training loss's formula on them
+(docs/theory.md#test-loss):
 
     L_test(W) = tr Σ33ᵗ − 2 tr(W Σ31ᵗᵀ) + tr(W Σ11ᵗ Wᵀ) = E_test ‖y − W x‖²      (no ½, like L)
 

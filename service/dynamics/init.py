@@ -1,4 +1,4 @@
-"""Initial conditions: seeded, reproducible weight lists in input→output order (reference §1–§3).
+"""Initial conditions: seeded, reproducible weight lists in input→output order (docs/theory.md#init).
 
 Every function takes the layer shapes from ``network.layer_shapes(n_in, hidden, n_out)`` and returns
 float64 matrices ``[W_1, …, W_D]`` (``W_1`` = W21 is hidden[0] × n_in). Random draws come from
@@ -11,7 +11,7 @@ Schemes and what their ``scale``/``strength`` mean:
 * ``orthogonal``: scale × a (semi-)orthogonal matrix per layer (all singular values = scale).
 * ``balanced``: W_l = R_{l+1} (scale·I_r) R_lᵀ with shared orthonormal factors, r = min(widths):
   every layer has r singular values equal to ``scale`` and W_{l+1}ᵀW_{l+1} = W_lW_lᵀ exactly.
-* ``lambda_balanced``: two layers with W2ᵀW2 − W1W1ᵀ = λ I_h (reference §3); ``scale`` is the σ of a
+* ``lambda_balanced``: two layers with W2ᵀW2 − W1W1ᵀ = λ I_h (docs/theory.md#riccati); ``scale`` is the σ of a
   Gaussian init whose product it reproduces.
 * ``aligned``: Saxe's decoupled init on the SVD of Σ31 with initial mode strengths ``strength``.
 * ``given``: user weights, shape-checked.
@@ -95,7 +95,7 @@ def orthogonal(shapes: Shapes, scale: float, seed: int) -> list[np.ndarray]:
     """W_l = scale · Q_l with Q_l Haar (semi-)orthogonal: Q_lQ_lᵀ = I (wide) or Q_lᵀQ_l = I (tall).
 
     A product of such layers has all its (min-width many) singular values equal to scale^D when the
-    widths do not shrink and grow again (dynamical isometry, reference §2).
+    widths do not shrink and grow again (dynamical isometry, docs/theory.md#init).
     """
     rng = np.random.default_rng(seed)
     return [scale * _semi_orthogonal(rng, int(r), int(c)) for r, c in shapes]
@@ -117,7 +117,8 @@ def balanced(shapes: Shapes, scale: float, seed: int) -> list[np.ndarray]:
 
 
 def _lambda_balanced_factors(s: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """(s2, s1) with s2·s1 = s and s2² − s1² = λ (reference §3: S2 = sqrt((√(λ²+4s²)+λ)/2), S1 = …−λ…).
+    """(s2, s1) with s2·s1 = s and s2² − s1² = λ: S2 = sqrt((√(λ²+4s²)+λ)/2), S1 = …−λ…
+    (docs/theory.md#init).
 
     The larger factor is computed from the root and the smaller one as s / larger, which avoids the
     cancellation √(λ²+4s²) − |λ| when |λ| ≫ s.
@@ -133,7 +134,7 @@ def _lambda_balanced_factors(s: np.ndarray, lam: float) -> tuple[np.ndarray, np.
 
 
 def lambda_balanced(shapes: Shapes, lam: float, scale: float, seed: int) -> list[np.ndarray]:
-    """Two layers with W2ᵀW2 − W1W1ᵀ = λ I_h exactly (Dominé et al. 2024; reference §3, §9 item 5).
+    """Two layers with W2ᵀW2 − W1W1ᵀ = λ I_h exactly (Dominé et al. 2024; docs/theory.md#init).
 
     Draw G1 (h × n_in), G2 (n_out × h) with N(0, scale²) entries and take G2G1 = U diag(s) Vᵀ; then
 
@@ -218,7 +219,7 @@ def _strength_vector(strength, r: int, k: int) -> np.ndarray:
 
 
 def aligned(problem: Problem, shapes: Shapes, strength, seed: int | None = None) -> list[np.ndarray]:
-    """Saxe's decoupled init on Σ31 = U S Vᵀ, any depth (reference §1, §2):
+    """Saxe's decoupled init on Σ31 = U S Vᵀ, any depth (docs/theory.md#saxe-two-layer, docs/theory.md#saxe-deep):
 
         W_l = R_{l+1} diag(a_l) R_lᵀ,  R_1 = V_r,  R_{D+1} = U_r,  a_l = |u0|^{1/D}
 
@@ -229,7 +230,7 @@ def aligned(problem: Problem, shapes: Shapes, strength, seed: int | None = None)
 
     ``strength`` (u0) is a number or one per mode. A negative u0 puts its sign on the last layer
     (a_D = −|u0|^{1/D}): the init stays balanced (W_{l+1}ᵀW_{l+1} = W_lW_lᵀ) and for D = 2 it is the
-    anti-balanced case a0 = −b0 of reference §1d, a mode that decays to the saddle u = 0 instead of
+    anti-balanced case a0 = −b0 (docs/theory.md#saxe-anti-balanced), a mode that decays to the saddle u = 0 instead of
     being learned. u0 = 0 starts the mode at that saddle, where it stays.
     """
     widths = _widths(shapes)

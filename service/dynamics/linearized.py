@@ -1,6 +1,6 @@
 """The lazy limit as theory: the loss of the network linearised at its initialisation (NTK frozen at K(0)), at a run's
 records (``record.linearized``; Trajectory.linearized_loss). Jacot et al. 2018, Lee et al. 2019; for deep linear
-networks the lazy regime of Braun et al. 2022 and Dominé et al. 2024 (reference §3, lazy limit).
+networks the lazy regime of Braun et al. 2022 and Dominé et al. 2024 (docs/theory.md#linearized).
 
 The linearised model. With A_l = W_D ⋯ W_{l+1} and B_l = W_{l−1} ⋯ W_1 (ntk.py), the network map is multilinear in
 the layers, so its first-order expansion at θ0 = (W_1(0), …, W_D(0)) is

@@ -1,4 +1,4 @@
-"""Modes of the task: the SVD of Σ31 and the network's strength along each mode (reference §1)."""
+"""Modes of the task: the SVD of Σ31 and the network's strength along each mode (docs/theory.md#modes)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def mode_basis(problem: Problem) -> ModeBasis:
 def mode_strengths(product: np.ndarray, basis: ModeBasis) -> np.ndarray:
     """u_α = u_αᵀ W v_α for each mode α: shape (k,) for one W, (T, k) for a stack of T maps."""
     # (UᵀW)_{αj} V_{jα} summed over j, without forming the k×k matrix UᵀWV. One matmul then a plain
-    # einsum: ×2.7 faster on a (202, 8, 8) stack than a three-operand einsum(optimize=True), whose path
-    # search is most of its cost at these sizes (sweep post-processing calls this per point).
+    # einsum: faster on small stacks than a three-operand einsum(optimize=True), whose path search is most
+    # of its cost at these sizes (sweep post-processing calls this per point; docs/performance.md#records).
     return np.einsum("...ai,ia->...a", basis.u.T @ product, basis.v)
 
 
@@ -69,7 +69,7 @@ def bottleneck(problem: Problem, hidden) -> int:
 
 
 def optimum(problem: Problem, hidden) -> Optimum:
-    """Reduced-rank regression optimum for the network's bottleneck r (reference §5a, Baldi & Hornik):
+    """Reduced-rank regression optimum for the network's bottleneck r (docs/theory.md#optimum, Baldi & Hornik):
 
         M = Σ31 Σ11^{-1/2} = U_M S_M V_Mᵀ,   W* = [M]_r Σ11^{-1/2} = U_r U_rᵀ Σ31 Σ11⁻¹
         L* = tr Σ33 − Σ_{i≤r} σ_i(M)²         (None when Σ33 is unknown)
@@ -121,7 +121,7 @@ LEARNING_TIME_ZERO_RTOL = 1e-9
 
 
 def measured_learning_times(times, strengths, final=None) -> np.ndarray:
-    """For each mode α, the first time u_α(t) reaches half its final value u_α(∞) (reference §1c t½).
+    """For each mode α, the first time u_α(t) reaches half its final value u_α(∞) (docs/theory.md#learning-time).
 
     ``times`` (T,), ``strengths`` (T, k); ``final`` (k,) defaults to the last recorded strengths.
     "Reaches" means u ≥ final/2 for final > 0 and u ≤ final/2 for final < 0, with linear interpolation

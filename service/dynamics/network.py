@@ -1,4 +1,5 @@
-"""Deep linear network y = W_D ⋯ W_1 x: network map, loss, gradients, balance (reference §0, §4a).
+"""Deep linear network y = W_D ⋯ W_1 x: network map, loss, gradients, balance (docs/theory.md#gradient,
+docs/theory.md#conservation).
 
 Weights are a list in input→output order: ``weights[0]`` is W_1 (= W21 for two layers), of shape
 hidden[0] × n_in, and ``weights[-1]`` is W_D (= W32), of shape n_out × hidden[-1].
@@ -94,12 +95,12 @@ def error_correlation(problem: Problem, w: np.ndarray) -> np.ndarray:
 
 
 def gradients(problem: Problem, weights: Sequence[np.ndarray], weight_decay: float = 0.0) -> list[np.ndarray]:
-    """∂L/∂W_l + γ W_l for every layer (reference §0, general depth):
+    """∂L/∂W_l + γ W_l for every layer (docs/theory.md#gradient):
 
         −∂L/∂W_l = 2 (W_D ⋯ W_{l+1})ᵀ (Σ31 − W Σ11) (W_{l−1} ⋯ W_1)ᵀ
 
     For two layers this is −∂L/∂W32 = 2 (Σ31 − W32 W21 Σ11) W21ᵀ and −∂L/∂W21 = 2 W32ᵀ (Σ31 − W32 W21 Σ11).
-    The seed text prints the second as 2 Σ32ᵀ(…); that is a typo, W32ᵀ is correct (checked by finite
+    Some texts print Σ32ᵀ in the second; W32ᵀ is right, see docs/theory.md#gradient-typo (checked by finite
     differences in tests/dynamics/test_network.py). Weight decay γ adds the gradient of (γ/2) Σ_l ‖W_l‖²_F.
     """
     d = len(weights)
@@ -122,7 +123,8 @@ def gradients(problem: Problem, weights: Sequence[np.ndarray], weight_decay: flo
 
 
 def balance(weights: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """W_{l+1}ᵀ W_{l+1} − W_l W_lᵀ for l = 1 … D−1: conserved under gradient flow (reference §4a)."""
+    """W_{l+1}ᵀ W_{l+1} − W_l W_lᵀ for l = 1 … D−1: conserved under gradient flow
+    (docs/theory.md#conservation)."""
     return [weights[l + 1].mT @ weights[l + 1] - weights[l] @ weights[l].mT for l in range(len(weights) - 1)]
 
 
@@ -138,7 +140,8 @@ def gradient_norm(grads: Sequence[np.ndarray]) -> float:
 
 @dataclass(frozen=True)
 class VectorField:
-    """The seed's vector field at given weights: the loss there and the gradient GD subtracts."""
+    """The vector field GD and gradient flow follow, at given weights: the loss there and the gradient GD subtracts
+    (docs/theory.md#gradient)."""
 
     loss: float | None                 # L, None when tr Σ33 is unknown
     loss_without_sigma33: float        # L − tr Σ33
@@ -148,7 +151,7 @@ class VectorField:
 
 
 def vector_field(problem: Problem, weights: Sequence[np.ndarray], weight_decay: float = 0.0) -> VectorField:
-    """L, ∂L/∂W_l + γW_l and its norm at ``weights`` (input→output; reference §0):
+    """L, ∂L/∂W_l + γW_l and its norm at ``weights`` (input→output; docs/theory.md#gradient):
 
         L = tr Σ33 − 2 tr(W Σ31ᵀ) + tr(W Σ11 Wᵀ) = L_ls + ‖W F − G‖²,   W = W_D ⋯ W_1
         −∂L/∂W_l = 2 (W_D ⋯ W_{l+1})ᵀ (Σ31 − W Σ11) (W_{l−1} ⋯ W_1)ᵀ
@@ -165,14 +168,14 @@ def vector_field(problem: Problem, weights: Sequence[np.ndarray], weight_decay: 
 
 
 def gd_stability_bound(problem: Problem, depth: int, weight_decay: float = 0.0) -> float:
-    """Largest learning rate for which GD can settle at the global minimum (reference §5d, §2, §5e).
+    """Largest learning rate for which GD can settle at the global minimum (docs/theory.md#gd-stability).
 
     GD is stable near a minimum iff η (λ_max(H) + γ) < 2, H the Hessian of L there and γ the weight decay
     (the decay term (γ/2)‖W‖² adds γ to every Hessian eigenvalue), so η < 2 / (λ_max(H) + γ).
     D = 1: H = 2 Σ11, so η < 1/(λ_max(Σ11) + γ/2), exact for any Σ11 (the GD map is linear).
     D ≥ 2 with Σ11 = c I: H at the balanced minimum (mode strength u* = s/c, per-layer a* = u*^{1/D}) has
-    λ_max = 2 c D (s/c)^{2−2/D}, so η < 1/(c D (s_max/c)^{2−2/D}) for γ = 0; for c = 1 this is the
-    reference's 1/(D s_max^{2−2/D}). With γ > 0 the minimum shrinks, so adding γ to the γ = 0 curvature
+    λ_max = 2 c D (s/c)^{2−2/D}, so η < 1/(c D (s_max/c)^{2−2/D}) for γ = 0; for c = 1 this is
+    1/(D s_max^{2−2/D}). With γ > 0 the minimum shrinks, so adding γ to the γ = 0 curvature
     errs on the safe side. For a general Σ11 the same expression with c = λ_max(Σ11) is an estimate, not
     a theorem. It is a local condition: a run above it diverges or oscillates near the minimum.
     """

@@ -1,5 +1,5 @@
 """The neural tangent kernel of a deep linear network over a run, and how far it moves (lazy vs rich learning;
-Braun et al. 2022, Dominé et al. 2024, reference §3 "NTK").
+Braun et al. 2022, Dominé et al. 2024; docs/theory.md#ntk).
 
 For f(x) = W_D ⋯ W_1 x the Jacobian of f with respect to layer l is Δ ↦ A_l Δ B_l x with A_l = W_D ⋯ W_{l+1}
 (n_out × n_l, A_D = I) and B_l = W_{l−1} ⋯ W_1 (n_{l−1} × n_in, B_1 = I), so the NTK Θ(x, x') = Σ_l J_l(x) J_l(x')ᵀ is

@@ -1,4 +1,5 @@
-"""Built-in learning problems (reference §6), each a validated ``Problem``, plus a registry for the API.
+"""Built-in learning problems, each a validated ``Problem``, plus a registry for the API (the theory of each:
+docs/theory.md#hierarchy, docs/theory.md#modes, docs/theory.md#noisy-teacher).
 
     problem = build_preset("hierarchy", {"depth": 3})
 
@@ -90,7 +91,7 @@ def _one_hot_problem(y_items: np.ndarray, *, dense_sigma33: bool = True) -> Prob
 
 
 def hierarchy_targets(depth: int) -> np.ndarray:
-    """Y (features × items) of the binary tree of reference §6a: y_f(item) = 1 iff node f is an
+    """Y (features × items) of the binary tree of docs/theory.md#hierarchy-tree: y_f(item) = 1 iff node f is an
     ancestor-or-self of the item's leaf. Nodes in breadth-first order (root first), items left→right."""
     p = 2 ** depth
     rows = []
@@ -104,12 +105,13 @@ def hierarchy_targets(depth: int) -> np.ndarray:
 
 
 def hierarchy(depth: int = 3) -> Problem:
-    """Saxe, McClelland & Ganguli (PNAS 2019) deterministic binary tree (reference §6a).
+    """Saxe, McClelland & Ganguli (PNAS 2019) deterministic binary tree (docs/theory.md#hierarchy-tree).
 
     P = 2^depth items (leaves), one-hot inputs; 2^{depth+1} − 1 features, one per tree node, with
     y_f(item) = 1 iff node f is an ancestor-or-self of the item. Σ11 = I/P (not I: mean statistics,
-    see reference §5e), Σ31 = Y/P, Σ33 = YYᵀ/P. The singular values of Σ31 are sqrt(2^{depth−k} − 1)/P
-    for the level-k splits (multiplicity 2^k) and sqrt(2^{depth+1} − 1)/P for the uniform mode.
+    see docs/theory.md#whitening), Σ31 = Y/P, Σ33 = YYᵀ/P. The singular values of Σ31 are
+    sqrt(2^{depth−k} − 1)/P for the level-k splits (multiplicity 2^k) and sqrt(2^{depth+1} − 1)/P for the
+    uniform mode.
     """
     depth = _int_in("depth", depth, 1, int(math.log2(MAX_TREE_ITEMS)))
     return _one_hot_problem(hierarchy_targets(depth))
@@ -140,7 +142,7 @@ def branching_diffusion_targets(levels: int, branches: int, flip_prob: float, n_
                                 seed: int) -> np.ndarray:
     """Y (n_features × items) in {±1}: for each feature, every tree node draws a sign, −1 with
     probability ``flip_prob`` (0.5 at the root), and an item's value is the product of the signs on
-    its leaf→root path (reference §6c). Items are the branches^levels leaves, left→right."""
+    its leaf→root path (docs/theory.md#branching-diffusion). Items are the branches^levels leaves, left→right."""
     rng = np.random.default_rng(seed)
     values = np.where(rng.random((n_features, 1)) < 0.5, -1.0, 1.0)   # the root
     for level in range(1, levels + 1):
@@ -151,12 +153,13 @@ def branching_diffusion_targets(levels: int, branches: int, flip_prob: float, n_
 
 def branching_diffusion(levels: int = 3, branches: int = 2, flip_prob: float = 0.15,
                         n_features: int = 10000, seed: int = 0) -> Problem:
-    """Hierarchical data by branching diffusion (Neuromatch ``generate_hsd``, reference §6c), seeded.
+    """Hierarchical data by branching diffusion (Neuromatch ``generate_hsd``, docs/theory.md#branching-diffusion),
+    seeded.
 
     One-hot items (the branches^levels leaves) as inputs, n_features sampled ±1 features as outputs;
     Σ11 = I/P, Σ31 = Y/P, Σ33 = YYᵀ/P (None when n_features > MAX_DENSE_SIGMA33_OUTPUTS: the
     tutorial's 10 000 features would make it an 800 MB matrix). In expectation over features,
-    E[y_i y_j] = (1 − 2p)^{2(levels − d_LCA(i, j))}, an ultrametric item Gram (reference §6b).
+    E[y_i y_j] = (1 − 2p)^{2(levels − d_LCA(i, j))}, an ultrametric item Gram (docs/theory.md#ultrametric).
     """
     levels = _int_in("levels", levels, 1)
     branches = _int_in("branches", branches, 2)
@@ -189,7 +192,7 @@ def whitened(singular_values: Sequence[float], n_in: int, n_out: int, seed: int 
     random orthonormal columns (seeded), k = len(singular_values) ≤ min(n_in, n_out).
 
     Σ33 = Σ31Σ31ᵀ: the noise-free teacher y = Σ31 x with whitened x (then Σ33 = Σ31 Σ11 Σ31ᵀ), so
-    the global minimum of a network wide enough is L* = 0. This is Saxe et al. 2014's setting (§1).
+    the global minimum of a network wide enough is L* = 0. This is Saxe et al. 2014's setting (docs/theory.md#modes).
     """
     n_in = _int_in("n_in", n_in, 1)
     n_out = _int_in("n_out", n_out, 1)
@@ -250,7 +253,7 @@ def noisy_teacher(n_in: int = 16, n_out: int = 16, n_samples: int = 16, noise: f
                   singular_values: Sequence[float] = (4.0, 2.0, 1.0), rank: int | None = None,
                   seed: int = 0) -> Problem:
     """A low-rank linear teacher with output noise, its training sample and its exact test distribution
-    (Lampinen & Ganguli 2019, reference §6d):
+    (Lampinen & Ganguli 2019, docs/theory.md#noisy-teacher):
 
         teacher  W̄ = U diag(s_1 … s_r) Vᵀ   (U: n_out × r, V: n_in × r, random orthonormal columns, seeded; the first
                                               ``rank`` of ``singular_values``, all when rank is null)
@@ -262,7 +265,7 @@ def noisy_teacher(n_in: int = 16, n_out: int = 16, n_samples: int = 16, noise: f
         test     x ~ N(0, I), y = W̄ x + noise · z:  Σ11ᵗ = I,  Σ31ᵗ = W̄,  Σ33ᵗ = W̄W̄ᵀ + noise² I   (exact, not sampled)
 
     So for N ≥ n_in, Σ31 = W̄ + ZᵀX/N is the teacher plus a noise matrix with i.i.d. N(0, noise²/N) entries (the spiked
-    model of reference §6d); for N < n_in, Σ31/(n_in/N) is the teacher seen through the inputs' N-dimensional span
+    model, docs/theory.md#noisy-teacher); for N < n_in, Σ31/(n_in/N) is the teacher seen through the inputs' N-dimensional span
     plus noise of variance noise²/n_in per entry in that span, and the sample is fitted exactly (L_ls = 0). Either
     way L_test(W) = ‖W − W̄‖²_F + n_out · noise². The problem carries its ``random_matrix.NoisyTeacher``, from which
     runs report the sample-free prediction of train and test loss (Trajectory.loss_theory_random_matrix).

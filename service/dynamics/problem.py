@@ -1,6 +1,6 @@
 """The learning problem: input–output correlations Σ11, Σ31 and (optionally) Σ33.
 
-Conventions (reference §0): samples are rows here, X is N × n_in and Y is N × n_out, so
+Conventions (docs/theory.md#conventions): samples are rows here, X is N × n_in and Y is N × n_out, so
 
     Σ11 = (1/N) Xᵀ X   (n_in × n_in)      Σ31 = (1/N) Yᵀ X   (n_out × n_in)
     Σ33 = (1/N) Yᵀ Y   (n_out × n_out)

@@ -14,7 +14,7 @@ from .errors import InvalidParameterError
 class RecordSchedule:
     """``points`` samples spaced ``linear``ly or ``log``arithmically over [0, t_end], or explicit ``times``.
 
-    Time is t = η·step (reference §0). Log spacing starts at t = 0 and then spaces points
+    Time is t = η·step (docs/theory.md#conventions). Log spacing starts at t = 0 and then spaces points
     geometrically from t_end·10⁻⁴ (or one GD step, if larger) to t_end, which is what sigmoidal
     mode curves need on a log axis. ``weights`` asks for every layer at every record, ``similarity`` for
     the hidden-layer item similarity W21ᵀW21 (see ``similarity.item_similarity``), ``kernel`` for the NTK's

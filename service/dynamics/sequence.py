@@ -1,5 +1,5 @@
 """Task sequences: one run that switches tasks at given times (continual learning, reversal learning, transfer;
-Braun et al. 2022/2023, reference §3; Dominé et al.'s ``fivefive.m``, Anguita's ``continual_learning_test.py``).
+Braun et al. 2022/2023, docs/theory.md#task-sequences; Dominé et al.'s ``fivefive.m``, Anguita's ``continual_learning_test.py``).
 
     seq = TaskSequence((Phase(task_a, until=2.0), Phase(task_b)))     # A on [0, 2), then B to the end
     traj = simulate_sequence(seq, w0, GradientFlow(t_max=5.0))         # or simulate(seq, …), the same call
@@ -468,7 +468,7 @@ def build_sequence_trajectory(problems: list[Problem], weights0: list[np.ndarray
         bound = network.gd_stability_bound(problems[p_div], len(weights0), method.weight_decay)
         hint = (f"GD diverged at step {base.diverged_at_step} (phase {p_div}) with learning_rate "
                 f"{method.learning_rate:g}; near that task's optimum GD is stable only for learning_rate < "
-                f"{bound:.6g} (reference §5d): lower the learning rate")
+                f"{bound:.6g} (docs/theory.md#gd-stability): lower the learning rate")
     return replace(
         base,
         loss=loss,

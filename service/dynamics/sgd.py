@@ -27,10 +27,10 @@ its batches happen to fit. So an SGD run always takes all its steps ("completed"
 keeps GD's ``stop_at_convergence``, with the buffer's contribution in the test (``sgd_loop``).
 
 The loop is compiled (``sgd_loop``): no Python per step, hooks between chunks as in GD. GD without momentum never
-comes here: it keeps the compiled GD loop (``gd_loop``), bit for bit. Measured (``python -m bench.sgd``, one BLAS
-thread, a busy 2-core VM, 10,000 steps with 200 records, N = 1024): at (32,32,32) GD 91 ms, heavy-ball GD ×1.3 (the
-gradient is formed explicitly, GD fuses it into the update), SGD with momentum 0.9 at batch 1 / 8 / 32 / 128:
-×0.42 / 0.56 / 1.2 / 2.5 of GD (a batch of B rows costs O(B) through backprop, then O(n_in) through Σ11_b).
+comes here: it keeps the compiled GD loop (``gd_loop``), bit for bit. Heavy-ball GD costs a little more per step
+than GD (the gradient is formed explicitly, GD fuses it into the update); an SGD step's cost grows with the batch
+(a batch of B rows costs O(B) through backprop, then O(n_in) through Σ11_b), so small batches step faster than
+GD and large ones slower. Figures: ``python -m bench.sgd``, docs/performance.md#sgd.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ value at a record depends on the weights there only, bit for bit for a BLAS:
 
 * k = 1: Lanczos on the compiled product (``hessian_loop.lanczos_top``), stopped when the top Ritz pair's residual
   ‖H y − θ y‖ ≤ SHARPNESS_RTOL·‖T_m‖₂ (‖T_m‖₂ = max |Ritz value| ≤ ‖H‖₂). No Python per product: ARPACK's reverse
-  communication costs ~30 µs per product, more than the product itself at (32,32,32): ARPACK on the same compiled
-  product took ×2.9 the time of this Lanczos for 200 records there (``python -m bench.recording``).
+  communication costs more per product than the product itself for small nets, so ARPACK on the same compiled
+  product is several times slower there (``python -m bench.recording``; docs/performance.md#sharpness).
 * k ≥ 2, and any record whose Lanczos has not converged within LANCZOS_MAX_ITER products: ARPACK
   (``scipy.sparse.linalg.eigsh``, which="LA", tol=SHARPNESS_RTOL, i.e. ‖H y − θ y‖ ≤ SHARPNESS_RTOL·|θ| for each
   Ritz pair) on a ``LinearOperator`` of the compiled product. (Lanczos without reorthogonalisation would report
@@ -32,9 +32,9 @@ eigenvalues are negative, the top ones are what stability is about.
 
 Cost: a product is 7 GEMMs for two layers, against GD's ~4 GEMM-equivalents per step, and Lanczos needs ~50 of
 them per record from a fixed start (48 at (32,32,32), 92 at (100,100,100)). So k = 1 at 200 records costs about
-200·50·7/4 = 17,500 GD steps of work, ~1.7 10,000-step runs, however it is organised: measured 2.6× the run at
-(32,32,32) (``python -m bench.recording``). Less needs fewer records (the cost is linear in them) or a looser
-tolerance (1e-6: 40 products); it is not a few per cent of a run.
+200·50·7/4 = 17,500 GD steps of work, ~1.7 10,000-step runs, however it is organised; measured, it is more than
+the run itself (``python -m bench.recording``; docs/performance.md#sharpness). Less needs fewer records (the cost
+is linear in them) or a looser tolerance (1e-6: 40 products); it is not a few per cent of a run.
 """
 
 from __future__ import annotations

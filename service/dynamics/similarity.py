@@ -8,7 +8,7 @@ is n_in × N_h and
     RSM(t) = H Hᵀ = W21(t)ᵀ W21(t)          (n_in × n_in,  RSM_ij = h_i · h_j)
 
 which is Neuromatch's ``net_rsm(h) = h @ h.T`` with h = model.in_hid(one-hot items), unnormalised. It is the
-input-side Gram block P[:n_in, :n_in] of the Riccati solution (reference §3), so the exact two-layer
+input-side Gram block P[:n_in, :n_in] of the Riccati solution (docs/theory.md#similarity), so the exact two-layer
 solution gives it exactly even though it does not determine W21 itself. For inputs that are not one-hot,
 the similarity of two inputs x, x' is xᵀ RSM x', so this one matrix determines every sample RSM (X RSM Xᵀ
 over a dataset) and the Σ11-weighted item similarity Σ11^{1/2} RSM Σ11^{1/2} (for one-hot items, Σ11 = I/P

@@ -109,7 +109,7 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
              hooks: Hooks | None = None) -> Trajectory:
     """Simulate (``gd``, ``sgd``, ``flow``) or evaluate (``exact``) the learning dynamics from ``weights0``.
 
-    Weights are input→output (weights0[0] = W21). Time is t = η·step for GD and SGD (reference §0). A
+    Weights are input→output (weights0[0] = W21). Time is t = η·step for GD and SGD (docs/theory.md#conventions). A
     ``sequence.TaskSequence`` in place of the problem runs its phases one after the other (``simulate_sequence``).
     """
     if isinstance(problem, TaskSequence):
@@ -215,7 +215,7 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     similarity = None
     if record.similarity and weights is not None:
         similarity = item_similarity(weights[0])
-    elif record.similarity:  # Riccati: no weights, but the input-side Gram W21ᵀW21 exactly (reference §3)
+    elif record.similarity:  # Riccati: no weights, but W21ᵀW21 exactly (docs/theory.md#similarity)
         similarity = symmetric(w21_gram)
     kernel = None
     if record.kernel:  # the NTK's Grams from the weights, or from the Riccati solution's P(t) blocks
@@ -227,8 +227,9 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         bound = network.gd_stability_bound(problem, len(weights0), method.weight_decay) * stability_factor(mu, nesterov)
         name = "SGD" if isinstance(method, StochasticGradientDescent) else "GD"
         hint = (f"{name} diverged at step {diverged_at_step} with learning_rate {method.learning_rate:g}; near the "
-                f"optimum {name} is stable only for learning_rate < {bound:.6g} (reference §5d: 1/λ_max(Σ11) for "
-                f"D = 1, 1/(D·s_max^(2−2/D)) for whitened D ≥ 2; weight decay γ lowers it to 2/(curvature + γ)"
+                f"optimum {name} is stable only for learning_rate < {bound:.6g} (docs/theory.md#gd-stability: "
+                f"1/λ_max(Σ11) for D = 1, 1/(D·s_max^(2−2/D)) for whitened D ≥ 2; weight decay γ lowers it to "
+                f"2/(curvature + γ)"
                 + (f"; momentum μ = {mu:g} multiplies it by {'(1 + μ)/(1 + 2μ) (Nesterov)' if nesterov else '1 + μ'}"
                    if mu else "") + "): lower the learning rate")
     sharp = None

@@ -3,16 +3,19 @@
 For a run from ``weights0`` with a given method, ``theory_overlay`` returns the predicted strengths
 u_α(t) = u_αᵀ W(t) v_α on ``mode_basis(problem)`` (k = min(n_out, n_in) modes) at the run's record times,
 naming the model, whether its assumptions hold exactly, and the predicted time to half of each mode's final
-strength. The final strength is the optimum's (reference §5a: s/c for the modes within the bottleneck rank
+strength. The final strength is the optimum's (docs/theory.md#optimum: s/c for the modes within the bottleneck rank
 when Σ11 = cI, 0 otherwise → NaN), the same target the measured learning times use.
 
 Cases, first match wins:
 
-* D = 1: the shallow solution (reference §7a) — the exact GD map for GD, the flow formula otherwise. Exact.
+* D = 1: the shallow solution (docs/theory.md#exact-gd-shallow) — the exact GD map for GD, the flow formula
+  otherwise. Exact.
 * D ≥ 2, Σ11 = c·I, init aligned with Σ31 (see ``exact.decouple``): per-mode solutions. GD: the exact per-mode
-  GD map (§7b, generalised to any per-layer amplitudes and weight decay). Flow/exact: §1/§2 formulas (γ > 0 only
-  for balanced two-layer modes). Exact.
-* D = 2, Σ11 = c·I, λ-balanced (aligned or not), γ = 0: the chunked Riccati solution (§3); exact for flow,
+  GD map (docs/theory.md#exact-gd-modes, for any per-layer amplitudes and weight decay). Flow/exact: the mode
+  solutions of docs/theory.md#saxe-two-layer and docs/theory.md#saxe-deep (γ > 0 only for balanced two-layer
+  modes). Exact.
+* D = 2, Σ11 = c·I, λ-balanced (aligned or not), γ = 0: the chunked Riccati solution (docs/theory.md#riccati);
+  exact for flow,
   approximate (O(η)) for GD. It runs in an invariant subspace of dimension ≤ 2·rank Σ31 + 2·hidden
   (``exact.RiccatiSubspace``); past ``exact.riccati.RICCATI_MAX_DIM`` it is skipped for the next case, which then says so.
 * D ≥ 2, Σ11 ≈ c·I within APPROX_WHITENING_RTOL: Saxe's balanced formula per mode from an effective initial
@@ -125,7 +128,8 @@ def _first_crossing(grid: np.ndarray, values: np.ndarray, target: np.ndarray, va
 
 
 def _shallow(problem: Problem, w0: np.ndarray, method, times, steps, final) -> TheoryOverlay:
-    """D = 1 (reference §7a): strengths u_αᵀ W(t) v_α = Σ_j A_αj decay_j + B_αj drive_j, per eigen-direction j of Σ11."""
+    """D = 1 (docs/theory.md#exact-gd-shallow): strengths u_αᵀ W(t) v_α = Σ_j A_αj decay_j + B_αj drive_j, per
+    eigen-direction j of Σ11."""
     gamma = method.weight_decay
     basis = mode_basis(problem)
     is_gd = isinstance(method, GradientDescent)
@@ -167,7 +171,8 @@ def _shallow(problem: Problem, w0: np.ndarray, method, times, steps, final) -> T
     model = "shallow_gd_map" if is_gd else ex.MODEL_SHALLOW
     what = ("exact GD map W_k = W* + (W0 − W*)(I − η(2Σ11 + γI))^k" if is_gd else
             "W(t) = W* + (W0 − W*) expm(−(2Σ11 + γI) t)")
-    return TheoryOverlay(strength, model, True, f"linear regression (D = 1): {what}, any Σ11 (reference §7a)", lt)
+    return TheoryOverlay(strength, model, True,
+                         f"linear regression (D = 1): {what}, any Σ11 (docs/theory.md#exact-gd-shallow)", lt)
 
 
 def _union_grid(horizon: float, fastest: float) -> np.ndarray:
@@ -207,7 +212,7 @@ def _decoupled(problem: Problem, dec: ex.DecoupledInit, c: float, method, times,
         return TheoryOverlay(strength, "gd_map_decoupled_modes", True,
                              f"Σ11 = c·I (c = {c:.6g}), init aligned with Σ31 (misalignment {dec.deviation:.2g}): GD "
                              f"keeps the modes decoupled, exact per-mode map a_l ← a_l(1 − ηγ) + 2η Π_(m≠l) a_m "
-                             f"(s − c Π a) (reference §7b)", lt)
+                             f"(s − c Π a) (docs/theory.md#exact-gd-modes)", lt)
     _, u = ex.decoupled_flow(dec, times, c, gamma)
     strength = u @ m_mat.T + resid[None]
     lt = np.full(final.shape, np.nan)
@@ -239,8 +244,8 @@ def _decoupled(problem: Problem, dec: ex.DecoupledInit, c: float, method, times,
         got = _first_crossing(grid, curve(grid), target, mask, refine=lambda t, m, j: curve(t, m))
         lt[rest] = got[rest]
     model = ex.MODEL_MODES if d == 2 else ex.MODEL_DEEP
-    detail = ("balanced/anti-balanced/unbalanced two-layer modes (reference §1a, §1d, §1e, §5e)" if d == 2 else
-              "balanced modes du/dt = 2D|u|^(2−2/D)(s − cu) (reference §2, §5e)")
+    detail = ("balanced/anti-balanced/unbalanced two-layer modes (docs/theory.md#saxe-two-layer)" if d == 2 else
+              "balanced modes du/dt = 2D|u|^(2−2/D)(s − cu) (docs/theory.md#saxe-deep)")
     wd = f", weight decay γ = {gamma:g} (s → s − σγ/2)" if gamma else ""
     return TheoryOverlay(strength, model, True,
                          f"Σ11 = c·I (c = {c:.6g}), init aligned with Σ31 (misalignment {dec.deviation:.2g}){wd}: "
@@ -269,7 +274,7 @@ RICCATI_PROBE_TIME = 1e4
 
 def _riccati(problem: Problem, ws, c: float, lam: float, bdev: float, method, times, final,
              space: ex.RiccatiSubspace) -> TheoryOverlay:
-    """λ-balanced two layers: chunked Riccati (reference §3) in its reduced invariant subspace ``space``;
+    """λ-balanced two layers: chunked Riccati (docs/theory.md#riccati) in its reduced invariant subspace ``space``;
     GD gets the flow at t = η·step (O(η))."""
     basis = mode_basis(problem)
     ev = ex.RiccatiEvaluator(problem.sigma31, ws[0], ws[1], c, basis=basis, space=space)
@@ -290,7 +295,7 @@ def _riccati(problem: Problem, ws, c: float, lam: float, bdev: float, method, ti
     lt = ev.first_crossings(project_q, target, valid, t_cap)
     gd = isinstance(method, GradientDescent)
     assumptions = (f"Σ11 = c·I (c = {c:.6g}), λ-balanced two-layer init (λ = {lam:.6g}, deviation {bdev:.2g}): "
-                   "matrix Riccati solution of gradient flow (reference §3), no alignment needed")
+                   "matrix Riccati solution of gradient flow (docs/theory.md#riccati), no alignment needed")
     if gd:
         assumptions += f"; evaluated at t = η·step for GD, which differs by O(η) from the flow (η = {method.learning_rate:g})"
     return TheoryOverlay(strength, ex.MODEL_RICCATI, not gd, assumptions, lt)
@@ -347,10 +352,10 @@ def _small_init(problem: Problem, ws, c: float, wdev: float, method, times, fina
         model = "saxe_deep_small_init"
     opt_norm = float(np.linalg.norm(final)) if final.size else 0.0
     scale = float(np.linalg.norm(u0)) / opt_norm if opt_norm > 0 else float("nan")
-    assumptions = (f"small random init, approximately decoupled: Saxe's balanced mode formula per mode (reference "
-                   f"§1a, §2, §5e) with {how}; Σ11 ≈ c·I (c = {c:.6g}, max deviation {wdev:.2g}); modes beyond the "
-                   f"bottleneck width {r} are predicted unlearned; accuracy degrades as the init grows "
-                   f"(‖u(0)‖/‖u*‖ = {scale:.2g})")
+    assumptions = (f"small random init, approximately decoupled: Saxe's balanced mode formula per mode "
+                   f"(docs/theory.md#small-init) with {how}; Σ11 ≈ c·I (c = {c:.6g}, max deviation {wdev:.2g}); "
+                   f"modes beyond the bottleneck width {r} are predicted unlearned; accuracy degrades as the init "
+                   f"grows (‖u(0)‖/‖u*‖ = {scale:.2g})")
     if gamma:
         assumptions += f"; weight decay γ = {gamma:g} as s → s − γ/2"
     if isinstance(method, GradientDescent):
@@ -445,7 +450,7 @@ def loss_theory(problem: Problem, weights0: Sequence[np.ndarray], overlay: Theor
     assumptions = (f"W(t) = Σ_α u_α(t) û_α v̂_αᵀ on the SVD of the training Σ31, u_α(t) from {overlay.model} "
                    f"({'exact' if overlay.exact else 'approximate'}); Σ11 = c·I (c = {c:.6g}, max deviation "
                    f"{wdev:.2g}); L = tr Σ33 − 2 Σ ŝ_α u_α + c Σ u_α², L_test = tr Σ33ᵗ − 2 Σ (û_αᵀΣ31ᵗv̂_α) u_α + "
-                   f"Σ (v̂_αᵀΣ11ᵗv̂_α) u_α² (Lampinen & Ganguli 2019, reference §6d); W0 off the mode span by "
-                   f"{off_span:.2g}")
+                   f"Σ (v̂_αᵀΣ11ᵗv̂_α) u_α² (Lampinen & Ganguli 2019, docs/theory.md#mode-loss-theory); W0 off the "
+                   f"mode span by {off_span:.2g}")
     return LossTheory(None if problem.sigma33_trace is None else train, test, "modes_generalization", exact,
                       assumptions)

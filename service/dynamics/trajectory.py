@@ -34,7 +34,8 @@ class LossTheory:
 
 @dataclass
 class ModeReport:
-    """Mode strengths u_α(t) = u_αᵀ W(t) v_α on the SVD Σ31 = U S Vᵀ (reference §1), k = min(n_out, n_in).
+    """Mode strengths u_α(t) = u_αᵀ W(t) v_α on the SVD Σ31 = U S Vᵀ (docs/theory.md#modes),
+    k = min(n_out, n_in).
 
     ``theory`` is the prediction at the same times where a formula applies (None otherwise), named by
     ``theory_model`` with ``theory_exact`` telling whether its assumptions hold exactly or only
@@ -54,7 +55,7 @@ class ModeReport:
 
 @dataclass
 class Optimum:
-    """Reduced-rank regression optimum for the network's bottleneck r (reference §5a).
+    """Reduced-rank regression optimum for the network's bottleneck r (docs/theory.md#optimum).
 
     W* = [M]_r Σ11^{-1/2} with M = Σ31 Σ11^{-1/2}; L* = tr Σ33 − Σ_{i≤r} σ_i(M)² (None without Σ33).
     ``loss_without_sigma33`` = L* − tr Σ33 is always known. ``fit_gap`` = L* − L_ls = ‖W* F − G‖² (= Σ_{i>r}
@@ -84,7 +85,7 @@ class Trajectory:
     diverged_at_step: int | None
     optimum: Optimum
     method: str
-    stability_hint: str | None = None      # for a diverged GD/SGD run: the η bound of reference §5d
+    stability_hint: str | None = None      # for a diverged GD/SGD run: the η bound (docs/theory.md#gd-stability)
     similarity: np.ndarray | None = None   # (T, n_in, n_in) hidden-layer item RSM W21ᵀW21, when recorded
     test_loss: np.ndarray | None = None    # (T,) L_test of W(t) on the problem's test data, when it has some
     early_stopping: EarlyStopping | None = None  # the record of least test loss

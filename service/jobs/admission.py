@@ -84,7 +84,7 @@ class Admission:
     @property
     def waiting(self) -> int:
         """Slots in use (for tests and diagnostics)."""
-        return self.settings.validation_concurrency - self._slots._value  # noqa: SLF001
+        return self.settings.validation_concurrency - self._slots._value
 
     @asynccontextmanager
     async def validating(self, body_bytes: int) -> AsyncIterator[Ticket]:

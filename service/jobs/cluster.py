@@ -31,9 +31,9 @@ def worker_environment(blas_threads: int | str) -> dict[str, str | None]:
     service/jobs/cores.py; a number: that many threads, fixed).
     None unsets a variable of Dask's default ``distributed.nanny.pre-spawn-environ``: its
     MALLOC_TRIM_THRESHOLD_=65536 switches off glibc's adaptive mmap threshold, so every array over 128 KiB
-    (a trajectory's record arrays) is a fresh mmap with page faults on first touch. Measured on a 256-point
-    (8,16,8) sweep chunk: 1.68M vs 1.97M simulation-steps/s in one process (−15 %), the gap between a Dask
-    worker and the same work in-process. Our workers hold no long-lived data that trimming would return.
+    (a trajectory's record arrays) is a fresh mmap with page faults on first touch. On a sweep of small nets
+    that was most of the gap between a Dask worker and the same work in-process
+    (docs/performance.md#processes). Our workers hold no long-lived data that trimming would return.
     """
     n = "1" if blas_threads == "auto" else str(int(blas_threads))
     return {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n,
@@ -66,9 +66,8 @@ def stop_sampling_profiler(worker) -> None:
     """Stop a Dask worker's statistical profiler (its "profile" and "profile-cycle" periodic callbacks).
 
     Why: every 10 ms it takes the GIL on the worker's event-loop thread and walks the task thread's stack,
-    for a dashboard the embedded cluster does not serve (dashboard_address=None). Measured on a 2-worker
-    sweep of (8,16,8) nets: the worker processes used 1.82 CPUs, their task threads 1.73; without it the
-    sweep ran 2-3 % faster (bench/sweeps.py).
+    for a dashboard the embedded cluster does not serve (dashboard_address=None). Without it a sweep of small
+    nets runs a few per cent faster (bench/sweeps.py; docs/performance.md#processes).
     """
     for name in ("profile", "profile-cycle"):
         callback = worker.periodic_callbacks.pop(name, None)
@@ -81,9 +80,9 @@ def embedded_worker_plugin(nice: int):
     threads to niceness ``nice`` (``renice_threads``) and stops its sampling profiler (``stop_sampling_profiler``).
 
     Why renice: on a machine the API shares with its embedded workers (by default one per core), a busy
-    worker otherwise takes an equal share of a core from the API, and status reads queue behind numerics
-    (bench/load.py, 50 polling clients, both cores' workers busy: status-read p99 33.6 ms at nice 0, 15.2 ms
-    at nice 10, for 8 % less worker CPU). At nice 10 a worker still gets every core the API leaves idle.
+    worker otherwise takes an equal share of a core from the API, and status reads queue behind numerics: at
+    nice 10 their p99 under load is about half that at nice 0, for a little less worker CPU (bench/load.py;
+    docs/performance.md#load). At nice 10 a worker still gets every core the API leaves idle.
     A plugin rather than configuration: the nanny hands its worker a snapshot of Dask's configuration, so a
     setting would have to be in place when each nanny is created; a plugin registered with the scheduler is
     set up on every worker that joins, restarted ones included.

@@ -17,7 +17,8 @@ share cores only if they share the ledger directory (docker-compose.yml mounts o
 Other processes count too: a share never exceeds the cores that the rest of the machine left idle since the
 previous check (``OtherLoad``, from /proc/stat less this process's own CPU time), rounded. Why: a 2-thread
 OpenBLAS spin-waits at its barriers, so when a process outside the ledger (a notebook, a test run, another
-service) holds one of 2 cores, a (300,300,300) GD run measured 30–240 steps/s on 2 threads against 190 on one.
+service) holds one of 2 cores, a large GD run on 2 threads is often slower than on one
+(docs/performance.md#cores).
 
 Oversubscription: a job that starts while another holds every core takes its one thread at once; the
 other gives one back at its next check (within the core's hook interval, 0.2 s).

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX sweeps_owner_idempotency ON sweeps (coalesce(owner, ''), idempotency_key)
         WHERE idempotency_key IS NOT NULL;
     """,
-    # 5: admission (service/jobs/admission.py): what a job or sweep was admitted with, from the cost model
+    # 5: labels and provenance. name and tags (a JSON array) as given with the request, never part of it (its
+    # hash); provenance (a JSON object): the run's precision at creation, then what the worker that started it
+    # ran with. Rows stored before this have none (NULL).
+    """
+    ALTER TABLE jobs ADD COLUMN name TEXT;
+    ALTER TABLE jobs ADD COLUMN tags TEXT;
+    ALTER TABLE jobs ADD COLUMN provenance TEXT;
+    CREATE INDEX jobs_name ON jobs (name) WHERE name IS NOT NULL;
+    ALTER TABLE sweeps ADD COLUMN name TEXT;
+    ALTER TABLE sweeps ADD COLUMN tags TEXT;
+    ALTER TABLE sweeps ADD COLUMN provenance TEXT;
+    CREATE INDEX sweeps_name ON sweeps (name) WHERE name IS NOT NULL;
+    """,
+    # 6: admission (service/jobs/admission.py): what a job or sweep was admitted with, from the cost model
     # (service/limits.py request_cost): the most bytes its results store (expected_bytes: the disk and a key's
     # storage quota reserve them while it runs) and its estimated FLOPs (cost_flops: a key's compute budget counts
     # its active work). Rows stored before have 0: nothing reserved. And the idempotency keys themselves, kept for
@@ -330,21 +344,44 @@ def decode_page_token(token: str) -> tuple[str, str]:
     return created_at, row_id
 
 
+@dataclass(frozen=True)
+class ListFilter:
+    """What a list keeps: a status, a name, a tag, a method (the request's training.method), created after a time
+    (a ``utc_now()``-format string, or a prefix of one such as 2026-12-06); None: anything."""
+
+    status: str | None = None
+    name: str | None = None
+    tag: str | None = None
+    method: str | None = None
+    created_after: str | None = None
+
+    def sql(self, method_path: str) -> tuple[list[str], list[Any]]:
+        """WHERE clauses and their arguments; ``method_path``: the JSON path of training.method in ``request``."""
+        where, args = [], []
+        for clause, value in (("status = ?", self.status), ("name = ?", self.name),
+                              ("EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?)", self.tag),
+                              (f"json_extract(request, '{method_path}') = ?", self.method),
+                              ("created_at > ?", self.created_after)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        return where, args
+
+
 def keyset_page(conn: sqlite3.Connection, table: str, columns: str, make_row: Callable[[tuple], Any],
-                status: str | None, page_size: int, page_token: str | None, owner: str | None
-                ) -> tuple[list, str | None]:
-    """One page of ``table`` newest first, keyset-paged on (created_at, id); shared by jobs and sweeps."""
+                status: str | ListFilter | None, page_size: int, page_token: str | None, owner: str | None,
+                method_path: str = "$.training.method") -> tuple[list, str | None]:
+    """One page of ``table`` newest first, keyset-paged on (created_at, id); shared by jobs and sweeps. ``status``
+    is a status or a whole ``ListFilter``."""
+    filters = status if isinstance(status, ListFilter) else ListFilter(status=status)
     if page_size < 1:
         raise ValueError("page_size must be at least 1")
-    if status is not None and status not in STATUSES:
-        raise ValueError(f"unknown status {status!r}")
-    where, args = [], []
+    if filters.status is not None and filters.status not in STATUSES:
+        raise ValueError(f"unknown status {filters.status!r}")
+    where, args = filters.sql(method_path)
     if owner is not None:
         where.append("owner = ?")
         args.append(owner)
-    if status is not None:
-        where.append("status = ?")
-        args.append(status)
     if page_token is not None:
         where.append("(created_at, id) < (?, ?)")
         args.extend(decode_page_token(page_token))

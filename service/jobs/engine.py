@@ -294,13 +294,14 @@ class Engine(Runner):
         job_id = msg["job"]
         if msg.get("started"):
             self._progress.pop(job_id, None)
-            self._spawn(self._record_started(job_id))
+            self._spawn(self._record_started(job_id, msg.get("provenance")))
         elif isinstance(msg.get("progress"), int | float):
             self._progress[job_id] = float(msg["progress"])
 
-    async def _record_started(self, job_id: str) -> None:
+    async def _record_started(self, job_id: str, provenance: Any) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self.store.mark_running, job_id)
+            await asyncio.to_thread(self.store.mark_running, job_id,
+                                    provenance if isinstance(provenance, dict) else None)
 
     async def _flush_progress(self) -> None:
         pending, self._progress = self._progress, {}

@@ -169,7 +169,7 @@ class Runner(ABC):
             await asyncio.sleep(RECONCILE_SECONDS)  # read each round: tests shorten it
             try:
                 await self.reconcile()
-            except Exception:  # noqa: BLE001 - e.g. the store briefly unreadable: try again next round
+            except Exception:
                 log.exception("looking for unsubmitted %s failed", self.what)
 
     async def _write(self, write: Callable[..., Any], *args: Any, what: str, hold: bool = True, **kwargs: Any
@@ -200,7 +200,7 @@ class Runner(ABC):
             return
         try:
             await self._flag(job_id).set()
-        except Exception:  # noqa: BLE001 - the store already says cancelled; the run is wasted work
+        except Exception:
             log.exception("setting the cancel flag of %s failed", job_id)
 
     async def _clear_flag(self, job_id: str) -> None:

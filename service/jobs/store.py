@@ -13,7 +13,7 @@ trajectory the worker made (``service.codec``: compressed binary arrays), stored
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,7 @@ from .database import (
     TERMINAL_SQL,
     CorruptResultError,
     Database,
+    ListFilter,
     QueueFullError,
     TrajectoryReader,
     keyset_page,
@@ -39,13 +40,17 @@ from .database import (
 )
 
 _COLUMNS = ("id, status, progress, created_at, started_at, finished_at, request, error, outcome, "
-            "idempotency_key, request_hash, attempts, owner")
+            "idempotency_key, request_hash, attempts, owner, name, tags, provenance")
 # A result larger than this is followed by a WAL checkpoint (Database.checkpoint).
 LARGE_WRITE_BYTES = 1 << 20
 # The same expression as the unique index jobs_owner_idempotency, so lookups use it.
 _BY_KEY = "coalesce(owner, '') = coalesce(?, '') AND idempotency_key = ?"
 
 __all__ = ["CorruptResultError", "JobRow", "JobStore", "QueueFullError"]
+
+
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class JobRow:
     request_hash: str
     attempts: int                   # how many times a worker started the job
     owner: str | None = None        # id of the API key that created it (None: created with keys off)
+    name: str | None = None         # the labels given with the request (not part of it)
+    tags: tuple[str, ...] = ()
+    provenance: dict[str, Any] | None = None  # what it ran with (the worker's, once one started it)
 
     @property
     def terminal(self) -> bool:
@@ -82,7 +90,9 @@ class JobStore:
         return JobRow(id=r[0], status=r[1], progress=r[2], created_at=r[3], started_at=r[4],
                       finished_at=r[5], request=bytes(r[6]),
                       error=orjson.loads(r[7]) if r[7] is not None else None, outcome=r[8],
-                      idempotency_key=r[9], request_hash=r[10], attempts=r[11], owner=r[12])
+                      idempotency_key=r[9], request_hash=r[10], attempts=r[11], owner=r[12], name=r[13],
+                      tags=tuple(orjson.loads(r[14])) if r[14] else (),
+                      provenance=orjson.loads(r[15]) if r[15] else None)
 
     def get(self, job_id: str) -> JobRow | None:
         r = self.db.connection().execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -150,7 +160,8 @@ class JobStore:
 
     def create(self, request_json: bytes, request_hash: str,
                idempotency_key: str | None = None, owner: str | None = None, *,
-               max_active: int | None = None, expected_bytes: int = 0, cost_flops: float = 0.0
+               max_active: int | None = None, name: str | None = None, tags: Sequence[str] = (),
+               provenance: Mapping[str, Any] | None = None, expected_bytes: int = 0, cost_flops: float = 0.0
                ) -> tuple[JobRow, bool]:
         """Insert a queued job; with an idempotency key this owner already used, return that job and False.
 
@@ -158,8 +169,10 @@ class JobStore:
         The unique index on (owner, key) makes concurrent creates with one key yield exactly one row;
         two owners' equal keys are unrelated. With ``max_active``, QueueFullError when that many jobs are
         already queued or running (checked in the write transaction, so concurrent creates cannot
-        overshoot it; a replay of a used idempotency key is still answered). ``expected_bytes`` and ``cost_flops``
-        are what admission estimated (service/jobs/admission.py): its results' most bytes and its run's FLOPs.
+        overshoot it; a replay of a used idempotency key is still answered). ``name`` and ``tags`` are stored
+        beside the request; ``provenance`` is what is known of the run before a worker starts it (its precision).
+        ``expected_bytes`` and ``cost_flops`` are what admission estimated (service/jobs/admission.py): its results'
+        most bytes and its run's FLOPs.
         """
         job_id = new_job_id()
         try:
@@ -173,9 +186,11 @@ class JobStore:
                         raise QueueFullError(active, max_active)
                 conn.execute(
                     "INSERT INTO jobs (id, status, progress, created_at, request, request_hash, "
-                    "idempotency_key, owner, expected_bytes, cost_flops) VALUES (?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, utc_now(), bytes(request_json), request_hash, idempotency_key, owner,
-                     int(expected_bytes), float(cost_flops)))
+                    "idempotency_key, owner, name, tags, provenance, expected_bytes, cost_flops) "
+                    "VALUES (?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, utc_now(), bytes(request_json), request_hash, idempotency_key, owner, name,
+                     _json_or_null(list(tags) or None), _json_or_null(provenance), int(expected_bytes),
+                     float(cost_flops)))
                 if idempotency_key is not None:
                     spent_key(conn, "simulation", idempotency_key, owner)  # deleted meanwhile: not run again
                     record_key(conn, "simulation", idempotency_key, owner, job_id, request_hash)
@@ -189,20 +204,28 @@ class JobStore:
             if r is None:  # the other row was deleted in between: its key says so
                 spent_key(self.db.connection(), "simulation", idempotency_key, owner)
                 return self.create(request_json, request_hash, idempotency_key, owner, max_active=max_active,
-                                   expected_bytes=expected_bytes, cost_flops=cost_flops)
+                                   name=name, tags=tags, provenance=provenance, expected_bytes=expected_bytes,
+                                   cost_flops=cost_flops)
             return self._row(r), False
         row = self.get(job_id)
         assert row is not None
         return row, True
 
-    def mark_running(self, job_id: str) -> bool:
-        """A worker started the job (again, after a worker death): count the attempt, reset progress."""
+    def mark_running(self, job_id: str, provenance: Mapping[str, Any] | None = None) -> bool:
+        """A worker started the job (again, after a worker death): count the attempt, reset progress, and merge
+        what that worker runs it with into its provenance."""
         with self.db.write() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET status = 'running', progress = 0, attempts = attempts + 1, "
-                f"started_at = coalesce(started_at, ?) WHERE id = ? AND status IN {ACTIVE_SQL}",
-                (utc_now(), job_id))
+                "started_at = coalesce(started_at, ?), provenance = json_patch(coalesce(provenance, '{}'), ?) "
+                f"WHERE id = ? AND status IN {ACTIVE_SQL}",
+                (utc_now(), orjson.dumps(dict(provenance or {})).decode(), job_id))
         return cur.rowcount == 1
+
+    def list_filtered(self, filters: ListFilter, page_size: int = 50, page_token: str | None = None,
+                      owner: str | None = None) -> tuple[list[JobRow], str | None]:
+        """``list`` with a ``ListFilter`` (status, name, tag, method, created after)."""
+        return keyset_page(self.db.connection(), "jobs", _COLUMNS, self._row, filters, page_size, page_token, owner)
 
     def set_progress(self, job_id: str, progress: float) -> bool:
         return self.set_progress_many({job_id: progress}) == 1

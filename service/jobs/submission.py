@@ -44,12 +44,20 @@ from service.problems import (
     problem_body,
 )
 from service.schemas import SimulationRequest
+from service.schemas.common import LABELS
 from service.schemas.validation import parse_body
 from service.settings import Settings
 from service.status import CANCELLED, FAILED, QUEUED, SUCCEEDED
 
 from .admission import Admission
-from .database import CorruptResultError, Database, InvalidPageToken, QueueFullError, TrajectoryReader
+from .database import (
+    CorruptResultError,
+    Database,
+    InvalidPageToken,
+    ListFilter,
+    QueueFullError,
+    TrajectoryReader,
+)
 from .store import JobRow, JobStore
 from .sweep_plan import ValidatedSweep, canonical_sweep, sweep_cost_estimate, validate_parsed
 from .sweeps_store import PointRow, SweepRow, SweepStore
@@ -139,9 +147,10 @@ class _Jobs(ABC, Generic[Row]):
         """Everything checked before anything is stored; what ``_insert`` stores. ProblemError 422."""
 
     @abstractmethod
-    def _insert(self, validated: Any, digest: str, key: str | None, owner: str | None, cost: Cost
+    def _insert(self, parsed: Any, validated: Any, digest: str, key: str | None, owner: str | None, cost: Cost
                 ) -> tuple[Row, bool]:
-        """Store it queued with its cost (row, True), or the row this owner's key already made (row, False)."""
+        """Store it queued with its labels and its cost (row, True), or the row this owner's key already made (row,
+        False)."""
 
     @abstractmethod
     def _cost(self, parsed: Any) -> Cost:
@@ -176,14 +185,15 @@ class _Jobs(ABC, Generic[Row]):
         await self._check_active_limit(owner)
         await self.admission.check_budgets(owner, cost)
         try:
-            row, created = await asyncio.to_thread(self._insert, validated, digest, idempotency_key, owner, cost)
+            row, created = await asyncio.to_thread(self._insert, parsed, validated, digest, idempotency_key, owner,
+                                                   cost)
         except QueueFullError as exc:
             raise self._queue_full(exc.active) from None
         if not created:  # a concurrent create with this key stored its job first
             return self._replay(row, digest, idempotency_key)
         try:
             await self.engine.submit(row.id)
-        except Exception:  # noqa: BLE001 - it is stored: the engine's reconcile pass submits it
+        except Exception:
             log.exception("submitting %s %s failed", self.what, row.id)
         return Created(await self.get(row.id, owner), replayed=False)
 
@@ -223,10 +233,11 @@ class _Jobs(ABC, Generic[Row]):
             raise ProblemError(404, "not-found", f"no {self.what} with id {row_id!r}")
         return row
 
-    async def list(self, status: str | None, page_size: int, page_token: str | None,
+    async def list(self, filters: ListFilter, page_size: int, page_token: str | None,
                    viewer: str | None) -> tuple[list[Row], str | None]:
+        """One page, newest first, of what ``filters`` keeps (and the caller may see)."""
         try:
-            return await asyncio.to_thread(self.store.list, status, page_size, page_token, viewer)
+            return await asyncio.to_thread(self.store.list_filtered, filters, page_size, page_token, viewer)
         except InvalidPageToken as exc:
             raise page_token_problem(exc) from None
 
@@ -279,7 +290,7 @@ class Simulations(_Jobs[JobRow]):
         """The validated request with defaults filled in (what the worker runs and GET returns): equal requests
         written differently (spacing, key order, 1 vs 1.0) hash the same."""
         request = parse_body(body, SimulationRequest)
-        canonical = request.__pydantic_serializer__.to_json(request, by_alias=True)
+        canonical = request.__pydantic_serializer__.to_json(request, by_alias=True, exclude=LABELS)
         return request, canonical, hashlib.sha256(canonical).hexdigest()
 
     def _validate(self, request: SimulationRequest, canonical: bytes, digest: str) -> bytes:
@@ -302,9 +313,10 @@ class Simulations(_Jobs[JobRow]):
             return ZERO_COST
         return cost
 
-    def _insert(self, canonical: bytes, digest: str, key: str | None, owner: str | None, cost: Cost
-                ) -> tuple[JobRow, bool]:
+    def _insert(self, request: SimulationRequest, canonical: bytes, digest: str, key: str | None, owner: str | None,
+                cost: Cost) -> tuple[JobRow, bool]:
         return self.store.create(canonical, digest, key, owner, max_active=self.settings.max_queued,
+                                 name=request.name, tags=request.tags, provenance={"dtype": request.dtype},
                                  expected_bytes=cost.result_bytes, cost_flops=cost.run_flops)
 
     async def create(self, body: bytes, *, owner: str | None, idempotency_key: str | None,
@@ -419,10 +431,11 @@ class Sweeps(_Jobs[SweepRow]):
     def _validated_cost(self, validated: ValidatedSweep, estimate: Cost) -> Cost:
         return validated.cost
 
-    def _insert(self, v: ValidatedSweep, digest: str, key: str | None, owner: str | None, cost: Cost
+    def _insert(self, sweep: Any, v: ValidatedSweep, digest: str, key: str | None, owner: str | None, cost: Cost
                 ) -> tuple[SweepRow, bool]:
         return self.store.create_or_get(v.request_json, v.base_json, v.keep, v.points, owner, request_hash=digest,
                                         idempotency_key=key, max_active=self.settings.max_active_sweeps,
+                                        name=sweep.name, tags=sweep.tags, provenance={"dtype": sweep.base.dtype},
                                         expected_bytes=cost.result_bytes, cost_flops=cost.run_flops)
 
     async def get(self, row_id: str, viewer: str | None) -> SweepRow:

@@ -369,6 +369,7 @@ class SweepEngine(Runner):
             return  # a chunk of an earlier API process, or already finished
         if msg.get("started"):
             self._progress[msg["chunk"]] = 0.0
-            self._spawn(self._record(self.store.mark_points_running, chunk.sweep_id, chunk.ks))
+            provenance = msg.get("provenance") if isinstance(msg.get("provenance"), dict) else None
+            self._spawn(self._record(self.store.mark_points_running, chunk.sweep_id, chunk.ks, provenance))
         elif isinstance(msg.get("progress"), int | float) and msg["chunk"] in self._watchers:
             self._progress[msg["chunk"]] = min(max(float(msg["progress"]), 0.0), 1.0)

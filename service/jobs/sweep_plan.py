@@ -48,6 +48,7 @@ from service.problems import (
     one_field_problem,
 )
 from service.schemas import SimulationRequest, SweepRequest
+from service.schemas.common import LABELS
 from service.schemas.validation import summarize, validation_field_errors
 
 
@@ -167,7 +168,8 @@ def canonical_sweep(body: bytes) -> tuple[SweepRequest, bytes, str]:
     it orders the points. Cheap next to validating the points, so a retry is recognised before that.
     """
     sweep = parse_sweep(body)
-    request_json = sweep.__pydantic_serializer__.to_json(sweep, by_alias=True)
+    labels = dict.fromkeys(LABELS, True)
+    request_json = sweep.__pydantic_serializer__.to_json(sweep, by_alias=True, exclude={**labels, "base": labels})
     return sweep, request_json, hashlib.sha256(request_json).hexdigest()
 
 
@@ -215,7 +217,7 @@ def validate_parsed(sweep: SweepRequest, request_json: bytes, request_hash: str,
                     max_points: int) -> ValidatedSweep:
     """``validate_sweep`` for a body already through ``canonical_sweep``."""
     _check_shape(sweep, max_points)
-    base_json = sweep.base.__pydantic_serializer__.to_json(sweep.base, by_alias=True)
+    base_json = sweep.base.__pydantic_serializer__.to_json(sweep.base, by_alias=True, exclude=LABELS)
     base = orjson.loads(base_json)
     expanded = expand_grid(sweep.grid) if sweep.grid is not None else expand_points(sweep.points)
 

@@ -36,6 +36,7 @@ from .database import (
     TERMINAL_SQL,
     Database,
     InvalidPageToken,
+    ListFilter,
     QueueFullError,
     TrajectoryReader,
     keyset_page,
@@ -46,7 +47,7 @@ from .database import (
 )
 
 _SWEEP_COLUMNS = ("id, status, created_at, started_at, finished_at, request, base, keep, n_points, owner, "
-                  "idempotency_key, request_hash")
+                  "idempotency_key, request_hash, name, tags, provenance")
 # The same expression as the unique index sweeps_owner_idempotency (migration 4), so lookups use it.
 _BY_KEY = "coalesce(owner, '') = coalesce(?, '') AND idempotency_key = ?"
 _POINT_COLUMNS = ("sweep_id, k, params, group_key, status, attempts, finished_at, outcome, summary, error, "
@@ -68,6 +69,9 @@ class SweepRow:
     owner: str | None = None  # id of the API key that created it (None: created with keys off)
     idempotency_key: str | None = None  # the Idempotency-Key it was created with, scoped per owner
     request_hash: str | None = None     # sha256 of ``request`` (None for sweeps stored before migration 4)
+    name: str | None = None             # the labels given with the request (not part of it)
+    tags: tuple[str, ...] = ()
+    provenance: dict[str, Any] | None = None  # what its first chunk ran with
 
     @property
     def terminal(self) -> bool:
@@ -121,7 +125,9 @@ class SweepStore:
     def _sweep(self, r: tuple) -> SweepRow:
         return SweepRow(id=r[0], status=r[1], created_at=r[2], started_at=r[3], finished_at=r[4],
                         request=bytes(r[5]), base=bytes(r[6]), keep=r[7], n_points=r[8], counts=self._counts(r[0]),
-                        owner=r[9], idempotency_key=r[10], request_hash=r[11])
+                        owner=r[9], idempotency_key=r[10], request_hash=r[11], name=r[12],
+                        tags=tuple(orjson.loads(r[13])) if r[13] else (),
+                        provenance=orjson.loads(r[14]) if r[14] else None)
 
     @staticmethod
     def _point(r: tuple) -> PointRow:
@@ -132,6 +138,12 @@ class SweepStore:
     def get(self, sweep_id: str) -> SweepRow | None:
         r = self.db.connection().execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
         return self._sweep(r) if r else None
+
+    def list_filtered(self, filters: ListFilter, page_size: int = 50, page_token: str | None = None,
+                      owner: str | None = None) -> tuple[list[SweepRow], str | None]:
+        """``list`` with a ``ListFilter`` (status, name, tag, the base's method, created after)."""
+        return keyset_page(self.db.connection(), "sweeps", _SWEEP_COLUMNS, self._sweep, filters, page_size,
+                           page_token, owner, method_path="$.base.training.method")
 
     def list(self, status: str | None = None, page_size: int = 50,
              page_token: str | None = None, owner: str | None = None) -> tuple[list[SweepRow], str | None]:
@@ -239,7 +251,8 @@ class SweepStore:
     def create_or_get(self, request_json: bytes, base_json: bytes, keep: str,
                       points: Sequence[tuple[bytes, str]], owner: str | None = None, *,
                       request_hash: str | None = None, idempotency_key: str | None = None,
-                      max_active: int | None = None, expected_bytes: int = 0, cost_flops: float = 0.0,
+                      max_active: int | None = None, name: str | None = None, tags: Sequence[str] = (),
+                      provenance: Mapping[str, Any] | None = None, expected_bytes: int = 0, cost_flops: float = 0.0,
                       _retry: bool = True) -> tuple[SweepRow, bool]:
         """``create`` with an Idempotency-Key: if this owner already used the key, that sweep and False
         (nothing is inserted), else the new sweep and True.
@@ -262,9 +275,11 @@ class SweepStore:
                         raise QueueFullError(active, max_active)
                 # The sweep row first: a used key fails here, before any point is written.
                 conn.execute(
-                    f"INSERT INTO sweeps ({_SWEEP_COLUMNS}) VALUES (?, 'queued', ?, NULL, NULL, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO sweeps ({_SWEEP_COLUMNS}) "
+                    "VALUES (?, 'queued', ?, NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (sweep_id, utc_now(), bytes(request_json), bytes(base_json), keep, len(points), owner,
-                     idempotency_key, request_hash))
+                     idempotency_key, request_hash, name, orjson.dumps(list(tags)).decode() if tags else None,
+                     orjson.dumps(dict(provenance)).decode() if provenance else None))
                 conn.execute("UPDATE sweeps SET expected_bytes = ?, cost_flops = ? WHERE id = ?",
                              (int(expected_bytes), float(cost_flops), sweep_id))
                 if idempotency_key is not None:
@@ -280,8 +295,9 @@ class SweepStore:
             if existing is None and _retry:  # the other sweep was deleted in between: once more as a fresh one
                 spent_key(self.db.connection(), "sweep", idempotency_key, owner)
                 return self.create_or_get(request_json, base_json, keep, points, owner, request_hash=request_hash,
-                                          idempotency_key=idempotency_key, max_active=max_active,
-                                          expected_bytes=expected_bytes, cost_flops=cost_flops, _retry=False)
+                                          idempotency_key=idempotency_key, max_active=max_active, name=name,
+                                          tags=tags, provenance=provenance, expected_bytes=expected_bytes,
+                                          cost_flops=cost_flops, _retry=False)
             if existing is None:
                 raise
             return existing, False
@@ -289,8 +305,10 @@ class SweepStore:
         assert row is not None
         return row, True
 
-    def mark_points_running(self, sweep_id: str, ks: Iterable[int]) -> int:
-        """A worker started a chunk: its unfinished points run (one more attempt), the sweep runs."""
+    def mark_points_running(self, sweep_id: str, ks: Iterable[int], provenance: Mapping[str, Any] | None = None
+                            ) -> int:
+        """A worker started a chunk: its unfinished points run (one more attempt), the sweep runs; the first chunk's
+        worker's ``provenance`` is merged into the sweep's."""
         ks = list(ks)
         with self.db.write() as conn:
             changed = sum(conn.execute(
@@ -300,6 +318,10 @@ class SweepStore:
             if changed:
                 conn.execute("UPDATE sweeps SET status = 'running', started_at = coalesce(started_at, ?) "
                              f"WHERE id = ? AND status IN {ACTIVE_SQL}", (utc_now(), sweep_id))
+            if provenance:
+                conn.execute("UPDATE sweeps SET provenance = json_patch(coalesce(provenance, '{}'), ?) WHERE id = ? "
+                             "AND coalesce(json_extract(provenance, '$.dlnsim'), '') = ''",
+                             (orjson.dumps(dict(provenance)).decode(), sweep_id))
         return changed
 
     def finish_points(self, sweep_id: str, results: Sequence[Mapping[str, Any]]) -> int:

@@ -21,6 +21,7 @@ from .worker import (
     StopFlag,
     dynamics_problem,
     pin_blas_threads,
+    provenance,
     shared_cores,
     start_attempt,
     validation_problem,
@@ -129,7 +130,7 @@ def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tup
 
     reporter = Reporter(worker(), SWEEP_PROGRESS_TOPIC, {"sweep": sweep_id, "chunk": chunk})
     # The points travel with the event so that anyone subscribed can tell which points ran where.
-    reporter.send({"started": True, "pid": os.getpid(), "points": [k for k, _ in items]})
+    reporter.send({"started": True, "pid": os.getpid(), "points": [k for k, _ in items], "provenance": provenance()})
     should_stop = StopFlag(sweep_id)
     if should_stop():  # cancelled while queued
         raise JobCancelled(sweep_id)

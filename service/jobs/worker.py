@@ -208,9 +208,34 @@ class StopFlag:
         return self.stop
 
 
+def provenance() -> dict[str, Any]:
+    """What this process runs jobs with: dlnsim, Python, numpy, scipy and numba versions, the BLAS numpy calls
+    (library, version, threads now) and the one the GD loop calls, DLNSIM_BLAS_THREADS, the host's cores."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from threadpoolctl import threadpool_info
+
+    from service.dynamics import gd_loop
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    blas = next((i for i in threadpool_info() if i.get("user_api") == "blas"), {})
+    return {"dlnsim": installed("dlnsim") or "0.0.0", "python": platform.python_version(),
+            "numpy": installed("numpy"), "scipy": installed("scipy"), "numba": installed("numba"),
+            "blas": {"library": blas.get("internal_api"), "version": blas.get("version"),
+                     "threads": blas.get("num_threads"), "gd_loop": gd_loop.BLAS},
+            "blas_threads_setting": os.environ.get("DLNSIM_BLAS_THREADS", "auto"), "host_cores": os.cpu_count()}
+
+
 def start_attempt(job_id: str) -> tuple[Reporter, StopFlag]:
-    """Announce that a worker started (another attempt of) the job; return its two hooks."""
+    """Announce that a worker started (another attempt of) the job, with what it runs it with; return its two
+    hooks."""
     reporter = Reporter(worker(), PROGRESS_TOPIC, {"job": job_id})
-    reporter.send({"started": True, "pid": os.getpid()})
+    reporter.send({"started": True, "pid": os.getpid(), "provenance": provenance()})
     return reporter, StopFlag(job_id)
 

@@ -13,14 +13,14 @@
 
 from service.status import Status
 
-from .common import MAX_SEED, STRICT, Matrix, Num, NumMatrix, StrictModel
+from .common import MAX_SEED, STRICT, Matrix, Num, NumMatrix, Provenance, StrictModel
 from .gradients import (
     GRADIENTS_EXAMPLE,
     GRADIENTS_EXAMPLES,
     Gradients,
     GradientsRequest,
 )
-from .health import Health, Readiness
+from .health import Health, Readiness, ServiceInfo
 from .presets import PresetDetail, PresetInfo, PresetList, PresetParameter
 from .problems import FieldError, ProblemDetails
 from .requests import (

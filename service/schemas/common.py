@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
 # Largest seed: 2^53 − 1, the largest integer every JSON client holds exactly (JavaScript numbers are
@@ -55,3 +55,33 @@ def is_none(value: Any) -> bool:
 
 Num = float | None  # null where a value is not a finite float64 (undefined, or overflow in a diverged run)
 NumMatrix = list[list[Num]]
+
+
+# ------------------------------------------------------------------------------------------------
+# labels: a name and tags on a simulation or sweep, stored and returned, never part of the computation
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:=+-]*$")]
+MAX_TAGS = 32
+NAME_DESCRIPTION = ("A name for the run, shown in lists, legends and downloads (`GET …?name=` finds it); not part of "
+                    "the computation: requests that differ only in name and tags are the same request.")
+TAGS_DESCRIPTION = ("Tags (letters, digits and . _ : = + -, up to 64 characters each, at most 32), e.g. `lazy`, "
+                    "`lr=0.05`; `GET …?tag=` filters on them. Not part of the computation.")
+LABELS = {"name", "tags"}  # left out of the canonical request, the one an Idempotency-Key is checked against
+
+
+class Provenance(BaseModel):
+    """Where and with what a run was computed: the software versions and the BLAS of the worker that ran it (the
+    API process's for GET /v1/service-info), the run's precision and the host's cores."""
+
+    dlnsim: str | None = Field(None, description="dlnsim's version.")
+    python: str | None = None
+    numpy: str | None = None
+    scipy: str | None = None
+    numba: str | None = None
+    blas: dict[str, Any] | None = Field(None, description="The BLAS numpy calls (threadpoolctl: library, version, "
+                                                          "threads at the run's start), and the one the GD loop calls.")
+    blas_threads_setting: str | None = Field(None, description="DLNSIM_BLAS_THREADS of the worker (auto: a run takes "
+                                                               "its share of the host's cores).")
+    host_cores: int | None = Field(None, description="CPU cores of the host.")
+    dtype: str | None = Field(None, description="The run's floating-point precision.")

@@ -25,8 +25,8 @@ GRADIENTS_EXAMPLES = {
 
 
 class GradientsRequest(StrictModel):
-    """The seed's vector field at given weights: any data kind, the weights of every layer (input→output, as
-    ``init.weights``: weights[0] is W21, hidden[0] × n_in) and an optional weight decay γ."""
+    """The vector field at given weights (docs/theory.md#gradient): any data kind, the weights of every layer
+    (input→output, as ``init.weights``: weights[0] is W21, hidden[0] × n_in) and an optional weight decay γ."""
 
     model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [GRADIENTS_EXAMPLE]})
 
@@ -41,7 +41,7 @@ class GradientsRequest(StrictModel):
 
 
 class Gradients(BaseModel):
-    """L and its gradient at the given weights (reference §0). ``gradients`` is the gradient itself, so GD is
+    """L and its gradient at the given weights (docs/theory.md#gradient). ``gradients`` is the gradient itself, so GD is
     W_l ← W_l − η·gradients[l] and gradient flow dW_l/dt = −gradients[l]; for two layers
     gradients = [−2 W32ᵀ(Σ31 − W32W21Σ11), −2 (Σ31 − W32W21Σ11) W21ᵀ] (+ γ W_l with weight decay)."""
 

@@ -17,7 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from service.dynamics.init import DEFAULTS as INIT_DEFAULTS
 from service.dynamics.presets import PRESETS, PresetParam
 
-from .common import MAX_SEED, STRICT, Matrix, StrictModel, is_none
+from .common import (
+    MAX_SEED,
+    MAX_TAGS,
+    NAME_DESCRIPTION,
+    STRICT,
+    TAGS_DESCRIPTION,
+    Matrix,
+    Name,
+    StrictModel,
+    Tag,
+    is_none,
+)
 
 # ------------------------------------------------------------------------------------------------
 # data
@@ -316,6 +327,9 @@ class SimulationRequest(StrictModel):
     training: Training
     record: Record = Field(default_factory=Record)
     dtype: Literal["float64", "float32"] = "float64"
+    name: Name | None = Field(None, description=NAME_DESCRIPTION, exclude_if=is_none)
+    tags: Annotated[list[Tag], Field(max_length=MAX_TAGS, description=TAGS_DESCRIPTION)] = Field(
+        default_factory=list, exclude_if=lambda tags: not tags)
 
 
 # Discriminator tags that pydantic puts into error locations; HTTP paths name fields only.
@@ -326,7 +340,8 @@ _UNION_TAGS: dict[tuple[str, ...], frozenset[str]] = {
     ("training",): frozenset({"gd", "flow", "exact"}),
 }
 # Member names of plain (non-discriminated) unions, e.g. AlignedInit.strength: float | list[float].
-_MEMBER_TAG = re.compile(r"^(float|int|bool|str|none|list\[.*\]|function-.*|nullable\[.*\]|constrained-.*)$")
+_MEMBER_TAG = re.compile(
+    r"^(float|int|bool|str|none|list\[.*\]|function-.*|nullable\[.*\]|constrained-.*|literal\[.*\])$")
 
 
 def strip_union_tags(loc: Sequence[str | int]) -> tuple[str | int, ...]:

@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 from service.dynamics.methods import Outcome
 from service.status import Status
 
+from .common import Provenance
 from .problems import ProblemDetails
 from .requests import SimulationRequest
 
@@ -29,6 +30,11 @@ class Simulation(BaseModel):
     request: SimulationRequest
     error: ProblemDetails | None = None
     outcome: Outcome | None = None
+    name: str | None = Field(None, description="The simulation's name, as given.")
+    tags: list[str] = Field(default_factory=list, description="The simulation's tags, as given.")
+    provenance: Provenance | None = Field(None, description="What it ran with: software versions, BLAS and threads "
+                                                            "of the worker that ran it (null until one started), "
+                                                            "precision, host cores.")
     links: SimulationLinks
 
 

@@ -10,7 +10,18 @@ from service.dynamics.methods import Outcome
 from service.grid import PATH_PATTERN
 from service.status import Status
 
-from .common import STRICT, Num, StrictModel
+from .common import (
+    MAX_TAGS,
+    NAME_DESCRIPTION,
+    STRICT,
+    TAGS_DESCRIPTION,
+    Name,
+    Num,
+    Provenance,
+    StrictModel,
+    Tag,
+    is_none,
+)
 from .problems import ProblemDetails
 from .requests import GD_HIERARCHY_EXAMPLE, SimulationRequest
 
@@ -81,6 +92,9 @@ class SweepRequest(StrictModel):
     keep: SweepKeep = Field(
         "summary", description="summary: one results row per point; trajectories: also each point's full "
                                "trajectory, at /v1/sweeps/{id}/points/{k}/trajectory.")
+    name: Name | None = Field(None, description=NAME_DESCRIPTION, exclude_if=is_none)
+    tags: Annotated[list[Tag], Field(max_length=MAX_TAGS, description=TAGS_DESCRIPTION)] = Field(
+        default_factory=list, exclude_if=lambda tags: not tags)
 
 
 class SweepCounts(BaseModel):
@@ -112,6 +126,10 @@ class Sweep(BaseModel):
     keep: SweepKeep
     request: SweepRequest
     error: ProblemDetails | None = Field(None, description="Why a failed sweep failed (which points).")
+    name: str | None = Field(None, description="The sweep's name, as given.")
+    tags: list[str] = Field(default_factory=list, description="The sweep's tags, as given.")
+    provenance: Provenance | None = Field(None, description="What its first chunk of points ran with (null until "
+                                                            "one started).")
     links: SweepLinks
 
 

@@ -2,7 +2,7 @@
 
 The table is the one place a trajectory's contents are listed. Each field is a named array (or a scalar) with its
 place in the JSON document, whether it has one entry per record, its dtype, its dimensions and a description;
-``service.codec`` makes every representation from it (the stored arrays, the JSON document, the .npz, netCDF), and
+``service.codec`` makes every representation from it (the stored arrays, the JSON document, the .npz), and
 the pydantic models below take their descriptions from it, so the OpenAPI document says what the table says.
 
 Per-record fields have the record axis ``time`` first; "layered" fields are one array per layer (``weights_0`` …
@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from service.dynamics.methods import Outcome
+from service.dynamics.sources import theory_source
 
 from .common import Num, NumMatrix
 
@@ -28,7 +29,7 @@ Kind = Literal["record", "run", "scalar"]
 class TrajectoryField:
     """One recorded quantity.
 
-    ``name``: the array's name in storage, .npz and netCDF (``modes_strength``; layered fields add ``_{l}``).
+    ``name``: the array's name in storage and in the .npz (``modes_strength``; layered fields add ``_{l}``).
     ``path``: its place in the JSON document (("modes", "strength")). ``kind``: "record" (axis 0 is the record,
     thinned by ``every``), "run" (an array for the whole run) or "scalar" (a number, string or flag). ``dims``: the
     dimensions after ``time``; "{l}" and "{l+1}" stand for a layer's index. ``source``: the value in a core
@@ -87,6 +88,9 @@ TRAJECTORY_FIELDS: tuple[TrajectoryField, ...] = (
     F("modes_theory_assumptions", ("modes", "theory_assumptions"), "scalar", "str", (),
       "The theory's assumptions in words, with how far this run is from them.",
       lambda t: t.modes.theory_assumptions),
+    F("modes_theory_source", ("modes", "theory_source"), "scalar", "str", (),
+      "The paper the theory comes from, with its DOI, and the section of docs/theory.md that states it (null "
+      "without a theory).", lambda t: theory_source(t.modes.theory_model)),
     F("modes_learning_time", ("modes", "learning_time"), "run", "float64", ("mode",),
       "Time a mode first reaches half its final strength (null: never).", lambda t: t.modes.learning_time),
     F("modes_learning_time_theory", ("modes", "learning_time_theory"), "run", "float64", ("mode",),
@@ -136,6 +140,9 @@ TRAJECTORY_FIELDS: tuple[TrajectoryField, ...] = (
       "pairs) or only approximately.", lambda t: None if t.loss_theory is None else bool(t.loss_theory.exact)),
     F("loss_theory_assumptions", ("loss_theory", "assumptions"), "scalar", "str", (),
       "The assumptions in words.", lambda t: _opt(t, "loss_theory", "assumptions")),
+    F("loss_theory_source", ("loss_theory", "source"), "scalar", "str", (),
+      "The paper the loss theory comes from, with its DOI, and the section of docs/theory.md that states it.",
+      lambda t: theory_source(_opt(t, "loss_theory", "model"))),
     F("kernel_input_grams", ("kernel", "input_grams"), "record", "float64", ("input", "input_"),
       "Per time, per hidden layer h = 1 … D−1: P_h = (W_h⋯W_1)ᵀ(W_h⋯W_1), n_in × n_in (P_1 = W21ᵀW21).",
       lambda t: _opt(t, "kernel", "input_grams"), layered=True),
@@ -186,6 +193,7 @@ class Modes(BaseModel):
     theory_model: str | None = Field(None, description=describe("modes", "theory_model"))
     theory_exact: bool = Field(False, description=describe("modes", "theory_exact"))
     theory_assumptions: str | None = Field(None, description=describe("modes", "theory_assumptions"))
+    theory_source: str | None = Field(None, description=describe("modes", "theory_source"))
     learning_time: list[Num] = Field(description=describe("modes", "learning_time"))
     learning_time_theory: list[Num] | None = Field(None, description=describe("modes", "learning_time_theory"))
 
@@ -216,6 +224,7 @@ class LossTheoryReport(BaseModel):
     model: str = Field(description=describe("loss_theory", "model"))
     exact: bool = Field(description=describe("loss_theory", "exact"))
     assumptions: str = Field(description=describe("loss_theory", "assumptions"))
+    source: str | None = Field(None, description=describe("loss_theory", "source"))
 
 
 class KernelReport(BaseModel):

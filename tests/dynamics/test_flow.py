@@ -1,5 +1,6 @@
-"""Gradient flow (service.dynamics.flow): closed forms (§1a, §7a), conservation law (§4a), the O(η) relation
-between GD and flow (§0, §4a), stopping rules, hooks and records."""
+"""Gradient flow (service.dynamics.flow): closed forms (docs/theory.md#saxe-balanced,
+docs/theory.md#exact-gd-shallow), the conservation law (docs/theory.md#conservation), the O(η) relation between GD
+and flow (docs/theory.md#conventions), stopping rules, hooks and records."""
 
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ from .test_gd import (
     whitened_problem,
 )
 
-TIGHT = dict(rtol=1e-11, atol=1e-13)  # the reference's brute-force setting (its checks use the same)
+TIGHT = dict(rtol=1e-11, atol=1e-13)  # the brute-force setting of the closed-form tests (test_exact.py)
 
 
 def saxe_u(t, s, u0):
-    """Reference §1a in our units (τ = 1/2): u(t) = s e^{4st} / (e^{4st} − 1 + s/u0)."""
+    """docs/theory.md#saxe-balanced, our units (τ = 1/2): u(t) = s e^{4st} / (e^{4st} − 1 + s/u0)."""
     e = np.exp(4 * s * t)
     return s * e / (e - 1 + s / u0)
 
@@ -55,13 +56,14 @@ def test_balanced_modes_follow_saxe_closed_form():
     assert result.outcome == "completed"
     np.testing.assert_array_equal(result.times, times)
     got = np.array([[mode_strength(at(result, j), u, v, k) for k in range(4)] for j in range(times.size)])
-    # reference check1b: 2e-11 at rtol 1e-11 (we measure 5e-11). Errors made on the plateau are amplified
+    # at rtol 1e-11 we measure 5e-11. Errors made on the plateau are amplified
     # through the sigmoid, but relative to u0-sized values, so they stay ~1e-11 absolute; 1e-9 is a 20× margin.
     np.testing.assert_allclose(got, saxe_u(times[:, None], s, u0), rtol=0, atol=1e-9)
 
 
 def test_balanced_mode_flow_matches_test_vector_a1():
-    """Reference A1: s = 2, u0 = 1e-3: u(0.5) = 0.0531731586, u(1) = 1.1971819822, u(2) = 1.9995501856."""
+    """Test vector A1 (as in test_exact.py): s = 2, u0 = 1e-3: u(0.5) = 0.0531731586, u(1) = 1.1971819822,
+    u(2) = 1.9995501856."""
     a0 = np.sqrt(1e-3)
     result = run_flow(Problem(np.eye(1), np.array([[2.0]])), [np.array([[a0]]), np.array([[a0]])],
                       GradientFlow(2.0, **TIGHT), np.array([0.0, 0.5, 1.0, 2.0]))
@@ -71,7 +73,7 @@ def test_balanced_mode_flow_matches_test_vector_a1():
 
 
 def test_shallow_flow_matches_expm_formula():
-    """Reference §7a: W(t) = W* + (W0 − W*) expm(−2 Σ11 t), W* = Σ31 Σ11⁻¹, any Σ11."""
+    """docs/theory.md#exact-gd-shallow: W(t) = W* + (W0 − W*) expm(−2 Σ11 t), W* = Σ31 Σ11⁻¹, any Σ11."""
     rng = np.random.default_rng(11)
     problem = nonwhite_problem(rng, 4, 3, n=50)
     w_star = problem.sigma31 @ np.linalg.inv(problem.sigma11)
@@ -81,7 +83,7 @@ def test_shallow_flow_matches_expm_formula():
     for j, t in enumerate(times):
         pred = w_star + (w0 - w_star) @ expm(-2 * problem.sigma11 * t)
         # a linear, contracting ODE: the global error stays at the per-step tolerance, ~rtol·‖W‖ = 1e-11·O(1)
-        # (reference check9a: 3e-13 on its data; we measured 7e-12 here); 1e-10 is a 10× margin
+        # (we measured 7e-12 here); 1e-10 is a 10× margin
         np.testing.assert_allclose(result.weights[0][j], pred, rtol=0, atol=1e-10)
 
 
@@ -112,7 +114,7 @@ def test_flow_matches_brute_force_solve_ivp_for_a_deep_unbalanced_net():
 
 
 def test_flow_conserves_layer_balance_for_deep_nonwhitened_net():
-    """Reference §4a: W_{l+1}ᵀW_{l+1} − W_lW_lᵀ is constant under the flow (1e-13 at rtol 1e-11)."""
+    """docs/theory.md#conservation: W_{l+1}ᵀW_{l+1} − W_lW_lᵀ is constant under the flow (1e-13 at rtol 1e-11)."""
     rng = np.random.default_rng(4)
     problem = nonwhite_problem(rng, 4, 3)
     w0 = random_net(rng, [4, 5, 6, 3], 0.5)
@@ -120,7 +122,7 @@ def test_flow_conserves_layer_balance_for_deep_nonwhitened_net():
     c0 = balance_of(w0)
     drift = max(np.max(np.abs(c - c_0)) for j in (1, 2) for c, c_0 in zip(balance_of(at(result, j)), c0))
     # conservation holds for the exact flow; DOP853 at rtol 1e-11 keeps it to the integration error
-    # (reference 1e-13, we measure 2e-13 with entries of C up to 2.5); 1e-11 is a 50× margin
+    # (we measure 2e-13 with entries of C up to 2.5); 1e-11 is a 50× margin
     assert drift < 1e-11
 
 
@@ -131,12 +133,12 @@ def test_balance_decays_as_exp_minus_two_gamma_t_with_weight_decay():
     gamma, t = 0.3, 2.0
     result = run_flow(problem, w0, GradientFlow(t, weight_decay=gamma, **TIGHT), np.array([0.0, t]))
     for c, c_0 in zip(balance_of(at(result, -1)), balance_of(w0)):
-        # reference 3e-14, we measure 6e-14: same integration-error argument as without decay
+        # we measure 6e-14: same integration-error argument as without decay
         np.testing.assert_allclose(c, np.exp(-2 * gamma * t) * c_0, rtol=0, atol=1e-11)
 
 
 def test_gd_balance_drift_halves_with_the_learning_rate():
-    """Reference §4a: under GD the balance drifts by O(η²) per step, so O(η) at fixed t."""
+    """docs/theory.md#conservation: under GD the balance drifts by O(η²) per step, so O(η) at fixed t."""
     rng = np.random.default_rng(4)
     problem = nonwhite_problem(rng, 4, 3)
     w0 = random_net(rng, [4, 5, 6, 3], 0.5)
@@ -146,12 +148,13 @@ def test_gd_balance_drift_halves_with_the_learning_rate():
         steps = int(round(1.0 / eta))
         result = run_gd(problem, w0, GradientDescent(eta, steps), np.array([0, steps]))
         drift.append(max(np.max(np.abs(c - c_0)) for c, c_0 in zip(balance_of(at(result, -1)), c0)))
-    # first order in η: ratio → 2 as η → 0 (reference: 2.1 between these two rates)
+    # first order in η: ratio → 2 as η → 0
     assert drift[0] / drift[1] == pytest.approx(2.0, rel=0.1)
 
 
 def test_gd_to_flow_gap_halves_with_the_learning_rate():
-    """Reference §0 (check1d): at t = 2 the GD–flow gap was 2.6e-2, 1.3e-2, 6.3e-3 for η = .02, .01, .005."""
+    """docs/theory.md#conventions: at equal t, GD and the flow differ by O(η) (an independent computation found
+    the gap at t = 2 to be 2.6e-2, 1.3e-2, 6.3e-3 for η = .02, .01, .005)."""
     rng = np.random.default_rng(0)
     s = np.array([3.0, 2.0, 1.0, 0.5])
     u, v = orthogonal(rng, 6), orthogonal(rng, 5)

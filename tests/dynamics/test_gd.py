@@ -1,5 +1,6 @@
-"""Full-batch gradient descent (service.dynamics.gd): exactness against a literal loop and the reference's
-discrete-time results (§7), stopping rules (§5d, converged/diverged), hooks and records."""
+"""Full-batch gradient descent (service.dynamics.gd): exactness against a literal loop and the discrete-time
+closed forms (docs/theory.md#exact-gd), stopping rules (docs/theory.md#gd-stability, converged/diverged), hooks and
+records."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def whitened_problem(u, s, v):
 
 
 def aligned_init(rng, u, v, widths, a):
-    """Decoupled balanced init W_l = R_{l+1} diag(a) R_lᵀ with R_1 = V, R_{D+1} = U (reference §2)."""
+    """Decoupled balanced init W_l = R_{l+1} diag(a) R_lᵀ with R_1 = V, R_{D+1} = U (docs/theory.md#saxe-deep)."""
     rs = [v] + [orthogonal(rng, w) for w in widths[1:-1]] + [u]
     out = []
     for l in range(len(widths) - 1):
@@ -130,7 +131,7 @@ def test_gd_float32_agrees_with_float64_at_float32_precision():
 
 
 def test_shallow_gd_equals_matrix_power_formula():
-    """Reference §7a: W_k = W* + (W_0 − W*)(I − 2ηΣ11)^k, W* = Σ31Σ11⁻¹, any Σ11."""
+    """docs/theory.md#exact-gd-shallow: W_k = W* + (W_0 − W*)(I − 2ηΣ11)^k, W* = Σ31Σ11⁻¹, any Σ11."""
     rng = np.random.default_rng(11)
     problem = nonwhite_problem(rng, 4, 3, n=50)
     w_star = problem.sigma31 @ np.linalg.inv(problem.sigma11)
@@ -140,14 +141,14 @@ def test_shallow_gd_equals_matrix_power_formula():
     m = np.eye(4) - 2 * eta * problem.sigma11
     for j, k in enumerate(result.steps):
         pred = w_star + (w0 - w_star) @ np.linalg.matrix_power(m, int(k))
-        # reference measured 5e-15 for its loop (we measure 9e-16); both sides round at ~ε per step on a
+        # we measure 9e-16; both sides round at ~ε per step on a
         # contracting map, the formula's matrix power adds ~k·ε: 1e-14·‖W*‖ leaves a 10× margin.
         np.testing.assert_allclose(result.weights[0][j], pred, rtol=0, atol=1e-14 * np.max(np.abs(w_star)))
 
 
 @pytest.mark.parametrize("depth", [2, 3])
 def test_decoupled_balanced_gd_follows_exact_scalar_map(depth):
-    """Reference §7b: per mode a_{k+1} = a_k + 2η a_k^{D−1}(s − a_k^D), u_k = a_k^D, exactly."""
+    """docs/theory.md#exact-gd-modes: per mode a_{k+1} = a_k + 2η a_k^{D−1}(s − a_k^D), u_k = a_k^D, exactly."""
     rng = np.random.default_rng(20 + depth)
     s = np.array([2.0, 1.0, 0.4])
     u, v = orthogonal(rng, 4), orthogonal(rng, 3)
@@ -160,13 +161,13 @@ def test_decoupled_balanced_gd_follows_exact_scalar_map(depth):
     for _ in range(steps):
         a = a + 2 * eta * a ** (depth - 1) * (s - a ** depth)
     got = [mode_strength(at(result, -1), u, v, k) for k in range(3)]
-    # reference: 1e-15 (check9b; we measure 1.3e-15); mode strengths are O(1) and the map contracts near
+    # we measure 1.3e-15; mode strengths are O(1) and the map contracts near
     # the optimum, so rounding stays at a few ulp; 1e-14 allows for the rotation into the mode basis.
     np.testing.assert_allclose(got, a ** depth, rtol=0, atol=1e-14)
 
 
 def test_balanced_mode_gd_matches_test_vector_a3():
-    """Reference test vector A3: s = 2, u0 = 1e-3, η = 0.01, 100 steps → u = 1.1454400853 (D = 2)."""
+    """Test vector A3 (as in test_exact.py): s = 2, u0 = 1e-3, η = 0.01, 100 steps → u = 1.1454400853 (D = 2)."""
     problem = Problem(np.eye(1), np.array([[2.0]]))
     a0 = np.sqrt(1e-3)
     result = run_gd(problem, [np.array([[a0]]), np.array([[a0]])], GradientDescent(0.01, 100), np.array([0, 100]))
@@ -175,7 +176,7 @@ def test_balanced_mode_gd_matches_test_vector_a3():
 
 
 def test_gd_reaches_reduced_rank_optimum_from_small_random_init():
-    """Reference §5a: hidden width h < rank → W* = U_h U_hᵀ Σ31 Σ11⁻¹ with U_h from M = Σ31 Σ11^{−1/2}."""
+    """docs/theory.md#optimum: hidden width h < rank → W* = U_h U_hᵀ Σ31 Σ11⁻¹ with U_h from M = Σ31 Σ11^{−1/2}."""
     rng = np.random.default_rng(5)
     problem = nonwhite_problem(rng, 4, 4, n=200)
     e, q = np.linalg.eigh(problem.sigma11)
@@ -199,7 +200,7 @@ def test_gd_reaches_reduced_rank_optimum_from_small_random_init():
 
 
 def test_shallow_gd_diverges_just_above_the_stability_bound():
-    """Reference §5d: D = 1 diverges iff η > 1/λ_max(Σ11); at 1.02× the error grows by 1.04 per step."""
+    """docs/theory.md#gd-stability: D = 1 diverges iff η > 1/λ_max(Σ11); at 1.02× the error grows by 1.04 per step."""
     rng = np.random.default_rng(7)
     problem = nonwhite_problem(rng, 4, 3, n=50)
     lam = np.linalg.eigvalsh(problem.sigma11)[-1]
@@ -238,8 +239,8 @@ def test_weight_decay_lowers_the_shallow_stability_bound_to_two_over_twice_lambd
 @pytest.mark.parametrize("decay", [0.5, 2.0])
 def test_two_layer_gd_just_below_the_bound_with_weight_decay_does_not_diverge(decay):
     """D ≥ 2: the bound 2/(curvature + γ) adds γ to the curvature of the γ = 0 minimum, which only shrinks with
-    decay, so it errs on the safe side: 0.98× it must stay finite for 20,000 steps (reference §2/§5d,
-    whitened, s_max = 2.5)."""
+    decay, so it errs on the safe side: 0.98× it must stay finite for 20,000 steps
+    (docs/theory.md#gd-stability, whitened, s_max = 2.5)."""
     problem = presets.whitened([2.5, 1.0, 0.25], 4, 3, seed=1)
     w0 = random_net(np.random.default_rng(3), [4, 4, 3], 0.1)
     bound = network.gd_stability_bound(problem, 2, weight_decay=decay)
@@ -282,7 +283,7 @@ def test_divergence_step_is_the_first_step_beyond_the_threshold():
 
 
 def test_two_layer_gd_converges_below_and_not_above_the_curvature_bound():
-    """Reference §2/§5d: near the balanced optimum GD is stable iff η < 1/(D s_max^{2−2/D}) = 1/(2 s_max).
+    """docs/theory.md#gd-stability: near the balanced optimum GD is stable iff η < 1/(D s_max^{2−2/D}) = 1/(2 s_max).
 
     Just above it GD does not blow up here: it settles on an oscillation around the minimum
     (period two), so the run completes without converging.

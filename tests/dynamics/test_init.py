@@ -140,7 +140,7 @@ def test_aligned_init_is_balanced_and_a_negative_strength_is_anti_aligned_on_the
         assert np.max(np.abs(b)) <= 1e-15
     np.testing.assert_allclose(mode_strengths(network.network_map(weights), basis), [0.5, -0.2, 0.1, -1e-3],
                                rtol=0, atol=1e-15)
-    # D = 2 form of the sign placement: a0 = −b0, Saxe's anti-balanced case (reference §1d).
+    # D = 2 form of the sign placement: a0 = −b0, Saxe's anti-balanced case (docs/theory.md#saxe-anti-balanced).
     w1, w2 = init.aligned(problem, network.layer_shapes(problem.n_in, [4], problem.n_out), -0.25)
     a0 = basis.v[:, 0] @ w1.T @ np.eye(4)[:, 0]
     b0 = basis.u[:, 0] @ w2 @ np.eye(4)[:, 0]

@@ -62,7 +62,7 @@ def test_two_layer_kernel_is_held_by_w21tw21_and_w32w32t():
     inputs, outputs = hidden_grams([w21, w32])
     np.testing.assert_allclose(inputs[0], w21.T @ w21, rtol=1e-15, atol=1e-15)
     np.testing.assert_allclose(outputs[0], w32 @ w32.T, rtol=1e-15, atol=1e-15)
-    k = np.kron(w32 @ w32.T, np.eye(3)) + np.kron(np.eye(2), w21.T @ w21)   # reference §3 NTK, check10's ordering
+    k = np.kron(w32 @ w32.T, np.eye(3)) + np.kron(np.eye(2), w21.T @ w21)   # docs/theory.md#ntk, output-major
     np.testing.assert_allclose(ntk_matrix(inputs, outputs, 3, 2), k, rtol=0, atol=1e-14)
 
 
@@ -95,7 +95,7 @@ def test_riccati_kernel_from_the_p_blocks_equals_the_flow_kernel():
     exact = simulate(problem, w0, Exact(t_max=3.0), RecordSchedule(points=9, kernel=True))
     flow = simulate(problem, w0, GradientFlow(t_max=3.0, rtol=1e-12, atol=1e-14), RecordSchedule(points=9, kernel=True))
     assert exact.weights is None and exact.modes.theory_model.startswith("riccati")
-    # the chunked Riccati solution against DOP853 at rtol 1e-12: ~1e-10 on O(1) Grams (reference §3: 2e-8 for P)
+    # the chunked Riccati solution against DOP853 at rtol 1e-12: ~1e-10 on O(1) Grams
     for e, f in zip(exact.kernel.input_grams + exact.kernel.output_grams,
                     flow.kernel.input_grams + flow.kernel.output_grams):
         np.testing.assert_allclose(e, f, rtol=0, atol=1e-8)

@@ -12,8 +12,8 @@ import pytest
 from scipy.integrate import solve_ivp
 
 from service.dynamics import init, presets
-from service.dynamics.linearized import linearized_loss, spectrum
 from service.dynamics.errors import InvalidParameterError
+from service.dynamics.linearized import linearized_loss, spectrum
 from service.dynamics.methods import Exact, GradientDescent, GradientFlow, StochasticGradientDescent
 from service.dynamics.problem import problem_from_data
 from service.dynamics.record import RecordSchedule

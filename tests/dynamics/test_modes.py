@@ -1,4 +1,5 @@
-"""The reduced-rank optimum W*, L* (reference §5a) and measured learning times (reference §1c)."""
+"""The reduced-rank optimum W*, L* (docs/theory.md#optimum) and measured learning times
+(docs/theory.md#learning-time)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from service.dynamics.problem import problem_from_correlations, problem_from_dat
 
 @pytest.fixture(scope="module")
 def problem():
-    """Non-whitened, full-rank Σ11 (condition number ≈ 40), as in the reference's check6a."""
+    """Non-whitened, full-rank Σ11 (condition number ≈ 40)."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((200, 5)) * np.array([2.0, 1.5, 1.0, 0.6, 0.3])
     y = x @ rng.standard_normal((5, 4)) + 0.5 * rng.standard_normal((200, 4))
@@ -36,7 +37,7 @@ def _factor(w_star, r):
 
 
 def test_optimum_two_expressions_for_w_star_agree(problem):
-    # W* = [M]_h Σ11^{-1/2} = U_h U_hᵀ Σ31 Σ11⁻¹ (reference §5a: agree to 4e-15). The forms invert Σ11
+    # W* = [M]_h Σ11^{-1/2} = U_h U_hᵀ Σ31 Σ11⁻¹ (docs/theory.md#optimum). The forms invert Σ11
     # differently (eigh vs inv); with κ(Σ11) ≈ 40 the difference is ~κ·eps relative, so 1e-13.
     opt = optimum(problem, [2])
     m = problem.sigma31 @ sigma11_inverse_sqrt(problem)
@@ -141,13 +142,13 @@ def test_whitened_optimum_keeps_the_top_r_singular_values():
 
 
 def _saxe(t, s, u0):
-    """Balanced two-layer mode, our units (reference §1a): u(t) = s e^{4st} / (e^{4st} − 1 + s/u0)."""
+    """Balanced two-layer mode, our units (docs/theory.md#saxe-balanced): u(t) = s e^{4st} / (e^{4st} − 1 + s/u0)."""
     e = np.exp(4 * s * t)
     return s * e / (e - 1 + s / u0)
 
 
 def _half_time(s, u0):
-    """t½ = ln(s/u0 − 1)/(4s) (reference §1c, τ = 1/2)."""
+    """t½ = ln(s/u0 − 1)/(4s) (docs/theory.md#saxe-learning-time, τ = 1/2)."""
     return np.log(s / u0 - 1) / (4 * s)
 
 

@@ -1,4 +1,5 @@
-"""Network map, loss, gradients, balance and the GD stability bound (reference §0, §4a, §5d)."""
+"""Network map, loss, gradients, balance and the GD stability bound (docs/theory.md#gradient,
+docs/theory.md#conservation, docs/theory.md#gd-stability)."""
 
 from __future__ import annotations
 
@@ -75,8 +76,8 @@ def _two_layer_case(seed=3):
     return problem, w21, w32
 
 
-def test_two_layer_gradients_are_the_reference_formulas():
-    # Reference §0: −∂L/∂W32 = 2 (Σ31 − W32 W21 Σ11) W21ᵀ and −∂L/∂W21 = 2 W32ᵀ (Σ31 − W32 W21 Σ11).
+def test_two_layer_gradients_are_the_closed_forms():
+    # docs/theory.md#gradient: −∂L/∂W32 = 2 (Σ31 − W32 W21 Σ11) W21ᵀ and −∂L/∂W21 = 2 W32ᵀ (Σ31 − W32 W21 Σ11).
     problem, w21, w32 = _two_layer_case()
     e = problem.sigma31 - w32 @ w21 @ problem.sigma11
     g21, g32 = network.gradients(problem, [w21, w32])
@@ -91,9 +92,10 @@ def test_two_layer_gradients_are_the_reference_formulas():
     assert np.max(np.abs(-2 * e @ w21.T - fd32)) <= FD_RTOL * c
 
 
-def test_seed_text_sigma32_form_of_w21_gradient_disagrees_with_finite_differences():
-    # The seed prints −∂L/∂W21 = 2 Σ32ᵀ(Σ31 − W32W21Σ11). With Σ32 = (1/N) Y Hᵀ = Σ31 W21ᵀ (output–hidden
-    # correlation) the expression has the right shape (h × n_in) but the wrong value: it is a typo.
+def test_sigma32_misprint_of_w21_gradient_disagrees_with_finite_differences():
+    # Some texts print −∂L/∂W21 = 2 Σ32ᵀ(Σ31 − W32W21Σ11); W32ᵀ is right, see docs/theory.md#gradient-typo. With
+    # Σ32 = (1/N) Y Hᵀ = Σ31 W21ᵀ (output–hidden correlation) the misprint has the right shape (h × n_in) but the
+    # wrong value.
     problem, w21, w32 = _two_layer_case()
     e = problem.sigma31 - w32 @ w21 @ problem.sigma11
     sigma32 = problem.sigma31 @ w21.T
@@ -174,7 +176,7 @@ def test_record_diagnostics_carry_a_non_finite_record_as_nan_or_inf():
 
 def test_balance_is_conserved_by_the_gradient_field():
     # d/dt (W_{l+1}ᵀW_{l+1} − W_lW_lᵀ) along dW/dt = −∂L/∂W is W_{l+1}ᵀ Ġ_{l+1} + … = 0 identically
-    # (reference §4a); the identity holds term by term, so the residual is round-off (~1e-15 · |W|²|G|).
+    # (docs/theory.md#conservation); the identity holds term by term, so the residual is round-off (~1e-15 · |W|²|G|).
     rng = np.random.default_rng(5)
     x, y = _data(rng, 40, 4, 3)
     problem = problem_from_data(x, y)
@@ -196,7 +198,7 @@ def test_gd_stability_bound_for_linear_regression_is_inverse_largest_sigma11_eig
 
 
 def test_gd_stability_bound_for_whitened_two_layers_is_inverse_twice_top_singular_value():
-    # Reference §2/§5d: η < 1/(D s_max^{2−2/D}) = 1/(2 s_max) for D = 2, Σ11 = I.
+    # docs/theory.md#gd-stability: η < 1/(D s_max^{2−2/D}) = 1/(2 s_max) for D = 2, Σ11 = I.
     problem = presets.whitened([2.5, 1.0, 0.25], 4, 3, seed=1)
     assert network.gd_stability_bound(problem, 2) == pytest.approx(1 / (2 * 2.5), rel=1e-13)
 

@@ -1,4 +1,5 @@
-"""Built-in problems: the hierarchy's spectrum (reference §6a), branching diffusion statistics (§6c),
+"""Built-in problems: the hierarchy's spectrum (docs/theory.md#hierarchy-tree), branching diffusion statistics
+(docs/theory.md#branching-diffusion),
 the whitened and random-teacher constructions, and the registry."""
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ def _lca_depth(i: int, j: int, depth: int, branches: int = 2) -> int:
     return d
 
 
-def test_hierarchy_depth3_singular_values_are_the_reference_values():
-    # Reference §6a: √15/8, √7/8, √3/8 (×2), 1/8 (×4). SVD of an exact 15×8 matrix: ~10 eps.
+def test_hierarchy_depth3_singular_values_are_the_closed_form_values():
+    # docs/theory.md#hierarchy-tree: √15/8, √7/8, √3/8 (×2), 1/8 (×4). SVD of an exact 15×8 matrix: ~10 eps.
     s = mode_basis(presets.hierarchy(3)).s
     expected = np.array([np.sqrt(15), np.sqrt(7)] + [np.sqrt(3)] * 2 + [1.0] * 4) / 8
     np.testing.assert_allclose(s, expected, rtol=1e-14)
@@ -62,7 +63,7 @@ def test_hierarchy_depth2_is_the_pnas_toy_spectrum():
 
 
 def test_hierarchy_is_learned_exactly_by_a_wide_enough_network():
-    # One-hot inputs: W* = Σ31Σ11⁻¹ = Y, L* = tr Σ33 − Σσ_i(M)² = 0 (reference §5e fixed point).
+    # One-hot inputs: W* = Σ31Σ11⁻¹ = Y, L* = tr Σ33 − Σσ_i(M)² = 0 (docs/theory.md#whitening, the fixed point).
     problem = presets.hierarchy(3)
     opt = optimum(problem, [8])
     np.testing.assert_allclose(opt.product, presets.hierarchy_targets(3), rtol=0, atol=1e-14)
@@ -76,8 +77,8 @@ def test_hierarchy_labels_name_leaves_and_nodes():
 
 
 def test_branching_diffusion_item_correlations_match_the_ultrametric_expectation():
-    # E[y_i y_j] = (1 − 2p)^{2(D − d_LCA)} (reference §6c). y_i y_j = ±1, so one pair's empirical mean
-    # over n features has standard error sqrt((1 − ρ²)/n) ≤ 0.01 at n = 10 000; 5 SE per pair
+    # E[y_i y_j] = (1 − 2p)^{2(D − d_LCA)} (docs/theory.md#branching-diffusion). y_i y_j = ±1, so one pair's
+    # empirical mean over n features has standard error sqrt((1 − ρ²)/n) ≤ 0.01 at n = 10 000; 5 SE per pair
     # (28 pairs: P(any |z| > 5) ≈ 2e-5) while the levels' ρ = 0.49, 0.24, 0.12 differ by ≥ 12 SE.
     levels, p, n = 3, 0.15, 10_000
     problem = presets.branching_diffusion(levels=levels, flip_prob=p, n_features=n, seed=0)

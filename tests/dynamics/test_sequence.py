@@ -1,6 +1,6 @@
 """Task sequences (service.dynamics.sequence) and the weights an exact run ends with (exact.factorise).
 
-Independent references: a hand-written GD loop (the gradient formulas of reference §0 written out for two layers,
+Independent references: a hand-written GD loop (the gradient formulas of docs/theory.md#gradient written out for two layers,
 the task switched at the first step with η·k ≥ until); chained single-task runs (bit for bit: each phase is the
 same compiled loop from the same state); the Riccati solution in its one-shot push-through form
 P(x) = e^{Fx} P0 [I + K(x) P0]⁻¹ e^{Fx} with K(x) = ∫₀ˣ e^{2Fr} dr integrated by quadrature in the full

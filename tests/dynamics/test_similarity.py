@@ -94,8 +94,8 @@ def test_riccati_exact_similarity_matches_brute_force_flow(lam):
 
 
 @pytest.mark.parametrize("lam", [0.0, 1.5])
-def test_riccati_similarity_converges_to_the_reference_limit(lam):
-    # Reference §3 limits (whitened, square, full rank): W21ᵀW21 → Ṽ diag((√(λ² + 4s²) − λ)/2) Ṽᵀ.
+def test_riccati_similarity_converges_to_the_closed_form_limit(lam):
+    # docs/theory.md#riccati-limits (whitened, square, full rank): W21ᵀW21 → Ṽ diag((√(λ² + 4s²) − λ)/2) Ṽᵀ.
     s = np.array([3.0, 2.0, 1.0])
     problem = whitened(s.tolist(), 3, 3, seed=5)
     w0 = initial_weights(problem, [3], "lambda_balanced", lam=lam, scale=0.3, seed=6)

@@ -102,7 +102,7 @@ def test_shallow_flow_learning_time_matches_closed_form_for_scaled_whitening():
 # aligned decoupled inits
 
 
-def test_decoupled_flow_overlay_matches_saxe_and_reference_half_time():
+def test_decoupled_flow_overlay_matches_saxe_and_the_test_vector_half_time():
     rng = np.random.default_rng(3)
     pb, u, v = task(3, 3, [2.0, 1.0, 0.5], rng)
     a0 = np.sqrt(1e-3)
@@ -111,7 +111,7 @@ def test_decoupled_flow_overlay_matches_saxe_and_reference_half_time():
     ov = theory_overlay(pb, ws, Exact(t_max=2.0), t, None)
     assert ov.exact and ov.model == ex.MODEL_MODES
     np.testing.assert_allclose(ov.strength[:, 0], ex.balanced_mode(t, 2.0, 1e-3), rtol=1e-12)
-    assert ov.learning_time[0] == pytest.approx(0.95005029181255, rel=1e-12)   # reference vector A2
+    assert ov.learning_time[0] == pytest.approx(0.95005029181255, rel=1e-12)   # test vector A2 (test_exact.py)
 
 
 def test_decoupled_gd_overlay_is_exact_for_unbalanced_modes():
@@ -201,7 +201,7 @@ def test_riccati_overlay_for_gd_is_marked_approximate():
     steps = np.array([0, 100, 200])
     ov = theory_overlay(pb, ws, GradientDescent(learning_rate=0.01, steps=200), 0.01 * steps, steps)
     assert ov.model == ex.MODEL_RICCATI and not ov.exact and "O(η)" in ov.assumptions
-    # O(η) from GD (reference §0: gap 1.3e-2 at t = 2, η = 0.01 for a comparable problem)
+    # O(η) from GD (docs/theory.md#conventions; test_flow.py measures the gap on a comparable problem)
     assert np.max(np.abs(ov.strength - gd_strengths(pb, ws, 0.01, steps))) < 0.05
 
 

@@ -271,3 +271,16 @@ def test_a_job_survives_kill_9_of_the_server_and_finishes_with_the_right_answer(
     finally:
         second.stop()
     assert document == core_document(sim["request"])
+
+
+def test_a_run_records_what_it_ran_with(client):
+    import importlib.metadata
+
+    sim = post(client, run_request(CORRELATIONS, "gd"), Prefer="wait=60").json()
+    assert sim["status"] == "succeeded", sim
+    provenance = sim["provenance"]
+    assert provenance["dtype"] == "float64"
+    assert provenance["numpy"] == importlib.metadata.version("numpy")
+    assert provenance["dlnsim"] == importlib.metadata.version("dlnsim")
+    assert provenance["host_cores"] >= 1 and provenance["blas"]["library"] in ("openblas", "mkl", "blis")
+    assert provenance["blas"]["gd_loop"] in ("numpy", "scipy")

@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.conftest import ROOT, Server
+from tests.e2e.conftest import Server
 from tests.e2e.test_service import (
     CORRELATIONS,
     core_document,
@@ -280,17 +280,9 @@ def test_a_result_that_no_longer_fits_fails_its_job_with_507_and_is_not_held_in_
         first.stop()
     assert integrity(small_disk.path) == "ok", small_disk.mode
 
-    # a restart on the still-full disk works (it writes nothing), and once space is freed new work runs
-    second = Server(small_disk.path, tmp_path / "second.log", **small_disk.server_env)
-    second.start = lambda: second  # noqa: E731 - started by hand below: /readyz says full, so not "ready"
-    import subprocess
-    import sys
-    env = {**__import__("os").environ, "DLNSIM_HOST": "127.0.0.1", "DLNSIM_PORT": str(second.port),
-           "DLNSIM_DATA_DIR": str(small_disk.path), "DLNSIM_WORKERS": "1", "DLNSIM_LOG_LEVEL": "warning",
-           **small_disk.server_env}
-    log = open(tmp_path / "second.log", "ab")  # noqa: SIM115
-    second.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+    # a restart on the still-full disk works (it writes nothing; not ready: the store is full), and once space is
+    # freed new work runs
+    second = Server(small_disk.path, tmp_path / "second.log", **small_disk.server_env).start(wait=False)
     try:
         with httpx.Client(base_url=second.url, timeout=60) as c:
             ready = wait_until(lambda: _get(c, "/readyz"), timeout=120)
@@ -303,7 +295,6 @@ def test_a_result_that_no_longer_fits_fails_its_job_with_507_and_is_not_held_in_
             assert c.get(f"/v1/simulations/{job_id}").json()["status"] == "failed"
     finally:
         second.stop()
-        log.close()
     assert integrity(small_disk.path) == "ok", small_disk.mode
 
 

@@ -117,7 +117,7 @@ def start(data_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DLNSIM_DATA_DIR": str(data_dir), "DLNSIM_PORT": str(free_port()), "DLNSIM_WORKERS": "1",
            "DLNSIM_LOG_LEVEL": "warning"}
     return subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
 
 
 @pytest.mark.parametrize("where", ["jobs table root page", "index page", "header"])

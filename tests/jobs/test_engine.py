@@ -203,8 +203,8 @@ def test_cancelled_queued_job_never_starts(env):
 
 
 def long_gd_request() -> dict:
-    """A real GD run of ~15 s (10⁷ steps at ~1.5 µs) that stays on the plateau (η = 10⁻⁷, t = 1),
-    so it neither converges early nor finishes before the test cancels it."""
+    """A real GD run of 10⁷ steps (many seconds) that stays on the plateau (η = 10⁻⁷, t = 1), so it neither
+    converges early nor finishes before the test cancels it."""
     from service.schemas import GD_HIERARCHY_EXAMPLE
 
     return {**GD_HIERARCHY_EXAMPLE, "training": {"method": "gd", "learning_rate": 1e-7, "steps": 10_000_000}}
@@ -301,8 +301,8 @@ def test_reconcile_submits_a_stored_job_that_was_never_submitted(env):
 
 
 def test_workers_keep_glibc_adaptive_malloc_thresholds(env):
-    """Dask's default MALLOC_TRIM_THRESHOLD_ (pinning glibc's mmap threshold: −15 % sweep throughput) is
-    not in the embedded workers' environment."""
+    """Dask's default MALLOC_TRIM_THRESHOLD_ (pinning glibc's mmap threshold costs sweep throughput,
+    docs/performance.md#processes) is not in the embedded workers' environment."""
     per_worker = env.call(lambda: env.engine.client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_"))
     assert per_worker and all(value is None for value in per_worker.values())
 

@@ -109,12 +109,16 @@ class Client:
         """The simulation with this id."""
         return Simulation(self._http, self._http.json("GET", f"/v1/simulations/{simulation_id}"))
 
-    def simulations(self, *, status: str | None = None, tag: str | None = None,
+    def simulations(self, *, status: str | None = None, tag: str | None = None, name: str | None = None,
+                    method: str | None = None, created_after: str | None = None,
                     page_size: int = 100) -> Iterator[Simulation]:
-        """Every simulation (of this API key), newest first, page after page; only those with ``status``
-        (queued, running, succeeded, failed, cancelled) or ``tag`` when given. NotSupportedError when the server
-        ignores ``tag`` (a server without tags)."""
-        for document in self._pages("/v1/simulations", {"status": status, "tag": tag, "page_size": page_size}):
+        """Every simulation (of this API key), newest first, page after page; only those with ``status`` (queued,
+        running, succeeded, failed, cancelled), ``tag``, ``name``, ``method`` (gd, sgd, flow, exact) or created after
+        ``created_after`` (ISO 8601) when given. NotSupportedError when the server ignores ``tag`` (a server
+        without tags)."""
+        params = {"status": status, "tag": tag, "name": name, "method": method, "created_after": created_after,
+                  "page_size": page_size}
+        for document in self._pages("/v1/simulations", params):
             if tag is not None and tag not in (document.get("tags") or ()):
                 raise NotSupportedError(f"{self.base_url} does not filter simulations by tag: it listed simulation "
                                         f"{document.get('id')}, which has no tag {tag!r}; list without tag=, or "

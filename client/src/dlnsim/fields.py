@@ -1,10 +1,10 @@
 """The trajectory's arrays and their named dimensions: the one table the client reads them by.
 
 Every array of the service's ``.npz`` trajectory layout (``Accept: application/x-npz``; the server's
-``service/downloads.py`` describes it) is listed in ``ARRAYS`` with the trajectory member it comes from, its
-named dimensions, its ``to_pandas`` column (per-record scalars only) and its place in ``to_xarray``'s Dataset.
-``to_pandas``, ``to_xarray``, the client-side ``fields``/``every`` selection and the JSON-to-arrays conversion
-all read this table, and nothing else; the server's netCDF representation is to use the same names.
+``service/codec.py``, ``NPZ_LAYOUT``, describes it) is listed in ``ARRAYS`` with the trajectory member it comes
+from, its named dimensions, its ``to_pandas`` column (per-record scalars only) and its place in ``to_xarray``'s
+Dataset. ``to_pandas``, ``to_xarray``, the client-side ``fields``/``every`` selection and the JSON-to-arrays
+conversion all read this table, and nothing else; the server's netCDF representation is to use the same names.
 
 Dimensions: ``time`` (one per record; ``step`` is a second coordinate along it for GD), ``mode`` (1..k, the
 SVD modes of Σ31, k = min(n_in, n_out)), ``output`` and ``input`` (n_out and n_in), for the layer weights
@@ -85,9 +85,11 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("modes_theory_model", "modes", (), role="attr"),
     ArraySpec("modes_theory_exact", "modes", (), role="attr"),
     ArraySpec("modes_theory_assumptions", "modes", (), role="attr"),
+    ArraySpec("modes_theory_source", "modes", (), role="attr"),
     ArraySpec("loss_theory_model", "loss_theory", (), role="attr"),
     ArraySpec("loss_theory_exact", "loss_theory", (), role="attr"),
     ArraySpec("loss_theory_assumptions", "loss_theory", (), role="attr"),
+    ArraySpec("loss_theory_source", "loss_theory", (), role="attr"),
 )
 
 # The trajectory members to_pandas needs (so a DataFrame of a large network does not download its matrices).

@@ -113,6 +113,16 @@ class Simulation(_Trajectory):
         return self.document.get("provenance")
 
     @property
+    def name(self) -> str | None:
+        """The name given with the request (not part of the computation)."""
+        return self.document.get("name")
+
+    @property
+    def tags(self) -> list[str]:
+        """The tags given with the request (not part of the computation)."""
+        return list(self.document.get("tags") or [])
+
+    @property
     def done(self) -> bool:
         return self.status in TERMINAL
 

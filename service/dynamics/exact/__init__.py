@@ -1,23 +1,27 @@
-"""Closed-form ("exact") gradient-flow solutions of deep linear networks (reference §1, §2, §3, §5e, §7).
+"""Closed-form ("exact") gradient-flow solutions of deep linear networks (docs/theory.md#exact-method).
 
-Conventions (reference §0): L = (1/N) Σ ||y − W x||², gradient flow dW_l/dt = −∂L/∂W_l, t = η·step, so the
-papers' τ is 1/2 here. Σ11 = c·I ("scaled whitening", §5e) is handled everywhere by the exact rescaling
+Conventions (docs/theory.md#conventions): L = (1/N) Σ ||y − W x||², gradient flow dW_l/dt = −∂L/∂W_l,
+t = η·step, so the papers' τ is 1/2 here. Σ11 = c·I ("scaled whitening", docs/theory.md#whitening) is handled
+everywhere by the exact rescaling
 
     W̃_l = c^{1/2} W_l  (two layers):  W̃ follows the c = 1 flow with the same Σ31 and the same t,
 
-so every two-layer formula here is the c = 1 formula applied to ũ = c·u, ã = √c·a (and λ̃ = c·λ for §3).
+so every two-layer formula here is the c = 1 formula applied to ũ = c·u, ã = √c·a (and λ̃ = c·λ for Riccati).
 For depth D the mode ODE is du/dt = 2D |u|^{2−2/D} (s − c·u), derived from the per-layer equations and
 checked against the matrix flow in tests/dynamics/test_exact.py.
 
 What is here:
 
-* scalar mode solutions: two-layer modes for any (a0, b0) (balanced §1a, anti-balanced §1d, unbalanced §1e
-  in hyperbolic coordinates), with weight decay for |a0| = |b0|; deep balanced modes D ≥ 3 (§2) through a
-  closed-form antiderivative of the learning-time integral, inverted by safeguarded Newton;
+* scalar mode solutions: two-layer modes for any (a0, b0) (balanced, anti-balanced, unbalanced in hyperbolic
+  coordinates: docs/theory.md#saxe-two-layer), with weight decay for |a0| = |b0|; deep balanced modes D ≥ 3
+  (docs/theory.md#saxe-deep) through a closed-form antiderivative of the learning-time integral, inverted by
+  safeguarded Newton;
 * learning times t(u0 → uf) and half-way times for all of them;
-* exact GD maps (§7b) per mode for decoupled inits, and shallow GD / flow (§7a) for any Σ11 and weight decay;
-* the matrix Riccati solution (§3) for λ-balanced two-layer nets, evaluated in chunks by the semigroup law in
-  an F-invariant subspace of dimension ≤ 2·rank Σ31 + 2·hidden (not Ni + No), refused past RICCATI_MAX_DIM;
+* exact GD maps per mode for decoupled inits, and shallow GD / flow for any Σ11 and weight decay
+  (docs/theory.md#exact-gd);
+* the matrix Riccati solution (docs/theory.md#riccati) for λ-balanced two-layer nets, evaluated in chunks by the
+  semigroup law in an F-invariant subspace of dimension ≤ 2·rank Σ31 + 2·hidden (not Ni + No), refused past
+  RICCATI_MAX_DIM;
 * ``exact_run`` / ``check_exact``: pick the closed form that applies to a problem and initial condition, or
   raise ``ExactNotApplicableError`` naming the failed condition and its measured deviation.
 
@@ -32,9 +36,9 @@ when W32ᵀW32 − W21W21ᵀ − λI is within BALANCE_RTOL of ‖W21‖² + ‖
 
 Modules, one closed form each (the package re-exports the names listed in ``__all__``):
 
-    scalar_modes  two-layer modes (§1, §5e)        deep_modes  deep balanced modes D ≥ 3 (§2)
-    gd_maps       exact GD maps per mode (§7b)     shallow     shallow regression, GD and flow (§7a)
-    riccati       matrix Riccati solution (§3)     decouple    decoupled (aligned) initial conditions
+    scalar_modes  two-layer modes                  deep_modes  deep balanced modes D ≥ 3
+    gd_maps       exact GD maps per mode           shallow     shallow regression, GD and flow
+    riccati       matrix Riccati solution          decouple    decoupled (aligned) initial conditions
     dispatch      ``exact_run`` / ``check_exact``  _common     shared tolerances and helpers
     factorise     weights from the Riccati state (a factorisation of QQᵀ, for continuing from an exact run's end)
 """

@@ -1,8 +1,9 @@
-"""Decoupled (aligned) initial conditions: W_l = R_{l+1} diag(a_l) R_lᵀ on a mode frame of Σ31 (reference §1, §2).
+"""Decoupled (aligned) initial conditions: W_l = R_{l+1} diag(a_l) R_lᵀ on a mode frame of Σ31
+(docs/theory.md#saxe-two-layer, docs/theory.md#saxe-deep).
 
 ``decouple`` finds the channels of such an init and measures how far given weights are from one; an init is
 "aligned" when its Gram and cross matrices in the mode frame are diagonal within ALIGN_RTOL of the layer norms.
-``balance_deviation`` measures W_{l+1}ᵀW_{l+1} − W_lW_lᵀ (§4a).
+``balance_deviation`` measures W_{l+1}ᵀW_{l+1} − W_lW_lᵀ (docs/theory.md#conservation).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from ._common import ALIGN_RTOL, DEGENERATE_RTOL, ROUNDOFF_RTOL, S_ZERO_RTOL
 
 @dataclass
 class DecoupledInit:
-    """An init of the form W_l = R_{l+1} diag(a_l) R_lᵀ on a (block-rotated) mode frame of Σ31 (reference §1, §2).
+    """An init of the form W_l = R_{l+1} diag(a_l) R_lᵀ on a (block-rotated) mode frame of Σ31
+    (docs/theory.md#saxe-two-layer, docs/theory.md#saxe-deep).
 
     Channel ch pairs an input direction ``frames[0][:, ch]`` with an output direction ``frames[-1][:, ch]``
     (either may be a zero column: input or output directions of Σ31's null space that have no partner), with
@@ -269,7 +271,8 @@ def decouple(problem: Problem, weights: Sequence[np.ndarray]) -> DecoupledInit:
 
 
 def balance_deviation(weights: Sequence[np.ndarray]) -> float:
-    """max_l max |W_{l+1}ᵀW_{l+1} − W_lW_lᵀ| / max(‖W_{l+1}‖²_F, ‖W_l‖²_F): 0 for a balanced init (§4a)."""
+    """max_l max |W_{l+1}ᵀW_{l+1} − W_lW_lᵀ| / max(‖W_{l+1}‖²_F, ‖W_l‖²_F): 0 for a balanced init
+    (docs/theory.md#conservation)."""
     dev = 0.0
     for l in range(len(weights) - 1):
         a, b = weights[l], weights[l + 1]

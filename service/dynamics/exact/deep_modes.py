@@ -1,4 +1,4 @@
-"""Deep balanced modes D ≥ 3 (reference §2, §5e scaling).
+"""Deep balanced modes D ≥ 3 (docs/theory.md#saxe-deep; Σ11 = c·I as in docs/theory.md#whitening).
 
 For depth D the mode ODE is du/dt = 2D |u|^{2−2/D} (s − c·u), derived from the per-layer equations and checked
 against the matrix flow in tests/dynamics/test_exact.py. Solved through a closed-form antiderivative of the
@@ -14,7 +14,7 @@ from ._common import _as_float_arrays
 from .scalar_modes import _reach, balanced_mode, learning_time_two_layer
 
 # ------------------------------------------------------------------------------------------------
-# deep balanced modes D ≥ 3 (reference §2)
+# deep balanced modes D ≥ 3 (docs/theory.md#saxe-deep)
 #
 # Per layer a (u = σ|a|^D, σ = sign u0): d|a|/dt = 2σ |a|^{D−1} (s − cσ|a|^D). With y = |a| / κ, κ = (s/c)^{1/D},
 # dy/dt = 2σ s κ^{D−2} y^{D−1} (1 − σ y^D), so the learning time is (G_σ(y) − G_σ(y0)) / (2σ s κ^{D−2}) with the
@@ -164,7 +164,7 @@ def _deep_region(q0, target, param: _DeepParam):
 
 
 def deep_balanced_mode(t, s, u0, depth: int, c=1.0):
-    """Strength u(t) of a balanced decoupled mode of a depth-D network (reference §2, §5e scaling):
+    """Strength u(t) of a balanced decoupled mode of a depth-D network (docs/theory.md#saxe-deep):
 
         du/dt = 2D |u|^{2−2/D} (s − c u)
 
@@ -222,12 +222,13 @@ def deep_limit(s, u0, depth: int, c=1.0):
 
 
 def learning_time_deep(u_final, s, u0, depth: int, c=1.0):
-    """Time for a balanced depth-D mode to go from u0 to u_final (reference §2):
+    """Time for a balanced depth-D mode to go from u0 to u_final (docs/theory.md#saxe-deep):
 
         t = ∫_{u0}^{uf} du / (2D |u|^{2−2/D}(s − c u)) = (G_σ(yf) − G_σ(y0)) / (2σ s κ^{D−2})
 
-    evaluated in closed form (see G_σ above); NaN if u_final is not between u0 and the limit. D = 2 uses §1c.
-    For small u0 it approaches τ/((D − 2) s u0^{(D−2)/D}) (reference §2 asymptotics).
+    evaluated in closed form (see G_σ above); NaN if u_final is not between u0 and the limit. D = 2 uses
+    the two-layer closed form (docs/theory.md#saxe-learning-time). For small u0 it approaches
+    τ/((D − 2) s u0^{(D−2)/D}) (docs/theory.md#saxe-deep, "Small initial strength").
     """
     uf, s, u0, c = _as_float_arrays(u_final, s, u0, c)
     if depth == 2:

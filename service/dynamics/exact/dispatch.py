@@ -1,8 +1,9 @@
 """The exact method: choose the closed form that applies to a problem and initial condition.
 
 ``exact_run`` / ``check_exact`` pick the closed form, or raise ``ExactNotApplicableError`` naming the failed
-condition and its measured deviation. D = 1: shallow solution (§7a). D ≥ 2 with Σ11 = c·I and an aligned
-decoupled init: per-mode formulas (§1, §2, §5e). D = 2, γ = 0, λ-balanced: chunked Riccati (§3).
+condition and its measured deviation. D = 1: shallow solution. D ≥ 2 with Σ11 = c·I and an aligned decoupled
+init: per-mode formulas. D = 2, γ = 0, λ-balanced: chunked Riccati. The order and the conditions are
+docs/theory.md#exact-method.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def _plan(problem: Problem, weights: Sequence[np.ndarray], weight_decay: float) 
     d = len(ws)
     if d == 1:
         return _Plan(MODEL_SHALLOW, "linear regression (D = 1): W(t) = W* + (W0 − W*) expm(−(2Σ11 + γI) t), "
-                                    "exact for any Σ11 and weight decay (reference §7a)")
+                                    "exact for any Σ11 and weight decay (docs/theory.md#exact-gd-shallow)")
     c, wdev = problem.whitening_deviation()
     if not (c > 0 and wdev <= WHITENING_RTOL * c):
         raise ExactNotApplicableError(
@@ -120,15 +121,15 @@ def _plan(problem: Problem, weights: Sequence[np.ndarray], weight_decay: float) 
                 fix=f"{_FIX_FLOW}; or use a balanced aligned init")
         return _Plan(MODEL_MODES, f"Σ11 = c·I (c = {c:.6g}), aligned balanced two-layer init (misalignment "
                                   f"{dec.deviation:.2g}), weight decay γ = {weight_decay:g}: per-mode logistic "
-                                  f"with s − σγ/2 (reference §1a/§1d/§5e)", c=c, decoupled=dec)
+                                  f"with s − σγ/2 (docs/theory.md#saxe-balanced)", c=c, decoupled=dec)
     if dec.deviation <= ALIGN_RTOL:
         if d == 2:
             return _Plan(MODEL_MODES, f"Σ11 = c·I (c = {c:.6g}), init aligned with Σ31 (misalignment "
                                       f"{dec.deviation:.2g}): exact per-mode solutions, balanced/anti-balanced/"
-                                      f"unbalanced (reference §1a, §1d, §1e, §5e)", c=c, decoupled=dec)
+                                      f"unbalanced (docs/theory.md#saxe-two-layer)", c=c, decoupled=dec)
         return _Plan(MODEL_DEEP, f"Σ11 = c·I (c = {c:.6g}), balanced init aligned with Σ31 (misalignment "
                                  f"{dec.deviation:.2g}): exact per-mode solutions of du/dt = 2D|u|^(2−2/D)(s − cu) "
-                                 f"(reference §2, §5e)", c=c, decoupled=dec)
+                                 f"(docs/theory.md#saxe-deep)", c=c, decoupled=dec)
     if d >= 3:
         bdev = balance_deviation(ws)
         what = (f"imbalance {bdev:.3g}" if bdev > ALIGN_RTOL else
@@ -151,8 +152,9 @@ def _plan(problem: Problem, weights: Sequence[np.ndarray], weight_decay: float) 
                                       field=("init", "lambda"), fix="use λ ≥ 0 or a narrower hidden layer")
     _check_riccati_dim(riccati_subspace(mode_basis(problem), ws[0], ws[1]))
     return _Plan(MODEL_RICCATI, f"Σ11 = c·I (c = {c:.6g}), λ-balanced two-layer init (λ = {lam:.6g}, deviation "
-                                f"{bdev:.2g}): exact matrix Riccati solution (reference §3), no alignment needed; "
-                                f"only W32W21 and the Gram blocks W21ᵀW21, W32W32ᵀ are determined", c=c, lam=lam)
+                                f"{bdev:.2g}): exact matrix Riccati solution (docs/theory.md#riccati), no "
+                                f"alignment needed; only W32W21 and the Gram blocks W21ᵀW21, W32W32ᵀ are "
+                                f"determined", c=c, lam=lam)
 
 
 def check_exact(problem: Problem, weights0: Sequence[np.ndarray], weight_decay: float = 0.0) -> str:

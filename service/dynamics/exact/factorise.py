@@ -1,5 +1,5 @@
 """Weights from the Riccati state: a factorisation Q̂ of P = QQᵀ, so that a later run can start from the network an
-exact run ends with (reference §3).
+exact run ends with (docs/theory.md#task-sequences).
 
 The Riccati solution determines P = QQᵀ with Q = [W21ᵀ; W32] ((Ni + No) × Nh), i.e. the network map W32W21 = P[Ni:, :Ni]
 and the Gram blocks W21ᵀW21 = P[:Ni, :Ni], W32W32ᵀ = P[Ni:, Ni:], but not the weights: every (W21, W32) = (R W21, W32 Rᵀ)

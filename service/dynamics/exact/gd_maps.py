@@ -1,4 +1,5 @@
-"""Exact GD maps (reference §7b) per mode for decoupled inits: a_l ← a_l(1 − ηγ) + 2η (Π_{m≠l} a_m)(s − c u)."""
+"""Exact GD maps per mode for decoupled inits: a_l ← a_l(1 − ηγ) + 2η (Π_{m≠l} a_m)(s − c u)
+(docs/theory.md#exact-gd-modes)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from numba import njit
 
 @njit(cache=True, nogil=True)
 def _gd_modes_kernel(a0, s, c, eta, decay, rec_steps, rows, cols, coefs, resid, targets):
-    """Per-mode GD map for a decoupled init, all layers at once (reference §7b generalised):
+    """Per-mode GD map for a decoupled init, all layers at once (docs/theory.md#exact-gd-modes):
 
         a_l ← a_l (1 − ηγ) + 2η (Π_{m≠l} a_m)(s − c Π_m a_m)
 
@@ -87,7 +88,8 @@ def _gd_modes_kernel(a0, s, c, eta, decay, rec_steps, rows, cols, coefs, resid, 
 
 
 def gd_mode_map(a0, s, learning_rate: float, steps, c: float = 1.0, weight_decay: float = 0.0) -> np.ndarray:
-    """Exact GD on decoupled modes (reference §7b): per-layer amplitudes (T, m, D) at the given step numbers.
+    """Exact GD on decoupled modes (docs/theory.md#exact-gd-modes): per-layer amplitudes (T, m, D) at the given
+    step numbers.
 
     ``a0`` is (m, D) (per mode, per layer: a_l with W_l = R_{l+1} diag(a_l) R_lᵀ), ``s`` (m,). GD preserves the
     decoupled structure exactly, so with u = Π_l a_l each step is
@@ -109,7 +111,8 @@ def gd_mode_map(a0, s, learning_rate: float, steps, c: float = 1.0, weight_decay
 
 
 def gd_balanced_mode(u0, s, learning_rate: float, steps, depth: int, c: float = 1.0) -> np.ndarray:
-    """u_k for a balanced decoupled mode under GD (reference §7b), u0 > 0: a_{k+1} = a_k + 2η a_k^{D−1}(s − c a_k^D)."""
+    """u_k for a balanced decoupled mode under GD, u0 > 0: a_{k+1} = a_k + 2η a_k^{D−1}(s − c a_k^D)
+    (docs/theory.md#exact-gd-modes)."""
     u0 = np.atleast_1d(np.asarray(u0, dtype=np.float64))
     a = np.abs(u0) ** (1.0 / depth)
     amps = np.repeat(a[:, None], depth, axis=1)

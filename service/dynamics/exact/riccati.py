@@ -1,4 +1,4 @@
-"""Matrix Riccati solution for λ-balanced two-layer networks (reference §3).
+"""Matrix Riccati solution for λ-balanced two-layer networks (docs/theory.md#riccati).
 
 With x = 2t, F = [[−(λ̃/2) I, Σ31ᵀ], [Σ31, (λ̃/2) I]] and P̃ = c·QQᵀ, Q = [W21ᵀ; W32], λ̃ = c·λ:
 
@@ -23,7 +23,7 @@ from ..problem import Problem
 from ._common import _FIX_FLOW, BALANCE_RTOL, S_ZERO_RTOL
 
 # Riccati: largest chunk Δx (x = 2t) and the cap on (μ_max − μ_min)·Δx that keeps one chunk well conditioned
-# (reference §3 caveat: Δx = 0.5 for spectra of width ~4.4 is exact to 1e-14).
+# (docs/theory.md#riccati-evaluation: Δx = 0.5 for spectra of width ~4.4 is exact to 1e-14).
 RICCATI_MAX_CHUNK = 0.5
 RICCATI_SPREAD_CHUNK = 2.0
 # Riccati convergence: one full chunk changes P (apart from the slow block) by ≤ RICCATI_CONV_ULPS·n·eps·max|P|
@@ -107,7 +107,8 @@ def lambda_balance(w21: np.ndarray, w32: np.ndarray) -> tuple[float, float]:
 
 
 def _riccati_chunk(pp: np.ndarray, mu: np.ndarray, h: float) -> np.ndarray:
-    """One exact step of length h (x units) in the eigenbasis of F (reference §3 push-through form):
+    """One exact step of length h (x units) in the eigenbasis of F (the push-through form of
+    docs/theory.md#riccati):
 
         Φ_h(P) = e^{Fh} P [I + K(h) P]⁻¹ e^{Fh},   K(h) = ∫_0^h e^{2Fr} dr = diag((e^{2μh} − 1)/(2μ))
 
@@ -159,7 +160,8 @@ def _flush(a: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RiccatiSubspace:
-    """An F-invariant subspace Z = Z_in ⊕ Z_out that contains the initial Q = [W21ᵀ; W32] (reference §3).
+    """An F-invariant subspace Z = Z_in ⊕ Z_out that contains the initial Q = [W21ᵀ; W32]
+    (docs/theory.md#riccati-evaluation).
 
     With Σ31 = U_nz diag(s) V_nzᵀ (non-zero singular values), F = [[−(λ̃/2) I, Σ31ᵀ], [Σ31, (λ̃/2) I]] maps
     span[V_nz, W21ᵀ] ⊕ span[U_nz, W32] into itself (F[a; 0] = [−(λ̃/2)a; Σ31 a], Σ31 a ∈ span U_nz, and
@@ -213,7 +215,7 @@ def _full_space(sigma31: np.ndarray) -> RiccatiSubspace:
 
 
 class RiccatiEvaluator:
-    """Exact gradient flow of a λ-balanced two-layer network with Σ11 = c·I (reference §3, Dominé et al.).
+    """Exact gradient flow of a λ-balanced two-layer network with Σ11 = c·I (docs/theory.md#riccati, Dominé et al.).
 
     With x = 2t, F = [[−(λ̃/2) I, Σ31ᵀ], [Σ31, (λ̃/2) I]] and P̃ = c·QQᵀ, λ̃ = c·λ (the exact rescaling W̃ = √c W):
 
@@ -223,15 +225,15 @@ class RiccatiEvaluator:
     tall or wide task costs what its rank and hidden width cost); ``reduce=False`` uses the whole space (the
     (Ni + No)² form, for checks). ``o`` ((Ni + No) × r) holds the eigenvectors of F_Z in original coordinates.
 
-    The one-shot form is ill-conditioned at large x (reference §3 caveat), so P is advanced by the semigroup law
-    in chunks Δx = min(0.5, 2/(μ_max − μ_min)), in the eigenbasis of F_Z (decomposed once), on the square root Q
-    (see ``_riccati_chunk_q``). To keep the cost independent of t_max, stepping stops once a full chunk leaves P
-    unchanged to RICCATI_CONV_ULPS·r·eps·max|P| (and the change is not growing): P is then at its limit in every
-    direction except the slow block (|μ| ≤ RICCATI_SLOW_RTOL·max|μ|, e.g. μ = 0 for λ = 0 and Ni ≠ No, where P
-    decays like 1/x), which decouples once the rest has converged and evolves on its own in chunks of
+    The one-shot form is ill-conditioned at large x (docs/theory.md#riccati-evaluation), so P is advanced by the
+    semigroup law in chunks Δx = min(0.5, 2/(μ_max − μ_min)), in the eigenbasis of F_Z (decomposed once), on the
+    square root Q (see ``_riccati_chunk_q``). To keep the cost independent of t_max, stepping stops once a full
+    chunk leaves P unchanged to RICCATI_CONV_ULPS·r·eps·max|P| (and the change is not growing): P is then at its
+    limit in every direction except the slow block (|μ| ≤ RICCATI_SLOW_RTOL·max|μ|, e.g. μ = 0 for λ = 0 and
+    Ni ≠ No, where P decays like 1/x), which decouples once the rest has converged and evolves on its own in chunks of
     2/(its own spread) — one closed-form step when its μ are all 0. So the number of chunks is bounded by the
-    convergence time, not by t_max. Components that a chunk changes by less than that round-off level while
-    they would grow later (an init within round-off of a saddle) are frozen at that point.
+    convergence time, not by t_max. Components that a chunk changes by less than that round-off level while they
+    would grow later (an init within round-off of a saddle) are frozen at that point.
     Raises ExactNotApplicableError past RICCATI_MAX_DIM (reduced) dimensions.
     """
 

@@ -1,10 +1,11 @@
-"""Two-layer scalar mode solutions (reference §1, §5e); our units τ = 1/2.
+"""Two-layer scalar mode solutions (docs/theory.md#saxe-two-layer); our units τ = 1/2.
 
-Two-layer modes for any (a0, b0) (balanced §1a, anti-balanced §1d, unbalanced §1e in hyperbolic coordinates),
-with weight decay for |a0| = |b0|, and learning times t(u0 → uf) and half-way times for all of them.
+Two-layer modes for any (a0, b0) (balanced, anti-balanced, unbalanced in hyperbolic coordinates), with weight
+decay for |a0| = |b0|, and learning times t(u0 → uf) and half-way times for all of them.
 
-Σ11 = c·I ("scaled whitening", §5e) is handled by the exact rescaling W̃_l = c^{1/2} W_l: W̃ follows the c = 1
-flow with the same Σ31 and the same t, so every formula below is the c = 1 formula applied to ũ = c·u, ã = √c·a.
+Σ11 = c·I ("scaled whitening", docs/theory.md#whitening) is handled by the exact rescaling W̃_l = c^{1/2} W_l:
+W̃ follows the c = 1 flow with the same Σ31 and the same t, so every formula below is the c = 1 formula applied
+to ũ = c·u, ã = √c·a.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ def balanced_mode(t, s, u0, c=1.0, weight_decay=0.0):
 
         u(t) = σ / ( e^{−4σ s' t} / |u0| + 4c·φ(4σ s', t) ),   φ(r, t) = (1 − e^{−r t}) / r
 
-    For σ = +1 this is reference §5e, u = (s/c) e^{4st} / (e^{4st} − 1 + s/(c u0)) (§1a for c = 1); for σ = −1
-    it is §1d, u = s u0 e^{−4st} / (s − c u0 + c u0 e^{−4st}): the mode decays to the saddle u = 0. For s' = 0
+    For σ = +1 this is u = (s/c) e^{4st} / (e^{4st} − 1 + s/(c u0)) (docs/theory.md#whitening; for c = 1
+    docs/theory.md#saxe-balanced); for σ = −1 it is u = s u0 e^{−4st} / (s − c u0 + c u0 e^{−4st})
+    (docs/theory.md#saxe-anti-balanced): the mode decays to the saddle u = 0. For s' = 0
     it is u0 / (1 + 4c|u0|t). u0 = 0 stays 0. Written without e^{+4st} so that it never overflows to inf/inf.
     """
     t, s, u0, c, g = _as_float_arrays(t, s, u0, c, weight_decay)
@@ -39,7 +41,8 @@ def balanced_mode(t, s, u0, c=1.0, weight_decay=0.0):
 
 
 def _hyperbolic_mode(t, s, c0, u0):
-    """Unbalanced two-layer mode, c = 1 units: u(t) for s > 0, c0 = |a0² − b0²|/2 > 0 (reference §1e).
+    """Unbalanced two-layer mode, c = 1 units: u(t) for s > 0, c0 = |a0² − b0²|/2 > 0
+    (docs/theory.md#saxe-unbalanced).
 
     With u = c0 sinh θ and x = tanh(θ/2) the flow is the scalar Riccati dx/dt = −2s (x − x₊)(x − x₋),
     x₊ = s/(sc + c0), x₋ = −(sc + c0)/s, sc = √(c0² + s²), solved by the Möbius form
@@ -83,8 +86,9 @@ def two_layer_mode(t, s, a0, b0, c=1.0, weight_decay=0.0):
     """Exact (a(t), b(t)) of a decoupled two-layer mode: da/dt = 2b(s − c ab) − γa, db/dt = 2a(s − c ab) − γb.
 
     Arrays broadcast (e.g. t[:, None] against per-mode vectors). u = a b follows
-    * |a0| = |b0| (within NEAR_BALANCED_RTOL): ``balanced_mode`` (reference §1a, §1d, §5e), any γ ≥ 0;
-    * otherwise (γ must be 0): the hyperbolic solution of reference §1e (any sign of a0·b0), or for s = 0
+    * |a0| = |b0| (within NEAR_BALANCED_RTOL): ``balanced_mode`` (docs/theory.md#saxe-balanced), any γ ≥ 0;
+    * otherwise (γ must be 0): the hyperbolic solution (docs/theory.md#saxe-unbalanced; any sign of a0·b0), or
+      for s = 0
       u = c0 / sinh(arsinh(c0/u0) + 4 c c0 t) (c0 = c|a0² − b0²|/2).
     Then a, b follow from u and the conserved Δ = a² − b² (Δ e^{−2γt} with decay; exactly 0 for modes treated as
     balanced): the larger of |a|, |b| never changes sign, a² + b² = √(Δ² + 4u²), and the smaller one is u divided
@@ -140,13 +144,15 @@ def two_layer_limit(s, a0, b0, c=1.0, weight_decay=0.0):
 
 
 def learning_time_two_layer(u_final, s, a0, b0, c=1.0, weight_decay=0.0):
-    """Time for a two-layer mode to go from u0 = a0·b0 to u_final (reference §1c, §1e); NaN if never reached.
+    """Time for a two-layer mode to go from u0 = a0·b0 to u_final (docs/theory.md#saxe-learning-time);
+    NaN if never reached.
 
     Balanced (σ = sign u0, s' = s − σγ/2): from 1/u = c/s' + e^{−4σs't}(…),
-        t = ln[ (1/u0 − c/s')/(1/uf − c/s') ] / (4 s')      (σ = +1; §1c: (1/(4s)) ln[uf(s − cu0)/(u0(s − cuf))])
+        t = ln[ (1/u0 − c/s')/(1/uf − c/s') ] / (4 s')      (σ = +1; for γ = 0 (1/(4s)) ln[uf(s − cu0)/(u0(s − cuf))])
         t = ln[ (1/|uf| + c/s')/(1/|u0| + c/s') ] / (4 s')  (σ = −1), and (1/|uf| − 1/|u0|)/(4c) for s' = 0.
-    Unbalanced: t = ln[ρ(x0)/ρ(xf)] / (4 sc) with ρ = (x − x₊)/(x − x₋) (reference §1e, equivalent to its artanh
-    form), or (arsinh(c0/uf) − arsinh(c0/u0)) / (4c0) for s = 0; all in c = 1 units (ũ = c u).
+    Unbalanced: t = ln[ρ(x0)/ρ(xf)] / (4 sc) with ρ = (x − x₊)/(x − x₋) (docs/theory.md#saxe-unbalanced,
+    equivalent to the artanh form), or (arsinh(c0/uf) − arsinh(c0/u0)) / (4c0) for s = 0; all in c = 1 units
+    (ũ = c u).
     Reached means u_final lies between u0 (inclusive, t = 0) and the mode's limit (exclusive).
     """
     uf, s, a0, b0, c, g = _as_float_arrays(u_final, s, a0, b0, c, weight_decay)
@@ -190,7 +196,8 @@ def _log_rho(u, c0, s):
 
 
 def half_time_two_layer(s, a0, b0, c=1.0, weight_decay=0.0):
-    """t½: time for a two-layer mode to reach half its learned value s/(2c) (reference §1c: ln(s/u0 − 1)/(4s))."""
+    """t½: time for a two-layer mode to reach half its learned value s/(2c): ln(s/(c u0) − 1)/(4s) when
+    balanced (docs/theory.md#saxe-learning-time)."""
     s, a0, b0, c = _as_float_arrays(s, a0, b0, c)
     return _reach(learning_time_two_layer, s / (2.0 * c), a0 * b0, s, a0, b0, c, weight_decay)
 

@@ -1,4 +1,5 @@
-"""Shallow regression (reference §7a), any Σ11 and weight decay: GD and gradient flow in closed form.
+"""Shallow regression (docs/theory.md#exact-gd-shallow), any Σ11 and weight decay: GD and gradient flow in closed
+form.
 
 W(t) = W* + (W0 − W*) expm(−(2Σ11 + γI) t) with W* = 2Σ31(2Σ11 + γI)⁻¹ where that inverse exists, and the exact
 limit along null directions of 2Σ11 + γI (see ``shallow_coefficients``); GD replaces e^{−α t} by (1 − ηα)^k.
@@ -44,7 +45,8 @@ def _gd_geometric(rates, eta: float, k):
 
 def shallow_coefficients(problem: Problem, w0: np.ndarray, times=None, *, learning_rate: float | None = None,
                          steps=None, weight_decay: float = 0.0):
-    """Per eigen-direction j of Σ11 the two time factors of the shallow solution (reference §7a):
+    """Per eigen-direction j of Σ11 the two time factors of the shallow solution
+    (docs/theory.md#exact-gd-shallow):
 
         flow: W(t) = Σ_j [ W̃0_j e^{−α_j t} + 2 S̃_j φ(α_j, t) ] q_jᵀ,         α_j = 2σ_j + γ
         GD:   W_k  = Σ_j [ W̃0_j ρ_j^k + 2 S̃_j (1 − ρ_j^k)/α_j ] q_jᵀ,       ρ_j = 1 − η α_j
@@ -67,7 +69,7 @@ def shallow_coefficients(problem: Problem, w0: np.ndarray, times=None, *, learni
 
 def shallow_solution(problem: Problem, w0, times=None, *, learning_rate: float | None = None, steps=None,
                      weight_decay: float = 0.0) -> np.ndarray:
-    """W(t) (flow, at ``times``) or W_k (GD, at ``steps`` with ``learning_rate``), shape (T, n_out, n_in), §7a."""
+    """W(t) (flow, at ``times``) or W_k (GD, at ``steps`` with ``learning_rate``), shape (T, n_out, n_in)."""
     w0 = np.asarray(w0, dtype=np.float64)
     terms, decay, drive = shallow_coefficients(problem, w0, times, learning_rate=learning_rate, steps=steps,
                                                weight_decay=weight_decay)

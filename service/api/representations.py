@@ -1,0 +1,56 @@
+"""The representations of a stored trajectory, shared by the routes that serve one (a simulation's, a sweep
+point's): which one the Accept header asks for, the ``fields`` to keep, and the pieces of each (``service.codec``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from service import codec
+from service.api.negotiation import JSON, NETCDF, NPZ, TRAJECTORY_MEDIA_TYPES, negotiate
+from service.problems import ProblemError, field_error
+
+EXTENSIONS = {NPZ: "npz", NETCDF: "nc"}
+BINARY = {"type": "string", "format": "binary"}  # the OpenAPI schema of a binary representation
+
+
+def accepted(accept: str | None) -> str:
+    """The representation ``accept`` ranks highest; 406 naming the header when none matches."""
+    media = negotiate(accept)
+    if media is None:
+        raise ProblemError(406, "not-acceptable",
+                           f"the trajectory is served as {' or '.join(TRAJECTORY_MEDIA_TYPES)}, and Accept is "
+                           f"{accept!r}",
+                           errors=[field_error(["Accept"], "not_acceptable", f"no representation matches {accept!r}",
+                                               f"send Accept: {JSON}, {NPZ} or {NETCDF} (or no Accept header)",
+                                               "header")])
+    return media
+
+
+def selected(fields: list[str] | None) -> list[str] | None:
+    """``?fields=`` as the members to keep (None: all); 422 naming the query parameter."""
+    try:
+        return codec.parse_fields(fields)
+    except codec.SelectionError as exc:
+        raise ProblemError(422, "validation-error", f"{exc.field}: {exc.message}",
+                           errors=[field_error([exc.field], "invalid_field", exc.message, exc.fix, "query")]) from None
+
+
+def encoder(media: str, fields: list[str] | None, every: int | None,
+            attributes: Mapping[str, str] | None = None) -> Callable[[codec.Stored], Iterator[bytes]]:
+    """The pieces of a stored trajectory as ``media`` (netCDF with ``attributes``)."""
+    def encode(stored: codec.Stored) -> Iterator[bytes]:
+        if media == JSON:
+            return codec.iter_json(stored, fields, every)
+        if media == NPZ:
+            return codec.iter_npz(stored, fields, every)
+        return iter([codec.to_netcdf(stored, fields, every, attributes)])
+
+    return encode
+
+
+def download_headers(media: str, name: str) -> dict[str, str]:
+    """Vary on Accept, and a file name for the binary representations."""
+    headers = {"Vary": "Accept"}
+    if media in EXTENSIONS:
+        headers["Content-Disposition"] = f'attachment; filename="{name}.{EXTENSIONS[media]}"'
+    return headers
