@@ -13,6 +13,10 @@ from service.settings import get_settings
 
 def main() -> None:
     settings = get_settings()
+    # Memory a request frees goes back to the system (service/memory.py): before anything allocates much.
+    from service.memory import bound_allocator
+
+    bound_allocator()
     # The modules (the app's, Dask's) live as long as the process: frozen out of the cyclic collector's reach once
     # loaded, so its full collections under load no longer walk them (perf under bench/load.py showed gc as a
     # visible share of the API's CPU; docs/performance.md#load). Only here, not in the app's lifespan: a test

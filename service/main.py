@@ -28,6 +28,7 @@ from service.api.errors import install_error_handlers
 from service.api.security import SecurityHeadersMiddleware
 from service.http_server import install_access_log_redaction
 from service.jobs.admission import Admission
+from service.jobs.downloads import DownloadBudget
 from service.jobs.database import Database
 from service.jobs.engine import Engine, EngineProtocol
 from service.jobs.retention import RetentionTask
@@ -115,8 +116,10 @@ def create_app(settings: Settings | None = None, *,
         sweep_engine = SweepEngine(settings, sweep_store, engine)
         # Admission control (service/jobs/admission.py): validation slots, budgets and quotas, shared by both kinds.
         admission = Admission(settings, db, store, sweep_store)
-        simulations = Simulations(store, sweep_store, engine, settings, admission)
-        sweeps = Sweeps(sweep_store, store, sweep_engine, settings, admission)
+        # One memory budget for every trajectory download (service/jobs/downloads.py).
+        downloads = DownloadBudget(settings.download_memory_bytes, settings.download_wait_seconds)
+        simulations = Simulations(store, sweep_store, engine, settings, admission, downloads)
+        sweeps = Sweeps(sweep_store, store, sweep_engine, settings, admission, downloads)
         # Finished jobs older than DLNSIM_RETENTION_DAYS are purged in the background (0: kept forever).
         retention = (RetentionTask(store, sweep_store, days=settings.retention_days,
                                    interval=settings.retention_interval_seconds,
@@ -128,7 +131,7 @@ def create_app(settings: Settings | None = None, *,
             app.state.store, app.state.engine = store, engine
             app.state.sweep_store, app.state.sweep_engine = sweep_store, sweep_engine
             app.state.simulations, app.state.sweeps = simulations, sweeps
-            app.state.admission = admission
+            app.state.admission, app.state.downloads = admission, downloads
             if retention is not None:
                 retention.start()
             app.state.retention = retention
@@ -137,7 +140,7 @@ def create_app(settings: Settings | None = None, *,
             app.state.store = app.state.engine = None
             app.state.sweep_store = app.state.sweep_engine = None
             app.state.simulations = app.state.sweeps = None
-            app.state.retention = app.state.admission = None
+            app.state.retention = app.state.admission = app.state.downloads = None
             if retention is not None:
                 await retention.stop()  # before the store closes: a purge in progress finishes its batch
             await sweep_engine.close()

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     # take in the store (429 storage-quota-exceeded beyond; DELETE frees it).
     max_key_flops: float = Field(4e15, gt=0)
     storage_quota_bytes: int = Field(10 << 30, ge=1 << 20)
+    # Memory all trajectory downloads together may hold in the API (service/jobs/downloads.py): each reserves what it
+    # will hold (about its largest array; netCDF, built whole, four times its arrays) before its first byte, waiting
+    # up to download_wait_seconds for room (then 503 with Retry-After); one that could never fit is a 422.
+    download_memory_bytes: int = Field(1 << 30, ge=64 << 20)
+    download_wait_seconds: float = Field(10.0, gt=0)
     # Jobs queued or running at once; beyond it POST answers 429 with Retry-After.
     max_queued: int = Field(64, ge=1)
     # Largest sweep, in points (the product of the grid's axis lengths, or the explicit points).

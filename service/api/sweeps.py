@@ -16,14 +16,13 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from fastapi.responses import StreamingResponse
 
 from service.api.bodies import check_media_type, json_request_body
 from service.api.deps import ListFilterDep, OwnerDep, SettingsDep, StatusQuery, SweepsDep
 from service.api.documents import list_json, point_document, sweep_json
 from service.api.errors import problem_responses
 from service.api.negotiation import NETCDF, NPZ
-from service.api.representations import BINARY, accepted, download_headers, encoder
+from service.api.representations import BINARY, accepted, encoder, streamed
 from service.jobs.submission import Sweeps
 from service.jobs.sweeps_store import SweepRow
 from service.schemas import (
@@ -175,7 +174,7 @@ async def get_sweep_point_trajectory(sweep_id: SweepId, k: PointIndex, request: 
                                      owner: OwnerDep) -> Response:
     media = accepted(request.headers.get("accept"))
     pieces = await sweeps.stream_point_trajectory(sweep_id, k, owner, encoder(media, None, None))
-    return StreamingResponse(pieces, media_type=media, headers=download_headers(media, f"sweep-{sweep_id}-point-{k}"))
+    return streamed(pieces, media, f"sweep-{sweep_id}-point-{k}")
 
 
 @router.get(

@@ -58,6 +58,7 @@ from .database import (
     QueueFullError,
     TrajectoryReader,
 )
+from .downloads import DownloadBudget, download_bytes
 from .store import JobRow, JobStore
 from .sweep_plan import ValidatedSweep, canonical_sweep, sweep_cost_estimate, validate_parsed
 from .sweeps_store import PointRow, SweepRow, SweepStore
@@ -106,9 +107,11 @@ async def read_nowait(db: Database, read: Callable[..., T], *args: Any) -> T:
 
 
 def _streamed(reader: TrajectoryReader, encode: Callable[[Any], Iterator[bytes]],
-              on_corrupt: Callable[[CorruptResultError], None]) -> Iterator[bytes]:
-    """The pieces of ``encode(reader)``, the reader closed after the last (or when the response is dropped). A
-    damaged array found mid-stream cuts the response (its status is sent already): logged, ``on_corrupt`` told."""
+              on_corrupt: Callable[[CorruptResultError], None], release: Callable[[], None] = lambda: None
+              ) -> Iterator[bytes]:
+    """The pieces of ``encode(reader)``, the reader closed and its memory reservation released after the last (or
+    when the response is dropped). A damaged array found mid-stream cuts the response (its status is sent already):
+    logged, ``on_corrupt`` told."""
     try:
         yield from encode(reader)
     except CorruptResultError as exc:
@@ -117,6 +120,20 @@ def _streamed(reader: TrajectoryReader, encode: Callable[[Any], Iterator[bytes]]
         raise
     finally:
         reader.close()
+        release()
+
+
+async def _reserve_download(budget: DownloadBudget, reader: TrajectoryReader, fields: list[str] | None,
+                            encode: Any, what: str) -> Callable[[], None]:
+    """Reserve from the download budget what sending the arrays ``fields`` of ``reader`` will hold (the reader is
+    closed if it cannot be had: 503 after the wait, 422 if it never could)."""
+    need = download_bytes(reader.stored, selected_names(reader.stored, fields), whole=getattr(encode, "whole", False),
+                          thinned=getattr(encode, "thinned", False))
+    try:
+        return (await budget.reserve(need, what=what)).release
+    except BaseException:
+        await asyncio.to_thread(reader.close)
+        raise
 
 
 def retry_after(settings: Settings, at_least: int = 0) -> dict[str, str]:
@@ -130,11 +147,12 @@ class _Jobs(ABC, Generic[Row]):
     limit_name = ""     # the setting that bounds how many may be queued or running
 
     def __init__(self, store: Any, engine: Engine, settings: Settings, counted: Sequence[Any],
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, downloads: DownloadBudget | None = None) -> None:
         """``counted``: the stores whose active rows count against a key's DLNSIM_MAX_ACTIVE_PER_KEY (both kinds)."""
         self.store, self.engine, self.settings = store, engine, settings
         self._counted = [s for s in counted if s is not None]
         self.admission = admission or Admission(settings, store.db, *self._counted)
+        self.downloads = downloads or DownloadBudget(settings.download_memory_bytes, settings.download_wait_seconds)
 
     # -- what each kind supplies -------------------------------------------------------------------
 
@@ -280,8 +298,9 @@ class Simulations(_Jobs[JobRow]):
     what = "simulation"
 
     def __init__(self, store: JobStore, sweep_store: SweepStore | None, engine: Engine, settings: Settings,
-                 admission: Admission | None = None) -> None:
-        super().__init__(store, engine, settings, counted=(store, sweep_store), admission=admission)
+                 admission: Admission | None = None, downloads: DownloadBudget | None = None) -> None:
+        super().__init__(store, engine, settings, counted=(store, sweep_store), admission=admission,
+                         downloads=downloads)
 
     def _max_active(self) -> int:
         return self.settings.max_queued
@@ -363,7 +382,8 @@ class Simulations(_Jobs[JobRow]):
         except CorruptResultError as exc:
             await asyncio.to_thread(reader.close)
             raise await self._recover_corrupt_result(job_id, exc) from None
-        return _streamed(reader, encode, lambda exc: self._requeue_corrupt(job_id, exc))
+        release = await _reserve_download(self.downloads, reader, fields, encode, f"simulation {job_id}'s trajectory")
+        return _streamed(reader, encode, lambda exc: self._requeue_corrupt(job_id, exc), release)
 
     def _requeue_corrupt(self, job_id: str, exc: CorruptResultError) -> None:
         """A stored result found damaged mid-stream: queued again (the engine's reconcile pass submits it), so the
@@ -412,8 +432,8 @@ class Sweeps(_Jobs[SweepRow]):
     limit_name = " (DLNSIM_MAX_ACTIVE_SWEEPS)"
 
     def __init__(self, store: SweepStore, jobs: JobStore | None, engine: Engine, settings: Settings,
-                 admission: Admission | None = None) -> None:
-        super().__init__(store, engine, settings, counted=(jobs, store), admission=admission)
+                 admission: Admission | None = None, downloads: DownloadBudget | None = None) -> None:
+        super().__init__(store, engine, settings, counted=(jobs, store), admission=admission, downloads=downloads)
 
     def _max_active(self) -> int:
         return self.settings.max_active_sweeps
@@ -518,4 +538,6 @@ class Sweeps(_Jobs[SweepRow]):
             await asyncio.to_thread(reader.close)
             raise ProblemError(500, "invalid-simulation-result", f"point {k} of sweep {sweep_id} succeeded but has no "
                                "stored trajectory")
-        return _streamed(reader, encode, lambda exc: None)
+        release = await _reserve_download(self.downloads, reader, getattr(encode, "fields", None), encode,
+                                          f"point {k}'s trajectory")
+        return _streamed(reader, encode, lambda exc: None, release)
