@@ -30,10 +30,10 @@ from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import preflight
 from service.limits import (
     Limits,
+    check_cost,
     check_data_limits,
     check_request_limits,
     check_shape_limits,
-    check_cost,
     check_trajectory_size,
     gradients_cost,
     preset_params,
@@ -151,6 +151,41 @@ def build_record(request: SimulationRequest) -> RecordSchedule:
                           similarity=rec.similarity, kernel=rec.kernel)
 
 
+# The initial network map's Frobenius norm at most: the loss is quadratic in it and must stay below ~1.8e308.
+MAX_INITIAL_MAP_NORM = 1e150
+
+
+class InitOverflowError(DynamicsError):
+    """Initial weights drawn from the init's parameters overflow (a scale near the largest float)."""
+
+    code = "init_overflow"
+
+
+def check_initial_weights(request: SimulationRequest, weights: list[np.ndarray]) -> None:
+    """The initial weights the init's parameters make are finite: else the parameter that sets their size is named
+    (``init.scale``, ``init.strength``, ``init.lambda``), not ``init.weights[k]``, which the caller never sent."""
+    init = request.init
+    if isinstance(init, GivenInit):
+        return  # given weights are checked as given (init.weights[k] is then what the caller sent)
+    name = "strength" if isinstance(init, AlignedInit) else (
+        "lambda" if isinstance(init, LambdaBalancedInit) and abs(init.lam) > abs(init.scale) else "scale")
+    value = getattr(init, "lam" if name == "lambda" else name)
+    fix = f"give a much smaller init.{name} (small random inits are around 1e-3 to 1)"
+    for k, w in enumerate(weights):
+        if not np.all(np.isfinite(w)):
+            raise InitOverflowError(f"init.{name} = {value!r} makes the initial weights of layer {k + 1} overflow "
+                                    "(entries beyond ±1.8e308, the largest float)", field=("init", name), fix=fix)
+    with np.errstate(over="ignore", invalid="ignore"):
+        product = weights[0]
+        for w in weights[1:]:
+            product = w @ product
+        size = float(np.linalg.norm(product)) if np.all(np.isfinite(product)) else float("inf")
+    if not size <= MAX_INITIAL_MAP_NORM:  # its square (the loss) must stay a float
+        raise InitOverflowError(f"init.{name} = {value!r} makes the network's initial map W_D⋯W_1 overflow (norm "
+                                f"{size:.3g}: the loss, its square, is beyond the largest float)",
+                                field=("init", name), fix=fix)
+
+
 def check_learning_rate(problem: Problem, depth: int, training: GradientDescentTraining) -> None:
     """GD with η above ``gd_stability_bound`` cannot settle at the minimum (docs/theory.md#gd-stability): refuse it
     unless the caller asked for the unstable run (its divergence is then reported as the outcome)."""
@@ -203,8 +238,10 @@ def build_run(request: SimulationRequest, max_flow_steps: int | None = None) -> 
 
 def _simulation_spec(request: SimulationRequest, problem: Problem, depth: int,
                      max_flow_steps: int | None) -> SimulationSpec:
-    weights0 = initial_weights(problem, list(request.network.hidden), request.init.scheme,
-                               **build_init_params(request))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, naming the parameter
+        weights0 = initial_weights(problem, list(request.network.hidden), request.init.scheme,
+                                   **build_init_params(request))
+    check_initial_weights(request, weights0)
     method = build_method(request, max_flow_steps)
     record = build_record(request)
     if isinstance(request.training, GradientDescentTraining):

@@ -306,7 +306,8 @@ def _init_flops(scheme: str, shapes: list[tuple[int, int]], shape: RequestShape)
     entries = sum(r * c for r, c in shapes)
     if scheme == "given":
         return 10.0 * entries  # read already (dense_values); shape and finiteness checks
-    flops = DRAW_FE * entries
+    # the draws, and the initial map W_D⋯W_1 (checked to stay finite): W_l times the product of the layers below it
+    flops = DRAW_FE * entries + GEMM_FE * 2 * shape.n_in * sum(r * c for r, c in shapes[1:])
     if scheme in ("orthogonal", "balanced", "lambda_balanced"):
         flops += QR_FE * sum(r * c * min(r, c) for r, c in shapes)
     if scheme == "aligned":

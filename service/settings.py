@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     # Access (README "Access"). API keys, comma-separated: "token", "name:token", "sha256:<hex>" or
     # "name:sha256:<hex>"; unset = no keys, every route open. A secret, so never shown in a repr.
     api_keys: SecretStr | None = None
+    # The secret of unnamed keys' owner ids (HMAC-SHA256 of the token's hash): unset = a random one kept in
+    # DLNSIM_DATA_DIR/owner-secret, made on first start. Like the keys, never passed on to the workers.
+    owner_secret: SecretStr | None = None
     # Browser origins allowed by CORS, comma-separated (e.g. https://lab.example.org; "*" = any);
     # unset = no CORS headers at all.
     cors_origins: str | None = None

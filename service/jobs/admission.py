@@ -12,6 +12,9 @@
   holds one of DLNSIM_VALIDATION_CONCURRENCY slots, so that the API spends at most that many cores' worth on
   validation at once and its memory is bounded by that many requests; light requests never wait. A request that
   waits longer than DLNSIM_VALIDATION_WAIT_SECONDS for a slot is answered 503 with Retry-After.
+* **A key's share of the queue.** DLNSIM_MAX_ACTIVE_PER_KEY, or, when it is unset and API keys name two or more
+  owners, each owner's fair share of DLNSIM_MAX_QUEUED (the queue divided by the owners, at least 1): one key cannot
+  fill the queue for all (``per_key_limit``; the check itself is ``submission._Jobs._check_active_limit``).
 * **A key's compute budget.** The estimated FLOPs of its queued and running simulations and sweeps (stored with each
   at admission), plus this one's, must stay within DLNSIM_MAX_KEY_FLOPS → 429 compute-budget-exceeded.
 * **A key's storage quota.** Its stored results, plus the most its running work will store, plus this request's,
@@ -75,11 +78,23 @@ class Ticket:
 class Admission:
     """Validation slots, a key's compute budget and storage quota, the disk's room (module docstring)."""
 
-    def __init__(self, settings: Settings, db: Database, *stores: Any) -> None:
-        self.settings, self.db = settings, db
+    def __init__(self, settings: Settings, db: Database, *stores: Any, key_owners: int = 0) -> None:
+        """``key_owners``: how many owners the API keys name (0: keys off)."""
+        self.settings, self.db, self.key_owners = settings, db, key_owners
         self.stores = [s for s in stores if s is not None]
         self.limits = Limits.from_settings(settings)
         self._slots = asyncio.Semaphore(settings.validation_concurrency)
+
+    def per_key_limit(self) -> tuple[int | None, str]:
+        """(simulations plus sweeps one key may have queued or running, where that number comes from)."""
+        if self.settings.max_active_per_key is not None:
+            return self.settings.max_active_per_key, "DLNSIM_MAX_ACTIVE_PER_KEY"
+        owners = self.key_owners
+        if owners < 2:
+            return None, ""
+        share = (f"each of the {owners} API keys' share of DLNSIM_MAX_QUEUED={self.settings.max_queued}; "
+                 "DLNSIM_MAX_ACTIVE_PER_KEY sets it")
+        return max(1, self.settings.max_queued // owners), share
 
     @property
     def waiting(self) -> int:

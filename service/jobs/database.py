@@ -245,6 +245,23 @@ def record_key(conn: sqlite3.Connection, kind: str, key: str | None, owner: str 
                      "VALUES (?, ?, ?, ?, ?, ?)", (owner or "", kind, key, resource_id, request_hash or "", utc_now()))
 
 
+def rename_owners(db: Database, renames: dict[str, str]) -> int:
+    """Give the jobs, sweeps and idempotency keys of owner id ``old`` the id ``new``, for each pair (unnamed API keys'
+    ids when their form changes); writes only if some row has an old id, so an up-to-date store is not written."""
+    tables = ("jobs", "sweeps", "idempotency_keys")
+    conn = db.connection()
+    todo = {old: new for old, new in renames.items() if old != new and any(
+        conn.execute(f"SELECT 1 FROM {t} WHERE owner = ? LIMIT 1", (old,)).fetchone() for t in tables)}
+    if not todo:
+        return 0
+    changed = 0
+    with db.write() as w:
+        for old, new in todo.items():
+            for table in tables:
+                changed += w.execute(f"UPDATE {table} SET owner = ? WHERE owner = ?", (new, old)).rowcount
+    return changed
+
+
 def purge_spent_keys(conn: sqlite3.Connection, before: str) -> int:
     """Forget keys recorded before ``before`` whose simulation or sweep no longer exists."""
     return conn.execute(

@@ -232,7 +232,7 @@ class _Jobs(ABC, Generic[Row]):
     async def _check_active_limit(self, owner: str | None) -> None:
         """429 when the caller's key already has DLNSIM_MAX_ACTIVE_PER_KEY simulations and sweeps queued or running
         (all callers together when keys are off). A soft limit: two creates racing may both pass."""
-        limit = self.settings.max_active_per_key
+        limit, source = self.admission.per_key_limit()
         if limit is None:
             return
         active = sum(await asyncio.gather(*(asyncio.to_thread(s.count_active, owner) for s in self._counted)))
@@ -240,7 +240,7 @@ class _Jobs(ABC, Generic[Row]):
             who = "this API key has" if owner is not None else "callers have"
             raise ProblemError(429, "too-many-active-jobs",
                                f"{who} {active} simulations and sweeps queued or running, the limit is {limit} "
-                               "(DLNSIM_MAX_ACTIVE_PER_KEY)", headers=retry_after(self.settings, 5))
+                               f"({source})", headers=retry_after(self.settings, 5))
 
     # -- read, list, cancel, delete ----------------------------------------------------------------------
 

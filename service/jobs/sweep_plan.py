@@ -32,6 +32,7 @@ from service.grid import (
     overlapping,
     remap_field,
 )
+from service.json_guard import check_duplicate_keys
 from service.limits import (
     ZERO_COST,
     Cost,
@@ -68,7 +69,9 @@ def parse_sweep(body: bytes) -> SweepRequest:
                            errors=[field_error([], "empty_body", "the request body is empty",
                                                "send a SweepRequest JSON object (with curl: -d @sweep.json)")])
     try:
-        return SweepRequest.model_validate_json(body)
+        sweep = SweepRequest.model_validate_json(body)
+        check_duplicate_keys(body)  # {"grid": ..., "grid": ...}: refused, not the last one kept
+        return sweep
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         bad_json = next((e for e in errors if e["type"] == "json_invalid"), None)
