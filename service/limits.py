@@ -58,7 +58,7 @@ class Limits:
     max_record_points: int = 10_000
     max_dataset_values: int = 8_000_000
     max_trajectory_values: int = 50_000_000
-    max_validation_flops: float = 1e10
+    max_validation_flops: float = 4e9
     max_validation_bytes: int = 256 << 20
     max_job_flops: float = 1e15
 

@@ -7,6 +7,9 @@
         ...validate in a thread...
     await admission.check_budgets(owner, cost)                # the key's compute budget and storage quota, the disk
 
+* **The parse.** A body's parse is the first cost, known from its size before it starts: about 110 FLOP-equivalents and
+  7 bytes of memory per byte. Over DLNSIM_MAX_VALIDATION_BYTES it is refused before it is parsed (413); its FLOPs count
+  with the validation's against DLNSIM_MAX_VALIDATION_FLOPS (``Ticket.admit``).
 * **Validation slots.** Validating a request is CPU and memory in the API process: one with a body over
   HEAVY_BODY_BYTES (its parse alone takes ~10 ns a byte and ~7 bytes of memory per byte) or a cost over HEAVY_FLOPS
   holds one of DLNSIM_VALIDATION_CONCURRENCY slots, so that the API spends at most that many cores' worth on
@@ -42,16 +45,21 @@ from .database import Database
 
 HEAVY_BODY_BYTES = 1 << 20
 HEAVY_FLOPS = 1e8
+# Parsing a JSON body (pydantic: its own tree, then Python objects): FLOP-equivalents and bytes held per byte.
+PARSE_FE_PER_BYTE = 110.0
+PARSE_BYTES_PER_BYTE = 7
 # A full disk or a spent quota is freed by an operator or by the caller's own deletes, not in a second.
 STORAGE_RETRY_AFTER = 30
 BUDGET_RETRY_AFTER = 10
 
 
 class Ticket:
-    """One request's place in validation: ``hold_if(cost)`` takes a slot for a costly validation (once)."""
+    """One request's place in validation: ``admit(cost)`` checks its parse and validation together against the budget,
+    and takes a slot for a costly validation (once)."""
 
-    def __init__(self, admission: Admission) -> None:
+    def __init__(self, admission: Admission, body_bytes: int = 0) -> None:
         self._admission, self.held = admission, False
+        self.parse_flops = PARSE_FE_PER_BYTE * body_bytes
 
     async def hold(self) -> None:
         if self.held:
@@ -65,8 +73,18 @@ class Ticket:
                 headers={"Retry-After": "2"}) from None
         self.held = True
 
-    async def hold_if(self, cost: Cost) -> None:
-        if cost.validation_flops > HEAVY_FLOPS or cost.validation_bytes > 64 * HEAVY_BODY_BYTES:
+    async def admit(self, cost: Cost, field: list[str | int] | None = None) -> None:
+        limit = self._admission.settings.max_validation_flops
+        total = cost.validation_flops + self.parse_flops
+        if total > limit:
+            from service.problems import one_field_problem
+
+            raise one_field_problem(
+                422, "limit-exceeded", field or [], "limit_exceeded",
+                f"parsing this body and validating the request would cost about {total:.3g} FLOP-equivalents, above "
+                f"this service's limit of {limit:.3g} (DLNSIM_MAX_VALIDATION_FLOPS)",
+                "send a smaller body (the correlations instead of a large dataset) or a smaller problem")
+        if total > HEAVY_FLOPS or cost.validation_bytes > 64 * HEAVY_BODY_BYTES:
             await self.hold()
 
     def release(self) -> None:
@@ -103,7 +121,20 @@ class Admission:
 
     @asynccontextmanager
     async def validating(self, body_bytes: int) -> AsyncIterator[Ticket]:
-        ticket = Ticket(self)
+        """A request's validation: its body's parse checked against DLNSIM_MAX_VALIDATION_BYTES before it starts
+        (413), a slot held from the start for a large body."""
+        held = PARSE_BYTES_PER_BYTE * body_bytes
+        if held > self.settings.max_validation_bytes:
+            from service.problems import field_error
+
+            limit = self.settings.max_validation_bytes
+            raise ProblemError(
+                413, "body-too-large", f"parsing a body of {body_bytes} bytes holds about {held >> 20} MiB, above this "
+                f"service's limit of {limit >> 20} MiB (DLNSIM_MAX_VALIDATION_BYTES): it is refused before it is read "
+                "into objects", errors=[field_error([], "body_too_large", f"the body is {body_bytes} bytes",
+                                                    f"send at most {limit // PARSE_BYTES_PER_BYTE} bytes: the "
+                                                    "correlations instead of a large dataset")])
+        ticket = Ticket(self, body_bytes)
         try:
             if body_bytes > HEAVY_BODY_BYTES:
                 await ticket.hold()

@@ -175,6 +175,8 @@ class _Jobs(ABC, Generic[Row]):
         """Its cost from the request alone (``service.limits.request_cost``), checked against the validation and job
         budgets: ProblemError 422 limit-exceeded, before anything is built."""
 
+    _cost_field: list[str | int] = ["data"]  # what a request over the validation budget is told to shrink
+
     def _validated_cost(self, validated: Any, estimate: Cost) -> Cost:
         """The cost to store with it: what validation found when it knows better (a sweep's points), else ``estimate``."""
         return estimate
@@ -197,7 +199,7 @@ class _Jobs(ABC, Generic[Row]):
                     return self._replay(existing, digest, idempotency_key)
                 await self._check_queue()
             cost = self._cost(parsed)
-            await ticket.hold_if(cost)  # so does a costly validation
+            await ticket.admit(cost, self._cost_field)  # parse and validation within budget; a costly one waits
             validated = await asyncio.to_thread(self._validate, parsed, canonical, digest)
         cost = self._validated_cost(validated, cost)
         await self._check_active_limit(owner)
@@ -430,6 +432,7 @@ class Sweeps(_Jobs[SweepRow]):
 
     what = "sweep"
     limit_name = " (DLNSIM_MAX_ACTIVE_SWEEPS)"
+    _cost_field = ["grid"]
 
     def __init__(self, store: SweepStore, jobs: JobStore | None, engine: Engine, settings: Settings,
                  admission: Admission | None = None, downloads: DownloadBudget | None = None) -> None:

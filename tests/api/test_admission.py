@@ -82,9 +82,9 @@ def sweep(n: int, points: int, axis: str = "init.seed") -> dict:
 
 
 async def test_sweep_points_that_share_their_data_build_it_once(service):
-    one, cpu_one = await timed(service.client.post("/v1/simulations", json=sweep(600, 1)["base"]))
+    one, cpu_one = await timed(service.client.post("/v1/simulations", json=sweep(400, 1)["base"]))
     assert one.status_code == 202, one.text
-    many, cpu_many = await timed(service.client.post("/v1/sweeps", json=sweep(600, 20)))
+    many, cpu_many = await timed(service.client.post("/v1/sweeps", json=sweep(400, 20)))
     assert many.status_code == 202, many.text
     assert cpu_many < 3 * cpu_one + 0.5, (cpu_one, cpu_many)  # not 20 builds of the problem
 
@@ -189,3 +189,17 @@ def _blob(size: int) -> bytes:
     from service import codec
 
     return codec.pack({"time": np.random.default_rng(0).random(size // 8)})
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_validation_bytes": 1 << 20}])
+async def test_a_body_whose_parse_would_hold_too_much_is_refused_before_it_is_parsed(service):
+    # a parse holds ~7 bytes of objects per byte of JSON: 200 kB here would hold more than the 1 MiB allowed
+    rows = [[0.5] * 8 for _ in range(5000)]
+    request = {"data": {"kind": "dataset", "x": rows, "y": [[0.25] for _ in rows]}, "network": {"hidden": [2]},
+               "training": {"method": "gd", "learning_rate": 0.01, "steps": 10}}
+    body = orjson.dumps(request)
+    assert 150_000 < len(body) < 1 << 20
+    response, cpu = await timed(service.client.post("/v1/simulations", content=body,
+                                                    headers={"content-type": "application/json"}))
+    problem = assert_problem(response, 413, "body-too-large")
+    assert "DLNSIM_MAX_VALIDATION_BYTES" in problem["detail"] and cpu < 0.1, cpu
