@@ -4,7 +4,8 @@
 #   docker run --init -p 127.0.0.1:8000:8000 -v dlnsim-data:/data dlnsim
 #
 # Stage 1 builds the project wheel and installs it with its dependencies into a venv (the same
-# `pip install` of the project that `make install` does, without the test extras and not editable);
+# `pip install` of the project that `make install` does, without the test extras and not editable, with the
+# parquet extra: sweep results as Parquet);
 # stage 2 is a clean slim image that receives only the venv and runs as a non-root user.
 
 ARG PYTHON_VERSION=3.11
@@ -17,7 +18,7 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY service ./service
 RUN /opt/venv/bin/python -m pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
-    && /opt/venv/bin/python -m pip install --no-cache-dir /tmp/wheels/*.whl
+    && /opt/venv/bin/python -m pip install --no-cache-dir "$(echo /tmp/wheels/*.whl)[parquet]"
 
 FROM python:${PYTHON_VERSION}-slim
 RUN groupadd --system --gid 10001 dlnsim \

@@ -35,12 +35,17 @@ from .common import (
 )
 from .downloads import downloads
 from .exact import exact_cost
-from .recording import analysis_recording_overhead, linearized_overhead, sharpness_recording_overhead
+from .recording import (
+    analysis_recording_overhead,
+    linearized_overhead,
+    live_records_overhead,
+    sharpness_recording_overhead,
+)
 from .sgd import sgd_speed
 from .stepping import gd_recording_overhead, gd_speed, gd_speed_float32, gd_vs_torch
 
 BENCHMARKS = [gd_speed, gd_speed_float32, gd_recording_overhead, analysis_recording_overhead, linearized_overhead,
-              sharpness_recording_overhead, sgd_speed, gd_vs_torch, exact_cost, downloads]
+              sharpness_recording_overhead, live_records_overhead, sgd_speed, gd_vs_torch, exact_cost, downloads]
 RESULTS = Path(__file__).with_name("results.md")
 
 

@@ -145,11 +145,57 @@ def _linearized_row(size: tuple[int, ...], repeats: int) -> Row:
                     f"({len(traj.time)} records)")
 
 
+def live_records_overhead(ctx: Context) -> list[Row]:
+    """The live view (issue 17): a worker's record events cost < 2 % of a 10,000-step GD run at (32, 32, 32).
+
+    Timed as the other rows are: exactly what the live view adds to a run, on that run's 201 recorded weight stacks,
+    best of many, over the best plain ``simulate`` (with the progress and stop hooks every worker run has). What it
+    adds: the records copied out of the kernel's buffer (``HookClock.so_far``), each summarised (loss, excess and
+    test loss, the strengths of up to 64 modes: ``live.LiveRecords``) and put into messages (``worker.LiveReporter``;
+    not sent: no Dask worker here, and a message leaves at most twice a second).
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        repeats = 5 if ctx.quick else 40
+        sizes = [(32, 32, 32)] if ctx.quick else [(8, 16, 8), (32, 32, 32), (100, 100, 100)]
+        return [_live_row(size, repeats) for size in sizes]
+
+
+def _live_row(size: tuple[int, int, int], repeats: int) -> Row:
+    from service.dynamics.live import LiveRecords
+    from service.dynamics.methods import Hooks, RunResult
+    from service.jobs.worker import LIVE_MODES, LiveReporter
+
+    method = GradientDescent(LEARNING_RATE, STEPS)
+    problem, w0 = make_problem(*size)
+    hooks = Hooks(progress=lambda f: None, should_stop=lambda: False)
+    run = _best(lambda: simulate(problem, w0, method, RecordSchedule(points=RECORDS), hooks=hooks),
+                max(3, repeats // 4))
+    traj = simulate(problem, w0, method, RecordSchedule(points=RECORDS, weights=True))
+    live = LiveRecords(problem, [size[1]])
+
+    def events() -> None:
+        copied = RunResult(times=traj.time.copy(), steps=traj.step.copy(), weights=[w.copy() for w in traj.weights],
+                           outcome="stopped")
+        reporter = LiveReporter(None, "bench", "attempt")
+        reporter.live = live
+        reporter.records(0, copied)
+        reporter.flush()
+
+    cost = _best(events, repeats) / run
+    rows = live.summaries(0, RunResult(traj.time, traj.step, traj.weights, "stopped"), LIVE_MODES)
+    return Row("(i17) live record events, 200 records", str(size), flops=None,
+               value=f"{100 * cost:.2f} % of the run", bar="< 2 %", passed=cost < 0.02,
+               note=f"{STEPS:,} GD steps, simulate {1e3 * run:.2f} ms with the worker's hooks; {len(rows)} records "
+                    f"copied, summarised and put into messages {1e3 * cost * run:.2f} ms")
+
+
 def main() -> None:
     """These rows alone, as ``python -m bench`` runs them: the workers' malloc thresholds, one BLAS thread."""
     use_service_malloc_settings()  # else every fresh array past 128 KiB is a new mmap, paid in page faults
     ctx = Context(quick=False, threads=1)
-    for row in analysis_recording_overhead(ctx) + sharpness_recording_overhead(ctx) + linearized_overhead(ctx):
+    rows = (analysis_recording_overhead(ctx) + sharpness_recording_overhead(ctx) + linearized_overhead(ctx)
+            + live_records_overhead(ctx))
+    for row in rows:
         print(f"| {row.benchmark} | {row.case} | {row.value} | {row.bar} | "
               f"{'pass' if row.passed else ('—' if row.passed is None else 'FAIL')} | {row.note} |")
 

@@ -105,7 +105,8 @@ def test_image_installs_the_project_with_pip_like_the_makefile():
     # Makefile: `$(PY) -m pip install -e '.[test]'`: pip on the project root. The image builds the
     # wheel of the project root and installs it (with its runtime dependencies) into the venv.
     assert re.search(r"/opt/venv/bin/python -m pip wheel .*--no-deps .*--wheel-dir /tmp/wheels \.(\s|$)", runs)
-    assert "/opt/venv/bin/python -m pip install --no-cache-dir /tmp/wheels/*.whl" in runs
+    # the wheel with its parquet extra (sweep results as Parquet in the image too)
+    assert '/opt/venv/bin/python -m pip install --no-cache-dir "$(echo /tmp/wheels/*.whl)[parquet]"' in runs
     assert re.search(r"-m pip install .*-e '\.\[test\]'", (ROOT / "Makefile").read_text())
 
 

@@ -14,12 +14,8 @@ from service.dynamics.network import VectorField
 from service.jobs.store import JobRow
 from service.jobs.sweeps_store import PointRow, SweepRow
 from service.problems import field_error
-from service.schemas import SweepPointResult
+from service.schemas.sweeps import SUMMARY_FIELDS
 from service.status import CANCELLED, FAILED, POINT_FINISHED, SUCCEEDED
-
-# The result fields a point's summary fills (null until it succeeded).
-SUMMARY_FIELDS = tuple(name for name in SweepPointResult.model_fields
-                       if name not in ("index", "parameters", "status", "finished_at", "outcome", "error", "links"))
 
 
 def _simulation_links(job_id: str) -> dict[str, str]:
@@ -136,6 +132,11 @@ def point_document(row: PointRow, keep: str) -> dict[str, Any]:
         "error": error,
         "links": {"trajectory": trajectory},
     }
+
+
+def point_values(row: PointRow, keep: str) -> dict[str, Any]:
+    """``point_document`` with its parameters decoded (for the flat table, ``service.results_table``)."""
+    return {**point_document(row, keep), "parameters": orjson.loads(row.params)}
 
 
 def _finite_lists(a: np.ndarray) -> list:

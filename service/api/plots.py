@@ -26,6 +26,10 @@ from service.plots import (
     sweep_axes,
 )
 from service.problems import ProblemError, field_error
+from service.status import RUNNING
+
+# what the records of a running simulation can draw (its partial trajectory: loss and mode strengths)
+LIVE_KINDS = ("loss", "modes")
 
 router = APIRouter()
 
@@ -102,6 +106,10 @@ async def get_simulation_plot(
             raise _query_problem(PlotError("every time must be a finite number ≥ 0", field="time",
                                            fix="give times t ≥ 0 within the run, e.g. time=0&time=10"))
     row = await simulations.get(job_id, owner)
+    if row.status == RUNNING and kind not in LIVE_KINDS:
+        raise ProblemError(409, "not-finished", f"simulation {job_id} is running: its {kind} plot needs the finished "
+                           f"run; {' and '.join(LIVE_KINDS)} are drawn from its records so far",
+                           headers={"Retry-After": str(simulations.settings.retry_after_seconds)})
     labels = _labels(row.request) if kind in ("product", "similarity") else None
 
     def render(stored: codec.Stored) -> bytes:

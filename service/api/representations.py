@@ -1,5 +1,6 @@
 """The representations of a stored trajectory, shared by the routes that serve one (a simulation's, a sweep
-point's): which one the Accept header asks for, the ``fields`` to keep, and the pieces of each (``service.codec``)."""
+point's): which one the Accept header asks for, the ``fields`` to keep, and the pieces of each (``service.codec``);
+and which representation of a sweep's results (JSON pages, CSV, Parquet: ``service.results_table``) is asked for."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from starlette.background import BackgroundTask
 from service import codec
 from service.api.negotiation import JSON, NETCDF, NPZ, TRAJECTORY_MEDIA_TYPES, negotiate
 from service.problems import ProblemError, field_error
+from service.results_table import CSV, PARQUET, parquet_available
 
 EXTENSIONS = {NPZ: "npz", NETCDF: "nc"}
 BINARY = {"type": "string", "format": "binary"}  # the OpenAPI schema of a binary representation
@@ -75,3 +77,19 @@ def download_headers(media: str, name: str) -> dict[str, str]:
     if media in EXTENSIONS:
         headers["Content-Disposition"] = f'attachment; filename="{name}.{EXTENSIONS[media]}"'
     return headers
+
+
+def results_media(accept: str | None) -> str:
+    """The representation of a sweep's results ``accept`` ranks highest: JSON pages, CSV, or Parquet where this
+    service can write it (pyarrow); 406 naming the header when none matches."""
+    offered = (JSON, CSV, PARQUET) if parquet_available() else (JSON, CSV)
+    media = negotiate(accept, offered)
+    if media is None:
+        missing = "" if PARQUET in offered else f" ({PARQUET} needs pyarrow, which this server lacks: install the " \
+                                                 "service with its parquet extra, pip install 'dlnsim[parquet]')"
+        raise ProblemError(406, "not-acceptable", f"a sweep's results are served as {', '.join(offered)}, and Accept "
+                           f"is {accept!r}{missing}",
+                           errors=[field_error(["Accept"], "not_acceptable", f"no representation matches {accept!r}",
+                                               f"send Accept: {' or '.join(offered)} (or no Accept header)",
+                                               "header")])
+    return media

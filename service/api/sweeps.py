@@ -2,7 +2,7 @@
 
     POST /v1/sweeps {"base": {...}, "grid": {"init.scale": [0.001, 0.1], "init.seed": [0, 1, 2]}}
     GET  /v1/sweeps/{id}                         status, counts per status, progress
-    GET  /v1/sweeps/{id}/results?page_size=100   one row per point, in grid order
+    GET  /v1/sweeps/{id}/results?page_size=100   one row per point, in grid order (JSON pages; CSV or Parquet whole)
     GET  /v1/sweeps/{id}/points/{k}/trajectory   with keep: trajectories
 
 Handlers delegate to ``service.jobs.submission.Sweeps`` (whose create flow is the simulations': an
@@ -16,15 +16,17 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from service.api.bodies import check_media_type, json_request_body
 from service.api.deps import ListFilterDep, OwnerDep, SettingsDep, StatusQuery, SweepsDep
-from service.api.documents import list_json, point_document, sweep_json
+from service.api.documents import list_json, point_document, point_values, sweep_json
 from service.api.errors import problem_responses
-from service.api.negotiation import NETCDF, NPZ
-from service.api.representations import BINARY, accepted, encoder, streamed
+from service.api.negotiation import JSON, NETCDF, NPZ
+from service.api.representations import BINARY, accepted, encoder, results_media, streamed
 from service.jobs.submission import Sweeps
 from service.jobs.sweeps_store import SweepRow
+from service.results_table import CSV, PARQUET, results_table, to_csv, to_parquet
 from service.schemas import (
     SWEEP_REQUEST_EXAMPLES,
     Sweep,
@@ -42,6 +44,21 @@ MAX_RESULTS_PAGE_SIZE = 1000
 SweepId = Annotated[str, Path(description="The sweep id.")]
 PointIndex = Annotated[int, Path(ge=0, description="The point's index k (its position in the results).")]
 NOT_FOUND = "No sweep with this id"
+
+
+_RESULTS_DESCRIPTION = """\
+One row per point, in index order. **Representations** (content negotiation on `Accept`):
+
+* `application/json` (default): pages of `page_size` rows, `next_page_token` to go on;
+* `text/csv`: every point (of `status`, if given) in one flat table — `point`, one column per swept parameter
+  named by its path (`init.scale`; list values as JSON text), `status`, `finished_at`, `outcome`, one column per
+  scalar result, the per-mode vectors as `final_strength_1 … _k`, `learning_time_1 … _k`,
+  `learning_time_theory_1 … _k` (1-based; empty where a point has fewer modes), `error_type`, `error_detail`.
+  Floats are printed to round-trip (the JSON's numbers, exactly); `pandas.read_csv` reads it as it is;
+* `application/vnd.apache.parquet`: the same table as a Parquet file (float64, nullable int64, strings,
+  `finished_at` a UTC timestamp), where the server has pyarrow (`dlnsim[parquet]`; else 406 naming it).
+
+`page_size` and `page_token` apply to the JSON pages only."""
 
 
 async def sweep_response(sweeps: Sweeps, settings: Settings, row: SweepRow, status_code: int,
@@ -138,12 +155,18 @@ async def get_sweep(sweep_id: SweepId, sweeps: SweepsDep, settings: SettingsDep,
 @router.get(
     "/{sweep_id}/results",
     response_model=None,
-    summary="A sweep's results: one row per point, in index order",
-    responses={200: {"model": SweepResults, "description": "One page of points (all of them, finished or not)."},
-               **problem_responses(404, 422, d404=NOT_FOUND)},
+    summary="A sweep's results: one row per point, in index order (JSON pages, or all of it as CSV or Parquet)",
+    description=_RESULTS_DESCRIPTION,
+    responses={200: {"model": SweepResults, "description": "One page of points (all of them, finished or not); "
+                                                           "the whole table as CSV or Parquet on request.",
+                     "content": {CSV: {"schema": {"type": "string"}}, PARQUET: {"schema": BINARY}},
+                     "headers": {"Vary": {"description": "Accept: the representation depends on it",
+                                          "schema": {"type": "string"}}}},
+               **problem_responses(404, 406, 422, d404=NOT_FOUND)},
 )
 async def list_sweep_results(
     sweep_id: SweepId,
+    request: Request,
     sweeps: SweepsDep,
     owner: OwnerDep,
     status: Annotated[StatusQuery | None, Query(description="Only points with this status.")] = None,
@@ -151,9 +174,18 @@ async def list_sweep_results(
     page_token: Annotated[str | None, Query(max_length=512, description="next_page_token of the previous page.")
                           ] = None,
 ) -> Response:
+    media = results_media(request.headers.get("accept"))
+    if media != JSON:
+        row = await sweeps.get(sweep_id, owner)
+        rows = [point_values(p, row.keep) for p in await sweeps.all_points(row) if status in (None, p.status)]
+        write = to_csv if media == CSV else to_parquet
+        body = await run_in_threadpool(lambda: write(results_table(rows)))
+        name = f"sweep-{sweep_id}-results.{'csv' if media == CSV else 'parquet'}"
+        return Response(body, media_type=media, headers={"Vary": "Accept",
+                                                         "Content-Disposition": f'attachment; filename="{name}"'})
     row, points, token = await sweeps.points(sweep_id, owner, status, page_size, page_token)
     body = orjson.dumps({"items": [point_document(p, row.keep) for p in points], "next_page_token": token})
-    return Response(body, media_type="application/json")
+    return Response(body, media_type="application/json", headers={"Vary": "Accept"})
 
 
 @router.get(

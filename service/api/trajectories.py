@@ -39,7 +39,11 @@ Only the arrays of the members asked for are read from the store, one at a time,
 is made."""
 
 _TRAJECTORY_DESCRIPTION = f"""\
-The recorded trajectory. 409 until the simulation succeeded.
+The recorded trajectory of a succeeded simulation. **Partial trajectories** (`"partial": true`): while the simulation
+runs, its records so far (`time`, `step`, `loss`, `excess_loss`, `test_loss`, `modes.strength` of the first 64 modes;
+`outcome` "running"; the other members null until it ends); after a cancel, the records up to the cancellation
+(every member, `outcome` "stopped"). 409 while it is queued or has no record yet (with Retry-After), and for a
+failed simulation.
 
 **Representations** (content negotiation on `Accept`): `application/json` (default; the Trajectory schema),
 `application/x-npz` (NumPy arrays) or `application/x-netcdf` (netCDF-3 with named dimensions and the request and
@@ -55,7 +59,7 @@ The recorded trajectory as netCDF-3 (64-bit offsets): every array of the .npz la
 dimensions (`time`, `mode`, `output`, `input`, `unit_l` for layer widths …), `mode` (1…k) and, for GD, `step` as
 coordinates, each variable's `description`; the request, the provenance, name and tags as global attributes (JSON
 text, UTF-8). `xarray.open_dataset(io.BytesIO(body))` loads it (scipy engine). netCDF-3 has no 64-bit integers:
-integers are int32, flags int8. 409 until the simulation succeeded.
+integers are int32, flags int8. Partial while the simulation runs and after a cancel, as `get_trajectory`.
 
 {_SELECTION}"""
 
@@ -78,7 +82,7 @@ async def _serve(simulations: SimulationsDep, owner: str | None, job_id: str, me
 @router.get(
     "/{job_id}/trajectory",
     response_model=None,
-    summary="Get the trajectory of a succeeded simulation (JSON, .npz or netCDF)",
+    summary="Get the trajectory of a simulation (JSON, .npz or netCDF; partial while it runs)",
     description=_TRAJECTORY_DESCRIPTION,
     responses={200: {"model": Trajectory, "description": "The recorded trajectory (JSON, or .npz or netCDF on "
                                                          "request).",
@@ -95,9 +99,9 @@ async def get_trajectory(job_id: JobId, request: Request, simulations: Simulatio
 @router.get(
     "/{job_id}/trajectory.npz",
     response_class=Response,
-    summary="Get the trajectory of a succeeded simulation as a .npz archive",
-    description=f"The trajectory as the `.npz` of `get_trajectory` (same `fields`, `every`). 409 until the "
-                f"simulation succeeded.\n\n{codec.NPZ_LAYOUT}",
+    summary="Get the trajectory of a simulation as a .npz archive",
+    description=f"The trajectory as the `.npz` of `get_trajectory` (same `fields`, `every`; partial while the "
+                f"simulation runs and after a cancel, as there).\n\n{codec.NPZ_LAYOUT}",
     responses={200: {"description": "The .npz archive.", "content": {NPZ: {"schema": BINARY}}},
                **problem_responses(404, 409, 422)},
 )
@@ -109,7 +113,7 @@ async def get_trajectory_npz(job_id: JobId, simulations: SimulationsDep, owner: 
 @router.get(
     "/{job_id}/trajectory.nc",
     response_class=Response,
-    summary="Get the trajectory of a succeeded simulation as netCDF (for xarray)",
+    summary="Get the trajectory of a simulation as netCDF (for xarray)",
     description=_NETCDF_DESCRIPTION,
     responses={200: {"description": "The netCDF-3 file.", "content": {NETCDF: {"schema": BINARY}}},
                **problem_responses(404, 409, 422)},

@@ -71,4 +71,14 @@ class WorkLimitError(DynamicsError):
 
 
 class StopRequested(Exception):
-    """Raised inside a run when the caller's cooperative stop check returned True."""
+    """Raised inside a run when the caller's cooperative stop check returned True.
+
+    ``partial``: the records the run had made by then (a ``methods.RunResult`` with outcome "stopped"), where the
+    stepping method keeps them; ``trajectory``: those records made into a ``Trajectory`` (set by
+    ``simulate.simulate``), so that a cancelled run keeps its curve so far.
+    """
+
+    def __init__(self, message: str = "stop requested", *, partial=None, trajectory=None) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.trajectory = trajectory

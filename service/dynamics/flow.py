@@ -125,6 +125,8 @@ def _integrate(problem: Problem, weights0, method: GradientFlow, t_eval: np.ndar
     times = np.empty(t_eval.size + 1)
     rows[0], times[0] = y0, 0.0
     n = 1  # records written; t_eval[n] is the next time to record
+    clock.so_far = lambda start: RunResult(times=times[start:n].copy(), steps=None,
+                                           weights=layout.unpack_stack(rows[start:n], dt), outcome="stopped")
     t_end = float(method.t_max)
     outcome, diverged_at = "completed", None
 

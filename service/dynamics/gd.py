@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -279,10 +279,13 @@ class HookClock:
         self.hooks = hooks
         self.blas_threads = hooks.blas_threads if hooks is not None else None
         self.active = hooks is not None and (hooks.progress is not None or hooks.should_stop is not None
-                                             or self.blas_threads is not None)
+                                             or self.blas_threads is not None or hooks.records is not None)
         self.interval = max(0.0, float(hooks.interval)) if hooks is not None else 0.0
         self.last = time.perf_counter()
         self.sharing = False  # set by blas_threads_for while steps big enough for several threads run
+        # set by the stepping driver: records [start:] made so far (a RunResult, outcome "stopped")
+        self.so_far: Callable[[int], RunResult] | None = None
+        self.sent = 0  # records handed to hooks.records so far
 
     def due(self) -> bool:
         return self.active and time.perf_counter() - self.last >= self.interval
@@ -292,11 +295,21 @@ class HookClock:
         if not self.active:
             return
         self.last = time.perf_counter()
+        self.send_records()
         if self.hooks.progress is not None:
             self.hooks.progress(min(1.0, max(0.0, float(fraction))))
         if self.hooks.should_stop is not None and self.hooks.should_stop():
-            raise StopRequested("stop requested")
+            raise StopRequested("stop requested", partial=self.so_far(0) if self.so_far is not None else None)
         self.share_cores()
+
+    def send_records(self) -> None:
+        """Hand the records made since the last call to ``hooks.records``."""
+        if self.hooks is None or self.hooks.records is None or self.so_far is None:
+            return
+        new = self.so_far(self.sent)
+        if new.times.size:
+            self.hooks.records(self.sent, new)
+            self.sent += int(new.times.size)
 
     def share_cores(self) -> None:
         """Give the next steps as many BLAS threads as the ``blas_threads`` hook allows (while sharing)."""
@@ -304,6 +317,8 @@ class HookClock:
             set_blas_threads(max(1, int(self.blas_threads())))
 
     def done(self) -> None:
+        if self.active:
+            self.send_records()
         if self.active and self.hooks.progress is not None:
             self.hooks.progress(1.0)
 
@@ -381,6 +396,7 @@ def run_gd(problem: Problem, weights0: Sequence[np.ndarray], method: GradientDes
     chunk = max(1, int(clock.interval * 1e9 / max(flops, 1))) if clock.active else n_steps + 1
     # + 1 row: the state where an early stop happens
     with snapshot_buffer(rec.size + 1, layout.size, dt) as snap, blas_threads_for(flops, clock):
+        clock.so_far = records_so_far(method, layout, dt, rec, snap, state)
         while state[gd_loop.STATUS] == gd_loop.RUNNING:
             t0 = time.perf_counter()
             k_start = int(state[gd_loop.K])
@@ -394,6 +410,19 @@ def run_gd(problem: Problem, weights0: Sequence[np.ndarray], method: GradientDes
                 clock.check(int(state[gd_loop.K]) / max(n_steps, 1))
         clock.done()
         return finish_run(method, layout, dt, rec, snap, w, state)  # copies the records out of the buffer
+
+
+def records_so_far(method, layout: Layout, dt: np.dtype, rec: np.ndarray, snap: np.ndarray,
+                   state: np.ndarray) -> Callable[[int], RunResult]:
+    """For ``HookClock.so_far``: the records [start:] a GD or SGD kernel has written into ``snap`` so far."""
+    eta = float(method.learning_rate)
+
+    def so_far(start: int) -> RunResult:
+        steps = rec[start:int(state[gd_loop.POS])].copy()
+        return RunResult(times=steps * eta, steps=steps, weights=layout.unpack_stack(snap[start:start + steps.size], dt),
+                         outcome="stopped")
+
+    return so_far
 
 
 def finish_run(method: GradientDescent, layout: Layout, dt: np.dtype, rec: np.ndarray, snap: np.ndarray,

@@ -14,7 +14,9 @@ import numpy as np
 # unless the init is exactly at the saddle).
 CONVERGENCE_RTOL = 1e-10
 
-Outcome = Literal["converged", "completed", "diverged"]
+# "stopped": a run cancelled before its end, of which the records up to there were kept; "running": the records so
+# far of a run still going (what a live view shows)
+Outcome = Literal["converged", "completed", "diverged", "stopped", "running"]
 
 
 @dataclass(frozen=True)
@@ -118,12 +120,16 @@ class Hooks:
     raise ``StopRequested`` at the next check. ``blas_threads()`` returns how many BLAS threads the run
     may use from now on: asked when a run's stepping starts and at every check, so a caller can hand a
     run the cores other runs leave free (steps below ``gd.SINGLE_THREAD_MAX_FLOPS`` stay on one thread).
+    ``records(start, run)`` gets, at every check and once at the end of the stepping, the records made since the
+    last call: ``run`` holds records ``start``, ``start + 1``, … (outcome "stopped": a run in progress), for a live
+    view of the run (gd, sgd and flow; the exact method evaluates all its records at once).
     """
 
     progress: Callable[[float], None] | None = None
     should_stop: Callable[[], bool] | None = None
     interval: float = 0.2
     blas_threads: Callable[[], int] | None = None
+    records: Callable[[int, RunResult], None] | None = None
 
 
 @dataclass

@@ -56,6 +56,7 @@ from .gd import (
     frobenius_norm,
     layout_of,
     plan_order,
+    records_so_far,
     scratch_for,
     snapshot_buffer,
     step_flops,
@@ -255,6 +256,7 @@ def _run(problem: Problem, weights0: Sequence[np.ndarray], method, n_steps: int,
     clock = HookClock(hooks)
     chunk = max(1, int(clock.interval * 1e9 / max(flops, 1))) if clock.active else n_steps + 1
     with snapshot_buffer(rec.size + 1, layout.size, dt) as snap, blas_threads_for(flops, clock):
+        clock.so_far = records_so_far(method, layout, dt, rec, snap, state)
         while state[gd_loop.STATUS] == gd_loop.RUNNING:
             k = int(state[gd_loop.K])
             k_stop = min(k + chunk, n_steps + 1)

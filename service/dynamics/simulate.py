@@ -12,11 +12,12 @@ norm, distance to the optimum) is computed here once, vectorised over the record
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from . import gd_loop, network
-from .errors import ExactNotApplicableError, InvalidParameterError
+from .errors import ExactNotApplicableError, InvalidParameterError, StopRequested
 from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
 from .gd import HookClock, Layout, plan_order, run_gd
@@ -116,6 +117,23 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
         return simulate_sequence(problem, weights0, method, record, dtype=dtype, hooks=hooks)
     preflight(problem, weights0, method, record, dtype=dtype)
     weights0 = [np.asarray(w, dtype=np.float64) for w in weights0]
+    try:
+        run = _step(problem, weights0, method, record, dtype, hooks)
+    except StopRequested as stop:
+        if stop.partial is None or not stop.partial.times.size:
+            raise
+        # cancelled: the records so far, made into a trajectory like any other (outcome "stopped"), without the
+        # sharpness, which can cost as much as the run did: a cancel must end promptly
+        kept = build_trajectory(problem, weights0, method, replace(record, sharpness=False), stop.partial)
+        raise StopRequested(str(stop), partial=stop.partial, trajectory=kept) from None
+    clock = HookClock(hooks)
+    return build_trajectory(problem, weights0, method, record, run,
+                            between=(lambda: clock.check(1.0) if clock.due() else None) if clock.active else None)
+
+
+def _step(problem: Problem, weights0: list[np.ndarray], method: Method, record: RecordSchedule, dtype: str,
+          hooks: Hooks | None) -> RunResult | ExactRun:
+    """The method's run: the weights (or the exact method's network map) at the record points."""
     if isinstance(method, StochasticGradientDescent):
         run = run_sgd(problem, weights0, method,
                       record.gd_steps(method.learning_rate, method.total_steps(problem.samples.n)),
@@ -134,9 +152,7 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
                         w32_gram=record.kernel)
         if hooks and hooks.progress:
             hooks.progress(1.0)
-    clock = HookClock(hooks)
-    return build_trajectory(problem, weights0, method, record, run,
-                            between=(lambda: clock.check(1.0) if clock.due() else None) if clock.active else None)
+    return run
 
 
 def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Method, record: RecordSchedule,

@@ -29,7 +29,10 @@ PIECES_BYTES = 48 << 20
 
 def download_bytes(stored: Any, names: Iterable[str], *, whole: bool, thinned: bool = False) -> int:
     """The most a download of the arrays ``names`` of ``stored`` holds at once (module docstring)."""
-    sizes = [int(stored.nbytes(name)) for name in names] if hasattr(stored, "nbytes") else []
+    if hasattr(stored, "nbytes"):
+        sizes = [int(stored.nbytes(name)) for name in names]
+    else:  # arrays in memory (a running simulation's records so far)
+        sizes = [int(getattr(stored.get(name), "nbytes", 0)) for name in names]
     if whole:
         return 4 * sum(sizes) + PIECES_BYTES
     return (2 if thinned else 1) * max(sizes, default=0) + PIECES_BYTES

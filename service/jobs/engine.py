@@ -32,10 +32,11 @@ from service.settings import Settings
 
 from . import cluster
 from .database import StorageFullError
+from .live import LiveFeeds
 from .runner import SCATTER_BYTES, Runner, describe, failure_problem, insufficient_storage_problem, settle
 from .store import JobRow, JobStore
 from .tasks import run_simulation
-from .worker import PROGRESS_TOPIC, internal_problem, task_key
+from .worker import PROGRESS_TOPIC, STOPPED, internal_problem, task_key
 
 log = logging.getLogger("dlnsim.jobs")
 
@@ -55,6 +56,8 @@ class EngineProtocol(Protocol):
     async def wait(self, job_id: str, timeout: float) -> bool: ...
     async def ready(self) -> bool: ...
     async def warm_workers(self) -> tuple[int, int]: ...
+
+    def live_feeds(self) -> LiveFeeds: ...
 
 
 class Engine(Runner):
@@ -79,6 +82,7 @@ class Engine(Runner):
         self._resubmits: dict[str, int] = {}
         self._progress: dict[str, float] = {}    # buffered until the next flush
         self._flusher: asyncio.Task | None = None
+        self._live = LiveFeeds(settings.max_record_points)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -89,6 +93,10 @@ class Engine(Runner):
     @property
     def cluster(self):
         return self._cluster
+
+    def live_feeds(self) -> LiveFeeds:
+        """The running jobs' live events (``live``), fed by the workers' progress messages."""
+        return self._live
 
     async def start(self) -> None:
         """Connect (or start the embedded cluster), subscribe to progress, resubmit unfinished jobs."""
@@ -229,6 +237,10 @@ class Engine(Runner):
             elif settled.kind == "crashed":
                 await self._record(self.store.fail, job_id, failure_problem(
                     settled.value, "this simulation", "ask for fewer record points or smaller matrices"))
+            elif settled.kind == "result" and settled.value[0] == STOPPED:
+                # cancelled while it ran: the records it made until then are kept with the cancelled job
+                await self._record(self.store.mark_cancelled, job_id)
+                await self._record(self.store.keep_stopped, job_id, settled.value[1], hold=False)  # records: not held
             elif settled.kind == "result":
                 outcome, blob = settled.value
                 # hold=False: a result that does not fit is not kept in memory waiting for space (a 507 failure)
@@ -248,6 +260,7 @@ class Engine(Runner):
         self._finished(job_id)
 
     def _finished(self, job_id: str) -> None:
+        self._live.end(job_id)
         event = self._done.pop(job_id, None)
         if event is not None:
             event.set()
@@ -292,11 +305,16 @@ class Engine(Runner):
         if not isinstance(msg, dict) or not isinstance(msg.get("job"), str):
             return
         job_id = msg["job"]
+        attempt = msg.get("attempt") if isinstance(msg.get("attempt"), str) else None
         if msg.get("started"):
             self._progress.pop(job_id, None)
+            if attempt is not None:
+                self._live.start(job_id, attempt)
             self._spawn(self._record_started(job_id, msg.get("provenance")))
-        elif isinstance(msg.get("progress"), int | float):
+            return
+        if isinstance(msg.get("progress"), int | float):
             self._progress[job_id] = float(msg["progress"])
+        self._live.update(job_id, attempt, msg)
 
     async def _record_started(self, job_id: str, provenance: Any) -> None:
         with contextlib.suppress(Exception):

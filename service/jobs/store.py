@@ -258,6 +258,18 @@ class JobStore:
             self.db.checkpoint()  # so that the next writer resets the WAL this result went through
         return True
 
+    def keep_stopped(self, job_id: str, result: bytes, *, codec: str = ARRAYS) -> bool:
+        """Store the records a cancelled job had made when it stopped (a packed trajectory, outcome "stopped"), if the
+        job is cancelled and has no result yet."""
+        with self.db.write() as conn:
+            cur = conn.execute("UPDATE jobs SET outcome = 'stopped' WHERE id = ? AND status = 'cancelled' AND NOT "
+                               "EXISTS (SELECT 1 FROM results WHERE job_id = ?)", (job_id, job_id))
+            if cur.rowcount != 1:
+                return False
+            conn.execute("INSERT INTO results (job_id, codec, size, data) VALUES (?, ?, ?, ?)",
+                         (job_id, codec, len(result), bytes(result)))
+        return True
+
     def fail(self, job_id: str, problem: Mapping[str, Any]) -> bool:
         """Mark the job failed with an RFC 9457 problem, if it is still queued or running."""
         with self.db.write() as conn:

@@ -28,9 +28,11 @@ import hashlib
 import logging
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
+
+import orjson
 
 from service.build import admit_simulation
 from service.codec import Stored, selected_names
@@ -47,7 +49,7 @@ from service.schemas import SimulationRequest
 from service.schemas.common import LABELS
 from service.schemas.validation import parse_body
 from service.settings import Settings
-from service.status import CANCELLED, FAILED, QUEUED, SUCCEEDED
+from service.status import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 
 from .admission import Admission
 from .database import (
@@ -59,11 +61,17 @@ from .database import (
     TrajectoryReader,
 )
 from .downloads import DownloadBudget, download_bytes
+from .live import parse_cursor, partial_arrays
 from .store import JobRow, JobStore
 from .sweep_plan import ValidatedSweep, canonical_sweep, sweep_cost_estimate, validate_parsed
 from .sweeps_store import PointRow, SweepRow, SweepStore
 
 log = logging.getLogger("dlnsim.jobs")
+
+# A follower of a simulation's events reads the job again at least this often (the store says when it ended).
+FOLLOW_POLL_SECONDS = 1.0
+# The reconnection delay an event stream asks of its clients (the SSE retry field, milliseconds).
+EVENT_RETRY_MS = 1000
 
 # A corrupt stored result is recomputed until the job has been started this many times; corruption that
 # comes back run after run is not the disk's doing, and the job is then marked failed instead.
@@ -123,6 +131,14 @@ def _streamed(reader: TrajectoryReader, encode: Callable[[Any], Iterator[bytes]]
         release()
 
 
+def _held(pieces: list[bytes], release: Callable[[], None]) -> Iterator[bytes]:
+    """``pieces``, their download reservation given back once they are sent (or the response is dropped)."""
+    try:
+        yield from pieces
+    finally:
+        release()
+
+
 async def _reserve_download(budget: DownloadBudget, reader: TrajectoryReader, fields: list[str] | None,
                             encode: Any, what: str) -> Callable[[], None]:
     """Reserve from the download budget what sending the arrays ``fields`` of ``reader`` will hold (the reader is
@@ -175,7 +191,7 @@ class _Jobs(ABC, Generic[Row]):
         """Its cost from the request alone (``service.limits.request_cost``), checked against the validation and job
         budgets: ProblemError 422 limit-exceeded, before anything is built."""
 
-    _cost_field: list[str | int] = ["data"]  # what a request over the validation budget is told to shrink
+    _cost_field: tuple[str, ...] = ("data",)  # what a request over the validation budget is told to shrink
 
     def _validated_cost(self, validated: Any, estimate: Cost) -> Cost:
         """The cost to store with it: what validation found when it knows better (a sweep's points), else ``estimate``."""
@@ -199,7 +215,7 @@ class _Jobs(ABC, Generic[Row]):
                     return self._replay(existing, digest, idempotency_key)
                 await self._check_queue()
             cost = self._cost(parsed)
-            await ticket.admit(cost, self._cost_field)  # parse and validation within budget; a costly one waits
+            await ticket.admit(cost, list(self._cost_field))  # parse and validation within budget; a costly one waits
             validated = await asyncio.to_thread(self._validate, parsed, canonical, digest)
         cost = self._validated_cost(validated, cost)
         await self._check_active_limit(owner)
@@ -349,11 +365,55 @@ class Simulations(_Jobs[JobRow]):
             return Created(await self.get(created.row.id, owner), created.replayed)
         return created
 
+    def _has_trajectory(self, row: JobRow) -> bool:
+        """Succeeded, or cancelled while it ran (the records up to there were kept: outcome "stopped")."""
+        return row.status == SUCCEEDED or (row.status == CANCELLED and row.outcome == "stopped")
+
+    def _running_trajectory(self, row: JobRow) -> dict[str, Any]:
+        """The records so far of a running simulation, as trajectory arrays (``live.partial_arrays``); 409 while it
+        has none."""
+        records = self.engine.live_feeds().records(row.id) if row.status == RUNNING else []
+        if not records:
+            raise self._not_finished(row)
+        method = ((orjson.loads(row.request).get("training") or {}).get("method"))
+        return partial_arrays(records, method, self.engine.live_feeds().singular_values(row.id))
+
+    async def follow(self, job_id: str, viewer: str | None, last_event_id: str | None
+                     ) -> AsyncIterator[tuple[str, str | None, Any, int | None]]:
+        """A simulation's live events as (event, id, data, retry): the records and progress its worker sends
+        (``live.LiveFeeds``) after ``last_event_id``, then ``end`` with its status, outcome and error once it has
+        finished (only ``end`` for a client that comes after the end without a ``last_event_id``). A simulation deleted meanwhile ends the stream with status
+        "deleted"."""
+        cursor = parse_cursor(last_event_id)
+        live = self.engine.live_feeds()
+        retry: int | None = EVENT_RETRY_MS
+        while True:
+            try:
+                row = await self.get(job_id, viewer)
+            except ProblemError:
+                yield "end", None, {"status": "deleted", "outcome": None, "error": None}, None
+                return
+            # a client resuming gets what it missed; one that comes after the end, only the end
+            resuming = cursor is not None or not row.terminal
+            for event in live.since(job_id, cursor) if resuming else ():
+                cursor = parse_cursor(event.id)
+                yield event.kind, event.id, event.data, retry
+                retry = None
+            if row.terminal:
+                yield "end", f"{live.attempt(job_id) or 'job'}.end", {
+                    "status": row.status, "outcome": row.outcome, "error": row.error}, retry
+                return
+            await live.wait(job_id, FOLLOW_POLL_SECONDS)
+
     async def read_trajectory(self, job_id: str, viewer: str | None, use: Callable[[Stored], T]) -> T:
-        """``use(stored)`` on the stored trajectory of a succeeded simulation: 404 unknown, 409 not (yet) succeeded,
-        500 unreadable (a corrupt result also queues the simulation to run again)."""
+        """``use(stored)`` on the stored trajectory of a succeeded simulation (or the records kept by a cancelled one,
+        or the records so far of a running one): 404 unknown, 409 none yet, 500 unreadable (a corrupt result also
+        queues the simulation to run again)."""
         row = await self.get(job_id, viewer)
-        if row.status != SUCCEEDED:
+        if row.status == RUNNING:
+            arrays = self._running_trajectory(row)
+            return await asyncio.to_thread(use, arrays)  # type: ignore[arg-type]
+        if not self._has_trajectory(row):
             raise self._not_finished(row)
         try:
             return await self._read(lambda: self.store.open_result(job_id), use,
@@ -369,7 +429,18 @@ class Simulations(_Jobs[JobRow]):
         checked against their CRC-32 first. A damage that slips past it (bytes that change meanwhile) cuts the
         response (its status is sent already), and queues the simulation again for the next request."""
         row = await self.get(job_id, viewer)
-        if row.status != SUCCEEDED:
+        if row.status == RUNNING:
+            arrays = self._running_trajectory(row)
+            # encoded whole (the records so far): reserved from the download budget like a netCDF, until sent
+            need = download_bytes(arrays, list(arrays), whole=True)
+            release = (await self.downloads.reserve(need, what=f"simulation {job_id}'s records so far")).release
+            try:
+                pieces = await asyncio.to_thread(lambda: list(encode(arrays)))
+            except BaseException:
+                release()
+                raise
+            return _held(pieces, release)
+        if not self._has_trajectory(row):
             raise self._not_finished(row)
         try:
             reader = await asyncio.to_thread(self.store.result_reader, job_id)
@@ -400,9 +471,11 @@ class Simulations(_Jobs[JobRow]):
             reason = (row.error or {}).get("detail") or "see its error"
             return ProblemError(409, "not-finished", f"simulation {row.id} failed, so it has no trajectory: {reason}")
         if row.status == CANCELLED:
-            return ProblemError(409, "not-finished", f"simulation {row.id} was cancelled, so it has no trajectory")
-        return ProblemError(409, "not-finished", f"simulation {row.id} is {row.status}; its trajectory exists once "
-                            "it has succeeded", headers=retry_after(self.settings))
+            return ProblemError(409, "not-finished", f"simulation {row.id} was cancelled before its first record, so "
+                                "it has no trajectory")
+        return ProblemError(409, "not-finished", f"simulation {row.id} is {row.status} and has no record yet; its "
+                            "records appear as it runs (partial), the whole trajectory once it has succeeded",
+                            headers=retry_after(self.settings))
 
     async def _recover_corrupt_result(self, job_id: str, exc: CorruptResultError) -> ProblemError:
         """Queue the simulation again (seeded: the rerun stores the same trajectory), or fail it after
@@ -432,7 +505,7 @@ class Sweeps(_Jobs[SweepRow]):
 
     what = "sweep"
     limit_name = " (DLNSIM_MAX_ACTIVE_SWEEPS)"
-    _cost_field = ["grid"]
+    _cost_field = ("grid",)
 
     def __init__(self, store: SweepStore, jobs: JobStore | None, engine: Engine, settings: Settings,
                  admission: Admission | None = None, downloads: DownloadBudget | None = None) -> None:

@@ -14,9 +14,11 @@ import os
 from typing import Any
 
 from .worker import (
+    STOPPED,
     SWEEP_PROGRESS_TOPIC,
     JobCancelled,
     JobFailed,
+    LiveReporter,
     Reporter,
     StopFlag,
     dynamics_problem,
@@ -30,9 +32,10 @@ from .worker import (
 )
 
 
-def simulate_request(request_json: bytes, hooks: Any = None) -> tuple[str, bytes]:
+def simulate_request(request_json: bytes, hooks: Any = None, live: LiveReporter | None = None) -> tuple[str, bytes]:
     """The work of a simulation task without its bookkeeping: validate the request, build it, simulate it,
-    pack the trajectory's arrays (``service.codec``); return (outcome, packed trajectory).
+    pack the trajectory's arrays (``service.codec``); return (outcome, packed trajectory). ``live`` learns the
+    run before it starts (``LiveReporter.begin``) and sends what is left of the live view at its end.
 
     Raises what the core raises (DynamicsError, StopRequested) and pydantic's ValidationError.
     """
@@ -43,7 +46,11 @@ def simulate_request(request_json: bytes, hooks: Any = None) -> tuple[str, bytes
 
     request = SimulationRequest.model_validate_json(request_json)
     spec = build_run(request, max_flow_steps=worker_max_steps())
+    if live is not None:
+        live.begin(spec)
     traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype, hooks=hooks)
+    if live is not None:
+        live.flush()
     return str(traj.outcome), pack(arrays_of(traj))
 
 
@@ -56,6 +63,7 @@ def run_simulation(job_id: str, request_json: bytes) -> tuple[str, bytes]:
     pin_blas_threads()
     from pydantic import ValidationError
 
+    from service.codec import arrays_of, pack
     from service.dynamics.errors import DynamicsError, StopRequested
     from service.dynamics.methods import Hooks
 
@@ -65,9 +73,13 @@ def run_simulation(job_id: str, request_json: bytes) -> tuple[str, bytes]:
     try:
         with shared_cores() as blas_threads:
             return simulate_request(request_json, Hooks(progress=reporter, should_stop=should_stop,
-                                                        blas_threads=blas_threads))
-    except StopRequested:
-        raise JobCancelled(job_id) from None
+                                                        blas_threads=blas_threads, records=reporter.records),
+                                    live=reporter)
+    except StopRequested as stop:
+        if stop.trajectory is None:
+            raise JobCancelled(job_id) from None
+        reporter.flush(reporter.last_fraction)
+        return STOPPED, pack(arrays_of(stop.trajectory))  # the records up to the cancel, kept
     except DynamicsError as exc:
         raise JobFailed(dynamics_problem(exc)) from None
     except ValidationError as exc:

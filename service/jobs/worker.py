@@ -23,8 +23,15 @@ from typing import Any
 
 PROGRESS_TOPIC = "dlnsim-progress"
 PROGRESS_INTERVAL = 0.5
+# A live record carries the strengths of this many modes at most (the strongest first): what a live curve can show,
+# and a bound on the API's memory for a running job's records (docs: the events route).
+LIVE_MODES = 64
+# Records per message at most: a fast run's records leave in messages of bounded size.
+RECORDS_PER_MESSAGE = 500
 STOP_CHECK_INTERVAL = 0.2
 SWEEP_PROGRESS_TOPIC = "dlnsim-sweep-progress"
+# The outcome of a simulation task that was cancelled while it ran and returns the records it made until then.
+STOPPED = "stopped"
 
 
 class JobCancelled(Exception):
@@ -181,6 +188,81 @@ class Reporter:
             self.send({"progress": float(fraction)})
 
 
+class LiveReporter(Reporter):
+    """A simulation's live view, as hooks: ``progress`` (throttled) sends the fraction with the step, the time, an
+    estimate of the seconds left and the latest record's loss; ``records`` (``Hooks.records``) summarises new records
+    (``service.dynamics.live``), sent with the next progress message; ``flush`` sends what is left at the end.
+
+    Messages on PROGRESS_TOPIC: ``{"job", "attempt", "progress", "step", "time", "eta_seconds", "loss",
+    "test_loss", "records": [...]}`` (records only when there are new ones)."""
+
+    def __init__(self, worker, job_id: str, attempt: str) -> None:
+        super().__init__(worker, PROGRESS_TOPIC, {"job": job_id, "attempt": attempt})
+        self.live = None
+        self.steps: int | None = None
+        self.t_end: float | None = None
+        self.pending: list[dict[str, Any]] = []
+        self.latest: dict[str, Any] = {}
+        self.started: float | None = None
+        self.last_fraction = 0.0
+
+    def begin(self, spec: Any) -> None:
+        """Know the run: its problem (for the record summaries; not for task sequences) and its length."""
+        from service.dynamics.live import LiveRecords
+        from service.dynamics.methods import GradientDescent, StochasticGradientDescent
+        from service.dynamics.sequence import TaskSequence
+
+        method = spec.method
+        if isinstance(method, StochasticGradientDescent) and not isinstance(spec.problem, TaskSequence):
+            self.steps = int(method.total_steps(spec.problem.samples.n))
+            self.t_end = self.steps * float(method.learning_rate)
+        elif isinstance(method, GradientDescent):
+            self.steps, self.t_end = int(method.steps), int(method.steps) * float(method.learning_rate)
+        else:
+            self.t_end = float(getattr(method, "t_end", getattr(method, "t_max", 0.0)))
+        if not isinstance(spec.problem, TaskSequence):
+            self.live = LiveRecords(spec.problem, [w.shape[0] for w in spec.weights0[:-1]])
+            self.send({"singular_values": [float(s) for s in self.live.basis.s[:LIVE_MODES]]})
+
+    def records(self, start: int, run: Any) -> None:
+        if self.live is None:
+            return
+        rows = self.live.summaries(start, run, LIVE_MODES)
+        self.pending.extend(rows)
+        self.latest = rows[-1] if rows else self.latest
+
+    def _message(self, fraction: float) -> dict[str, Any]:
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        elapsed = now - self.started
+        return {"progress": float(fraction),
+                "step": None if self.steps is None else int(round(fraction * self.steps)),
+                "time": None if self.t_end is None else fraction * self.t_end,
+                "eta_seconds": elapsed * (1.0 - fraction) / fraction if 0.0 < fraction < 1.0 and elapsed > 0 else None,
+                "loss": self.latest.get("loss"), "test_loss": self.latest.get("test_loss")}
+
+    def __call__(self, fraction: float) -> None:
+        self.last_fraction = fraction
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._send(self._message(fraction))
+
+    def _send(self, message: dict[str, Any]) -> None:
+        while len(self.pending) > RECORDS_PER_MESSAGE:
+            self.send({"records": self.pending[:RECORDS_PER_MESSAGE]})
+            del self.pending[:RECORDS_PER_MESSAGE]
+        if self.pending:
+            message = {**message, "records": self.pending}
+            self.pending = []
+        self.send(message)
+
+    def flush(self, fraction: float = 1.0) -> None:
+        """Send the records not sent yet, with a last progress message."""
+        self._send(self._message(fraction))
+
+
 class StopFlag:
     """should_stop() → the job's cancel Event on the scheduler, checked at most every ``interval`` s."""
 
@@ -232,10 +314,12 @@ def provenance() -> dict[str, Any]:
             "blas_threads_setting": os.environ.get("DLNSIM_BLAS_THREADS", "auto"), "host_cores": os.cpu_count()}
 
 
-def start_attempt(job_id: str) -> tuple[Reporter, StopFlag]:
-    """Announce that a worker started (another attempt of) the job, with what it runs it with; return its two
-    hooks."""
-    reporter = Reporter(worker(), PROGRESS_TOPIC, {"job": job_id})
+def start_attempt(job_id: str) -> tuple[LiveReporter, StopFlag]:
+    """Announce that a worker started (another attempt of) the job, with what it runs it with and a token naming
+    the attempt (the live view's events of one attempt share it); return its two hooks."""
+    import uuid
+
+    reporter = LiveReporter(worker(), job_id, uuid.uuid4().hex[:12])
     reporter.send({"started": True, "pid": os.getpid(), "provenance": provenance()})
     return reporter, StopFlag(job_id)
 

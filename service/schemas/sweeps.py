@@ -175,3 +175,9 @@ class SweepPointResult(BaseModel):
 class SweepResults(BaseModel):
     items: list[SweepPointResult]
     next_page_token: str | None = Field(None, description="Pass as page_token for the next page; null on the last.")
+
+
+# The result fields a point's summary fills (null until it succeeded).
+SUMMARY_FIELDS: tuple[str, ...] = tuple(
+    name for name in SweepPointResult.model_fields
+    if name not in ("index", "parameters", "status", "finished_at", "outcome", "error", "links"))

@@ -103,7 +103,14 @@ TRAJECTORY_FIELDS: tuple[TrajectoryField, ...] = (
     F("distance_to_optimum", ("distance_to_optimum",), "record", "float64", (),
       "‖W(t) − W*‖_F, W* the optimum of the network's rank.", lambda t: t.distance_to_optimum),
     F("outcome", ("outcome",), "scalar", "str", (),
-      "converged (gradient norm ≤ 1e-10·‖Σ31‖_F), completed, or diverged.", lambda t: str(t.outcome)),
+      "converged (gradient norm ≤ 1e-10·‖Σ31‖_F), completed, or diverged; stopped for a simulation cancelled while "
+      "it ran (the records up to there), running for the records so far of one still running.",
+      lambda t: str(t.outcome)),
+    F("partial", ("partial",), "scalar", "bool", (),
+      "True when the trajectory holds only part of the run: the records so far of a running simulation (time, step, "
+      "loss, excess_loss, test_loss, modes.strength of the first 64 modes; the other members null until it ends), "
+      "or the records up to the cancellation of a cancelled one (every member, over those records).",
+      lambda t: t.outcome == "stopped"),
     F("diverged_at_step", ("diverged_at_step",), "scalar", "int64", (),
       "The GD step at which the run blew up (null unless diverged).", lambda t: t.diverged_at_step),
     F("optimum_product", ("optimum", "product"), "run", "float64", ("output", "input"),
@@ -184,6 +191,10 @@ def describe(*path: str) -> str:
 # the JSON document's schema (its descriptions from the table)
 
 
+# what a partial trajectory of a running simulation lacks (see "partial")
+_LATER = " Null in the partial trajectory of a running simulation."
+
+
 class Modes(BaseModel):
     """Mode strengths u_α(t) = u_αᵀ W(t) v_α on Σ31 = U S Vᵀ, with the analytic prediction where one exists."""
 
@@ -194,7 +205,7 @@ class Modes(BaseModel):
     theory_exact: bool = Field(False, description=describe("modes", "theory_exact"))
     theory_assumptions: str | None = Field(None, description=describe("modes", "theory_assumptions"))
     theory_source: str | None = Field(None, description=describe("modes", "theory_source"))
-    learning_time: list[Num] = Field(description=describe("modes", "learning_time"))
+    learning_time: list[Num] | None = Field(None, description=describe("modes", "learning_time") + _LATER)
     learning_time_theory: list[Num] | None = Field(None, description=describe("modes", "learning_time_theory"))
 
 
@@ -243,15 +254,16 @@ class Trajectory(BaseModel):
     step: list[int] | None = Field(None, description=describe("step"))
     loss: list[Num] | None = Field(None, description=describe("loss"))
     excess_loss: list[Num] = Field(description=describe("excess_loss"))
-    product: list[NumMatrix] = Field(description=describe("product"))
+    product: list[NumMatrix] | None = Field(None, description=describe("product") + _LATER)
     weights: list[list[NumMatrix]] | None = Field(None, description=describe("weights"))
     modes: Modes = Field(description=describe("modes"))
-    balance_drift: list[Num] = Field(description=describe("balance_drift"))
-    gradient_norm: list[Num] = Field(description=describe("gradient_norm"))
-    distance_to_optimum: list[Num] = Field(description=describe("distance_to_optimum"))
+    balance_drift: list[Num] | None = Field(None, description=describe("balance_drift") + _LATER)
+    gradient_norm: list[Num] | None = Field(None, description=describe("gradient_norm") + _LATER)
+    distance_to_optimum: list[Num] | None = Field(None, description=describe("distance_to_optimum") + _LATER)
     outcome: Outcome = Field(description=describe("outcome"))
+    partial: bool = Field(False, description=describe("partial"))
     diverged_at_step: int | None = Field(None, description=describe("diverged_at_step"))
-    optimum: OptimumReport = Field(description=describe("optimum"))
+    optimum: OptimumReport | None = Field(None, description=describe("optimum") + _LATER)
     method: str = Field(description=describe("method"))
     stability_hint: str | None = Field(None, description=describe("stability_hint"))
     test_loss: list[Num] | None = Field(None, description=describe("test_loss"))

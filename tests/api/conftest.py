@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.jobs.live import LiveFeeds
 from service.main import create_app
 from service.settings import Settings
 from tests.support.trajectories import packed
@@ -32,7 +33,11 @@ class FakeEngine:
         self.workers = (2, 2)  # (connected, warm)
         # Called by wait(): lets a test finish a job "during" the wait.
         self.on_wait: Callable[[str], None] | None = None
+        # the real feeds: tests play a worker's messages into them
+        self.live = LiveFeeds(settings.max_record_points)
 
+    def live_feeds(self) -> LiveFeeds:
+        return self.live
     async def start(self) -> None:
         pass
 

@@ -21,7 +21,7 @@ OPERATIONS = {"create_simulation", "get_simulation", "get_trajectory", "cancel_s
               "list_simulations", "healthz", "readyz", "get_simulation_plot", "list_presets", "get_preset",
               "create_sweep", "get_sweep", "list_sweep_results", "get_sweep_point_trajectory", "cancel_sweep",
               "delete_sweep", "list_sweeps", "get_sweep_plot", "compute_gradients", "get_trajectory_npz",
-              "get_trajectory_netcdf", "service_info"}
+              "get_trajectory_netcdf", "service_info", "get_simulation_events"}
 
 
 @pytest.fixture(scope="module")

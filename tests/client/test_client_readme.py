@@ -34,3 +34,27 @@ def test_the_readme_python_blocks_run_as_written(service, tmp_path):
     assert " succeeded completed" in result.stdout
     assert "network.hidden[0] → " in result.stdout
     assert {"modes.svg", "loss.svg", "learning_time.svg"} <= {p.name for p in tmp_path.iterdir()}
+
+
+ROOT_README = ROOT / "README.md"
+
+
+def test_the_root_readmes_client_snippet_runs_in_a_fresh_venv_after_pip_install_client(service, tmp_path):
+    """The quickstart as a new user follows it: a new virtual environment, `pip install ./client` (httpx, numpy and
+    httpx-sse only), then the README's Python block, against a running service."""
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", ROOT_README.read_text(encoding="utf-8"), re.S)
+              if "import dlnsim" in b]
+    assert len(blocks) == 1 and blocks[0].count(ADDRESS) == 1
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(ROOT / "client")],
+                             capture_output=True, text=True, timeout=600, check=False)
+    assert install.returncode == 0, install.stderr
+    script = tmp_path / "quickstart.py"
+    script.write_text(blocks[0].replace(ADDRESS, service.url) + "\nprint(sim.status, len(sim.trajectory()['loss']))\n",
+                      encoding="utf-8")
+    result = subprocess.run([str(python), str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert result.stdout.split()[0] == "succeeded"

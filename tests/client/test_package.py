@@ -30,6 +30,11 @@ FULL = {"data": {"kind": "preset", "name": "noisy_teacher", "n_in": 4, "n_out": 
         "network": {"hidden": [6, 5]}, "init": {"scheme": "gaussian", "scale": 0.1, "seed": 3},
         "training": {"method": "gd", "learning_rate": 0.05, "steps": 400, "stop_at_convergence": False},
         "record": {"points": 25, "weights": True, "similarity": True, "kernel": True}}
+# A run of a few seconds, recording often: for live events.
+SECONDS = {"data": {"kind": "preset", "name": "random_teacher", "n_in": 64, "n_out": 64, "n_samples": 128},
+           "network": {"hidden": [128]}, "init": {"scheme": "gaussian", "scale": 0.01, "seed": 2},
+           "training": {"method": "gd", "learning_rate": 0.01, "steps": 20000, "stop_at_convergence": False},
+           "record": {"points": 60}}
 # A run that takes minutes: for waiting, progress and cancelling (each test cancels it again).
 LONG = {"data": {"kind": "preset", "name": "hierarchy", "depth": 3}, "network": {"hidden": [64, 64]},
         "training": {"method": "gd", "learning_rate": 0.01, "steps": 10_000_000, "stop_at_convergence": False},
@@ -185,11 +190,18 @@ def test_plot_sends_its_kind_to_the_service(small):
     assert caught.value.status == 409 and caught.value.type == "/problems/not-recorded"
 
 
-def test_events_fail_with_the_services_404_problem_until_it_streams_them(small):
-    with pytest.raises(dlnsim.ProblemError) as caught:
-        next(small.events())
-    assert caught.value.status == 404
-    assert "/events" in caught.value.detail
+def test_events_bring_every_record_then_the_end(dl):
+    sim = dl.simulate(SECONDS, wait=False)
+    events = list(sim.events())
+    assert events[-1].event == "end" and events[-1].data["status"] == "succeeded"
+    records = [e.data for e in events if e.event == "record"]
+    arrays = sim.trajectory(fields=["time", "loss"])
+    assert [r["index"] for r in records] == list(range(len(arrays["time"])))
+    np.testing.assert_allclose([r["loss"] for r in records], arrays["loss"], rtol=1e-12)
+
+
+def test_events_of_a_finished_simulation_are_its_end(small):
+    assert [e.event for e in small.events()] == ["end"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,10 +228,20 @@ def test_problem_error_reads_title_detail_then_one_line_per_error(dl):
     assert lines[2:] == [f"  network.hidden[0] → {e.message}; {e.fix}" for e in problem.errors]
 
 
-def test_a_trajectory_before_success_is_a_409_problem(running):
-    with pytest.raises(dlnsim.ProblemError) as caught:
-        running.trajectory()
-    assert caught.value.status == 409 and caught.value.type == "/problems/not-finished"
+def has_records(sim: dlnsim.Simulation) -> bool:
+    try:
+        sim.trajectory(fields="time")
+    except dlnsim.ProblemError as exc:
+        assert exc.status == 409
+        return False
+    return True
+
+
+def test_a_running_simulations_trajectory_is_its_records_so_far(running):
+    wait_until(lambda: has_records(running), timeout=30)
+    arrays = running.trajectory()
+    assert bool(arrays["partial"]) and str(arrays["outcome"]) == "running"
+    assert arrays["time"][0] == 0.0 and "product" not in arrays
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,6 +265,15 @@ def test_wait_with_progress_shows_a_tqdm_bar_of_the_running_simulation(running, 
 def test_cancel_stops_a_running_simulation(running):
     running.cancel().wait(timeout=30)
     assert running.status == "cancelled"
+
+
+def test_a_cancelled_simulation_keeps_the_records_it_made(running):
+    wait_until(lambda: has_records(running), timeout=30)
+    running.cancel()
+    wait_until(lambda: running.refresh().outcome == "stopped", timeout=30)
+    arrays = running.trajectory()
+    assert bool(arrays["partial"]) and str(arrays["outcome"]) == "stopped"
+    assert arrays["product"].shape[0] == arrays["time"].shape[0] >= 1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dlnsim._http import encode_json, query_value
 from dlnsim.errors import ProblemError, field_path, parse_retry_after
 from dlnsim.events import stream_events
 from dlnsim.fields import array_dims, record_indices, select_arrays
-from dlnsim.tables import sweep_frame, sweep_table, trajectory_dataset, trajectory_frame
+from dlnsim.tables import sweep_frame, trajectory_dataset, trajectory_frame
 
 PROBLEM = {"type": "/problems/validation-error", "title": "Invalid request", "status": 422,
            "detail": "2 fields are invalid",
@@ -157,56 +157,38 @@ def test_dataset_attributes_hold_strings_flags_and_nested_values_as_json():
 # sweep results
 
 
-ROWS = [
-    {"index": 0, "parameters": {"init.scale": 0.1, "network.hidden": [8]}, "status": "succeeded",
-     "finished_at": "2026-01-01T00:00:00Z", "outcome": "converged", "final_loss": 0.5, "learning_time": [1.0, 2.0],
-     "steps_to_convergence": 40, "error": None, "links": {"trajectory": None}},
-    {"index": 1, "parameters": {"init.scale": 1.0, "network.hidden": [8, 8]}, "status": "failed",
-     "finished_at": "2026-01-01T00:00:01Z", "outcome": None, "final_loss": None, "learning_time": None,
-     "steps_to_convergence": None, "error": {"type": "/problems/internal", "detail": "worker died"},
-     "links": {"trajectory": None}},
-    {"index": 2, "parameters": {"init.scale": 0.5, "network.hidden": [8]}, "status": "succeeded",
-     "finished_at": "2026-01-01T00:00:02Z", "outcome": "completed", "final_loss": 0.25,
-     "learning_time": [1.5, None, 3.5], "steps_to_convergence": None, "error": None, "links": {"trajectory": None}},
-]
+# a results CSV as the service writes it (service/results_table.py), three points, one failed
+RESULTS_CSV = (
+    "point,init.scale,network.hidden,status,finished_at,outcome,final_loss,learning_time_1,learning_time_2,"
+    "learning_time_3,steps_to_convergence,theory_model,error_type,error_detail\r\n"
+    "0,0.1,[8],succeeded,2026-01-01T00:00:00Z,converged,0.5,1.0,2.0,,40,saxe,,\r\n"
+    '1,1.0,"[8, 8]",failed,2026-01-01T00:00:01Z,,,,,,,,/problems/internal,worker died\r\n'
+    "2,0.5,[8],succeeded,2026-01-01T00:00:02Z,completed,0.1234567890123456789,1.5,,3.5,,None,,\r\n")
 
 
-def test_sweep_table_has_a_column_per_parameter_path_result_and_mode():
-    assert list(sweep_table(ROWS)) == [
-        "point", "init.scale", "network.hidden", "status", "finished_at", "outcome", "final_loss",
-        "learning_time_1", "learning_time_2", "learning_time_3", "steps_to_convergence", "error_type",
-        "error_detail"]
-
-
-def test_sweep_table_spreads_mode_vectors_to_the_longest_and_fills_null():
-    table = sweep_table(ROWS)
-    assert table["learning_time_1"] == [1.0, None, 1.5]
-    assert table["learning_time_3"] == [None, None, 3.5]
-
-
-def test_sweep_table_writes_list_parameters_as_json_and_errors_as_type_and_detail():
-    table = sweep_table(ROWS)
-    assert table["network.hidden"] == ["[8]", "[8, 8]", "[8]"]
-    assert table["error_type"] == [None, "/problems/internal", None]
-    assert table["error_detail"] == [None, "worker died", None]
+def test_sweep_frame_is_indexed_by_point():
+    frame = sweep_frame(RESULTS_CSV)
+    assert frame.index.name == "point" and frame.index.tolist() == [0, 1, 2]
 
 
 def test_sweep_frame_fixes_the_dtypes():
-    frame = sweep_frame(sweep_table(ROWS))
-    assert frame.index.name == "point" and frame.index.tolist() == [0, 1, 2]
+    frame = sweep_frame(RESULTS_CSV)
     assert str(frame["steps_to_convergence"].dtype) == "Int64"
     assert frame["learning_time_2"].dtype == np.float64 and np.isnan(frame.loc[2, "learning_time_2"])
     assert str(frame["status"].dtype) == "string"
     assert frame.loc[0, "finished_at"] == pd.Timestamp("2026-01-01T00:00:00Z")
 
 
-def test_sweep_frame_is_the_same_from_a_csv_of_the_table(tmp_path):
-    table = sweep_table(ROWS)
-    path = tmp_path / "results.csv"
-    pd.DataFrame(table).to_csv(path, index=False)
-    from_csv = pd.read_csv(path)
-    pd.testing.assert_frame_equal(sweep_frame({c: from_csv[c].tolist() for c in from_csv.columns}),
-                                  sweep_frame(table))
+def test_sweep_frame_reads_floats_exactly_and_keeps_none_as_text():
+    frame = sweep_frame(RESULTS_CSV)
+    assert frame.loc[2, "final_loss"] == 0.1234567890123456789
+    assert frame.loc[2, "theory_model"] == "None" and pd.isna(frame.loc[1, "theory_model"])
+
+
+def test_sweep_frame_keeps_list_parameters_as_json_text():
+    frame = sweep_frame(RESULTS_CSV)
+    assert frame["network.hidden"].tolist() == ["[8]", "[8, 8]", "[8]"]
+    assert frame.loc[1, "error_detail"] == "worker died"
 
 
 # ------------------------------------------------------------------------------------------------

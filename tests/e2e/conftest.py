@@ -96,7 +96,7 @@ class Server:
             log.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("e2e")
     srv = Server(base / "data", base / "server.log", workers=1,

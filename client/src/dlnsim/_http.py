@@ -14,6 +14,7 @@ from dlnsim.errors import ProblemError
 JSON = "application/json"
 NPZ = "application/x-npz"
 SVG = "image/svg+xml"
+CSV = "text/csv"
 
 Params = Mapping[str, Any] | None
 

@@ -80,6 +80,7 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("early_stopping_test_loss", "early_stopping", ()),
     ArraySpec("diverged_at_step", "diverged_at_step", ()),
     ArraySpec("outcome", "outcome", (), role="attr"),
+    ArraySpec("partial", "partial", (), role="attr"),
     ArraySpec("method", "method", (), role="attr"),
     ArraySpec("stability_hint", "stability_hint", (), role="attr"),
     ArraySpec("modes_theory_model", "modes", (), role="attr"),

@@ -11,12 +11,12 @@ import httpx
 import numpy as np
 
 from dlnsim import _wait
-from dlnsim._http import JSON, NPZ, SVG, Http
+from dlnsim._http import CSV, JSON, NPZ, SVG, Http
 from dlnsim.errors import ProblemError, parse_retry_after
 from dlnsim.events import Event, stream_events
 from dlnsim.fields import FRAME_MEMBERS, arrays_from_json, select_arrays
 from dlnsim.plot import Figure
-from dlnsim.tables import sweep_frame, sweep_table, trajectory_dataset, trajectory_frame
+from dlnsim.tables import sweep_frame, trajectory_dataset, trajectory_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -170,7 +170,8 @@ class Simulation(_Trajectory):
         """The trajectory as NumPy arrays (the ``.npz`` download): ``time``, ``loss``, ``product`` (T, n_out,
         n_in), ``modes_strength`` (T, k), … (``dlnsim.fields.ARRAYS`` lists them). ``fields`` keeps only those
         trajectory members (e.g. ``["time", "loss", "modes"]``), ``every=k`` every k-th record and the last.
-        ProblemError 409 until the simulation has succeeded."""
+        While the simulation runs: its records so far (``partial`` True: time, step, loss, excess_loss, test_loss,
+        modes_strength); after a cancel: the records up to it. ProblemError 409 while it has no record, or failed."""
         response = self._http.request("GET", f"{self._path}/trajectory", accept=NPZ,
                                       params={"fields": _fields_param(fields), "every": every})
         return load_arrays(response)
@@ -299,8 +300,10 @@ class Sweep:
     def results(self, status: str | None = None) -> pd.DataFrame:
         """One row per point, indexed by ``point``, flat columns: each swept parameter by its path
         (``init.scale``), each scalar result, per-mode vectors as ``learning_time_1 … learning_time_k``, and
-        ``error_type``/``error_detail`` for failed points. Needs pandas (``pip install './client[pandas]'``)."""
-        return sweep_frame(sweep_table(self.rows(status)))
+        ``error_type``/``error_detail`` for failed points: the service's CSV (``Accept: text/csv``; its layout is
+        the service's), typed. Needs pandas (``pip install './client[pandas]'``)."""
+        response = self._http.request("GET", f"{self._path}/results", accept=CSV, params={"status": status})
+        return sweep_frame(response.text)
 
     def point(self, k: int) -> SweepPoint:
         """Point k (its row in ``results()``)."""

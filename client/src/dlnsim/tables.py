@@ -7,8 +7,9 @@ to install. The layout of every table is decided here and in ``dlnsim.fields``, 
 from __future__ import annotations
 
 import importlib
+import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import xarray as xr
 
-__all__ = ["sweep_frame", "sweep_table", "trajectory_dataset", "trajectory_frame"]
+__all__ = ["sweep_frame", "trajectory_dataset", "trajectory_frame"]
 
 
 def require(module: str, extra: str, purpose: str) -> ModuleType:
@@ -99,12 +100,11 @@ def trajectory_dataset(arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any
 
 
 # ------------------------------------------------------------------------------------------------
-# sweep results: JSON rows -> one flat table (column name -> values) -> DataFrame
+# sweep results: the service's CSV (GET /v1/sweeps/{id}/results, Accept: text/csv) -> a typed DataFrame
 #
-# sweep_table gives the table a CSV of the results would hold (scalars only; per-mode vectors spread over
-# <name>_1 … <name>_k, list-valued parameters as JSON text, a point's error as error_type and error_detail);
-# sweep_frame turns such a table into the DataFrame with fixed dtypes. A CSV download can replace sweep_table
-# (pandas.read_csv gives the same columns) without changing the DataFrame.
+# The CSV's columns are the service's (service/results_table.py): point, one per swept parameter (list values as
+# JSON text), status, finished_at, outcome, the scalar results, per-mode vectors as <name>_1 … <name>_k, error_type,
+# error_detail. Only the dtypes are decided here.
 
 INDEX = "point"
 SWEEP_DTYPES: dict[str, str] = {
@@ -115,48 +115,8 @@ SWEEP_DTYPES: dict[str, str] = {
     "min_test_loss": "float64", "early_stopping_time": "float64", "final_kernel_distance": "float64",
     "steps_to_convergence": "Int64", "diverged_at_step": "Int64",
 }
-# per-mode vectors: each becomes <name>_1 … <name>_k (float64)
+# per-mode vectors: each is <name>_1 … <name>_k (float64)
 MODE_VECTORS = ("final_strength", "learning_time", "learning_time_theory")
-_SKIPPED = ("index", "parameters", "links", "error")
-
-
-def _scalar(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, list | dict) else value
-
-
-def sweep_table(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """Results rows (``GET /v1/sweeps/{id}/results`` items) as flat columns: ``point``, one column per swept
-    parameter (named by its path, e.g. ``init.scale``), one per scalar result, and ``learning_time_1`` …
-    ``learning_time_k`` (1-based) for the per-mode vectors (k the largest over the rows; NaN where a row has
-    fewer or none)."""
-    params: list[str] = []
-    results: list[str] = []
-    widths: dict[str, int] = {}
-    for row in rows:
-        for path in row.get("parameters") or {}:
-            if path not in params:
-                params.append(path)
-        for name, value in row.items():
-            if name in _SKIPPED:
-                continue
-            if name not in results:
-                results.append(name)
-            if isinstance(value, list) and (name in MODE_VECTORS or all(
-                    v is None or isinstance(v, int | float) for v in value)):
-                widths[name] = max(widths.get(name, 0), len(value))
-    table: dict[str, list[Any]] = {INDEX: [row.get("index") for row in rows]}
-    for path in params:
-        table[path] = [_scalar((row.get("parameters") or {}).get(path)) for row in rows]
-    for name in results:
-        if name in widths or name in MODE_VECTORS:
-            for i in range(widths.get(name, 0)):
-                table[f"{name}_{i + 1}"] = [
-                    (v[i] if isinstance(v := row.get(name), list) and i < len(v) else None) for row in rows]
-        else:
-            table[name] = [_scalar(row.get(name)) for row in rows]
-    table["error_type"] = [(row.get("error") or {}).get("type") for row in rows]
-    table["error_detail"] = [(row.get("error") or {}).get("detail") for row in rows]
-    return table
 
 
 def _is_mode_column(name: str) -> bool:
@@ -164,11 +124,13 @@ def _is_mode_column(name: str) -> bool:
     return base in MODE_VECTORS and number.isdigit()
 
 
-def sweep_frame(table: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
-    """A flat results table (``sweep_table``'s, or a CSV's read by pandas) as a DataFrame indexed by ``point``,
-    with the dtypes of ``SWEEP_DTYPES`` (per-mode columns float64; parameters as pandas infers them)."""
+def sweep_frame(csv_text: str) -> pd.DataFrame:
+    """The service's results CSV as a DataFrame indexed by ``point``, with the dtypes of ``SWEEP_DTYPES`` (per-mode
+    columns float64; parameters as pandas infers them). Floats are read exactly (round_trip)."""
     pandas = require("pandas", "pandas", "Sweep.results()")
-    frame: pd.DataFrame = pandas.DataFrame({name: list(values) for name, values in table.items()})
+    # pandas 3 reads floats exactly by default (and deprecates the option); pandas 2 needs round_trip for that
+    exact = {} if int(pandas.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+    frame: pd.DataFrame = pandas.read_csv(io.StringIO(csv_text), keep_default_na=False, na_values=[""], **exact)
     for name in frame.columns:
         kind = "float64" if _is_mode_column(name) else SWEEP_DTYPES.get(name)
         if kind == "datetime":

@@ -1,0 +1,149 @@
+"""A run's records as they are made (Hooks.records, live.LiveRecords) and the records a stopped run keeps.
+
+Independent references: the same run without hooks (the records and the finished trajectory), compared bit for bit:
+the hooks must change nothing, the live numbers must be the trajectory's own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.dynamics import presets
+from service.dynamics.errors import StopRequested
+from service.dynamics.init import initial_weights
+from service.dynamics.live import LiveRecords
+from service.dynamics.methods import GradientDescent, GradientFlow, Hooks, StochasticGradientDescent
+from service.dynamics.problem import problem_from_correlations, problem_from_data
+from service.dynamics.record import RecordSchedule
+from service.dynamics.simulate import simulate
+
+METHODS = {
+    "gd": GradientDescent(learning_rate=0.05, steps=600),
+    "momentum": GradientDescent(learning_rate=0.02, steps=600, momentum=0.5),
+    "flow": GradientFlow(t_max=30.0),
+}
+
+
+@pytest.fixture(scope="module")
+def hierarchy():
+    return presets.hierarchy(depth=3)
+
+
+def weights0(problem, hidden=(8,)):
+    return initial_weights(problem, list(hidden), "gaussian", scale=0.05, seed=1)
+
+
+class Collector:
+    """Hooks.records: keeps every call's start and records."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, start, run):
+        self.calls.append((start, run))
+
+    def stacked(self, layer):
+        return np.concatenate([run.weights[layer] for _, run in self.calls])
+
+    def times(self):
+        return np.concatenate([run.times for _, run in self.calls])
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_records_hook_gets_every_record_once_in_order(hierarchy, name):
+    seen = Collector()
+    simulate(hierarchy, weights0(hierarchy), METHODS[name], RecordSchedule(points=40),
+             hooks=Hooks(records=seen, interval=0.0))
+    reference = simulate(hierarchy, weights0(hierarchy), METHODS[name], RecordSchedule(points=40))
+    starts = [start for start, _ in seen.calls]
+    counts = [run.times.size for _, run in seen.calls]
+    assert starts == list(np.cumsum([0, *counts[:-1]]))
+    np.testing.assert_array_equal(seen.times(), reference.time)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_records_hook_changes_no_bit_of_the_run(hierarchy, name):
+    seen = Collector()
+    live = simulate(hierarchy, weights0(hierarchy), METHODS[name], RecordSchedule(points=40, weights=True),
+                    hooks=Hooks(records=seen, interval=0.0))
+    plain = simulate(hierarchy, weights0(hierarchy), METHODS[name], RecordSchedule(points=40, weights=True))
+    for a, b in zip(live.weights, plain.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(seen.stacked(0), plain.weights[0])
+
+
+def test_sgd_records_arrive_live_too():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 6))
+    problem = problem_from_data(x, x @ rng.standard_normal((6, 4)))
+    method = StochasticGradientDescent(learning_rate=0.02, steps=400, batch_size=16, seed=2)
+    seen = Collector()
+    traj = simulate(problem, weights0(problem, (5,)), method, RecordSchedule(points=30), hooks=Hooks(records=seen,
+                                                                                                    interval=0.0))
+    np.testing.assert_array_equal(seen.times(), traj.time)
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    return presets.noisy_teacher(n_in=8, n_out=6, n_samples=40, noise=0.5, seed=0)
+
+
+def test_live_summaries_are_the_trajectorys_numbers(noisy):
+    assert noisy.test is not None
+    seen = Collector()
+    method = GradientDescent(learning_rate=0.05, steps=800)
+    traj = simulate(noisy, weights0(noisy, (6,)), method, RecordSchedule(points=50), hooks=Hooks(records=seen,
+                                                                                                interval=0.0))
+    live = LiveRecords(noisy, [6])
+    rows = [row for start, run in seen.calls for row in live.summaries(start, run)]
+    assert [r["index"] for r in rows] == list(range(len(traj.time)))
+    assert [r["step"] for r in rows] == list(traj.step)
+    np.testing.assert_array_equal([r["loss"] for r in rows], traj.loss)
+    np.testing.assert_array_equal([r["excess_loss"] for r in rows], traj.excess_loss)
+    np.testing.assert_array_equal([r["test_loss"] for r in rows], traj.test_loss)
+    np.testing.assert_array_equal([r["strength"] for r in rows], traj.modes.strength)
+
+
+def test_live_loss_is_null_without_sigma33(hierarchy):
+    corr = problem_from_correlations(hierarchy.sigma11, hierarchy.sigma31)
+    seen = Collector()
+    simulate(corr, weights0(corr), GradientDescent(learning_rate=0.05, steps=100), RecordSchedule(points=5),
+             hooks=Hooks(records=seen, interval=0.0))
+    rows = [row for start, run in seen.calls for row in LiveRecords(corr, [8]).summaries(start, run)]
+    assert all(r["loss"] is None and r["excess_loss"] is not None for r in rows)
+
+
+class StopAfter:
+    """should_stop: True from the n-th check on."""
+
+    def __init__(self, n):
+        self.n, self.count = n, 0
+
+    def __call__(self):
+        self.count += 1
+        return self.count >= self.n
+
+
+@pytest.mark.parametrize("name", ["gd", "flow"])
+def test_a_stopped_run_keeps_its_records_as_a_trajectory(hierarchy, name):
+    with pytest.raises(StopRequested) as stopped:
+        simulate(hierarchy, weights0(hierarchy), METHODS[name], RecordSchedule(points=40),
+                 hooks=Hooks(should_stop=StopAfter(5), interval=0.0))
+    kept = stopped.value.trajectory
+    full = simulate(hierarchy, weights0(hierarchy), METHODS[name], RecordSchedule(points=40))
+    n = len(kept.time)
+    assert kept.outcome == "stopped"
+    assert 0 < n < len(full.time)
+    np.testing.assert_array_equal(kept.time, full.time[:n])
+    np.testing.assert_array_equal(kept.loss, full.loss[:n])
+    np.testing.assert_array_equal(kept.modes.strength, full.modes.strength[:n])
+
+
+def test_a_run_stopped_at_its_first_check_keeps_its_initial_record(hierarchy):
+    with pytest.raises(StopRequested) as stopped:
+        simulate(hierarchy, weights0(hierarchy), GradientFlow(t_max=30.0), RecordSchedule(points=40, weights=True),
+                 hooks=Hooks(should_stop=StopAfter(1), interval=0.0))
+    kept = stopped.value.trajectory
+    assert kept.time[0] == 0.0
+    np.testing.assert_array_equal(kept.weights[0][0], weights0(hierarchy)[0])
