@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
-	@# numba compiles the GD kernels once here, into its cache next to the sources (~30 s), instead of in
+	@# numba compiles the GD kernels once here, into its cache next to the sources (~1 min), instead of in
 	@# each worker when the first job arrives (service/jobs/warmup.py)
 	$(PY) -m service.jobs.warmup
 	touch $(STAMP)
@@ -58,7 +58,7 @@ docker-check: $(STAMP)
 	$(DOCKER_CHECK)/venv/bin/python -m pip wheel --quiet --no-cache-dir --no-deps --wheel-dir $(DOCKER_CHECK)/wheels .
 	$(DOCKER_CHECK)/venv/bin/python -m pip install --quiet --no-cache-dir $(DOCKER_CHECK)/wheels/*.whl
 	(cd $(DOCKER_CHECK) && DLNSIM_DATA_DIR=data DLNSIM_PORT=$(DOCKER_CHECK_PORT) DLNSIM_WORKERS=1 exec venv/bin/python -m service) & pid=$$!; \
-	ok=1; for i in $$(seq 180); do sleep 1; \
+	ok=1; for i in $$(seq 300); do sleep 1; \
 	  if $(DOCKER_CHECK)/venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$(DOCKER_CHECK_PORT)/readyz', timeout=4)" 2>/dev/null; then ok=0; break; fi; \
 	done; kill $$pid; wait $$pid; exit $$ok
 	$(VENV)/bin/hadolint Dockerfile

@@ -22,8 +22,8 @@ from threadpoolctl import threadpool_limits
 # portable path), and the thread pin below only reaches libraries already loaded.
 from service.dynamics import gd_loop
 
+from . import science, sweeps
 from . import service as through_service
-from . import sweeps
 from .common import (
     BLAS_SETTLE_SECONDS,
     MALLOC_MMAP_THRESHOLD,
@@ -39,13 +39,15 @@ from .recording import (
     analysis_recording_overhead,
     linearized_overhead,
     live_records_overhead,
+    sequence_overhead,
     sharpness_recording_overhead,
 )
 from .sgd import sgd_speed
 from .stepping import gd_recording_overhead, gd_speed, gd_speed_float32, gd_vs_torch
 
 BENCHMARKS = [gd_speed, gd_speed_float32, gd_recording_overhead, analysis_recording_overhead, linearized_overhead,
-              sharpness_recording_overhead, live_records_overhead, sgd_speed, gd_vs_torch, exact_cost, downloads]
+              sequence_overhead, sharpness_recording_overhead, live_records_overhead, sgd_speed, gd_vs_torch,
+              exact_cost, downloads]
 RESULTS = Path(__file__).with_name("results.md")
 
 
@@ -71,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         sweep_rows = sweeps.sweep_speed(ctx)  # its own table, under "## sweeps"
         print("running service.service_speed …", file=sys.stderr, flush=True)
         service_rows = through_service.service_speed(ctx)  # its own table, under "## through the service"
+        print("running science.science_speed …", file=sys.stderr, flush=True)
+        science_rows = science.science_speed(ctx)  # its own table, under "## issue 20 through the service"
         ctx.sample_gemm("float64")
-        ctx.finalize(rows + sweep_rows + service_rows)
+        ctx.finalize(rows + sweep_rows + service_rows + science_rows)
     # The load at the end counts this run's own threads; the spread of the GEMM samples shows how much the
     # machine's speed moved during the run (on a shared VM it does, by tens of per cent).
     samples = ctx.gemm_samples["float64"]
@@ -100,11 +104,12 @@ def main(argv: list[str] | None = None) -> int:
              f"starts {BLAS_SETTLE_SECONDS} s after the previous BLAS call: a thread pool keeps its idle threads "
              "spinning ~0.1 s after a call, on the cores the next timing needs (bench/common.py "
              "BLAS_SETTLE_SECONDS).",
-             "", *table(rows), "", *sweeps.section(sweep_rows), "", *through_service.section(service_rows), ""]
+             "", *table(rows), "", *sweeps.section(sweep_rows), "", *through_service.section(service_rows), "",
+             *science.section(science_rows), ""]
     text = "\n".join(lines)
     print(text)
     RESULTS.write_text(text)
-    failed = [r for r in rows + sweep_rows + service_rows if r.passed is False]
+    failed = [r for r in rows + sweep_rows + service_rows + science_rows if r.passed is False]
     if failed:
         print(f"{len(failed)} bar(s) missed (a busy machine lowers every fraction: see the load average)",
               file=sys.stderr)

@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=4)
     args = parser.parse_args(argv)
 
-    from tests.e2e.conftest import Server  # the e2e tests' server process (free port, own session)
+    from tests.support.server import Server  # the e2e tests' server process (free port, own session)
 
     rows: list[tuple[str, list[str]]] = []
     with tempfile.TemporaryDirectory(prefix="dlnsim-attacks-") as tmp:

@@ -1,6 +1,6 @@
 """The cost of the analysis records of issue 12, the test loss on held-out data and the NTK (record.kernel), and of
-the sharpness (record.sharpness) and the linearised loss (record.linearized: the lazy limit as theory), each as a
-fraction of a whole run: ``simulate`` (the GD steps and every derived
+the sharpness (record.sharpness), the linearised loss (record.linearized: the lazy limit as theory) and a task
+sequence's task losses (issue 20), each as a fraction of a whole run: ``simulate`` (the GD steps and every derived
 quantity) with 200 records. Bar: < 5 %.
 
     python -m bench.recording      # these rows alone (make bench runs them too)
@@ -113,6 +113,46 @@ def _sharpness_row(size: tuple[int, int, int], repeats: int) -> Row:
                     f"(×{arpack / lanczos:.1f})")
 
 
+def sequence_overhead(ctx: Context) -> list[Row]:
+    """What a task sequence records beyond a single task's trajectory (task_loss and task_excess_loss of every task at
+    every record, phase, the later phases' gradient norms, distances and optima: ``sequence.build_sequence_trajectory``
+    over ``simulate.build_trajectory``), timed on one 2-phase run's records (the switch at half-time, a second task of
+    the same sizes), best of many, over the best plain 10,000-step run at that size (as above). Bar: < 5 %."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        repeats = 5 if ctx.quick else 40
+        return [_sequence_row(size, repeats) for size in ([(8, 16, 8)] if ctx.quick else
+                                                           [(8, 16, 8), (32, 32, 32), (100, 100, 100)])]
+
+
+def _sequence_row(size: tuple[int, int, int], repeats: int) -> Row:
+    from service.dynamics.sequence import (
+        Phase,
+        TaskSequence,
+        _run_stepping,
+        build_sequence_trajectory,
+        preflight_sequence,
+    )
+    from service.dynamics.simulate import build_trajectory
+
+    method = GradientDescent(LEARNING_RATE, STEPS)
+    first, w0 = make_problem(*size)
+    second, _ = make_problem(*size, seed=1)
+    record = RecordSchedule(points=RECORDS)
+    sequence = TaskSequence([Phase(first, LEARNING_RATE * STEPS / 2), Phase(second)])
+    run = _best(lambda: simulate(first, w0, method, record), max(3, repeats // 4))
+    plan = preflight_sequence(sequence, w0, method, record)
+    stepped = _run_stepping(sequence.problems, w0, method, plan, np.float64, None)
+    whole = _best(lambda: build_sequence_trajectory(sequence.problems, w0, method, record, stepped, plan), repeats)
+    single = _best(lambda: build_trajectory(first, w0, method, record, stepped), repeats)
+    cost = (whole - single) / run
+    barred = size == (32, 32, 32)  # issue 20's bar; a small net's run is too short for a second task's fixed costs
+    return Row("(i20) task sequence, 2 phases, 200 records", str(size), flops=None,
+               value=f"{100 * cost:.2f} % of the run", bar="< 5 %" if barred else "",
+               passed=(cost < 0.05) if barred else None,
+               note=f"{STEPS:,} GD steps, simulate {1e3 * run:.2f} ms; the sequence's trajectory {1e3 * whole:.2f} ms "
+                    f"against a single task's {1e3 * single:.2f} ms on the same {len(stepped.times)} records")
+
+
 def linearized_overhead(ctx: Context) -> list[Row]:
     """The linearised loss (``linearized.linearized_loss``) at a 10,000-step GD run's 201 records costs < 5 % of that
     run at (32, 32, 32): timed on the run's own record steps, best of many, over the best plain run (as above).
@@ -194,7 +234,7 @@ def main() -> None:
     use_service_malloc_settings()  # else every fresh array past 128 KiB is a new mmap, paid in page faults
     ctx = Context(quick=False, threads=1)
     rows = (analysis_recording_overhead(ctx) + sharpness_recording_overhead(ctx) + linearized_overhead(ctx)
-            + live_records_overhead(ctx))
+            + live_records_overhead(ctx) + sequence_overhead(ctx))
     for row in rows:
         print(f"| {row.benchmark} | {row.case} | {row.value} | {row.bar} | "
               f"{'pass' if row.passed else ('—' if row.passed is None else 'FAIL')} | {row.note} |")

@@ -78,6 +78,8 @@ def _as_field_dtype(field: TrajectoryField, value: Any) -> Value:
             return int(value)
         value = float(value)
         return value if np.isfinite(value) else None
+    if field.dtype == "str":  # a list of strings (task_loss_kind): fixed-width unicode
+        return np.array([str(v) for v in value], dtype=np.str_)
     return np.ascontiguousarray(value, dtype=np.dtype(field.dtype))
 
 
@@ -285,7 +287,7 @@ class JSONTrajectory:
                 value = None if value is None else value.get(key)
             if value is None:
                 continue
-            if field.layered:  # per time, per layer → one (T, …) array per layer
+            if field.layered and field.kind == "record":  # per time, per layer → one (T, …) array per layer
                 value = [[per_time[l] for per_time in value] for l in range(len(value[0]) if value else 0)]
             for name, v in array_names(field, value):
                 if field.kind != "scalar":
@@ -405,6 +407,8 @@ def select(stored: Stored | Mapping[str, Value], fields: Sequence[str] | None = 
 def _json_value(field: TrajectoryField, value: Value) -> Any:
     if isinstance(value, np.ndarray) and value.dtype == np.float32:
         return value.astype(np.float64)  # printed as the double it is, as the document always has
+    if isinstance(value, np.ndarray) and value.dtype.kind == "U":
+        return value.tolist()  # a list of strings (orjson prints no unicode arrays)
     return value
 
 
@@ -437,6 +441,8 @@ def _member_value(field: TrajectoryField, arrays: Mapping[str, Value]) -> Any:
         if not layers:
             return None
         layers = [_json_value(field, a) for a in layers]
+        if field.kind != "record":  # one array per layer: the list of the layers
+            return layers
         return [[layer[t] for layer in layers] for t in range(len(layers[0]))]
     return _json_value(field, arrays.get(field.name))
 
@@ -508,11 +514,15 @@ def _iter_field(field: TrajectoryField, source: _Selection) -> Iterator[bytes]:
         names = [n for n in source.names if field_of(n) is field]
         if not names:
             yield b"null"
+        elif field.kind != "record":  # one array per layer (final_weights): the list of the layers
+            yield _json([_float64(source.get(n)) for n in names])
         else:
             yield from _iter_layered([source.get(n) for n in names])
         return
     value = source.get(field.name) if field.name in source.names else None
-    if isinstance(value, np.ndarray) and value.ndim > 0:
+    if isinstance(value, np.ndarray) and value.dtype.kind == "U":
+        yield _json(value.tolist())  # a list of strings (orjson prints no unicode arrays)
+    elif isinstance(value, np.ndarray) and value.ndim > 0:
         yield from _iter_array(value)
     else:
         yield _json(value)
@@ -654,7 +664,9 @@ def to_netcdf(stored: Stored | Mapping[str, Value], fields: Sequence[str] | None
     for name, value in values.items():
         field = field_of(name)
         if field.dtype == "str":
-            setattr(out, name, str(value).encode())
+            # a list of strings (task_loss_kind) as its JSON text: netCDF-3 attributes hold text, not lists
+            text = orjson.dumps(value.tolist()).decode() if isinstance(value, np.ndarray) else str(value)
+            setattr(out, name, text.encode())
             continue
         array = np.asarray(value)
         dims = _dims(field, name)
@@ -708,7 +720,18 @@ array per layer for per-layer lists:
 | `kernel_input_grams_0` … `kernel_input_grams_{D-2}` | (T, n_in, n_in) per hidden layer | float64 (record.kernel) |
 | `kernel_output_grams_0` … `_{D-2}` | (T, n_out, n_out) per hidden layer | float64 (record.kernel) |
 | `kernel_distance` | (T,) | float64 (when record.kernel) |
-| `modes_singular_values`, `modes_learning_time`, `modes_learning_time_theory` | (k,) | float64 |
+| `sharpness` | (T, k) | float64 (when record.sharpness; k = record.sharpness_k) |
+| `sharpness_threshold` | () | float64 (gd and sgd) |
+| `linearized_loss`, `linearized_excess_loss` | (T,) | float64 (when record.linearized; the loss absent when Σ33 is unknown) |
+| `loss_theory_random_matrix_loss`, `loss_theory_random_matrix_test_loss` | (T,) | float64 (the noisy_teacher preset) |
+| `loss_theory_random_matrix_model`, `loss_theory_random_matrix_assumptions` | () | str |
+| `loss_theory_random_matrix_exact` | () | bool |
+| `task_loss`, `task_excess_loss` | (T, P) | float64 (a task sequence of P phases) |
+| `task_loss_kind` | (P,) | str ("loss" or "excess_loss"; a task sequence) |
+| `phase` | (T,) | int64 (a task sequence) |
+| `phase_starts` | (P,) | float64 (a task sequence) |
+| `final_weights_0` … `final_weights_{D-1}` | (rows_l, cols_l), input→output | float64 (the weights at the last record) |
+| `modes_singular_values`, `modes_optimum_strength`, `modes_learning_time`, `modes_learning_time_theory` | (k,) | float64 |
 | `modes_strength`, `modes_theory` | (T, k) | float64 |
 | `modes_theory_model`, `modes_theory_assumptions` | () | str |
 | `modes_theory_exact` | () | bool |

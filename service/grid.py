@@ -160,12 +160,14 @@ def group_key(spec: Any) -> str:
     """Points with the same key share layer shapes, method, record schedule and dtype, so one chunk of
     them runs as one vectorised batch (``simulate_batch`` groups again exactly; this only keeps the
     chunks homogeneous). Learning rates, scales, seeds and weight decays may differ within a group."""
-    from service.dynamics.methods import Exact, GradientDescent, GradientFlow
+    from service.dynamics.methods import Exact, GradientDescent, GradientFlow, StochasticGradientDescent
 
     method = spec.method
     shapes = [list(np.shape(w)) for w in spec.weights0]
     if isinstance(method, GradientDescent):
         run = f"gd:{method.steps}"
+    elif isinstance(method, StochasticGradientDescent):  # runs point by point: seeds, rates, momenta share a chunk
+        run = f"sgd:{method.steps}:{method.epochs}:{method.batch_size}"
     elif isinstance(method, GradientFlow):
         run = f"flow:{method.t_max!r}:{method.rtol!r}:{method.atol!r}"
     elif isinstance(method, Exact):
@@ -197,8 +199,8 @@ def point_summary(traj: Any) -> dict[str, Any]:
 
     final_time, final_loss (L at the last record; None without Σ33), final_excess_loss (L − L*),
     optimum_loss (L*), final_distance_to_optimum ‖W − W*‖_F, final_strength (mode strengths u_α at the
-    last record), learning_time / learning_time_theory (per mode: first time u_α reaches half its
-    final value, measured and predicted), theory_model, steps_to_convergence and time_to_convergence
+    last record), learning_time / learning_time_theory (per mode: the time a mode's strength first reaches
+    half its strength at the optimum, measured and predicted), theory_model, steps_to_convergence and time_to_convergence
     (the last record of a converged run: the run stops when the gradient norm is below tolerance),
     diverged_at_step; with test data (data.test) final_test_loss, min_test_loss and early_stopping_time (t of the
     record of least test loss); with record.kernel final_kernel_distance.

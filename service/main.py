@@ -12,11 +12,11 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 from threadpoolctl import threadpool_limits
 
-from service.api import events, gradients, health, plots, presets, simulations, sweeps, trajectories
+from service.api import compare, events, gradients, health, plots, presets, simulations, sweeps, trajectories
 from service.api.access import (
     ApiKeyMiddleware,
     ProblemCORSMiddleware,
@@ -27,8 +27,10 @@ from service.api.access import (
     parse_cors_origins,
 )
 from service.api.body_limit import BodySizeLimitMiddleware
+from service.api.docs import install_docs
 from service.api.errors import install_error_handlers
 from service.api.security import SecurityHeadersMiddleware
+from service.api.strict import document_strictness, strict_request
 from service.http_server import install_access_log_redaction
 from service.jobs.admission import Admission
 from service.jobs.database import Database, rename_owners
@@ -67,6 +69,8 @@ TAGS = [
                                       "batched chunks across the Dask workers."},
     {"name": "presets", "description": "Built-in learning problems (PNAS 2019 hierarchy, branching diffusion, "
                                        "whitened, random teacher, noisy teacher) and their parameters."},
+    {"name": "plots", "description": "Figures of several simulations at once (each simulation's and sweep's own plots "
+                                     "are under their resources)."},
     {"name": "gradients", "description": "The loss and its gradient at given weights (the vector field GD and "
                                          "gradient flow follow, docs/theory.md#gradient), answered synchronously."},
     {"name": "health", "description": "Liveness and readiness probes."},
@@ -201,6 +205,10 @@ def create_app(settings: Settings | None = None, *,
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
         separate_input_output_schemas=False,
+        docs_url=None,      # served from the installed assets instead of a CDN: service.api.docs
+        redoc_url=None,
+        # every route: 400 for an unknown query parameter, 406 for an Accept it cannot serve (service.api.strict)
+        dependencies=[Depends(strict_request)],
     )
     app.state.settings = settings
     app.state.store = app.state.engine = None
@@ -216,20 +224,22 @@ def create_app(settings: Settings | None = None, *,
     cors_origins = parse_cors_origins(settings.cors_origins)
     if cors_origins:
         app.add_middleware(ProblemCORSMiddleware, origins=cors_origins)
-    app.add_middleware(SecurityHeadersMiddleware, docs_url=app.docs_url)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.include_router(simulations.router)
     app.include_router(trajectories.router)
     app.include_router(events.router)
     app.include_router(plots.router)
+    app.include_router(compare.router)
     app.include_router(presets.router)
     app.include_router(sweeps.router)
     app.include_router(gradients.router)
     app.include_router(health.router)
+    install_docs(app)
 
     base_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
-        return document_security(_add_component_schemas(_without_item_schemas(base_openapi())))
+        return document_security(document_strictness(_add_component_schemas(_without_item_schemas(base_openapi()))))
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -39,6 +39,9 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "not-recorded": ("Not recorded", "The run succeeded but did not keep what was asked for (a simulation without "
                                      "record.similarity or record.kernel, a sweep point of a keep: summary "
                                      "sweep); run it again recording it."),
+    "unknown-query-parameter": ("Unknown query parameter",
+                                "The query string names a parameter this route does not take (a typo, or a parameter "
+                                "of another route); errors[] names it and its fix lists the route's parameters."),
     "not-acceptable": ("Not acceptable", "No representation matches the Accept header; the route's description "
                                          "lists the media types it serves."),
     "body-too-large": ("Request body too large", "The request body is above this service's size limit."),

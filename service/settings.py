@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # up to download_wait_seconds for room (then 503 with Retry-After); one that could never fit is a 422.
     download_memory_bytes: int = Field(1 << 30, ge=64 << 20)
     download_wait_seconds: float = Field(10.0, gt=0)
+    # Most Hessian-vector products record.sharpness may plan: records × sharpness_k × 100 (a typical Lanczos count
+    # per eigenvalue; each product costs about two GD steps).
+    max_hessian_products: int = Field(10_000_000, ge=1)
     # Jobs queued or running at once; beyond it POST answers 429 with Retry-After.
     max_queued: int = Field(64, ge=1)
     # Largest sweep, in points (the product of the grid's axis lengths, or the explicit points).

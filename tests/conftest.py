@@ -19,3 +19,22 @@ import scipy.linalg  # noqa: E402,F401
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 threadpool_limits(limits=1)
+
+
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.support.server import Server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[Server]:
+    """The suite's one shared service (one worker; request bodies capped at 1 MiB so that the 413 is testable):
+    the end-to-end, client and example tests use it. Each test leaves it as it found it (cancels its long jobs)."""
+    base = tmp_path_factory.mktemp("server")
+    srv = Server(base / "data", base / "server.log", workers=1, DLNSIM_MAX_BODY_BYTES=str(1 << 20)).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -35,6 +35,7 @@ def imported_modules(package: str) -> set[tuple[str, str]]:
     ("jobs", ("service.api", "fastapi", "starlette")),
     ("schemas", ("service.api", "service.jobs", "service.build", "service.codec", "fastapi", "starlette")),
     ("dynamics", ("service.api", "service.jobs", "service.schemas", "fastapi", "starlette", "pydantic")),
+    ("plots", ("service.api", "service.jobs", "fastapi", "starlette")),
 ])
 def test_lower_layers_do_not_import_upper_ones(package, forbidden):
     bad = sorted((f, m) for f, m in imported_modules(package) if m.startswith(forbidden))

@@ -1,6 +1,6 @@
 """Renders the README's figure with the service's own code: the core runs the simulation, the codec turns the
-trajectory into the JSON document the API serves, and service/plots.py draws it, as GET .../plot.svg?kind=modes
-would (here as PNG).
+trajectory into the JSON document the API serves, and service/plots/ draws it, as GET .../plot.png?kind=modes&dpi=130
+would.
 
     .venv/bin/python docs/figures/make_figures.py        # writes docs/figures/hierarchy_modes.png
 
@@ -10,8 +10,6 @@ curves are Saxe's balanced-mode formula from each mode's effective initial stren
 """
 
 from pathlib import Path
-
-import matplotlib
 
 from service import codec
 from service.dynamics import init, presets
@@ -28,8 +26,7 @@ def hierarchy_modes() -> bytes:
     w0 = init.initial_weights(problem, [16], "gaussian", scale=0.02, seed=3)
     traj = simulate(problem, w0, GradientDescent(learning_rate=0.05, steps=600), RecordSchedule(points=300, spacing="linear"))
     document = codec.document(codec.arrays_of(traj), codec.MEMBERS)
-    with matplotlib.rc_context({"savefig.dpi": 130}):  # sharper at README width than the API's 100 dpi
-        return render_plot(document, "modes", fmt="png")
+    return render_plot(document, "modes", fmt="png", dpi=130)   # sharp at README width
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from service.status import STATUSES
 # Enumerations of query parameters as unions of single-value literals (JSON Schema anyOf of consts): generated
 # clients then take plain strings for them (an `enum` becomes an Enum class whose `.value` they call).
 StatusQuery = Union[tuple(Literal[s] for s in STATUSES)]  # type: ignore[valid-type]  # noqa: UP007
-MethodQuery = Literal["gd", "sgd", "flow", "exact"]
+MethodQuery = Literal["gd"] | Literal["sgd"] | Literal["flow"] | Literal["exact"]
 
 
 async def get_settings(request: Request) -> Settings:

@@ -1,31 +1,39 @@
-"""The plots: GET /v1/simulations/{id}/plot.svg (a succeeded simulation's trajectory) and
-GET /v1/sweeps/{id}/plot.svg (a sweep's results against a swept parameter), drawn by ``service.plots``.
+"""The plots of a simulation, of a sweep and of a kept sweep point, as SVG, PNG or PDF, drawn by ``service.plots``:
 
-Reading the stored arrays and rendering are CPU work, done in a worker thread, never on the event loop.
+    GET /v1/simulations/{id}/plot.svg|.png|.pdf          ?kind=&time_scale=&y_scale=&time=   (+ dpi= for .png)
+    GET /v1/sweeps/{id}/plot.svg|.png|.pdf               ?kind=&x=&aggregate=&y_scale=
+    GET /v1/sweeps/{id}/points/{k}/plot.svg|.png|.pdf    as a simulation's (sweeps with keep: trajectories)
+
+Each format is a route of its own whose success response has that one media type (the generated client picks a
+response's first media type). Reading the stored arrays and rendering are CPU work, done in a worker thread.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import Field
 
 from service import codec
 from service.api.deps import OwnerDep, SimulationsDep, SweepsDep
 from service.api.errors import problem_responses
-from service.dynamics.presets import preset_labels
-from service.plots import (
-    MAX_SWEEP_SERIES,
-    MAX_TIMES,
-    PlotError,
-    render_plot,
-    render_sweep_plot,
-    sweep_axes,
+from service.api.plot_params import (
+    FORMATS,
+    Dpi,
+    SimulationPlotQuery,
+    SweepPlotQuery,
+    plot_problem,
+    simulation_plot_query,
+    success,
+    sweep_plot_query,
 )
-from service.problems import ProblemError, field_error
+from service.grid import apply_params
+from service.plots import render_plot, render_sweep_plot, sweep_axes
+from service.plots.context import context_of
+from service.problems import ProblemError
 from service.status import RUNNING
 
 # what the records of a running simulation can draw (its partial trajectory: loss and mode strengths)
@@ -33,141 +41,162 @@ LIVE_KINDS = ("loss", "modes")
 
 router = APIRouter()
 
-SVG = "image/svg+xml"
+JobId = Annotated[str, Path(description="The simulation id.")]
+SweepId = Annotated[str, Path(description="The sweep id.")]
+PointIndex = Annotated[int, Path(ge=0, description="The point's index k (its position in the results).")]
+SimQuery = Annotated[SimulationPlotQuery, Depends(simulation_plot_query)]
+SweepQuery = Annotated[SweepPlotQuery, Depends(sweep_plot_query)]
 
-_DESCRIPTION = f"""\
-The trajectory of a succeeded simulation as an SVG figure (409 until it succeeded).
+SIMULATION_DESCRIPTION = """\
+The trajectory of a succeeded simulation as a figure (409 until it succeeded); the same figure as SVG (`plot.svg`),
+PNG (`plot.png`, `dpi` 50–600, default 150: slides) or PDF (`plot.pdf`: papers, fonts embedded).
 
-* `kind=modes` (default): mode strengths u_α(t) = u_αᵀ W(t) v_α, solid, with the analytic prediction dashed in
-  the same colour; the theory model is named in the title and legend, marked "(approximate)" when its
-  assumptions hold only approximately (e.g. a small random init).
-* `kind=loss`: L(t) on a log axis with the optimum L* dotted; with `data.test` the test loss (red) and its
-  minimum, the early-stopping point (▼), and where the loss theory applies its train and test curves dashed;
-  when Σ33 is unknown the excess loss L − L* (the
-  axis says so). Values ≤ 0 cannot be drawn on a log axis: the legend counts them.
-* `kind=product`: heatmaps of the network map W(t) at the records nearest each `time` (default: the last)
-  next to the optimum W*.
-* `kind=kernel`: the neural tangent kernel's distance from its initial value, 1 − ⟨K(0), K(t)⟩/(‖K(0)‖‖K(t)‖)
-  (solid; 0 is lazy), and the same distance for each hidden layer's input-side Gram P_h and output-side Gram Q_h
-  (dashed, dotted), which shows the side that moves; needs `record.kernel: true` (else 409 not-recorded).
-* `kind=similarity`: the hidden-layer item similarity RSM = W21ᵀW21 at the records nearest each `time`
-  (default: four records spread over the run); needs `record.similarity: true` (else 409 not-recorded).
+* `kind=modes` (default): mode strengths u_α(t) = u_αᵀ W(t) v_α (solid), the theory dashed in the same colour, each
+  mode's strength at the optimum u*_α dotted (s_α/c for Σ11 = c·I: the legend says which) and its learning time t½
+  (●: the time a mode's strength first reaches half its strength at the optimum). Modes with s = 0 are left out;
+  modes with one singular value share a colour and a legend row.
+* `kind=loss`: L(t) (L − L* when Σ33 is unknown) with L* dotted; with test data the test loss, its minimum ▼ and the
+  early-stopping time t_stop, and the loss theory dashed. On a log axis values below the run's round-off floor are
+  not drawn (a grey band says where it is).
+* `kind=product`: heatmaps of W(t) at the stage times (the modes' learning times; with test data t_stop), the last
+  record, the optimum W* and a noisy teacher's W̄. Past 48 rows or columns a selection is shown and named.
+* `kind=kernel`: the NTK's distance d_K from its start (black) and each hidden layer's Grams P_h, Q_h, with each
+  term's share of K; log y for a lazy run (needs `record.kernel: true`, else 409 not-recorded).
+* `kind=similarity`: the hidden-layer item similarity RSM = W21ᵀW21 at t = 0, the stage times and the end (needs
+  `record.similarity: true`, else 409 not-recorded).
 
-Time is t = η·step for GD. `log_time=true` puts the loss and mode plots on a log time axis (t = 0 is then
-not shown). At most {MAX_TIMES} `time` values; preset problems get their item and feature names on the axes.
+`time_scale=auto` (default) puts time on a log axis when the dynamics end early in [0, t_end] or the modes are
+learned on very different time scales (the figure says why); `linear` and `log` force it (`log_time=true` is the
+older spelling of `time_scale=log`). `y_scale` (auto, linear, log) for loss, modes and kernel. `time` (repeated, at
+most 8) picks the records of product and similarity panels. Time is t = η·step for GD; every symbol on a figure is
+defined on it. Preset problems get their item and feature names on the axes. A running simulation's loss and modes
+plots draw its records so far (the other kinds are a 409 until it ends).
 """
 
+SWEEP_DESCRIPTION = """\
+A sweep's results rows (GET /v1/sweeps/{id}/results) against one swept parameter `x` (default: the first axis), as
+SVG, PNG (`dpi`) or PDF. Unfinished and failed points are left out; the title counts them.
 
-def _labels(request_json: bytes) -> dict[str, Any] | None:
-    """Item and feature names of a preset problem (None for other data or on any surprise)."""
-    try:
-        data = orjson.loads(request_json).get("data") or {}
-        if data.get("kind") != "preset":
-            return None
-        params = {k: v for k, v in data.items() if k not in ("kind", "name")}
-        return preset_labels(data["name"], params)
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-        return None  # labels are a nicety: a plot without them is still right
+* `kind=learning_time` (default): per mode, the measured learning time (the time a mode's strength first reaches half
+  its strength at the optimum; solid, markers) and the theory's (dashed).
+* `kind=final_loss`: L − L* at the last record (log; ≤ 0, the optimum to round-off, is a ▼ on the bottom edge).
+* `kind=kernel_distance`: the NTK's distance from its start at the last record (needs record.kernel).
+* `kind=convergence_time`: the time the run converged (▲ on the top edge: did not converge).
+* `kind=min_test_loss`: the least test loss (solid) and the last (dotted) (needs test data).
+* `kind=early_stopping_time`: the time of the least test loss (needs test data).
 
-
-def _query_problem(exc: PlotError) -> ProblemError:
-    return ProblemError(422, "validation-error", f"{exc.field}: {exc.message}",
-                        errors=[field_error([exc.field], "invalid_query", exc.message, exc.fix, "query")])
-
-
-@router.get(
-    "/v1/simulations/{job_id}/plot.svg",
-    tags=["simulations"],
-    response_class=Response,
-    summary="Plot a simulation's trajectory (SVG)",
-    description=_DESCRIPTION,
-    responses={200: {"description": "The figure.", "content": {SVG: {"schema": {"type": "string"}}}},
-               **problem_responses(404, 409, 422)},
-)
-async def get_simulation_plot(
-    job_id: Annotated[str, Path(description="The simulation id.")],
-    simulations: SimulationsDep,
-    owner: OwnerDep,
-    kind: Annotated[Literal["loss", "modes", "product", "similarity", "kernel"], Query(
-        description="What to draw: loss, modes (with theory), product (W and W*), similarity (hidden RSM), "
-                    "kernel (NTK distance).")
-    ] = "modes",
-    log_time: Annotated[bool, Query(description="Log time axis (loss, modes and kernel).")] = False,
-    time: Annotated[list[Annotated[float, Field(ge=0)]] | None, Query(
-        max_length=MAX_TIMES,
-        description=f"Times (t ≥ 0) of the product / similarity panels, repeated: time=0&time=10 (≤ {MAX_TIMES}); "
-                    "each panel shows the nearest record.")] = None,
-) -> Response:
-    if time is not None:
-        if len(time) > MAX_TIMES:
-            raise _query_problem(PlotError(f"{len(time)} times given, at most {MAX_TIMES} panels fit", field="time",
-                                           fix=f"give at most {MAX_TIMES} time values"))
-        if any(not (t >= 0 and t != float("inf")) for t in time):
-            raise _query_problem(PlotError("every time must be a finite number ≥ 0", field="time",
-                                           fix="give times t ≥ 0 within the run, e.g. time=0&time=10"))
-    row = await simulations.get(job_id, owner)
-    if row.status == RUNNING and kind not in LIVE_KINDS:
-        raise ProblemError(409, "not-finished", f"simulation {job_id} is running: its {kind} plot needs the finished "
-                           f"run; {' and '.join(LIVE_KINDS)} are drawn from its records so far",
-                           headers={"Retry-After": str(simulations.settings.retry_after_seconds)})
-    labels = _labels(row.request) if kind in ("product", "similarity") else None
-
-    def render(stored: codec.Stored) -> bytes:
-        document = codec.document(codec.select(stored), codec.MEMBERS)
-        return render_plot(document, kind, log_time=log_time, times=time, labels=labels, fmt="svg")
-
-    try:
-        svg = await simulations.read_trajectory(job_id, owner, render)
-    except PlotError as exc:
-        if exc.code == "not_recorded":
-            raise ProblemError(409, "not-recorded", f"simulation {job_id}: {exc.message}; {exc.fix}") from None
-        raise _query_problem(exc) from None
-    return Response(svg, media_type=SVG)
-
-
-SWEEP_PLOT_DESCRIPTION = f"""\
-A sweep's results rows (GET /v1/sweeps/{{id}}/results) drawn against one swept parameter `x` (default: the first
-grid axis), as SVG. Unfinished points are left out and the title says "k of n points finished".
-
-* `kind=learning_time` (default): per mode, the measured learning time (first time u_α reaches half its final
-  value; solid with markers) and the theory's prediction (dashed, same colour, model named in the legend).
-* `kind=final_loss`: the final excess loss L − L* on a log axis; L − L* ≤ 0 (the optimum to round-off) is a ▼
-  on the bottom edge.
-
-The x axis is logarithmic when the values are positive and span more than a decade (e.g. `init.scale`);
-non-numeric values (e.g. `network.hidden`) are categories. Each combination of the other axes is its own
-panel (`learning_time`) or line (`final_loss`), at most {MAX_SWEEP_SERIES} (else 422: plot against another axis).
-Diverged points are red × marks on the top edge, counted in the legend.
+An axis named `seed` (e.g. `init.seed`) is averaged over by default: mean ± one standard deviation
+(`aggregate=none` draws every seed). The other axes become lines (up to 6 per panel, from the last axes) and panels
+(one per combination of the rest, up to 12): the figure states the rule it applied. Log x when the values are
+positive and span more than a decade; non-numbers are categories. Diverged points are red × on the top edge.
 """
 
+POINT_DESCRIPTION = ("The kept trajectory of sweep point k drawn as a simulation's (same kinds and parameters; "
+                     "sweeps with `keep: \"trajectories\"`, else 409 not-recorded).")
 
-@router.get(
-    "/v1/sweeps/{sweep_id}/plot.svg",
-    tags=["sweeps"],
-    response_class=Response,
-    summary="Plot a sweep's learning times or final losses against a swept parameter (SVG)",
-    description=SWEEP_PLOT_DESCRIPTION,
-    responses={200: {"description": "The figure.", "content": {SVG: {"schema": {"type": "string"}}}},
-               **problem_responses(404, 422, d404="No sweep with this id",
-                                   d422="Unknown kind, x not a swept parameter, or too many combinations of the "
-                                        "other axes")},
-)
-async def get_sweep_plot(
-    sweep_id: Annotated[str, Path(description="The sweep id.")],
-    sweeps: SweepsDep,
-    owner: OwnerDep,
-    kind: Annotated[Literal["learning_time", "final_loss"], Query(
-        description="learning_time: per-mode learning time, measured and theory; final_loss: L − L* (log).")
-    ] = "learning_time",
-    x: Annotated[str | None, Query(max_length=200, description="The swept parameter path on the x axis (default: "
-                                                               "the first grid axis), e.g. init.scale.")] = None,
-) -> Response:
-    row = await sweeps.get(sweep_id, owner)
-    points = await sweeps.all_points(row)
-    rows = [{"parameters": orjson.loads(p.params), "status": p.status, "outcome": p.outcome, **(p.summary or {})}
-            for p in points]
-    try:
-        svg = await run_in_threadpool(render_sweep_plot, rows, sweep_axes(orjson.loads(row.request)), kind, x)
-    except PlotError as exc:
-        raise _query_problem(exc) from None
-    return Response(svg, media_type=SVG)
+
+def _simulation_endpoint(fmt: str) -> Callable[..., Any]:
+    async def render(job_id: str, simulations: Any, owner: str | None, q: SimulationPlotQuery, dpi: int | None
+                     ) -> Response:
+        row = await simulations.get(job_id, owner)
+        if row.status == RUNNING and q.kind not in LIVE_KINDS:
+            raise ProblemError(409, "not-finished", f"simulation {job_id} is running: its {q.kind} plot needs the "
+                               f"finished run; {' and '.join(LIVE_KINDS)} are drawn from its records so far",
+                               headers={"Retry-After": str(simulations.settings.retry_after_seconds)})
+        context = context_of(orjson.loads(row.request), getattr(row, "name", None))
+
+        def draw(stored: codec.Stored) -> bytes:
+            doc = codec.document(codec.select(stored), codec.MEMBERS)
+            return render_plot(doc, q.kind, q.options, context, fmt=fmt, dpi=dpi)
+
+        try:
+            body = await simulations.read_trajectory(job_id, owner, draw)
+        except Exception as exc:  # noqa: BLE001 - PlotError becomes its problem, anything else propagates
+            raise plot_problem(exc, f"simulation {job_id}") from None
+        return Response(body, media_type=FORMATS[fmt])
+
+    if fmt == "png":
+        async def endpoint(job_id: JobId, simulations: SimulationsDep, owner: OwnerDep, q: SimQuery,
+                           dpi: Dpi = None) -> Response:
+            return await render(job_id, simulations, owner, q, dpi)
+    else:
+        async def endpoint(job_id: JobId, simulations: SimulationsDep, owner: OwnerDep,  # type: ignore[misc]
+                           q: SimQuery) -> Response:
+            return await render(job_id, simulations, owner, q, None)
+    return endpoint
+
+
+def _sweep_endpoint(fmt: str) -> Callable[..., Any]:
+    async def render(sweep_id: str, sweeps: Any, owner: str | None, q: SweepPlotQuery, dpi: int | None) -> Response:
+        row = await sweeps.get(sweep_id, owner)
+        points = await sweeps.all_points(row)
+        rows = [{"parameters": orjson.loads(p.params), "status": p.status, "outcome": p.outcome, **(p.summary or {})}
+                for p in points]
+        try:
+            body = await run_in_threadpool(render_sweep_plot, rows, sweep_axes(orjson.loads(row.request)), q.kind,
+                                           q.x, aggregate=q.aggregate, y_scale=q.y_scale, fmt=fmt, dpi=dpi)
+        except Exception as exc:  # noqa: BLE001
+            raise plot_problem(exc, f"sweep {sweep_id}") from None
+        return Response(body, media_type=FORMATS[fmt])
+
+    if fmt == "png":
+        async def endpoint(sweep_id: SweepId, sweeps: SweepsDep, owner: OwnerDep, q: SweepQuery,
+                           dpi: Dpi = None) -> Response:
+            return await render(sweep_id, sweeps, owner, q, dpi)
+    else:
+        async def endpoint(sweep_id: SweepId, sweeps: SweepsDep, owner: OwnerDep,  # type: ignore[misc]
+                           q: SweepQuery) -> Response:
+            return await render(sweep_id, sweeps, owner, q, None)
+    return endpoint
+
+
+def _point_endpoint(fmt: str) -> Callable[..., Any]:
+    async def render(sweep_id: str, k: int, sweeps: Any, owner: str | None, q: SimulationPlotQuery, dpi: int | None
+                     ) -> Response:
+        def document(stored: codec.Stored) -> dict[str, Any]:
+            return codec.document(codec.select(stored), codec.MEMBERS)
+
+        row, point, doc = await sweeps.read_point_trajectory(sweep_id, k, owner, document)
+        request = apply_params(orjson.loads(row.request)["base"], orjson.loads(point.params))
+        try:
+            body = await run_in_threadpool(lambda: render_plot(doc, q.kind, q.options, context_of(request),
+                                                               fmt=fmt, dpi=dpi))
+        except Exception as exc:  # noqa: BLE001
+            raise plot_problem(exc, f"point {k} of sweep {sweep_id}") from None
+        return Response(body, media_type=FORMATS[fmt])
+
+    if fmt == "png":
+        async def endpoint(sweep_id: SweepId, k: PointIndex, sweeps: SweepsDep, owner: OwnerDep, q: SimQuery,
+                           dpi: Dpi = None) -> Response:
+            return await render(sweep_id, k, sweeps, owner, q, dpi)
+    else:
+        async def endpoint(sweep_id: SweepId, k: PointIndex, sweeps: SweepsDep, owner: OwnerDep,  # type: ignore[misc]
+                           q: SimQuery) -> Response:
+            return await render(sweep_id, k, sweeps, owner, q, None)
+    return endpoint
+
+
+for _fmt in FORMATS:
+    _suffix = "" if _fmt == "svg" else f"_{_fmt}"
+    _what = {"svg": "SVG", "png": "PNG", "pdf": "PDF"}[_fmt]
+    router.add_api_route(
+        f"/v1/simulations/{{job_id}}/plot.{_fmt}", _simulation_endpoint(_fmt), methods=["GET"],
+        name=f"get_simulation_plot{_suffix}", tags=["simulations"], response_class=Response,
+        summary=f"Plot a simulation's trajectory ({_what})", description=SIMULATION_DESCRIPTION,
+        responses={200: success(_fmt), **problem_responses(404, 409, 422)})
+    router.add_api_route(
+        f"/v1/sweeps/{{sweep_id}}/plot.{_fmt}", _sweep_endpoint(_fmt), methods=["GET"],
+        name=f"get_sweep_plot{_suffix}", tags=["sweeps"], response_class=Response,
+        summary=f"Plot a sweep's results against a swept parameter ({_what})", description=SWEEP_DESCRIPTION,
+        responses={200: success(_fmt), **problem_responses(
+            404, 409, 422, d404="No sweep with this id",
+            d409="not-recorded: the sweep's points did not record what this kind draws",
+            d422="Unknown kind, x not a swept parameter, or another parameter out of its domain")})
+    router.add_api_route(
+        f"/v1/sweeps/{{sweep_id}}/points/{{k}}/plot.{_fmt}", _point_endpoint(_fmt), methods=["GET"],
+        name=f"get_sweep_point_plot{_suffix}", tags=["sweeps"], response_class=Response,
+        summary=f"Plot one sweep point's kept trajectory ({_what})", description=POINT_DESCRIPTION,
+        responses={200: success(_fmt), **problem_responses(
+            404, 409, 422, d404="No sweep with this id, or no point k in it",
+            d409="not-recorded: the sweep has keep: \"summary\" (or the run did not record what this kind draws); "
+                 "not-finished: the point has not succeeded (yet)")})

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from service.api.deps import SettingsDep
 from service.api.errors import problem_responses
+from service.api.strict import known_query
 from service.dynamics.errors import DynamicsError
 from service.dynamics.modes import mode_basis
 from service.dynamics.presets import PRESETS, PresetParam, build_preset, preset_labels
@@ -121,12 +122,19 @@ def _query_error(key: str, message: str, fix: str) -> dict:
     return field_error([key], "invalid_query", message, fix, "query")
 
 
+def _preset_parameters(request: Request) -> list[str] | None:
+    """The query parameters of GET /v1/presets/{name}: the named preset's (None for an unknown name: its 404)."""
+    name = request.path_params.get("name")
+    return [p.name for p in PRESETS[name].params] if name in PRESETS else None
+
+
 @router.get(
     "/{name}",
     response_model=PresetDetail,
     summary="One preset, built: dimensions, singular values of Σ31, item and feature names",
     responses={**problem_responses(404, 422, 503)},
 )
+@known_query(_preset_parameters)
 async def get_preset(
     name: Annotated[str, Path(description="The preset's name, e.g. hierarchy.")],
     request: Request,

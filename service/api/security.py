@@ -7,18 +7,20 @@
     Content-Security-Policy                by what the body is (below)
 
 The API's bodies are data, never documents, so their policy is ``default-src 'none'`` (nothing loads,
-nothing runs) with ``frame-ancestors 'none'``. Two kinds of body are documents:
+nothing runs) with ``frame-ancestors 'none'``. Three kinds of body are documents:
 
-* the Swagger UI page at /docs loads its script and stylesheet from cdn.jsdelivr.net, boots with one
-  inline ``<script>``, styles elements inline (React style attributes), draws icons as ``data:`` SVG,
-  fetches /openapi.json and sends "Try it out" requests to this origin. Its policy allows exactly that;
-  the inline script is allowed by its sha256 (computed from the page as served, so it follows FastAPI's
-  template and the root path), never by 'unsafe-inline'.
+* the Swagger UI page at /docs loads its script and stylesheet from this service (/docs/assets, the installed
+  fastapi-offline package: ``service.api.docs``), boots with one inline ``<script>``, styles elements inline
+  (React style attributes), draws icons as ``data:`` SVG, fetches /openapi.json and sends "Try it out" requests
+  to this origin. Its policy allows exactly that; the inline script is allowed by its sha256 (computed from the
+  page as served, so it follows FastAPI's template and the root path), never by 'unsafe-inline'.
+* the ReDoc page at /redoc: its script from /docs/assets (no inline script), inline styles (styled-components),
+  ``data:`` images, its search index in a web worker made from a ``blob:`` URL, /openapi.json from this origin.
 * SVG plots (matplotlib) style with ``<style>`` and style attributes and embed heatmaps as ``data:``
   PNGs: opened on their own in a browser they get styles and data: images, still no script.
 
-ReDoc (/redoc) needs web workers from blob: URLs and Google Fonts; it gets no CSP (the other headers
-still apply). A route that sets one of these headers itself keeps its own value.
+Nothing on either docs page comes from another origin, so both work offline. A route that sets one of these
+headers itself keeps its own value.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ BASE_HEADERS = {
 }
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
-DOCS_CDN = "https://cdn.jsdelivr.net"
-DOCS_CSP = ("default-src 'none'; script-src {cdn} {hashes}; style-src {cdn} 'unsafe-inline'; "
-            "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; "
-            "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+DOCS_CSP = ("default-src 'none'; script-src {scripts}; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+REDOC_CSP = ("default-src 'none'; script-src {scripts}; style-src 'self' 'unsafe-inline'; "
+             "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src blob:; "
+             "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 # Inline scripts: <script> elements without a src attribute.
 _INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc\s*=)[^>]*>(.*?)</script>", re.DOTALL | re.IGNORECASE)
@@ -58,8 +61,9 @@ def script_hashes(html: bytes) -> list[str]:
             for body in _INLINE_SCRIPT.findall(html)]
 
 
-def docs_csp(html: bytes) -> str:
-    return DOCS_CSP.format(cdn=DOCS_CDN, hashes=" ".join(script_hashes(html)))
+def docs_csp(html: bytes, template: str = DOCS_CSP) -> str:
+    """The page's policy: ``template`` with the hashes of the page's inline scripts (none: 'self' only)."""
+    return template.format(scripts=" ".join(["'self'", *script_hashes(html)]))
 
 
 def security_headers(path: str, content_type: str | None) -> dict[str, str]:
@@ -84,12 +88,13 @@ def _set_default(message: Message, values: dict[str, str]) -> None:
 
 
 class SecurityHeadersMiddleware:
-    """Adds ``security_headers`` to every HTTP response; the Swagger UI page gets DOCS_CSP with the
-    hashes of its inline scripts (its body, a few kB, is held until complete to hash it)."""
+    """Adds ``security_headers`` to every HTTP response; the docs pages (``pages``: path → policy template) get
+    their policy with the hashes of their inline scripts (a page's body, a few kB, is held until complete to hash
+    it)."""
 
-    def __init__(self, app: ASGIApp, docs_url: str | None = "/docs") -> None:
+    def __init__(self, app: ASGIApp, pages: dict[str, str] | None = None) -> None:
         self.app = app
-        self.docs_url = docs_url
+        self.pages = {"/docs": DOCS_CSP, "/redoc": REDOC_CSP} if pages is None else pages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,7 +104,8 @@ class SecurityHeadersMiddleware:
         root = scope.get("root_path") or ""
         if root and path.startswith(root):
             path = path[len(root):] or "/"
-        docs = self.docs_url is not None and path == self.docs_url
+        page = self.pages.get(path)
+        docs = page is not None
         held: list[Message] = []
 
         async def send_with_headers(message: Message) -> None:
@@ -115,7 +121,7 @@ class SecurityHeadersMiddleware:
                     return
                 body = b"".join(m.get("body", b"") for m in held[1:])
                 start = held[0]
-                _set_default(start, {"Content-Security-Policy": docs_csp(body)})
+                _set_default(start, {"Content-Security-Policy": docs_csp(body, page)})
                 await send(start)
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 held.clear()

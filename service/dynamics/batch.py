@@ -5,7 +5,7 @@
 
 Grouping (``group_key``): GD points with the same layer widths (n_in, hidden…, n_out), step count, record
 schedule and dtype form one group; learning rate, weight decay, Σ11, Σ31 and the initial weights may
-differ per point. Flow, exact, SGD and GD-with-momentum points are not grouped: each runs through ``simulate``
+differ per point. Flow, exact, SGD, GD-with-momentum and task-sequence points are not grouped: each runs through ``simulate``
 (so a sweep can take SGD's seed, batch size or momentum as an axis).
 
 A GD group runs in one compiled call over its points (``gd_loop.gd_batch_steps``), which advances each
@@ -53,6 +53,7 @@ from .gd_loop import RUNNING, STATUS
 from .methods import GradientDescent, Hooks, Method
 from .problem import Problem
 from .record import RecordSchedule
+from .sequence import TaskSequence
 from .simulate import DTYPES, build_trajectory, preflight, simulate
 from .trajectory import Trajectory
 
@@ -73,13 +74,15 @@ class SweepPoint:
 
 
 def group_key(point: SweepPoint) -> tuple | None:
-    """Points with equal keys are stepped together; None: the point runs alone (flow, exact, sgd, and GD with
-    momentum, which the compiled GD loop does not step).
+    """Points with equal keys are stepped together; None: the point runs alone (flow, exact, sgd, task sequences, and
+    GD with momentum, which the compiled GD loop does not step).
 
     GD key: ("gd", widths (n_in, hidden…, n_out), steps, record schedule, dtype). Learning rate, weight
     decay, Σ11/Σ31 and the initial weights are per point within a group.
     """
     if not isinstance(point.method, GradientDescent) or point.method.momentum:
+        return None
+    if isinstance(point.problem, TaskSequence):
         return None
     widths = (int(np.shape(point.weights0[0])[1]), *(int(np.shape(w)[0]) for w in point.weights0))
     return ("gd", widths, int(point.method.steps), point.record, point.dtype)
@@ -140,7 +143,8 @@ def _validate(i: int, p: SweepPoint) -> Layout:
             raise InvalidParameterError(f"point {i} is a {type(p).__name__}, not a SweepPoint", field=(i,),
                                         fix="wrap each point's simulate() arguments in a SweepPoint")
         preflight(p.problem, p.weights0, p.method, p.record, dtype=p.dtype)
-        return layout_of(p.problem, p.weights0)
+        problem = p.problem.phases[0].problem if isinstance(p.problem, TaskSequence) else p.problem
+        return layout_of(problem, p.weights0)
 
 
 class _Progress:

@@ -44,6 +44,7 @@ from .gd import (
     layout_of,
     plan_order,
 )
+from .learning_time import ModeWatch
 from .methods import CONVERGENCE_RTOL, GradientFlow, Hooks, RunResult
 from .problem import Problem
 
@@ -83,10 +84,12 @@ def _check_record_times(record_times: np.ndarray, t_max: float) -> np.ndarray:
 
 
 def run_flow(problem: Problem, weights0: Sequence[np.ndarray], method: GradientFlow, record_times: np.ndarray,
-             *, dtype=np.float64, hooks: Hooks | None = None) -> RunResult:
+             *, dtype=np.float64, hooks: Hooks | None = None, watch: ModeWatch | None = None) -> RunResult:
     """Integrate the gradient flow on [0, t_max] from ``weights0`` and record the weights at ``record_times``.
 
-    Returns per layer (T, rows, cols) arrays in ``dtype`` and the outcome (see the module docstring).
+    Returns per layer (T, rows, cols) arrays in ``dtype`` and the outcome (see the module docstring). With a
+    ``watch`` (``learning_time.ModeWatch``) the modes' learning times are found on the dense output of the step in
+    which each mode first reaches half its strength at the optimum (``RunResult.learning_times``).
     """
     _check_method(method)
     dt = np.dtype(dtype)
@@ -97,11 +100,11 @@ def run_flow(problem: Problem, weights0: Sequence[np.ndarray], method: GradientF
     m0, flops = plan_order(layout.dims)
     clock = HookClock(hooks)
     with blas_threads_for(flops, clock):  # one gradient costs about one GD step
-        return _integrate(problem, weights0, method, t_eval, dt, clock, layout, m0)
+        return _integrate(problem, weights0, method, t_eval, dt, clock, layout, m0, watch)
 
 
 def _integrate(problem: Problem, weights0, method: GradientFlow, t_eval: np.ndarray, dt: np.dtype,
-               clock: HookClock, layout: Layout, m0: int) -> RunResult:
+               clock: HookClock, layout: Layout, m0: int, watch: ModeWatch | None = None) -> RunResult:
     """The DOP853 loop of ``run_flow`` (arguments already checked)."""
     decay = float(method.weight_decay)
     s11 = np.ascontiguousarray(problem.sigma11, dtype=np.float64)
@@ -133,7 +136,11 @@ def _integrate(problem: Problem, weights0, method: GradientFlow, t_eval: np.ndar
     def finish():
         clock.done()
         return RunResult(times=times[:n].copy(), steps=None, weights=layout.unpack_stack(rows[:n], dt),
-                         outcome=outcome, diverged_at_step=None, diverged_at_time=diverged_at)
+                         outcome=outcome, diverged_at_step=None, diverged_at_time=diverged_at,
+                         learning_times=None if watch is None else watch.times.copy())
+
+    if watch is not None:
+        watch.start(0.0, layout.views(y0))
 
     if g0 <= tol:
         outcome = "converged"
@@ -170,10 +177,13 @@ def _integrate(problem: Problem, weights0, method: GradientFlow, t_eval: np.ndar
             if times[n - 1] != times[n]:
                 n += 1
             break
+        dense = _DenseOutput(solver)
+        if watch is not None and watch.active:
+            watch.step(t_old, t_new, layout.views(y_new), dense, layout.views)
         # records strictly inside the step from its dense output, one at its end from the state itself
         j = int(np.searchsorted(t_eval, t_new, side="left"))
         if j > n:
-            rows[n:j] = solver.dense_output()(t_eval[n:j]).T
+            rows[n:j] = dense()(t_eval[n:j]).T
             times[n:j] = t_eval[n:j]
             n = j
         if n < t_eval.size and t_eval[n] == t_new:
@@ -188,3 +198,15 @@ def _integrate(problem: Problem, weights0, method: GradientFlow, t_eval: np.ndar
         if clock.due():
             clock.check(t_new / t_end)
     return finish()
+
+
+class _DenseOutput:
+    """The last step's dense output (7th order), made once on first use."""
+
+    def __init__(self, solver: DOP853) -> None:
+        self.solver, self.interp = solver, None
+
+    def __call__(self):
+        if self.interp is None:
+            self.interp = self.solver.dense_output()
+        return self.interp

@@ -147,3 +147,6 @@ class RunResult:
     outcome: Outcome
     diverged_at_step: int | None = None
     diverged_at_time: float | None = None
+    # flow: per mode, the time its strength first reaches half its strength at the optimum, found on the dense
+    # output (``learning_time.ModeWatch``); None when not tracked, NaN for a mode that did not get there
+    learning_times: np.ndarray | None = None

@@ -43,10 +43,15 @@ What the trajectory holds beyond a single run's fields (``trajectory.Trajectory`
   restarted from the state at the switch: that state is aligned with the old task, not the new one, so the aligned
   closed forms do not apply to it, and for the λ-balanced case ``method: "exact"`` already is that exact
   continuation;
+* ``sharpness`` (with ``record.sharpness``): at every record the top Hessian eigenvalues of that record's task's loss,
+  the one whose stability the step size meets there;
 * ``final_weights``: the weights at the last record (for exact Riccati phases the factorisation), from which a later
   run can start (init "given").
 
-``record.linearized`` is refused for sequences (the linearised model is defined for one task).
+``record.linearized`` is refused for sequences (the linearised model is defined for one task), and so are momentum and
+SGD: their state beyond the weights (the momentum buffer, the epoch's sample order) has no defined carry-over across a
+switch here; each phase can run as a run of its own that starts from the previous one's ``final_weights`` (its buffer
+and sample order then start afresh).
 """
 
 from __future__ import annotations
@@ -64,10 +69,11 @@ from .exact._common import _FIX_FLOW, WHITENING_RTOL
 from .flow import run_flow
 from .gd import run_gd
 from .generalization import early_stopping, test_loss
-from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult
+from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult, StochasticGradientDescent
 from .modes import excess_loss, optimum
 from .problem import Problem, least_squares
 from .record import RecordSchedule
+from .sharpness import sharpness_record
 from .trajectory import LossTheory, Trajectory
 
 PHASES_FIELD = ("phases",)
@@ -199,6 +205,22 @@ def _phase_error(exc: DynamicsError, p: int, start: float) -> DynamicsError:
     return type(exc)(message, field=where, fix=fix)
 
 
+_FIX_STATEFUL = ("run each task as a simulation of its own, each starting from the previous one's final weights "
+                 "(its buffer and sample order then start afresh)")
+
+
+def _refuse_stateful(method: Method) -> None:
+    """SGD and momentum carry state besides the weights (module docstring): refused for a sequence, naming the field."""
+    if isinstance(method, StochasticGradientDescent):
+        raise InvalidParameterError("task sequences run with gd (without momentum), flow or exact; sgd's sample order "
+                                    "and momentum buffer do not carry over a task switch", field=("training", "method"),
+                                    fix=f'use method "gd", "flow" or "exact"; or {_FIX_STATEFUL}')
+    if isinstance(method, GradientDescent) and method.momentum:
+        raise InvalidParameterError("task sequences run gd without momentum: the momentum buffer does not carry over "
+                                    "a task switch", field=("training", "momentum"),
+                                    fix=f"set momentum to 0; or {_FIX_STATEFUL}")
+
+
 def preflight_sequence(sequence: TaskSequence, weights0: Sequence[np.ndarray], method: Method,
                        record: RecordSchedule = RecordSchedule(), *, dtype: str = "float64") -> SequencePlan:
     """Every check ``simulate_sequence`` can make before running (cheap), the plan if they pass.
@@ -222,6 +244,7 @@ def preflight_sequence(sequence: TaskSequence, weights0: Sequence[np.ndarray], m
     if record.linearized:
         raise InvalidParameterError("the linearised loss is defined for one task, this run switches tasks",
                                     field=("record", "linearized"), fix="set record.linearized to false")
+    _refuse_stateful(method)
     try:
         preflight(first, weights0, method, record, dtype=dtype)
     except ExactNotApplicableError as exc:
@@ -415,7 +438,10 @@ def build_sequence_trajectory(problems: list[Problem], weights0: list[np.ndarray
     balance, final weights, outcome), then every per-task quantity for the current phase (module docstring)."""
     from .simulate import build_trajectory, record_diagnostics  # deferred: simulate imports this module
 
-    base = build_trajectory(problems[0], weights0, method, record, run)
+    # the sharpness is of each record's own task: taken below, phase by phase, not with the first task's Hessian;
+    # learning times on the first task's modes, found between records only before the first switch
+    base = build_trajectory(problems[0], weights0, method, replace(record, sharpness=False), run,
+                            refine_until=float(plan.starts[1]) if len(problems) > 1 else np.inf)
     t = len(base.time)
     product = base.product
     if plan.steps is not None:
@@ -440,9 +466,10 @@ def build_sequence_trajectory(problems: list[Problem], weights0: list[np.ndarray
     distance = np.sqrt(np.einsum("tij->t", diff ** 2))
     grad = base.gradient_norm
     if not isinstance(run, ExactRun):   # gd, flow: the gradient of each record's own task (exact runs bring theirs)
-        grad = np.empty(t)
+        # the first phase's records have theirs from ``base`` (the first task's, record by record)
+        grad = np.array(grad, dtype=np.float64, copy=True)
         weights = [np.asarray(w[:t], dtype=np.float64) for w in run.weights]
-        for p in range(n_p):
+        for p in range(1, n_p):
             sel = np.flatnonzero(phase == p)
             if sel.size:
                 grad[sel] = record_diagnostics(problems[p], [w[sel] for w in weights], method.weight_decay)[0]
@@ -452,6 +479,14 @@ def build_sequence_trajectory(problems: list[Problem], weights0: list[np.ndarray
         for p in range(n_p):
             sel = phase == p
             test[sel] = test_loss(problems[p], product[sel])
+    sharp = None
+    if record.sharpness:   # every record's task's Hessian (exact Riccati runs, without weights, are refused earlier)
+        weights = [np.asarray(w[:t], dtype=np.float64) for w in run.weights]
+        sharp = np.empty((t, int(record.sharpness_k)))
+        for p in range(n_p):
+            sel = np.flatnonzero(phase == p)
+            if sel.size:
+                sharp[sel] = sharpness_record(problems[p], [w[sel] for w in weights], int(record.sharpness_k))
     later = phase > 0
     modes = base.modes
     if later.any():
@@ -482,6 +517,7 @@ def build_sequence_trajectory(problems: list[Problem], weights0: list[np.ndarray
         loss_theory=_mask_theory(base.loss_theory, later),
         loss_theory_random_matrix=_mask_theory(base.loss_theory_random_matrix, later),
         stability_hint=hint,
+        sharpness=sharp,
         task_loss=task_loss,
         task_loss_kind=kinds,
         task_excess_loss=task_excess,

@@ -22,9 +22,10 @@ from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
 from .gd import HookClock, Layout, plan_order, run_gd
 from .generalization import early_stopping, test_loss
+from .learning_time import ModeWatch, measure
 from .linearized import linearized_loss
 from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult, StochasticGradientDescent
-from .modes import excess_loss, measured_learning_times, mode_basis, mode_strengths, optimum
+from .modes import excess_loss, mode_basis, mode_strengths, optimum
 from .ntk import check_kernel, kernel_record
 from .problem import Problem, least_squares
 from .random_matrix import random_matrix_loss_theory
@@ -145,8 +146,11 @@ def _step(problem: Problem, weights0: list[np.ndarray], method: Method, record: 
         run = run_gd(problem, weights0, method, record.gd_steps(method.learning_rate, method.steps),
                      dtype=DTYPES[dtype], hooks=hooks)
     elif isinstance(method, GradientFlow):
+        hidden = [w.shape[0] for w in weights0[:-1]]
+        basis = mode_basis(problem)
+        watch = ModeWatch.of(basis, mode_strengths(optimum(problem, hidden).product, basis))
         run = run_flow(problem, weights0, method, record.sample_times(method.t_max),
-                       dtype=DTYPES[dtype], hooks=hooks)
+                       dtype=DTYPES[dtype], hooks=hooks, watch=watch)
     else:
         run = exact_run(problem, weights0, record.sample_times(method.t_max), method.weight_decay,
                         w32_gram=record.kernel)
@@ -156,7 +160,8 @@ def _step(problem: Problem, weights0: list[np.ndarray], method: Method, record: 
 
 
 def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Method, record: RecordSchedule,
-                     run: RunResult | ExactRun, *, between: Callable[[], None] | None = None) -> Trajectory:
+                     run: RunResult | ExactRun, *, between: Callable[[], None] | None = None,
+                     refine_until: float = np.inf) -> Trajectory:
     """Every derived quantity of a run (GD, flow: ``RunResult``; exact: ``ExactRun``), vectorised over its
     T records: the one post-processing of ``simulate`` and ``batch.simulate_batch``.
 
@@ -167,7 +172,8 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     from the first non-finite one on are cut (the run is then diverged). ``weights0`` are float64. The optimum
     is cached on the problem (``optimum``), so a sweep's points that share a problem compute it once.
     ``between()`` is called between the records of the sharpness (seconds each on large nets): the worker hooks'
-    stop check, which may raise ``StopRequested``.
+    stop check, which may raise ``StopRequested``. Learning times (``learning_time.measure``) are found between
+    records only for crossings in record intervals that end by ``refine_until`` (a sequence's first switch).
     """
     hidden = [w.shape[0] for w in weights0[:-1]]
     if isinstance(run, ExactRun):
@@ -225,7 +231,9 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         theory_model=overlay.model if overlay else None,
         theory_exact=bool(overlay and overlay.exact),
         theory_assumptions=overlay.assumptions if overlay else None,
-        learning_time=measured_learning_times(times, strength, final=final_strength),
+        optimum_strength=final_strength,
+        learning_time=measure(problem, method, run, times, steps, strength, final_strength, basis, overlay,
+                              refine_until),
         learning_time_theory=overlay.learning_time if overlay else None,
     )
     similarity = None

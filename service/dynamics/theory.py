@@ -2,9 +2,10 @@
 
 For a run from ``weights0`` with a given method, ``theory_overlay`` returns the predicted strengths
 u_α(t) = u_αᵀ W(t) v_α on ``mode_basis(problem)`` (k = min(n_out, n_in) modes) at the run's record times,
-naming the model, whether its assumptions hold exactly, and the predicted time to half of each mode's final
-strength. The final strength is the optimum's (docs/theory.md#optimum: s/c for the modes within the bottleneck rank
-when Σ11 = cI, 0 otherwise → NaN), the same target the measured learning times use.
+naming the model, whether its assumptions hold exactly, and the predicted learning time of each mode: the time
+a mode's strength first reaches half its strength at the optimum (docs/theory.md#optimum: s/c for the modes within the
+bottleneck rank when Σ11 = cI, 0 otherwise → NaN), the definition the measured learning times use
+(``learning_time``).
 
 Cases, first match wins:
 
@@ -22,11 +23,11 @@ Cases, first match wins:
   strength (small random init, approximately decoupled). Approximate.
 * anything else (e.g. Σ11 far from c·I with hidden layers): None.
 
-Learning times are the first time the theory curve reaches half the final strength (the measured ones use the
-same rule on the records): closed forms where a mode is one channel, a bisected crossing on the exact curve
-otherwise (shallow with general Σ11, rotated degenerate blocks, Riccati). For the exact GD maps they are
-interpolated between the two steps around the crossing and NaN if it is not reached within the run's steps;
-for the shallow GD map they use the map's continuous-k extension (NaN when some 1 − η(2σ_j + γ) ≤ 0).
+Learning times are the first time the theory curve reaches half the strength at the optimum: closed forms where a
+mode is one channel, a bisected crossing on the exact curve otherwise (shallow with general Σ11, rotated degenerate
+blocks, Riccati). For GD, which moves in steps, it is η·k at the first step k at which the map is there: the exact
+per-mode GD maps track it step by step (NaN if it is not reached within the run's steps); the shallow GD map's
+continuous-k extension is rounded up to that step (NaN when some 1 − η(2σ_j + γ) ≤ 0).
 
 Cost: with hidden layers nothing here forms an n_out × n_out or n_in × n_in matrix (beyond Σ11 itself): the mode
 basis is thin, the alignment test works with projections (``exact.decouple``) and the balance test with
@@ -43,6 +44,8 @@ import numpy as np
 from . import exact as ex
 from .exact import riccati
 from .generalization import mode_loss_theory
+from .learning_time import ZERO_RTOL as LEARNING_ZERO_RTOL
+from .learning_time import targets as learning_targets
 from .methods import Exact, GradientDescent, GradientFlow
 from .modes import bottleneck, mode_basis, mode_strengths, optimum
 from .problem import Problem
@@ -51,8 +54,8 @@ from .trajectory import LossTheory
 # Σ11 within this relative distance of c·I still gets the (approximate) per-mode overlay: the mode coupling
 # through Σ11 − cI is then a ≤10 % perturbation of the rates. Beyond it no per-mode picture is offered.
 APPROX_WHITENING_RTOL = 0.1
-# A final strength at or below this fraction of the largest one is "not learned": its half is NaN.
-FINAL_ZERO_RTOL = 1e-9
+# A strength at the optimum at or below this fraction of the largest one is "not learned": its half is NaN.
+FINAL_ZERO_RTOL = LEARNING_ZERO_RTOL
 # Dense grid for numerical first crossings (shallow with general Σ11, Riccati, rotated degenerate blocks).
 CROSSING_GRID = 600
 
@@ -60,7 +63,7 @@ CROSSING_GRID = 600
 @dataclass
 class TheoryOverlay:
     """Predicted mode strengths (T, k) at the run's records, the model's name, whether it is exact, its
-    assumptions in words, and the predicted time to half of each mode's final strength (k,), NaN where undefined."""
+    assumptions in words, and the predicted learning time of each mode (k,), NaN where undefined."""
 
     strength: np.ndarray
     model: str
@@ -74,10 +77,8 @@ class TheoryOverlay:
 
 
 def _targets(final: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(half of the final strength, mask of modes with a meaningful target)."""
-    ref = float(np.max(np.abs(final))) if final.size else 0.0
-    valid = np.isfinite(final) & (np.abs(final) > FINAL_ZERO_RTOL * ref) & (ref > 0)
-    return 0.5 * final, valid
+    """(half of the strength at the optimum, mask of modes with a learning time): the measured times' rule."""
+    return learning_targets(final)
 
 
 def _reached(u, target):
@@ -168,6 +169,8 @@ def _shallow(problem: Problem, w0: np.ndarray, method, times, steps, final) -> T
         horizon = 60.0 / float(pos.min()) if pos.size else max(float(np.max(times, initial=0.0)), 1.0)
         grid = _union_grid(horizon, float(pos.max()) if pos.size else 1.0 / horizon)
         lt = _first_crossing(grid, curve(grid), target, valid, refine=lambda t, m, j: curve(t, m))
+        if is_gd:  # the map's continuous-k extension agrees with it at whole steps: the first step at the target
+            lt = eta * np.ceil(lt / eta - 1e-9)
     model = "shallow_gd_map" if is_gd else ex.MODEL_SHALLOW
     what = ("exact GD map W_k = W* + (W0 − W*)(I − η(2Σ11 + γI))^k" if is_gd else
             "W(t) = W* + (W0 − W*) expm(−(2Σ11 + γI) t)")

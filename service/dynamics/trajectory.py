@@ -39,8 +39,9 @@ class ModeReport:
 
     ``theory`` is the prediction at the same times where a formula applies (None otherwise), named by
     ``theory_model`` with ``theory_exact`` telling whether its assumptions hold exactly or only
-    approximately (e.g. small random init). Learning times are the times at which a mode first reaches
-    half of its final strength (measured by linear interpolation; NaN where never reached).
+    approximately (e.g. small random init). ``optimum_strength`` is u*_α = u_αᵀ W* v_α, what each mode grows
+    towards; a mode's learning time is the time its strength first reaches half its strength at the optimum
+    (``learning_time``: how each method measures it; NaN where never reached or u*_α ≈ 0).
     """
 
     singular_values: np.ndarray            # (k,)
@@ -51,6 +52,7 @@ class ModeReport:
     theory_assumptions: str | None
     learning_time: np.ndarray              # (k,), NaN where not reached
     learning_time_theory: np.ndarray | None  # (k,), NaN where undefined
+    optimum_strength: np.ndarray | None = None  # (k,) u*_α = u_αᵀ W* v_α
 
 
 @dataclass

@@ -52,6 +52,7 @@ from service.settings import Settings
 from service.status import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 
 from .admission import Admission
+from .continuation import resolve_init, visible
 from .database import (
     CorruptResultError,
     Database,
@@ -96,11 +97,6 @@ class Created(Generic[Row]):
 
     row: Row
     replayed: bool
-
-
-def visible(viewer: str | None, owner: str | None) -> bool:
-    """Whether a caller with key id ``viewer`` may see a row owned by ``owner`` (everything when keys are off)."""
-    return viewer is None or owner == viewer
 
 
 async def read_nowait(db: Database, read: Callable[..., T], *args: Any) -> T:
@@ -177,8 +173,9 @@ class _Jobs(ABC, Generic[Row]):
         """(parsed, canonical JSON, its sha256) of a body; ProblemError 400/422 for a bad one."""
 
     @abstractmethod
-    def _validate(self, parsed: Any, canonical: bytes, digest: str) -> Any:
-        """Everything checked before anything is stored; what ``_insert`` stores. ProblemError 422."""
+    def _validate(self, parsed: Any, canonical: bytes, digest: str, owner: str | None) -> Any:
+        """Everything checked before anything is stored (as the caller ``owner`` sees the store); what ``_insert``
+        stores. ProblemError 422 (409 for a simulation to continue from that has not succeeded)."""
 
     @abstractmethod
     def _insert(self, parsed: Any, validated: Any, digest: str, key: str | None, owner: str | None, cost: Cost
@@ -216,7 +213,7 @@ class _Jobs(ABC, Generic[Row]):
                 await self._check_queue()
             cost = self._cost(parsed)
             await ticket.admit(cost, list(self._cost_field))  # parse and validation within budget; a costly one waits
-            validated = await asyncio.to_thread(self._validate, parsed, canonical, digest)
+            validated = await asyncio.to_thread(self._validate, parsed, canonical, digest, owner)
         cost = self._validated_cost(validated, cost)
         await self._check_active_limit(owner)
         await self.admission.check_budgets(owner, cost)
@@ -330,13 +327,17 @@ class Simulations(_Jobs[JobRow]):
         canonical = request.__pydantic_serializer__.to_json(request, by_alias=True, exclude=LABELS)
         return request, canonical, hashlib.sha256(canonical).hexdigest()
 
-    def _validate(self, request: SimulationRequest, canonical: bytes, digest: str) -> bytes:
-        """Every check the core can make, before queueing (the limits first)."""
+    def _validate(self, request: SimulationRequest, canonical: bytes, digest: str, owner: str | None) -> bytes:
+        """Every check the core can make, before queueing (the limits first); the stored request: ``canonical``, or
+        for an init from_simulation the request with the source's final weights copied in (``continuation``)."""
+        resolved = resolve_init(request, self.store, owner)
         try:
-            admit_simulation(request, Limits.from_settings(self.settings))
+            admit_simulation(resolved, Limits.from_settings(self.settings))
         except DynamicsError as exc:
             raise dynamics_problem(exc) from None
-        return canonical
+        if resolved is request:
+            return canonical
+        return resolved.__pydantic_serializer__.to_json(resolved, by_alias=True, exclude=LABELS)
 
     def _cost(self, request: SimulationRequest) -> Cost:
         limits = Limits.from_settings(self.settings)
@@ -510,6 +511,7 @@ class Sweeps(_Jobs[SweepRow]):
     def __init__(self, store: SweepStore, jobs: JobStore | None, engine: Engine, settings: Settings,
                  admission: Admission | None = None, downloads: DownloadBudget | None = None) -> None:
         super().__init__(store, engine, settings, counted=(jobs, store), admission=admission, downloads=downloads)
+        self.jobs = jobs  # where a base's init from_simulation finds its simulation
 
     def _max_active(self) -> int:
         return self.settings.max_active_sweeps
@@ -517,9 +519,14 @@ class Sweeps(_Jobs[SweepRow]):
     def _canonical(self, body: bytes) -> tuple[Any, bytes, str]:
         return canonical_sweep(body)
 
-    def _validate(self, sweep: Any, canonical: bytes, digest: str) -> ValidatedSweep:
+    def _validate(self, sweep: Any, canonical: bytes, digest: str, owner: str | None) -> ValidatedSweep:
+        def resolve(base: SimulationRequest) -> SimulationRequest:
+            if self.jobs is None:
+                return base
+            return resolve_init(base, self.jobs, owner, prefix=("base",))
+
         return validate_parsed(sweep, canonical, digest, Limits.from_settings(self.settings),
-                               self.settings.max_sweep_points)
+                               self.settings.max_sweep_points, resolve=resolve)
 
     def _cost(self, sweep: Any) -> Cost:
         return sweep_cost_estimate(sweep, Limits.from_settings(self.settings), self.settings.max_sweep_points)
@@ -617,3 +624,32 @@ class Sweeps(_Jobs[SweepRow]):
         release = await _reserve_download(self.downloads, reader, getattr(encode, "fields", None), encode,
                                           f"point {k}'s trajectory")
         return _streamed(reader, encode, lambda exc: None, release)
+
+    # -- issue 18: plots of a kept point trajectory (additive: GET /v1/sweeps/{id}/points/{k}/plot.*) ----------------
+
+    async def read_point_trajectory(self, sweep_id: str, k: int, viewer: str | None,
+                                    use: Callable[[Stored], T]) -> tuple[SweepRow, PointRow, T]:
+        """(sweep, point, ``use(stored)``) on point k's kept trajectory, in a worker thread: 404 no such point, 409
+        not-recorded (a keep: summary sweep) or not-finished, 500 unreadable (as ``stream_point_trajectory``)."""
+        row = await self.get(sweep_id, viewer)
+        if k >= row.n_points:
+            raise ProblemError(404, "not-found", f"sweep {sweep_id} has no point {k}: its points are "
+                               f"0..{row.n_points - 1}")
+        if row.keep != "trajectories":
+            raise ProblemError(409, "not-recorded", f'point {k}\'s trajectory was not kept: sweep {sweep_id} has keep: '
+                               '"summary". Submit the sweep again with keep: "trajectories", or run the point as a '
+                               "simulation (the sweep's request.base with the point's parameters applied)")
+        point = await asyncio.to_thread(self.store.point, sweep_id, k)
+        if point is None or point.status != SUCCEEDED:
+            state = point.status if point is not None else "unknown"
+            raise ProblemError(409, "not-finished", f"point {k} of sweep {sweep_id} is {state}; its trajectory exists "
+                               "once it has succeeded",
+                               headers=retry_after(self.settings) if state in ("queued", "running") else {})
+        try:
+            value = await self._read(lambda: self.store.open_trajectory(sweep_id, k), use,
+                                     f"point {k} of sweep {sweep_id} succeeded but has no stored trajectory")
+        except CorruptResultError as exc:
+            log.error("%s", exc)
+            raise ProblemError(500, "corrupt-result", f"the stored trajectory of point {k} of sweep {sweep_id} is "
+                               f"corrupt ({exc.reason}); check the data dir's disk") from None
+        return row, point, value

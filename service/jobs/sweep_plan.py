@@ -12,9 +12,11 @@ problem of the base itself, ``["base", ...]``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 from pydantic import ValidationError
 
@@ -40,7 +42,9 @@ from service.limits import (
     Limits,
     check_cost,
     check_request_limits,
+    copy_flops,
     request_cost,
+    trajectory_values,
 )
 from service.problems import (
     MAX_FIELD_ERRORS,
@@ -151,15 +155,23 @@ def _dynamics_slug(code: str) -> str:
 
 
 def _trajectory_values(request: SimulationRequest, spec: Any) -> int:
-    """Numbers in a point's trajectory: per record the network map, two per mode and a few scalars, plus
-    every layer with record.weights (what DLNSIM_MAX_TRAJECTORY_VALUES bounds for one simulation)."""
-    rec = request.record
-    records = len(rec.times) + 1 if rec.times is not None else rec.points
-    n_out, n_in = spec.problem.n_out, spec.problem.n_in
-    per_record = n_out * n_in + 2 * min(n_out, n_in) + 8
-    if rec.weights:
-        per_record += sum(int(w.shape[0]) * int(w.shape[1]) for w in spec.weights0)
-    return records * per_record
+    """Numbers in a point's trajectory (what DLNSIM_MAX_TRAJECTORY_VALUES bounds for one simulation)."""
+    return trajectory_values(request, [tuple(np.shape(w)) for w in spec.weights0], spec.tasks)
+
+
+def _check_continuation(base: dict, point: dict, params: dict, origin: dict) -> None:
+    """A point may continue from a simulation only as its base does: the base's init from_simulation is resolved once
+    (its weights copied in), a point that names another source (or turns its init into one) would run without them.
+    GridError naming the grid entry that set init."""
+    init = point.get("init")
+    if not (isinstance(init, dict) and init.get("scheme") == "from_simulation") or init == base.get("init"):
+        return
+    path = next((p for p in params if p == "init" or p.startswith("init.")), "init")
+    raise GridError(origin.get(path, ["grid", path]), "from_simulation_in_grid",
+                    "a sweep continues from one simulation, its base's init (the service copies that simulation's "
+                    "final weights into the base); a point cannot name another",
+                    "put init: {scheme: from_simulation, id: …} in base and leave init out of the grid; to continue "
+                    "from several simulations, send one sweep per simulation")
 
 
 def canonical_sweep(body: bytes) -> tuple[SweepRequest, bytes, str]:
@@ -196,10 +208,11 @@ def sweep_cost_estimate(sweep: SweepRequest, limits: Limits, max_points: int) ->
         base = request_cost(sweep.base, limits)
     except (TypeError, ValueError, IndexError):  # an odd base: its validation below says what is wrong
         return ZERO_COST
-    per_point = base.validation_flops - base.data_flops
+    copy = copy_flops(sweep.base, limits)  # an init from_simulation's weights, copied once into the base
+    per_point = base.validation_flops - base.data_flops - copy
     kept = base.result_bytes if sweep.keep == "trajectories" else SUMMARY_BYTES
-    estimate = Cost(base.data_flops + n * per_point, base.validation_bytes, base.data_flops, n * base.run_flops,
-                    n * kept)
+    estimate = Cost(base.data_flops + copy + n * per_point, base.validation_bytes, base.data_flops,
+                    n * base.run_flops, n * kept)
     field = ["grid"] if sweep.grid is not None else ["points"]
     try:
         check_cost(estimate, sweep.base, Limits(**{**limits.__dict__, "max_job_flops": float("inf")}),
@@ -217,9 +230,19 @@ def validate_sweep(body: bytes, limits: Limits, max_points: int) -> ValidatedSwe
 
 
 def validate_parsed(sweep: SweepRequest, request_json: bytes, request_hash: str, limits: Limits,
-                    max_points: int) -> ValidatedSweep:
-    """``validate_sweep`` for a body already through ``canonical_sweep``."""
+                    max_points: int, resolve: Callable[[SimulationRequest], SimulationRequest] | None = None
+                    ) -> ValidatedSweep:
+    """``validate_sweep`` for a body already through ``canonical_sweep``. ``resolve`` fills in what the base needs from
+    the store (``continuation.resolve_init``: an init from_simulation's weights, copied into the stored base and
+    request); then every point's init from_simulation must be the base's (one source per sweep)."""
     _check_shape(sweep, max_points)
+    if resolve is not None:
+        resolved = resolve(sweep.base)
+        if resolved is not sweep.base:
+            sweep = sweep.model_copy(update={"base": resolved})
+            labels = dict.fromkeys(LABELS, True)
+            request_json = sweep.__pydantic_serializer__.to_json(sweep, by_alias=True,
+                                                                 exclude={**labels, "base": labels})
     base_json = sweep.base.__pydantic_serializer__.to_json(sweep.base, by_alias=True, exclude=LABELS)
     base = orjson.loads(base_json)
     expanded = expand_grid(sweep.grid) if sweep.grid is not None else expand_points(sweep.points)
@@ -243,12 +266,19 @@ def validate_parsed(sweep: SweepRequest, request_json: bytes, request_hash: str,
     kept_values = 0  # numbers in all kept trajectories (keep: trajectories)
     problems: dict[bytes, Any] = {}  # one problem per distinct data: built once, shared by the points
     spent = ZERO_COST  # the points' cost so far
+    copy = copy_flops(sweep.base, limits)  # the base's init from_simulation: copied once (by resolve), not a point
+    if copy:
+        spent = Cost(copy, 0, 0.0, 0.0, 0)
     for k, (params, origin) in enumerate(expanded):
         try:
             point = apply_params(base, params, origin)
+            _check_continuation(base, point, params, origin)
             request = SimulationRequest.model_validate_json(orjson.dumps(point))
             check_request_limits(request, limits)
             cost = request_cost(request, limits)
+            if copy:
+                cost = Cost(cost.validation_flops - copy_flops(request, limits), cost.validation_bytes,
+                            cost.data_flops, cost.run_flops, cost.result_bytes)
             data_key = orjson.dumps(point.get("data"), option=orjson.OPT_SORT_KEYS)
             if data_key in problems:  # the problem is built already
                 cost = Cost(cost.validation_flops - cost.data_flops, cost.validation_bytes, 0.0, cost.run_flops,

@@ -39,8 +39,9 @@ def simulate_request(request_json: bytes, hooks: Any = None, live: LiveReporter 
 
     Raises what the core raises (DynamicsError, StopRequested) and pydantic's ValidationError.
     """
-    from service.build import build_run
+    from service.build import build_run, in_request
     from service.codec import arrays_of, pack
+    from service.dynamics.errors import DynamicsError
     from service.dynamics.simulate import simulate
     from service.schemas import SimulationRequest
 
@@ -48,7 +49,10 @@ def simulate_request(request_json: bytes, hooks: Any = None, live: LiveReporter 
     spec = build_run(request, max_flow_steps=worker_max_steps())
     if live is not None:
         live.begin(spec)
-    traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype, hooks=hooks)
+    try:
+        traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype, hooks=hooks)
+    except DynamicsError as exc:
+        raise in_request(exc) from None
     if live is not None:
         live.flush()
     return str(traj.outcome), pack(arrays_of(traj))
@@ -99,6 +103,7 @@ def _run_points(built: list, results: dict[int, dict[str, Any]], hooks: Any) -> 
     """Run a chunk's built points as one ``simulate_batch``; [((k, spec), trajectory)]. A point the batch
     refuses (validated at POST, so only after an upgrade): the points run one by one so that only that point
     fails (its problem goes into ``results``)."""
+    from service.build import in_request
     from service.dynamics.batch import SweepPoint, simulate_batch
     from service.dynamics.errors import DynamicsError
     from service.dynamics.simulate import simulate
@@ -113,7 +118,7 @@ def _run_points(built: list, results: dict[int, dict[str, Any]], hooks: Any) -> 
             try:
                 done.append(((k, s), simulate(s.problem, s.weights0, s.method, s.record, dtype=s.dtype, hooks=hooks)))
             except DynamicsError as exc:
-                results[k] = failed_point(k, dynamics_problem(exc))
+                results[k] = failed_point(k, dynamics_problem(in_request(exc)))
         return done
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from .common import STRICT, Matrix, Num, NumMatrix, StrictModel
-from .requests import Data, WeightDecay
+from .requests import TaskData, WeightDecay
 
 GRADIENTS_EXAMPLE = {
     "data": {"kind": "correlations", "sigma11": [[1.0, 0.0], [0.0, 1.0]], "sigma31": [[2.0, 0.0], [0.0, 0.5]],
@@ -30,7 +30,7 @@ class GradientsRequest(StrictModel):
 
     model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [GRADIENTS_EXAMPLE]})
 
-    data: Data
+    data: TaskData
     weights: Annotated[list[Matrix], Field(min_length=1, description=(
         "W_1 … W_D input→output; the widths are the weights' own (hidden width k = rows of weights[k]); "
         "one matrix is linear regression."))]

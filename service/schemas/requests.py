@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from service.dynamics.init import DEFAULTS as INIT_DEFAULTS
 from service.dynamics.presets import PRESETS, PresetParam
@@ -133,7 +133,44 @@ class _OpenAPIDiscriminator:
 
 PRESET_MODELS: dict[str, type[BaseModel]] = {name: _preset_model(name) for name in PRESETS}
 PresetData = Annotated[Union[tuple(PRESET_MODELS.values())], Field(discriminator="name")]  # noqa: UP007
-Data = Annotated[Union[DatasetData, CorrelationsData, PresetData],  # noqa: UP007
+# One task: a dataset, correlations or a preset (what a task sequence's phases and POST /v1/gradients take).
+TaskData = Annotated[Union[DatasetData, CorrelationsData, PresetData],  # noqa: UP007
+                     Field(discriminator="kind"), _OpenAPIDiscriminator()]
+
+# A bound on the phases of one sequence: each is a task with its own Σ's (and one more record per switch).
+MAX_PHASES = 100
+
+
+class SequencePhase(StrictModel):
+    """One task of a sequence and the time it ends."""
+
+    data: TaskData = Field(description="The task of this phase: any data kind but a sequence (dataset, correlations "
+                                       "or preset, with its own test data if wanted); every phase has the same n_in "
+                                       "and n_out.")
+    until: float | None = Field(
+        None, description="The time t (t = learning_rate·step for gd, as t_max for flow and exact) at which this phase "
+                          "ends and the next one starts; null for the last phase, which runs to the end of the run. "
+                          "Strictly increasing, and below the run's end. gd switches at the first step with "
+                          "learning_rate·step ≥ until.", examples=[5.0])
+
+
+class SequenceData(StrictModel):
+    """A task sequence (continual learning, transfer; docs/theory.md#task-sequences): the network trains on each
+    phase's task in turn, from the state the previous phase left. Runs with gd (without momentum), flow or exact
+    (exact continues from the state at each switch where a closed form holds, else a 422 that suggests flow). The
+    trajectory then has task_loss (every task's loss at every record), task_excess_loss, phase and phase_starts;
+    loss, excess_loss, gradient_norm and test_loss are those of the current phase's task."""
+
+    kind: Literal["sequence"]
+    phases: Annotated[list[SequencePhase], Field(min_length=1, max_length=MAX_PHASES)] = Field(
+        description="The tasks in order: every phase but the last with its until; the last without.",
+        examples=[[{"data": {"kind": "preset", "name": "whitened", "singular_values": [3.0, 2.0], "n_in": 3,
+                             "n_out": 3, "seed": 1}, "until": 5.0},
+                   {"data": {"kind": "preset", "name": "whitened", "singular_values": [3.0, 2.0], "n_in": 3,
+                             "n_out": 3, "seed": 2}}]])
+
+
+Data = Annotated[Union[DatasetData, CorrelationsData, PresetData, SequenceData],  # noqa: UP007
                  Field(discriminator="kind"), _OpenAPIDiscriminator()]
 
 # ------------------------------------------------------------------------------------------------
@@ -202,27 +239,79 @@ class GivenInit(StrictModel):
     weights: Annotated[list[Matrix], Field(min_length=1)]
 
 
+JobId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+class FromSimulationInit(StrictModel):
+    """Continue from where a finished simulation ended: its final weights (trajectory.final_weights; for an exact
+    Riccati run a factorisation of its final state) are the initial weights. The simulation must have succeeded,
+    belong to the same API key, and have the same widths (n_in, network.hidden, n_out). At admission the service
+    copies its final weights into this request's init.weights, so the stored request says exactly what ran."""
+
+    scheme: Literal["from_simulation"]
+    id: JobId = Field(description="The id of a succeeded simulation (GET /v1/simulations/{job_id}) of the same API "
+                                  "key and widths.", examples=["0190f3c2a1b24c5d8e9f0a1b2c3d4e5f"])
+    weights: Annotated[list[Matrix], Field(min_length=1)] | None = Field(
+        None, exclude_if=is_none,
+        description="Filled in by the service when it admits the request: simulation id's final weights, "
+                    "input→output (what the run starts from). Leave it out; if given, it must equal them "
+                    "(as in a request read back from GET /v1/simulations/{job_id} and sent again).")
+
+
 Init = Annotated[Union[GaussianInit, OrthogonalInit, BalancedInit, LambdaBalancedInit,  # noqa: UP007
-                       AlignedInit, GivenInit], Field(discriminator="scheme")]
+                       AlignedInit, GivenInit, FromSimulationInit], Field(discriminator="scheme")]
 
 WeightDecay = Annotated[float, Field(ge=0, description="γ: adds (γ/2) Σ_l ‖W_l‖² to the loss.")]
 
 
+MOMENTUM_DESCRIPTION = (
+    "μ in [0, 1): heavy-ball momentum as PyTorch's torch.optim.SGD defines it (dampening 0; optax.sgd gives the same "
+    "iterates): g = ∂L/∂W + γW, v ← μv + g (v = g at the first step), W ← W − η·v (W ← W − η(g + μv) with nesterov). "
+    "0: no momentum. Momentum raises the stability bound by 1 + μ (Nesterov: (1 + μ)/(1 + 2μ)); the mode theory is "
+    "then the gradient flow at time t/(1 − μ), an approximation (docs/theory.md#optimizers).")
+NESTEROV_DESCRIPTION = "Nesterov momentum as PyTorch's (d = g + μv); needs momentum > 0."
+ALLOW_UNSTABLE_DESCRIPTION = (
+    "Run even when learning_rate exceeds the stability bound: divergence is then a reported outcome (status "
+    "succeeded, outcome diverged), not an error.")
+
+
 class GradientDescentTraining(StrictModel):
-    """Full-batch gradient descent; time is t = learning_rate × step."""
+    """Full-batch gradient descent, optionally with momentum; time is t = learning_rate × step."""
 
     method: Literal["gd"]
     learning_rate: float = Field(gt=0, description="η. Must be below the stability bound unless allow_unstable.")
     steps: int = Field(ge=1, description="Number of GD steps.")
     weight_decay: WeightDecay = 0.0
-    allow_unstable: bool = Field(
-        False, description="Run even when learning_rate exceeds the stability bound: divergence is then "
-                           "a reported outcome (status succeeded, outcome diverged), not an error.")
+    momentum: float = Field(0.0, ge=0, lt=1, description=MOMENTUM_DESCRIPTION, examples=[0.9])
+    nesterov: bool = Field(False, description=NESTEROV_DESCRIPTION)
+    allow_unstable: bool = Field(False, description=ALLOW_UNSTABLE_DESCRIPTION)
     stop_at_convergence: bool = Field(
         True, description="true: the run stops at the first step whose gradient norm is ≤ 1e-10·‖Σ31‖_F "
                           "(outcome converged); the trajectory then ends at that time, and record points after "
                           "it are not in it. false: GD steps on to the last step, so the records cover the whole "
                           "time axis [0, learning_rate·steps] (outcome completed).")
+
+
+class StochasticGradientDescentTraining(StrictModel):
+    """Mini-batch SGD on a dataset (data kind dataset, or a preset built from samples), as PyTorch's torch.optim.SGD
+    (dampening 0) fed by a DataLoader(shuffle=True, drop_last=False): every epoch a new permutation of the N samples
+    (numpy.random.default_rng(seed)), cut into ⌈N/batch_size⌉ batches, the last one the remainder (sampling without
+    replacement within an epoch); each step the gradient of the batch's mean squared error, plus γW, then the
+    momentum update of gd. Time is t = learning_rate × step. An SGD run takes all its steps (no convergence stop:
+    the batch gradients do not vanish at the minimum). Correlations carry no samples: sgd on them is a 422."""
+
+    method: Literal["sgd"]
+    learning_rate: float = Field(gt=0, description="η. Must be below the (full-batch) stability bound unless "
+                                                   "allow_unstable.")
+    batch_size: int = Field(ge=1, description="B, the samples per step (1 ≤ B ≤ N; B = N is gd).", examples=[8])
+    steps: int | None = Field(None, ge=1, description="Number of SGD steps (give exactly one of steps and epochs).")
+    epochs: int | None = Field(None, ge=1, description="Number of passes over the data, ⌈N/batch_size⌉ steps each "
+                                                       "(give exactly one of steps and epochs).", examples=[50])
+    seed: Seed = Field(0, description="Seed of the sample order: one seed, one sequence of batches.")
+    weight_decay: WeightDecay = 0.0
+    momentum: float = Field(0.0, ge=0, lt=1, description=MOMENTUM_DESCRIPTION, examples=[0.9])
+    nesterov: bool = Field(False, description=NESTEROV_DESCRIPTION)
+    allow_unstable: bool = Field(False, description=ALLOW_UNSTABLE_DESCRIPTION)
 
 
 class GradientFlowTraining(StrictModel):
@@ -248,8 +337,8 @@ class ExactTraining(StrictModel):
     weight_decay: WeightDecay = 0.0
 
 
-Training = Annotated[Union[GradientDescentTraining, GradientFlowTraining, ExactTraining],  # noqa: UP007
-                     Field(discriminator="method")]
+Training = Annotated[Union[GradientDescentTraining, StochasticGradientDescentTraining,  # noqa: UP007
+                           GradientFlowTraining, ExactTraining], Field(discriminator="method")]
 
 
 class Record(StrictModel):
@@ -273,6 +362,22 @@ class Record(StrictModel):
                            "(P_h = (W_h⋯W_1)ᵀ(W_h⋯W_1), Q_h = (W_D⋯W_(h+1))(W_D⋯W_(h+1))ᵀ), and kernel_distance "
                            "1 − ⟨K(0), K(t)⟩/(‖K(0)‖‖K(t)‖) at every record point (for exact Riccati runs from "
                            "the blocks of P(t)). Needs a hidden layer.")
+    sharpness: bool = Field(
+        False, description="Also record the sharpness: the sharpness_k largest eigenvalues of the Hessian of the "
+                           "training loss L with respect to all weights, at every record point (Lanczos on exact "
+                           "Hessian-vector products; Cohen et al. 2021's edge of stability, "
+                           "docs/theory.md#sharpness), with trajectory.sharpness_threshold = 2/η for gd and sgd "
+                           "(2(1 + μ)/η with momentum, − γ with weight decay) beside it. Costs about 100 "
+                           "Hessian-vector products per eigenvalue per record, each about two GD steps: more than the "
+                           "run itself "
+                           "(docs/performance.md#sharpness). Not for exact runs of the Riccati solution (no weights).")
+    sharpness_k: int = Field(1, ge=1, description="How many of the largest Hessian eigenvalues record.sharpness "
+                                                  "records (at most the number of weights).")
+    linearized: bool = Field(
+        False, description="Also record the loss of the network linearised at its initialisation (the NTK frozen "
+                           "at K(0), the lazy limit; docs/theory.md#linearized), trained by the same method at the "
+                           "same records: trajectory.linearized_loss and linearized_excess_loss. For gd without "
+                           "momentum, flow and exact, on a single task (not a sequence).")
 
 
 SAXE_HIERARCHY_EXAMPLE = {
@@ -303,6 +408,33 @@ DATASET_EXAMPLE = {
     "training": {"method": "gd", "learning_rate": 0.1, "steps": 200},
 }
 
+SEQUENCE_EXAMPLE = {
+    "data": {"kind": "sequence", "phases": [
+        {"data": {"kind": "preset", "name": "whitened", "singular_values": [3.0, 2.0, 1.0], "n_in": 4, "n_out": 4,
+                  "seed": 1}, "until": 5.0},
+        {"data": {"kind": "preset", "name": "whitened", "singular_values": [3.0, 2.0, 1.0], "n_in": 4, "n_out": 4,
+                  "seed": 2}}]},
+    "network": {"hidden": [4]},
+    "init": {"scheme": "lambda_balanced", "lambda": 0.0, "scale": 0.05, "seed": 0},
+    "training": {"method": "exact", "t_max": 10.0},
+    "record": {"points": 101},
+}
+SGD_EXAMPLE = {
+    "data": {"kind": "preset", "name": "noisy_teacher", "n_in": 8, "n_out": 8, "n_samples": 64, "noise": 0.5},
+    "network": {"hidden": [8]},
+    "init": {"scheme": "gaussian", "scale": 0.01, "seed": 0},
+    "training": {"method": "sgd", "learning_rate": 0.02, "batch_size": 8, "epochs": 100, "seed": 0,
+                 "momentum": 0.9},
+    "record": {"points": 100},
+}
+SHARPNESS_EXAMPLE = {
+    "data": {"kind": "correlations", "sigma11": [[400.0, 1.0], [1.0, 1.0]], "sigma31": [[0.0, 0.02]]},
+    "network": {"hidden": [1]},
+    "init": {"scheme": "gaussian", "scale": 0.01, "seed": 0},
+    "training": {"method": "gd", "learning_rate": 0.16, "steps": 5000, "stop_at_convergence": False},
+    "record": {"points": 500, "sharpness": True},
+}
+
 REQUEST_EXAMPLES = {
     "saxe_hierarchy_exact": {
         "summary": "Saxe et al.: aligned 2-layer net on the PNAS 2019 hierarchy, exact solution",
@@ -310,6 +442,12 @@ REQUEST_EXAMPLES = {
     "hierarchy_gd": {"summary": "Same task, small random init, gradient descent", "value": GD_HIERARCHY_EXAMPLE},
     "correlations_flow": {"summary": "Given correlations, gradient flow", "value": CORRELATIONS_EXAMPLE},
     "dataset_regression": {"summary": "A small dataset, linear regression by GD", "value": DATASET_EXAMPLE},
+    "task_sequence_exact": {"summary": "Forgetting: task A until t = 5, then task B, solved exactly through the switch",
+                            "value": SEQUENCE_EXAMPLE},
+    "sgd_momentum": {"summary": "Mini-batch SGD with momentum 0.9 on Lampinen & Ganguli's noisy teacher",
+                     "value": SGD_EXAMPLE},
+    "sharpness_gd": {"summary": "Progressive sharpening: GD's sharpness rises to 2/η (Cohen et al. 2021)",
+                     "value": SHARPNESS_EXAMPLE},
 }
 
 
@@ -333,11 +471,16 @@ class SimulationRequest(StrictModel):
 
 
 # Discriminator tags that pydantic puts into error locations; HTTP paths name fields only.
+# A list index in a path is "*" here (a phase of a sequence).
+_TASK_TAGS = frozenset({"dataset", "correlations", "preset", *PRESETS})
 _UNION_TAGS: dict[tuple[str, ...], frozenset[str]] = {
-    ("data",): frozenset({"dataset", "correlations", "preset", *PRESETS}),
+    ("data",): _TASK_TAGS | {"sequence"},
     ("data", "test"): frozenset({"dataset", "correlations"}),
-    ("init",): frozenset({"gaussian", "orthogonal", "balanced", "lambda_balanced", "aligned", "given"}),
-    ("training",): frozenset({"gd", "flow", "exact"}),
+    ("data", "phases", "*", "data"): _TASK_TAGS,
+    ("data", "phases", "*", "data", "test"): frozenset({"dataset", "correlations"}),
+    ("init",): frozenset({"gaussian", "orthogonal", "balanced", "lambda_balanced", "aligned", "given",
+                          "from_simulation"}),
+    ("training",): frozenset({"gd", "sgd", "flow", "exact"}),
 }
 # Member names of plain (non-discriminated) unions, e.g. AlignedInit.strength: float | list[float].
 _MEMBER_TAG = re.compile(
@@ -349,7 +492,8 @@ def strip_union_tags(loc: Sequence[str | int]) -> tuple[str | int, ...]:
     out: list[str | int] = []
     for part in loc:
         if isinstance(part, str):
-            if tuple(out) in _UNION_TAGS and part in _UNION_TAGS[tuple(out)]:
+            where = tuple("*" if isinstance(p, int) else p for p in out)
+            if where in _UNION_TAGS and part in _UNION_TAGS[where]:
                 continue
             if _MEMBER_TAG.match(part):
                 continue

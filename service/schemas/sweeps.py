@@ -24,6 +24,7 @@ from .common import (
 )
 from .problems import ProblemDetails
 from .requests import GD_HIERARCHY_EXAMPLE, SimulationRequest
+from .trajectory import LEARNING_TIME_DEFINITION
 
 ParamPath = Annotated[str, StringConstraints(pattern=PATH_PATTERN, max_length=200)]
 SweepKeep = Literal["summary", "trajectories"]
@@ -157,7 +158,8 @@ class SweepPointResult(BaseModel):
     final_distance_to_optimum: Num = Field(None, description="‖W − W*‖_F at the last record.")
     final_strength: list[Num] | None = Field(None, description="Mode strengths u_α at the last record.")
     learning_time: list[Num] | None = Field(
-        None, description="Per mode: the first time u_α reaches half its final value (null: never).")
+        None, description=f"Per mode, the learning time: {LEARNING_TIME_DEFINITION} (null: never, or u*_α ≈ 0); "
+                          "measured as the point's trajectory measures it (modes.learning_time).")
     learning_time_theory: list[Num] | None = Field(None, description="The same, predicted (where a formula applies).")
     theory_model: str | None = None
     steps_to_convergence: int | None = Field(None, description="GD steps until the run converged (null otherwise).")

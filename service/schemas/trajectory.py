@@ -6,7 +6,8 @@ place in the JSON document, whether it has one entry per record, its dtype, its 
 the pydantic models below take their descriptions from it, so the OpenAPI document says what the table says.
 
 Per-record fields have the record axis ``time`` first; "layered" fields are one array per layer (``weights_0`` …
-``weights_{D-1}``, input→output), which the JSON document nests per time, per layer.
+``weights_{D-1}``, input→output), which the JSON document nests per time, per layer (a per-run layered field, e.g.
+``final_weights``, is a list of the layers). A per-run field of dtype "str" is a list of strings (``task_loss_kind``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def _opt(obj: Any, *names: str) -> Any:
     return obj
 
 
+# The one definition of the learning time, in the same words in the README, the schemas and the plots' axis labels.
+LEARNING_TIME_DEFINITION = "the time a mode's strength first reaches half its strength at the optimum"
+
 F = TrajectoryField
 TRAJECTORY_FIELDS: tuple[TrajectoryField, ...] = (
     F("time", ("time",), "record", "float64", (), "t at each record (t = η·step for GD).", lambda t: t.time),
@@ -91,8 +95,14 @@ TRAJECTORY_FIELDS: tuple[TrajectoryField, ...] = (
     F("modes_theory_source", ("modes", "theory_source"), "scalar", "str", (),
       "The paper the theory comes from, with its DOI, and the section of docs/theory.md that states it (null "
       "without a theory).", lambda t: theory_source(t.modes.theory_model)),
+    F("modes_optimum_strength", ("modes", "optimum_strength"), "run", "float64", ("mode",),
+      "u*_α = u_αᵀ W* v_α, each mode's strength at the optimum W*: the level its strength tends to (s_α/c for "
+      "Σ11 = c·I within the bottleneck rank, 0 beyond it).", lambda t: t.modes.optimum_strength),
     F("modes_learning_time", ("modes", "learning_time"), "run", "float64", ("mode",),
-      "Time a mode first reaches half its final strength (null: never).", lambda t: t.modes.learning_time),
+      f"Per mode, the learning time: {LEARNING_TIME_DEFINITION} (null: not within the run, or u*_α ≈ 0). "
+      "Measured from the closed form's root for exact runs, on the integrator's dense output for flow, as η × "
+      "the first step at it for gd, at the first record at it for sgd and momentum.",
+      lambda t: t.modes.learning_time),
     F("modes_learning_time_theory", ("modes", "learning_time_theory"), "run", "float64", ("mode",),
       "The same, predicted by the theory (null without one).", lambda t: t.modes.learning_time_theory),
     F("balance_drift", ("balance_drift",), "record", "float64", (),
@@ -122,10 +132,10 @@ TRAJECTORY_FIELDS: tuple[TrajectoryField, ...] = (
     F("optimum_rank", ("optimum", "rank"), "scalar", "int64", (),
       "r = min(n_in, n_out, smallest hidden width): the largest rank the network map can have.",
       lambda t: int(t.optimum.rank)),
-    F("method", ("method",), "scalar", "str", (), "The method that produced the run: gd, flow or exact.",
+    F("method", ("method",), "scalar", "str", (), "The method that produced the run: gd, sgd, flow or exact.",
       lambda t: str(t.method)),
     F("stability_hint", ("stability_hint",), "scalar", "str", (),
-      "For a diverged GD run: the learning-rate bound it exceeded, in words (null otherwise).",
+      "For a diverged gd or sgd run: the learning-rate bound it exceeded, in words (null otherwise).",
       lambda t: t.stability_hint),
     F("test_loss", ("test_loss",), "record", "float64", (),
       "L_test at each time: tr Σ33ᵗ − 2 tr(W Σ31ᵗᵀ) + tr(W Σ11ᵗ Wᵀ), the MSE of the recorded network map on "
@@ -163,6 +173,57 @@ TRAJECTORY_FIELDS: tuple[TrajectoryField, ...] = (
       "Per time, the hidden-layer item similarity RSM = W21ᵀW21 (n_in × n_in: RSM_ij = h_i·h_j with h_i = W21 e_i "
       "the hidden representation of input basis vector (one-hot item) i; Neuromatch's net_rsm). Null unless "
       "record.similarity.", lambda t: t.similarity),
+    F("sharpness", ("sharpness",), "record", "float64", ("eigenvalue",),
+      "Per time, the record.sharpness_k largest eigenvalues of the Hessian of the training loss L with respect to "
+      "all weights, descending (the first is the sharpness; Lanczos on exact Hessian-vector products from a fixed "
+      "start, docs/theory.md#sharpness). Null unless record.sharpness.", lambda t: t.sharpness),
+    F("sharpness_threshold", ("sharpness_threshold",), "scalar", "float64", (),
+      "The largest sharpness at which the method is stable near a minimum: 2/η for gd and sgd (Cohen et al. 2021's "
+      "edge of stability), 2(1 + μ)/η with heavy-ball momentum μ, 2(1 + μ)/((1 + 2μ)η) with Nesterov's, minus the "
+      "weight decay γ; null for flow and exact (no step size).", lambda t: t.sharpness_threshold),
+    F("linearized_loss", ("linearized_loss",), "record", "float64", (),
+      "L at each time of the network linearised at its initialisation (the NTK frozen at K(0), the lazy limit), "
+      "trained by the same method (docs/theory.md#linearized): the loss follows it where learning is lazy. Null "
+      "unless record.linearized, or when Σ33 is unknown.", lambda t: t.linearized_loss),
+    F("linearized_excess_loss", ("linearized_excess_loss",), "record", "float64", (),
+      "L_lin − L* at each time (always known with record.linearized; may be negative: the linearised model is not "
+      "bound by the network's rank). Null unless record.linearized.", lambda t: t.linearized_excess_loss),
+    F("loss_theory_random_matrix_loss", ("loss_theory_random_matrix", "loss"), "record", "float64", (),
+      "Predicted L at each time.", lambda t: _opt(t, "loss_theory_random_matrix", "loss")),
+    F("loss_theory_random_matrix_test_loss", ("loss_theory_random_matrix", "test_loss"), "record", "float64", (),
+      "Predicted L_test at each time.", lambda t: _opt(t, "loss_theory_random_matrix", "test_loss")),
+    F("loss_theory_random_matrix_model", ("loss_theory_random_matrix", "model"), "scalar", "str", (),
+      "The model's name (random_matrix).", lambda t: _opt(t, "loss_theory_random_matrix", "model")),
+    F("loss_theory_random_matrix_exact", ("loss_theory_random_matrix", "exact"), "scalar", "bool", (),
+      "Always false: the theory is asymptotic in the sizes.",
+      lambda t: None if t.loss_theory_random_matrix is None else bool(t.loss_theory_random_matrix.exact)),
+    F("loss_theory_random_matrix_assumptions", ("loss_theory_random_matrix", "assumptions"), "scalar", "str", (),
+      "The assumptions in words, with the predicted spectrum.",
+      lambda t: _opt(t, "loss_theory_random_matrix", "assumptions")),
+    F("loss_theory_random_matrix_source", ("loss_theory_random_matrix", "source"), "scalar", "str", (),
+      "The paper the theory comes from, with its DOI, and the section of docs/theory.md that states it.",
+      lambda t: theory_source(_opt(t, "loss_theory_random_matrix", "model"))),
+    F("task_loss", ("task_loss",), "record", "float64", ("task",),
+      "For a task sequence (data kind sequence): per time, every phase's task loss L_p(W(t)) (or, for a task without "
+      "Σ33, its excess loss: see task_loss_kind), so forgetting and transfer are read off directly; null for a single "
+      "task.", lambda t: t.task_loss),
+    F("task_excess_loss", ("task_excess_loss",), "record", "float64", ("task",),
+      "For a task sequence: per time, every phase's L_p − L*_p (always known); null for a single task.",
+      lambda t: t.task_excess_loss),
+    F("task_loss_kind", ("task_loss_kind",), "run", "str", ("task",),
+      "For a task sequence: per phase, what its task_loss column holds, \"loss\" or \"excess_loss\" (a task "
+      "without Σ33); null for a single task.", lambda t: t.task_loss_kind),
+    F("phase", ("phase",), "record", "int64", (),
+      "For a task sequence: the phase whose task drives the dynamics at each record (a record at a switch belongs to "
+      "the phase that starts there); null for a single task.", lambda t: t.phase),
+    F("phase_starts", ("phase_starts",), "run", "float64", ("task",),
+      "For a task sequence: the time each phase starts, 0 first (gd: learning_rate × the switch step, the first "
+      "with learning_rate·step ≥ until); null for a single task.", lambda t: t.phase_starts),
+    F("final_weights", ("final_weights",), "run", "float64", ("unit_{l+1}", "unit_{l}"),
+      "The weights at the last record, per layer input→output (W_(l+1) is unit_(l+1) × unit_l), in float64: where "
+      "another run can continue from (init scheme from_simulation). For an exact Riccati run (which determines "
+      "W32W21 and the Grams, not the layers) a factorisation consistent with its final state; null when the run has "
+      "none.", lambda t: t.final_weights, layered=True),
 )
 del F
 
@@ -177,6 +238,10 @@ OBJECTS: dict[str, str] = {
                    "the training SVD with Σ11 = c·I (Lampinen & Ganguli 2019). Offered where a mode theory applies "
                    "with Σ11 ≈ c·I; null otherwise.",
     "kernel": "The NTK's Grams per record; null unless record.kernel.",
+    "loss_theory_random_matrix": "Train and test loss predicted by Lampinen & Ganguli's sample-free random-matrix "
+                                 "theory (model random_matrix), from the teacher's singular values, the noise and the "
+                                 "sizes alone (not the sample): for the noisy_teacher preset (docs/theory.md"
+                                 "#random-matrix); null otherwise. In a task sequence, for the first phase only.",
 }
 
 
@@ -205,6 +270,7 @@ class Modes(BaseModel):
     theory_exact: bool = Field(False, description=describe("modes", "theory_exact"))
     theory_assumptions: str | None = Field(None, description=describe("modes", "theory_assumptions"))
     theory_source: str | None = Field(None, description=describe("modes", "theory_source"))
+    optimum_strength: list[Num] | None = Field(None, description=describe("modes", "optimum_strength") + _LATER)
     learning_time: list[Num] | None = Field(None, description=describe("modes", "learning_time") + _LATER)
     learning_time_theory: list[Num] | None = Field(None, description=describe("modes", "learning_time_theory"))
 
@@ -236,6 +302,18 @@ class LossTheoryReport(BaseModel):
     exact: bool = Field(description=describe("loss_theory", "exact"))
     assumptions: str = Field(description=describe("loss_theory", "assumptions"))
     source: str | None = Field(None, description=describe("loss_theory", "source"))
+
+
+class RandomMatrixTheoryReport(BaseModel):
+    """Train and test loss predicted by Lampinen & Ganguli's sample-free random-matrix theory (model random_matrix),
+    from the teacher's singular values, the noise and the sizes alone: for the noisy_teacher preset."""
+
+    loss: list[Num] | None = Field(None, description=describe("loss_theory_random_matrix", "loss"))
+    test_loss: list[Num] | None = Field(None, description=describe("loss_theory_random_matrix", "test_loss"))
+    model: str = Field(description=describe("loss_theory_random_matrix", "model"))
+    exact: bool = Field(description=describe("loss_theory_random_matrix", "exact"))
+    assumptions: str = Field(description=describe("loss_theory_random_matrix", "assumptions"))
+    source: str | None = Field(None, description=describe("loss_theory_random_matrix", "source"))
 
 
 class KernelReport(BaseModel):
@@ -272,3 +350,15 @@ class Trajectory(BaseModel):
     kernel: KernelReport | None = Field(None, description=describe("kernel"))
     kernel_distance: list[Num] | None = Field(None, description=describe("kernel_distance"))
     similarity: list[NumMatrix] | None = Field(None, description=describe("similarity"))
+    sharpness: list[list[Num]] | None = Field(None, description=describe("sharpness"))
+    sharpness_threshold: Num = Field(None, description=describe("sharpness_threshold"))
+    linearized_loss: list[Num] | None = Field(None, description=describe("linearized_loss"))
+    linearized_excess_loss: list[Num] | None = Field(None, description=describe("linearized_excess_loss"))
+    loss_theory_random_matrix: RandomMatrixTheoryReport | None = Field(
+        None, description=describe("loss_theory_random_matrix"))
+    task_loss: list[list[Num]] | None = Field(None, description=describe("task_loss"))
+    task_excess_loss: list[list[Num]] | None = Field(None, description=describe("task_excess_loss"))
+    task_loss_kind: list[Literal["loss", "excess_loss"]] | None = Field(None, description=describe("task_loss_kind"))
+    phase: list[int] | None = Field(None, description=describe("phase"))
+    phase_starts: list[Num] | None = Field(None, description=describe("phase_starts"))
+    final_weights: list[NumMatrix] | None = Field(None, description=describe("final_weights"))

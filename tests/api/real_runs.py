@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from service import codec
 from service.build import build_run
 from service.dynamics.simulate import simulate
 from service.schemas import SimulationRequest
@@ -50,3 +51,31 @@ async def create_finished(service: Any, request: dict[str, Any], document: dict[
     job_id = response.json()["id"]
     service.finish(job_id, document if document is not None else run_document(request))
     return job_id
+
+
+def run_as_worker(service: Any, job_id: str) -> dict[str, Any]:
+    """Run job ``job_id``'s stored request as a worker does (``tasks.simulate_request``: parse, build, simulate, pack)
+    and store the result; returns the trajectory document GET serves. For requests whose stored form matters (an init
+    the service filled in at admission, a sequence): everything between the store and the core is the real code."""
+    from service.jobs.tasks import simulate_request
+
+    row = service.store.get(job_id)
+    outcome, blob = simulate_request(row.request)
+    service.finish(job_id, blob, outcome)
+    with service.store.open_result(job_id) as stored:
+        return orjson.loads(codec.to_json(stored, codec.MEMBERS))
+
+
+async def submit(service: Any, request: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    """POST ``request`` to /v1/simulations; the response."""
+    return await service.client.post("/v1/simulations", content=orjson.dumps(request),
+                                     headers={"content-type": "application/json", **(headers or {})})
+
+
+async def submit_and_run(service: Any, request: dict[str, Any], headers: dict[str, str] | None = None
+                         ) -> tuple[str, dict[str, Any]]:
+    """POST ``request`` (admitted as usual), run it as a worker does (``run_as_worker``); (its id, its trajectory)."""
+    response = await submit(service, request, headers)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    return job_id, run_as_worker(service, job_id)

@@ -349,8 +349,37 @@ async def test_docs_page_policy_allows_exactly_its_inline_script(service):
     inline = re.findall(r"<script>(.*?)</script>", response.text, re.DOTALL)
     assert len(inline) == 1
     digest = base64.b64encode(hashlib.sha256(inline[0].encode()).digest()).decode()
-    assert csp["script-src"].split() == ["https://cdn.jsdelivr.net", f"'sha256-{digest}'"]
+    assert csp["script-src"].split() == ["'self'", f"'sha256-{digest}'"]
     assert csp["connect-src"] == "'self'" and csp["frame-ancestors"] == "'none'"
+    assert "http" not in response.headers["content-security-policy"]      # nothing from another origin
+
+
+async def test_redoc_page_policy_allows_its_own_script_and_search_worker_only(service):
+    response = await service.client.get("/redoc")
+    assert response.status_code == 200
+    csp = dict(part.strip().split(" ", 1) for part in response.headers["content-security-policy"].split(";"))
+    assert csp["script-src"] == "'self'" and csp["worker-src"] == "blob:" and csp["connect-src"] == "'self'"
+    assert "http" not in response.headers["content-security-policy"]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_docs_pages_load_every_script_and_stylesheet_from_this_service(service, page):
+    html = (await service.client.get(page)).text
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html) + re.findall(r"url: '([^']+)'", html)
+    assert urls and all(u.startswith("/") for u in urls), urls      # no CDN, no other host: works offline
+    for url in re.findall(r'(?:src|href)="([^"]+)"', html):
+        asset = await service.client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 1000, url
+
+
+async def test_docs_assets_are_the_installed_swagger_ui_and_redoc_bundles(service):
+    js = await service.client.get("/docs/assets/swagger-ui-bundle.js")
+    assert js.headers["content-type"].startswith(("application/javascript", "text/javascript"))
+    assert b"SwaggerUIBundle" in js.content[:2000]
+    redoc = await service.client.get("/docs/assets/redoc.standalone.js")
+    assert b"Redoc" in redoc.content[:2000]
+    css = await service.client.get("/docs/assets/swagger-ui.css")
+    assert css.headers["content-type"].startswith("text/css")
 
 
 async def test_svg_plots_may_style_themselves_but_not_run_script(service):

@@ -203,3 +203,149 @@ async def test_a_body_whose_parse_would_hold_too_much_is_refused_before_it_is_pa
                                                     headers={"content-type": "application/json"}))
     problem = assert_problem(response, 413, "body-too-large")
     assert "DLNSIM_MAX_VALIDATION_BYTES" in problem["detail"] and cpu < 0.1, cpu
+
+
+# ------------------------------------------------------------------------------------------------
+# the costs of issue 20's request kinds: none of them bypasses admission
+
+def cost_of(request: dict, **limits: Any):
+    return request_cost(SimulationRequest.model_validate(request), Limits(**limits))
+
+
+def teacher_sgd(**training: Any) -> dict:
+    return {"data": {"kind": "preset", "name": "random_teacher", "n_in": 8, "n_out": 8, "n_samples": 64},
+            "network": {"hidden": [8]}, "record": {"points": 10},
+            "training": {"method": "sgd", "learning_rate": 0.01, "batch_size": 8, **training}}
+
+
+def test_an_sgd_run_of_epochs_costs_epochs_times_its_batches_per_epoch():
+    # N = 64 samples in batches of 8: an epoch is 8 steps
+    assert cost_of(teacher_sgd(epochs=10)).run_flops == cost_of(teacher_sgd(steps=80)).run_flops
+    assert cost_of(teacher_sgd(epochs=10)).run_flops < cost_of(teacher_sgd(steps=81)).run_flops
+
+
+def test_sgd_on_a_one_hot_preset_counts_its_items_as_its_samples():
+    hierarchy = {"kind": "preset", "name": "hierarchy", "depth": 3}  # 8 items
+    by_epochs = cost_of(teacher_sgd(epochs=10, batch_size=2) | {"data": hierarchy})
+    assert by_epochs.run_flops == cost_of(teacher_sgd(steps=40, batch_size=2) | {"data": hierarchy}).run_flops
+
+
+async def test_an_sgd_job_that_would_run_for_years_is_refused_naming_its_epochs(service):
+    request = {"data": {"kind": "preset", "name": "random_teacher", "n_in": 64, "n_out": 64, "n_samples": 256},
+               "network": {"hidden": [4000, 4000]}, "init": {"scheme": "gaussian", "scale": 0.001, "seed": 0},
+               "training": {"method": "sgd", "learning_rate": 1e-6, "batch_size": 1, "epochs": 100_000},
+               "record": {"points": 2}}
+    response, cpu = await timed(service.client.post("/v1/simulations", json=request))
+    problem = assert_problem(response, 422, "limit-exceeded")
+    assert problem["errors"][0]["field"] == ["training", "epochs"] and "DLNSIM_MAX_JOB_FLOPS" in problem["detail"]
+    assert cpu < CHEAP_SECONDS, cpu
+    assert service.job_count() == 0
+
+
+def test_momentum_adds_its_buffers_update_to_every_step():
+    gd = {"method": "gd", "learning_rate": 0.05, "steps": 1000}
+    plain = cost_of(small_request(training=gd)).run_flops
+    heavy_ball = cost_of(small_request(training={**gd, "momentum": 0.9})).run_flops
+    nesterov = cost_of(small_request(training={**gd, "momentum": 0.9, "nesterov": True})).run_flops
+    weights = 3 * 2 + 2 * 3
+    assert heavy_ball - plain == pytest.approx(1000 * 6 * weights)
+    assert nesterov == heavy_ball
+
+
+def teacher_phase(seed: int, until: float | None = None) -> dict:
+    phase = {"data": {"kind": "preset", "name": "random_teacher", "n_in": 600, "n_out": 600, "n_samples": 600,
+                      "seed": seed}}
+    return phase if until is None else phase | {"until": until}
+
+
+def three_phases() -> dict:
+    return {"data": {"kind": "sequence", "phases": [teacher_phase(0, 1.0), teacher_phase(1, 2.0), teacher_phase(2)]},
+            "network": {"hidden": [600]}, "init": {"scheme": "gaussian", "scale": 0.01, "seed": 0},
+            "training": {"method": "gd", "learning_rate": 1e-4, "steps": 30_000}, "record": {"points": 2}}
+
+
+def test_a_sequence_costs_the_building_of_every_phase():
+    sequence = three_phases()
+    single = cost_of(sequence | {"data": teacher_phase(0)["data"]})
+    assert cost_of(sequence).data_flops == pytest.approx(3 * single.data_flops)
+    assert cost_of(sequence).validation_bytes > 2 * single.validation_bytes  # every phase's problem held at once
+
+
+async def test_a_sequence_whose_phases_together_exceed_the_validation_budget_is_refused_naming_its_phases(service):
+    sequence = three_phases()
+    one = sequence | {"data": teacher_phase(0)["data"]}
+    assert cost_of(one).validation_flops < Limits().max_validation_flops  # each phase alone would be admitted
+    response, cpu = await timed(service.client.post("/v1/simulations", json=sequence))
+    problem = assert_problem(response, 422, "limit-exceeded")
+    assert problem["errors"][0]["field"] == ["data", "phases"] and "DLNSIM_MAX_VALIDATION_FLOPS" in problem["detail"]
+    assert cpu < CHEAP_SECONDS, cpu
+
+
+def test_the_sharpness_costs_its_hessian_vector_products_per_eigenvalue_and_record():
+    plain = cost_of(small_request(record={"points": 200})).run_flops
+    one = cost_of(small_request(record={"points": 200, "sharpness": True})).run_flops
+    three = cost_of(small_request(record={"points": 200, "sharpness": True, "sharpness_k": 3})).run_flops
+    gd_step = 2 * (3 * 2 * 12 + 2 * 2 * 2)  # small_request's step: n_in = 2, layers 3×2 and 2×3
+    assert one - plain == pytest.approx(200 * 100 * 2 * gd_step)  # 100 products an eigenvalue, two steps each
+    assert three - plain == pytest.approx(3 * (one - plain))
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_job_flops": 1e6}])
+async def test_a_sharpness_record_over_the_job_budget_is_refused_naming_record_sharpness(service):
+    assert (await service.client.post("/v1/simulations", json=small_request())).status_code == 202
+    response = await service.client.post("/v1/simulations", json=small_request(record={"sharpness": True}))
+    problem = assert_problem(response, 422, "limit-exceeded")
+    assert problem["errors"][0]["field"] == ["record", "sharpness"] and "DLNSIM_MAX_JOB_FLOPS" in problem["detail"]
+
+
+def test_the_linearized_loss_counts_the_runs_steps_again():
+    gd = {"method": "gd", "learning_rate": 0.05, "steps": 1000}
+    plain = cost_of(small_request(training=gd, record={"points": 10})).run_flops
+    linearized = cost_of(small_request(training=gd, record={"points": 10, "linearized": True})).run_flops
+    gd_step = 2 * (3 * 2 * 12 + 2 * 2 * 2)
+    assert 1000 * gd_step <= linearized - plain < 1000 * gd_step + 1000
+
+
+def continuation(job_id: str = "0" * 32, **changes: Any) -> dict:
+    return small_request(init={"scheme": "from_simulation", "id": job_id}, **changes)
+
+
+def test_an_init_from_simulation_costs_its_sources_weights_as_given_ones_plus_their_copy():
+    hidden = {"hidden": [300, 300]}
+    shapes = [(300, 2), (300, 300), (2, 300)]
+    given = cost_of(small_request(network=hidden, init={"scheme": "given", "weights": [
+        [[0.01] * cols for _ in range(rows)] for rows, cols in shapes]}))
+    copied = cost_of(continuation(network=hidden))
+    weights = sum(rows * cols for rows, cols in shapes)
+    # read from the store, made Python floats, checked finite, serialised into the stored request: per weight
+    assert copied.validation_flops - given.validation_flops >= 300 * weights
+    assert copied.validation_bytes - given.validation_bytes >= 32 * weights  # held as Python floats meanwhile
+    assert copied.result_bytes - given.result_bytes >= 16 * weights  # the stored request carries them
+
+
+async def test_a_continuation_too_large_to_copy_is_refused_before_the_store_is_read(service):
+    request = {"data": {"kind": "preset", "name": "whitened", "n_in": 64, "n_out": 64},
+               "network": {"hidden": [2000, 2000, 2000]}, "init": {"scheme": "from_simulation", "id": "0" * 32},
+               "training": {"method": "gd", "learning_rate": 1e-4, "steps": 10}, "record": {"points": 2}}
+    response, cpu = await timed(service.client.post("/v1/simulations", json=request))
+    problem = assert_problem(response, 422, "limit-exceeded")  # not "no such simulation": nothing was read
+    assert problem["errors"][0]["field"] == ["init", "id"] and "DLNSIM_MAX_VALIDATION_FLOPS" in problem["detail"]
+    assert cpu < CHEAP_SECONDS, cpu
+
+
+def test_a_sweep_continuing_from_a_simulation_counts_the_copy_of_its_weights_once():
+    from service.jobs.sweep_plan import sweep_cost_estimate
+    from service.limits import copy_flops
+    from service.schemas import SweepRequest
+
+    base = continuation(network={"hidden": [300, 300]})
+
+    def estimate(points: int):
+        grid = {"training.learning_rate": [0.01 * (k + 1) for k in range(points)]}
+        return sweep_cost_estimate(SweepRequest.model_validate({"base": base, "grid": grid}), Limits(), 100)
+
+    copy = copy_flops(SimulationRequest.model_validate(base), Limits())
+    assert copy > 0
+    one, ten = estimate(1).validation_flops, estimate(10).validation_flops
+    assert one == pytest.approx(cost_of(base).validation_flops)
+    assert ten - one == pytest.approx(9 * (one - copy - cost_of(base).data_flops))  # every point but the copy

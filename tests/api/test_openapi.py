@@ -21,7 +21,10 @@ OPERATIONS = {"create_simulation", "get_simulation", "get_trajectory", "cancel_s
               "list_simulations", "healthz", "readyz", "get_simulation_plot", "list_presets", "get_preset",
               "create_sweep", "get_sweep", "list_sweep_results", "get_sweep_point_trajectory", "cancel_sweep",
               "delete_sweep", "list_sweeps", "get_sweep_plot", "compute_gradients", "get_trajectory_npz",
-              "get_trajectory_netcdf", "service_info", "get_simulation_events"}
+              "get_trajectory_netcdf", "service_info", "get_simulation_events",
+              "get_simulation_plot_png", "get_simulation_plot_pdf", "get_sweep_plot_png", "get_sweep_plot_pdf",
+              "get_sweep_point_plot", "get_sweep_point_plot_png", "get_sweep_point_plot_pdf",
+              "get_comparison_plot", "get_comparison_plot_png", "get_comparison_plot_pdf"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,9 @@ def test_every_error_response_is_a_documented_problem(schema):
     ("/v1/simulations", "post", {"400", "413", "415", "422", "429", "503"}),
     ("/v1/simulations/{job_id}", "get", {"404"}),
     ("/v1/simulations/{job_id}/trajectory", "get", {"404", "406", "409", "422"}),
-    ("/v1/simulations/{job_id}/plot.svg", "get", {"404", "409", "422"}),
+    ("/v1/simulations/{job_id}/plot.svg", "get", {"400", "404", "406", "409", "422"}),
+    ("/v1/simulations/{job_id}/plot.png", "get", {"400", "404", "406", "409", "422"}),
+    ("/v1/plots/compare.pdf", "get", {"400", "404", "406", "409", "422"}),
     ("/v1/presets/{name}", "get", {"404", "422"}),
     ("/v1/simulations/{job_id}/cancel", "post", {"404"}),
     ("/v1/simulations/{job_id}", "delete", {"404"}),
@@ -136,7 +141,7 @@ def _parameter(schema: dict, path: str, name: str) -> dict:
 
 
 def test_plot_times_are_documented_non_negative_and_at_most_the_panel_count(schema):
-    from service.api.plots import MAX_TIMES
+    from service.plots import MAX_TIMES
 
     times = _parameter(schema, "/v1/simulations/{job_id}/plot.svg", "time")
     assert times["items"]["minimum"] == 0 and times["maxItems"] == MAX_TIMES
@@ -166,3 +171,19 @@ def test_sweep_request_schema_asks_for_exactly_one_of_grid_and_points(schema, me
     validator = jsonschema.Draft202012Validator(
         {**schema["components"]["schemas"]["SweepRequest"], "components": schema["components"]})
     assert validator.is_valid(json.loads(json.dumps(body))) is valid
+
+
+@pytest.mark.parametrize(("fmt", "media"), [("png", "image/png"), ("pdf", "application/pdf")])
+def test_binary_plot_routes_answer_one_binary_media_type(schema, fmt, media):
+    for path in (f"/v1/simulations/{{job_id}}/plot.{fmt}", f"/v1/sweeps/{{sweep_id}}/plot.{fmt}",
+                 f"/v1/sweeps/{{sweep_id}}/points/{{k}}/plot.{fmt}", f"/v1/plots/compare.{fmt}"):
+        content = schema["paths"][path]["get"]["responses"]["200"]["content"]
+        assert content == {media: {"schema": {"type": "string", "format": "binary"}}}, path
+
+
+def test_dpi_is_a_parameter_of_the_png_routes_only(schema):
+    def names(path):
+        return {p["name"] for p in schema["paths"][path]["get"]["parameters"]}
+
+    assert "dpi" in names("/v1/simulations/{job_id}/plot.png") and "dpi" not in names("/v1/simulations/{job_id}/plot.svg")
+    assert names("/v1/simulations/{job_id}/plot.svg") == {"job_id", "kind", "time_scale", "y_scale", "time", "log_time"}

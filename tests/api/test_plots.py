@@ -1,15 +1,21 @@
-"""GET /v1/simulations/{id}/plot.svg and service.plots: real trajectories drawn, the SVG read back as XML."""
+"""Figures of a simulation (service.plots) and their routes (GET /v1/simulations/{id}/plot.svg|png|pdf): real
+trajectories drawn, the Figure objects inspected (scales, lines, legends, labels), the bytes checked by format."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import struct
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import orjson
 import pytest
+from matplotlib.legend import Legend
 
-from service.plots import PlotError, nearest_records, render_plot
+from service.plots import Context, Options, PlotError, nearest_records, plot_figure, render_plot
+from service.plots.context import context_of, run_label
+from service.plots.loss import roundoff_floor
 from tests.api.conftest import assert_problem, small_request
 from tests.api.real_runs import (
     CORRELATIONS_EXACT,
@@ -22,175 +28,319 @@ from tests.api.real_runs import (
 pytestmark = pytest.mark.anyio
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
+WHITENED = {"kind": "preset", "name": "whitened", "singular_values": [3.0, 2.0, 1.0], "n_in": 4, "n_out": 4}
+LAZY = {"data": WHITENED, "network": {"hidden": [4]},
+        "init": {"scheme": "lambda_balanced", "lambda": -25.0, "scale": 0.1, "seed": 0},
+        "training": {"method": "exact", "t_max": 4.0}, "record": {"points": 200, "kernel": True}}
+RICH = {**LAZY, "init": {**LAZY["init"], "lambda": 0.0}}
+HIERARCHY_EXACT = {"data": {"kind": "preset", "name": "hierarchy", "depth": 3}, "network": {"hidden": [16]},
+                   "init": {"scheme": "aligned", "strength": 0.001}, "training": {"method": "exact", "t_max": 40.0},
+                   "record": {"points": 100, "similarity": True}}
+FLOW_TO_THE_END = {"data": WHITENED, "network": {"hidden": [4]}, "init": {"scheme": "aligned", "strength": [0.01, 0.01, 0.01, 0.0]},
+                   "training": {"method": "flow", "t_max": 40.0, "stop_at_convergence": False},
+                   "record": {"points": 100}}
+NOISY_TEACHER = {"data": {"kind": "preset", "name": "noisy_teacher", "n_in": 8, "n_out": 8, "n_samples": 8,
+                          "noise": 1.0, "singular_values": [4.0, 2.0, 1.0]},
+                 "network": {"hidden": [8]}, "init": {"scheme": "gaussian", "scale": 0.01, "seed": 0},
+                 "training": {"method": "gd", "learning_rate": 0.05, "steps": 3000}, "record": {"points": 120}}
+RUNS = {"gd": HIERARCHY_GD, "exact": CORRELATIONS_EXACT, "teacher": TEACHER_FLOW, "lazy": LAZY, "rich": RICH,
+        "hierarchy": HIERARCHY_EXACT, "flow_end": FLOW_TO_THE_END, "noisy": NOISY_TEACHER}
 
 
 @functools.cache
 def _doc(name: str) -> bytes:
-    return orjson.dumps(run_document({"gd": HIERARCHY_GD, "exact": CORRELATIONS_EXACT, "teacher": TEACHER_FLOW}[name]))
+    return orjson.dumps(run_document(RUNS[name]))
 
 
 def doc(name: str) -> dict:
     return orjson.loads(_doc(name))
 
 
+def context(name: str) -> Context:
+    from service.schemas import SimulationRequest
+
+    return context_of(SimulationRequest.model_validate(RUNS[name]).model_dump(mode="json", by_alias=True))
+
+
+def legend_texts(fig) -> list[str]:
+    return [t.get_text().replace("\n  ", " ") for lg in _legends(fig) for t in lg.get_texts()]
+
+
+def _legends(fig) -> list[Legend]:
+    out = [a for a in fig.legends]
+    for ax in fig.axes:
+        out += [c for c in ax.get_children() if isinstance(c, Legend)]
+    return out
+
+
+def all_text(fig) -> str:
+    """Every text of the figure: titles, labels, ticks, legends."""
+    return " ".join(t.get_text().replace("\n  ", " ") for t in fig.findobj(lambda a: hasattr(a, "get_text"))
+                    if t.get_text())
+
+
 def texts(svg: bytes) -> list[str]:
-    """Every text element's content (the SVG keeps text as text: svg.fonttype none)."""
+    """Every text element's content of an SVG (text stays text: svg.fonttype none)."""
     root = ET.fromstring(svg)
     assert root.tag == f"{SVG_NS}svg"
     return ["".join(t.itertext()) for t in root.iter(f"{SVG_NS}text")]
 
 
-def strokes(svg: bytes) -> list[dict[str, str]]:
-    """The style of every stroked path, as a dict (stroke, stroke-dasharray, stroke-opacity, ...)."""
-    out = []
-    for path in ET.fromstring(svg).iter(f"{SVG_NS}path"):
-        style = dict(item.split(":", 1) for item in path.get("style", "").split(";") if ":" in item)
-        style = {k.strip(): v.strip() for k, v in style.items()}
-        if "stroke" in style:
-            out.append(style)
-    return out
-
-
-async def plot(service, job_id: str, **params):
-    return await service.client.get(f"/v1/simulations/{job_id}/plot.svg", params=params)
+async def plot(service, job_id: str, fmt: str = "svg", **params):
+    return await service.client.get(f"/v1/simulations/{job_id}/plot.{fmt}", params=params)
 
 
 # ------------------------------------------------------------------------------------------------
 # modes
 
 
-async def test_modes_plot_is_svg_with_labelled_axes_and_the_theory_model_named(service):
-    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
-    response = await plot(service, job, kind="modes")
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "image/svg+xml"
-    text = " ".join(texts(response.content))
-    assert "mode strength u_α(t) = u_αᵀ W(t) v_α" in text
-    assert "time t = η·step (learning rate × steps)" in text
-    assert "theory: saxe_small_init (approximate)" in text      # small random init: approximate
-    # depth-2 tree: √7/4 … 1/4 (docs/theory.md#hierarchy-tree)
-    assert "mode 1: s = 0.6614" in text and "mode 4: s = 0.25" in text
-
-
-async def test_modes_theory_is_dashed_in_the_colour_of_its_mode(service):
-    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
-    svg = (await plot(service, job)).content  # modes is the default kind
+def test_modes_figure_has_one_simulated_and_one_dashed_theory_line_per_mode():
+    fig = plot_figure(doc("gd"), "modes")
+    ax = fig.axes[0]
     k = len(doc("gd")["modes"]["singular_values"])
-    dashed = [s for s in strokes(svg) if "stroke-dasharray" in s and s.get("stroke-opacity") != "0.55"]
-    solid = [s for s in strokes(svg) if s.get("stroke-opacity") == "0.55" and "stroke-dasharray" not in s]
-    # dashed: one theory curve per mode + the legend's grey style sample; solid (translucent): one simulated
-    # curve per mode + its legend entry + the grey style sample
-    assert len(dashed) == k + 1
-    assert len(solid) == 2 * k + 1
-    assert {s["stroke"] for s in dashed} == {s["stroke"] for s in solid}
+    solid = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-" and ln.get_alpha() == 0.55]
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(solid) == k and len(dashed) == k
+    assert {tuple(ln.get_color()) for ln in solid} == {tuple(ln.get_color()) for ln in dashed}
 
 
-def test_exact_theory_is_marked_exact_not_approximate():
-    text = " ".join(texts(render_plot(doc("exact"), "modes")))
-    assert "(exact)" in text and "(approximate)" not in text
-    assert doc("exact")["modes"]["theory_model"] in text
-    assert "time t (gradient-flow time; t = η·step for GD)" in text
+def test_modes_legend_names_the_theory_model_and_says_exact_or_approximate():
+    assert any("theory, saxe_small_init (approximate)" in t for t in legend_texts(plot_figure(doc("gd"), "modes")))
+    exact = legend_texts(plot_figure(doc("exact"), "modes"))
+    assert any(f"{doc('exact')['modes']['theory_model']} (exact)" in t for t in exact)
 
 
 def test_modes_without_a_theory_say_so_and_draw_nothing_dashed():
-    svg = render_plot(doc("teacher"), "modes")
-    assert doc("teacher")["modes"]["theory"] is None
-    assert "no analytic prediction applies to this setting" in " ".join(texts(svg))
-    assert not [s for s in strokes(svg) if "stroke-dasharray" in s]
+    fig = plot_figure(doc("teacher"), "modes")
+    assert "no analytic prediction applies to this setting" in legend_texts(fig)
+    assert not [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"]
 
 
-async def test_log_time_axis_is_labelled_and_drops_t_zero(service):
-    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
-    text = " ".join(texts((await plot(service, job, kind="modes", log_time="true")).content))
-    assert "[log scale; t = 0 not shown]" in text
+def test_a_mode_with_zero_singular_value_is_left_out_and_counted():
+    fig = plot_figure(doc("lazy"), "modes")            # whitened 4 × 4 with three singular values: s_4 = 0
+    texts_ = legend_texts(fig)
+    assert "mode 4 with s = 0 not shown: nothing to learn" in texts_
+    assert not any(t.startswith("mode 4:") for t in texts_)
+
+
+def test_modes_with_one_singular_value_share_one_legend_row():
+    texts_ = legend_texts(plot_figure(doc("hierarchy"), "modes"))
+    assert any(t.startswith("modes 3–4: s = 0.2165 (×2)") for t in texts_)
+    assert any(t.startswith("modes 5–8: s = 0.125 (×4), u* = 1") for t in texts_)
+
+
+def test_modes_legend_explains_the_asymptote_as_s_over_c():
+    texts_ = legend_texts(plot_figure(doc("hierarchy"), "modes"))   # one-hot items, mean statistics: Σ11 = I/8
+    assert any("u*_α = s_α/c: Σ11 = c·I with c = 1/8, so strengths level off at 8·s_α" in t for t in texts_)
+    assert any("u*_α = s_α: the strength at the optimum (Σ11 = I)" in t for t in legend_texts(plot_figure(doc("lazy"),
+                                                                                                        "modes")))
+
+
+def test_learning_times_are_marked_at_half_the_strength_at_the_optimum():
+    d = doc("hierarchy")
+    ax = plot_figure(d, "modes").axes[0]
+    marks = [ln for ln in ax.get_lines() if ln.get_marker() == "o" and len(ln.get_xdata()) == 1]
+    points = sorted((float(m.get_xdata()[0]), float(m.get_ydata()[0])) for m in marks)
+    expected = sorted(zip(d["modes"]["learning_time"], np.array(d["modes"]["optimum_strength"]) / 2, strict=True))
+    np.testing.assert_allclose(points, expected, rtol=1e-12)
+
+
+def test_every_symbol_of_the_modes_figure_is_defined_on_it():
+    text = all_text(plot_figure(doc("hierarchy"), "modes"))
+    for definition in ("u_α(t) = u_αᵀ W(t) v_α", "Σ31 = U S Vᵀ", "u*_α, the strength at the optimum",
+                       "t½: the time a mode's strength first reaches half its strength at the optimum"):
+        assert definition in text, definition
+
+
+# ------------------------------------------------------------------------------------------------
+# the time axis
+
+
+def test_auto_time_axis_is_log_when_the_dynamics_end_early():
+    ax = plot_figure(doc("lazy"), "modes").axes[0]       # lazy: settled by t ≈ 0.08 of t_end = 4
+    assert ax.get_xscale() == "log" and "[log scale; t = 0 not shown]" in ax.get_xlabel()
+    assert ax.get_xlim()[0] == pytest.approx(doc("lazy")["time"][1])
+    assert any("log time axis: settled by t ≈" in t for t in legend_texts(ax.figure))
+
+
+def test_auto_time_axis_is_linear_when_the_dynamics_fill_the_run():
+    assert plot_figure(doc("hierarchy"), "modes").axes[0].get_xscale() == "linear"
+
+
+def test_auto_time_axis_is_log_when_the_modes_are_learned_on_very_different_time_scales():
+    d = doc("noisy")
+    lt = np.array([v for v in d["modes"]["learning_time"] if v is not None])
+    assert lt.max() > 20 * lt.min()
+    fig = plot_figure(d, "loss")
+    assert fig.axes[0].get_xscale() == "log"
+    assert any("the modes are learned on time scales from" in t for t in legend_texts(fig))
+
+
+@pytest.mark.parametrize("scale", ["linear", "log"])
+def test_an_asked_time_scale_is_obeyed(scale):
+    for kind in ("loss", "modes", "kernel"):
+        assert plot_figure(doc("lazy"), kind, Options(time_scale=scale)).axes[0].get_xscale() == scale
+
+
+@pytest.mark.parametrize("kind", ["loss", "modes", "kernel"])
+def test_legends_are_outside_the_axes_never_over_data(kind):
+    fig = plot_figure(doc("lazy"), kind)
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    box = ax.get_window_extent(renderer)
+    for legend in _legends(fig):
+        assert not legend.get_window_extent(renderer).overlaps(box)
 
 
 # ------------------------------------------------------------------------------------------------
 # loss
 
 
-async def test_loss_plot_has_a_log_loss_axis_and_the_optimum(service):
-    job = await create_finished(service, TEACHER_FLOW, doc("teacher"))
-    text = " ".join(texts((await plot(service, job, kind="loss")).content))
-    assert "loss L = (1/N) Σ ‖y − W x‖²  [log scale]" in text
+def test_loss_values_below_the_round_off_floor_are_not_drawn():
+    d = doc("flow_end")                                   # flow on to t = 40 long after converging: round-off tail
+    fig = plot_figure(d, "loss", context=context("flow_end"))
+    ax = fig.axes[0]
+    floor = roundoff_floor(d, context("flow_end"))
+    assert np.min(d["loss"]) < floor                      # there is a tail to leave out
+    drawn = ax.get_lines()[0].get_ydata()
+    assert np.all(drawn > floor)
+    assert ax.get_ylim()[0] == pytest.approx(floor / 10)
+    assert any(t.startswith("round-off floor ≈") and "not drawn" in t for t in legend_texts(fig))
+
+
+def test_loss_plot_draws_the_test_loss_its_minimum_and_early_stopping_time():
+    d = doc("noisy")
+    fig = plot_figure(d, "loss", context=context("noisy"))
+    texts_ = legend_texts(fig)
+    stop = d["early_stopping"]
+    assert "L_test(t): test loss, E_test ‖y − W x‖²" in texts_
+    assert f"min L_test = {stop['test_loss']:.4g}" in texts_
+    assert any(t.startswith(f"t_stop = {stop['time']:.4g}: early stopping") for t in texts_)
+    marks = [ln for ln in fig.axes[0].get_lines() if ln.get_marker() == "v"]
+    assert [(float(m.get_xdata()[0]), float(m.get_ydata()[0])) for m in marks] == [(stop["time"], stop["test_loss"])]
+
+
+def test_loss_axis_is_log_and_names_the_loss():
+    ax = plot_figure(doc("teacher"), "loss").axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "loss L  [log scale]"
     loss_star = doc("teacher")["optimum"]["loss"]
-    assert f"optimum L* = {loss_star:.4g} (rank 3)" in text
+    assert f"L* = {loss_star:.4g}: least loss of a rank-3 map" in legend_texts(ax.figure)
 
 
 def test_loss_without_sigma33_is_the_excess_loss_and_the_axis_says_so():
     assert doc("exact")["loss"] is None
-    text = " ".join(texts(render_plot(doc("exact"), "loss")))
-    assert "excess loss L − L*  [log scale]" in text
-    assert "(L itself is unknown: Σ33 was not given)" in text
+    ax = plot_figure(doc("exact"), "loss").axes[0]
+    assert "excess loss L − L*" in ax.get_ylabel() and "Σ33 was not given" in ax.get_ylabel()
 
 
-HELD_OUT_GD = {
-    "data": {"kind": "correlations", "sigma11": [[1.0, 0.0], [0.0, 1.0]], "sigma31": [[2.0, 0.0], [0.0, 0.5]],
-             "sigma33": [[4.5, 0.0], [0.0, 0.5]],
-             "test": {"kind": "correlations", "sigma11": [[1.0, 0.0], [0.0, 1.0]], "sigma31": [[2.0, 0.0], [0.0, 0.0]],
-                      "sigma33": [[4.5, 0.0], [0.0, 0.3]]}},
-    "network": {"hidden": [2]}, "init": {"scheme": "aligned", "strength": 0.001},
-    "training": {"method": "gd", "learning_rate": 0.05, "steps": 400}, "record": {"points": 60},
-}
-
-
-def test_loss_plot_draws_the_test_loss_its_minimum_and_the_loss_theory():
-    d = run_document(HELD_OUT_GD)
-    svg = render_plot(d, "loss")
-    text = " ".join(texts(svg))
-    stop = d["early_stopping"]
-    assert "test loss L_test(t)" in text
-    assert f"least test loss {stop['test_loss']:.4g}" in text
-    assert "theory L_test, modes_generalization" in text and "theory L, modes_generalization" in text
-    assert "(approximate)" not in text  # aligned, whitened: the loss theory is exact
-    dashed = [s for s in strokes(svg) if "stroke-dasharray" in s]
-    assert len(dashed) >= 2  # the two theory curves
-
-
-def test_non_positive_loss_values_are_counted_not_drawn():
-    d = copy.deepcopy(doc("exact"))
-    d["excess_loss"][-3:] = [0.0, -1e-17, 0.0]
-    text = " ".join(texts(render_plot(d, "loss")))
-    assert "3 values ≤ 0 not shown (log scale)" in text
+def test_y_scale_linear_draws_the_loss_on_a_linear_axis():
+    assert plot_figure(doc("teacher"), "loss", Options(y_scale="linear")).axes[0].get_yscale() == "linear"
 
 
 # ------------------------------------------------------------------------------------------------
 # product and similarity
 
 
-async def test_product_plot_shows_w_at_the_nearest_record_next_to_the_optimum(service):
-    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
-    response = await plot(service, job, kind="product", time=[7.0])
-    assert response.status_code == 200
-    text = texts(response.content)
-    times = doc("gd")["time"]
-    nearest = min(times, key=lambda t: abs(t - 7.0))
-    assert f"W(t = {nearest:.4g})" in text
-    assert "optimum W* (rank 4)" in text
-    assert {"00", "01", "10", "11", "root"} <= set(text)          # the preset's item and feature names
-    assert "input (item)" in text and "output (feature)" in text
-    assert "entry of W" in text                                    # the colour bar
+def test_product_panels_default_to_the_stage_times_the_last_record_and_the_optimum():
+    d = doc("hierarchy")
+    titles = [ax.get_title() for ax in plot_figure(d, "product").axes if ax.get_images()]
+    lt = d["modes"]["learning_time"]
+    first_at_or_after = [d["time"][int(np.searchsorted(d["time"], lt[a] * (1 - 1e-12)))] for a in (0, 1, 2, 4)]
+    assert titles[:4] == [f"W(t = {t:.4g})\nt½ of {m}" for t, m in zip(
+        first_at_or_after, ("mode 1", "mode 2", "modes 3–4", "modes 5–8"), strict=True)]
+    assert titles[4] == f"W(t = {d['time'][-1]:.4g})\nlast record" and titles[5].startswith("W*: the optimum")
 
 
-async def test_similarity_plot_shows_each_chosen_time(service):
-    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
-    response = await plot(service, job, kind="similarity", time=[0, 20, 80])
-    assert response.status_code == 200
-    text = " ".join(texts(response.content))
-    assert "RSM = W21ᵀW21" in text and "similarity h_i · h_j" in text
-    times = doc("gd")["time"]
-    for t in (0, 20, 80):
-        assert f"t = {min(times, key=lambda r: abs(r - t)):.4g}" in text
+def test_a_stage_far_from_any_record_says_so():
+    d = copy.deepcopy(doc("hierarchy"))
+    keep = list(range(0, len(d["time"]), 20))             # records 8 time units apart
+    for member in ("time", "product"):
+        d[member] = [d[member][i] for i in keep]
+    d["modes"]["strength"] = [d["modes"]["strength"][i] for i in keep]
+    titles = [ax.get_title() for ax in plot_figure(d, "product").axes if ax.get_images()]
+    assert titles[0] == "W(t = 8.081)\nfirst record after t½ of modes 1–2 = 4.27"
 
 
-async def test_similarity_plot_of_a_run_without_it_is_a_409_not_recorded(service):
-    job = await create_finished(service, TEACHER_FLOW, doc("teacher"))
-    body = assert_problem(await plot(service, job, kind="similarity"), 409, "not-recorded")
-    assert "record.similarity" in body["detail"]
+def test_noisy_teacher_product_shows_the_early_stopping_map_and_the_teacher():
+    d = doc("noisy")
+    fig = plot_figure(d, "product", context=context("noisy"))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_images()]
+    assert titles[0].startswith("W(t_stop = ") and "least L_test" in titles[0]
+    assert titles[-1] == "W̄: the teacher\n(noise-free map)"
+    teacher = fig.axes[len(titles) - 1].get_images()[0].get_array()
+    assert teacher.shape == (8, 8) and np.linalg.matrix_rank(np.asarray(teacher)) == 3   # rank-3 teacher
+
+
+def test_small_heatmaps_have_whole_number_ticks():
+    for kind in ("product", "similarity"):
+        for ax in plot_figure(doc("gd"), kind).axes:
+            if ax.get_images():
+                for ticks in (ax.get_xticks(), ax.get_yticks()):
+                    assert np.all(ticks == np.round(ticks)) and np.all(ticks >= 0)
+
+
+def test_a_large_product_shows_a_selection_and_says_which():
+    d = copy.deepcopy(doc("exact"))
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((300, 2))
+    big[7] *= 50                                            # one feature much stronger than the rest
+    d["product"] = [big.tolist()] * len(d["time"])
+    d["optimum"]["product"] = big.tolist()
+    fig = plot_figure(d, "product", Options(times=(0.0,)))
+    panel = next(ax for ax in fig.axes if ax.get_images())
+    assert panel.get_images()[0].get_array().shape == (48, 2)
+    assert "48 of 300 output features shown: those with the largest norm in W*" in fig.get_suptitle()
+    image = np.asarray(panel.get_images()[0].get_array())
+    assert np.any(np.all(np.isclose(image, big[7]), axis=1))             # the strong feature is among them
+
+
+def test_similarity_panels_default_to_the_start_the_stage_times_and_the_end():
+    titles = [ax.get_title() for ax in plot_figure(doc("hierarchy"), "similarity").axes if ax.get_images()]
+    assert titles[0] == "t = 0\nstart" and titles[-1].endswith("last record")
+    assert all("t½ of" in t for t in titles[1:-1]) and len(titles) == 5
+
+
+def test_times_pick_the_nearest_records():
+    d = doc("gd")
+    titles = [ax.get_title() for ax in plot_figure(d, "product", Options(times=(7.0,))).axes if ax.get_images()]
+    assert titles[0] == f"W(t = {min(d['time'], key=lambda t: abs(t - 7.0)):.4g})"
 
 
 def test_nearest_records_picks_the_closest_record_once():
     assert nearest_records([0.0, 1.0, 2.0, 4.0], [0.4, 2.9, 3.1, 100.0, 3.9]) == [0, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------------
+# kernel
+
+
+def test_a_lazy_runs_kernel_distance_is_drawn_on_a_log_axis_where_it_shows():
+    fig = plot_figure(doc("lazy"), "kernel")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    ntk = ax.get_lines()[0]
+    assert ntk.get_color() == "k" and np.all(ntk.get_ydata() > 0) and np.max(ntk.get_ydata()) < 1e-3
+    assert any("≈ 0: lazy" in t for t in legend_texts(fig))
+
+
+def test_a_rich_runs_kernel_distance_is_on_a_linear_axis_from_zero():
+    ax = plot_figure(doc("rich"), "kernel").axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0.0
+
+
+def test_kernel_legend_gives_each_terms_share_and_defines_its_symbols():
+    texts_ = legend_texts(plot_figure(doc("lazy"), "kernel"))
+    share = next(t for t in texts_ if t.startswith("share of Σ_l ‖Q_l ⊗ P_(l−1)‖"))
+    assert "Q_1⊗I" in share and "I⊗P_1 99." in share           # lazy: the large input-side Gram carries K
+    assert any(t.startswith("d_A(t) = 1 − ⟨A(0), A(t)⟩_F / (‖A(0)‖_F ‖A(t)‖_F)") for t in texts_)
+    assert "d of P_1 = W21ᵀW21 (input side)" in texts_ and "d of Q_1 = W32W32ᵀ (output side)" in texts_
+
+
+def test_plot_of_what_was_not_recorded_is_a_plot_error_saying_not_recorded():
+    for kind in ("kernel", "similarity"):
+        with pytest.raises(PlotError) as info:
+            plot_figure(doc("teacher"), kind)
+        assert info.value.code == "not_recorded"
 
 
 def test_render_plot_refuses_an_unknown_kind():
@@ -199,12 +349,77 @@ def test_render_plot_refuses_an_unknown_kind():
     assert info.value.field == "kind"
 
 
+def test_run_labels_are_name_and_tags_when_given_else_the_id():
+    assert run_label("abc") == "abc"
+    assert run_label("abc", "lazy", ["λ=-25", "exact"]) == "lazy [λ=-25, exact]"
+
+
 # ------------------------------------------------------------------------------------------------
-# errors
+# the routes: formats
+
+
+async def test_svg_route_answers_svg_with_the_figures_text(service):
+    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
+    response = await plot(service, job, kind="modes")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/svg+xml"
+    assert "mode strength u_α(t) = u_αᵀ W(t) v_α" in " ".join(texts(response.content))
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+async def test_png_route_answers_a_png_at_the_asked_dpi(service):
+    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
+    small = await plot(service, job, "png", kind="loss", dpi=60)
+    large = await plot(service, job, "png", kind="loss", dpi=180)
+    assert small.headers["content-type"] == large.headers["content-type"] == "image/png"
+    (w1, h1), (w3, h3) = _png_size(small.content), _png_size(large.content)
+    assert w3 == pytest.approx(3 * w1, abs=3) and h3 == pytest.approx(3 * h1, abs=3)
+    assert w1 == pytest.approx(10.0 * 60, abs=2)          # the loss figure is 10 inches wide
+
+
+async def test_png_default_dpi_is_150(service):
+    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
+    assert _png_size((await plot(service, job, "png", kind="loss")).content)[0] == pytest.approx(1500, abs=2)
+
+
+async def test_pdf_route_answers_a_pdf(service):
+    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
+    response = await plot(service, job, "pdf", kind="modes")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/pdf"
+    assert response.content[:5] == b"%PDF-" and response.content.rstrip().endswith(b"%%EOF")
+
+
+@pytest.mark.parametrize("dpi", ["10", "2000", "many"])
+async def test_a_dpi_out_of_range_is_a_422_naming_it(service, dpi):
+    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
+    body = assert_problem(await plot(service, job, "png", dpi=dpi), 422)
+    assert body["errors"][0]["field"] == ["dpi"]
+
+
+async def test_dpi_on_the_svg_route_is_an_unknown_parameter(service):
+    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
+    body = assert_problem(await plot(service, job, "svg", dpi=100), 400, "unknown-query-parameter")
+    assert body["errors"][0]["field"] == ["dpi"]
+
+
+async def test_log_time_true_is_the_older_spelling_of_time_scale_log(service):
+    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
+    text = " ".join(texts((await plot(service, job, kind="modes", log_time="true")).content))
+    assert "[log scale; t = 0 not shown]" in text
+    body = assert_problem(await plot(service, job, log_time="true", time_scale="linear"), 422)
+    assert body["errors"][0]["field"] == ["log_time"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the routes: errors
 
 
 async def test_plot_of_an_unknown_simulation_is_a_404(service):
-    assert_problem(await plot(service, "nope"), 404, "not-found")
+    for fmt in ("svg", "png", "pdf"):
+        assert_problem(await plot(service, "nope", fmt), 404, "not-found")
 
 
 async def test_plot_before_success_is_a_409(service):
@@ -216,6 +431,8 @@ async def test_plot_before_success_is_a_409(service):
 
 @pytest.mark.parametrize(("params", "field"), [
     ({"kind": "histogram"}, "kind"),
+    ({"time_scale": "sideways"}, "time_scale"),
+    ({"y_scale": "cubic"}, "y_scale"),
     ({"log_time": "maybe"}, "log_time"),
     ({"kind": "product", "time": "-1"}, "time"),
     ({"kind": "product", "time": "inf"}, "time"),
@@ -225,6 +442,13 @@ async def test_bad_query_parameters_are_422_naming_the_parameter(service, params
     job = await create_finished(service, HIERARCHY_GD, doc("gd"))
     body = assert_problem(await plot(service, job, **params), 422)
     assert body["errors"][0]["field"][0] == field and body["errors"][0]["in"] == "query"
+
+
+@pytest.mark.parametrize("kind", ["similarity", "kernel"])
+async def test_plot_of_what_a_run_did_not_record_is_a_409_not_recorded(service, kind):
+    job = await create_finished(service, TEACHER_FLOW, doc("teacher"))
+    body = assert_problem(await plot(service, job, kind=kind), 409, "not-recorded")
+    assert f"record.{kind}" in body["detail"]
 
 
 async def test_similarity_request_without_a_hidden_layer_is_refused_before_queueing(service):
@@ -247,29 +471,3 @@ async def test_similarity_counts_towards_the_trajectory_size_limit(service):
     body = assert_problem(await service.client.post("/v1/simulations", content=orjson.dumps(request)), 422,
                           "limit-exceeded")
     assert "record.similarity" in body["errors"][0]["fix"]
-
-
-# ------------------------------------------------------------------------------------------------
-# kernel
-
-KERNEL_FLOW = {
-    "data": {"kind": "preset", "name": "whitened", "singular_values": [3.0, 1.0], "n_in": 3, "n_out": 3},
-    "network": {"hidden": [4, 3]}, "init": {"scheme": "gaussian", "scale": 0.2, "seed": 0},
-    "training": {"method": "flow", "t_max": 4.0}, "record": {"points": 40, "kernel": True},
-}
-
-
-async def test_kernel_plot_draws_the_kernel_distance_and_each_hidden_layers_grams(service):
-    d = run_document(KERNEL_FLOW)
-    job = await create_finished(service, KERNEL_FLOW, d)
-    response = await plot(service, job, kind="kernel")
-    assert response.status_code == 200 and response.headers["content-type"].startswith("image/svg+xml")
-    text = " ".join(texts(response.content))
-    assert "NTK: 1 − cos(K(0), K(t))" in text
-    assert "input side P_1" in text and "input side P_2" in text and "output side Q_2" in text  # D = 3: two hidden
-
-
-async def test_kernel_plot_of_a_run_without_it_is_a_409_not_recorded(service):
-    job = await create_finished(service, TEACHER_FLOW, doc("teacher"))
-    problem = assert_problem(await plot(service, job, kind="kernel"), 409, "not-recorded")
-    assert "record.kernel" in problem["detail"]

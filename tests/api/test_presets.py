@@ -108,12 +108,16 @@ async def test_unknown_preset_is_a_404(service):
 @pytest.mark.parametrize(("query", "field", "slug"), [
     ("depth=11", "depth", "validation-error"),
     ("depth=two", "depth", "validation-error"),
-    ("colour=red", "colour", "validation-error"),
     ("depth=2&depth=3", "depth", "validation-error"),
 ])
 async def test_bad_hierarchy_parameters_are_422_naming_the_parameter(service, query, field, slug):
     body = assert_problem(await service.client.get(f"/v1/presets/hierarchy?{query}"), 422, slug)
     assert body["errors"][0]["field"] == [field] and body["errors"][0]["in"] == "query"
+
+
+async def test_a_parameter_the_preset_does_not_take_is_a_400_listing_the_presets_parameters(service):
+    body = assert_problem(await service.client.get("/v1/presets/hierarchy?colour=red"), 400, "unknown-query-parameter")
+    assert body["errors"][0]["field"] == ["colour"] and "depth" in body["errors"][0]["fix"]
 
 
 async def test_preset_above_the_service_limits_is_refused_before_it_is_built(service):

@@ -42,9 +42,11 @@ async def test_stored_request_is_the_validated_request_with_defaults(service):
     sim = (await _create(service)).json()
     request = sim["request"]
     assert request["record"] == {"points": 200, "spacing": "linear", "times": None, "weights": False,
-                                 "similarity": False, "kernel": False}
+                                 "similarity": False, "kernel": False, "sharpness": False, "sharpness_k": 1,
+                                 "linearized": False}
     assert request["dtype"] == "float64"
     assert request["training"]["weight_decay"] == 0.0 and request["training"]["allow_unstable"] is False
+    assert request["training"]["momentum"] == 0.0 and request["training"]["nesterov"] is False
     assert request["data"] == {**small_request()["data"], "sigma33": None}
 
 

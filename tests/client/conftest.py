@@ -1,5 +1,5 @@
-"""Fixtures of the dlnsim client's tests (client/, ``import dlnsim``): one real ``python -m service`` on loopback
-for the package, shared by test_package.py and test_client_readme.py."""
+"""Fixtures of the dlnsim client's tests (client/, ``import dlnsim``): the suite's shared ``python -m service`` on
+loopback (tests/conftest.py), and the client on it."""
 
 from __future__ import annotations
 
@@ -8,17 +8,13 @@ from collections.abc import Iterator
 import dlnsim
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.support.server import Server
 
 
 @pytest.fixture(scope="package")
-def service(tmp_path_factory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("dlnsim-client-server")
-    srv = Server(base / "data", base / "server.log", workers=1).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def service(server) -> Server:
+    """The suite's shared service (tests/conftest.py)."""
+    return server
 
 
 @pytest.fixture(scope="package")

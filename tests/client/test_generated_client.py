@@ -27,13 +27,14 @@ from service.limits import Limits
 from service.schemas import GRADIENTS_EXAMPLE, REQUEST_EXAMPLES, GradientsRequest
 from service.schemas import SimulationRequest as ServerRequest
 from tests.client.generate import PACKAGE, SPEC, generate_client
-from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e
 
 # The operations this file calls: module dlnsim_client.api.<tag>.<operation id>.
 OPERATIONS = {"simulations": ["create_simulation", "get_simulation", "get_trajectory", "list_simulations",
-                              "delete_simulation", "get_trajectory_npz", "get_trajectory_netcdf"],
+                              "delete_simulation", "get_trajectory_npz", "get_trajectory_netcdf",
+                              "get_simulation_plot_png", "get_simulation_plot_pdf"],
+              "plots": ["get_comparison_plot_png"],
               "sweeps": ["create_sweep", "get_sweep", "list_sweep_results", "get_sweep_point_trajectory"],
               "gradients": ["compute_gradients"],
               "health": ["healthz", "readyz", "service_info"]}
@@ -53,16 +54,6 @@ def gen(tmp_path_factory) -> Iterator[SimpleNamespace]:
         sys.path.remove(dest)
         for name in [n for n in sys.modules if n == PACKAGE or n.startswith(PACKAGE + ".")]:
             del sys.modules[name]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("client-server")
-    srv = Server(base / "data", base / "server.log", workers=1).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +239,17 @@ def test_a_refused_gradients_request_is_a_typed_problem(gen, client):
     problem = gen.compute_gradients.sync(client=client, body=body)
     assert isinstance(problem, m.ProblemDetails) and problem.status == 422
     assert problem.errors[0].field == ["weights", 1]
+
+
+def test_png_and_pdf_plots_come_back_as_files_through_the_client(gen, client, created):
+    png_kind = importlib.import_module(f"{PACKAGE}.models.get_simulation_plot_png_kind").GetSimulationPlotPngKind
+    job_id = created[1].id
+    png = gen.get_simulation_plot_png.sync(job_id=job_id, client=client, kind=png_kind.LOSS, dpi=60)
+    assert png.payload.read(8) == b"\x89PNG\r\n\x1a\n"
+    pdf = gen.get_simulation_plot_pdf.sync(job_id=job_id, client=client)
+    assert pdf.payload.read(5) == b"%PDF-"
+    compared = gen.get_comparison_plot_png.sync(client=client, simulation=[job_id])
+    assert compared.payload.read(4) == b"\x89PNG"
 
 
 def test_health_probes_are_typed(gen, client):

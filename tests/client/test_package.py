@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from dlnsim.fields import arrays_from_json, spec_of
 
-from tests.e2e.conftest import Server
+from tests.support.server import Server
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +29,13 @@ SMALL = {"data": {"kind": "preset", "name": "hierarchy", "depth": 2}, "network":
 FULL = {"data": {"kind": "preset", "name": "noisy_teacher", "n_in": 4, "n_out": 4, "n_samples": 4},
         "network": {"hidden": [6, 5]}, "init": {"scheme": "gaussian", "scale": 0.1, "seed": 3},
         "training": {"method": "gd", "learning_rate": 0.05, "steps": 400, "stop_at_convergence": False},
-        "record": {"points": 25, "weights": True, "similarity": True, "kernel": True}}
+        "record": {"points": 25, "weights": True, "similarity": True, "kernel": True, "sharpness": True,
+                   "linearized": True}}
+# What only a task sequence records (task losses, phases), beside the rest: two noisy-teacher tasks.
+FULL_SEQUENCE = {"data": {"kind": "sequence", "phases": [{"data": FULL["data"], "until": 10.0},
+                                                         {"data": {**FULL["data"], "seed": 1}}]},
+                 "network": FULL["network"], "init": FULL["init"], "training": FULL["training"],
+                 "record": {**FULL["record"], "linearized": False, "sharpness_k": 2}}
 # A run of a few seconds, recording often: for live events.
 SECONDS = {"data": {"kind": "preset", "name": "random_teacher", "n_in": 64, "n_out": 64, "n_samples": 128},
            "network": {"hidden": [128]}, "init": {"scheme": "gaussian", "scale": 0.01, "seed": 2},
@@ -62,6 +68,11 @@ def full_arrays(full) -> dict[str, np.ndarray]:
     return full.trajectory()
 
 
+@pytest.fixture(scope="module")
+def full_sequence(dl) -> dlnsim.Simulation:
+    return dl.simulate(FULL_SEQUENCE, progress=False, timeout=120)
+
+
 @pytest.fixture
 def running(dl) -> Iterator[dlnsim.Simulation]:
     sim = dl.simulate(LONG, wait=False)
@@ -81,7 +92,7 @@ def test_simulate_with_wait_returns_the_succeeded_simulation(small):
     assert small.outcome == "completed"
     assert small.progress == 1.0
     assert small.request["training"] == {**SMALL["training"], "weight_decay": 0.0, "allow_unstable": False,
-                                         "stop_at_convergence": True}
+                                         "stop_at_convergence": True, "momentum": 0.0, "nesterov": False}
     assert small.error is None
 
 
@@ -113,8 +124,26 @@ def test_json_trajectory_converts_to_the_same_arrays_as_the_npz_download(service
         np.testing.assert_array_equal(converted[name], array, err_msg=name)
 
 
-def test_every_array_of_a_full_trajectory_is_in_the_dims_table(full_arrays):
+def test_every_array_of_a_full_trajectory_is_in_the_dims_table(full_arrays, full_sequence):
     assert [name for name in full_arrays if spec_of(name) is None] == []
+    sequence_arrays = full_sequence.trajectory()
+    assert {"task_loss", "task_loss_kind", "phase", "phase_starts", "sharpness"} <= set(sequence_arrays)
+    assert [name for name in sequence_arrays if spec_of(name) is None] == []
+
+
+def test_a_sequence_trajectory_converts_from_json_and_names_its_task_dimension(service, full_sequence):
+    arrays = full_sequence.trajectory()
+    converted = arrays_from_json(json_trajectory(service, full_sequence.id))
+    assert sorted(converted) == sorted(arrays)
+    for name, array in arrays.items():
+        assert converted[name].dtype == array.dtype, name
+        np.testing.assert_array_equal(converted[name], array, err_msg=name)
+    ds = full_sequence.to_xarray()
+    assert ds["task_loss"].dims == ("time", "task") and ds.sizes["task"] == 2
+    assert ds["task_loss_kind"].values.tolist() == ["loss", "loss"]
+    assert ds["sharpness"].dims == ("time", "eigenvalue") and ds.sizes["eigenvalue"] == 2
+    assert ds["final_weights_2"].dims == ("output", "unit_2")
+    assert full_sequence.to_pandas()["phase"].tolist() == arrays["phase"].tolist()
 
 
 def test_trajectory_fields_and_every_keep_those_members_and_records(service, full):
@@ -132,7 +161,8 @@ def test_to_pandas_has_one_row_per_record_indexed_by_time(full, full_arrays):
     k = full_arrays["modes_strength"].shape[1]
     assert list(df.columns) == (
         ["step", "loss", "excess_loss", "test_loss", "gradient_norm", "balance_drift", "distance_to_optimum",
-         "kernel_distance", "loss_theory", "test_loss_theory"]
+         "kernel_distance", "loss_theory", "test_loss_theory", "linearized_loss", "linearized_excess_loss",
+         "loss_theory_random_matrix", "test_loss_theory_random_matrix"]
         + [f"strength_{i}" for i in range(1, k + 1)] + [f"strength_theory_{i}" for i in range(1, k + 1)])
 
 

@@ -25,7 +25,7 @@ from scipy.integrate import quad_vec
 
 from service.dynamics import exact, init, presets
 from service.dynamics.errors import ExactNotApplicableError, InvalidParameterError, ShapeError
-from service.dynamics.methods import Exact, GradientDescent, GradientFlow, Hooks
+from service.dynamics.methods import Exact, GradientDescent, GradientFlow, Hooks, StochasticGradientDescent
 from service.dynamics.problem import problem_from_correlations, problem_from_data
 from service.dynamics.record import RecordSchedule
 from service.dynamics.sequence import Phase, TaskSequence, simulate_sequence, switch_step
@@ -398,3 +398,47 @@ def test_gd_divergence_in_a_later_phase_stops_the_run_and_names_it(tasks):
     traj = simulate(TaskSequence([Phase(a, 1.0), Phase(big)]), w0, GradientDescent(0.05, 400))
     assert traj.outcome == "diverged" and traj.diverged_at_step > 20 and traj.phase[-1] == 1
     assert "phase 1" in traj.stability_hint
+
+
+@pytest.mark.parametrize("method, field", [
+    (GradientDescent(0.05, 100, momentum=0.9), ("training", "momentum")),
+    (StochasticGradientDescent(0.05, 4, steps=100), ("training", "method")),
+])
+def test_momentum_and_sgd_are_refused_for_sequences_naming_the_field(tasks, method, field):
+    # their buffer and sample order have no carry-over across a switch: refused, never run without them
+    (a, _, _), (b, _, _) = tasks
+    w0 = init.initial_weights(a, [3], "gaussian", scale=0.1, seed=0)
+    with pytest.raises(InvalidParameterError) as err:
+        simulate(TaskSequence([Phase(a, 1.0), Phase(b)]), w0, method)
+    assert err.value.field == field
+
+
+def test_a_sweep_batch_runs_sequence_points_alone_and_equal_to_simulate(tasks):
+    from service.dynamics.batch import SweepPoint, group_key, simulate_batch
+
+    (a, _, _), (b, _, _) = tasks
+    w0 = init.initial_weights(a, [3], "gaussian", scale=0.1, seed=0)
+    seq = TaskSequence([Phase(a, 1.0), Phase(b)])
+    points = [SweepPoint(seq, w0, GradientDescent(eta, 100), RecordSchedule(points=7)) for eta in (0.02, 0.03)]
+    points.append(SweepPoint(a, w0, GradientDescent(0.02, 100), RecordSchedule(points=7)))
+    assert [group_key(p) is None for p in points] == [True, True, False]
+    for point, traj in zip(points, simulate_batch(points)):
+        alone = simulate(point.problem, point.weights0, point.method, point.record)
+        np.testing.assert_array_equal(traj.product, alone.product, strict=True)
+        assert (traj.task_loss is None) == (point.problem is a)
+
+
+def test_the_sharpness_of_a_record_is_that_of_its_own_tasks_loss(tasks):
+    # task B with Σ31 ten times A's: its Hessian at the same weights is another one; each record is taken on its task
+    from service.dynamics.sharpness import top_eigenvalues
+
+    (a, _, _), _ = tasks
+    b = problem_from_correlations(a.sigma11, 10.0 * a.sigma31, None)
+    w0 = init.initial_weights(a, [3], "gaussian", scale=0.3, seed=0)
+    traj = simulate(TaskSequence([Phase(a, 0.5), Phase(b)]), w0, GradientDescent(0.005, 200),
+                    RecordSchedule(points=5, weights=True, sharpness=True, sharpness_k=2))
+    assert set(traj.phase.tolist()) == {0, 1}
+    for i, p in enumerate(traj.phase):
+        at = [w[i] for w in traj.weights]
+        np.testing.assert_array_equal(traj.sharpness[i], top_eigenvalues((a, b)[p], at, 2))
+        assert not np.allclose(traj.sharpness[i], top_eigenvalues((b, a)[p], at, 2), rtol=1e-3)

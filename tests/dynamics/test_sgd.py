@@ -18,7 +18,6 @@ from service.dynamics.methods import (
     StochasticGradientDescent,
 )
 from service.dynamics.problem import (
-    Problem,
     problem_from_correlations,
     problem_from_data,
     with_test,
@@ -26,6 +25,7 @@ from service.dynamics.problem import (
 from service.dynamics.record import RecordSchedule
 from service.dynamics.sgd import plan_source, run_momentum_gd, run_sgd, stability_factor
 from service.dynamics.simulate import preflight, simulate
+from tests.support.reference_loops import literal_momentum_gd, literal_sgd
 
 from .test_gd import blas_pool_threads, nonwhite_problem, random_net
 
@@ -36,53 +36,6 @@ SOURCE_IDS = ["batch-correlations", "batch-samples"]
 def dataset(rng, n=30, n_in=4, n_out=3, noise=0.3):
     x = rng.standard_normal((n, n_in)) * np.geomspace(1.5, 0.5, n_in)
     return problem_from_data(x, x @ rng.standard_normal((n_in, n_out)) + noise * rng.standard_normal((n, n_out)))
-
-
-def torch_sgd_step(weights, grads, buffers, eta, mu, nesterov, decay):
-    """One step of torch.optim.SGD (dampening 0) as its documentation states it, on a list of tensors.
-
-    g ← ∇ + γθ;  b ← g at the first step, else μb + g;  g ← g + μb (nesterov) or b;  θ ← θ − ηg.
-    ``buffers`` is None before the first step; returns (weights, buffers).
-    """
-    new_w, new_b = [], []
-    for l, (w, g) in enumerate(zip(weights, grads)):
-        g = g + decay * w
-        if mu != 0:
-            b = g.copy() if buffers is None else mu * buffers[l] + g
-            new_b.append(b)
-            g = g + mu * b if nesterov else b
-        new_w.append(w - eta * g)
-    return new_w, (new_b if mu != 0 else None)
-
-
-def literal_momentum_gd(problem, w0, eta, steps, mu, nesterov, decay):
-    ws, buf, states = [w.copy() for w in w0], None, []
-    states.append(ws)
-    for _ in range(steps):
-        ws, buf = torch_sgd_step(ws, network.gradients(problem, ws), buf, eta, mu, nesterov, decay)
-        states.append(ws)
-    return states
-
-
-def literal_sgd(problem, w0, eta, batch, steps, seed, mu, nesterov, decay):
-    """Every state of SGD by its definition: epoch e's order is the (e+1)-th ``rng.permutation(N)`` of
-    ``default_rng(seed)``, batches are consecutive slices of it (the last one the remainder), and a step is the
-    PyTorch step with the gradient of the batch loss, ``network.gradients`` on the batch's own correlations."""
-    x, y = problem.samples.x, problem.samples.y
-    n = x.shape[0]
-    rng = np.random.default_rng(seed)
-    ws, buf, states, order = [w.copy() for w in w0], None, [], None
-    states.append(ws)
-    per_epoch = -(-n // batch)
-    for k in range(steps):
-        if k % per_epoch == 0:
-            order = rng.permutation(n)
-        rows = order[(k % per_epoch) * batch:][:batch]
-        xb, yb = x[rows], y[rows]
-        batch_problem = Problem(xb.T @ xb / len(rows), yb.T @ xb / len(rows))
-        ws, buf = torch_sgd_step(ws, network.gradients(batch_problem, ws), buf, eta, mu, nesterov, decay)
-        states.append(ws)
-    return states
 
 
 def assert_states_close(result, states, rtol):

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 from service.build import build_run
 from service.dynamics.simulate import simulate
 from service.schemas import SimulationRequest
-from tests.e2e.conftest import Server
+from tests.support.server import Server
 from tests.support.trajectories import trajectory_document
 
 pytestmark = pytest.mark.e2e

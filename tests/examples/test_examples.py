@@ -10,13 +10,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.client.generate import generate_client
-from tests.e2e.conftest import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -35,23 +33,14 @@ def run(command: list[str], **env: str) -> subprocess.CompletedProcess:
 
 
 def test_the_known_results_have_their_scripts():
-    assert {"saxe_modes.py", "hierarchy_stages.py", "lazy_vs_rich.py", "generalization.py"} <= set(SCRIPTS)
+    assert {"saxe_modes.py", "hierarchy_stages.py", "lazy_vs_rich.py", "generalization.py", "forgetting.py",
+            "progressive_sharpening.py", "lazy_linearized.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_reproduces_its_result(script):
     out = run([sys.executable, str(EXAMPLES / script)], **ONE_BLAS_THREAD).stdout
     assert out.strip(), "an example prints what it shows"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("examples-server")
-    srv = Server(base / "data", base / "server.log", workers=1).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""Faults against a real ``python -m service`` (tests/e2e/conftest.py's Server): helpers to find the
+"""Faults against a real ``python -m service`` (tests/support/server.py's Server): helpers to find the
 embedded cluster's worker processes, check the store's integrity, and fill the data dir's disk.
 
 Filling the disk: the data dir is a 16 MB tmpfs mounted here (CI runs as root in its sandbox), filled
@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from service.main import STORE_FILE
-from tests.e2e.conftest import Server
+from tests.support.server import Server
 from tests.waiting import wait_until as _wait_until
 
 TERMINAL = {"succeeded", "failed", "cancelled"}

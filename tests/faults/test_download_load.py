@@ -16,7 +16,7 @@ from service import codec
 from service.jobs.database import Database
 from service.jobs.store import JobStore
 from service.main import STORE_FILE
-from tests.e2e.conftest import Server
+from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e
 

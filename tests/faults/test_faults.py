@@ -19,7 +19,6 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.conftest import Server
 from tests.e2e.test_service import (
     CORRELATIONS,
     core_document,
@@ -35,6 +34,7 @@ from tests.faults.conftest import (
     query,
     wait_until,
 )
+from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from service.jobs.database import Database
 from service.jobs.store import JobStore
 from service.jobs.submission import read_nowait
 from service.settings import Settings
-from tests.e2e.conftest import Server
+from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e
 

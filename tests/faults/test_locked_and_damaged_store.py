@@ -23,10 +23,10 @@ import httpx
 import pytest
 
 from service.main import STORE_FILE
-from tests.e2e.conftest import ROOT, Server, free_port
 from tests.e2e.test_service import CORRELATIONS, post, run_request
 from tests.faults.conftest import TERMINAL, poll, query
 from tests.faults.test_faults import assert_problem, short_request
+from tests.support.server import ROOT, Server, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server
 from tests.e2e.test_service import post
 from tests.faults.conftest import poll, wait_until
 from tests.faults.test_faults import short_request
+from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,8 @@ import signal
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server
 from tests.faults.conftest import dask_workers, wait_until
+from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e
 

@@ -19,9 +19,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.conftest import Server
 from tests.e2e.test_service import post
 from tests.faults.conftest import poll
+from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e
 

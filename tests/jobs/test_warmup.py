@@ -57,6 +57,19 @@ JOBS = [
     {"data": HIERARCHY, "network": {"hidden": [16]}, "training": {"method": "flow", "t_max": 5.0}},
     {"data": HIERARCHY, "network": {"hidden": [16]}, "init": {"scheme": "aligned", "strength": 0.001},
      "training": {"method": "exact", "t_max": 5.0}},
+    # issue 20: momentum, sgd (on the hierarchy's eight one-hot samples), the sharpness (the dense solver below 64
+    # weights, the compiled Lanczos above, ARPACK for k > 1), the linearised loss (Σ11 not whitened: the "rows" route
+    # with its compiled tridiagonalisation), a task sequence
+    {"data": HIERARCHY, "network": {"hidden": [16]}, "training": {**GD, "momentum": 0.9, "nesterov": True}},
+    {"data": HIERARCHY, "network": {"hidden": [8, 8]},
+     "training": {"method": "sgd", "learning_rate": 0.05, "batch_size": 3, "epochs": 20, "momentum": 0.5},
+     "record": {"points": 10, "sharpness": True}},
+    {"data": DATASET, "network": {"hidden": [3]}, "training": GD,
+     "record": {"points": 10, "sharpness": True, "sharpness_k": 2, "linearized": True}},
+    {"data": HIERARCHY, "network": {"hidden": [16]}, "training": {"method": "flow", "t_max": 2.0},
+     "record": {"points": 5, "sharpness": True, "sharpness_k": 3, "linearized": True}},
+    {"data": {"kind": "sequence", "phases": [{"data": HIERARCHY, "until": 5.0}, {"data": HIERARCHY}]},
+     "network": {"hidden": [16]}, "training": GD},
 ]
 
 

@@ -121,12 +121,12 @@ async def test_grid_above_the_point_limit_is_refused_naming_grid_and_the_limit(s
 
 
 async def test_kept_trajectories_above_the_trajectory_limit_are_refused(service):
-    # 3 points × 200 records × (2·2 + 2·2 + 8 numbers) = 9600 numbers
-    service.settings.max_trajectory_values = 9599
+    # 3 points × (200 records × (2·2 + 2·2 + 8 numbers) + the final weights, 3·2 + 2·3) = 9636 numbers
+    service.settings.max_trajectory_values = 9635
     response = await post(service, sweep_body(grid={"init.seed": [0, 1, 2]}, keep="trajectories"))
     error = assert_problem(response, 422, "limit-exceeded")["errors"][0]
-    assert error["field"] == ["keep"] and "9600" in error["message"]
-    service.settings.max_trajectory_values = 9600
+    assert error["field"] == ["keep"] and "9636" in error["message"]
+    service.settings.max_trajectory_values = 9636
     assert (await post(service, sweep_body(grid={"init.seed": [0, 1, 2]}, keep="trajectories"))).status_code == 202
 
 

@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from service.jobs.worker import SWEEP_PROGRESS_TOPIC
-from tests.e2e.conftest import ROOT, Server, free_port
+from tests.support.server import ROOT, Server, free_port
 from tests.waiting import wait_until as _wait_until
 
 DASK = Path(sys.executable).parent / "dask"

@@ -9,8 +9,9 @@ conversion all read this table, and nothing else; the server's netCDF representa
 Dimensions: ``time`` (one per record; ``step`` is a second coordinate along it for GD), ``mode`` (1..k, the
 SVD modes of Σ31, k = min(n_in, n_out)), ``output`` and ``input`` (n_out and n_in), for the layer weights
 ``unit_0`` … ``unit_D`` with ``unit_0`` = ``input`` and ``unit_D`` = ``output`` (so ``weights_l`` has dims
-``(time, unit_{l+1}, unit_l)``), ``item``/``item_`` for the hidden-layer similarity and ``input_``/``output_``
-for the second axis of the kernel's Grams.
+``(time, unit_{l+1}, unit_l)``, ``final_weights_l`` ``(unit_{l+1}, unit_l)``), ``item``/``item_`` for the
+hidden-layer similarity, ``input_``/``output_`` for the second axis of the kernel's Grams, ``eigenvalue`` (1..k, the
+largest first) for the sharpness, and ``task`` (one per phase of a task sequence).
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("kernel_distance", "kernel_distance", ("time",), column="kernel_distance"),
     ArraySpec("loss_theory_loss", "loss_theory", ("time",), column="loss_theory"),
     ArraySpec("loss_theory_test_loss", "loss_theory", ("time",), column="test_loss_theory"),
+    ArraySpec("linearized_loss", "linearized_loss", ("time",), column="linearized_loss"),
+    ArraySpec("linearized_excess_loss", "linearized_excess_loss", ("time",), column="linearized_excess_loss"),
+    ArraySpec("loss_theory_random_matrix_loss", "loss_theory_random_matrix", ("time",),
+              column="loss_theory_random_matrix"),
+    ArraySpec("loss_theory_random_matrix_test_loss", "loss_theory_random_matrix", ("time",),
+              column="test_loss_theory_random_matrix"),
+    ArraySpec("phase", "phase", ("time",), column="phase"),
     ArraySpec("modes_strength", "modes", ("time", "mode"), column="strength_{i}"),
     ArraySpec("modes_theory", "modes", ("time", "mode"), column="strength_theory_{i}"),
     ArraySpec("product", "product", ("time", "output", "input")),
@@ -66,11 +74,20 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("similarity", "similarity", ("time", "item", "item_")),
     ArraySpec("kernel_input_grams_{l}", "kernel", ("time", "input", "input_")),
     ArraySpec("kernel_output_grams_{l}", "kernel", ("time", "output", "output_")),
+    ArraySpec("sharpness", "sharpness", ("time", "eigenvalue")),
+    ArraySpec("task_loss", "task_loss", ("time", "task")),
+    ArraySpec("task_excess_loss", "task_excess_loss", ("time", "task")),
     # per mode
     ArraySpec("modes_singular_values", "modes", ("mode",)),
+    ArraySpec("modes_optimum_strength", "modes", ("mode",)),
     ArraySpec("modes_learning_time", "modes", ("mode",)),
     ArraySpec("modes_learning_time_theory", "modes", ("mode",)),
+    # per task of a sequence
+    ArraySpec("task_loss_kind", "task_loss_kind", ("task",)),
+    ArraySpec("phase_starts", "phase_starts", ("task",)),
     # once
+    ArraySpec("final_weights_{l}", "final_weights", ("unit_{l+1}", "unit_{l}")),
+    ArraySpec("sharpness_threshold", "sharpness_threshold", ()),
     ArraySpec("optimum_product", "optimum", ("output", "input")),
     ArraySpec("optimum_loss", "optimum", ()),
     ArraySpec("optimum_loss_without_sigma33", "optimum", ()),
@@ -91,6 +108,10 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("loss_theory_exact", "loss_theory", (), role="attr"),
     ArraySpec("loss_theory_assumptions", "loss_theory", (), role="attr"),
     ArraySpec("loss_theory_source", "loss_theory", (), role="attr"),
+    ArraySpec("loss_theory_random_matrix_model", "loss_theory_random_matrix", (), role="attr"),
+    ArraySpec("loss_theory_random_matrix_exact", "loss_theory_random_matrix", (), role="attr"),
+    ArraySpec("loss_theory_random_matrix_assumptions", "loss_theory_random_matrix", (), role="attr"),
+    ArraySpec("loss_theory_random_matrix_source", "loss_theory_random_matrix", (), role="attr"),
 )
 
 # The trajectory members to_pandas needs (so a DataFrame of a large network does not download its matrices).
@@ -115,7 +136,7 @@ def spec_of(name: str) -> tuple[ArraySpec, int | None] | None:
 
 def depth_of(arrays: Mapping[str, Any]) -> int | None:
     """D, the number of weight matrices, from the recorded ``weights_l`` arrays (None without them)."""
-    layers = [layer for name in arrays if (found := spec_of(name)) and found[0].member == "weights"
+    layers = [layer for name in arrays if (found := spec_of(name)) and found[0].member in ("weights", "final_weights")
               and (layer := found[1]) is not None]
     return max(layers) + 1 if layers else None
 
@@ -144,7 +165,7 @@ def array_dims(name: str, ndim: int, depth: int | None = None) -> tuple[str, ...
 # ------------------------------------------------------------------------------------------------
 # the trajectory JSON document as the npz layout's arrays (for responses served as JSON only)
 
-_NESTED = ("modes", "optimum", "early_stopping", "loss_theory")
+_NESTED = ("modes", "optimum", "early_stopping", "loss_theory", "loss_theory_random_matrix")
 
 
 def _array(name: str, value: Any) -> np.ndarray:
@@ -154,8 +175,10 @@ def _array(name: str, value: Any) -> np.ndarray:
         return np.array(value, dtype=np.str_)
     if isinstance(value, int):
         return np.array(value, dtype=np.int64)
-    if name == "step":
+    if name in ("step", "phase"):
         return np.array(value, dtype=np.int64)
+    if isinstance(value, list) and value and isinstance(value[0], str):  # task_loss_kind
+        return np.array(value, dtype=np.str_)
     return np.array(value, dtype=np.float64)   # nested lists; null -> NaN
 
 
@@ -168,6 +191,9 @@ def arrays_from_json(doc: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if name == "weights":
             for layer in range(len(value[0]) if value else 0):
                 out[f"weights_{layer}"] = np.array([per_time[layer] for per_time in value], dtype=np.float64)
+        elif name == "final_weights":  # one matrix per layer
+            for layer, matrix in enumerate(value):
+                out[f"final_weights_{layer}"] = np.array(matrix, dtype=np.float64)
         elif name == "kernel":
             for sub in ("input_grams", "output_grams"):
                 for layer in range(len(value[sub][0]) if value[sub] else 0):

@@ -15,8 +15,8 @@ def _gd_modes_kernel(a0, s, c, eta, decay, rec_steps, rows, cols, coefs, resid, 
 
     ``a0`` is (m, D); records the amplitudes at the sorted ``rec_steps``. The mode-basis strengths
     strength_α = resid_α + Σ coefs·u_ch (sparse rows/cols/coefs) are tracked every step to find the first step at
-    which each reaches ``targets[α]`` (NaN target: skip); the crossing is returned as a fractional step
-    (linear interpolation between the two steps around it), NaN if not reached.
+    which each reaches ``targets[α]`` (NaN target: skip); the crossing is returned as that step (GD moves in steps:
+    the learning time is η times it), NaN if not reached.
     """
     m, d = a0.shape
     t_rec = rec_steps.shape[0]
@@ -80,9 +80,7 @@ def _gd_modes_kernel(a0, s, c, eta, decay, rec_steps, rows, cols, coefs, resid, 
             tg = targets[j]
             if tg == tg and cross[j] != cross[j]:
                 if (tg > 0 and cur[j] >= tg) or (tg < 0 and cur[j] <= tg):
-                    den = cur[j] - prev[j]
-                    frac = (tg - prev[j]) / den if den != 0 else 1.0
-                    cross[j] = step - 1 + frac
+                    cross[j] = step
             prev[j] = cur[j]
     return out, cross
 

@@ -1,0 +1,90 @@
+"""GET /v1/plots/compare.svg|png|pdf: several simulations in one figure, and service.plots.compare."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.plots import PlotError, compare_figure
+from service.plots.common import Context
+from tests.api.conftest import assert_problem
+from tests.api.real_runs import TEACHER_FLOW, create_finished
+from tests.api.test_plots import LAZY, RICH, doc, legend_texts, texts
+
+pytestmark = pytest.mark.anyio
+
+
+async def compare(service, ids, fmt: str = "svg", **params):
+    return await service.client.get(f"/v1/plots/compare.{fmt}", params={"simulation": ids, **params})
+
+
+def test_lazy_and_rich_kernels_share_one_log_axis_one_colour_per_run():
+    fig = compare_figure([("lazy", doc("lazy"), Context()), ("rich", doc("rich"), Context())], "kernel")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"                      # the lazy run's d_K ≈ 1e-5 beside the rich run's 0.3
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 1]
+    assert len(lines) == 2 and lines[0].get_color() != lines[1].get_color()
+    assert np.max(lines[0].get_ydata()) < 1e-3 < np.max(lines[1].get_ydata())
+    texts_ = legend_texts(fig)
+    assert any(t.startswith("lazy: d_K(end) = ") for t in texts_) and any(t.startswith("rich: d_K(end)") for t in texts_)
+
+
+def test_modes_comparison_draws_each_runs_modes_and_theory_in_its_colour():
+    fig = compare_figure([("lazy", doc("lazy"), Context()), ("rich", doc("rich"), Context())], "modes")
+    ax = fig.axes[0]
+    solid = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-" and len(ln.get_xdata()) > 1]
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--" and len(ln.get_xdata()) > 1]
+    assert len(solid) == len(dashed) == 6                # 3 modes with s > 0 per run
+    assert len({ln.get_color() for ln in solid}) == 2
+
+
+def test_loss_comparison_draws_each_runs_loss():
+    fig = compare_figure([("a", doc("lazy"), Context()), ("b", doc("rich"), Context())], "loss")
+    assert [t for t in legend_texts(fig)][:2] == ["a", "b"]
+
+
+def test_kernel_comparison_of_a_run_without_the_kernel_says_not_recorded():
+    with pytest.raises(PlotError) as info:
+        compare_figure([("lazy", doc("lazy"), Context()), ("teacher", doc("teacher"), Context())], "kernel")
+    assert info.value.code == "not_recorded" and "teacher" in info.value.message
+
+
+async def test_compare_route_labels_runs_by_id_without_names(service):
+    lazy = await create_finished(service, LAZY, doc("lazy"))
+    rich = await create_finished(service, RICH, doc("rich"))
+    response = await compare(service, [lazy, rich], kind="kernel")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/svg+xml"
+    text = " ".join(texts(response.content))
+    assert f"{lazy}: d_K(end)" in text and f"{rich}: d_K(end)" in text
+
+
+async def test_compare_route_labels_runs_by_their_name_and_tags(service):
+    lazy = await create_finished(service, {**LAZY, "name": "lazy", "tags": ["lambda=-25", "exact"]}, doc("lazy"))
+    rich = await create_finished(service, {**RICH, "name": "rich"}, doc("rich"))
+    text = " ".join(texts((await compare(service, [lazy, rich], kind="kernel")).content))
+    assert "lazy [lambda=-25, exact]: d_K(end)" in text and "rich: d_K(end)" in text and lazy not in text
+
+
+@pytest.mark.parametrize(("fmt", "media", "magic"), [("png", "image/png", b"\x89PNG"),
+                                                      ("pdf", "application/pdf", b"%PDF-")])
+async def test_compare_route_answers_png_and_pdf(service, fmt, media, magic):
+    lazy = await create_finished(service, LAZY, doc("lazy"))
+    response = await compare(service, [lazy], fmt, kind="modes")
+    assert response.headers["content-type"] == media and response.content.startswith(magic)
+
+
+async def test_compare_of_an_unknown_simulation_is_a_404(service):
+    lazy = await create_finished(service, LAZY, doc("lazy"))
+    assert_problem(await compare(service, [lazy, "nope"]), 404, "not-found")
+
+
+async def test_compare_kernel_with_a_run_that_did_not_record_it_is_a_409(service):
+    lazy = await create_finished(service, LAZY, doc("lazy"))
+    teacher = await create_finished(service, TEACHER_FLOW, doc("teacher"))
+    assert_problem(await compare(service, [lazy, teacher], kind="kernel"), 409, "not-recorded")
+
+
+async def test_compare_needs_at_least_one_and_at_most_eight_simulations(service):
+    assert_problem(await service.client.get("/v1/plots/compare.svg"), 422)
+    body = assert_problem(await compare(service, [f"id{i}" for i in range(9)]), 422)
+    assert body["errors"][0]["field"] == ["simulation"]
