@@ -41,8 +41,11 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 # Bounded load on loopback (bench/load.py): 50 clients for 30 s against a saturated service; prints the figures.
+# Then issue 19's attacks (bench/attacks.py): slow clients, concurrent downloads of the largest trajectory, refused
+# requests, with what they cost the API (from /proc).
 load: $(STAMP)
 	$(PY) -m bench.load
+	$(PY) -m bench.attacks
 
 # The container's install path without a Docker engine: build the wheel into a throwaway venv, start the
 # installed service outside the source tree until /readyz answers (its worker compiles the GD kernels first:

@@ -99,8 +99,11 @@ def embedded_worker_plugin(nice: int):
             self.nice = nice
 
         def setup(self, worker) -> None:
+            from service.jobs.quiet_logs import install_worker_log_filter
+
             renice_threads(self.nice)
             stop_sampling_profiler(worker)
+            install_worker_log_filter()
 
     return EmbeddedWorker(nice)
 
@@ -126,6 +129,9 @@ def warm_up_plugin():
         name = "dlnsim-warm-up"
 
         async def setup(self, worker) -> None:
+            from service.jobs.quiet_logs import install_worker_log_filter
+
+            install_worker_log_filter()  # a cancelled job is not a "Compute Failed" error (external workers too)
             if getattr(worker, WARM_ATTRIBUTE, False):
                 return
             setattr(worker, WARM_ATTRIBUTE, False)

@@ -31,8 +31,9 @@ from typing import Any, Protocol, runtime_checkable
 from service.settings import Settings
 
 from . import cluster
+from .database import StorageFullError
 from .live import LiveFeeds
-from .runner import SCATTER_BYTES, Runner, describe, failure_problem, settle
+from .runner import SCATTER_BYTES, Runner, describe, failure_problem, insufficient_storage_problem, settle
 from .store import JobRow, JobStore
 from .tasks import run_simulation
 from .worker import PROGRESS_TOPIC, STOPPED, internal_problem, task_key
@@ -239,10 +240,11 @@ class Engine(Runner):
             elif settled.kind == "result" and settled.value[0] == STOPPED:
                 # cancelled while it ran: the records it made until then are kept with the cancelled job
                 await self._record(self.store.mark_cancelled, job_id)
-                await self._record(self.store.keep_stopped, job_id, settled.value[1])
+                await self._record(self.store.keep_stopped, job_id, settled.value[1], hold=False)  # records: not held
             elif settled.kind == "result":
                 outcome, blob = settled.value
-                await self._record(self.store.finish, job_id, blob, outcome)
+                # hold=False: a result that does not fit is not kept in memory waiting for space (a 507 failure)
+                await self._record(self.store.finish, job_id, blob, outcome, hold=False)
         finally:
             if self._futures.get(job_id) is future:
                 del self._futures[job_id]
@@ -278,6 +280,9 @@ class Engine(Runner):
         record that as the job's failure."""
         try:
             await self._write(write, job_id, *args, what=f"the outcome of job {job_id}", **kwargs)
+        except StorageFullError as exc:  # a result (hold=False) that did not fit: the job fails with a 507
+            log.warning("job %s failed: its result did not fit in the store (%s)", job_id, exc)
+            await self._record(self.store.fail, job_id, insufficient_storage_problem(f"simulation {job_id}"))
         except Exception as exc:  # noqa: BLE001
             log.exception("recording the end of job %s failed", job_id)
             with contextlib.suppress(Exception):

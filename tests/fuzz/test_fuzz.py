@@ -46,9 +46,10 @@ APP = create_app(SETTINGS)
 
 # positive_data_acceptance: a schema-valid request may still be refused with 422 for what JSON Schema
 # cannot say (matrices that do not fit together, an indefinite Σ11, exact-method conditions, limits);
-# schema_layer_accepts_positive_data below makes sure such a 422 never comes from the schema layer itself.
+# schema_layer_accepts_positive_data below makes sure such a 422 never comes from the schema layer itself. A 410:
+# the stateful phase retries an Idempotency-Key after deleting what it created (the key is spent: not run again).
 _CHECKS = {"enabled": True,
-           "positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "422", "429"]}}
+           "positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "410", "422", "429"]}}
 
 
 def _config(mode: str) -> Any:

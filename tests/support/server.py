@@ -38,14 +38,16 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> Server:
+    def start(self, wait: bool = True) -> Server:
+        """Start it and wait for /readyz to answer 200 (``wait=False``: return once started)."""
         env = {**os.environ, "DLNSIM_HOST": "127.0.0.1", "DLNSIM_PORT": str(self.port),
                "DLNSIM_DATA_DIR": str(self.data_dir), "DLNSIM_WORKERS": str(self.workers),
                "DLNSIM_LOG_LEVEL": "warning", **self.env}
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
         self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
                                         stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
         return self
 
     def wait_ready(self) -> None:
