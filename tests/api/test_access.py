@@ -16,21 +16,12 @@ from service.api.access import parse_api_keys
 from service.api.security import API_CSP, SVG_CSP
 from service.settings import Settings
 from tests.api.conftest import assert_problem, small_request
+from tests.support.keys import KEYS, KEYS_ON, TOKEN_A, TOKEN_B, TOKEN_C, A, B, C
 from tests.support.real_runs import CORRELATIONS_EXACT, create_finished, run_document
 
 pytestmark = pytest.mark.anyio
 
-TOKEN_A = "alice-token-0123456789abcdef"
-TOKEN_B = "bob-token-0123456789abcdef"
-TOKEN_C = "carol-token-0123456789abcdef"
-# alice: named token; bob: named SHA-256 only (the secret is not in the setting); carol: unnamed token.
-KEYS = f"alice:{TOKEN_A}, bob:sha256:{hashlib.sha256(TOKEN_B.encode()).hexdigest()}, {TOKEN_C}"
-KEYS_ON = {"api_keys": KEYS}
 ORIGIN = "https://lab.example.org"
-
-A = {"Authorization": f"Bearer {TOKEN_A}"}
-B = {"Authorization": f"Bearer {TOKEN_B}"}
-C = {"Authorization": f"Bearer {TOKEN_C}"}
 
 keys_on = pytest.mark.parametrize("settings_overrides", [KEYS_ON])
 

@@ -19,13 +19,6 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.test_service import (
-    CORRELATIONS,
-    core_document,
-    medium_request,
-    post,
-    run_request,
-)
 from tests.faults.conftest import (
     TERMINAL,
     dask_workers,
@@ -34,16 +27,17 @@ from tests.faults.conftest import (
     query,
     wait_until,
 )
+from tests.support.live_service import (
+    CORRELATIONS,
+    assert_problem_type,
+    core_document,
+    post,
+    run_request,
+    short_request,
+)
 from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e
-
-
-def short_request(steps: int = 20_000) -> dict:
-    """A GD run of a couple of seconds on one worker (64-128-64 random teacher)."""
-    request = medium_request()
-    request["training"]["steps"] = steps
-    return request
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +54,6 @@ def server(tmp_path_factory):
 def client(server):
     with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
-
-
-def assert_problem(response: httpx.Response, status: int, slug: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    problem = response.json()
-    assert problem["type"] == f"/problems/{slug}", problem
-    return problem
 
 
 # ------------------------------------------------------------------------------------------------
@@ -110,7 +96,7 @@ def test_corrupt_result_is_a_clear_problem_and_the_job_reruns_to_the_same_trajec
         flipped[i] ^= 0xFF
     query(server.data_dir, "UPDATE results SET data = ? WHERE job_id = ?", (bytes(flipped), job_id))
 
-    problem = assert_problem(client.get(f"/v1/simulations/{job_id}/trajectory"), 500, "corrupt-result")
+    problem = assert_problem_type(client.get(f"/v1/simulations/{job_id}/trajectory"), 500, "corrupt-result")
     assert "corrupt" in problem["detail"] and "run again" in problem["detail"]
     assert client.get("/healthz").status_code == 200
 
@@ -208,7 +194,7 @@ def submit_until_refused(client: httpx.Client, disk) -> httpx.Response:
 
 
 def assert_insufficient_storage(response: httpx.Response) -> None:
-    problem = assert_problem(response, 507, "insufficient-storage")
+    problem = assert_problem_type(response, 507, "insufficient-storage")
     assert int(response.headers["retry-after"]) >= 1
     assert "DLNSIM_DATA_DIR" in problem["detail"]
 

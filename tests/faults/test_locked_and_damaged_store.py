@@ -23,9 +23,8 @@ import httpx
 import pytest
 
 from service.main import STORE_FILE
-from tests.e2e.test_service import CORRELATIONS, post, run_request
 from tests.faults.conftest import TERMINAL, poll, query
-from tests.faults.test_faults import assert_problem, short_request
+from tests.support.live_service import CORRELATIONS, assert_problem_type, post, run_request, short_request
 from tests.support.server import ROOT, Server, free_port
 
 pytestmark = pytest.mark.e2e
@@ -59,9 +58,9 @@ def test_a_store_locked_past_the_busy_timeout_answers_503_and_a_finishing_job_ke
                 started = time.monotonic()
                 refused = post(c, run_request(CORRELATIONS, "exact"))
                 assert time.monotonic() - started < BUSY_TIMEOUT + 3
-                assert_problem(refused, 503, "unavailable")
+                assert_problem_type(refused, 503, "unavailable")
                 assert int(refused.headers["retry-after"]) >= 1
-                assert_problem(c.post(f"/v1/simulations/{waiting}/cancel"), 503, "unavailable")
+                assert_problem_type(c.post(f"/v1/simulations/{waiting}/cancel"), 503, "unavailable")
                 # reads go on (WAL): the service is up, only writes wait
                 assert c.get(f"/v1/simulations/{running}").status_code == 200
                 time.sleep(6)  # the running job finishes while the lock is held: its result must wait, not be lost
@@ -149,9 +148,9 @@ def test_damage_found_while_serving_is_a_503_naming_the_file_and_readiness_says_
             damage(data_dir / STORE_FILE, (page - 1) * size + 8, size - 16)
             conn.execute("CREATE TABLE poke (x)")  # a commit: the server's connections drop their cached pages
             conn.close()
-            problem = assert_problem(c.get("/v1/simulations"), 503, "store-damaged")
+            problem = assert_problem_type(c.get("/v1/simulations"), 503, "store-damaged")
             assert str(data_dir / STORE_FILE) in problem["detail"] and ".recover" in problem["detail"]
-            assert_problem(post(c, run_request(CORRELATIONS, "exact")), 503, "store-damaged")
+            assert_problem_type(post(c, run_request(CORRELATIONS, "exact")), 503, "store-damaged")
             ready = c.get("/readyz")
             assert ready.status_code == 503 and "damaged" in ready.json()["detail"], ready.text
             assert c.get("/healthz").status_code == 200

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.test_service import post
 from tests.faults.conftest import poll, wait_until
-from tests.faults.test_faults import short_request
+from tests.support.live_service import post, short_request
 from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e

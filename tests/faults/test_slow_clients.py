@@ -19,8 +19,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.test_service import post
 from tests.faults.conftest import poll
+from tests.support.live_service import post
 from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e
