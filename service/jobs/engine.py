@@ -139,14 +139,15 @@ class Engine(Runner):
             return False
         return int(info.get("n_workers", 0)) >= 1
 
-    async def warm_workers(self) -> tuple[int, int]:
-        """(workers connected, workers that finished their warm-up); (0, 0) when the cluster does not answer."""
+    async def warm_workers(self, every_kernel: bool = False) -> tuple[int, int]:
+        """(workers connected, workers that finished their warm-up: of the default jobs' kernels, or of
+        ``every_kernel``); (0, 0) when the cluster does not answer."""
         client = self._client
         if client is None or self._closing or client.status != "running":
             return 0, 0
+        probe = cluster.worker_is_all_warm if every_kernel else cluster.worker_is_warm
         try:
-            warm = await asyncio.wait_for(client.run(cluster.worker_is_warm, on_error="return"),
-                                          READY_TIMEOUT_SECONDS)
+            warm = await asyncio.wait_for(client.run(probe, on_error="return"), READY_TIMEOUT_SECONDS)
         except Exception:  # noqa: BLE001 - any failure to answer means no worker known warm
             return 0, 0
         return len(warm), sum(value is True for value in warm.values())
