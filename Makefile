@@ -7,6 +7,10 @@ PY     := $(VENV)/bin/python
 # where PYTHONDONTWRITEBYTECODE is set (as on the VM, and in many containers) every later start then compiled the
 # imports from source again: the API's imports took 7.1 s of CPU instead of 2.5 s, each worker's some more.
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+# What the kernel compile imports (pyproject.toml's runtime dependencies of these names), installed first: then the
+# compile and the install of the rest run side by side (make run) instead of one after the other.
+KERNEL_DEPS := numpy scipy numba orjson pydantic pydantic-settings threadpoolctl zstandard
+BASE    := $(VENV)/.kernel-deps-installed
 # The service (editable) and its runtime dependencies: what `make run` needs.
 RUNTIME := $(VENV)/.runtime-installed
 # numba's cache of the compiled kernels (next to their sources), filled once and again when a kernel's source changes:
@@ -24,16 +28,26 @@ CLIENT_STAMP := $(VENV)/.client-installed
 
 .PHONY: run test fuzz bench load install openapi docker-check clean port-free
 
-$(RUNTIME): pyproject.toml
-	@echo "dlnsim: installing the service and its runtime dependencies into $(VENV) (pip, once: about 30 s on 2 cores)…"
+$(BASE): pyproject.toml
+	@echo "dlnsim: installing numpy, scipy, numba and what else the kernels need into $(VENV) (pip, once: about 20 s)…"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import re, sys, tomllib; names = set(sys.argv[1:]); \
+	  deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+	  print('\n'.join(d for d in deps if re.split(r'[<>=!~;\[ ]', d, maxsplit=1)[0].lower() in names))" \
+	  $(KERNEL_DEPS) > $(VENV)/kernel-requirements.txt
+	@$(PIP) -r $(VENV)/kernel-requirements.txt
+	@touch $@
+
+$(RUNTIME): $(BASE)
+	@echo "dlnsim: installing the service and the rest of its runtime dependencies into $(VENV) (pip, once: about 20 s)…"
 	@$(PIP) -e .
 	@touch $@
 
 # numba compiles the kernels once here, into its cache next to the sources, each step announced, instead of in
 # each worker when it joins (service/jobs/warmup.py): the default jobs' (about 17 s of CPU) for make run, every
-# one (about 40 s) for the tests, whose servers would otherwise compile the others beside the tests
-$(KERNELS): $(RUNTIME) $(KERNEL_SOURCES)
+# one (about 40 s) for the tests, whose servers would otherwise compile the others beside the tests. From the source
+# tree: the kernels need only $(BASE).
+$(KERNELS): $(BASE) $(KERNEL_SOURCES)
 	@$(PY) -m service.jobs.warmup
 	@touch $@
 
@@ -60,7 +74,9 @@ install: $(STAMP) $(CLIENT_STAMP)
 port-free:
 	@$(PYTHON) -m service.listen
 
-run: port-free $(RUNTIME) $(KERNELS)
+# The rest of the install and the kernel compile side by side (2 jobs), then the service.
+run: port-free $(BASE)
+	@$(MAKE) --no-print-directory -j2 $(RUNTIME) $(KERNELS)
 	@$(PY) -m service
 
 test: $(STAMP) $(CLIENT_STAMP)

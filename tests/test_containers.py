@@ -134,7 +134,7 @@ def test_build_context_excludes_local_state():
 def test_image_runs_the_service_like_make_run_as_a_non_root_user():
     _, final = stages()
     assert exec_form(args(final, "CMD")[0]) == ["python", "-m", "service"]
-    assert re.search(r"^run:.*\n\t@?\$\(PY\) -m service$", (ROOT / "Makefile").read_text(), re.M)
+    assert re.search(r"^run:.*\n(\t.*\n)*\t@?\$\(PY\) -m service$", (ROOT / "Makefile").read_text(), re.M)
     (user,) = args(final, "USER")
     assert user.split(":")[0] not in ("0", "root")
 

@@ -103,16 +103,26 @@ def make_dry_run(target: str) -> str:
 
 
 def test_make_run_installs_the_runtime_dependencies_only():
+    """First what the kernels import, then the rest beside the compile (a sub-make with 2 jobs)."""
     commands = make_dry_run("run")
-    installs = [line for line in commands.splitlines() if "pip install" in line]
-    assert len(installs) == 1 and installs[0].rstrip().endswith("-e ."), installs
+    installs = {line.split("pip install", 1)[1].split()[-1] for line in commands.splitlines() if "pip install" in line}
+    assert installs == {".venv/kernel-requirements.txt", "."}, installs
     assert "[test]" not in commands and "test-requirements" not in commands and "client" not in commands
     assert "-m service.listen" in commands.split("pip install")[0]  # the port is checked before installing
     assert "-m service.jobs.warmup" in commands
+    assert "-j2 .venv/.runtime-installed .venv/.kernels-compiled" in commands
+
+
+def test_the_kernels_requirements_are_runtime_dependencies_of_pyproject():
+    makefile = (ROOT / "Makefile").read_text()
+    names = set(makefile.split("KERNEL_DEPS :=", 1)[1].splitlines()[0].split())
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {d.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip().lower() for d in deps}
+    assert names and names <= declared, names - declared
 
 
 def test_make_test_adds_the_test_extras_without_installing_the_project_twice():
-    installs = [line for line in make_dry_run("test").splitlines() if "pip install" in line]
+    installs = {line for line in make_dry_run("test").splitlines() if "pip install" in line}
     assert sum(line.rstrip().endswith("-e .") for line in installs) == 1
     assert any("-r .venv/test-requirements.txt" in line for line in installs)
     assert not any("[test]" in line for line in installs)
