@@ -29,7 +29,7 @@ CLIENT_STAMP := $(VENV)/.client-installed
 .PHONY: run test fuzz bench load install openapi docker-check clean port-free
 
 $(BASE): pyproject.toml
-	@echo "dlnsim: installing numpy, scipy, numba and what else the kernels need into $(VENV) (pip, once: about 20 s)…"
+	@echo "dlnsim: installing numpy, scipy, numba and what else the kernels need into $(VENV) (pip, once: about 30 s)…"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import re, sys, tomllib; names = set(sys.argv[1:]); \
 	  deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
@@ -39,7 +39,7 @@ $(BASE): pyproject.toml
 	@touch $@
 
 $(RUNTIME): $(BASE)
-	@echo "dlnsim: installing the service and the rest of its runtime dependencies into $(VENV) (pip, once: about 20 s)…"
+	@echo "dlnsim: installing the service and the rest of its runtime dependencies into $(VENV) (pip, once: about 20 s, beside the compile)…"
 	@$(PIP) -e .
 	@touch $@
 
