@@ -6,6 +6,7 @@ Dask LocalCluster, or a client of DLNSIM_SCHEDULER), which resubmits jobs a cras
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -41,6 +42,7 @@ from service.jobs.store import JobStore
 from service.jobs.submission import Simulations, Sweeps
 from service.jobs.sweep_engine import SweepEngine
 from service.jobs.sweeps_store import SweepStore
+from service.ready import announce_when_ready
 from service.schemas import (
     GradientsRequest,
     ProblemDetails,
@@ -173,6 +175,7 @@ def create_app(settings: Settings | None = None, *,
                                    interval=settings.retention_interval_seconds,
                                    keys_hours=settings.idempotency_keep_hours)
                      if settings.retention_days > 0 else None)
+        announcer = None
         try:
             await engine.start()
             await sweep_engine.start()
@@ -183,8 +186,14 @@ def create_app(settings: Settings | None = None, *,
             if retention is not None:
                 retention.start()
             app.state.retention = retention
+            # python -m service sets announce_ready to its URL: one line once /readyz would answer 200
+            url = getattr(app.state, "announce_ready", None)
+            if url:
+                announcer = asyncio.create_task(announce_when_ready(app, url), name="announce-ready")
             yield
         finally:
+            if announcer is not None:
+                announcer.cancel()
             app.state.store = app.state.engine = None
             app.state.sweep_store = app.state.sweep_engine = None
             app.state.simulations = app.state.sweeps = None

@@ -44,8 +44,17 @@ async def readyz(request: Request) -> Readiness:
     """Ready when the job store answers and the cluster has workers that have all compiled the GD kernels
     (their warm-up, service/jobs/warmup.py): a job submitted then starts without compiling. Otherwise a 503
     whose detail says what it is waiting for."""
-    store = getattr(request.app.state, "store", None)
-    engine = getattr(request.app.state, "engine", None)
+    waiting, workers, warm = await readiness(request.app)
+    if waiting:
+        raise ProblemError(503, "unavailable", f"not ready: {'; '.join(waiting)}", headers={"Retry-After": "2"})
+    return Readiness(status="ready", store=True, worker=True, workers=workers, workers_warm=warm)
+
+
+async def readiness(app) -> tuple[list[str], int, int]:
+    """(what the service still waits for, workers connected, workers warm): ready when the list is empty. What
+    /readyz answers, and what ``python -m service`` waits for before its ready line (service/ready.py)."""
+    store = getattr(app.state, "store", None)
+    engine = getattr(app.state, "engine", None)
     store_ok, free = False, None
     if store is not None:
         try:
@@ -65,18 +74,16 @@ async def readyz(request: Request) -> Readiness:
     if store is not None and store.db.damaged:
         waiting[:1] = [f"job store damaged ({store.db.damaged}): {recovery_advice(store.db.path)}"]
     elif store_ok:
-        minimum = request.app.state.settings.store_min_free_bytes
+        minimum = app.state.settings.store_min_free_bytes
         if store.db.full_since is not None or (free is not None and free < minimum):
             waiting.append(f"job store full: {free} bytes free, below the {minimum} it keeps "
                            "(DLNSIM_STORE_MIN_FREE_BYTES); new work is refused with 507 until space is freed")
     if worker_ok and warm < workers:
-        waiting.append(f"{workers - warm} of {workers} workers still compiling the GD kernels (warm-up: about "
-                       "a second per worker with the kernel cache, 20-30 s without)")
+        waiting.append(f"{workers - warm} of {workers} workers still compiling the GD kernels (warm-up: a few "
+                       "seconds with the kernel cache `make run` fills, about a minute without)")
     elif worker_ok and workers == 0:
         waiting.append("no worker connected")
-    if waiting:
-        raise ProblemError(503, "unavailable", f"not ready: {'; '.join(waiting)}", headers={"Retry-After": "2"})
-    return Readiness(status="ready", store=True, worker=True, workers=workers, workers_warm=warm)
+    return waiting, workers, warm
 
 
 CITE = ("dlnsim: learning dynamics of deep linear networks, over HTTP (version {version}); see CITATION.cff, and cite "

@@ -8,12 +8,14 @@ or container dies: SIGKILL to the server and its worker processes at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,6 +29,26 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def held_port() -> Iterator[int]:
+    """A loopback port another program listens on while the block runs (as a second server would hold it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def wait_for_line(path: Path, prefix: str, timeout: float = 10.0) -> list[str]:
+    """The lines of the log at ``path`` that start with ``prefix``, once there is at least one (or ``timeout``
+    seconds have passed: then whatever there is, maybe none)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.startswith(prefix)]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
 
 
 class Server:
