@@ -346,17 +346,9 @@ def orjson_dumps(a: np.ndarray) -> bytes:
 
 
 def raw_status(port: int, payload: bytes) -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        try:
-            s.sendall(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        raw = b""
-        try:
-            while chunk := s.recv(65536):
-                raw += chunk
-        except ConnectionResetError:
-            pass
+    from tests.support.server import send_raw
+
+    raw = send_raw(port, payload)
     return int(raw.split(b" ", 2)[1]) if raw else 0
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.faults.conftest import poll
 from tests.support.live_service import post
-from tests.support.server import Server
+from tests.support.server import Server, send_raw
 
 pytestmark = pytest.mark.e2e
 
@@ -168,20 +168,7 @@ def test_a_one_megabyte_header_and_twenty_thousand_header_fields_are_refused_431
     huge = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
     many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(20_000)) + b"\r\n"
     for payload in (huge, many):
-        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        try:
-            try:
-                s.sendall(payload)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the server answered and closed before it was all sent
-            raw = b""
-            try:
-                while chunk := s.recv(65536):
-                    raw += chunk
-            except ConnectionResetError:
-                pass
-        finally:
-            s.close()
+        raw = send_raw(server.port, payload, timeout=10)
         status, headers, problem = status_and_json(raw)
         assert (status, problem["type"], headers["connection"]) == (431, "/problems/headers-too-large", "close")
     with httpx.Client(base_url=server.url, timeout=10) as c:  # an ordinary request is unaffected

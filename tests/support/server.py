@@ -116,3 +116,21 @@ class Server:
         log = getattr(self, "_log", None)
         if log is not None and not log.closed:
             log.close()
+
+
+def send_raw(port: int, payload: bytes, timeout: float = 30.0) -> bytes:
+    """Send ``payload`` as it is on a new loopback connection and read until the server closes it: a server that
+    refuses a request may answer and close before the payload is all sent."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        raw = b""
+        try:
+            while chunk := s.recv(65536):
+                raw += chunk
+        except ConnectionResetError:
+            pass
+    return raw
+
