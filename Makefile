@@ -79,8 +79,11 @@ run: port-free $(BASE)
 	@$(MAKE) --no-print-directory -j2 $(RUNTIME) $(KERNELS)
 	@$(PY) -m service
 
+# Two processes (pytest-xdist): the suite waits on real servers and workers much of the time; then the fuzz module,
+# which schemathesis parametrizes per operation only in a plain run (tests/conftest.py).
 test: $(STAMP) $(CLIENT_STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup --ignore=tests/fuzz
+	$(PY) -m pytest tests/fuzz
 
 openapi: $(RUNTIME)
 	$(PY) -m service.openapi_export
