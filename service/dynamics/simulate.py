@@ -161,7 +161,8 @@ def _step(problem: Problem, weights0: list[np.ndarray], method: Method, record: 
 
 def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Method, record: RecordSchedule,
                      run: RunResult | ExactRun, *, between: Callable[[], None] | None = None,
-                     refine_until: float = np.inf) -> Trajectory:
+                     refine_until: float = np.inf,
+                     record_tasks: tuple[np.ndarray, Sequence[Problem]] | None = None) -> Trajectory:
     """Every derived quantity of a run (GD, flow: ``RunResult``; exact: ``ExactRun``), vectorised over its
     T records: the one post-processing of ``simulate`` and ``batch.simulate_batch``.
 
@@ -174,6 +175,8 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     ``between()`` is called between the records of the sharpness (seconds each on large nets): the worker hooks'
     stop check, which may raise ``StopRequested``. Learning times (``learning_time.measure``) are found between
     records only for crossings in record intervals that end by ``refine_until`` (a sequence's first switch).
+    ``record_tasks`` = (task index per record, the tasks): each record's gradient norm is its own task's (a task
+    sequence; the rest is the first task's, ``problem``).
     """
     hidden = [w.shape[0] for w in weights0[:-1]]
     if isinstance(run, ExactRun):
@@ -192,7 +195,16 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     # L = L_ls + ‖W F − G‖² per record: a sum of squares, never negative (problem.least_squares)
     gap = network.fit_gap(problem, product)
     if weights is not None:
-        grad_norm, drift = record_diagnostics(problem, weights, method.weight_decay)
+        if record_tasks is None:
+            grad_norm, drift = record_diagnostics(problem, weights, method.weight_decay)
+        else:  # record by record, so each part is what the whole would give on it (the drift needs no task)
+            task, tasks = record_tasks
+            grad_norm, drift = np.empty(len(weights[0])), np.empty(len(weights[0]))
+            for p, task_problem in enumerate(tasks):
+                sel = np.flatnonzero(task[:len(weights[0])] == p)
+                if sel.size:
+                    grad_norm[sel], drift[sel] = record_diagnostics(task_problem, [w[sel] for w in weights],
+                                                                    method.weight_decay)
         gradient_norm = grad_norm if gradient_norm is None else gradient_norm  # exact runs bring their own
     else:
         drift = np.zeros(len(times))  # exact solutions without weights conserve the balance by construction
