@@ -16,6 +16,8 @@ from service.results_table import CSV, PARQUET, parquet_available
 
 EXTENSIONS = {NPZ: "npz", NETCDF: "nc"}
 BINARY = {"type": "string", "format": "binary"}  # the OpenAPI schema of a binary representation
+# The response header of every route whose representation follows the request's Accept header (OpenAPI).
+VARY_ACCEPT = {"Vary": {"description": "Accept: the representation depends on it", "schema": {"type": "string"}}}
 
 
 def accepted(accept: str | None) -> str:

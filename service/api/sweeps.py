@@ -23,7 +23,7 @@ from service.api.deps import ListFilterDep, OwnerDep, SettingsDep, StatusQuery, 
 from service.api.documents import list_json, point_document, point_values, sweep_json
 from service.api.errors import problem_responses
 from service.api.negotiation import JSON, NETCDF, NPZ
-from service.api.representations import BINARY, accepted, encoder, results_media, streamed
+from service.api.representations import BINARY, VARY_ACCEPT, accepted, encoder, results_media, streamed
 from service.jobs.submission import Sweeps
 from service.jobs.sweeps_store import SweepRow
 from service.results_table import CSV, PARQUET, results_table, to_csv, to_parquet
@@ -160,8 +160,7 @@ async def get_sweep(sweep_id: SweepId, sweeps: SweepsDep, settings: SettingsDep,
     responses={200: {"model": SweepResults, "description": "One page of points (all of them, finished or not); "
                                                            "the whole table as CSV or Parquet on request.",
                      "content": {CSV: {"schema": {"type": "string"}}, PARQUET: {"schema": BINARY}},
-                     "headers": {"Vary": {"description": "Accept: the representation depends on it",
-                                          "schema": {"type": "string"}}}},
+                     "headers": VARY_ACCEPT},
                **problem_responses(404, 406, 422, d404=NOT_FOUND)},
 )
 async def list_sweep_results(

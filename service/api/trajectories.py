@@ -19,7 +19,7 @@ from service import codec
 from service.api.deps import OwnerDep, SimulationsDep
 from service.api.errors import problem_responses
 from service.api.negotiation import NETCDF, NPZ
-from service.api.representations import BINARY, accepted, encoder, selected, streamed
+from service.api.representations import BINARY, VARY_ACCEPT, accepted, encoder, selected, streamed
 from service.jobs.store import JobRow
 from service.schemas import Trajectory
 
@@ -87,8 +87,7 @@ async def _serve(simulations: SimulationsDep, owner: str | None, job_id: str, me
     responses={200: {"model": Trajectory, "description": "The recorded trajectory (JSON, or .npz or netCDF on "
                                                          "request).",
                      "content": {NPZ: {"schema": BINARY}, NETCDF: {"schema": BINARY}},
-                     "headers": {"Vary": {"description": "Accept: the representation depends on it",
-                                          "schema": {"type": "string"}}}},
+                     "headers": VARY_ACCEPT},
                **problem_responses(404, 406, 409, 422)},
 )
 async def get_trajectory(job_id: JobId, request: Request, simulations: SimulationsDep, owner: OwnerDep,
