@@ -124,6 +124,14 @@ class Service:
                 total += int(fields[11]) + int(fields[12])  # utime + stime
         return total / os.sysconf("SC_CLK_TCK")
 
+    def api_cpu_seconds(self) -> float:
+        """CPU time used so far by the API process alone (the one this script started: uvicorn and the scheduler)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.client.close()
         if self.process.poll() is None:

@@ -251,6 +251,20 @@ def test_embedded_scheduler_hands_each_worker_thread_one_task_at_a_time(env):
     assert env.engine.cluster.scheduler.WORKER_SATURATION == WORKER_SATURATION
 
 
+def housekeeping_intervals(server) -> dict[str, float]:
+    """Seconds between a Dask server's periodic wake-ups: loop-health tick, psutil monitor, memory check."""
+    return {name: pc.callback_time / 1000 for name, pc in server.periodic_callbacks.items()
+            if name in ("tick", "monitor", "memory_monitor")}
+
+
+def test_embedded_cluster_wakes_its_processes_at_most_twice_a_second(env):
+    workers = env.call(lambda: env.engine.client.run(lambda dask_worker: housekeeping_intervals(dask_worker)))
+    servers = {"scheduler": housekeeping_intervals(env.engine.cluster.scheduler), **workers,
+               **{f"nanny {k}": housekeeping_intervals(n) for k, n in env.engine.cluster.workers.items()}}
+    assert len(workers) == 2 and all(servers.values())
+    assert all(seconds >= 0.5 for intervals in servers.values() for seconds in intervals.values()), servers
+
+
 def test_workers_run_blas_on_one_thread(env):
     from threadpoolctl import threadpool_info
 
