@@ -194,8 +194,11 @@ async def start_local_cluster(settings: Settings):
     from distributed import LocalCluster
 
     workers = settings.workers or os.cpu_count() or 1
+    # for the whole process, not for the block below: a nanny hands its worker processes the configuration it holds,
+    # whose nested sections are Dask's own, so a worker it restarts after a block's end would get the defaults back
+    dask.config.set(QUIET_HOUSEKEEPING)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn_environ(settings.blas_threads),
-                          "distributed.scheduler.worker-saturation": WORKER_SATURATION, **QUIET_HOUSEKEEPING}):
+                          "distributed.scheduler.worker-saturation": WORKER_SATURATION}):
         return await LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, asynchronous=True,
             host="127.0.0.1", scheduler_port=0, dashboard_address=None,
