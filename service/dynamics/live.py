@@ -67,6 +67,26 @@ class RecordProducts:
 
         return RecordProducts(*(joined(name) for name in ("times", "steps", "product", "gap", "strength", "test")))
 
+    @staticmethod
+    def drained(blocks: list[RecordProducts]) -> RecordProducts:
+        """Consecutive blocks as one, emptying ``blocks``: each block is let go once copied, so the join holds one
+        block beyond its result, not the records twice (a large net's maps are most of a run's memory)."""
+        if len(blocks) == 1:
+            return blocks.pop()
+        count = sum(len(b.times) for b in blocks)
+        first = blocks[0]
+        out = {name: None if getattr(first, name) is None else
+               np.empty((count, *getattr(first, name).shape[1:]), dtype=getattr(first, name).dtype)
+               for name in ("times", "steps", "product", "gap", "strength", "test")}
+        at = 0
+        while blocks:
+            block = blocks.pop(0)
+            for name, array in out.items():
+                if array is not None:
+                    array[at:at + len(block.times)] = getattr(block, name)
+            at += len(block.times)
+        return RecordProducts(**out)
+
     def head(self, n: int) -> RecordProducts:
         """The first ``n`` records (these records themselves when there are no more)."""
         if n == len(self.times):
@@ -155,10 +175,10 @@ class LiveRecords:
 
     def computed(self) -> RecordProducts | None:
         """The products of the records summarised so far, as one block (None before the first, and for a sequence);
-        the blocks are joined once and kept joined."""
+        the blocks are joined once (``RecordProducts.drained``) and kept joined."""
         if not self.blocks:
             return None
-        self.blocks = [RecordProducts.joined(self.blocks)]
+        self.blocks = [RecordProducts.drained(self.blocks)]
         return self.blocks[0]
 
 

@@ -278,3 +278,17 @@ class StopWhen:
 
     def __call__(self):
         return self.when()
+
+
+def test_drained_blocks_are_the_joined_blocks_and_the_list_is_emptied(noisy):
+    traj = simulate(noisy, weights0(noisy, (6,)), GradientDescent(learning_rate=0.05, steps=300),
+                    RecordSchedule(points=20))
+    whole = RecordProducts.of(noisy, mode_basis(noisy), traj.time, traj.step, traj.product)
+    blocks = [whole.head(7), RecordProducts(*(None if a is None else a[7:] for a in (
+        whole.times, whole.steps, whole.product, whole.gap, whole.strength, whole.test)))]
+    joined = RecordProducts.joined(blocks)
+    drained = RecordProducts.drained(blocks)
+    assert blocks == []
+    for name in ("times", "steps", "product", "gap", "strength", "test"):
+        np.testing.assert_array_equal(getattr(drained, name), getattr(whole, name), err_msg=name)
+        np.testing.assert_array_equal(getattr(joined, name), getattr(whole, name), err_msg=name)
