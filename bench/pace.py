@@ -1,11 +1,11 @@
 """Speed as users get it (issue 21 items 1 and 2): a job through the service beside what a user would run by hand,
 in the same rounds.
 
-    python -m bench.pace            the issue's figures (~12 min on a quiet 2-core machine)
+    python -m bench.pace            the issue's figures (~5 min on a quiet 2-core machine)
     python -m bench.pace --quick    smoke run: shorter jobs, two rounds
 
-(``python -m bench`` does not run it: it needs the machine to itself for that long.) Standalone, the "## Speed as
-users get it" section of bench/results.md is replaced (or appended).
+(``python -m bench`` runs this too.) Standalone, the "## Speed as users get it" section of bench/results.md is
+replaced (or appended).
 
 One ``python -m service`` (the README's ``make run``: uvicorn, the embedded Dask cluster, SQLite) on loopback,
 started by this script, and in this process:
