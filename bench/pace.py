@@ -21,6 +21,8 @@ started by this script, and in this process:
   (``finished_at − started_at``: what the worker spent, from its start to its stored trajectory); the client's
   round trip is in the notes. Each is reported as its ratio to numpy by hand in the same round, median over the
   rounds. Bars: polled and waiting ≥ 0.9. Notes: the cores the service kept busy and the API process's share.
+  A service not being timed is frozen meanwhile (SIGSTOP), so its idle wake-ups fall on no one's round. Beside them, in the same rounds, ``polled`` on a second service whose Dask processes keep Dask's own housekeeping
+  intervals (``DASK_HOUSEKEEPING``; the embedded cluster's are quieter: docs/performance.md#housekeeping).
 * **tiny nets** — (8,16,8) and (32,32,32) GD jobs of ≥ 3 s through the service (``Prefer: wait``) against the same
   request in this process (``tasks.simulate_request`` on one BLAS thread, as a worker runs a small net, no hooks),
   in ABBA rounds. Bar: the job's own time ≥ 0.8× the in-process speed.
@@ -140,9 +142,17 @@ def abba(rounds: int, kinds: list[str]):
             yield r, kind
 
 
-def lone_large_job(ctx: Context, service: Service) -> list[Row]:
+# Dask's own housekeeping intervals (its distributed.yaml), for a service beside the default one: what the embedded
+# cluster's quieter ones (service/jobs/cluster.py QUIET_HOUSEKEEPING) change for a job, in the same rounds
+DASK_HOUSEKEEPING = {"DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "20ms",
+                     "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "500ms",
+                     "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__DISK": "True",
+                     "DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL": "100ms"}
+
+
+def lone_large_job(ctx: Context, service: Service, dask_defaults: Service | None = None) -> list[Row]:
     """Item 1: a lone (300,300,300) job, polled and waited for, beside numpy by hand and the worker's code in this
-    process, in the same rounds."""
+    process, in the same rounds; with ``dask_defaults``, also polled on a service with Dask's own housekeeping."""
     from service.dynamics.gd import step_flops
     from service.jobs.cores import host_cores
 
@@ -150,23 +160,34 @@ def lone_large_job(ctx: Context, service: Service) -> list[Row]:
     rounds = 2 if ctx.quick else 6
     body = large_job(steps, LARGE)
     runs = {"numpy": numpy_by_hand(steps), "in process": with_workers_hooks(body)}
-    speed: dict[str, list[float]] = {k: [] for k in ("numpy", "in process", "polled", "waiting")}
-    trips: dict[str, list[float]] = {"polled": [], "waiting": []}
-    busy: dict[str, list[float]] = {"polled": [], "waiting": []}
-    api: dict[str, list[float]] = {"polled": [], "waiting": []}
-    service.run(large_job(10, LARGE))  # the worker's buffers, the preset's cache
+    # kind → (service, client)
+    clients = {"polled": (service, polled), "waiting": (service, waiting)}
+    if dask_defaults is not None:
+        clients["polled, Dask's housekeeping"] = (dask_defaults, polled)
+    speed: dict[str, list[float]] = {k: [] for k in (*runs, *clients)}
+    trips: dict[str, list[float]] = {k: [] for k in clients}
+    busy: dict[str, list[float]] = {k: [] for k in clients}
+    api: dict[str, list[float]] = {k: [] for k in clients}
+    servers = list({id(s): s for s, _ in clients.values()}.values())
+    for server in servers:
+        server.run(large_job(10, LARGE))  # the worker's buffers, the preset's cache
     runs["in process"]()
     for _, kind in abba(rounds, list(speed)):
+        for server in servers:  # only the service timed runs; the others are frozen (no idle wake-ups)
+            server.resume() if kind in clients and clients[kind][0] is server else server.pause()
         settle()
         if kind in runs:
             speed[kind].append(steps / runs[kind]())
             continue
-        cpu0 = service.cpu_seconds()
-        seconds, trip, api_cpu = (polled if kind == "polled" else waiting)(service, body)
+        server, client = clients[kind]
+        cpu0 = server.cpu_seconds()
+        seconds, trip, api_cpu = client(server, body)
         speed[kind].append(steps / seconds)
         trips[kind].append(steps / trip)
-        busy[kind].append((service.cpu_seconds() - cpu0) / trip)
+        busy[kind].append((server.cpu_seconds() - cpu0) / trip)
         api[kind].append(api_cpu / trip)
+    for server in servers:
+        server.resume()
     flops = step_flops([LARGE] * 3)
     case = f"({LARGE}, {LARGE}, {LARGE})"
 
@@ -182,7 +203,10 @@ def lone_large_job(ctx: Context, service: Service) -> list[Row]:
                      f"(steps/s per round {listed(speed['numpy'])})")]
     for kind, label, bar in (("in process", "in process with the worker's hooks (no Dask, no HTTP)", None),
                              ("polled", "through the service, client polls every 0.2 s", 0.9),
-                             ("waiting", "through the service, client waits (Prefer: wait)", 0.9)):
+                             ("waiting", "through the service, client waits (Prefer: wait)", 0.9),
+                             ("polled, Dask's housekeeping", "the same polled, Dask's default housekeeping", None)):
+        if kind not in speed:
+            continue
         r = ratios(kind)
         median = statistics.median(r)
         note = f"per round ×{listed(r)}; {statistics.median(speed[kind]):,.0f} steps/s median"
@@ -235,12 +259,14 @@ def tiny_nets(ctx: Context, service: Service) -> list[Row]:
         service.run(tiny_job(size, 1000))
         speed: dict[str, list[float]] = {"service": [], "in process": []}
         for _, kind in abba(rounds, list(speed)):
+            service.resume() if kind == "service" else service.pause()
             settle()
             if kind == "service":
                 seconds, _, _ = waiting(service, body)
                 speed[kind].append(steps / seconds)
             else:
                 speed[kind].append(steps / local())
+        service.resume()
         r = [a / b for a, b in zip(speed["service"], speed["in process"], strict=True)]
         median = statistics.median(r)
         rows.append(Row("tiny net through the service vs in process", str(size),
@@ -256,10 +282,17 @@ def tiny_nets(ctx: Context, service: Service) -> list[Row]:
 def pace(ctx: Context) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="dlnsim-bench-pace-") as tmp:
         service = Service(Path(tmp))
+        dask_defaults = None
         try:
-            return lone_large_job(ctx, service) + tiny_nets(ctx, service)
+            dask_defaults = Service(Path(tmp), **DASK_HOUSEKEEPING)
+            rows = lone_large_job(ctx, service, dask_defaults)
+            dask_defaults.stop()
+            dask_defaults = None
+            return rows + tiny_nets(ctx, service)
         finally:
             service.stop()
+            if dask_defaults is not None:
+                dask_defaults.stop()
 
 
 def section(rows: list[Row]) -> list[str]:

@@ -132,8 +132,19 @@ class Service:
             return float("nan")
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def pause(self) -> None:
+        """Freeze every process of the service (SIGSTOP to its session's group): not one wake-up while other work is
+        timed."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         self.client.close()
+        self.resume()
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:

@@ -265,6 +265,15 @@ def test_embedded_cluster_wakes_its_processes_at_most_twice_a_second(env):
     assert all(seconds >= 0.5 for intervals in servers.values() for seconds in intervals.values()), servers
 
 
+def test_an_operators_dask_variable_wins_over_the_quiet_housekeeping(monkeypatch):
+    from service.jobs.cluster import QUIET_HOUSEKEEPING, quiet_housekeeping
+
+    monkeypatch.setenv("DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL", "20ms")
+    chosen = quiet_housekeeping()
+    assert "distributed.admin.tick.interval" not in chosen
+    assert chosen == {k: v for k, v in QUIET_HOUSEKEEPING.items() if k != "distributed.admin.tick.interval"}
+
+
 def test_workers_run_blas_on_one_thread(env):
     from threadpoolctl import threadpool_info
 
