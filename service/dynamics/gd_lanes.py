@@ -486,20 +486,22 @@ def to_lanes(rows: np.ndarray, n_blocks: int, fill: float = 0.0) -> np.ndarray:
 
 
 def steps(*args) -> None:
-    """``gd_lanes_steps(*args)``; the first call per weights dtype in a process compiles (or loads) the kernel
-    with LLVM's SLP vectoriser on (module docstring), under numba's compiler lock."""
+    """``gd_lanes_steps(*args)``. The first call per weights dtype in a process first compiles (or loads from
+    numba's cache) the kernel for these argument types with LLVM's SLP vectoriser on (module docstring),
+    under numba's compiler lock; the run itself happens outside the lock."""
     key = args[0].dtype
-    if key in _READY:
-        gd_lanes_steps(*args)
-        return
-    from numba.core import config
-    from numba.core.compiler_lock import global_compiler_lock
+    if key not in _READY:
+        from numba import typeof
+        from numba.core import config
+        from numba.core.compiler_lock import global_compiler_lock
 
-    with global_compiler_lock:
-        previous = config.SLP_VECTORIZE
-        config.SLP_VECTORIZE = 1
-        try:
-            gd_lanes_steps(*args)
-        finally:
-            config.SLP_VECTORIZE = previous
-    _READY.add(key)
+        signature = tuple(typeof(a) for a in args)
+        with global_compiler_lock:
+            previous = config.SLP_VECTORIZE
+            config.SLP_VECTORIZE = 1
+            try:
+                gd_lanes_steps.compile(signature)
+            finally:
+                config.SLP_VECTORIZE = previous
+        _READY.add(key)
+    gd_lanes_steps(*args)
