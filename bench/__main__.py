@@ -49,6 +49,19 @@ BENCHMARKS = [gd_speed, gd_speed_float32, gd_recording_overhead, analysis_record
               sequence_overhead, sharpness_recording_overhead, live_records_overhead, sgd_speed, gd_vs_torch,
               exact_cost, downloads]
 RESULTS = Path(__file__).with_name("results.md")
+# Sections of results.md that other scripts write and this run does not measure: carried over as they are.
+KEPT_SECTIONS = ("## Fresh start", "## Fresh start before issue 21")  # python3 bench/fresh_start.py --write
+
+
+def kept_sections(text: str) -> str:
+    """The ``KEPT_SECTIONS`` of an earlier results.md (each up to the next "## " heading), to append."""
+    out = []
+    for heading in KEPT_SECTIONS:
+        start = text.find(f"\n{heading}\n")
+        if start >= 0:
+            end = text.find("\n## ", start + 1)
+            out.append(text[start + 1:end + 1 if end >= 0 else len(text)].rstrip("\n") + "\n")
+    return "".join("\n" + block for block in out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
              *science.section(science_rows), ""]
     text = "\n".join(lines)
     print(text)
-    RESULTS.write_text(text)
+    previous = RESULTS.read_text() if RESULTS.exists() else ""
+    RESULTS.write_text(text + kept_sections(previous))
     failed = [r for r in rows + sweep_rows + service_rows + science_rows if r.passed is False]
     if failed:
         print(f"{len(failed)} bar(s) missed (a busy machine lowers every fraction: see the load average)",

@@ -231,6 +231,7 @@ def run_standalone(module: str, description: str, quick_help: str, heading: str,
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     t0 = time.perf_counter()
     with threadpool_limits(limits=args.threads, user_api="blas"):
+        ctx.sample_gemm()  # the machine's pace at the start, stated beside every section's figures
         rows = speed(ctx)
         ctx.finalize(rows)
     lines = section(rows)

@@ -1,4 +1,5 @@
-"""Every figure kind for representative runs, as PNG files to look at (issue 18: look at a figure as a person would).
+"""Every figure kind for representative runs, as PNG files to look at (issue 18: look at a figure as a person would;
+issue 20's tasks, sharpness and the linearised loss).
 
     python -m bench.gallery [out_dir] [--only NAME ...] [--format png|svg|pdf] [--dpi 110]
 
@@ -10,6 +11,9 @@ Runs in-process (the core and the plot package, no server), in about a minute: t
     lazy, rich        λ-balanced inits at λ = −25 and λ = 0 on a whitened task, exact (kernel)
     deep3             a three-layer net on a six-sample dataset, flow to t = 2000 (learning ends by t ≈ 40)
     branching         the 10,000-feature branching_diffusion preset (a product too large to draw whole)
+    sequence          task A then task B (a task sequence) by GD: forgetting curves (tasks)
+    sharpening        GD's sharpness rising to 2/η, the edge of stability (Cohen et al. 2021; sharpness)
+    lazy_linearized   a lazy λ = −25 run by GD with the loss of its linearisation at init (loss)
 
 — three sweeps (the README's init.scale × learning rate × seed sweep, a λ sweep with seeds, a noisy-teacher noise
 sweep with seeds) and three comparisons (lazy vs rich; GD at three learning rates against the exact solution).
@@ -70,6 +74,20 @@ RUNS: dict[str, dict[str, Any]] = {
     "branching": {"data": {"kind": "preset", "name": "branching_diffusion"}, "network": {"hidden": [16]},
                   "init": {"scheme": "gaussian", "scale": 0.01, "seed": 0},
                   "training": {"method": "gd", "learning_rate": 0.002, "steps": 3000}, "record": {"points": 40}},
+    "sequence": {"data": {"kind": "sequence", "phases": [{"data": WHITENED | {"seed": 1}, "until": 5.0},
+                                                         {"data": WHITENED | {"seed": 2}}]},
+                 "network": {"hidden": [4]},
+                 "init": {"scheme": "lambda_balanced", "lambda": 0.0, "scale": 0.05, "seed": 0},
+                 "training": {"method": "gd", "learning_rate": 0.01, "steps": 1000, "stop_at_convergence": False},
+                 "record": {"points": 201}},
+    "sharpening": {"data": {"kind": "correlations", "sigma11": [[400.0, 1.0], [1.0, 1.0]], "sigma31": [[0.0, 0.02]]},
+                   "network": {"hidden": [1]}, "init": {"scheme": "gaussian", "scale": 0.01, "seed": 0},
+                   "training": {"method": "gd", "learning_rate": 0.16, "steps": 5000, "stop_at_convergence": False},
+                   "record": {"points": 500, "sharpness": True, "sharpness_k": 2}},
+    "lazy_linearized": {"data": WHITENED, "network": {"hidden": [4]},
+                        "init": {"scheme": "lambda_balanced", "lambda": -25.0, "scale": 0.05, "seed": 0},
+                        "training": {"method": "gd", "learning_rate": 0.0005, "steps": 8000},
+                        "record": {"points": 201, "linearized": True}},
 }
 
 SWEEPS: dict[str, dict[str, Any]] = {

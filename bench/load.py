@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="DLNSIM_WORKER_NICE of the service (0: workers at the API's priority)")
     args = parser.parse_args(argv)
 
-    from tests.e2e.conftest import (
+    from tests.support.server import (
         Server,  # the e2e tests' server process (free port, own session)
     )
 

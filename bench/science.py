@@ -9,10 +9,11 @@ is replaced (or appended); the rest of the file is left as it is.
 
 Real ``python -m service`` processes on loopback (bench/service.py's ``Service``):
 
-* **first jobs** — a service started on an empty numba cache; once /readyz answers 200, the first job of each new
-  kind (mini-batch SGD with Nesterov momentum recording the sharpness, GD recording the linearised loss, a two-phase
-  task sequence, float64 and float32): the slowest round trip. Bar ≤ 3 s: the worker warm-up
-  (service/jobs/warmup.py) compiled their kernels before /readyz said ready.
+* **first jobs** — a service started on an empty numba cache; once /readyz answers 200 and the service has said
+  "every kernel compiled" (the workers compile these kinds' kernels in the background after /readyz, issue 21), the
+  first job of each new kind (mini-batch SGD with Nesterov momentum recording the sharpness, GD recording the
+  linearised loss, a two-phase task sequence, float64 and float32): the slowest round trip. Bar ≤ 3 s: the worker
+  warm-up (service/jobs/warmup.py) compiled their kernels.
 * **costs** — the round trip (POST with ``Prefer: wait``: validation, stepping, every derived quantity, storing) of a
   10,000-step GD job on an (32,32,32) random teacher (Σ11 from 64 samples: not whitened) with 200 records, plain and
   with each new record setting; best of the rounds, which alternate. No bars: a few per cent is within the noise of
@@ -80,16 +81,18 @@ def first_jobs(ctx: Context, workdir: Path) -> list[Row]:
     service = Service(workdir, NUMBA_CACHE_DIR=str(workdir / "empty-numba-cache-science"))
     trips: dict[str, float] = {}
     try:
+        rest = service.wait_for_line("every kernel compiled")
         for dtype in ("float64", "float32"):
             for name, body in kinds.items():
                 trips[f"{name}, {dtype}"] = service.run(orjson.dumps({**body, "dtype": dtype}))
     finally:
         service.stop()
     slowest = max(trips, key=trips.get)
-    return [Row("first job of each new kind after /readyz, empty kernel cache", "(6, 7, 5)",
+    return [Row("first job of each new kind after every kernel compiled, empty kernel cache", "(6, 7, 5)",
                 value=f"{trips[slowest] * 1e3:,.0f} ms", bar="≤ 3 s", passed=trips[slowest] <= 3.0,
                 note=f"slowest: {slowest}; " + ", ".join(f"{k} {v * 1e3:,.0f} ms" for k, v in trips.items())
-                     + f"; /readyz answered 200 after {service.ready_after:.1f} s")]
+                     + f"; /readyz answered 200 after {service.ready_after:.1f} s, every kernel compiled "
+                       f"{rest:.1f} s later")]
 
 
 def costs(ctx: Context, workdir: Path) -> list[Row]:

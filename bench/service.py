@@ -102,6 +102,16 @@ class Service:
             raise RuntimeError(f"job did not succeed: {response.status_code} {response.text[:300]}")
         return elapsed
 
+    def wait_for_line(self, text: str, timeout: float = 600.0) -> float:
+        """Wait until the service has printed a line containing ``text`` (e.g. "every kernel compiled", after its
+        workers' background warm-up, service/ready.py); the seconds waited. RuntimeError after ``timeout``."""
+        t0 = time.perf_counter()
+        while text not in Path(self.log.name).read_text(errors="replace"):
+            if self.process.poll() is not None or time.perf_counter() - t0 > timeout:
+                raise RuntimeError(f"the service never printed {text!r} (see {self.log.name})")
+            time.sleep(0.1)
+        return time.perf_counter() - t0
+
     def cpu_seconds(self) -> float:
         """CPU time used so far by every process of the service (API, scheduler, nannies, workers: its session)."""
         total = 0

@@ -32,11 +32,13 @@ from service.dynamics.sgd import SGD_FIX, stability_factor
 from service.dynamics.simulate import preflight
 from service.limits import (
     Limits,
+    check_cost,
     check_data_limits,
     check_request_limits,
     check_run_limits,
     check_shape_limits,
     check_trajectory_size,
+    gradients_cost,
     preset_params,
 )
 from service.schemas import (
@@ -226,6 +228,41 @@ def build_record(request: SimulationRequest) -> RecordSchedule:
                           sharpness_k=rec.sharpness_k, linearized=rec.linearized)
 
 
+# The initial network map's Frobenius norm at most: the loss is quadratic in it and must stay below ~1.8e308.
+MAX_INITIAL_MAP_NORM = 1e150
+
+
+class InitOverflowError(DynamicsError):
+    """Initial weights drawn from the init's parameters overflow (a scale near the largest float)."""
+
+    code = "init_overflow"
+
+
+def check_initial_weights(request: SimulationRequest, weights: list[np.ndarray]) -> None:
+    """The initial weights the init's parameters make are finite: else the parameter that sets their size is named
+    (``init.scale``, ``init.strength``, ``init.lambda``), not ``init.weights[k]``, which the caller never sent."""
+    init = request.init
+    if isinstance(init, GivenInit | FromSimulationInit):
+        return  # given (or copied) weights are checked as given (init.weights[k] or init.id names them)
+    name = "strength" if isinstance(init, AlignedInit) else (
+        "lambda" if isinstance(init, LambdaBalancedInit) and abs(init.lam) > abs(init.scale) else "scale")
+    value = getattr(init, "lam" if name == "lambda" else name)
+    fix = f"give a much smaller init.{name} (small random inits are around 1e-3 to 1)"
+    for k, w in enumerate(weights):
+        if not np.all(np.isfinite(w)):
+            raise InitOverflowError(f"init.{name} = {value!r} makes the initial weights of layer {k + 1} overflow "
+                                    "(entries beyond ±1.8e308, the largest float)", field=("init", name), fix=fix)
+    with np.errstate(over="ignore", invalid="ignore"):
+        product = weights[0]
+        for w in weights[1:]:
+            product = w @ product
+        size = float(np.linalg.norm(product)) if np.all(np.isfinite(product)) else float("inf")
+    if not size <= MAX_INITIAL_MAP_NORM:  # its square (the loss) must stay a float
+        raise InitOverflowError(f"init.{name} = {value!r} makes the network's initial map W_D⋯W_1 overflow (norm "
+                                f"{size:.3g}: the loss, its square, is beyond the largest float)",
+                                field=("init", name), fix=fix)
+
+
 def check_learning_rate(tasks: list[Problem], depth: int,
                         training: GradientDescentTraining | StochasticGradientDescentTraining) -> None:
     """GD with η above ``gd_stability_bound`` (times the momentum's stability factor) cannot settle at the minimum
@@ -235,7 +272,11 @@ def check_learning_rate(tasks: list[Problem], depth: int,
     if training.allow_unstable:
         return
     factor = stability_factor(training.momentum, training.nesterov)
-    bounds = [network.gd_stability_bound(task, depth, training.weight_decay) * factor for task in tasks]
+    key = ("gd_stability_bound", depth, float(training.weight_decay))
+    for task in tasks:
+        if key not in task._cache:  # a sweep's points share their problem: its ‖Σ31‖₂ is computed once
+            task._cache[key] = network.gd_stability_bound(task, depth, training.weight_decay)
+    bounds = [task._cache[key] * factor for task in tasks]
     p = int(np.argmin(bounds))
     bound = bounds[p]
     if training.learning_rate > bound:
@@ -263,7 +304,8 @@ def check_samples(request: SimulationRequest, problem: Task) -> None:
             "samples", field=("data",), fix=f'{SGD_FIX}; or use method "gd" on the correlations')
 
 
-def admit_simulation(request: SimulationRequest, limits: Limits) -> SimulationSpec:
+def admit_simulation(request: SimulationRequest, limits: Limits, *, problems: dict | None = None,
+                     data_key: object = None) -> SimulationSpec:
     """Validate ``request`` completely, as the API does before queueing it; raise DynamicsError naming the field.
 
     The service's size and cost limits come first, from the request alone where possible (so an oversized request
@@ -271,10 +313,16 @@ def admit_simulation(request: SimulationRequest, limits: Limits) -> SimulationSp
     symmetric PSD Σ11/Σ33; every phase of a sequence), network widths, init parameters, record times within the run,
     the GD stability bound and the exact method's conditions. A flow run's integrator steps are capped at
     ``limits.max_steps``. An init from_simulation must have its weights filled in already
-    (``service.jobs.continuation`` does it, reading the store).
+    (``service.jobs.continuation`` does it, reading the store). ``problems``: problems already built, by ``data_key``
+    (a sweep's points with the same data share one).
     """
     check_request_limits(request, limits)
-    problem = build_problem(request)
+    if problems is not None and data_key in problems:
+        problem = problems[data_key]
+    else:
+        problem = build_problem(request)
+        if problems is not None:
+            problems[data_key] = problem
     tasks = tasks_of(problem)
     hidden = list(request.network.hidden)
     shapes = network.layer_shapes(tasks[0].n_in, hidden, tasks[0].n_out)
@@ -296,7 +344,9 @@ def build_run(request: SimulationRequest, max_flow_steps: int | None = None) -> 
 def _simulation_spec(request: SimulationRequest, problem: Task, depth: int,
                      max_flow_steps: int | None) -> SimulationSpec:
     tasks = tasks_of(problem)
-    weights0 = build_weights0(request, tasks[0])
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, naming the parameter
+        weights0 = build_weights0(request, tasks[0])
+    check_initial_weights(request, weights0)
     method = build_method(request, max_flow_steps)
     record = build_record(request)
     check_samples(request, problem)
@@ -328,6 +378,12 @@ def build_gradients(request: GradientsRequest, limits: Limits) -> GradientsSpec:
     """
     hidden = [len(w) for w in request.weights[:-1]]
     check_data_limits(request.data, hidden, limits, hidden_field=("weights",))
+    try:
+        cost = gradients_cost(request, limits)
+    except (IndexError, TypeError, ValueError):  # shapes the model cannot read: the checks below say what is wrong
+        cost = None
+    if cost is not None:
+        check_cost(cost, request, limits)
     problem = build_problem(request)
     shapes = network.layer_shapes(problem.n_in, hidden, problem.n_out)
     check_shape_limits(problem.n_in, problem.n_out, hidden, ("data",), ("data",), limits, hidden_field=("weights",))

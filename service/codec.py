@@ -124,6 +124,54 @@ def _unshuffle(data: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarr
     return np.ascontiguousarray(raw).view(dtype).reshape(shape)
 
 
+# Frames are read and decoded this many bytes at a time: a large array is never held twice, nor beside its frame.
+DECODE_PIECE_BYTES = 1 << 22
+
+
+class _FrameStream(io.RawIOBase):
+    """The stored bytes [offset, offset + size) as a file, read a piece at a time (for zstd's stream reader)."""
+
+    def __init__(self, read: Reader, offset: int, size: int) -> None:
+        self._read, self._pos, self._end = read, offset, offset + size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), self._end - self._pos, DECODE_PIECE_BYTES)
+        if count <= 0:
+            return 0
+        data = self._read(self._pos, count)
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _decode_frame(read: Reader, offset: int, size: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """An array from its stored frame (zstd, byte-shuffled), decompressed piece by piece straight into its place:
+    the peak is the array itself plus a few MB, not the frame, the shuffled bytes and the array at once."""
+    count = int(np.prod(shape, dtype=np.int64))
+    out = np.empty(count * dtype.itemsize, dtype=np.uint8)
+    planes = out.reshape(count, dtype.itemsize) if dtype.itemsize > 1 else out.reshape(count, 1)
+    pos = 0
+    with zstandard.ZstdDecompressor().stream_reader(_FrameStream(read, offset, size), read_across_frames=False,
+                                                    closefd=False) as reader:
+        while chunk := reader.read(DECODE_PIECE_BYTES):
+            piece = np.frombuffer(chunk, dtype=np.uint8)
+            if pos + len(piece) > out.size:
+                raise ValueError(f"the frame decodes to more than the {out.size} bytes of a {dtype} array {shape}")
+            done = 0
+            while done < len(piece):  # byte plane k holds byte k of every value
+                plane, start = divmod(pos, count)
+                n = min(len(piece) - done, count - start)
+                planes[start:start + n, plane] = piece[done:done + n]
+                done += n
+                pos += n
+    if pos != out.size:
+        raise ValueError(f"the frame decodes to {pos} bytes, a {dtype} array {shape} has {out.size}")
+    return out.view(dtype).reshape(shape)
+
+
 def pack(arrays: Mapping[str, Value]) -> bytes:
     """The stored form of named arrays and scalars (module docstring); frames compressed on several threads."""
     names = [n for n, v in arrays.items() if isinstance(v, np.ndarray)]
@@ -197,7 +245,13 @@ class StoredTrajectory:
             entry = self._entries.get(name)
             if entry is None or "crc32" not in entry:  # a scalar, or stored before frames carried a CRC
                 continue
-            if zlib.crc32(self._read(self._base + entry["offset"], entry["size"])) != entry["crc32"]:
+            crc, offset, end = 0, self._base + entry["offset"], self._base + entry["offset"] + entry["size"]
+            while offset < end:  # a piece at a time: a large frame is not read whole to be checked
+                piece = self._read(offset, min(DECODE_PIECE_BYTES, end - offset))
+                if not piece:
+                    break
+                crc, offset = zlib.crc32(piece, crc), offset + len(piece)
+            if crc != entry["crc32"]:
                 raise CorruptTrajectory(f"array {name}: its stored bytes fail their CRC-32")
 
     def get(self, name: str) -> Value:
@@ -207,12 +261,18 @@ class StoredTrajectory:
         entry = self._entries.get(name)
         if entry is None:
             return None
-        frame = self._read(self._base + entry["offset"], entry["size"])
         try:
-            data = zstandard.ZstdDecompressor().decompress(frame)
-            return _unshuffle(data, np.dtype(entry["dtype"]), tuple(entry["shape"]))
+            return _decode_frame(self._read, self._base + entry["offset"], entry["size"], np.dtype(entry["dtype"]),
+                                 tuple(entry["shape"]))
         except (zstandard.ZstdError, ValueError) as exc:
             raise CorruptTrajectory(f"array {name}: {exc}") from None
+
+    def nbytes(self, name: str) -> int:
+        """The bytes array ``name`` takes once decoded (0 for a scalar or a name not stored)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return 0
+        return int(np.prod(entry["shape"], dtype=np.int64)) * np.dtype(entry["dtype"]).itemsize
 
 
 class JSONTrajectory:
@@ -246,6 +306,10 @@ class JSONTrajectory:
 
     def get(self, name: str) -> Value:
         return self._values.get(name)
+
+    def nbytes(self, name: str) -> int:
+        value = self._values.get(name)
+        return int(value.nbytes) if isinstance(value, np.ndarray) else 0
 
 
 Stored = StoredTrajectory | JSONTrajectory
@@ -422,27 +486,25 @@ def _float64(a: Any) -> Any:
 
 
 def _iter_array(a: np.ndarray) -> Iterator[bytes]:
-    """``a`` as JSON, in pieces along its first axis."""
-    a = _float64(a)
+    """``a`` as JSON, in pieces along its first axis (float32 converted a piece at a time, not as a whole copy)."""
     per_row = max(1, a[0].size if a.ndim > 1 and len(a) else 1)
     rows = max(1, JSON_PIECE_BYTES // (_BYTES_PER_NUMBER * per_row))
     if a.ndim == 0 or len(a) <= rows:
-        yield _json(a)
+        yield _json(_float64(a))
         return
     yield b"["
     for start in range(0, len(a), rows):
-        yield (b"," if start else b"") + _json(a[start:start + rows])[1:-1]
+        yield (b"," if start else b"") + _json(_float64(a[start:start + rows]))[1:-1]
     yield b"]"
 
 
 def _iter_layered(layers: list[np.ndarray]) -> Iterator[bytes]:
     """Per-layer arrays (T, …) as the document's per time, per layer lists, in pieces of records."""
-    layers = [_float64(a) for a in layers]
     count = len(layers[0])
     rows = max(1, JSON_PIECE_BYTES // (_BYTES_PER_NUMBER * max(1, sum(a[0].size for a in layers))))
     yield b"["
     for start in range(0, count, rows):
-        block = [[layer[t] for layer in layers] for t in range(start, min(start + rows, count))]
+        block = [[_float64(layer[t]) for layer in layers] for t in range(start, min(start + rows, count))]
         yield (b"," if start else b"") + _json(block)[1:-1]
     yield b"]"
 
@@ -542,9 +604,30 @@ def iter_npz(stored: Stored | Mapping[str, Value], fields: Sequence[str] | None 
             if value is None:
                 continue
             with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
-                np.lib.format.write_array(member, _npz_array(name, value), allow_pickle=False)
+                yield from _write_npy(member, _npz_array(name, value), pipe)
             yield pipe.drain()
     yield pipe.drain()
+
+
+# An .npy member is written (and sent) this many bytes at a time.
+NPY_PIECE_BYTES = 1 << 24
+
+
+def _write_npy(member: Any, array: np.ndarray, pipe: _Pipe) -> Iterator[bytes]:
+    """``array`` as ``numpy.lib.format.write_array`` writes it (the same header, its bytes in C order), a slice of
+    rows at a time, each sent before the next is made: an array is never copied whole into the archive's buffer."""
+    header = np.lib.format.header_data_from_array_1_0(array)
+    try:
+        np.lib.format.write_array_header_1_0(member, header)
+    except ValueError:  # a header over 64 KiB: format 2.0, as write_array does
+        np.lib.format.write_array_header_2_0(member, header)
+    if array.ndim == 0 or array.nbytes <= NPY_PIECE_BYTES:
+        member.write(np.ascontiguousarray(array).tobytes("C"))
+        return
+    rows = max(1, NPY_PIECE_BYTES // max(1, array[0].nbytes))
+    for start in range(0, len(array), rows):
+        member.write(np.ascontiguousarray(array[start:start + rows]).tobytes("C"))
+        yield pipe.drain()
 
 
 def to_npz(arrays: Stored | Mapping[str, Value], fields: Sequence[str] | None = None,

@@ -6,6 +6,8 @@ Dask LocalCluster, or a client of DLNSIM_SCHEDULER), which resubmits jobs a cras
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +22,8 @@ from service.api.access import (
     ApiKeyMiddleware,
     ProblemCORSMiddleware,
     document_security,
+    legacy_owner,
+    owner_secret,
     parse_api_keys,
     parse_cors_origins,
 )
@@ -28,13 +32,17 @@ from service.api.docs import install_docs
 from service.api.errors import install_error_handlers
 from service.api.security import SecurityHeadersMiddleware
 from service.api.strict import document_strictness, strict_request
-from service.jobs.database import Database
+from service.http_server import install_access_log_redaction
+from service.jobs.admission import Admission
+from service.jobs.database import Database, rename_owners
+from service.jobs.downloads import DownloadBudget
 from service.jobs.engine import Engine, EngineProtocol
 from service.jobs.retention import RetentionTask
 from service.jobs.store import JobStore
 from service.jobs.submission import Simulations, Sweeps
 from service.jobs.sweep_engine import SweepEngine
 from service.jobs.sweeps_store import SweepStore
+from service.ready import announce_when_ready
 from service.schemas import (
     GradientsRequest,
     ProblemDetails,
@@ -100,50 +108,103 @@ def _add_component_schemas(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+# Settings that are secrets: read once from the environment, then kept from child processes (the embedded Dask
+# workers inherit the environment at spawn, and read only the settings they need).
+SECRET_VARIABLES = ("DLNSIM_API_KEYS", "DLNSIM_OWNER_SECRET")
+
+
+class _Hidden:
+    def __init__(self, saved: dict[str, str]) -> None:
+        self.saved = saved
+
+    def restore(self) -> None:
+        for name, value in self.saved.items():
+            os.environ.setdefault(name, value)
+
+
+def hide_secrets_from_children() -> _Hidden:
+    """Take SECRET_VARIABLES out of this process's environment (the settings hold them already) until ``restore``."""
+    return _Hidden({name: os.environ.pop(name) for name in SECRET_VARIABLES if name in os.environ})
+
+
+def open_database(settings: Settings) -> Database:
+    """The job store of these settings, checked (PRAGMA quick_check) and migrated; StoreDamagedError when damaged."""
+    return Database(settings.data_dir / STORE_FILE, max_bytes=settings.store_max_bytes,
+                    busy_timeout_ms=int(settings.store_busy_timeout_seconds * 1000),
+                    wal_max_bytes=settings.wal_max_bytes)
+
+
 def create_app(settings: Settings | None = None, *,
                engine_factory: Callable[[Settings, JobStore], EngineProtocol] | None = None) -> FastAPI:
     """The app. ``engine_factory(settings, store)`` replaces the Dask engine (tests of HTTP behaviour)."""
     settings = settings or get_settings()
 
+    api_keys = parse_api_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_access_log_redaction()  # uvicorn has configured its loggers by now: no query value is logged
+        # The secrets stay with this process: the workers (spawned now and on restarts) get an environment without
+        # them, and are given nothing that needs them.
+        hidden = hide_secrets_from_children()
         # Requests are validated with numerics (Σ11's eigenvalues, the GD stability bound's SVD) in many
         # threads at once: one BLAS thread each, like the workers. A multi-threaded BLAS here made a validation
         # of milliseconds take about a second under load and starved the event loop (tests/faults/test_load.py;
         # docs/performance.md#load).
         threadpool_limits(limits=1 if settings.blas_threads == "auto" else settings.blas_threads)
-        db = Database(settings.data_dir / STORE_FILE, max_bytes=settings.store_max_bytes)
+        db = open_database(settings)
+        if api_keys:  # unnamed keys' owner ids are keyed hashes (service/api/access.py); earlier plain ones renamed
+            app.state.owner_secret = owner_secret(
+                settings.owner_secret.get_secret_value() if settings.owner_secret else None, settings.data_dir)
+            rename_owners(db, {legacy_owner(k.digest): k.owner_id(app.state.owner_secret)
+                               for k in api_keys if k.name is None})
         store = JobStore(db)
         engine = (engine_factory or Engine)(settings, store)
         # Sweeps share the database and the engine's Dask client.
         sweep_store = SweepStore(db)
         sweep_engine = SweepEngine(settings, sweep_store, engine)
-        simulations = Simulations(store, sweep_store, engine, settings)
-        sweeps = Sweeps(sweep_store, store, sweep_engine, settings)
+        # Admission control (service/jobs/admission.py): validation slots, budgets and quotas, shared by both kinds.
+        admission = Admission(settings, db, store, sweep_store,
+                              key_owners=len({k.name if k.name is not None else k.digest for k in api_keys}))
+        # One memory budget for every trajectory download (service/jobs/downloads.py).
+        downloads = DownloadBudget(settings.download_memory_bytes, settings.download_wait_seconds)
+        simulations = Simulations(store, sweep_store, engine, settings, admission, downloads)
+        sweeps = Sweeps(sweep_store, store, sweep_engine, settings, admission, downloads)
         # Finished jobs older than DLNSIM_RETENTION_DAYS are purged in the background (0: kept forever).
         retention = (RetentionTask(store, sweep_store, days=settings.retention_days,
-                                   interval=settings.retention_interval_seconds)
+                                   interval=settings.retention_interval_seconds,
+                                   keys_hours=settings.idempotency_keep_hours)
                      if settings.retention_days > 0 else None)
+        announcer = None
         try:
             await engine.start()
             await sweep_engine.start()
             app.state.store, app.state.engine = store, engine
             app.state.sweep_store, app.state.sweep_engine = sweep_store, sweep_engine
             app.state.simulations, app.state.sweeps = simulations, sweeps
+            app.state.admission, app.state.downloads = admission, downloads
             if retention is not None:
                 retention.start()
             app.state.retention = retention
+            # python -m service sets announce_ready to its URL: one line once /readyz would answer 200
+            url = getattr(app.state, "announce_ready", None)
+            if url:
+                announcer = asyncio.create_task(announce_when_ready(app, url), name="announce-ready")
             yield
         finally:
+            if announcer is not None:
+                announcer.cancel()
             app.state.store = app.state.engine = None
             app.state.sweep_store = app.state.sweep_engine = None
             app.state.simulations = app.state.sweeps = None
-            app.state.retention = None
+            app.state.retention = app.state.admission = app.state.downloads = None
             if retention is not None:
                 await retention.stop()  # before the store closes: a purge in progress finishes its batch
             await sweep_engine.close()
             await engine.close()
             db.close()
+            app.state.owner_secret = None
+            hidden.restore()
 
     app = FastAPI(
         title="dlnsim",
@@ -162,13 +223,13 @@ def create_app(settings: Settings | None = None, *,
     app.state.store = app.state.engine = None
     app.state.sweep_store = app.state.sweep_engine = None
     app.state.simulations = app.state.sweeps = None
+    app.state.owner_secret = None
     install_error_handlers(app)
     # Outermost last: security headers on everything, CORS (also on 401s, so browsers can read them),
     # then API keys (checked before any body is read), then the body limit.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    api_keys = parse_api_keys(settings.api_keys.get_secret_value() if settings.api_keys else None)
     if api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=api_keys)
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys, secret=lambda: app.state.owner_secret)
     cors_origins = parse_cors_origins(settings.cors_origins)
     if cors_origins:
         app.add_middleware(ProblemCORSMiddleware, origins=cors_origins)

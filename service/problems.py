@@ -37,7 +37,8 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "not-finished": ("Trajectory not available", "The simulation has not succeeded (yet); poll it until "
                                                  "status is succeeded, or read its error."),
     "not-recorded": ("Not recorded", "The run succeeded but did not keep what was asked for (a simulation without "
-                                     "record.similarity or record.kernel, a sweep point of a keep: summary "
+                                     "record.similarity, record.kernel or record.sharpness, the tasks plot of a "
+                                     "single task rather than a task sequence, a sweep point of a keep: summary "
                                      "sweep); run it again recording it."),
     "unknown-query-parameter": ("Unknown query parameter",
                                 "The query string names a parameter this route does not take (a typo, or a parameter "
@@ -52,9 +53,23 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "too-many-active-jobs": ("Too many active jobs for this API key",
                              "This key already has DLNSIM_MAX_ACTIVE_PER_KEY simulations and sweeps queued or "
                              "running; retry after the Retry-After delay, or cancel some."),
+    "compute-budget-exceeded": ("Compute budget exceeded", "This key's queued and running simulations and sweeps "
+                                                           "already use DLNSIM_MAX_KEY_FLOPS of estimated compute; "
+                                                           "retry after the Retry-After delay, or cancel some."),
+    "storage-quota-exceeded": ("Storage quota exceeded", "This key's stored results, plus what its running work and "
+                                                         "this request may store, exceed DLNSIM_STORAGE_QUOTA_BYTES; "
+                                                         "delete simulations or sweeps it no longer needs."),
+    "idempotency-key-spent": ("Idempotency-Key already used", "This Idempotency-Key created a simulation or sweep that "
+                                                              "has since been deleted; the request is not run again. "
+                                                              "Send a new key to run it again."),
     "cors-rejected": ("CORS preflight rejected", "The browser's preflight asked for an origin, method or header "
                                                  "this service does not allow (DLNSIM_CORS_ORIGINS)."),
-    "unavailable": ("Service unavailable", "The job store or the worker cluster is not reachable."),
+    "unavailable": ("Service unavailable", "The job store or the worker cluster is not reachable (or the store is "
+                                           "locked by another connection, or has no room: see the detail); retry "
+                                           "after the Retry-After delay."),
+    "store-damaged": ("Job store damaged", "The job store's file is damaged (a page that does not decode); the "
+                                           "detail names the file and how to recover it. The operator must repair "
+                                           "it: retrying does not help."),
     "invalid-simulation-result": ("Stored result unreadable", "The stored trajectory could not be read."),
     "corrupt-result": ("Stored result corrupt", "The stored trajectory failed its checksum (damaged on disk). A "
                                                 "simulation is queued to run again: poll it until it succeeds. A "
@@ -62,6 +77,15 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "insufficient-storage": ("Insufficient storage", "The disk of the job store (DLNSIM_DATA_DIR) is full, or the "
                                                      "store reached DLNSIM_STORE_MAX_BYTES; nothing was stored. Free "
                                                      "space (delete old simulations, grow the volume), then retry."),
+    "request-timeout": ("Request timeout", "The request's headers or body did not arrive in time "
+                                           "(DLNSIM_HEADER_TIMEOUT_SECONDS, DLNSIM_BODY_TIMEOUT_SECONDS and "
+                                           "DLNSIM_MIN_BODY_RATE); the connection was closed. Send the request at "
+                                           "once."),
+    "headers-too-large": ("Request header fields too large", "The request line and headers are longer than "
+                                                             "DLNSIM_MAX_HEADER_BYTES, or have more than "
+                                                             "DLNSIM_MAX_HEADERS fields."),
+    "uri-too-long": ("URI too long", "The request target is longer than DLNSIM_MAX_HEADER_BYTES."),
+    "malformed-request": ("Malformed HTTP request", "The bytes received are not a valid HTTP/1.1 request."),
     "internal": ("Internal server error", "An unexpected error; it has been logged."),
     "http-error": ("HTTP error", "An HTTP-level error."),
 }

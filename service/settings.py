@@ -24,11 +24,33 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_level: str = "info"
 
+    # Slow and greedy clients (service/http_server.py, README "Settings and limits"): a request's line and headers
+    # must arrive within header_timeout_seconds; its body within body_timeout_seconds plus one second per
+    # min_body_rate bytes received; a response whose client reads nothing for send_timeout_seconds is dropped; an
+    # idle keep-alive connection is closed after keep_alive_seconds. At most max_connections connections are open
+    # (more are answered 503), a request has at most max_header_bytes of line and headers and max_headers fields.
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(10.0, gt=0)
+    min_body_rate: int = Field(8192, ge=1)
+    send_timeout_seconds: float = Field(60.0, gt=0)
+    keep_alive_seconds: int = Field(5, ge=1)
+    max_connections: int = Field(1000, ge=16)
+    max_header_bytes: int = Field(16384, ge=1024)
+    max_headers: int = Field(100, ge=8)
+
     # The job store (SQLite file dlnsim.sqlite3) lives here; created on start.
     data_dir: Path = Path("./data")
     # Largest size of the job store file, in bytes (None: as large as the disk allows). Beyond it, as on a
-    # full disk, writes are refused: new submissions get 507 and finished results wait in memory.
+    # full disk, writes are refused: new submissions get 507 and a finished job whose result does not fit fails (507).
     store_max_bytes: int | None = Field(None, ge=1 << 20)
+    # How long a store write waits for a lock held by another connection before it gives up (the API then answers
+    # 503 with Retry-After; the engines retry the write itself, never the computation).
+    store_busy_timeout_seconds: float = Field(5.0, gt=0)
+    # Free space the store keeps beyond what running work will write: a request whose results would not leave this
+    # much free is refused with 507 (insufficient-storage), and below it /readyz answers 503 (storage full).
+    store_min_free_bytes: int = Field(16 << 20, ge=0)
+    # The WAL is cut back to this many bytes whenever it is reset (PRAGMA journal_size_limit).
+    wal_max_bytes: int = Field(64 << 20, ge=1 << 20)
 
     # Dask: None = an embedded LocalCluster started with the app; "tcp://host:8786" = an existing one.
     scheduler: str | None = None
@@ -47,8 +69,9 @@ class Settings(BaseSettings):
     # numerics yield the CPU to interactive requests on a shared machine (README "Embedded default").
     worker_nice: int = Field(10, ge=0, le=19)
 
-    # Request body cap, checked on Content-Length and on the bytes actually received (413 beyond it).
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # Request body cap, checked on Content-Length and on the bytes actually received (413 beyond it). 32 MiB: its
+    # parse (~0.35 s of a core, ~220 MB of objects) stays within the validation budget below.
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     # Largest width anywhere in the network: n_in, n_out and every hidden layer.
     max_dimension: int = Field(16384, ge=1)
     # Largest matrix a run holds, in entries: Σ11 (n_in²), Σ31 and W (n_out·n_in), each layer.
@@ -65,6 +88,26 @@ class Settings(BaseSettings):
     max_dataset_values: int = Field(8_000_000, ge=1)
     # Largest trajectory, as numbers: points × (n_out·n_in [+ all layer sizes when record.weights]).
     max_trajectory_values: int = Field(50_000_000, ge=1)
+    # The cost model (service/limits.py request_cost), checked from the request alone before anything is built:
+    # what validating one request may cost the API, in FLOP-equivalents (1e10 ≈ a second of one core) and in
+    # bytes held at once, and what one job may compute, in floating-point operations (422 limit-exceeded beyond).
+    max_validation_flops: float = Field(4e9, gt=0)
+    max_validation_bytes: int = Field(256 << 20, ge=1 << 20)
+    max_job_flops: float = Field(1e15, gt=0)
+    # Requests whose validation is heavy (a body over 1 MiB, or over 1e8 FLOP-equivalents) are validated this many
+    # at a time; one that waits longer than validation_wait_seconds for its turn gets 503 with Retry-After.
+    validation_concurrency: int = Field(2, ge=1)
+    validation_wait_seconds: float = Field(10.0, gt=0)
+    # Per API key (all callers together without keys): the estimated FLOPs of its queued and running simulations
+    # and sweeps (429 beyond), and the bytes its stored results plus the expected results of its running work may
+    # take in the store (429 storage-quota-exceeded beyond; DELETE frees it).
+    max_key_flops: float = Field(4e15, gt=0)
+    storage_quota_bytes: int = Field(10 << 30, ge=1 << 20)
+    # Memory all trajectory downloads together may hold in the API (service/jobs/downloads.py): each reserves what it
+    # will hold (about its largest array; netCDF, built whole, four times its arrays) before its first byte, waiting
+    # up to download_wait_seconds for room (then 503 with Retry-After); one that could never fit is a 422.
+    download_memory_bytes: int = Field(1 << 30, ge=64 << 20)
+    download_wait_seconds: float = Field(10.0, gt=0)
     # Most Hessian-vector products record.sharpness may plan: records × sharpness_k × 100 (a typical Lanczos count
     # per eigenvalue; each product costs about two GD steps).
     max_hessian_products: int = Field(10_000_000, ge=1)
@@ -85,6 +128,9 @@ class Settings(BaseSettings):
     # Access (README "Access"). API keys, comma-separated: "token", "name:token", "sha256:<hex>" or
     # "name:sha256:<hex>"; unset = no keys, every route open. A secret, so never shown in a repr.
     api_keys: SecretStr | None = None
+    # The secret of unnamed keys' owner ids (HMAC-SHA256 of the token's hash): unset = a random one kept in
+    # DLNSIM_DATA_DIR/owner-secret, made on first start. Like the keys, never passed on to the workers.
+    owner_secret: SecretStr | None = None
     # Browser origins allowed by CORS, comma-separated (e.g. https://lab.example.org; "*" = any);
     # unset = no CORS headers at all.
     cors_origins: str | None = None
@@ -96,6 +142,9 @@ class Settings(BaseSettings):
     # they finished (0 = kept forever), by a background purge that runs every interval.
     retention_days: float = Field(30, ge=0)
     retention_interval_seconds: float = Field(3600, gt=0)
+    # An Idempotency-Key is kept at least this long after its request, whatever becomes of what it created (a retry
+    # of a deleted simulation's request is answered 410, not run again).
+    idempotency_keep_hours: float = Field(24.0, ge=24.0)
 
 
 @lru_cache

@@ -22,10 +22,24 @@ threadpool_limits(limits=1)
 
 
 from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 from tests.support.server import Server  # noqa: E402
+
+TESTS = Path(__file__).parent
+# `make test` runs the suite in two processes (pytest-xdist, --dist loadgroup), then tests/fuzz alone (schemathesis
+# parametrizes per operation only without xdist). The fault tests stay in one process, one after another: they
+# crash, fill and time real service processes of their own, and their deadlines and memory bounds assume one at a time.
+ONE_PROCESS = ("faults",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        part = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else ""
+        if part in ONE_PROCESS:
+            item.add_marker(pytest.mark.xdist_group(part))
 
 
 @pytest.fixture(scope="session")

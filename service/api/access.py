@@ -14,8 +14,11 @@ digest by ``hmac.compare_digest`` without stopping at a match, so timing tells n
 (or how much of one) matched. /healthz, /readyz, /docs, /openapi.json and /problems stay open: probes
 must work without secrets, and the API's description is not one.
 
-Ownership: a job or sweep stores its creator's key id — the name, or ``sha256:`` plus the first 16 hex
-digits of the token's hash for an unnamed key; never the token. Entries that share a name are one owner
+Ownership: a job or sweep stores its creator's key id — the name, or ``key:`` plus the first 16 hex digits of
+HMAC-SHA256(the server's owner secret, SHA-256 of the token) for an unnamed key; never the token, nor anything
+computable from the token alone (a plain hash prefix would let whoever reads the store test guesses of a token
+offline). The secret is DLNSIM_OWNER_SECRET, or a random one kept in DLNSIM_DATA_DIR/owner-secret (``owner_secret``);
+ids of the earlier form are renamed at start (``legacy_owner``). Entries that share a name are one owner
 (rotate a key by adding the new token under the same name, then removing the old). A key sees only its
 own jobs and sweeps: any other id is a 404, exactly as if it did not exist. Idempotency keys are scoped
 per owner. With keys off, nothing is filtered and jobs are stored without owner; such jobs are not
@@ -29,10 +32,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
-from collections.abc import Sequence
+import secrets
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -67,18 +73,56 @@ def current_owner() -> str | None:
 
 @dataclass(frozen=True)
 class ApiKey:
-    owner: str      # the stable id stored with jobs
-    digest: bytes   # SHA-256 of the token
+    name: str | None  # the entry's name, the stable id stored with jobs (None: an unnamed key, see ``owner_id``)
+    digest: bytes     # SHA-256 of the token
+
+    def owner_id(self, secret: bytes) -> str:
+        """The id stored with this key's jobs: its name, or the keyed hash of its digest."""
+        return self.name if self.name is not None else keyed_owner(self.digest, secret)
 
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+def keyed_owner(digest: bytes, secret: bytes) -> str:
+    """An unnamed key's id: ``key:`` and 16 hex digits of HMAC-SHA256(secret, the token's SHA-256)."""
+    return "key:" + hmac.new(secret, digest, hashlib.sha256).hexdigest()[:KEY_ID_HEX]
+
+
+def legacy_owner(digest: bytes) -> str:
+    """The id earlier versions stored for an unnamed key (a plain hash prefix): renamed at start."""
+    return "sha256:" + digest.hex()[:KEY_ID_HEX]
+
+
+OWNER_SECRET_FILE = "owner-secret"
+
+
+def owner_secret(configured: str | None, data_dir: Path) -> bytes:
+    """DLNSIM_OWNER_SECRET, or the random secret kept in ``data_dir``/owner-secret (made on first use, mode 0600), so
+    that ids stay the same across restarts."""
+    if configured:
+        return configured.encode()
+    path = Path(data_dir) / OWNER_SECRET_FILE
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made meanwhile by another start on this data dir
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+    return secret
+
+
 def parse_api_keys(text: str | None) -> tuple[ApiKey, ...]:
     """``DLNSIM_API_KEYS`` -> keys; raises ValueError naming the bad entry (never echoing a secret)."""
     keys: list[ApiKey] = []
-    owners: dict[bytes, str] = {}
+    owners: dict[bytes, str | None] = {}
     for number, entry in enumerate((text or "").split(","), start=1):
         entry = entry.strip()
         if not entry:
@@ -98,21 +142,20 @@ def parse_api_keys(text: str | None) -> tuple[ApiKey, ...]:
                              "- . _ ~ + / (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         else:
             digest = _digest(secret)
-        owner = name if name is not None else "sha256:" + digest.hex()[:KEY_ID_HEX]
-        if owners.setdefault(digest, owner) != owner:
+        if owners.setdefault(digest, name) != name:
             raise ValueError(f"{where}: the same key is listed under two names")
-        keys.append(ApiKey(owner, digest))
+        keys.append(ApiKey(name, digest))
     return tuple(keys)
 
 
-def authenticate(keys: Sequence[ApiKey], token: str) -> str | None:
-    """The owner of ``token``, or None. Every digest is compared (no early exit)."""
+def authenticate(keys: Sequence[ApiKey], token: str, secret: bytes) -> str | None:
+    """The owner id of ``token``, or None. Every digest is compared (no early exit)."""
     digest = _digest(token)
-    owner = None
+    found = None
     for key in keys:
         if hmac.compare_digest(digest, key.digest):
-            owner = key.owner
-    return owner
+            found = key
+    return found.owner_id(secret) if found is not None else None
 
 
 def _unauthorized(path: str, presented: bool, detail: str) -> JSONResponse:
@@ -131,9 +174,11 @@ class ApiKeyMiddleware:
     """401 for /v1 requests without a valid bearer key, before the body is read; else the request runs
     with ``current_owner()`` set to the key's id."""
 
-    def __init__(self, app: ASGIApp, keys: Sequence[ApiKey]) -> None:
+    def __init__(self, app: ASGIApp, keys: Sequence[ApiKey], secret: Callable[[], bytes | None]) -> None:
+        """``secret()``: the owner secret, set by the app's lifespan (None before: 503)."""
         self.app = app
         self.keys = tuple(keys)
+        self.secret = secret
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_api_path(scope["path"]):
@@ -145,7 +190,14 @@ class ApiKeyMiddleware:
         else:
             scheme, _, token = header.strip().partition(" ")
             token = token.strip()
-            owner = authenticate(self.keys, token) if scheme.lower() == "bearer" and token else None
+            secret = self.secret()
+            if secret is None:  # the lifespan has not started (or has ended)
+                body = problem_body(503, "unavailable", "the service is starting or stopping; retry shortly",
+                                    instance=scope["path"])
+                await JSONResponse(body, status_code=503, media_type=PROBLEM_MEDIA_TYPE,
+                                   headers={"Retry-After": "1"})(scope, receive, send)
+                return
+            owner = authenticate(self.keys, token, secret) if scheme.lower() == "bearer" and token else None
             if owner is not None:
                 reset = _owner.set(owner)
                 try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from itertools import groupby
 from typing import Any
 
@@ -23,14 +24,23 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from service.api.security import security_headers
-from service.jobs.database import StorageFullError
+from service.jobs.database import (
+    IdempotencyKeySpent,
+    StorageFullError,
+    StoreBusyError,
+    StoreDamagedError,
+    classify,
+)
 from service.problems import (
     MAX_FIELD_ERRORS,
     PROBLEM_MEDIA_TYPE,
     TITLES,
     ProblemError,
+    field_error,
     problem_body,
 )
 from service.schemas.validation import summarize, validation_field_errors
@@ -120,12 +130,62 @@ async def _storage_full_handler(request: Request, exc: StorageFullError) -> JSON
         "growing the volume", headers={"Retry-After": str(STORAGE_FULL_RETRY_AFTER)}))
 
 
+# A lock held by another connection is usually gone in seconds.
+STORE_BUSY_RETRY_AFTER = 5
+
+
+async def _store_busy_handler(request: Request, exc: StoreBusyError) -> JSONResponse:
+    logger.warning("answered %s %s with 503: %s", request.method, request.url.path, exc)
+    return problem_response(request, ProblemError(
+        503, "unavailable", "the job store is locked by another connection (another process's transaction, a "
+        "backup) for longer than this service waits: nothing was changed; retry after the Retry-After delay",
+        headers={"Retry-After": str(STORE_BUSY_RETRY_AFTER)}))
+
+
+async def _store_damaged_handler(request: Request, exc: StoreDamagedError) -> JSONResponse:
+    store = getattr(request.app.state, "store", None)
+    if store is not None:
+        store.db.damaged = exc.reason  # /readyz says so from now on
+    logger.error("answered %s %s with 503: %s", request.method, request.url.path, exc)
+    return problem_response(request, ProblemError(503, "store-damaged", str(exc)))
+
+
+async def _key_spent_handler(request: Request, exc: IdempotencyKeySpent) -> JSONResponse:
+    return problem_response(request, ProblemError(
+        410, "idempotency-key-spent", f"{exc}: its request was answered then and is not run again",
+        errors=[field_error(["Idempotency-Key"], "idempotency_key_spent", str(exc),
+                            "send a new Idempotency-Key to run the request again", "header")]))
+
+
+async def _database_error_handler(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+    """An SQLite error raised outside ``Database.write`` (a read): typed by its code, else unexpected."""
+    store = getattr(request.app.state, "store", None)
+    path, timeout = (store.db.path, store.db.busy_timeout) if store is not None else ("the job store", 0.0)
+    typed = classify(exc, path, timeout)
+    if isinstance(typed, StoreBusyError):
+        return await _store_busy_handler(request, typed)
+    if isinstance(typed, StoreDamagedError):
+        return await _store_damaged_handler(request, typed)
+    if isinstance(typed, StorageFullError):
+        return await _storage_full_handler(request, typed)
+    return await _unhandled_handler(request, exc)
+
+
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     problem = ProblemError(500, "internal", "an unexpected error occurred; it has been logged")
     # Starlette sends this response from its outermost middleware, past SecurityHeadersMiddleware.
     problem.headers = security_headers(request.url.path, PROBLEM_MEDIA_TYPE)
+    # Starlette re-raises the error after this answer and uvicorn then closes the connection: say so, or a pooled
+    # client sends its next request on a socket about to close and cannot tell whether it was received.
+    problem.headers["Connection"] = "close"
     return problem_response(request, problem)
+
+
+async def _client_disconnect_handler(request: Request, exc: ClientDisconnect) -> Response:
+    # A client that went away mid-upload: an ordinary event, not an error (no traceback; nobody reads the answer).
+    logger.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=400, headers={"Connection": "close"})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -133,6 +193,11 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
     app.add_exception_handler(StorageFullError, _storage_full_handler)
+    app.add_exception_handler(StoreBusyError, _store_busy_handler)
+    app.add_exception_handler(StoreDamagedError, _store_damaged_handler)
+    app.add_exception_handler(sqlite3.DatabaseError, _database_error_handler)
+    app.add_exception_handler(IdempotencyKeySpent, _key_spent_handler)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect_handler)
     app.add_exception_handler(Exception, _unhandled_handler)
 
 
@@ -144,12 +209,13 @@ _DESCRIPTIONS = {
     404: "No simulation with this id",
     406: "No representation matches the Accept header",
     409: "The simulation is not in a state that allows this",
+    410: "This Idempotency-Key created a simulation or sweep that has since been deleted: not run again",
     413: "Request body larger than the configured limit",
     415: "Body is not sent as application/json",
     422: "Invalid request: the errors list names each field, what is wrong and how to fix it",
     429: "Too many simulations queued; retry after the Retry-After delay",
     500: "Unexpected server error",
-    503: "Job store or worker unreachable",
+    503: "Job store or worker unreachable, the store locked, or the service busy validating large requests",
     507: "The job store's disk is full: nothing was stored; retry after the Retry-After delay",
 }
 

@@ -42,7 +42,7 @@ def _compute(body: bytes, limits: Limits) -> dict[str, Any]:
     "",
     response_model=Gradients,
     summary="The loss and its gradient at given weights",
-    responses={**problem_responses(400, 413, 415, 422)},
+    responses={**problem_responses(400, 413, 415, 422, 503)},
     openapi_extra=json_request_body("GradientsRequest", GRADIENTS_EXAMPLES),
 )
 async def compute_gradients(request: Request, settings: SettingsDep) -> dict[str, Any]:
@@ -52,4 +52,9 @@ async def compute_gradients(request: Request, settings: SettingsDep) -> dict[str
     symmetric PSD, finite entries, the service's size limits)."""
     check_media_type(request)
     body = await request.body()
-    return await run_in_threadpool(_compute, body, Limits.from_settings(settings))
+    admission = getattr(request.app.state, "admission", None)
+    if admission is None:
+        return await run_in_threadpool(_compute, body, Limits.from_settings(settings))
+    # A large body is parsed and validated in one of the few validation slots (service/jobs/admission.py).
+    async with admission.validating(len(body)):
+        return await run_in_threadpool(_compute, body, Limits.from_settings(settings))

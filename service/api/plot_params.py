@@ -48,9 +48,11 @@ class SimulationPlotQuery:
 
 
 async def simulation_plot_query(
-    kind: Annotated[Literal["loss", "modes", "product", "similarity", "kernel"], Query(
-        description="What to draw: loss, modes (with theory), product (W, W* and the teacher), similarity (hidden "
-                    "RSM), kernel (NTK distance).")] = "modes",
+    kind: Annotated[Literal["loss", "modes", "product", "similarity", "kernel", "tasks", "sharpness"], Query(
+        description="What to draw: loss (with its theories and the linearised network's loss), modes (with theory), "
+                    "product (W, W* and the teacher), similarity (hidden RSM), kernel (NTK distance), tasks (every "
+                    "task's loss through a task sequence: forgetting), sharpness (top Hessian eigenvalues and "
+                    "2/η).")] = "modes",
     time_scale: ScaleQuery = "auto",
     y_scale: YScaleQuery = "auto",
     time: Annotated[list[Annotated[float, Field(ge=0)]] | None, Query(

@@ -56,14 +56,22 @@ PNG (`plot.png`, `dpi` 50–600, default 150: slides) or PDF (`plot.pdf`: papers
   (●: the time a mode's strength first reaches half its strength at the optimum). Modes with s = 0 are left out;
   modes with one singular value share a colour and a legend row.
 * `kind=loss`: L(t) (L − L* when Σ33 is unknown) with L* dotted; with test data the test loss, its minimum ▼ and the
-  early-stopping time t_stop, and the loss theory dashed. On a log axis values below the run's round-off floor are
-  not drawn (a grey band says where it is).
+  early-stopping time t_stop, and the loss theory dashed; with `record.linearized` the loss of the network linearised
+  at its init (NTK fixed at K(0)) dashed green; for the noisy_teacher preset Lampinen & Ganguli's random-matrix
+  prediction dash-dotted. On a log axis values below the run's round-off floor are not drawn (a grey band says where
+  it is).
 * `kind=product`: heatmaps of W(t) at the stage times (the modes' learning times; with test data t_stop), the last
   record, the optimum W* and a noisy teacher's W̄. Past 48 rows or columns a selection is shown and named.
 * `kind=kernel`: the NTK's distance d_K from its start (black) and each hidden layer's Grams P_h, Q_h, with each
   term's share of K; log y for a lazy run (needs `record.kernel: true`, else 409 not-recorded).
 * `kind=similarity`: the hidden-layer item similarity RSM = W21ᵀW21 at t = 0, the stage times and the end (needs
   `record.similarity: true`, else 409 not-recorded).
+* `kind=tasks`: a task sequence (data kind `sequence`): every phase's task loss `task_loss` against t, one line per
+  phase (task A, task B, …), the switch times `phase_starts` dashed, each phase's span tinted in its task's colour and
+  named on the top axis; log y when the losses span more than two decades (a single task: 409 not-recorded).
+* `kind=sharpness`: the top Hessian eigenvalues (`sharpness`, λ_1 = the sharpness bold) with GD's stability threshold
+  `sharpness_threshold` = 2/η dashed (the edge of stability; flow and exact have none, the legend says so), and the
+  training loss in a panel above (needs `record.sharpness: true`, else 409 not-recorded).
 
 `time_scale=auto` (default) puts time on a log axis when the dynamics end early in [0, t_end] or the modes are
 learned on very different time scales (the figure says why); `linear` and `log` force it (`log_time=true` is the

@@ -19,7 +19,8 @@ from service.api.strict import known_query
 from service.dynamics.errors import DynamicsError
 from service.dynamics.modes import mode_basis
 from service.dynamics.presets import PRESETS, PresetParam, build_preset, preset_labels
-from service.limits import Limits, check_shape_limits, preset_shape
+from service.jobs.admission import HEAVY_FLOPS
+from service.limits import Limits, check_preset_cost, check_shape_limits, preset_cost, preset_shape
 from service.problems import ProblemError, dynamics_problem, field_error
 from service.schemas import PRESET_MODELS, PresetDetail, PresetList
 from service.schemas.validation import validation_problem
@@ -100,6 +101,7 @@ def _build_detail(name: str, query: list[tuple[str, str]], limits: Limits) -> di
         if shape is not None:  # the service's size limits, checked before anything is allocated
             n_in, n_out, in_field, out_field = shape
             check_shape_limits(n_in, n_out, [], in_field, out_field, limits)
+        check_preset_cost(name, values, limits)  # and what building it would cost
         # field_prefix (): errors name the query parameter itself ("depth"), not data.depth
         problem = build_preset(name, values, field_prefix=())
     except DynamicsError as exc:
@@ -130,7 +132,7 @@ def _preset_parameters(request: Request) -> list[str] | None:
     "/{name}",
     response_model=PresetDetail,
     summary="One preset, built: dimensions, singular values of Σ31, item and feature names",
-    responses={**problem_responses(404, 422)},
+    responses={**problem_responses(404, 422, 503)},
 )
 @known_query(_preset_parameters)
 async def get_preset(
@@ -143,5 +145,20 @@ async def get_preset(
     if name not in PRESETS:
         raise ProblemError(404, "not-found", f"no preset named {name!r}; the presets are {', '.join(PRESETS)}")
     query = list(request.query_params.multi_items())
-    # Building a preset (an SVD of up to 2047 × 1024) is CPU work: off the event loop.
-    return await run_in_threadpool(_build_detail, name, query, Limits.from_settings(settings))
+    limits = Limits.from_settings(settings)
+    # Building a preset (an SVD of up to 2047 × 1024) is CPU work: off the event loop, and when costly, in one of
+    # the few validation slots (service/jobs/admission.py) that bound what the API spends at once.
+    admission = getattr(request.app.state, "admission", None)
+    heavy = False
+    try:
+        values = dict(query)
+        heavy = preset_cost(name, {**{p.name: p.default for p in PRESETS[name].params},
+                                   **{k: _query_value(v, None) for k, v in values.items()}}, limits
+                            ).validation_flops > HEAVY_FLOPS
+    except Exception:  # noqa: BLE001 - the parameters are checked properly in _build_detail
+        heavy = False
+    if admission is None or not heavy:
+        return await run_in_threadpool(_build_detail, name, query, limits)
+    async with admission.validating(0) as ticket:
+        await ticket.hold()
+        return await run_in_threadpool(_build_detail, name, query, limits)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
+
 from service import codec
 from service.api.negotiation import JSON, NETCDF, NPZ, TRAJECTORY_MEDIA_TYPES, negotiate
 from service.problems import ProblemError, field_error
@@ -13,6 +16,8 @@ from service.results_table import CSV, PARQUET, parquet_available
 
 EXTENSIONS = {NPZ: "npz", NETCDF: "nc"}
 BINARY = {"type": "string", "format": "binary"}  # the OpenAPI schema of a binary representation
+# The response header of every route whose representation follows the request's Accept header (OpenAPI).
+VARY_ACCEPT = {"Vary": {"description": "Accept: the representation depends on it", "schema": {"type": "string"}}}
 
 
 def accepted(accept: str | None) -> str:
@@ -47,7 +52,25 @@ def encoder(media: str, fields: list[str] | None, every: int | None,
             return codec.iter_npz(stored, fields, every)
         return iter([codec.to_netcdf(stored, fields, every, attributes)])
 
+    # What the download budget needs to know (service/jobs/downloads.py): netCDF is built whole, ``every`` copies.
+    encode.whole = media not in (JSON, NPZ)  # type: ignore[attr-defined]
+    encode.thinned = every not in (None, 1)  # type: ignore[attr-defined]
+    encode.fields = fields  # type: ignore[attr-defined]
     return encode
+
+
+def streamed(pieces: Iterator[bytes], media: str, name: str) -> StreamingResponse:
+    """The response sending ``pieces`` (a stored trajectory's, service/jobs/submission.py). When it ends, sent or
+    dropped by its client, the pieces' generator is closed: its store connection closes and its share of the download
+    budget (service/jobs/downloads.py) is given back at once, not whenever the garbage collector finds it."""
+    return StreamingResponse(pieces, media_type=media, headers=download_headers(media, name),
+                             background=BackgroundTask(_close, pieces))
+
+
+def _close(pieces: Iterator[bytes]) -> None:
+    close = getattr(pieces, "close", None)
+    if close is not None:
+        close()
 
 
 def download_headers(media: str, name: str) -> dict[str, str]:

@@ -64,7 +64,7 @@ _SIMULATION_LINKS = {
               "headers": {"Location": {"description": "The simulation's URL", "schema": {"type": "string"}},
                           **_NOT_TERMINAL_HEADERS},
               "links": _SIMULATION_LINKS},
-        **problem_responses(400, 413, 415, 422, 429, 503, 507),
+        **problem_responses(400, 410, 413, 415, 422, 429, 503, 507),
     },
     openapi_extra=json_request_body("SimulationRequest", REQUEST_EXAMPLES),
 )

@@ -17,14 +17,13 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
 
 from service.api.bodies import check_media_type, json_request_body
 from service.api.deps import ListFilterDep, OwnerDep, SettingsDep, StatusQuery, SweepsDep
 from service.api.documents import list_json, point_document, point_values, sweep_json
 from service.api.errors import problem_responses
 from service.api.negotiation import JSON, NETCDF, NPZ
-from service.api.representations import BINARY, accepted, download_headers, encoder, results_media
+from service.api.representations import BINARY, VARY_ACCEPT, accepted, encoder, results_media, streamed
 from service.jobs.submission import Sweeps
 from service.jobs.sweeps_store import SweepRow
 from service.results_table import CSV, PARQUET, results_table, to_csv, to_parquet
@@ -116,7 +115,7 @@ IdempotencyKey = Annotated[str | None, Header(
                                                   "schema": {"type": "string"}},
                           **_SWEEP_CONTENT_HEADERS},
               "links": _SWEEP_LINKS},
-        **problem_responses(400, 413, 415, 422, 429, 503, 507,
+        **problem_responses(400, 410, 413, 415, 422, 429, 503, 507,
                          d422="Invalid sweep: a point (named by its grid entry or point index), the base, or the "
                               "sweep's size above DLNSIM_MAX_SWEEP_POINTS; or an Idempotency-Key already used with "
                               "a different body (idempotency-key-reused)",
@@ -161,8 +160,7 @@ async def get_sweep(sweep_id: SweepId, sweeps: SweepsDep, settings: SettingsDep,
     responses={200: {"model": SweepResults, "description": "One page of points (all of them, finished or not); "
                                                            "the whole table as CSV or Parquet on request.",
                      "content": {CSV: {"schema": {"type": "string"}}, PARQUET: {"schema": BINARY}},
-                     "headers": {"Vary": {"description": "Accept: the representation depends on it",
-                                          "schema": {"type": "string"}}}},
+                     "headers": VARY_ACCEPT},
                **problem_responses(404, 406, 422, d404=NOT_FOUND)},
 )
 async def list_sweep_results(
@@ -207,7 +205,7 @@ async def get_sweep_point_trajectory(sweep_id: SweepId, k: PointIndex, request: 
                                      owner: OwnerDep) -> Response:
     media = accepted(request.headers.get("accept"))
     pieces = await sweeps.stream_point_trajectory(sweep_id, k, owner, encoder(media, None, None))
-    return StreamingResponse(pieces, media_type=media, headers=download_headers(media, f"sweep-{sweep_id}-point-{k}"))
+    return streamed(pieces, media, f"sweep-{sweep_id}-point-{k}")
 
 
 @router.get(

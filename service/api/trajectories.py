@@ -13,14 +13,13 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import StringConstraints
 
 from service import codec
 from service.api.deps import OwnerDep, SimulationsDep
 from service.api.errors import problem_responses
 from service.api.negotiation import NETCDF, NPZ
-from service.api.representations import BINARY, accepted, download_headers, encoder, selected
+from service.api.representations import BINARY, VARY_ACCEPT, accepted, encoder, selected, streamed
 from service.jobs.store import JobRow
 from service.schemas import Trajectory
 
@@ -77,7 +76,7 @@ async def _serve(simulations: SimulationsDep, owner: str | None, job_id: str, me
     kept = selected(fields)
     attributes = _attributes(await simulations.get(job_id, owner)) if media == NETCDF else None
     pieces = await simulations.stream_trajectory(job_id, owner, kept, encoder(media, kept, every, attributes))
-    return StreamingResponse(pieces, media_type=media, headers=download_headers(media, f"trajectory-{job_id}"))
+    return streamed(pieces, media, f"trajectory-{job_id}")
 
 
 @router.get(
@@ -88,8 +87,7 @@ async def _serve(simulations: SimulationsDep, owner: str | None, job_id: str, me
     responses={200: {"model": Trajectory, "description": "The recorded trajectory (JSON, or .npz or netCDF on "
                                                          "request).",
                      "content": {NPZ: {"schema": BINARY}, NETCDF: {"schema": BINARY}},
-                     "headers": {"Vary": {"description": "Accept: the representation depends on it",
-                                          "schema": {"type": "string"}}}},
+                     "headers": VARY_ACCEPT},
                **problem_responses(404, 406, 409, 422)},
 )
 async def get_trajectory(job_id: JobId, request: Request, simulations: SimulationsDep, owner: OwnerDep,

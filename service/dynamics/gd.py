@@ -243,6 +243,19 @@ def set_blas_threads(n: int) -> None:
 
 
 @contextlib.contextmanager
+def leave_blas_alone():
+    """Within this block, runs on this thread leave the process's BLAS thread counts as they are
+    (``blas_threads_for`` does nothing): for a worker's warm-up, whose tiny runs may run beside a job (its later
+    tier, service/jobs/warmup.py), and whose counts must stay the job's."""
+    previous = getattr(_scratch, "blas_alone", False)
+    _scratch.blas_alone = True
+    try:
+        yield
+    finally:
+        _scratch.blas_alone = previous
+
+
+@contextlib.contextmanager
 def blas_threads_for(flops: float, clock: HookClock | None = None):
     """Context manager for a run's stepping: BLAS limited to one thread for steps below
     SINGLE_THREAD_MAX_FLOPS; above, the count ``clock``'s ``blas_threads`` hook asks for, asked now and at
@@ -252,6 +265,9 @@ def blas_threads_for(flops: float, clock: HookClock | None = None):
     The limit is process-wide while it lasts (threadpoolctl; once per run); in a process already pinned to one
     thread (the job worker's default) the single-thread limit changes nothing.
     """
+    if getattr(_scratch, "blas_alone", False):
+        yield
+        return
     if flops < SINGLE_THREAD_MAX_FLOPS:
         with _threadpools().limit(limits=1, user_api="blas"):
             yield

@@ -39,6 +39,8 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 from numba.np.linalg import ensure_blas
 
+from . import kernel_cache
+
 RUNNING, COMPLETED, CONVERGED, DIVERGED = 0, 1, 2, 3
 
 # Steps between explicit gradient checks. A check costs about two extra passes over the weights; 32 makes
@@ -73,6 +75,7 @@ BLAS = "numpy" if NUMPY_CBLAS_PATH else "scipy"
 # Compiled kernels are cached on disk only with numpy's CBLAS: a cache written under one BLAS choice must
 # never be loaded under the other (the choice is not part of numba's cache key).
 CACHE = BLAS == "numpy"
+kernel_cache.install()  # several processes may compile into one cache (kernel_cache.py)
 if BLAS == "scipy":
     ensure_blas()  # makes numba's helper resolve scipy's BLAS (raises if scipy is missing)
 

@@ -61,11 +61,13 @@ from numba import njit
 from scipy.integrate import solve_ivp
 from scipy.linalg.lapack import dsytrd
 
-from . import network
+from . import kernel_cache, network
 from .methods import Exact, GradientDescent, GradientFlow
 from .modes import optimum
 from .ntk import hidden_grams
 from .problem import Problem, least_squares
+
+kernel_cache.install()  # several processes may compile into one cache (kernel_cache.py)
 
 # "dense" eigendecomposes the (n_out·n_in)² matrix H: up to this n_out·n_in (≈ 10·N³ = 1.3e9 FLOPs, ~0.1 s at 512).
 DENSE_MAX_DIM = 512

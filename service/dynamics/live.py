@@ -12,14 +12,16 @@ threads, else to round-off):
     test_loss    L_test(W) on the problem's test data (null without)
     strength     u_α = u_αᵀ W v_α per mode α (docs/theory.md#modes)
 
-with W = W_D ⋯ W_1 the record's network map. Cost per record: the product and three small matrix products,
-against the tens of steps a record usually spans.
+with W = W_D ⋯ W_1 the record's network map. The products behind them (W, the fit gap, the strengths of every mode,
+the test loss: ``RecordProducts``) are kept, and ``simulate.build_trajectory`` takes them for the records they cover
+instead of computing them again (``Hooks.computed``): the live view adds the messages, not the matrix products, to
+a run, and its numbers are the trajectory's by construction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,8 +29,71 @@ import numpy as np
 from . import network
 from .generalization import test_loss
 from .methods import RunResult
-from .modes import excess_loss, mode_basis, mode_strengths, optimum
+from .modes import ModeBasis, excess_loss, mode_basis, mode_strengths, optimum
 from .problem import Problem, least_squares
+
+
+@dataclass(frozen=True)
+class RecordProducts:
+    """What a run's curves are computed from, for T consecutive records: the network map W = W_D ⋯ W_1 (T, o, i), the
+    fit gap ‖W F − G‖² (T,), the strengths u_αᵀ W v_α of every mode (T, k) and the test loss (T,) or None; with the
+    records' times and steps, which say which records these are."""
+
+    times: np.ndarray
+    steps: np.ndarray | None
+    product: np.ndarray
+    gap: np.ndarray
+    strength: np.ndarray
+    test: np.ndarray | None
+
+    @staticmethod
+    def of(problem: Problem, basis: ModeBasis, times: np.ndarray, steps: np.ndarray | None,
+           product: np.ndarray) -> RecordProducts:
+        """The products of records with network maps ``product`` (T, o, i)."""
+        return RecordProducts(times, steps, product, np.atleast_1d(network.fit_gap(problem, product)),
+                              mode_strengths(product, basis).reshape(len(times), -1), test_loss(problem, product))
+
+    @staticmethod
+    def joined(blocks: Sequence[RecordProducts]) -> RecordProducts:
+        """Consecutive blocks as one (the first block itself when there is one)."""
+        if len(blocks) == 1:
+            return blocks[0]
+
+        def joined(name: str) -> np.ndarray | None:
+            parts = [getattr(b, name) for b in blocks]
+            return None if parts[0] is None else np.concatenate(parts)
+
+        return RecordProducts(*(joined(name) for name in ("times", "steps", "product", "gap", "strength", "test")))
+
+    def head(self, n: int) -> RecordProducts:
+        """The first ``n`` records (these records themselves when there are no more)."""
+        if n == len(self.times):
+            return self
+        return RecordProducts(*(None if a is None else a[:n] for a in (self.times, self.steps, self.product, self.gap,
+                                                                       self.strength, self.test)))
+
+    def covered(self, times: np.ndarray, steps: np.ndarray | None) -> int:
+        """How many of the records with these ``times`` and ``steps``, from the first, are these records: a finished
+        run keeps the records it reported, except that its last one may be moved (converged or diverged early)."""
+        n = min(len(times), len(self.times))
+        same = self.times[:n] == times[:n]
+        if steps is not None:
+            if self.steps is None:
+                return 0
+            same &= self.steps[:n] == steps[:n]
+        return n if same.all() else int(np.argmin(same))
+
+
+def record_products(problem: Problem, basis: ModeBasis, times: np.ndarray, steps: np.ndarray | None,
+                    weights: Sequence[np.ndarray], known: RecordProducts | None = None) -> RecordProducts:
+    """The products of a run's records from their float64 weight stacks; those of the first records that ``known``
+    covers (``RecordProducts.covered``: the live view's, ``Hooks.computed``) are taken from it, not computed again."""
+    n = 0 if known is None else known.covered(times, steps)
+    if known is not None and n == len(times):
+        return known.head(n)
+    rest = RecordProducts.of(problem, basis, times[n:], None if steps is None else steps[n:],
+                             network.network_map([w[n:] for w in weights]))
+    return rest if n == 0 else RecordProducts.joined([known.head(n), rest])
 
 
 def _numbers(a: np.ndarray) -> list:
@@ -39,32 +104,40 @@ def _numbers(a: np.ndarray) -> list:
 
 
 class LiveRecords:
-    """The live summaries of one run's records (the problem's basis and optimum computed once)."""
+    """The live summaries of one run's records (the problem's basis and optimum computed once), and the products they
+    were computed from (``computed``)."""
 
     def __init__(self, problem: Problem, hidden: Sequence[int]) -> None:
         self.problem = problem
         self.basis = mode_basis(problem)
         self.optimum = optimum(problem, list(hidden))
         self.residual = least_squares(problem).residual
+        self.blocks: list[RecordProducts] = []
 
     def summaries(self, start: int, run: RunResult, modes: int | None = None) -> list[dict[str, Any]]:
         """One dict per record of ``run`` (records ``start``, ``start + 1``, …): index, time, step, loss,
         excess_loss, test_loss and strength (per mode: the first ``modes``, all when None), as JSON-ready numbers."""
         weights = [w.astype(np.float64, copy=False) for w in run.weights]
-        product = network.network_map(weights)
-        gap = np.atleast_1d(network.fit_gap(self.problem, product))
-        count = len(run.times)
-        basis = self.basis if modes is None else replace(self.basis, u=self.basis.u[:, :modes],
-                                                             s=self.basis.s[:modes], v=self.basis.v[:, :modes])
-        strength = mode_strengths(product, basis).reshape(count, -1)
-        test = test_loss(self.problem, product)
+        block = RecordProducts.of(self.problem, self.basis, np.asarray(run.times, dtype=np.float64), run.steps,
+                                  network.network_map(weights))
+        if start == sum(len(b.times) for b in self.blocks):  # the next records of this run (not a replay)
+            self.blocks.append(block)
+        count = len(block.times)
         columns = {
             "index": list(range(start, start + count)),
-            "time": _numbers(np.asarray(run.times, dtype=np.float64)),
+            "time": _numbers(block.times),
             "step": [None] * count if run.steps is None else np.asarray(run.steps).tolist(),
-            "loss": [None] * count if self.residual is None else _numbers(self.residual + gap),
-            "excess_loss": _numbers(excess_loss(gap, self.optimum)),
-            "test_loss": [None] * count if test is None else _numbers(np.asarray(test)),
-            "strength": _numbers(strength),
+            "loss": [None] * count if self.residual is None else _numbers(self.residual + block.gap),
+            "excess_loss": _numbers(excess_loss(block.gap, self.optimum)),
+            "test_loss": [None] * count if block.test is None else _numbers(np.asarray(block.test)),
+            "strength": _numbers(block.strength[:, :modes]),
         }
         return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+    def computed(self) -> RecordProducts | None:
+        """The products of the records summarised so far, as one block (None before the first); the blocks are
+        joined once and kept joined."""
+        if not self.blocks:
+            return None
+        self.blocks = [RecordProducts.joined(self.blocks)]
+        return self.blocks[0]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .live import RecordProducts
 
 # Gradient-norm tolerance for ``converged``: stop when sqrt(Σ_l ‖∂L/∂W_l‖²) ≤ CONVERGENCE_RTOL · ‖Σ31‖_F,
 # i.e. relative to the scale of the initial gradient of a small init. 1e-10 lets float64 runs reach
@@ -122,7 +125,9 @@ class Hooks:
     run the cores other runs leave free (steps below ``gd.SINGLE_THREAD_MAX_FLOPS`` stay on one thread).
     ``records(start, run)`` gets, at every check and once at the end of the stepping, the records made since the
     last call: ``run`` holds records ``start``, ``start + 1``, … (outcome "stopped": a run in progress), for a live
-    view of the run (gd, sgd and flow; the exact method evaluates all its records at once).
+    view of the run (gd, sgd and flow; the exact method evaluates all its records at once). ``computed()`` returns
+    the products that view already computed for the records it got (``live.LiveRecords.computed``), which
+    ``simulate.build_trajectory`` takes instead of computing them again.
     """
 
     progress: Callable[[float], None] | None = None
@@ -130,6 +135,7 @@ class Hooks:
     interval: float = 0.2
     blas_threads: Callable[[], int] | None = None
     records: Callable[[int, RunResult], None] | None = None
+    computed: Callable[[], RecordProducts | None] | None = None
 
 
 @dataclass

@@ -432,22 +432,28 @@ def _mask_theory(lt: LossTheory | None, later: np.ndarray) -> LossTheory | None:
                    assumptions=lt.assumptions + "; for the first phase only (NaN from the first switch on)")
 
 
+def _phase_of(plan: SequencePlan, steps: np.ndarray | None, times: np.ndarray) -> np.ndarray:
+    """The phase of each record: by its step for GD (a switch at the first step with t ≥ until), else by its time."""
+    if plan.steps is not None:
+        return np.searchsorted(plan.bounds[1:-1], steps, side="right")
+    return np.searchsorted(plan.starts[1:], times, side="right")
+
+
 def build_sequence_trajectory(problems: list[Problem], weights0: list[np.ndarray], method: Method,
                               record: RecordSchedule, run: RunResult | ExactRun, plan: SequencePlan) -> Trajectory:
     """The trajectory of a sequence run: ``simulate.build_trajectory`` with the first task (modes, similarity, kernel,
     balance, final weights, outcome), then every per-task quantity for the current phase (module docstring)."""
-    from .simulate import build_trajectory, record_diagnostics  # deferred: simulate imports this module
+    from .simulate import build_trajectory  # deferred: simulate imports this module
 
     # the sharpness is of each record's own task: taken below, phase by phase, not with the first task's Hessian;
     # learning times on the first task's modes, found between records only before the first switch
+    # gd, flow: each record's gradient norm on its own task, taken once (exact runs bring theirs)
+    tasks = None if isinstance(run, ExactRun) else (_phase_of(plan, run.steps, run.times), problems)
     base = build_trajectory(problems[0], weights0, method, replace(record, sharpness=False), run,
-                            refine_until=float(plan.starts[1]) if len(problems) > 1 else np.inf)
+                            refine_until=float(plan.starts[1]) if len(problems) > 1 else np.inf, record_tasks=tasks)
     t = len(base.time)
     product = base.product
-    if plan.steps is not None:
-        phase = np.searchsorted(plan.bounds[1:-1], base.step, side="right")
-    else:
-        phase = np.searchsorted(plan.starts[1:], base.time, side="right")
+    phase = _phase_of(plan, base.step, base.time)
     hidden = [w.shape[0] for w in weights0[:-1]]
     n_p = len(problems)
     rows = np.arange(t)
@@ -465,14 +471,6 @@ def build_sequence_trajectory(problems: list[Problem], weights0: list[np.ndarray
         diff[sel] = product[sel] - opts[p].product
     distance = np.sqrt(np.einsum("tij->t", diff ** 2))
     grad = base.gradient_norm
-    if not isinstance(run, ExactRun):   # gd, flow: the gradient of each record's own task (exact runs bring theirs)
-        # the first phase's records have theirs from ``base`` (the first task's, record by record)
-        grad = np.array(grad, dtype=np.float64, copy=True)
-        weights = [np.asarray(w[:t], dtype=np.float64) for w in run.weights]
-        for p in range(1, n_p):
-            sel = np.flatnonzero(phase == p)
-            if sel.size:
-                grad[sel] = record_diagnostics(problems[p], [w[sel] for w in weights], method.weight_decay)[0]
     test = None
     if all(pb.test is not None for pb in problems):
         test = np.empty(t)

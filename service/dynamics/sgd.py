@@ -221,6 +221,16 @@ def run_sgd(problem: Problem, weights0: Sequence[np.ndarray], method: Stochastic
                 batch_size=int(method.batch_size), stop=False)
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a``. The kernel only reads x and y, and numba compiles one variant per
+    writeability of each array: a dataset's samples are read-only views (``problem.read_only_samples``) unless a
+    dtype or order conversion copied them, so without this one job kind had up to four variants of
+    ``momentum_chunk`` (about 5 s of compile each); with it, one per dtype. The values are the same either way."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 def _run(problem: Problem, weights0: Sequence[np.ndarray], method, n_steps: int, record_steps: np.ndarray,
          dt: np.dtype, hooks: Hooks | None, source: int, *, batch_size: int, stop: bool) -> RunResult:
     """The shared driver: set-up as ``gd.run_gd``, then chunks of ``sgd_loop.momentum_chunk`` between hooks and
@@ -239,11 +249,12 @@ def _run(problem: Problem, weights0: Sequence[np.ndarray], method, n_steps: int,
     s11 = np.ascontiguousarray(problem.sigma11, dtype=dt)
     s31 = np.ascontiguousarray(problem.sigma31, dtype=dt)
     if source == sgd_loop.FULL:
-        x = y = np.zeros((1, 1), dtype=dt)
+        x = y = _read_only(np.zeros((1, 1), dtype=dt))
         n_samples, per_epoch, order = 1, 1, None
     else:
-        x = np.ascontiguousarray(problem.samples.x, dtype=dt)  # no copy for a C-ordered float64 dataset
-        y = np.ascontiguousarray(problem.samples.y, dtype=dt)
+        # no copy for a C-ordered dataset of the run's dtype
+        x = _read_only(np.ascontiguousarray(problem.samples.x, dtype=dt))
+        y = _read_only(np.ascontiguousarray(problem.samples.y, dtype=dt))
         n_samples = x.shape[0]
         per_epoch = method.steps_per_epoch(n_samples)
         order = _EpochOrder(int(method.seed), n_samples)
@@ -338,15 +349,15 @@ def momentum_of(method) -> tuple[float, bool]:
 # ------------------------------------------------------------------------------------------------
 
 
-def warm_up() -> None:
-    """Compile (or load from numba's cache) every variant of ``sgd_loop.momentum_chunk``: both dtypes, the three
-    gradient sources, one and three layers. For a worker's warm-up (service/jobs/warmup.py)."""
+def warm_up(dtypes: Sequence[type] = (np.float64, np.float32)) -> None:
+    """Compile (or load from numba's cache) every variant of ``sgd_loop.momentum_chunk``: both dtypes (or those
+    given), the three gradient sources, one and three layers. For a worker's warm-up (service/jobs/warmup.py)."""
     from .problem import problem_from_data
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 3))
     problem = problem_from_data(x, x[:, :2] @ np.ones((2, 2)))
-    for dtype in (np.float64, np.float32):
+    for dtype in dtypes:
         for hidden in ([], [4, 4]):
             widths = [3, *hidden, 2]
             w0 = [0.1 * rng.standard_normal((widths[l + 1], widths[l])) for l in range(len(widths) - 1)]

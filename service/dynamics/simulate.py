@@ -21,9 +21,10 @@ from .errors import ExactNotApplicableError, InvalidParameterError, StopRequeste
 from .exact import ExactRun, check_exact, exact_run
 from .flow import run_flow
 from .gd import HookClock, Layout, plan_order, run_gd
-from .generalization import early_stopping, test_loss
+from .generalization import early_stopping
 from .learning_time import ModeWatch, measure
 from .linearized import linearized_loss
+from .live import RecordProducts, record_products
 from .methods import Exact, GradientDescent, GradientFlow, Hooks, Method, RunResult, StochasticGradientDescent
 from .modes import excess_loss, mode_basis, mode_strengths, optimum
 from .ntk import check_kernel, kernel_record
@@ -125,11 +126,18 @@ def simulate(problem: Problem, weights0: Sequence[np.ndarray], method: Method,
             raise
         # cancelled: the records so far, made into a trajectory like any other (outcome "stopped"), without the
         # sharpness, which can cost as much as the run did: a cancel must end promptly
-        kept = build_trajectory(problem, weights0, method, replace(record, sharpness=False), stop.partial)
+        kept = build_trajectory(problem, weights0, method, replace(record, sharpness=False), stop.partial,
+                                known=_computed(hooks))
         raise StopRequested(str(stop), partial=stop.partial, trajectory=kept) from None
     clock = HookClock(hooks)
     return build_trajectory(problem, weights0, method, record, run,
-                            between=(lambda: clock.check(1.0) if clock.due() else None) if clock.active else None)
+                            between=(lambda: clock.check(1.0) if clock.due() else None) if clock.active else None,
+                            known=_computed(hooks))
+
+
+def _computed(hooks: Hooks | None) -> RecordProducts | None:
+    """The record products the hooks' live view has computed already (``Hooks.computed``), if any."""
+    return hooks.computed() if hooks is not None and hooks.computed is not None else None
 
 
 def _step(problem: Problem, weights0: list[np.ndarray], method: Method, record: RecordSchedule, dtype: str,
@@ -161,7 +169,9 @@ def _step(problem: Problem, weights0: list[np.ndarray], method: Method, record: 
 
 def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Method, record: RecordSchedule,
                      run: RunResult | ExactRun, *, between: Callable[[], None] | None = None,
-                     refine_until: float = np.inf) -> Trajectory:
+                     refine_until: float = np.inf,
+                     record_tasks: tuple[np.ndarray, Sequence[Problem]] | None = None,
+                     known: RecordProducts | None = None) -> Trajectory:
     """Every derived quantity of a run (GD, flow: ``RunResult``; exact: ``ExactRun``), vectorised over its
     T records: the one post-processing of ``simulate`` and ``batch.simulate_batch``.
 
@@ -174,6 +184,9 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     ``between()`` is called between the records of the sharpness (seconds each on large nets): the worker hooks'
     stop check, which may raise ``StopRequested``. Learning times (``learning_time.measure``) are found between
     records only for crossings in record intervals that end by ``refine_until`` (a sequence's first switch).
+    ``record_tasks`` = (task index per record, the tasks): each record's gradient norm is its own task's (a task
+    sequence; the rest is the first task's, ``problem``). ``known``: the products of the first records computed
+    already (a live view's, ``live.record_products``), taken as they are.
     """
     hidden = [w.shape[0] for w in weights0[:-1]]
     if isinstance(run, ExactRun):
@@ -183,26 +196,36 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     else:
         times, steps, outcome, diverged_at_step = run.times, run.steps, run.outcome, run.diverged_at_step
         weights = [w.astype(np.float64, copy=False) for w in run.weights]
-        product = network.network_map(weights)
         gradient_norm, w21_gram, w32_gram = None, None, None
 
     basis = mode_basis(problem)
     opt = optimum(problem, hidden)
     final_strength = mode_strengths(opt.product, basis)
     # L = L_ls + ‖W F − G‖² per record: a sum of squares, never negative (problem.least_squares)
-    gap = network.fit_gap(problem, product)
+    if isinstance(run, ExactRun):
+        products = RecordProducts.of(problem, basis, times, steps, product)
+    else:
+        products = record_products(problem, basis, times, steps, weights, known)
+    product, gap, strength, test = products.product, products.gap, products.strength, products.test
     if weights is not None:
-        grad_norm, drift = record_diagnostics(problem, weights, method.weight_decay)
+        if record_tasks is None:
+            grad_norm, drift = record_diagnostics(problem, weights, method.weight_decay)
+        else:  # record by record, so each part is what the whole would give on it (the drift needs no task)
+            task, tasks = record_tasks
+            grad_norm, drift = np.empty(len(weights[0])), np.empty(len(weights[0]))
+            for p, task_problem in enumerate(tasks):
+                sel = np.flatnonzero(task[:len(weights[0])] == p)
+                if sel.size:
+                    grad_norm[sel], drift[sel] = record_diagnostics(task_problem, [w[sel] for w in weights],
+                                                                    method.weight_decay)
         gradient_norm = grad_norm if gradient_norm is None else gradient_norm  # exact runs bring their own
     else:
         drift = np.zeros(len(times))  # exact solutions without weights conserve the balance by construction
-    strength = mode_strengths(product, basis)
-    test = test_loss(problem, product)
     arrays = {
         "loss": gap,
         "gradient_norm": gradient_norm,
         "drift": drift,
-        "strength": strength.reshape(len(times), -1),
+        "strength": strength,
         "product": product.reshape(len(times), -1),
     }
     if test is not None:

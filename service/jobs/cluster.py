@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from typing import Any
 
 from service.settings import Settings
@@ -99,19 +100,26 @@ def embedded_worker_plugin(nice: int):
             self.nice = nice
 
         def setup(self, worker) -> None:
+            from service.jobs.quiet_logs import install_worker_log_filter
+
             renice_threads(self.nice)
             stop_sampling_profiler(worker)
+            install_worker_log_filter()
 
     return EmbeddedWorker(nice)
 
 
-# A worker's warm-up state, kept as an attribute of the Dask Worker object: False while it runs, True after.
+# A worker's warm-up state, kept as attributes of the Dask Worker object: False while it runs, True after; the first
+# for the default jobs' kernels (what /readyz waits for), the second for every kernel (service/jobs/warmup.py).
 WARM_ATTRIBUTE = "dlnsim_warm"
+ALL_WARM_ATTRIBUTE = "dlnsim_all_warm"
 
 
 def warm_up_plugin():
-    """A Dask WorkerPlugin that warms each worker up (``service.jobs.warmup.warm_up``: compiles or loads
-    every GD kernel, imports what a job imports) as it joins, restarted workers included.
+    """A Dask WorkerPlugin that warms each worker up as it joins, restarted workers included: the default jobs'
+    kernels (``service.jobs.warmup.warm_up_eager``: compiles or loads them, imports what a job imports) before the
+    worker counts as warm, then the others in the background (``warm_up_rest``: one worker process of the host at a
+    time compiles, the others load from the cache).
 
     Why a plugin: a joining worker sets up the scheduler's plugins before it handles its first task, so
     a worker never starts a job cold. The warm-up runs in a thread: the worker's event loop keeps
@@ -126,24 +134,46 @@ def warm_up_plugin():
         name = "dlnsim-warm-up"
 
         async def setup(self, worker) -> None:
+            from service.jobs.quiet_logs import install_worker_log_filter
+
+            install_worker_log_filter()  # a cancelled job is not a "Compute Failed" error (external workers too)
             if getattr(worker, WARM_ATTRIBUTE, False):
                 return
             setattr(worker, WARM_ATTRIBUTE, False)
-            from service.jobs.warmup import warm_up
+            setattr(worker, ALL_WARM_ATTRIBUTE, False)
+            from service.jobs.warmup import warm_up_eager
 
             try:
-                seconds = await asyncio.to_thread(warm_up)
+                seconds = await asyncio.to_thread(warm_up_eager)
                 log.info("worker %s warmed up in %.1f s", worker.address, seconds)
             except Exception:  # noqa: BLE001 - see the docstring
                 log.exception("warming up worker %s failed", worker.address)
             setattr(worker, WARM_ATTRIBUTE, True)
+            # a daemon thread, not the loop's executor: a worker closing meanwhile does not wait for the compile
+            threading.Thread(target=self.rest, args=(worker,), name="dlnsim-warm-up-rest", daemon=True).start()
+
+        @staticmethod
+        def rest(worker) -> None:
+            from service.jobs.warmup import warm_up_rest
+
+            try:
+                seconds = warm_up_rest()
+                log.info("worker %s warmed up every other kernel in %.1f s", worker.address, seconds)
+            except Exception:  # noqa: BLE001 - jobs that need them compile them themselves
+                log.exception("warming up the other kernels of worker %s failed", worker.address)
+            setattr(worker, ALL_WARM_ATTRIBUTE, True)
 
     return WarmUp()
 
 
 def worker_is_warm(dask_worker) -> bool:
-    """Run on a worker (``Client.run``): has it finished its warm-up?"""
+    """Run on a worker (``Client.run``): has it finished its warm-up of the default jobs' kernels?"""
     return bool(getattr(dask_worker, WARM_ATTRIBUTE, False))
+
+
+def worker_is_all_warm(dask_worker) -> bool:
+    """Run on a worker (``Client.run``): has it finished its warm-up of every kernel?"""
+    return bool(getattr(dask_worker, ALL_WARM_ATTRIBUTE, False))
 
 
 async def start_local_cluster(settings: Settings):

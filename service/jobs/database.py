@@ -9,6 +9,13 @@ job (a 202) survives a crash or power loss. The API is synchronous (the event lo
 every thread gets its own connection, which WAL lets read while another writes. Writes use ``BEGIN IMMEDIATE`` so
 that two writers queue on the busy timeout instead of failing on a read→write lock upgrade.
 
+A store that cannot be written is an answer, not a crash: a lock held past the busy timeout raises
+``StoreBusyError`` (the API answers 503 with Retry-After, the engines retry the write), a full disk
+``StorageFullError`` (507), damaged pages ``StoreDamagedError`` (503, and at start an exit message naming the file
+and the recovery: the file is checked with ``PRAGMA quick_check`` when it is opened). The WAL is truncated to
+``wal_max_bytes`` when it is reset, and a new file is created with ``auto_vacuum = INCREMENTAL`` so that
+``reclaim`` gives the pages of deleted results back to the disk.
+
 One file for both stores: one thing to back up, mount and migrate, and a single schema version guards both (an
 older service refuses a newer file as a whole). Stored trajectories are read through SQLite's incremental blob
 I/O (``open_trajectory``), so a request for one array of a large trajectory reads only that array's bytes.
@@ -18,7 +25,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -150,6 +159,34 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sweeps ADD COLUMN provenance TEXT;
     CREATE INDEX sweeps_name ON sweeps (name) WHERE name IS NOT NULL;
     """,
+    # 6: admission (service/jobs/admission.py): what a job or sweep was admitted with, from the cost model
+    # (service/limits.py request_cost): the most bytes its results store (expected_bytes: the disk and a key's
+    # storage quota reserve them while it runs) and its estimated FLOPs (cost_flops: a key's compute budget counts
+    # its active work). Rows stored before have 0: nothing reserved. And the idempotency keys themselves, kept for
+    # at least DLNSIM_IDEMPOTENCY_KEEP_HOURS whatever becomes of what they created (retention, DELETE): a retry
+    # with a key whose simulation was deleted is answered as such instead of running it again. owner '' = keys off.
+    """
+    ALTER TABLE jobs ADD COLUMN expected_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN cost_flops REAL NOT NULL DEFAULT 0;
+    ALTER TABLE sweeps ADD COLUMN expected_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sweeps ADD COLUMN cost_flops REAL NOT NULL DEFAULT 0;
+    CREATE TABLE idempotency_keys (
+        owner        TEXT NOT NULL,
+        kind         TEXT NOT NULL CHECK (kind IN ('simulation', 'sweep')),
+        key          TEXT NOT NULL,
+        resource_id  TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        PRIMARY KEY (owner, kind, key)
+    );
+    CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+    INSERT OR IGNORE INTO idempotency_keys
+        SELECT coalesce(owner, ''), 'simulation', idempotency_key, id, request_hash, created_at
+        FROM jobs WHERE idempotency_key IS NOT NULL;
+    INSERT OR IGNORE INTO idempotency_keys
+        SELECT coalesce(owner, ''), 'sweep', idempotency_key, id, coalesce(request_hash, ''), created_at
+        FROM sweeps WHERE idempotency_key IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -157,6 +194,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 ACTIVE_SQL, TERMINAL_SQL = sql_in(ACTIVE), sql_in(TERMINAL)
 # Purges delete this many rows per transaction, so API writes interleave with a large purge.
 PURGE_BATCH = 200
+# Room kept for status changes on a full disk (Database.release_reserve): hundreds of small transactions.
+RESERVE_BYTES = 1 << 20
 
 
 class InvalidPageToken(ValueError):
@@ -180,6 +219,56 @@ class QueueFullError(RuntimeError):
         self.active, self.limit = active, limit
 
 
+class IdempotencyKeySpent(RuntimeError):
+    """An Idempotency-Key this owner used for a simulation or sweep that has since been deleted (DELETE, retention):
+    the request it made was answered, and must not run again (the key is kept DLNSIM_IDEMPOTENCY_KEEP_HOURS)."""
+
+    def __init__(self, key: str, kind: str, resource_id: str, created_at: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} created {kind} {resource_id} at {created_at}, which has since been "
+                         "deleted")
+        self.key, self.kind, self.resource_id, self.created_at = key, kind, resource_id, created_at
+
+
+def spent_key(conn: sqlite3.Connection, kind: str, key: str, owner: str | None) -> None:
+    """Raise IdempotencyKeySpent if ``key`` is recorded for ``owner`` (its resource being gone: the caller looked)."""
+    r = conn.execute("SELECT resource_id, created_at FROM idempotency_keys WHERE owner = ? AND kind = ? AND key = ?",
+                     (owner or "", kind, key)).fetchone()
+    if r is not None:
+        raise IdempotencyKeySpent(key, kind, r[0], r[1])
+
+
+def record_key(conn: sqlite3.Connection, kind: str, key: str | None, owner: str | None, resource_id: str,
+               request_hash: str | None) -> None:
+    """Keep ``key`` (in the creating transaction): it outlives what it created for DLNSIM_IDEMPOTENCY_KEEP_HOURS."""
+    if key is not None:
+        conn.execute("INSERT OR REPLACE INTO idempotency_keys (owner, kind, key, resource_id, request_hash, created_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (owner or "", kind, key, resource_id, request_hash or "", utc_now()))
+
+
+def rename_owners(db: Database, renames: dict[str, str]) -> int:
+    """Give the jobs, sweeps and idempotency keys of owner id ``old`` the id ``new``, for each pair (unnamed API keys'
+    ids when their form changes); writes only if some row has an old id, so an up-to-date store is not written."""
+    tables = ("jobs", "sweeps", "idempotency_keys")
+    conn = db.connection()
+    todo = {old: new for old, new in renames.items() if old != new and any(
+        conn.execute(f"SELECT 1 FROM {t} WHERE owner = ? LIMIT 1", (old,)).fetchone() for t in tables)}
+    if not todo:
+        return 0
+    changed = 0
+    with db.write() as w:
+        for old, new in todo.items():
+            for table in tables:
+                changed += w.execute(f"UPDATE {table} SET owner = ? WHERE owner = ?", (new, old)).rowcount
+    return changed
+
+
+def purge_spent_keys(conn: sqlite3.Connection, before: str) -> int:
+    """Forget keys recorded before ``before`` whose simulation or sweep no longer exists."""
+    return conn.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = resource_id) "
+        "AND NOT EXISTS (SELECT 1 FROM sweeps WHERE id = resource_id)", (before,)).rowcount
+
+
 class StorageFullError(sqlite3.OperationalError):
     """A write refused because the store's disk (or its DLNSIM_STORE_MAX_BYTES cap) is full; the
     transaction was rolled back, nothing was written. Retry once space is freed."""
@@ -187,6 +276,53 @@ class StorageFullError(sqlite3.OperationalError):
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"the job store {path} is full: {reason}")
         self.path = path
+
+
+class StoreBusyError(sqlite3.OperationalError):
+    """The store stayed locked by another connection (another process's transaction, a backup) for longer than the
+    busy timeout; nothing was written. Retry later: the API answers 503 with Retry-After."""
+
+    def __init__(self, path: Path, reason: str, timeout: float) -> None:
+        super().__init__(f"the job store {path} stayed locked by another connection for more than {timeout:g} s "
+                         f"(DLNSIM_STORE_BUSY_TIMEOUT_SECONDS): {reason}")
+        self.path = path
+
+
+def recovery_advice(path: Path) -> str:
+    return (f"Stop the service and keep a copy of {path}; then either restore it from a backup, or recover what can "
+            f"be read with the sqlite3 command-line tool: sqlite3 {path} .recover | sqlite3 {path}.recovered, and "
+            f"move {path}.recovered to {path} (remove {path}-wal and {path}-shm first); or move the file away to start "
+            "with an empty store")
+
+
+class StoreDamagedError(sqlite3.DatabaseError):
+    """The store's file is damaged (a page that does not decode, a header that is not SQLite's). Nothing can be
+    trusted until it is repaired: the message names the file and the recovery."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"the job store {path} is damaged ({reason}). {recovery_advice(path)}.")
+        self.path, self.reason = path, reason
+
+
+def classify(exc: BaseException, path: Path, busy_timeout: float) -> sqlite3.Error | None:
+    """The typed error for an SQLite error whose cause the caller can act on (a full disk, a lock held too long, a
+    damaged file), or None."""
+    if isinstance(exc, StorageFullError | StoreBusyError | StoreDamagedError):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_FULL:
+        return StorageFullError(path, str(exc))
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreBusyError(path, str(exc), busy_timeout)
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StoreDamagedError(path, str(exc))
+    return None
+
+
+log = logging.getLogger("dlnsim.store")
+# Paths checked with PRAGMA quick_check in this process (python -m service checks before uvicorn starts the app,
+# whose lifespan opens the same file again).
+_VERIFIED: set[Path] = set()
 
 
 def utc_now() -> str:
@@ -282,18 +418,68 @@ class Database:
     from a worker thread, or on the event loop only inside ``nowait``)."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 10_000,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, wal_max_bytes: int = 64 << 20, check: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout_ms = busy_timeout_ms
         self._max_bytes = max_bytes  # cap on the database file (PRAGMA max_page_count); None = the disk's
+        self._wal_max_bytes = int(wal_max_bytes)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._closed = False
-        self._migrate()
+        # A new file gets auto_vacuum before WAL mode writes its header (on an existing one the pragma takes a lock)
+        self._new_file = not self.path.exists() or self.path.stat().st_size == 0
+        # Room kept for status changes on a full disk (``release_reserve``): a file beside the store, and as many
+        # pages above DLNSIM_STORE_MAX_BYTES.
+        self.reserve_path = self.path.with_name(self.path.name + ".reserve")
+        self._cap_raised = False
+        self.full_since: float | None = None   # monotonic time of the last write refused for lack of space
+        self.damaged: str | None = None        # why the store was found damaged while serving (readiness says so)
+        try:
+            if check and self.path.resolve() not in _VERIFIED:
+                self.verify()
+            self._migrate()
+            self._enable_reclaim()
+            self.restore_reserve()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            typed = classify(exc, self.path, self.busy_timeout)
+            if isinstance(typed, StoreDamagedError):
+                raise typed from None
+            raise
+
+    @property
+    def busy_timeout(self) -> float:
+        return self._busy_timeout_ms / 1000
+
+    def verify(self) -> None:
+        """``PRAGMA quick_check`` of the whole file (every page read once: about a second per GB); StoreDamagedError
+        naming what it found. A file that is not SQLite's (a damaged header) fails here too."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            _VERIFIED.add(self.path.resolve())
+            return
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self.busy_timeout)
+        try:
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            raise StoreDamagedError(self.path, str(exc)) from None
+        finally:
+            conn.close()
+        if problems != ["ok"]:
+            raise StoreDamagedError(self.path, "quick_check: " + "; ".join(problems))
+        _VERIFIED.add(self.path.resolve())
 
     # -- connections ---------------------------------------------------------------------------
+
+    def _cap_pages(self, conn: sqlite3.Connection) -> None:
+        """DLNSIM_STORE_MAX_BYTES as ``max_page_count`` (plus the reserve once it is released) on ``conn``."""
+        cap = None if self._max_bytes is None else int(self._max_bytes) + (RESERVE_BYTES if self._cap_raised else 0)
+        if cap is not None and getattr(self._local, "cap", None) != cap:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {max(cap // page_size, 1)}")
+            self._local.cap = cap
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (its query-only, never-waiting one inside ``nowait``)."""
@@ -302,17 +488,22 @@ class Database:
         if getattr(self._local, "nowait", False):
             return self._nowait_connection()
         conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._cap_pages(conn)
         if conn is None:
             # isolation_level=None: no implicit transactions; write() opens BEGIN IMMEDIATE itself.
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=self._busy_timeout_ms / 1000)
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            if self._new_file:  # before WAL mode writes the header: a new store gives deleted pages back (reclaim)
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute("PRAGMA journal_mode = WAL")
+            # The WAL is cut back to this size whenever it is reset, however large one transaction made it.
+            conn.execute(f"PRAGMA journal_size_limit = {self._wal_max_bytes}")
+            self._local.cap = None
+            self._cap_pages(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
-            if self._max_bytes is not None:
-                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-                conn.execute(f"PRAGMA max_page_count = {max(int(self._max_bytes) // page_size, 1)}")
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
@@ -321,9 +512,10 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One atomic write transaction. A full disk (SQLITE_FULL, in a statement or at COMMIT) rolls
-        it back and raises StorageFullError; the connection is always left outside a transaction."""
-        conn = self.connection()
+        it back and raises StorageFullError; a lock held by another connection past the busy timeout raises
+        StoreBusyError, a damaged page StoreDamagedError. The connection is always left outside a transaction."""
         try:
+            conn = self.connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -333,10 +525,16 @@ class Database:
             except BaseException:
                 self._rollback(conn)
                 raise
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
-                raise StorageFullError(self.path, str(exc)) from exc
+        except sqlite3.DatabaseError as exc:
+            typed = classify(exc, self.path, self.busy_timeout)
+            if isinstance(typed, StorageFullError):
+                self.full_since = time.monotonic()
+            elif isinstance(typed, StoreDamagedError):
+                self.damaged = typed.reason
+            if typed is not None and typed is not exc:
+                raise typed from exc
             raise
+        self.full_since = None
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         # SQLite may already have rolled back by itself (it does on some SQLITE_FULL/IOERR errors).
@@ -391,10 +589,111 @@ class Database:
                 pass
 
     def ping(self) -> bool:
+        """The store answers: a row (the root page) of each table read (``SELECT 1`` touches no page)."""
         try:
-            return self.connection().execute("SELECT 1").fetchone() == (1,)
+            conn = self.connection()
+            for table in ("schema_version", "jobs", "results", "sweeps", "sweep_points", "idempotency_keys"):
+                conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
+            return True
+        except sqlite3.DatabaseError as exc:
+            typed = classify(exc, self.path, self.busy_timeout)
+            if isinstance(typed, StoreDamagedError):
+                self.damaged = typed.reason
+            return False
         except (sqlite3.Error, RuntimeError):
             return False
+
+    # -- space ---------------------------------------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        """Bytes the store can still grow by: the data dir's free disk space plus the file's own free pages (SQLite
+        reuses them first), within DLNSIM_STORE_MAX_BYTES when it is set."""
+        conn = self.connection()
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        free = shutil.disk_usage(self.path.parent).free + free_pages * page_size
+        if self._max_bytes is not None:
+            free = min(free, self._max_bytes - (pages - free_pages) * page_size)
+        return max(int(free), 0)
+
+    def file_bytes(self) -> tuple[int, int]:
+        """(size of the database file, size of its WAL) on disk."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return (self.path.stat().st_size if self.path.exists() else 0,
+                wal.stat().st_size if wal.exists() else 0)
+
+    def release_reserve(self) -> bool:
+        """Free the room kept for status changes (the reserve file, the pages above the cap), so that the failure of
+        work whose results did not fit can still be recorded on a full disk; False if it was used already."""
+        released = False
+        with suppress(FileNotFoundError):
+            self.reserve_path.unlink()
+            released = True
+        if self._max_bytes is not None and not self._cap_raised:
+            self._cap_raised = released = True
+        if released:
+            log.warning("the job store %s is full: its reserve of %d bytes is used for status changes", self.path,
+                        RESERVE_BYTES)
+        return released
+
+    def restore_reserve(self) -> None:
+        """Keep the reserve again once there is room for it (at open, and whenever admission finds space)."""
+        if self._max_bytes is not None and self._cap_raised:
+            self._cap_raised = False
+        if self.reserve_path.exists():
+            return
+        try:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError:  # no room for it now: tried again later
+            with suppress(OSError):
+                self.reserve_path.unlink()
+
+    def _enable_reclaim(self) -> None:
+        """A store made before auto_vacuum was set is rebuilt once with it (VACUUM: a copy of the file, so only when
+        the disk has room for it), so that ``reclaim`` can give space back; else say how to do it by hand."""
+        conn = self.connection()
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 0:
+            return
+        size = sum(self.file_bytes())
+        if shutil.disk_usage(self.path.parent).free < 2 * size + (64 << 20):
+            log.warning("%s cannot give the space of deleted results back to the disk (auto_vacuum is off) and the "
+                        "disk has no room to rebuild it now: with the service stopped and space freed, run "
+                        "sqlite3 %s 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM;'", self.path, self.path)
+            return
+        started = time.monotonic()
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+        log.info("rebuilt %s (%d bytes) with auto_vacuum=INCREMENTAL in %.1f s: deleted results now give their space "
+                 "back to the disk", self.path, size, time.monotonic() - started)
+
+    def reclaim(self, max_pages: int = 2048) -> int:
+        """Give up to ``max_pages`` free pages back to the disk (the file shrinks; one short write transaction);
+        how many were freed. The retention purge calls it until none are left."""
+        conn = self.connection()
+        before = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if before == 0:
+            return 0
+        try:
+            # executescript: the pragma frees one page per step, and only a script steps it to the end
+            conn.executescript(f"PRAGMA incremental_vacuum({int(max_pages)});")
+        except sqlite3.DatabaseError as exc:
+            typed = classify(exc, self.path, self.busy_timeout)
+            if typed is not None and typed is not exc:
+                raise typed from exc
+            raise
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return before - conn.execute("PRAGMA freelist_count").fetchone()[0]
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the file now (PASSIVE: never waits for readers), so that the next writer resets it and
+        ``journal_size_limit`` cuts it back: called after writing a large result."""
+        with suppress(sqlite3.Error):
+            self.connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _migrate(self) -> None:
         with self.write() as conn:

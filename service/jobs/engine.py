@@ -31,8 +31,9 @@ from typing import Any, Protocol, runtime_checkable
 from service.settings import Settings
 
 from . import cluster
+from .database import StorageFullError, StoreDamagedError
 from .live import LiveFeeds
-from .runner import SCATTER_BYTES, Runner, describe, failure_problem, settle
+from .runner import SCATTER_BYTES, Runner, describe, failure_problem, insufficient_storage_problem, settle
 from .store import JobRow, JobStore
 from .tasks import run_simulation
 from .worker import PROGRESS_TOPIC, STOPPED, internal_problem, task_key
@@ -139,14 +140,15 @@ class Engine(Runner):
             return False
         return int(info.get("n_workers", 0)) >= 1
 
-    async def warm_workers(self) -> tuple[int, int]:
-        """(workers connected, workers that finished their warm-up); (0, 0) when the cluster does not answer."""
+    async def warm_workers(self, every_kernel: bool = False) -> tuple[int, int]:
+        """(workers connected, workers that finished their warm-up: of the default jobs' kernels, or of
+        ``every_kernel``); (0, 0) when the cluster does not answer."""
         client = self._client
         if client is None or self._closing or client.status != "running":
             return 0, 0
+        probe = cluster.worker_is_all_warm if every_kernel else cluster.worker_is_warm
         try:
-            warm = await asyncio.wait_for(client.run(cluster.worker_is_warm, on_error="return"),
-                                          READY_TIMEOUT_SECONDS)
+            warm = await asyncio.wait_for(client.run(probe, on_error="return"), READY_TIMEOUT_SECONDS)
         except Exception:  # noqa: BLE001 - any failure to answer means no worker known warm
             return 0, 0
         return len(warm), sum(value is True for value in warm.values())
@@ -239,10 +241,11 @@ class Engine(Runner):
             elif settled.kind == "result" and settled.value[0] == STOPPED:
                 # cancelled while it ran: the records it made until then are kept with the cancelled job
                 await self._record(self.store.mark_cancelled, job_id)
-                await self._record(self.store.keep_stopped, job_id, settled.value[1])
+                await self._record(self.store.keep_stopped, job_id, settled.value[1], hold=False)  # records: not held
             elif settled.kind == "result":
                 outcome, blob = settled.value
-                await self._record(self.store.finish, job_id, blob, outcome)
+                # hold=False: a result that does not fit is not kept in memory waiting for space (a 507 failure)
+                await self._record(self.store.finish, job_id, blob, outcome, hold=False)
         finally:
             if self._futures.get(job_id) is future:
                 del self._futures[job_id]
@@ -278,6 +281,12 @@ class Engine(Runner):
         record that as the job's failure."""
         try:
             await self._write(write, job_id, *args, what=f"the outcome of job {job_id}", **kwargs)
+        except StorageFullError as exc:  # a result (hold=False) that did not fit: the job fails with a 507
+            log.warning("job %s failed: its result did not fit in the store (%s)", job_id, exc)
+            await self._record(self.store.fail, job_id, insufficient_storage_problem(f"simulation {job_id}"))
+        except StoreDamagedError as exc:  # said in one line (the message names the file and the recovery); the job
+            # stays queued or running in the store, so it runs again once the store is recovered
+            log.error("the end of job %s was not recorded: %s", job_id, exc)
         except Exception as exc:  # noqa: BLE001
             log.exception("recording the end of job %s failed", job_id)
             with contextlib.suppress(Exception):

@@ -9,7 +9,9 @@ Only terminal rows (succeeded, failed, cancelled) whose ``finished_at`` is older
 each with its result (a simulation) or its points and kept trajectories (a sweep), by the schema's
 ON DELETE CASCADE. Queued and running work is never touched, whatever its age. Deletion runs in
 batches of ``PURGE_BATCH`` rows, one transaction each, so API writes interleave with a large purge
-and a shutdown waits for at most one batch. SQLite reuses the freed pages; the file does not shrink.
+and a shutdown waits for at most one batch. Each pass then forgets the Idempotency-Keys recorded more than
+``keys_hours`` ago whose simulation or sweep is gone (they outlive it so that a late retry is not run again), and
+gives the freed pages back to the disk (``Database.reclaim``, RECLAIM_PAGES pages per transaction): the file shrinks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .database import purge_spent_keys
 from .store import JobStore
 
 log = logging.getLogger("dlnsim.retention")
@@ -29,6 +32,8 @@ log = logging.getLogger("dlnsim.retention")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # How long stop() waits for a batch in progress before cancelling the task anyway.
 STOP_TIMEOUT_SECONDS = 30.0
+# Pages given back to the disk per transaction (8 MiB at 4 KiB pages).
+RECLAIM_PAGES = 2048
 
 
 def cutoff(days: float, now: datetime | None = None) -> str:
@@ -38,8 +43,9 @@ def cutoff(days: float, now: datetime | None = None) -> str:
 
 
 def purge_expired(store: JobStore, sweep_store: Any, days: float, *, now: datetime | None = None,
-                  stop: threading.Event | None = None) -> tuple[int, int]:
-    """Delete every finished job and sweep older than ``days``; returns (jobs, sweeps) deleted.
+                  stop: threading.Event | None = None, keys_hours: float = 24.0) -> tuple[int, int]:
+    """Delete every finished job and sweep older than ``days``, forget spent Idempotency-Keys older than
+    ``keys_hours``, give the freed pages back to the disk; returns (jobs, sweeps) deleted.
 
     Blocking (call it in a thread). ``stop`` set ends the pass between two batches.
     """
@@ -53,19 +59,25 @@ def purge_expired(store: JobStore, sweep_store: Any, days: float, *, now: dateti
             if deleted == 0:
                 break
         counts.append(total)
+    with store.db.write() as conn:
+        purge_spent_keys(conn, cutoff(keys_hours / 24.0, now))
+    while not (stop is not None and stop.is_set()) and store.db.reclaim(RECLAIM_PAGES):
+        pass
     return counts[0], counts[1]
 
 
 class RetentionTask:
     """The background purge: one pass at start, then one every ``interval`` seconds, each in a thread."""
 
-    def __init__(self, store: JobStore, sweep_store: Any, *, days: float, interval: float) -> None:
+    def __init__(self, store: JobStore, sweep_store: Any, *, days: float, interval: float,
+                 keys_hours: float = 24.0) -> None:
         if days <= 0:
             raise ValueError("retention days must be positive (0 means keep forever: start no task)")
         self.store = store
         self.sweep_store = sweep_store
         self.days = days
         self.interval = interval
+        self.keys_hours = keys_hours
         self.passes = 0                       # completed passes (tests wait on it through passed)
         self.deleted = (0, 0)                 # (jobs, sweeps) of the last pass
         self._task: asyncio.Task | None = None
@@ -95,7 +107,7 @@ class RetentionTask:
         while not self._stop.is_set():
             try:
                 self.deleted = await asyncio.to_thread(purge_expired, self.store, self.sweep_store, self.days,
-                                                       stop=self._stop)
+                                                       stop=self._stop, keys_hours=self.keys_hours)
             except Exception:
                 log.exception("retention purge failed; retrying in %s s", self.interval)
             else:

@@ -2,7 +2,10 @@
 background tasks, the reconcile loop, the cancel flags on the scheduler, stored writes that wait for disk space,
 what became of a task's future, and the back-off before a resubmit.
 
-Never lose work: a write the store refuses for lack of space waits in memory and is retried (``write_when_space``);
+Never lose work, never hold it: a write that finds the store locked by another connection is retried until it goes
+through (the computation is never run again for it); a write the store refuses for lack of space is retried only
+when it is small (a status change), while one that carries results is not held in memory waiting for space: it
+raises StorageFullError and the engine fails the work with a 507 problem instead (``write_when_space``);
 a future that Dask itself cancelled (a lost scheduler connection, not the user) is resubmitted with back-off, up to
 MAX_RESUBMITS times; a worker death is the scheduler's to retry (``distributed.scheduler.allowed-failures``), after
 which the task's future raises KilledWorker and the work fails with a reason (``failure_problem``).
@@ -21,7 +24,7 @@ from typing import Any, Literal
 
 from service.settings import Settings
 
-from .database import StorageFullError
+from .database import StorageFullError, StoreBusyError
 from .worker import JobCancelled, JobFailed, cancel_event_name, internal_problem
 
 log = logging.getLogger("dlnsim.jobs")
@@ -37,27 +40,55 @@ MAX_RESUBMITS = 5
 # How often an engine looks for stored work that is queued or running but not submitted (a submit that failed after
 # the work was stored, a lost scheduler connection): it is submitted again, so nothing waits for a restart.
 RECONCILE_SECONDS = 30.0
-# While the store's disk is full, finished work's outcome waits in memory and its write is retried this often (the
-# work stays running in the store meanwhile; a restart would resubmit it, so nothing is lost).
+# While the store's disk is full, a small write (a status change) is retried this often (the work stays running in the
+# store meanwhile; a restart would resubmit it, so nothing is lost).
 STORAGE_FULL_RETRY_SECONDS = 2.0
+# While the store is locked by another connection (past its busy timeout), a write is retried this often.
+STORE_BUSY_RETRY_SECONDS = 1.0
 
 
 async def write_when_space(write: Callable[..., Any], *args: Any, closing: Callable[[], bool], what: str,
-                           **kwargs: Any) -> bool:
-    """Run a blocking store write in a thread, retrying while the store is full (StorageFullError) until
-    it succeeds (True) or ``closing()`` (False). Any other exception propagates."""
-    warned = False
+                           hold: bool = True, reserve: Callable[[], bool] | None = None, **kwargs: Any) -> bool:
+    """Run a blocking store write in a thread until it succeeds (True) or ``closing()`` (False): retried while the
+    store is locked by another connection (StoreBusyError), and while it is full (StorageFullError) if ``hold`` —
+    first at once with the store's reserve (``reserve()``, Database.release_reserve: status changes fit on a full
+    disk); a write that must not wait in memory (``hold=False``: it carries results) raises StorageFullError at once.
+    Any other exception propagates."""
+    warned: set[type] = set()
     while True:
         try:
             await asyncio.to_thread(write, *args, **kwargs)
+            if warned:
+                log.info("stored %s", what)
             return True
-        except StorageFullError as exc:
+        except StoreBusyError as exc:
             if closing():
                 return False
-            if not warned:
-                log.warning("storage is full: %s is kept in memory and stored once space is freed (%s)", what, exc)
-                warned = True
+            if StoreBusyError not in warned:
+                log.warning("the store is locked: %s is written once it is free (%s)", what, exc)
+                warned.add(StoreBusyError)
+            await asyncio.sleep(STORE_BUSY_RETRY_SECONDS)
+        except StorageFullError as exc:
+            if not hold:
+                raise
+            if closing():
+                return False
+            if reserve is not None and await asyncio.to_thread(reserve):
+                continue
+            if StorageFullError not in warned:
+                log.warning("storage is full: %s is written once space is freed (%s)", what, exc)
+                warned.add(StorageFullError)
             await asyncio.sleep(STORAGE_FULL_RETRY_SECONDS)
+
+
+def insufficient_storage_problem(what: str) -> dict[str, Any]:
+    """The problem of work whose results did not fit in the store (not kept in memory waiting for space)."""
+    from service.problems import problem_body
+
+    return problem_body(507, "insufficient-storage", f"{what} finished, but its results could not be stored: the job "
+                        "store's disk is full (DLNSIM_DATA_DIR, or its DLNSIM_STORE_MAX_BYTES cap). Nothing was kept: "
+                        "submit the request again once the operator has freed space (runs are seeded: the same "
+                        "request gives the same results)")
 
 
 def describe(exc: BaseException) -> str:
@@ -138,12 +169,17 @@ class Runner(ABC):
             await asyncio.sleep(RECONCILE_SECONDS)  # read each round: tests shorten it
             try:
                 await self.reconcile()
-            except Exception:  # noqa: BLE001 - e.g. the store briefly unreadable: try again next round
+            except Exception:
                 log.exception("looking for unsubmitted %s failed", self.what)
 
-    async def _write(self, write: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -> None:
-        """A store write that waits for space while the disk is full (raises anything else)."""
-        await write_when_space(write, *args, closing=lambda: self._closing, what=what, **kwargs)
+    async def _write(self, write: Callable[..., Any], *args: Any, what: str, hold: bool = True, **kwargs: Any
+                     ) -> None:
+        """A store write retried while the store is locked, and while it is full if ``hold`` (``write_when_space``);
+        raises anything else."""
+        store = getattr(self, "store", None)
+        reserve = getattr(getattr(store, "db", None), "release_reserve", None)
+        await write_when_space(write, *args, closing=lambda: self._closing, what=what, hold=hold, reserve=reserve,
+                               **kwargs)
 
     async def _backoff(self, count: int) -> bool:
         """Before the ``count``-th resubmit: False when past MAX_RESUBMITS (give up), else wait and True."""
@@ -164,7 +200,7 @@ class Runner(ABC):
             return
         try:
             await self._flag(job_id).set()
-        except Exception:  # noqa: BLE001 - the store already says cancelled; the run is wasted work
+        except Exception:
             log.exception("setting the cancel flag of %s failed", job_id)
 
     async def _clear_flag(self, job_id: str) -> None:

@@ -34,11 +34,15 @@ from .database import (
     TrajectoryReader,
     keyset_page,
     new_job_id,
+    record_key,
+    spent_key,
     utc_now,
 )
 
 _COLUMNS = ("id, status, progress, created_at, started_at, finished_at, request, error, outcome, "
             "idempotency_key, request_hash, attempts, owner, name, tags, provenance")
+# A result larger than this is followed by a WAL checkpoint (Database.checkpoint).
+LARGE_WRITE_BYTES = 1 << 20
 # The same expression as the unique index jobs_owner_idempotency, so lookups use it.
 _BY_KEY = "coalesce(owner, '') = coalesce(?, '') AND idempotency_key = ?"
 
@@ -95,11 +99,30 @@ class JobStore:
         return self._row(r) if r else None
 
     def by_idempotency_key(self, idempotency_key: str, owner: str | None = None) -> JobRow | None:
-        """The job this owner created with this Idempotency-Key, if any (keys are per owner)."""
-        r = self.db.connection().execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE {_BY_KEY}",
-            (owner, idempotency_key)).fetchone()
+        """The job this owner created with this Idempotency-Key, if any (keys are per owner). IdempotencyKeySpent
+        when the key created a job that has since been deleted (keys outlive their jobs: DLNSIM_IDEMPOTENCY_KEEP_HOURS)."""
+        conn = self.db.connection()
+        r = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE {_BY_KEY}", (owner, idempotency_key)).fetchone()
+        if r is None:
+            spent_key(conn, "simulation", idempotency_key, owner)
         return self._row(r) if r else None
+
+    def active_cost(self, owner: str | None = None) -> tuple[float, int]:
+        """(estimated FLOPs, most bytes their results store) of the queued and running jobs (of ``owner``)."""
+        where, args = (f"status IN {ACTIVE_SQL}", ()) if owner is None else (
+            f"owner = ? AND status IN {ACTIVE_SQL}", (owner,))
+        flops, expected = self.db.connection().execute(
+            f"SELECT coalesce(sum(cost_flops), 0), coalesce(sum(expected_bytes), 0) FROM jobs WHERE {where}",
+            args).fetchone()
+        return float(flops), int(expected)
+
+    def stored_bytes(self, owner: str | None = None) -> int:
+        """Bytes of stored results (of ``owner``'s jobs)."""
+        if owner is None:
+            return int(self.db.connection().execute("SELECT coalesce(sum(size), 0) FROM results").fetchone()[0])
+        return int(self.db.connection().execute(
+            "SELECT coalesce(sum(r.size), 0) FROM results r JOIN jobs j ON j.id = r.job_id WHERE j.owner = ?",
+            (owner,)).fetchone()[0])
 
     def list(self, status: str | None = None, page_size: int = 50,
              page_token: str | None = None, owner: str | None = None) -> tuple[list[JobRow], str | None]:
@@ -138,7 +161,8 @@ class JobStore:
     def create(self, request_json: bytes, request_hash: str,
                idempotency_key: str | None = None, owner: str | None = None, *,
                max_active: int | None = None, name: str | None = None, tags: Sequence[str] = (),
-               provenance: Mapping[str, Any] | None = None) -> tuple[JobRow, bool]:
+               provenance: Mapping[str, Any] | None = None, expected_bytes: int = 0, cost_flops: float = 0.0
+               ) -> tuple[JobRow, bool]:
         """Insert a queued job; with an idempotency key this owner already used, return that job and False.
 
         The caller compares ``row.request_hash`` with its own to tell a replay from a conflict.
@@ -147,6 +171,8 @@ class JobStore:
         already queued or running (checked in the write transaction, so concurrent creates cannot
         overshoot it; a replay of a used idempotency key is still answered). ``name`` and ``tags`` are stored
         beside the request; ``provenance`` is what is known of the run before a worker starts it (its precision).
+        ``expected_bytes`` and ``cost_flops`` are what admission estimated (service/jobs/admission.py): its results'
+        most bytes and its run's FLOPs.
         """
         job_id = new_job_id()
         try:
@@ -160,9 +186,14 @@ class JobStore:
                         raise QueueFullError(active, max_active)
                 conn.execute(
                     "INSERT INTO jobs (id, status, progress, created_at, request, request_hash, "
-                    "idempotency_key, owner, name, tags, provenance) VALUES (?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "idempotency_key, owner, name, tags, provenance, expected_bytes, cost_flops) "
+                    "VALUES (?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job_id, utc_now(), bytes(request_json), request_hash, idempotency_key, owner, name,
-                     _json_or_null(list(tags) or None), _json_or_null(provenance)))
+                     _json_or_null(list(tags) or None), _json_or_null(provenance), int(expected_bytes),
+                     float(cost_flops)))
+                if idempotency_key is not None:
+                    spent_key(conn, "simulation", idempotency_key, owner)  # deleted meanwhile: not run again
+                    record_key(conn, "simulation", idempotency_key, owner, job_id, request_hash)
         except sqlite3.IntegrityError:
             if idempotency_key is None:
                 raise
@@ -170,9 +201,11 @@ class JobStore:
             r = self.db.connection().execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE {_BY_KEY}",
                 (owner, idempotency_key)).fetchone()
-            if r is None:  # the other row was deleted in between: try once more as a fresh job
+            if r is None:  # the other row was deleted in between: its key says so
+                spent_key(self.db.connection(), "simulation", idempotency_key, owner)
                 return self.create(request_json, request_hash, idempotency_key, owner, max_active=max_active,
-                                   name=name, tags=tags, provenance=provenance)
+                                   name=name, tags=tags, provenance=provenance, expected_bytes=expected_bytes,
+                                   cost_flops=cost_flops)
             return self._row(r), False
         row = self.get(job_id)
         assert row is not None
@@ -221,6 +254,8 @@ class JobStore:
                 return False
             conn.execute("INSERT OR REPLACE INTO results (job_id, codec, size, data) VALUES (?, ?, ?, ?)",
                          (job_id, codec, len(result), bytes(result)))
+        if len(result) > LARGE_WRITE_BYTES:
+            self.db.checkpoint()  # so that the next writer resets the WAL this result went through
         return True
 
     def keep_stopped(self, job_id: str, result: bytes, *, codec: str = ARRAYS) -> bool:

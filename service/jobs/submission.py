@@ -11,10 +11,14 @@ Creating is one flow for both kinds (``_Jobs.create``):
 2. the body is parsed into its canonical form (defaults filled in; its sha256 is what a key is checked against);
 3. with a key this owner already used, the stored job answers (the same digest: a replay, whatever the limits) or
    it is a 422 (another body); else the queue bound is checked;
-4. the request is validated completely (every point of a sweep), in a worker thread;
-5. the caller's per-key limit (DLNSIM_MAX_ACTIVE_PER_KEY) is checked;
-6. the store inserts it, checking the queue bound again in its write transaction (concurrent creates cannot
-   overshoot it; concurrent creates with one key store one job), and the engine is handed its id.
+4. its cost is estimated from the request alone (``service.limits.request_cost``) and checked against the validation
+   and job budgets (422 limit-exceeded) before anything is built;
+5. the request is validated completely (every point of a sweep), in a worker thread — a large body or a costly
+   validation holding one of a few validation slots (``admission.Admission``), from before its parse;
+6. the caller's per-key limit (DLNSIM_MAX_ACTIVE_PER_KEY), compute budget and storage quota, and the disk's room for
+   its results, are checked (429, 507);
+7. the store inserts it with its cost, checking the queue bound again in its write transaction (concurrent creates
+   cannot overshoot it; concurrent creates with one key store one job), and the engine is handed its id.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import orjson
 from service.build import admit_simulation
 from service.codec import Stored, selected_names
 from service.dynamics.errors import DynamicsError
-from service.limits import Limits
+from service.limits import ZERO_COST, Cost, Limits, check_cost, check_request_limits, request_cost
 from service.problems import (
     ProblemError,
     dynamics_problem,
@@ -47,6 +51,7 @@ from service.schemas.validation import parse_body
 from service.settings import Settings
 from service.status import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 
+from .admission import Admission
 from .continuation import resolve_init, visible
 from .database import (
     CorruptResultError,
@@ -56,9 +61,10 @@ from .database import (
     QueueFullError,
     TrajectoryReader,
 )
+from .downloads import DownloadBudget, download_bytes
 from .live import parse_cursor, partial_arrays
 from .store import JobRow, JobStore
-from .sweep_plan import ValidatedSweep, canonical_sweep, validate_parsed
+from .sweep_plan import ValidatedSweep, canonical_sweep, sweep_cost_estimate, validate_parsed
 from .sweeps_store import PointRow, SweepRow, SweepStore
 
 log = logging.getLogger("dlnsim.jobs")
@@ -105,9 +111,11 @@ async def read_nowait(db: Database, read: Callable[..., T], *args: Any) -> T:
 
 
 def _streamed(reader: TrajectoryReader, encode: Callable[[Any], Iterator[bytes]],
-              on_corrupt: Callable[[CorruptResultError], None]) -> Iterator[bytes]:
-    """The pieces of ``encode(reader)``, the reader closed after the last (or when the response is dropped). A
-    damaged array found mid-stream cuts the response (its status is sent already): logged, ``on_corrupt`` told."""
+              on_corrupt: Callable[[CorruptResultError], None], release: Callable[[], None] = lambda: None
+              ) -> Iterator[bytes]:
+    """The pieces of ``encode(reader)``, the reader closed and its memory reservation released after the last (or
+    when the response is dropped). A damaged array found mid-stream cuts the response (its status is sent already):
+    logged, ``on_corrupt`` told."""
     try:
         yield from encode(reader)
     except CorruptResultError as exc:
@@ -116,6 +124,28 @@ def _streamed(reader: TrajectoryReader, encode: Callable[[Any], Iterator[bytes]]
         raise
     finally:
         reader.close()
+        release()
+
+
+def _held(pieces: list[bytes], release: Callable[[], None]) -> Iterator[bytes]:
+    """``pieces``, their download reservation given back once they are sent (or the response is dropped)."""
+    try:
+        yield from pieces
+    finally:
+        release()
+
+
+async def _reserve_download(budget: DownloadBudget, reader: TrajectoryReader, fields: list[str] | None,
+                            encode: Any, what: str) -> Callable[[], None]:
+    """Reserve from the download budget what sending the arrays ``fields`` of ``reader`` will hold (the reader is
+    closed if it cannot be had: 503 after the wait, 422 if it never could)."""
+    need = download_bytes(reader.stored, selected_names(reader.stored, fields), whole=getattr(encode, "whole", False),
+                          thinned=getattr(encode, "thinned", False))
+    try:
+        return (await budget.reserve(need, what=what)).release
+    except BaseException:
+        await asyncio.to_thread(reader.close)
+        raise
 
 
 def retry_after(settings: Settings, at_least: int = 0) -> dict[str, str]:
@@ -128,10 +158,13 @@ class _Jobs(ABC, Generic[Row]):
     what = "job"        # "simulation" / "sweep", in problem details
     limit_name = ""     # the setting that bounds how many may be queued or running
 
-    def __init__(self, store: Any, engine: Engine, settings: Settings, counted: Sequence[Any]) -> None:
+    def __init__(self, store: Any, engine: Engine, settings: Settings, counted: Sequence[Any],
+                 admission: Admission | None = None, downloads: DownloadBudget | None = None) -> None:
         """``counted``: the stores whose active rows count against a key's DLNSIM_MAX_ACTIVE_PER_KEY (both kinds)."""
         self.store, self.engine, self.settings = store, engine, settings
         self._counted = [s for s in counted if s is not None]
+        self.admission = admission or Admission(settings, store.db, *self._counted)
+        self.downloads = downloads or DownloadBudget(settings.download_memory_bytes, settings.download_wait_seconds)
 
     # -- what each kind supplies -------------------------------------------------------------------
 
@@ -145,9 +178,21 @@ class _Jobs(ABC, Generic[Row]):
         stores. ProblemError 422 (409 for a simulation to continue from that has not succeeded)."""
 
     @abstractmethod
-    def _insert(self, parsed: Any, validated: Any, digest: str, key: str | None, owner: str | None
+    def _insert(self, parsed: Any, validated: Any, digest: str, key: str | None, owner: str | None, cost: Cost
                 ) -> tuple[Row, bool]:
-        """Store it queued with its labels (row, True), or the row this owner's key already made (row, False)."""
+        """Store it queued with its labels and its cost (row, True), or the row this owner's key already made (row,
+        False)."""
+
+    @abstractmethod
+    def _cost(self, parsed: Any) -> Cost:
+        """Its cost from the request alone (``service.limits.request_cost``), checked against the validation and job
+        budgets: ProblemError 422 limit-exceeded, before anything is built."""
+
+    _cost_field: tuple[str, ...] = ("data",)  # what a request over the validation budget is told to shrink
+
+    def _validated_cost(self, validated: Any, estimate: Cost) -> Cost:
+        """The cost to store with it: what validation found when it knows better (a sweep's points), else ``estimate``."""
+        return estimate
 
     @abstractmethod
     def _max_active(self) -> int:
@@ -159,23 +204,29 @@ class _Jobs(ABC, Generic[Row]):
         """Validate and queue a new job (module docstring), or answer the one this key already made."""
         if idempotency_key is None:
             await self._check_queue()
-        parsed, canonical, digest = await asyncio.to_thread(self._canonical, body)
-        if idempotency_key is not None:
-            existing = await asyncio.to_thread(self.store.by_idempotency_key, idempotency_key, owner)
-            if existing is not None:
-                return self._replay(existing, digest, idempotency_key)
-            await self._check_queue()
-        validated = await asyncio.to_thread(self._validate, parsed, canonical, digest, owner)
+        async with self.admission.validating(len(body)) as ticket:  # a large body waits for a validation slot
+            parsed, canonical, digest = await asyncio.to_thread(self._canonical, body)
+            if idempotency_key is not None:
+                existing = await asyncio.to_thread(self.store.by_idempotency_key, idempotency_key, owner)
+                if existing is not None:
+                    return self._replay(existing, digest, idempotency_key)
+                await self._check_queue()
+            cost = self._cost(parsed)
+            await ticket.admit(cost, list(self._cost_field))  # parse and validation within budget; a costly one waits
+            validated = await asyncio.to_thread(self._validate, parsed, canonical, digest, owner)
+        cost = self._validated_cost(validated, cost)
         await self._check_active_limit(owner)
+        await self.admission.check_budgets(owner, cost)
         try:
-            row, created = await asyncio.to_thread(self._insert, parsed, validated, digest, idempotency_key, owner)
+            row, created = await asyncio.to_thread(self._insert, parsed, validated, digest, idempotency_key, owner,
+                                                   cost)
         except QueueFullError as exc:
             raise self._queue_full(exc.active) from None
         if not created:  # a concurrent create with this key stored its job first
             return self._replay(row, digest, idempotency_key)
         try:
             await self.engine.submit(row.id)
-        except Exception:  # noqa: BLE001 - it is stored: the engine's reconcile pass submits it
+        except Exception:
             log.exception("submitting %s %s failed", self.what, row.id)
         return Created(await self.get(row.id, owner), replayed=False)
 
@@ -196,7 +247,7 @@ class _Jobs(ABC, Generic[Row]):
     async def _check_active_limit(self, owner: str | None) -> None:
         """429 when the caller's key already has DLNSIM_MAX_ACTIVE_PER_KEY simulations and sweeps queued or running
         (all callers together when keys are off). A soft limit: two creates racing may both pass."""
-        limit = self.settings.max_active_per_key
+        limit, source = self.admission.per_key_limit()
         if limit is None:
             return
         active = sum(await asyncio.gather(*(asyncio.to_thread(s.count_active, owner) for s in self._counted)))
@@ -204,7 +255,7 @@ class _Jobs(ABC, Generic[Row]):
             who = "this API key has" if owner is not None else "callers have"
             raise ProblemError(429, "too-many-active-jobs",
                                f"{who} {active} simulations and sweeps queued or running, the limit is {limit} "
-                               "(DLNSIM_MAX_ACTIVE_PER_KEY)", headers=retry_after(self.settings, 5))
+                               f"({source})", headers=retry_after(self.settings, 5))
 
     # -- read, list, cancel, delete ----------------------------------------------------------------------
 
@@ -261,8 +312,10 @@ class Simulations(_Jobs[JobRow]):
 
     what = "simulation"
 
-    def __init__(self, store: JobStore, sweep_store: SweepStore | None, engine: Engine, settings: Settings) -> None:
-        super().__init__(store, engine, settings, counted=(store, sweep_store))
+    def __init__(self, store: JobStore, sweep_store: SweepStore | None, engine: Engine, settings: Settings,
+                 admission: Admission | None = None, downloads: DownloadBudget | None = None) -> None:
+        super().__init__(store, engine, settings, counted=(store, sweep_store), admission=admission,
+                         downloads=downloads)
 
     def _max_active(self) -> int:
         return self.settings.max_queued
@@ -286,10 +339,23 @@ class Simulations(_Jobs[JobRow]):
             return canonical
         return resolved.__pydantic_serializer__.to_json(resolved, by_alias=True, exclude=LABELS)
 
-    def _insert(self, request: SimulationRequest, canonical: bytes, digest: str, key: str | None, owner: str | None
-                ) -> tuple[JobRow, bool]:
+    def _cost(self, request: SimulationRequest) -> Cost:
+        limits = Limits.from_settings(self.settings)
+        try:
+            check_request_limits(request, limits)  # the per-field limits first: they name the field to change
+            cost = request_cost(request, limits)
+            check_cost(cost, request, limits)
+        except DynamicsError as exc:
+            raise dynamics_problem(exc) from None
+        except (IndexError, TypeError, ValueError):  # shapes the model cannot read: validation says what is wrong
+            return ZERO_COST
+        return cost
+
+    def _insert(self, request: SimulationRequest, canonical: bytes, digest: str, key: str | None, owner: str | None,
+                cost: Cost) -> tuple[JobRow, bool]:
         return self.store.create(canonical, digest, key, owner, max_active=self.settings.max_queued,
-                                 name=request.name, tags=request.tags, provenance={"dtype": request.dtype})
+                                 name=request.name, tags=request.tags, provenance={"dtype": request.dtype},
+                                 expected_bytes=cost.result_bytes, cost_flops=cost.run_flops)
 
     async def create(self, body: bytes, *, owner: str | None, idempotency_key: str | None,
                      wait: float | None = None) -> Created[JobRow]:
@@ -366,7 +432,15 @@ class Simulations(_Jobs[JobRow]):
         row = await self.get(job_id, viewer)
         if row.status == RUNNING:
             arrays = self._running_trajectory(row)
-            return iter(await asyncio.to_thread(lambda: list(encode(arrays))))
+            # encoded whole (the records so far): reserved from the download budget like a netCDF, until sent
+            need = download_bytes(arrays, list(arrays), whole=True)
+            release = (await self.downloads.reserve(need, what=f"simulation {job_id}'s records so far")).release
+            try:
+                pieces = await asyncio.to_thread(lambda: list(encode(arrays)))
+            except BaseException:
+                release()
+                raise
+            return _held(pieces, release)
         if not self._has_trajectory(row):
             raise self._not_finished(row)
         try:
@@ -382,7 +456,8 @@ class Simulations(_Jobs[JobRow]):
         except CorruptResultError as exc:
             await asyncio.to_thread(reader.close)
             raise await self._recover_corrupt_result(job_id, exc) from None
-        return _streamed(reader, encode, lambda exc: self._requeue_corrupt(job_id, exc))
+        release = await _reserve_download(self.downloads, reader, fields, encode, f"simulation {job_id}'s trajectory")
+        return _streamed(reader, encode, lambda exc: self._requeue_corrupt(job_id, exc), release)
 
     def _requeue_corrupt(self, job_id: str, exc: CorruptResultError) -> None:
         """A stored result found damaged mid-stream: queued again (the engine's reconcile pass submits it), so the
@@ -431,9 +506,11 @@ class Sweeps(_Jobs[SweepRow]):
 
     what = "sweep"
     limit_name = " (DLNSIM_MAX_ACTIVE_SWEEPS)"
+    _cost_field = ("grid",)
 
-    def __init__(self, store: SweepStore, jobs: JobStore | None, engine: Engine, settings: Settings) -> None:
-        super().__init__(store, engine, settings, counted=(jobs, store))
+    def __init__(self, store: SweepStore, jobs: JobStore | None, engine: Engine, settings: Settings,
+                 admission: Admission | None = None, downloads: DownloadBudget | None = None) -> None:
+        super().__init__(store, engine, settings, counted=(jobs, store), admission=admission, downloads=downloads)
         self.jobs = jobs  # where a base's init from_simulation finds its simulation
 
     def _max_active(self) -> int:
@@ -451,11 +528,18 @@ class Sweeps(_Jobs[SweepRow]):
         return validate_parsed(sweep, canonical, digest, Limits.from_settings(self.settings),
                                self.settings.max_sweep_points, resolve=resolve)
 
-    def _insert(self, sweep: Any, v: ValidatedSweep, digest: str, key: str | None, owner: str | None
+    def _cost(self, sweep: Any) -> Cost:
+        return sweep_cost_estimate(sweep, Limits.from_settings(self.settings), self.settings.max_sweep_points)
+
+    def _validated_cost(self, validated: ValidatedSweep, estimate: Cost) -> Cost:
+        return validated.cost
+
+    def _insert(self, sweep: Any, v: ValidatedSweep, digest: str, key: str | None, owner: str | None, cost: Cost
                 ) -> tuple[SweepRow, bool]:
         return self.store.create_or_get(v.request_json, v.base_json, v.keep, v.points, owner, request_hash=digest,
                                         idempotency_key=key, max_active=self.settings.max_active_sweeps,
-                                        name=sweep.name, tags=sweep.tags, provenance={"dtype": sweep.base.dtype})
+                                        name=sweep.name, tags=sweep.tags, provenance={"dtype": sweep.base.dtype},
+                                        expected_bytes=cost.result_bytes, cost_flops=cost.run_flops)
 
     async def get(self, row_id: str, viewer: str | None) -> SweepRow:
         row = await asyncio.to_thread(self.store.get, row_id)  # counts per status: more than a point read
@@ -537,7 +621,9 @@ class Sweeps(_Jobs[SweepRow]):
             await asyncio.to_thread(reader.close)
             raise ProblemError(500, "invalid-simulation-result", f"point {k} of sweep {sweep_id} succeeded but has no "
                                "stored trajectory")
-        return _streamed(reader, encode, lambda exc: None)
+        release = await _reserve_download(self.downloads, reader, getattr(encode, "fields", None), encode,
+                                          f"point {k}'s trajectory")
+        return _streamed(reader, encode, lambda exc: None, release)
 
     # -- issue 18: plots of a kept point trajectory (additive: GET /v1/sweeps/{id}/points/{k}/plot.*) ----------------
 

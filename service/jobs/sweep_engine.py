@@ -42,12 +42,14 @@ from typing import Any
 
 from service.settings import Settings
 
+from .database import StorageFullError
 from .runner import (
     MAX_RESUBMITS,
     SCATTER_BYTES,
     Runner,
     describe,
     failure_problem,
+    insufficient_storage_problem,
     settle,
 )
 from .sweeps_store import SweepRow, SweepStore
@@ -283,7 +285,8 @@ class SweepEngine(Runner):
                     settled.value, "these sweep points", "use keep: summary, fewer record points or smaller networks")
                 await self._record_chunk(chunk, self.store.fail_points, chunk.ks, problem)
             elif settled.kind == "result":
-                await self._record_chunk(chunk, self.store.finish_points, settled.value)
+                # hold=False: results that do not fit are not kept in memory waiting for space (a 507 failure)
+                await self._record_chunk(chunk, self.store.finish_points, settled.value, hold=False)
             # "cancelled": the store already has the sweep's unfinished points cancelled
         finally:
             self._watchers.pop(key, None)
@@ -321,14 +324,21 @@ class SweepEngine(Runner):
         await self._record_chunk(chunk, self.store.fail_points, chunk.ks, problem)
         self._chunk_done(key, chunk)
 
-    async def _record_chunk(self, chunk: _Chunk, write: Callable[..., Any], *args: Any) -> None:
-        """Store a chunk's outcome (``write(sweep_id, *args)``). If the store refuses it with an error (a
-        full disk only delays it), fail the chunk's points with that reason, as the Engine does for a job:
+    async def _record_chunk(self, chunk: _Chunk, write: Callable[..., Any], *args: Any, hold: bool = True) -> None:
+        """Store a chunk's outcome (``write(sweep_id, *args)``). Results (``hold=False``) that do not fit in a full
+        store fail the chunk's points with a 507 problem (nothing is kept in memory waiting for space); a small write
+        waits for space. If the store refuses it with an error, fail the chunk's points with that reason, as the
+        Engine does for a job:
         a write that fails the same way every time must not have the chunk rerun at every reconcile pass.
         If that fails too (the store unreachable), the points stay unfinished and the first reconcile pass
         after the sweep's other chunks end runs them again."""
         try:
-            await self._write(write, chunk.sweep_id, *args, what=f"sweep {chunk.sweep_id}'s points")
+            await self._write(write, chunk.sweep_id, *args, what=f"sweep {chunk.sweep_id}'s points", hold=hold)
+        except StorageFullError as exc:
+            log.warning("sweep %s: %d points failed, their results did not fit in the store (%s)", chunk.sweep_id,
+                        len(chunk.ks), exc)
+            await self._record_chunk(chunk, self.store.fail_points, chunk.ks,
+                                     insufficient_storage_problem(f"this point of sweep {chunk.sweep_id}"))
         except Exception as exc:  # noqa: BLE001
             log.exception("recording sweep %s's points failed", chunk.sweep_id)
             with contextlib.suppress(Exception):
@@ -337,7 +347,7 @@ class SweepEngine(Runner):
 
     async def _record(self, write: Callable[..., Any], *args: Any) -> None:
         try:
-            # A full disk: the chunk's results wait in memory until they can be stored.
+            # A full disk or a locked store: this small write waits until it can be stored.
             await self._write(write, *args, what=f"sweep {args[0]}'s points")
         except Exception:  # noqa: BLE001 - a lost "running" mark: the chunk's outcome is recorded anyway
             log.exception("recording sweep points failed")

@@ -34,7 +34,18 @@ from service.grid import (
     overlapping,
     remap_field,
 )
-from service.limits import Limits, trajectory_values
+from service.json_guard import check_duplicate_keys
+from service.limits import (
+    ZERO_COST,
+    Cost,
+    LimitExceededError,
+    Limits,
+    check_cost,
+    check_request_limits,
+    copy_flops,
+    request_cost,
+    trajectory_values,
+)
 from service.problems import (
     MAX_FIELD_ERRORS,
     ProblemError,
@@ -53,6 +64,7 @@ class ValidatedSweep:
     keep: str
     points: list[tuple[bytes, str]]     # (parameter values as JSON, group key), in index order
     request_hash: str                   # sha256 of request_json: what an Idempotency-Key is checked against
+    cost: Cost = ZERO_COST              # the points' cost together (validation with one problem per distinct data)
 
 
 def parse_sweep(body: bytes) -> SweepRequest:
@@ -61,7 +73,9 @@ def parse_sweep(body: bytes) -> SweepRequest:
                            errors=[field_error([], "empty_body", "the request body is empty",
                                                "send a SweepRequest JSON object (with curl: -d @sweep.json)")])
     try:
-        return SweepRequest.model_validate_json(body)
+        sweep = SweepRequest.model_validate_json(body)
+        check_duplicate_keys(body)  # {"grid": ..., "grid": ...}: refused, not the last one kept
+        return sweep
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         bad_json = next((e for e in errors if e["type"] == "json_invalid"), None)
@@ -174,6 +188,41 @@ def canonical_sweep(body: bytes) -> tuple[SweepRequest, bytes, str]:
     return sweep, request_json, hashlib.sha256(request_json).hexdigest()
 
 
+# What a point that keeps no trajectory stores: its results row (summary, params, per-mode times).
+SUMMARY_BYTES = 2048
+
+
+def _point_count(sweep: SweepRequest) -> int:
+    if sweep.grid is not None:
+        return grid_size(sweep.grid)
+    return len(sweep.points or [])
+
+
+def sweep_cost_estimate(sweep: SweepRequest, limits: Limits, max_points: int) -> Cost:
+    """The sweep's cost estimated from its base and its number of points, before any point is expanded: the base's
+    problem built once (points with the same data share it), each point's initial weights and checks, runs and
+    results. 422 limit-exceeded over the validation or job budget (the points' exact cost is counted again as they
+    are validated)."""
+    n = max(1, min(_point_count(sweep), max_points))
+    try:
+        base = request_cost(sweep.base, limits)
+    except (TypeError, ValueError, IndexError):  # an odd base: its validation below says what is wrong
+        return ZERO_COST
+    copy = copy_flops(sweep.base, limits)  # an init from_simulation's weights, copied once into the base
+    per_point = base.validation_flops - base.data_flops - copy
+    kept = base.result_bytes if sweep.keep == "trajectories" else SUMMARY_BYTES
+    estimate = Cost(base.data_flops + copy + n * per_point, base.validation_bytes, base.data_flops,
+                    n * base.run_flops, n * kept)
+    field = ["grid"] if sweep.grid is not None else ["points"]
+    try:
+        check_cost(estimate, sweep.base, Limits(**{**limits.__dict__, "max_job_flops": float("inf")}),
+                   what=f"this sweep's {n} points")
+    except LimitExceededError as exc:
+        raise one_field_problem(422, "limit-exceeded", field, "limit_exceeded", exc.message,
+                                f"use fewer points, or a smaller base ({exc.fix})") from None
+    return estimate
+
+
 def validate_sweep(body: bytes, limits: Limits, max_points: int) -> ValidatedSweep:
     """Body -> the stored form of the sweep, after validating every point as a single simulation;
     raises ProblemError (422 naming the grid entry, point or base field to fix)."""
@@ -215,12 +264,38 @@ def validate_parsed(sweep: SweepRequest, request_json: bytes, request_hash: str,
 
     points: list[tuple[bytes, str]] = []
     kept_values = 0  # numbers in all kept trajectories (keep: trajectories)
+    problems: dict[bytes, Any] = {}  # one problem per distinct data: built once, shared by the points
+    spent = ZERO_COST  # the points' cost so far
+    copy = copy_flops(sweep.base, limits)  # the base's init from_simulation: copied once (by resolve), not a point
+    if copy:
+        spent = Cost(copy, 0, 0.0, 0.0, 0)
     for k, (params, origin) in enumerate(expanded):
         try:
             point = apply_params(base, params, origin)
             _check_continuation(base, point, params, origin)
             request = SimulationRequest.model_validate_json(orjson.dumps(point))
-            spec = admit_simulation(request, limits)
+            check_request_limits(request, limits)
+            cost = request_cost(request, limits)
+            if copy:
+                cost = Cost(cost.validation_flops - copy_flops(request, limits), cost.validation_bytes,
+                            cost.data_flops, cost.run_flops, cost.result_bytes)
+            data_key = orjson.dumps(point.get("data"), option=orjson.OPT_SORT_KEYS)
+            if data_key in problems:  # the problem is built already
+                cost = Cost(cost.validation_flops - cost.data_flops, cost.validation_bytes, 0.0, cost.run_flops,
+                            cost.result_bytes)
+            if sweep.keep != "trajectories":
+                cost = Cost(cost.validation_flops, cost.validation_bytes, cost.data_flops, cost.run_flops,
+                            SUMMARY_BYTES)
+            spent = spent + cost
+            if spent.validation_flops > limits.max_validation_flops:
+                raise one_field_problem(
+                    422, "limit-exceeded", ["grid"] if sweep.grid is not None else ["points"], "limit_exceeded",
+                    f"validating this sweep's points would cost more than this service's limit of "
+                    f"{limits.max_validation_flops:.3g} FLOP-equivalents (DLNSIM_MAX_VALIDATION_FLOPS), reached at "
+                    f"point {k} of {len(expanded)}", "use fewer points, or points that share their data (vary the "
+                    "init, the learning rate or the widths rather than the data)")
+            check_cost(cost, request, limits, what=f"point {k}")
+            spec = admit_simulation(request, limits, problems=problems, data_key=data_key)
         except GridError as exc:
             add(k, params, exc.field, exc.code, exc.message, exc.fix, "validation-error")
             continue
@@ -245,5 +320,5 @@ def validate_parsed(sweep: SweepRequest, request_json: bytes, request_hash: str,
             f"keeping every point's trajectory would store about {kept_values} numbers, above this service's "
             f"limit of {limits.max_trajectory_values} (DLNSIM_MAX_TRAJECTORY_VALUES)",
             'use keep: "summary" (the results rows), fewer points, or fewer record points')
-    return ValidatedSweep(request_json, base_json, sweep.keep, points, request_hash)
+    return ValidatedSweep(request_json, base_json, sweep.keep, points, request_hash, spent)
 

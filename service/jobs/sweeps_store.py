@@ -41,6 +41,8 @@ from .database import (
     TrajectoryReader,
     keyset_page,
     new_job_id,
+    record_key,
+    spent_key,
     utc_now,
 )
 
@@ -148,9 +150,31 @@ class SweepStore:
         """Newest first, keyset paging on (created_at, id) like JobStore.list; with ``owner``, only its sweeps."""
         return keyset_page(self.db.connection(), "sweeps", _SWEEP_COLUMNS, self._sweep, status, page_size, page_token, owner)
 
+    def active_cost(self, owner: str | None = None) -> tuple[float, int]:
+        """(estimated FLOPs, most bytes their results store) of the queued and running sweeps (of ``owner``)."""
+        where, args = (f"status IN {ACTIVE_SQL}", ()) if owner is None else (
+            f"owner = ? AND status IN {ACTIVE_SQL}", (owner,))
+        flops, expected = self.db.connection().execute(
+            f"SELECT coalesce(sum(cost_flops), 0), coalesce(sum(expected_bytes), 0) FROM sweeps WHERE {where}",
+            args).fetchone()
+        return float(flops), int(expected)
+
+    def stored_bytes(self, owner: str | None = None) -> int:
+        """Bytes of kept point trajectories (of ``owner``'s sweeps)."""
+        if owner is None:
+            return int(self.db.connection().execute(
+                "SELECT coalesce(sum(size), 0) FROM sweep_trajectories").fetchone()[0])
+        return int(self.db.connection().execute(
+            "SELECT coalesce(sum(t.size), 0) FROM sweep_trajectories t JOIN sweeps s ON s.id = t.sweep_id "
+            "WHERE s.owner = ?", (owner,)).fetchone()[0])
+
     def by_idempotency_key(self, idempotency_key: str, owner: str | None = None) -> SweepRow | None:
-        """The sweep this owner created with this Idempotency-Key, if any (keys are per owner)."""
-        return self._by_key(idempotency_key, owner)
+        """The sweep this owner created with this Idempotency-Key, if any (keys are per owner); IdempotencyKeySpent
+        when it created one that has since been deleted."""
+        row = self._by_key(idempotency_key, owner)
+        if row is None:
+            spent_key(self.db.connection(), "sweep", idempotency_key, owner)
+        return row
 
     def _by_key(self, idempotency_key: str, owner: str | None) -> SweepRow | None:
         r = self.db.connection().execute(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE {_BY_KEY}",
@@ -228,7 +252,8 @@ class SweepStore:
                       points: Sequence[tuple[bytes, str]], owner: str | None = None, *,
                       request_hash: str | None = None, idempotency_key: str | None = None,
                       max_active: int | None = None, name: str | None = None, tags: Sequence[str] = (),
-                      provenance: Mapping[str, Any] | None = None, _retry: bool = True) -> tuple[SweepRow, bool]:
+                      provenance: Mapping[str, Any] | None = None, expected_bytes: int = 0, cost_flops: float = 0.0,
+                      _retry: bool = True) -> tuple[SweepRow, bool]:
         """``create`` with an Idempotency-Key: if this owner already used the key, that sweep and False
         (nothing is inserted), else the new sweep and True.
 
@@ -255,6 +280,11 @@ class SweepStore:
                     (sweep_id, utc_now(), bytes(request_json), bytes(base_json), keep, len(points), owner,
                      idempotency_key, request_hash, name, orjson.dumps(list(tags)).decode() if tags else None,
                      orjson.dumps(dict(provenance)).decode() if provenance else None))
+                conn.execute("UPDATE sweeps SET expected_bytes = ?, cost_flops = ? WHERE id = ?",
+                             (int(expected_bytes), float(cost_flops), sweep_id))
+                if idempotency_key is not None:
+                    spent_key(conn, "sweep", idempotency_key, owner)  # deleted meanwhile: not run again
+                    record_key(conn, "sweep", idempotency_key, owner, sweep_id, request_hash)
                 conn.executemany(
                     "INSERT INTO sweep_points (sweep_id, k, params, group_key, status) VALUES (?, ?, ?, ?, 'queued')",
                     ((sweep_id, k, bytes(params), group) for k, (params, group) in enumerate(points)))
@@ -263,9 +293,11 @@ class SweepStore:
                 raise
             existing = self._by_key(idempotency_key, owner)
             if existing is None and _retry:  # the other sweep was deleted in between: once more as a fresh one
+                spent_key(self.db.connection(), "sweep", idempotency_key, owner)
                 return self.create_or_get(request_json, base_json, keep, points, owner, request_hash=request_hash,
                                           idempotency_key=idempotency_key, max_active=max_active, name=name,
-                                          tags=tags, provenance=provenance, _retry=False)
+                                          tags=tags, provenance=provenance, expected_bytes=expected_bytes,
+                                          cost_flops=cost_flops, _retry=False)
             if existing is None:
                 raise
             return existing, False

@@ -77,7 +77,8 @@ def run_simulation(job_id: str, request_json: bytes) -> tuple[str, bytes]:
     try:
         with shared_cores() as blas_threads:
             return simulate_request(request_json, Hooks(progress=reporter, should_stop=should_stop,
-                                                        blas_threads=blas_threads, records=reporter.records),
+                                                        blas_threads=blas_threads, records=reporter.records,
+                                                        computed=reporter.computed),
                                     live=reporter)
     except StopRequested as stop:
         if stop.trajectory is None:

@@ -1,14 +1,29 @@
-"""Warming a worker up: compile (or load from numba's disk cache) every GD kernel, and import what a job
-imports, before the worker takes its first job.
+"""Warming a worker up: compile (or load from numba's disk cache) every kernel a job can reach, and import what a
+job imports, in two tiers: the default jobs' kernels before the worker takes its first job, the rest just after.
 
-    seconds = warm_up()              # in a worker: the engine's worker plugin calls it once per process
-    python -m service.jobs.warmup    # at install (make install): fills numba's cache for every later process
+    warm_up_eager()                       # a worker joining: before it counts as warm (/readyz)
+    warm_up_rest()                        # then, in the background, one process on the host at a time
+    warm_up()                             # both, in one go (the tests)
+    python -m service.jobs.warmup         # make run: compile EAGER into numba's cache, each step announced
+    python -m service.jobs.warmup --all   # make test, make install: every step
 
 Why: numba compiles a kernel on its first call for each argument type. On a clone with an empty cache the
 first 2,000-step (8,16,8) GD job took 21.4 s through the service, compiling in the worker while the user
 waited; a process that finds the cache loads the kernels in a second or two. So the install fills the cache,
 and each worker runs these requests as it joins the cluster (restarted workers too); /readyz answers 200
-only once every worker has.
+only once every worker has warmed up the eager tier.
+
+Two tiers (issue 21, a fresh start in 90 s): compiling everything took about 40 s of CPU in one process (51 s before
+the SGD loop stopped compiling a variant per writeability of its inputs), the longest silent stretch of a fresh
+``make run``. ``EAGER`` is what a default job reaches: float64 GD (two-layer and deep), the float64 sweep batch,
+gradient flow, the exact solutions and task sequences, about 17 s of CPU, compiled by ``make run`` before the
+service starts. The rest (float32, momentum and SGD, the sharpness's Hessian products and Lanczos, the linearised
+loss: about 23 s) is compiled by the workers after they report warm, in the background, one worker process at a
+time (a file lock; the others then load it from the cache): the service is ready sooner, and a job that needs one
+of those kernels in the first half minute of a fresh install compiles it itself (numba's compile lock: it waits
+for the warm-up's compile in progress, then finds what it needs or compiles it). After both tiers a worker
+compiles nothing (tests/jobs/test_warmup.py). The warm-up's tiny runs leave the process's BLAS thread counts
+alone (``gd.leave_blas_alone``): the rest tier runs beside jobs, whose counts are theirs.
 
 The requests are tiny versions of what jobs run, through the job's own code (``task.simulate_request``, and
 ``simulate_batch`` as a sweep chunk calls it), so that every kernel a job can reach is typed the way the job
@@ -21,7 +36,14 @@ sequences; then the core's own warm-ups of the SGD and Hessian kernels reach the
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import orjson
 
@@ -56,7 +78,8 @@ WARMUP_REQUESTS: list[dict] = [
      "record": {"points": 5}},
     {"data": _DATASET, "network": {"hidden": [4]}, "training": _SGD, "record": {"points": 5}},
     {"data": _DATASET, "network": {"hidden": [4]}, "training": _SGD, "record": {"points": 5}, "dtype": "float32"},
-    # the one-hot presets keep x read-only and y as a transposed view, which SGD copies: a typing of its own
+    # the one-hot presets keep x read-only and y as a transposed view (which SGD copies): the same typing as the
+    # dataset above since the kernel takes read-only x and y (sgd._read_only), kept here in case that changes
     {"data": {"kind": "preset", "name": "hierarchy", "depth": 3}, "network": {"hidden": [4]}, "training": _SGD,
      "record": {"points": 5}},
     {"data": _DATASET, "network": {"hidden": [4]}, "training": _GD,
@@ -69,14 +92,14 @@ WARMUP_REQUESTS: list[dict] = [
 ]
 
 
-def _warm_batch() -> None:
-    """The sweep chunk's paths: ``simulate_batch`` over a group of GD points, in both dtypes, for a two-layer
+def _warm_batch(dtypes: tuple[str, ...] = ("float64", "float32")) -> None:
+    """The sweep chunk's paths: ``simulate_batch`` over a group of GD points, in each dtype, for a two-layer
     net (the SIMD-lane kernel, service/dynamics/gd_lanes.py) and a deeper one (the one-by-one loop)."""
     from service.build import build_run
     from service.dynamics.batch import SweepPoint, simulate_batch
     from service.schemas import SimulationRequest
 
-    for dtype in ("float64", "float32"):
+    for dtype in dtypes:
         for hidden in ([4], [4, 4]):
             points = []
             for seed in (0, 1):
@@ -88,22 +111,118 @@ def _warm_batch() -> None:
             simulate_batch(points)
 
 
-def warm_up() -> float:
-    """Run every warm-up request in this process, then the core's own warm-ups of the momentum/SGD loop (every
-    gradient source, both dtypes, shallow and deep) and of the Hessian product (the depths its compiled plans
-    distinguish); return the seconds it took."""
-    from service.dynamics import sgd, sharpness
+def _requests(*indices: int) -> Callable[[], None]:
+    def run() -> None:
+        from .tasks import simulate_request
 
-    from .tasks import simulate_request
+        for i in indices:
+            simulate_request(orjson.dumps(WARMUP_REQUESTS[i]))
+    return run
+
+
+def _sgd(dtype: str, *indices: int) -> Callable[[], None]:
+    def run() -> None:
+        import numpy as np
+
+        from service.dynamics import sgd
+
+        _requests(*indices)()
+        sgd.warm_up((np.dtype(dtype).type,))
+    return run
+
+
+def _hessian() -> None:
+    from service.dynamics import sharpness
+
+    sharpness.warm_up()
+
+
+# Every step of a warm-up, in the order a worker runs them: (what it compiles, how). Together they are every
+# request above, ``_warm_batch`` in both dtypes, and the core's own warm-ups of the momentum/SGD loop (every
+# gradient source, both dtypes, shallow and deep) and of the Hessian product (the depths its plans distinguish).
+# CPU seconds with an empty cache, one process, on the busy 2-core VM (2026-12-07): 14.5, 1.7, 0.9 | 3.6, 3.7, 3.0,
+# 7.7, 1.6, 3.7, 0.0.
+STEPS: list[tuple[str, Callable[[], None]]] = [
+    ("float64 GD", _requests(0, 2)),
+    ("float64 sweep batches", lambda: _warm_batch(("float64",))),
+    ("flow, exact and task sequences", _requests(4, 6, 14)),
+    ("float64 momentum and SGD", _sgd("float64", 7, 8, 10)),
+    ("Hessian products and Lanczos", _hessian),
+    ("sharpness and linearised-loss jobs", _requests(11, 12, 13)),
+    ("float32 GD", _requests(1, 3)),
+    ("float32 sweep batches", lambda: _warm_batch(("float32",))),
+    ("float32 momentum and SGD", _sgd("float32", 9)),
+    ("float32 flow", _requests(5)),
+]
+# What a default job reaches (float64 GD, sweeps, flow, exact, sequences): before a worker counts as warm.
+EAGER: tuple[int, ...] = (0, 1, 2)
+REST: tuple[int, ...] = tuple(i for i in range(len(STEPS)) if i not in EAGER)
+
+
+def _announce(message: str) -> None:
+    print(f"dlnsim: {message}", flush=True)
+
+
+def run_steps(indices: Iterable[int], *, announce: bool = False) -> float:
+    """Run these steps in this process (announcing each when asked); the seconds it took. The steps' tiny runs
+    leave the process's BLAS thread counts as they are (jobs may be running beside them)."""
+    from service.dynamics.gd import leave_blas_alone
 
     start = time.perf_counter()
-    for request in WARMUP_REQUESTS:
-        simulate_request(orjson.dumps(request))
-    _warm_batch()
-    sgd.warm_up()
-    sharpness.warm_up()
+    with leave_blas_alone():
+        for i in indices:
+            label, step = STEPS[i]
+            if announce:
+                _announce(f"compiling the kernels ({i + 1}/{len(STEPS)}: {label})…")
+            step()
     return time.perf_counter() - start
 
 
+def warm_up_eager() -> float:
+    """The kernels of the default jobs (``EAGER``); the seconds it took."""
+    return run_steps(EAGER)
+
+
+@contextlib.contextmanager
+def _one_process_at_a_time() -> Iterator[None]:
+    """An exclusive lock shared by the processes of this installation on this host (the workers of one cluster):
+    the first compiles, the next ones wait and then load what it cached (without ``fcntl``, no lock: each compiles)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    key = hashlib.sha256(f"{Path(__file__).resolve()}|{os.environ.get('NUMBA_CACHE_DIR', '')}".encode()).hexdigest()
+    with open(Path(tempfile.gettempdir()) / f"dlnsim-warm-up-{key[:16]}.lock", "ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def warm_up_rest() -> float:
+    """The other kernels (``REST``), one process of this installation at a time; the seconds it took (waiting
+    included)."""
+    start = time.perf_counter()
+    with _one_process_at_a_time():
+        run_steps(REST)
+    return time.perf_counter() - start
+
+
+def warm_up() -> float:
+    """Every warm-up step in this process; return the seconds it took."""
+    return run_steps(range(len(STEPS)))
+
+
+def main(argv: list[str]) -> int:
+    every = argv[:1] == ["--all"]
+    steps = range(len(STEPS)) if every else EAGER
+    what = "every kernel" if every else "the kernels of the default jobs (float64 GD, sweeps, flow, exact)"
+    _announce(f"compiling {what} into numba's cache, once per install (about "
+              f"{'40' if every else '17'} s of CPU)…")
+    seconds = run_steps(steps, announce=True)
+    _announce(f"compiled and cached in {seconds:.1f} s" + ("" if every else "; the others (float32, momentum and "
+              "SGD, sharpness) compile in the background once the service is ready"))
+    return 0
+
+
 if __name__ == "__main__":
-    print(f"dlnsim: GD kernels compiled and cached in {warm_up():.1f} s")
+    sys.exit(main(sys.argv[1:]))

@@ -231,6 +231,10 @@ class LiveReporter(Reporter):
         self.pending.extend(rows)
         self.latest = rows[-1] if rows else self.latest
 
+    def computed(self) -> Any:
+        """The products behind the records summarised so far (``Hooks.computed``), for the final trajectory."""
+        return None if self.live is None else self.live.computed()
+
     def _message(self, fraction: float) -> dict[str, Any]:
         now = time.monotonic()
         if self.started is None:

@@ -7,11 +7,14 @@ any web framework.
 
 One family of figures per module:
 
-    loss        L(t), L*, test loss and its minimum, loss theory; the round-off floor not drawn as data
+    loss        L(t), L*, test loss and its minimum, loss theory (modes and random matrix), the linearised network's
+                loss; the round-off floor not drawn as data
     modes       mode strengths, theory dashed, strengths at the optimum u* dotted, learning times ●
     product     W(t) at the stage times (or t_stop), W*, the teacher W̄ of a noisy teacher
     similarity  RSM = W21ᵀW21 at t = 0, the stage times and the end
     kernel      NTK distance and the Grams' distances, each term's share of K; log y for a lazy run
+    tasks       a task sequence: every phase's task loss, the switches marked, the phases tinted (forgetting)
+    sharpness   the top Hessian eigenvalues with GD's threshold 2/η (edge of stability), the loss above
     sweeps      a sweep's results against a swept parameter: seeds averaged, small multiples by a stated rule
     compare     several runs in one figure (loss, modes, kernel)
 
@@ -26,15 +29,15 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from . import compare, kernel, loss, modes, product, similarity, sweeps
+from . import compare, kernel, loss, modes, product, sharpness, similarity, sweeps, tasks
 from .common import MAX_TIMES, SCALES, Context, Options, PlotError, nearest_records, precision_of
 from .compare import COMPARE_KINDS, MAX_RUNS
 from .render import DEFAULT_DPI, FORMATS, MAX_DPI, MIN_DPI, build, render
 from .sweeps import AGGREGATES, MAX_LINES, MAX_PANELS, SWEEP_KINDS, sweep_axes
 
-KINDS = ("loss", "modes", "product", "similarity", "kernel")
+KINDS = ("loss", "modes", "product", "similarity", "kernel", "tasks", "sharpness")
 _FIGURES = {"loss": loss.figure, "modes": modes.figure, "product": product.figure, "similarity": similarity.figure,
-            "kernel": kernel.figure}
+            "kernel": kernel.figure, "tasks": tasks.figure, "sharpness": sharpness.figure}
 
 __all__ = ["AGGREGATES", "COMPARE_KINDS", "DEFAULT_DPI", "FORMATS", "KINDS", "MAX_DPI", "MAX_LINES", "MAX_PANELS",
            "MAX_RUNS", "MAX_TIMES", "MIN_DPI", "SCALES", "SWEEP_KINDS", "Context", "Options", "PlotError",

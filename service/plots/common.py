@@ -49,12 +49,14 @@ class Options:
 class Context:
     """What the trajectory does not hold but a figure can use, from the simulation's request: the item and feature
     names of a preset (``labels``: {"items": [...], "features": [...]}), the teacher map W̄ of a noisy-teacher preset,
-    the relative precision of the recorded maps (``precision``, see ``precision_of``) and the run's name."""
+    the relative precision of the recorded maps (``precision``, see ``precision_of``), the run's name and its
+    ``training`` section (learning rate, momentum, weight decay: what the sharpness plot's threshold is made of)."""
 
     labels: Mapping[str, Any] | None = None
     teacher: np.ndarray | None = None
     precision: float | None = None
     name: str | None = None
+    training: Mapping[str, Any] | None = None
 
 
 def array(value: Any) -> np.ndarray:

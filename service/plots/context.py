@@ -35,7 +35,8 @@ def context_of(request: Mapping[str, Any] | None, name: str | None = None) -> Co
                     teacher = None if problem.test is None else np.array(problem.test.sigma31)
         except (DynamicsError, TypeError, ValueError, KeyError):
             labels = labels if isinstance(labels, Mapping) else None
-    return Context(labels=labels, teacher=teacher, precision=precision_of(training.get("method"), request), name=name)
+    return Context(labels=labels, teacher=teacher, precision=precision_of(training.get("method"), request), name=name,
+                   training=training or None)
 
 
 def run_label(run_id: str, name: str | None = None, tags: Sequence[str] | None = None) -> str:

@@ -1,5 +1,7 @@
 """kind=loss: the training loss L(t) (or L − L* when Σ33 is unknown), the optimum L*, with test data the test loss,
-its minimum (the early-stopping point) and the loss theory.
+its minimum (the early-stopping point) and the loss theory; with record.linearized the loss of the network linearised
+at its initialisation (the NTK fixed at K(0), dashed: the lazy limit the loss follows where learning is lazy), and for
+the noisy_teacher preset Lampinen & Ganguli's random-matrix prediction (dash-dotted) beside the mode theory.
 
 **Round-off floor.** A loss below what the recorded maps can resolve is not data: with maps known to a relative
 precision ε (``common.precision_of``: 10 ulps for GD, 10·rtol for the flow), L − L* = ‖W F − G‖² − ‖W* F − G‖² is
@@ -18,10 +20,12 @@ from matplotlib.figure import Figure
 
 from .common import Context, Options, array, fmt, method_name, outcome_note, precision_of
 from .render import new_figure
-from .style import GRID, legend_right, log_axis, note, sample
+from .style import GRID, legend_right, log_axis, note, sample, wrap
 from .timing import apply_time_axis, auto_scale, shown
 
 TEST_COLOUR = "C3"
+LINEARIZED_COLOUR = "C2"
+RANDOM_MATRIX = {"ls": "-.", "lw": 1.3, "zorder": 4}
 
 
 def roundoff_floor(doc: Mapping[str, Any], context: Context) -> float:
@@ -62,7 +66,11 @@ def figure(doc: Mapping[str, Any], options: Options, context: Context) -> Figure
         (t_line,) = ax.plot(time[ok], yt[ok], color="0.15", ls="--", lw=1.1, zorder=4,
                             label=f"theory of L ({theory['model']}, {qualifier})")
         handles.append(t_line)
+    if known:
+        handles += _random_matrix(ax, doc, "loss", time, keep, y_log, floor)
+    handles += _linearized(ax, doc, time, keep, y_log, floor, known)
     handles += _test_loss(ax, doc, time, keep, y_log, floor, qualifier, scale)
+    handles += _switches(ax, doc, scale)
     if known and optimum is not None:
         if optimum_zero:
             notes.append(f"L* = 0 to round-off: the best rank-{rank} map fits the data")
@@ -97,6 +105,48 @@ def figure(doc: Mapping[str, Any], options: Options, context: Context) -> Figure
     return fig
 
 
+def _linearized(ax, doc: Mapping[str, Any], time: np.ndarray, keep: np.ndarray, y_log: bool, floor: float,
+                known: bool) -> list:
+    """The linearised network's loss (record.linearized) dashed: L_lin(t), or L_lin − L* beside an excess loss."""
+    values = doc.get("linearized_loss") if known else doc.get("linearized_excess_loss")
+    if values is None:
+        return []
+    y = array(values)
+    ok = keep & np.isfinite(y) & ((y > floor) if y_log else True)
+    symbol = "L_lin(t)" if known else "L_lin(t) − L*"
+    (line,) = ax.plot(time[ok], y[ok], color=LINEARIZED_COLOUR, ls=(0, (5, 3)), lw=1.8, zorder=4,
+                      gid="linearized-loss", label=wrap(f"{symbol}: linearised at init (NTK fixed at K(0))"))
+    return [line]
+
+
+def _random_matrix(ax, doc: Mapping[str, Any], member: str, time: np.ndarray, keep: np.ndarray, y_log: bool,
+                   floor: float) -> list:
+    """Lampinen & Ganguli's random-matrix prediction of L (``member`` "loss") or L_test ("test_loss"), dash-dotted,
+    where it applies (the noisy_teacher preset)."""
+    theory = doc.get("loss_theory_random_matrix") or {}
+    if theory.get(member) is None:
+        return []
+    symbol, colour = ("L", "0.4") if member == "loss" else ("L_test", "darkred")
+    y = array(theory[member])
+    ok = keep & np.isfinite(y) & ((y > floor) if y_log else True)
+    (line,) = ax.plot(time[ok], y[ok], color=colour, **RANDOM_MATRIX, gid=f"random-matrix-{member.replace('_', '-')}",
+                      label=wrap(f"theory of {symbol} (random matrix: Lampinen & Ganguli, asymptotic)"))
+    return [line]
+
+
+def _switches(ax, doc: Mapping[str, Any], scale: str) -> list:
+    """A task sequence's switch times dashed: the loss drawn is the loss of the task being trained."""
+    if doc.get("phase_starts") is None:
+        return []
+    starts = [float(t) for t in array(doc["phase_starts"])[1:] if t > 0 or scale != "log"]
+    for t in starts:
+        ax.axvline(t, color="0.35", ls="--", lw=1.0, zorder=2, gid="task-switch")
+    if not starts:
+        return []
+    return [sample("dashed vertical: a switch to the next task; the loss is that of the task being trained "
+                   "(kind=tasks draws every task's)", ls="--", lw=1.0)]
+
+
 def _test_loss(ax, doc: Mapping[str, Any], time: np.ndarray, keep: np.ndarray, y_log: bool, floor: float,
                qualifier: str, scale: str) -> list:
     """The test loss (with data.test), its theory dashed and its minimum ▼ with the early-stopping time dotted."""
@@ -115,6 +165,7 @@ def _test_loss(ax, doc: Mapping[str, Any], time: np.ndarray, keep: np.ndarray, y
         (t_line,) = ax.plot(time[okt], yt[okt], color="darkred", ls="--", lw=1.1, zorder=4,
                             label=f"theory of L_test ({theory['model']}, {qualifier})")
         handles.append(t_line)
+    handles += _random_matrix(ax, doc, "test_loss", time, keep, y_log, floor)
     stop = doc.get("early_stopping") or {}
     t_stop, l_stop = stop.get("time"), stop.get("test_loss")
     if t_stop is not None and l_stop is not None and (t_stop > 0 or scale != "log"):

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.json_guard import check_duplicate_keys
 from service.problems import MAX_FIELD_ERRORS, ProblemError, dotted, field_error
 
 from .requests import strip_union_tags
@@ -143,7 +144,7 @@ def parse_body(body: bytes, model: Any) -> Any:
                            errors=[field_error([], "empty_body", "the request body is empty",
                                                f"send a {name} JSON object (with curl: -d @request.json)")])
     try:
-        return model.model_validate_json(body)
+        result = model.model_validate_json(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         if any(e["type"] == "json_invalid" for e in errors):
@@ -153,3 +154,5 @@ def parse_body(body: bytes, model: Any) -> Any:
                                                    "send a valid JSON document (check quotes, commas, brackets)")]
                                ) from None
         raise validation_problem(errors) from None
+    check_duplicate_keys(body)  # valid JSON whose meaning is open: {"steps": 200, "steps": 1e7} (service/json_guard.py)
+    return result

@@ -3,30 +3,25 @@ and no stack trace in any response. In process, with the Engine test double (tes
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import hmac
 import re
 
+import httpx
 import pytest
 
 from service.api.access import parse_api_keys
 from service.api.security import API_CSP, SVG_CSP
+from service.settings import Settings
 from tests.api.conftest import assert_problem, small_request
-from tests.api.real_runs import CORRELATIONS_EXACT, create_finished, run_document
+from tests.support.keys import KEYS, KEYS_ON, TOKEN_A, TOKEN_B, TOKEN_C, A, B, C
+from tests.support.real_runs import CORRELATIONS_EXACT, create_finished, run_document
 
 pytestmark = pytest.mark.anyio
 
-TOKEN_A = "alice-token-0123456789abcdef"
-TOKEN_B = "bob-token-0123456789abcdef"
-TOKEN_C = "carol-token-0123456789abcdef"
-# alice: named token; bob: named SHA-256 only (the secret is not in the setting); carol: unnamed token.
-KEYS = f"alice:{TOKEN_A}, bob:sha256:{hashlib.sha256(TOKEN_B.encode()).hexdigest()}, {TOKEN_C}"
-KEYS_ON = {"api_keys": KEYS}
 ORIGIN = "https://lab.example.org"
-
-A = {"Authorization": f"Bearer {TOKEN_A}"}
-B = {"Authorization": f"Bearer {TOKEN_B}"}
-C = {"Authorization": f"Bearer {TOKEN_C}"}
 
 keys_on = pytest.mark.parametrize("settings_overrides", [KEYS_ON])
 
@@ -129,12 +124,46 @@ async def test_an_unauthenticated_oversize_body_is_refused_before_it_is_read(ser
 
 
 @keys_on
-async def test_a_job_stores_its_key_id_never_the_token(service):
+async def test_a_job_stores_its_key_id_never_the_token_nor_a_hash_of_it_alone(service):
+    # Issue 19.10: an unnamed key's id was a plain SHA-256 prefix of its token, so whoever reads the store could test
+    # guesses of a token offline. It is now keyed with the server's owner secret (kept in the data dir, 0600).
     named, unnamed = await create(service, A), await create(service, C)
     assert service.store.get(named).owner == "alice"
-    assert service.store.get(unnamed).owner == "sha256:" + hashlib.sha256(TOKEN_C.encode()).hexdigest()[:16]
+    secret_file = service.settings.data_dir / "owner-secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    digest = hashlib.sha256(TOKEN_C.encode()).digest()
+    keyed = "key:" + hmac.new(secret_file.read_bytes().strip(), digest, hashlib.sha256).hexdigest()[:16]
+    assert service.store.get(unnamed).owner == keyed != "sha256:" + digest.hex()[:16]
     rows = service.store.db.connection().execute("SELECT * FROM jobs").fetchall()
-    assert not any(TOKEN_A in str(v) or TOKEN_C in str(v) for row in rows for v in row)
+    assert not any(TOKEN_A in str(v) or TOKEN_C in str(v) or digest.hex()[:16] in str(v) for row in rows for v in row)
+
+
+def test_an_unnamed_keys_jobs_keep_their_owner_across_restarts_and_from_the_earlier_id_form(tmp_path):
+    from service.main import create_app
+    from tests.api.conftest import FakeEngine
+
+    settings = Settings(data_dir=tmp_path, api_keys=KEYS)
+    legacy = "sha256:" + hashlib.sha256(TOKEN_C.encode()).hexdigest()[:16]
+
+    async def scenario() -> None:
+        app = create_app(settings, engine_factory=FakeEngine)
+        async with app.router.lifespan_context(app):
+            old, _ = app.state.store.create(b"{}", "h", owner=legacy)  # stored by an earlier version
+            new, _ = app.state.store.create(b"{}", "h", idempotency_key="k", owner=legacy)
+        for _ in range(2):  # a restart renames the earlier ids, and keeps the new ones
+            app = create_app(settings, engine_factory=FakeEngine)
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                    listed = (await client.get("/v1/simulations", headers=C)).json()["items"]
+                    assert {s["id"] for s in listed} == {old.id, new.id}
+                    assert (await client.get("/v1/simulations", headers=A)).json()["items"] == []
+                    # its Idempotency-Key is still its own: found (another body: 422), not a new job
+                    reused = await client.post("/v1/simulations", json=small_request(),
+                                               headers={**C, "Idempotency-Key": "k"})
+                    assert_problem(reused, 422, "idempotency-key-reused")
+
+    asyncio.run(scenario())
 
 
 @keys_on
@@ -201,6 +230,21 @@ async def test_idempotency_keys_are_scoped_per_key(service):
 
 # ------------------------------------------------------------------------------------------------
 # per-key limits
+
+
+@keys_on
+async def test_with_keys_and_no_per_key_setting_each_key_gets_a_fair_share_of_the_queue(service):
+    # Issue 19.10: with keys on and no DLNSIM_MAX_ACTIVE_PER_KEY, one key's jobs filled the queue for all. Three
+    # owners (alice, bob, the unnamed key) share DLNSIM_MAX_QUEUED = 6: two each.
+    service.settings.max_queued = 6
+    for _ in range(2):
+        await create(service, A)
+    refused = await service.client.post("/v1/simulations", json=small_request(), headers=A)
+    problem = assert_problem(refused, 429, "too-many-active-jobs")
+    assert "share of DLNSIM_MAX_QUEUED" in problem["detail"] and int(refused.headers["retry-after"]) >= 1
+    for headers in (B, B, C, C):
+        await create(service, headers)  # the others still have their share
+    assert service.job_count() == 6
 
 
 @pytest.mark.parametrize("settings_overrides", [{**KEYS_ON, "max_active_per_key": 2}])

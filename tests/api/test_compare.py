@@ -8,8 +8,8 @@ import pytest
 from service.plots import PlotError, compare_figure
 from service.plots.common import Context
 from tests.api.conftest import assert_problem
-from tests.api.real_runs import TEACHER_FLOW, create_finished
-from tests.api.test_plots import LAZY, RICH, doc, legend_texts, texts
+from tests.support.figures import LAZY, RICH, doc, legend_texts, texts
+from tests.support.real_runs import TEACHER_FLOW, create_finished
 
 pytestmark = pytest.mark.anyio
 

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from tests.api.conftest import assert_problem, small_request
-from tests.api.real_runs import run_as_worker, submit, submit_and_run
-from tests.api.test_access import KEYS_ON, A, B
+from tests.support.keys import KEYS_ON, A, B
+from tests.support.real_runs import run_as_worker, submit, submit_and_run
 
 pytestmark = pytest.mark.anyio
 

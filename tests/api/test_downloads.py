@@ -18,7 +18,7 @@ from service.codec import arrays_of, field_of, npz_arrays, record_indices, to_np
 from service.dynamics.simulate import simulate
 from service.schemas import SimulationRequest, Trajectory
 from tests.api.conftest import assert_problem, small_request
-from tests.api.real_runs import (
+from tests.support.real_runs import (
     CORRELATIONS_EXACT,
     HIERARCHY_GD,
     create_finished,

@@ -17,7 +17,7 @@ from service.dynamics.simulate import simulate
 from service.limits import Limits
 from service.schemas import GRADIENTS_EXAMPLE, GradientsRequest
 from tests.api.conftest import assert_problem
-from tests.sample_loss import per_sample_mse
+from tests.support.sample_loss import per_sample_mse
 
 pytestmark = pytest.mark.anyio
 

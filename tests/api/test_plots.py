@@ -4,87 +4,34 @@ trajectories drawn, the Figure objects inspected (scales, lines, legends, labels
 from __future__ import annotations
 
 import copy
-import functools
 import struct
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import orjson
 import pytest
-from matplotlib.legend import Legend
 
-from service.plots import Context, Options, PlotError, nearest_records, plot_figure, render_plot
-from service.plots.context import context_of, run_label
+from service.plots import Options, PlotError, nearest_records, plot_figure, render_plot
+from service.plots.context import run_label
 from service.plots.loss import roundoff_floor
 from tests.api.conftest import assert_problem, small_request
-from tests.api.real_runs import (
-    CORRELATIONS_EXACT,
+from tests.support.figures import (
+    RUNS,
+    SVG_NS,
+    all_text,
+    context,
+    doc,
+    legend_texts,
+    legends,
+    texts,
+)
+from tests.support.real_runs import (
     HIERARCHY_GD,
     TEACHER_FLOW,
     create_finished,
-    run_document,
 )
 
 pytestmark = pytest.mark.anyio
-
-SVG_NS = "{http://www.w3.org/2000/svg}"
-WHITENED = {"kind": "preset", "name": "whitened", "singular_values": [3.0, 2.0, 1.0], "n_in": 4, "n_out": 4}
-LAZY = {"data": WHITENED, "network": {"hidden": [4]},
-        "init": {"scheme": "lambda_balanced", "lambda": -25.0, "scale": 0.1, "seed": 0},
-        "training": {"method": "exact", "t_max": 4.0}, "record": {"points": 200, "kernel": True}}
-RICH = {**LAZY, "init": {**LAZY["init"], "lambda": 0.0}}
-HIERARCHY_EXACT = {"data": {"kind": "preset", "name": "hierarchy", "depth": 3}, "network": {"hidden": [16]},
-                   "init": {"scheme": "aligned", "strength": 0.001}, "training": {"method": "exact", "t_max": 40.0},
-                   "record": {"points": 100, "similarity": True}}
-FLOW_TO_THE_END = {"data": WHITENED, "network": {"hidden": [4]}, "init": {"scheme": "aligned", "strength": [0.01, 0.01, 0.01, 0.0]},
-                   "training": {"method": "flow", "t_max": 40.0, "stop_at_convergence": False},
-                   "record": {"points": 100}}
-NOISY_TEACHER = {"data": {"kind": "preset", "name": "noisy_teacher", "n_in": 8, "n_out": 8, "n_samples": 8,
-                          "noise": 1.0, "singular_values": [4.0, 2.0, 1.0]},
-                 "network": {"hidden": [8]}, "init": {"scheme": "gaussian", "scale": 0.01, "seed": 0},
-                 "training": {"method": "gd", "learning_rate": 0.05, "steps": 3000}, "record": {"points": 120}}
-RUNS = {"gd": HIERARCHY_GD, "exact": CORRELATIONS_EXACT, "teacher": TEACHER_FLOW, "lazy": LAZY, "rich": RICH,
-        "hierarchy": HIERARCHY_EXACT, "flow_end": FLOW_TO_THE_END, "noisy": NOISY_TEACHER}
-
-
-@functools.cache
-def _doc(name: str) -> bytes:
-    return orjson.dumps(run_document(RUNS[name]))
-
-
-def doc(name: str) -> dict:
-    return orjson.loads(_doc(name))
-
-
-def context(name: str) -> Context:
-    from service.schemas import SimulationRequest
-
-    return context_of(SimulationRequest.model_validate(RUNS[name]).model_dump(mode="json", by_alias=True))
-
-
-def legend_texts(fig) -> list[str]:
-    return [t.get_text().replace("\n  ", " ") for lg in _legends(fig) for t in lg.get_texts()]
-
-
-def _legends(fig) -> list[Legend]:
-    out = [a for a in fig.legends]
-    for ax in fig.axes:
-        out += [c for c in ax.get_children() if isinstance(c, Legend)]
-    return out
-
-
-def all_text(fig) -> str:
-    """Every text of the figure: titles, labels, ticks, legends."""
-    return " ".join(t.get_text().replace("\n  ", " ") for t in fig.findobj(lambda a: hasattr(a, "get_text"))
-                    if t.get_text())
-
-
-def texts(svg: bytes) -> list[str]:
-    """Every text element's content of an SVG (text stays text: svg.fonttype none)."""
-    root = ET.fromstring(svg)
-    assert root.tag == f"{SVG_NS}svg"
-    return ["".join(t.itertext()) for t in root.iter(f"{SVG_NS}text")]
-
 
 async def plot(service, job_id: str, fmt: str = "svg", **params):
     return await service.client.get(f"/v1/simulations/{job_id}/plot.{fmt}", params=params)
@@ -188,7 +135,7 @@ def test_legends_are_outside_the_axes_never_over_data(kind):
     renderer = fig.canvas.get_renderer()
     ax = fig.axes[0]
     box = ax.get_window_extent(renderer)
-    for legend in _legends(fig):
+    for legend in legends(fig):
         assert not legend.get_window_extent(renderer).overlaps(box)
 
 
@@ -444,7 +391,7 @@ async def test_bad_query_parameters_are_422_naming_the_parameter(service, params
     assert body["errors"][0]["field"][0] == field and body["errors"][0]["in"] == "query"
 
 
-@pytest.mark.parametrize("kind", ["similarity", "kernel"])
+@pytest.mark.parametrize("kind", ["similarity", "kernel", "sharpness"])
 async def test_plot_of_what_a_run_did_not_record_is_a_409_not_recorded(service, kind):
     job = await create_finished(service, TEACHER_FLOW, doc("teacher"))
     body = assert_problem(await plot(service, job, kind=kind), 409, "not-recorded")
@@ -471,3 +418,215 @@ async def test_similarity_counts_towards_the_trajectory_size_limit(service):
     body = assert_problem(await service.client.post("/v1/simulations", content=orjson.dumps(request)), 422,
                           "limit-exceeded")
     assert "record.similarity" in body["errors"][0]["fix"]
+
+
+# ------------------------------------------------------------------------------------------------
+# tasks: a task sequence's forgetting curves
+
+
+def lines_by_gid(fig, prefix: str) -> list:
+    return sorted((ln for ax in fig.axes for ln in ax.get_lines() if (ln.get_gid() or "").startswith(prefix)),
+                  key=lambda ln: ln.get_gid())
+
+
+def test_tasks_figure_draws_each_phases_task_loss_as_one_line():
+    d = doc("sequence")
+    lines = lines_by_gid(plot_figure(d, "tasks", context=context("sequence")), "task-loss-")
+    task_loss = np.array(d["task_loss"])
+    assert [ln.get_gid() for ln in lines] == ["task-loss-0", "task-loss-1"]
+    for p, line in enumerate(lines):
+        t, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+        idx = np.searchsorted(d["time"], t)
+        assert np.array_equal(y, task_loss[idx, p])
+
+
+def test_tasks_svg_has_one_path_per_phase_and_names_each_phase():
+    svg = render_plot(doc("sequence"), "tasks", context=context("sequence"))
+    root = ET.fromstring(svg)
+    groups = [g for g in root.iter(f"{SVG_NS}g") if (g.get("id") or "").startswith("task-loss-")]
+    assert sorted(g.get("id") for g in groups) == ["task-loss-0", "task-loss-1"]
+    assert all(len(list(g.iter(f"{SVG_NS}path"))) == 1 for g in groups)
+    text = " ".join(texts(svg))
+    assert "training on task A" in text and "training on task B" in text
+
+
+def test_tasks_switch_is_a_dashed_vertical_line_at_the_phase_start():
+    d = doc("sequence")
+    ax = plot_figure(d, "tasks", context=context("sequence")).axes[0]
+    verticals = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--" and len(set(ln.get_xdata())) == 1]
+    assert [ln.get_xdata()[0] for ln in verticals] == [d["phase_starts"][1]] == [pytest.approx(2.0)]
+
+
+def test_tasks_legend_gives_each_tasks_loss_at_its_switch_and_at_the_end():
+    d = doc("sequence")
+    rows = legend_texts(plot_figure(d, "tasks", context=context("sequence")))
+    i = int(np.searchsorted(d["time"], 2.0, side="right")) - 1          # the record at the switch: W as A left it
+    a_row = next(r for r in rows if r.startswith("L_A(t): task A, trained on t ∈ [0, 2)"))
+    assert f"{d['task_loss'][i][0]:.3g} at its switch, {d['task_loss'][-1][0]:.3g} at the end" in a_row
+    assert any(r.startswith("L_B(t): task B, trained on t ≥ 2") for r in rows)
+
+
+def test_tasks_y_axis_is_log_when_the_losses_span_decades_and_linear_when_asked():
+    assert plot_figure(doc("sequence"), "tasks").axes[0].get_yscale() == "log"
+    assert plot_figure(doc("sequence"), "tasks", Options(y_scale="linear")).axes[0].get_yscale() == "linear"
+
+
+def test_a_repeated_task_is_drawn_dashed_over_its_first_phase_and_named_as_the_same():
+    d = copy.deepcopy(doc("sequence"))
+    d["task_loss"] = [row + [row[0]] for row in d["task_loss"]]        # a third phase: task A again
+    d["task_loss_kind"] = d["task_loss_kind"] + ["loss"]
+    d["phase_starts"] = d["phase_starts"] + [3.0]
+    fig = plot_figure(d, "tasks")
+    third = lines_by_gid(fig, "task-loss-2")[0]
+    assert third.get_linestyle() == "--"
+    assert any("the same task as A" in r for r in legend_texts(fig))
+
+
+def test_tasks_of_a_single_task_is_a_plot_error_naming_the_sequence_data_kind():
+    with pytest.raises(PlotError) as info:
+        plot_figure(doc("gd"), "tasks")
+    assert info.value.code == "not_recorded" and "data.kind" in info.value.message
+    assert '"sequence"' in info.value.fix and "kind=loss" in info.value.fix
+
+
+# ------------------------------------------------------------------------------------------------
+# sharpness: the top Hessian eigenvalues and 2/η
+
+
+def test_sharpness_draws_every_recorded_eigenvalue():
+    d = doc("sharpening")
+    lines = lines_by_gid(plot_figure(d, "sharpness", context=context("sharpening")), "eigenvalue-")
+    assert [ln.get_gid() for ln in lines] == ["eigenvalue-1", "eigenvalue-2"]
+    sharpness = np.array(d["sharpness"])
+    for i, line in enumerate(lines):
+        assert np.array_equal(np.asarray(line.get_ydata()), sharpness[:, i])
+    assert lines[0].get_linewidth() > lines[1].get_linewidth()          # the sharpness λ_1 bold
+
+
+def test_sharpness_threshold_is_dashed_at_two_over_eta_and_labelled_edge_of_stability():
+    d = doc("sharpening")
+    fig = plot_figure(d, "sharpness", context=context("sharpening"))
+    (line,) = lines_by_gid(fig, "sharpness-threshold")
+    assert d["sharpness_threshold"] == pytest.approx(2 / 0.16)
+    assert line.get_linestyle() == "--" and set(line.get_ydata()) == {d["sharpness_threshold"]}
+    assert "2/η = 12.5 (edge of stability)" in legend_texts(fig)
+    assert "η = 0.16" in fig.axes[1].get_title()
+
+
+def test_sharpness_svg_states_the_threshold_value_and_when_it_is_reached():
+    d = doc("sharpening")
+    text = " ".join(texts(render_plot(d, "sharpness", context=context("sharpening"))))
+    assert "2/η = 12.5 (edge of stability)" in text
+    s = np.array(d["sharpness"])[:, 0]
+    crossing = d["time"][int(np.argmax(s >= d["sharpness_threshold"]))]
+    assert f"S first reaches 2/η at t = {crossing:.4g}" in text
+
+
+def test_a_flow_runs_sharpness_has_no_threshold_and_the_legend_says_so():
+    fig = plot_figure(doc("sharpness_flow"), "sharpness", context=context("sharpness_flow"))
+    assert doc("sharpness_flow")["sharpness_threshold"] is None
+    assert not lines_by_gid(fig, "sharpness-threshold")
+    assert any("no step size, so no 2/η threshold" in r for r in legend_texts(fig))
+
+
+def test_a_threshold_far_above_the_sharpness_is_named_not_drawn():
+    d = copy.deepcopy(doc("sharpening"))
+    d["sharpness_threshold"] = 100 * float(np.max(d["sharpness"]))
+    fig = plot_figure(d, "sharpness", context=context("sharpening"))
+    assert not lines_by_gid(fig, "sharpness-threshold")
+    assert any("above the axis, S stays below 1% of it" in r for r in legend_texts(fig))
+
+
+def test_sharpness_threshold_formula_follows_momentum_and_weight_decay():
+    from service.plots.sharpness import threshold_formula
+
+    assert threshold_formula({"learning_rate": 0.1}) == "2/η"
+    assert threshold_formula({"momentum": 0.9}) == "2(1 + μ)/η"
+    assert threshold_formula({"momentum": 0.9, "nesterov": True}) == "2(1 + μ)/((1 + 2μ)η)"
+    assert threshold_formula({"weight_decay": 0.01}) == "2/η − γ"
+
+
+def test_sharpness_not_recorded_is_a_plot_error_naming_record_sharpness():
+    with pytest.raises(PlotError) as info:
+        plot_figure(doc("gd"), "sharpness")
+    assert info.value.code == "not_recorded" and "record.sharpness" in info.value.fix
+
+
+# ------------------------------------------------------------------------------------------------
+# loss: the linearised network and the random-matrix theory
+
+
+def test_loss_draws_the_linearised_loss_dashed_with_its_own_legend_row():
+    d = doc("linearized")
+    fig = plot_figure(d, "loss", context=context("linearized"))
+    (line,) = lines_by_gid(fig, "linearized-loss")
+    assert line.get_linestyle() == "--"
+    t = np.asarray(line.get_xdata())
+    assert np.array_equal(np.asarray(line.get_ydata()), np.array(d["linearized_loss"])[np.searchsorted(d["time"], t)])
+    assert "L_lin(t): linearised at init (NTK fixed at K(0))" in legend_texts(fig)
+
+
+def test_a_sequences_loss_plot_marks_the_switch_times():
+    d = doc("sequence")
+    fig = plot_figure(d, "loss", context=context("sequence"))
+    assert [ln.get_xdata()[0] for ln in lines_by_gid(fig, "task-switch")] == d["phase_starts"][1:]
+    assert any("kind=tasks draws every task's" in r for r in legend_texts(fig))
+
+
+def test_loss_without_record_linearized_draws_no_linearised_loss():
+    assert not lines_by_gid(plot_figure(doc("gd"), "loss"), "linearized-loss")
+
+
+def test_loss_draws_the_random_matrix_theory_beside_the_mode_theory():
+    fig = plot_figure(doc("noisy"), "loss", context=context("noisy"))
+    assert [ln.get_gid() for ln in lines_by_gid(fig, "random-matrix-")] == ["random-matrix-loss",
+                                                                          "random-matrix-test-loss"]
+    rows = legend_texts(fig)
+    for symbol in ("L", "L_test"):
+        assert f"theory of {symbol} (random matrix: Lampinen & Ganguli, asymptotic)" in rows
+        assert f"theory of {symbol} (modes_generalization, approximate)" in rows
+
+
+# ------------------------------------------------------------------------------------------------
+# the new kinds over HTTP
+
+
+@pytest.mark.parametrize("kind", ["tasks", "sharpness"])
+def test_the_new_kinds_legends_are_outside_the_axes(kind):
+    run = {"tasks": "sequence", "sharpness": "sharpening"}[kind]
+    fig = plot_figure(doc(run), kind, context=context(run))
+    renderer = fig.canvas.get_renderer()
+    for legend in legends(fig):
+        assert not any(legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+                       for ax in fig.axes)
+
+
+@pytest.mark.parametrize(("kind", "run"), [("tasks", "sequence"), ("sharpness", "sharpening"),
+                                           ("sharpness", "sharpness_flow"), ("loss", "linearized"),
+                                           ("loss", "sequence"), ("loss", "noisy")])
+@pytest.mark.parametrize("fmt", ["svg", "png"])
+async def test_the_new_science_figures_render_over_http(service, kind, run, fmt):
+    job = await create_finished(service, RUNS[run], doc(run))
+    response = await plot(service, job, fmt, kind=kind)
+    assert response.status_code == 200, response.text
+    if fmt == "png":
+        assert response.headers["content-type"] == "image/png" and _png_size(response.content)[0] > 0
+    else:
+        assert response.headers["content-type"] == "image/svg+xml"
+        assert "time t" in " ".join(texts(response.content))
+
+
+async def test_tasks_plot_of_a_single_task_is_a_409_saying_to_run_a_sequence(service):
+    job = await create_finished(service, HIERARCHY_GD, doc("gd"))
+    body = assert_problem(await plot(service, job, kind="tasks"), 409, "not-recorded")
+    assert "data.kind" in body["detail"] and '"sequence"' in body["detail"] and "kind=loss" in body["detail"]
+
+
+def test_the_kind_enum_of_the_plot_route_is_the_plot_packages_kinds():
+    from service.openapi_export import current_schema
+    from service.plots import KINDS
+
+    spec = current_schema()
+    parameters = spec["paths"]["/v1/simulations/{job_id}/plot.svg"]["get"]["parameters"]
+    kind = next(p for p in parameters if p["name"] == "kind")
+    assert tuple(kind["schema"]["enum"]) == KINDS

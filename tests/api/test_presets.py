@@ -10,7 +10,7 @@ import pytest
 
 from service.dynamics.presets import PRESETS
 from tests.api.conftest import assert_problem
-from tests.api.real_runs import run_document
+from tests.support.real_runs import run_document
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from service.dynamics.methods import GradientDescent
 from service.dynamics.problem import Problem
 from service.dynamics.random_matrix import random_matrix_loss_theory
 from tests.api.conftest import assert_problem, small_request
-from tests.api.real_runs import submit, submit_and_run
+from tests.support.real_runs import submit, submit_and_run
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from service.dynamics.problem import problem_from_correlations
 from service.dynamics.record import RecordSchedule
 from service.dynamics.sequence import Phase, TaskSequence, simulate_sequence
 from tests.api.conftest import assert_problem
-from tests.api.real_runs import submit, submit_and_run
+from tests.support.real_runs import submit, submit_and_run
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import pytest
 
 from service.openapi_export import current_schema
 from tests.api.conftest import assert_problem, small_request
-from tests.api.real_runs import CORRELATIONS_EXACT, create_finished, run_document
+from tests.support.real_runs import CORRELATIONS_EXACT, create_finished, run_document
 
 pytestmark = pytest.mark.anyio
 

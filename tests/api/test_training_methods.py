@@ -11,7 +11,7 @@ from service.dynamics import network
 from service.dynamics.problem import Problem, problem_from_data
 from service.dynamics.sgd import stability_factor
 from tests.api.conftest import assert_problem, small_request
-from tests.api.real_runs import submit, submit_and_run
+from tests.support.real_runs import submit, submit_and_run
 from tests.support.reference_loops import literal_momentum_gd, literal_sgd
 
 pytestmark = pytest.mark.anyio

@@ -23,7 +23,7 @@ from service.dynamics.problem import (
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate
 from service.grid import point_summary
-from tests.sample_loss import per_sample_mse
+from tests.support.sample_loss import per_sample_mse
 
 # test_loss vs the per-sample MSE: the correlation identity tr Σ33 − 2tr(WΣ31ᵀ) + tr(WΣ11Wᵀ) cancels terms of size
 # ~tr Σ33 down to an L_test of the same order here, so the two sums differ by a few ulps of tr Σ33: 1e-10 relative

@@ -18,7 +18,7 @@ from service.dynamics.methods import Exact, GradientDescent, GradientFlow, Stoch
 from service.dynamics.problem import problem_from_data
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import preflight, simulate
-from tests.sample_loss import per_sample_mse
+from tests.support.sample_loss import per_sample_mse
 
 # Closed form vs the θ loop: measured ≤ 8.4e-15 relative over every route (rows, kronecker, dense, stepped; D = 1, 2,
 # 3; with and without weight decay; 300 steps): 1e-12 is ~100× that, and any wrong factor or kernel term is O(1).

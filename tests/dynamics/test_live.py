@@ -12,8 +12,10 @@ import pytest
 from service.dynamics import presets
 from service.dynamics.errors import StopRequested
 from service.dynamics.init import initial_weights
-from service.dynamics.live import LiveRecords
+from service.dynamics.live import LiveRecords, RecordProducts, record_products
 from service.dynamics.methods import GradientDescent, GradientFlow, Hooks, StochasticGradientDescent
+from service.dynamics.modes import mode_basis
+from service.dynamics.network import fit_gap
 from service.dynamics.problem import problem_from_correlations, problem_from_data
 from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate
@@ -103,6 +105,61 @@ def test_live_summaries_are_the_trajectorys_numbers(noisy):
     np.testing.assert_array_equal([r["excess_loss"] for r in rows], traj.excess_loss)
     np.testing.assert_array_equal([r["test_loss"] for r in rows], traj.test_loss)
     np.testing.assert_array_equal([r["strength"] for r in rows], traj.modes.strength)
+
+
+def live_hooks(problem, hidden):
+    """The hooks of a worker's live view: records summarised as they come, their products handed to the trajectory."""
+    live = LiveRecords(problem, hidden)
+    return Hooks(records=lambda start, run: live.summaries(start, run), computed=live.computed, interval=0.0)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_trajectory_built_on_the_live_products_is_the_plain_trajectory(noisy, name):
+    method = METHODS[name]
+    live = simulate(noisy, weights0(noisy, (6,)), method, RecordSchedule(points=50), hooks=live_hooks(noisy, [6]))
+    plain = simulate(noisy, weights0(noisy, (6,)), method, RecordSchedule(points=50))
+    for field in ("time", "loss", "excess_loss", "test_loss", "product", "distance_to_optimum"):
+        np.testing.assert_array_equal(getattr(live, field), getattr(plain, field), err_msg=field)
+    np.testing.assert_array_equal(live.modes.strength, plain.modes.strength)
+    np.testing.assert_array_equal(live.modes.learning_time, plain.modes.learning_time)
+
+
+def test_a_diverged_run_built_on_the_live_products_is_the_plain_trajectory(noisy):
+    method = GradientDescent(learning_rate=5.0, steps=400)  # far above the stability bound: the run blows up
+    live = simulate(noisy, weights0(noisy, (6,)), method, RecordSchedule(points=40), hooks=live_hooks(noisy, [6]))
+    plain = simulate(noisy, weights0(noisy, (6,)), method, RecordSchedule(points=40))
+    assert live.outcome == plain.outcome == "diverged"
+    np.testing.assert_array_equal(live.step, plain.step)
+    np.testing.assert_array_equal(live.loss, plain.loss)
+    np.testing.assert_array_equal(live.modes.strength, plain.modes.strength)
+
+
+def known_products(problem, traj, count):
+    """The products of the first ``count`` records of ``traj``, with a fit gap no computation gives (−1), to see
+    whether they are taken."""
+    head = RecordProducts.of(problem, mode_basis(problem), traj.time[:count], traj.step[:count], traj.product[:count])
+    return RecordProducts(head.times, head.steps, head.product, np.full(count, -1.0), head.strength, head.test)
+
+
+def test_record_products_take_the_known_records_and_compute_the_rest(noisy):
+    traj = simulate(noisy, weights0(noisy, (6,)), GradientDescent(learning_rate=0.05, steps=300),
+                    RecordSchedule(points=20, weights=True))
+    known = known_products(noisy, traj, 8)
+    products = record_products(noisy, mode_basis(noisy), traj.time, traj.step, traj.weights, known)
+    assert (products.gap[:8] == -1.0).all()
+    np.testing.assert_array_equal(products.gap[8:], fit_gap(noisy, traj.product[8:]))
+    np.testing.assert_array_equal(products.product, traj.product)
+
+
+def test_record_products_take_no_record_whose_step_moved(noisy):
+    traj = simulate(noisy, weights0(noisy, (6,)), GradientDescent(learning_rate=0.05, steps=300),
+                    RecordSchedule(points=20, weights=True))
+    known = known_products(noisy, traj, 8)
+    moved = traj.step.copy()
+    moved[5] += 1  # a run that ended early moves its last record to the step it ended at
+    assert known.covered(traj.time, moved) == 5
+    products = record_products(noisy, mode_basis(noisy), traj.time, moved, traj.weights, known)
+    assert (products.gap[:5] == -1.0).all() and (products.gap[5:] >= 0).all()
 
 
 def test_live_loss_is_null_without_sigma33(hierarchy):

@@ -30,7 +30,7 @@ from service.dynamics.problem import problem_from_correlations, problem_from_dat
 from service.dynamics.record import RecordSchedule
 from service.dynamics.sequence import Phase, TaskSequence, simulate_sequence, switch_step
 from service.dynamics.simulate import preflight, simulate
-from tests.sample_loss import per_sample_mse
+from tests.support.sample_loss import per_sample_mse
 
 # Exact vs flow across a switch: DOP853 keeps each step's local error below rtol·|y| + atol; the global error is
 # those local errors carried along the trajectory, amplified where the flow escapes a saddle. Measured at rtol 1e-10:

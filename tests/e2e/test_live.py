@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.test_service import poll, post
+from tests.support.live_service import poll, post
 
 pytestmark = pytest.mark.e2e
 

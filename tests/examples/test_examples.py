@@ -44,13 +44,35 @@ def test_script_reproduces_its_result(script):
 
 
 @pytest.mark.e2e
-def test_curl_example_fetches_a_trajectory(server):
-    result = run(["sh", str(EXAMPLES / "curl.sh")], DLNSIM_URL=server.url)
+def test_curl_example_fetches_a_trajectory(server, tmp_path):
+    # stderr to a file, as `sh examples/curl.sh 2> simulation.json` does: curl's `-o /dev/stderr` had reopened that
+    # file from its start, and the shell's `echo >&2` then overwrote its first byte (a pipe hid it)
+    with open(tmp_path / "stderr.json", "wb") as stderr:
+        result = subprocess.run(["sh", str(EXAMPLES / "curl.sh")], cwd=ROOT, env={**os.environ, "DLNSIM_URL": server.url},
+                                stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=300, check=False)
+    assert result.returncode == 0, (tmp_path / "stderr.json").read_text()
     trajectory = json.loads(result.stdout)
     assert trajectory["outcome"] == "completed"
     assert len(trajectory["time"]) == 50
     assert trajectory["modes"]["theory_model"] == "saxe_decoupled_modes"
-    assert json.loads(result.stderr)["status"] == "succeeded"   # Prefer: wait returned the finished simulation
+    simulation = json.loads((tmp_path / "stderr.json").read_text())
+    assert simulation["status"] == "succeeded"   # Prefer: wait returned the finished simulation
+
+
+@pytest.mark.e2e
+def test_curl_example_shows_a_problem_and_fails_on_a_bad_request(server, tmp_path):
+    """A 4xx: the problem document on stderr (valid JSON), a non-zero exit, no trajectory."""
+    result = subprocess.run(["sh", str(EXAMPLES / "curl.sh")], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "DLNSIM_URL": f"{server.url}/nowhere"}, check=False)
+    assert result.returncode != 0 and result.stdout == ""
+    # curl's own line ("curl: (22) The requested URL returned error: 404"), then the body
+    assert json.loads(result.stderr[result.stderr.index("{"):])["status"] == 404
+
+
+def test_curl_example_needs_no_curl_newer_than_ubuntu_22_04_s():
+    """curl 7.81 (Ubuntu 22.04): no `-w '%header{…}'` (7.83); --fail-with-body is 7.76."""
+    script = (EXAMPLES / "curl.sh").read_text()
+    assert "%header{" not in script and "%{header_json}" not in script
 
 
 @pytest.mark.e2e

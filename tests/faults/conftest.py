@@ -5,7 +5,8 @@ Filling the disk: the data dir is a 16 MB tmpfs mounted here (CI runs as root in
 with a file of zeros until ENOSPC. Where mounting is not permitted (or with FAULTS_DISK=pagecap), the
 server runs with DLNSIM_STORE_MAX_BYTES (``PRAGMA max_page_count`` on its connections) and a filler table
 grows the SQLite file to that cap. Either way the server's writes fail with SQLITE_FULL ("database or
-disk is full"), and removing the filler frees the space again.
+disk is full"), and removing the filler frees the space again. The server keeps 1 MiB free
+(DLNSIM_STORE_MIN_FREE_BYTES; the default 16 MiB is the whole disk here).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 
 from service.main import STORE_FILE
 from tests.support.server import Server
-from tests.waiting import wait_until as _wait_until
+from tests.support.waiting import wait_until as _wait_until
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 # Waits for things that take seconds when all is well; only reached when something is broken.
@@ -80,7 +81,7 @@ class TmpfsDisk:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.filler = path / "filler"
-        self.server_env: dict[str, str] = {}
+        self.server_env: dict[str, str] = {"DLNSIM_STORE_MIN_FREE_BYTES": str(1 << 20)}
 
     def mount(self) -> bool:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -114,7 +115,7 @@ class PageCapDisk:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.server_env = {"DLNSIM_STORE_MAX_BYTES": str(self.MAX_BYTES)}
+        self.server_env = {"DLNSIM_STORE_MAX_BYTES": str(self.MAX_BYTES), "DLNSIM_STORE_MIN_FREE_BYTES": str(1 << 20)}
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path / STORE_FILE, timeout=10, isolation_level=None)

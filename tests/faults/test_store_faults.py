@@ -6,6 +6,7 @@ job's outcome waits in memory while the store is full."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 
 import pytest
@@ -138,3 +139,77 @@ def test_a_full_queue_still_answers_the_replay_of_an_idempotency_key(store):
     assert store.create(b"{}", "h", idempotency_key="k", max_active=1) == (first, False)
     with pytest.raises(QueueFullError):
         store.create(b"{}", "h", idempotency_key="other", max_active=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# the file gives space back; the WAL stays bounded (issue 19.4)
+
+
+def big_result(size: int = 4 << 20) -> bytes:
+    return os.urandom(size)  # incompressible: what reaches the store is what the disk holds
+
+
+def test_space_freed_by_retention_goes_back_to_the_disk(tmp_path):
+    from service.jobs.retention import purge_expired
+    from service.jobs.sweeps_store import SweepStore
+
+    store = JobStore(Database(tmp_path / "dlnsim.sqlite3"))
+    try:
+        for _ in range(10):
+            row, _ = store.create(b"{}", "h")
+            store.mark_running(row.id)
+            store.finish(row.id, big_result(), "completed")
+        store.db.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        grown = store.db.file_bytes()[0]
+        assert grown > 40 << 20
+        with store.db.write() as conn:  # every job finished long ago
+            conn.execute("UPDATE jobs SET finished_at = '2000-01-01T00:00:00.000000Z'")
+        assert purge_expired(store, SweepStore(store.db), days=1) == (10, 0)
+        store.db.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size, wal = store.db.file_bytes()
+        assert size < 1 << 20 and wal < 1 << 20, (grown, size, wal)
+    finally:
+        store.db.close()
+    assert integrity(tmp_path) == "ok"
+
+
+def test_a_store_made_before_auto_vacuum_is_rebuilt_with_it_once(tmp_path):
+    import sqlite3 as sq
+
+    path = tmp_path / "dlnsim.sqlite3"
+    old = sq.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode = WAL")
+    old.close()
+    db = Database(path)
+    try:
+        assert db.connection().execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    finally:
+        db.close()
+
+
+def test_the_wal_is_cut_back_once_a_long_reader_lets_go(tmp_path):
+    # A streamed download holds a read snapshot for as long as it sends: meanwhile no checkpoint can reset the WAL,
+    # and every result written goes on growing it. Once the reader is gone, the next write cuts it back.
+    store = JobStore(Database(tmp_path / "dlnsim.sqlite3", wal_max_bytes=1 << 20))
+    try:
+        first, _ = store.create(b"{}", "h")
+        store.mark_running(first.id)
+        store.finish(first.id, big_result(1 << 20), "completed")
+        import sqlite3 as sq
+
+        reader = sq.connect(tmp_path / "dlnsim.sqlite3", isolation_level=None)  # a download's own connection
+        reader.execute("BEGIN")
+        reader.execute("SELECT length(data) FROM results").fetchall()  # its snapshot is open
+        for _ in range(8):
+            row, _ = store.create(b"{}", "h")
+            store.mark_running(row.id)
+            store.finish(row.id, big_result(), "completed")
+        assert store.db.file_bytes()[1] > 30 << 20  # the WAL grew while the reader held its snapshot
+        reader.execute("COMMIT")
+        reader.close()
+        store.db.checkpoint()
+        store.create(b"{}", "h")  # the next write resets the WAL, and journal_size_limit truncates it
+        assert store.db.file_bytes()[1] <= 1 << 20 + 65536, store.db.file_bytes()
+    finally:
+        store.db.close()
+    assert integrity(tmp_path) == "ok"

@@ -32,7 +32,7 @@ from service.problems import PROBLEM_TYPE_PREFIX, PROBLEM_TYPES
 from service.settings import Settings
 from tests.fuzz import profiles
 from tests.fuzz.strategies import simulation_request, sweep_request
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 PROFILE = profiles.current()
 
@@ -46,9 +46,10 @@ APP = create_app(SETTINGS)
 
 # positive_data_acceptance: a schema-valid request may still be refused with 422 for what JSON Schema
 # cannot say (matrices that do not fit together, an indefinite Σ11, exact-method conditions, limits);
-# schema_layer_accepts_positive_data below makes sure such a 422 never comes from the schema layer itself.
+# schema_layer_accepts_positive_data below makes sure such a 422 never comes from the schema layer itself. A 410:
+# the stateful phase retries an Idempotency-Key after deleting what it created (the key is spent: not run again).
 _CHECKS = {"enabled": True,
-           "positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "422", "429"]}}
+           "positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "410", "422", "429"]}}
 
 
 def _config(mode: str) -> Any:
@@ -84,9 +85,8 @@ def creation_headers(context: Any, headers: Any) -> st.SearchStrategy:
 
 @schemathesis.hook("before_call")
 def wait_until_ready(context: Any, case: Any, kwargs: Any) -> None:
-    """before_call hook: fuzz a ready service. schemathesis ends the app's lifespan after every test item
-    (one per operation) and the next call starts a new one, whose worker warms up (compiles or loads its GD
-    kernels, ~1 s) before /readyz says ready; a case sent meanwhile would meet a documented 503."""
+    """before_call hook: fuzz a ready service. A worker that restarted (a poison request's crash) warms up
+    (loads its GD kernels) before /readyz says ready; a case sent meanwhile would meet a documented 503."""
     with schemathesis_asgi.get_client(APP) as client:
         wait_until(lambda: client.get("/readyz").status_code == 200, timeout=180, interval=0.1)
 
@@ -186,10 +186,17 @@ def _record(test: str, case: Any, response: Any) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def running_service(tmp_path_factory) -> Any:
     SETTINGS.data_dir = tmp_path_factory.mktemp("fuzz-data")
-    with schemathesis_asgi.get_client(APP) as client:  # starts the lifespan: store, engine, 1-worker cluster
-        wait_until(lambda: client.get("/readyz").status_code == 200, timeout=180, interval=0.2)
-    yield
-    schemathesis_asgi.shutdown_lifespans()
+    # schemathesis' pytest plugin ends every ASGI lifespan after each test item (one per operation), and each
+    # new lifespan starts a new Dask cluster: one service for the module instead, ended here.
+    shutdown_lifespans = schemathesis_asgi.shutdown_lifespans
+    schemathesis_asgi.shutdown_lifespans = lambda: None
+    try:
+        with schemathesis_asgi.get_client(APP) as client:  # starts the lifespan: store, engine, 1-worker cluster
+            wait_until(lambda: client.get("/readyz").status_code == 200, timeout=180, interval=0.2)
+        yield
+    finally:
+        schemathesis_asgi.shutdown_lifespans = shutdown_lifespans
+        shutdown_lifespans()
 
 
 def clear_service() -> None:

@@ -1,5 +1,6 @@
 """The worker warm-up (service/jobs/warmup.py) types every compiled kernel a job can reach, so a worker that
-has warmed up compiles nothing when jobs arrive."""
+has warmed up (both tiers: the default jobs' kernels before /readyz, the others just after, in the background)
+compiles nothing when jobs arrive."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ for dtype in ("float64", "float32"):
              for r in requests if r["training"]["method"] == "gd"]
     simulate_batch([SweepPoint(s.problem, s.weights0, s.method, s.record, dtype=s.dtype) for s in specs])
 after = {name: set(map(str, d.signatures)) for name, d in dispatchers().items()}
-print(json.dumps({"kernels": len(before),
+print(json.dumps({"kernels": len(before), "signatures": {n: len(s) for n, s in after.items()},
                   "new": {n: sorted(after[n] - before.get(n, set())) for n in after if after[n] - before.get(n, set())}}))
 """
 
@@ -81,3 +82,17 @@ def test_a_warmed_up_worker_compiles_no_kernel_for_jobs_or_sweeps():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["kernels"] >= 5  # the GD kernels were found at all
     assert report["new"] == {}
+    # one momentum/SGD loop per dtype: x and y reach it read-only whatever the dataset's layout (sgd._read_only);
+    # each writeability had been a variant of its own, about 5 s of compile each
+    assert report["signatures"]["service.dynamics.sgd_loop.momentum_chunk"] == 2
+
+
+def test_the_warm_up_announces_each_step_it_compiles(capsys, monkeypatch):
+    from service.jobs import warmup
+
+    ran = []
+    monkeypatch.setattr(warmup, "STEPS", [(f"step {i}", lambda i=i: ran.append(i)) for i in range(3)])
+    warmup.run_steps([2, 0], announce=True)
+    assert ran == [2, 0]
+    assert capsys.readouterr().out.splitlines() == ["dlnsim: compiling the kernels (3/3: step 2)…",
+                                                    "dlnsim: compiling the kernels (1/3: step 0)…"]

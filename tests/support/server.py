@@ -8,12 +8,14 @@ or container dies: SIGKILL to the server and its worker processes at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,6 +31,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def held_port() -> Iterator[int]:
+    """A loopback port another program listens on while the block runs (as a second server would hold it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def wait_for_line(path: Path, prefix: str, timeout: float = 10.0) -> list[str]:
+    """The lines of the log at ``path`` that start with ``prefix``, once there is at least one (or ``timeout``
+    seconds have passed: then whatever there is, maybe none)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.startswith(prefix)]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
 class Server:
     """One service process; ``url`` once ready. Logs go to ``log_path``."""
 
@@ -38,14 +60,16 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> Server:
+    def start(self, wait: bool = True) -> Server:
+        """Start it and wait for /readyz to answer 200 (``wait=False``: return once started)."""
         env = {**os.environ, "DLNSIM_HOST": "127.0.0.1", "DLNSIM_PORT": str(self.port),
                "DLNSIM_DATA_DIR": str(self.data_dir), "DLNSIM_WORKERS": str(self.workers),
                "DLNSIM_LOG_LEVEL": "warning", **self.env}
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
         self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
                                         stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
         return self
 
     def wait_ready(self) -> None:
@@ -92,3 +116,21 @@ class Server:
         log = getattr(self, "_log", None)
         if log is not None and not log.closed:
             log.close()
+
+
+def send_raw(port: int, payload: bytes, timeout: float = 30.0) -> bytes:
+    """Send ``payload`` as it is on a new loopback connection and read until the server closes it: a server that
+    refuses a request may answer and close before the payload is all sent."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        raw = b""
+        try:
+            while chunk := s.recv(65536):
+                raw += chunk
+        except ConnectionResetError:
+            pass
+    return raw
+

@@ -29,7 +29,7 @@ import pytest
 
 from service.jobs.worker import SWEEP_PROGRESS_TOPIC
 from tests.support.server import ROOT, Server, free_port
-from tests.waiting import wait_until as _wait_until
+from tests.support.waiting import wait_until as _wait_until
 
 DASK = Path(sys.executable).parent / "dask"
 BLAS_ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",

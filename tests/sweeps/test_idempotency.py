@@ -14,7 +14,7 @@ from service.jobs.store import JobStore
 from service.jobs.sweeps_store import SweepStore
 from tests.api.conftest import assert_problem, small_request
 from tests.support.store_versions import write_store_at_version
-from tests.sweeps.test_api import finish, store, sweep_body
+from tests.support.sweeps import finish, store, sweep_body
 
 pytestmark = pytest.mark.anyio
 
@@ -123,10 +123,13 @@ async def test_key_outside_1_to_255_characters_is_a_422_naming_the_header(servic
     assert counts(service) == (0, 0)
 
 
-async def test_a_deleted_sweeps_key_starts_a_new_sweep(service):
+async def test_a_deleted_sweeps_key_is_spent_and_a_new_key_starts_a_new_sweep(service):
+    # Keys outlive what they created (issue 19.10): a retry after a DELETE (or retention) must not run it again.
     first = (await post(service)).json()
     assert (await service.client.delete(f"/v1/sweeps/{first['id']}")).status_code == 204
-    again = await post(service)
+    problem = assert_problem(await post(service), 410, "idempotency-key-spent")
+    assert first["id"] in problem["detail"] and problem["errors"][0]["field"] == ["Idempotency-Key"]
+    again = await post(service, key="k2")
     assert again.status_code == 202 and again.json()["id"] != first["id"]
     assert "idempotent-replayed" not in again.headers
 

@@ -16,9 +16,9 @@ from service.grid import apply_params, point_summary
 from service.plots import PlotError, render_sweep_plot, sweep_figure
 from service.schemas import SimulationRequest
 from tests.api.conftest import assert_problem, small_request
-from tests.api.test_plots import legend_texts, texts
+from tests.support.figures import legend_texts, texts
+from tests.support.sweeps import create, results, store
 from tests.support.trajectories import packed, trajectory_document
-from tests.sweeps.test_api import create, results, store
 
 pytestmark = pytest.mark.anyio
 

@@ -24,8 +24,8 @@ from service.jobs.store import JobStore
 from service.jobs.sweep_engine import SweepEngine
 from service.jobs.sweeps_store import SweepStore
 from service.settings import Settings
-from tests.jobs.test_engine import LoopThread
-from tests.waiting import wait_until as _wait_until
+from tests.support.loop_thread import LoopThread
+from tests.support.waiting import wait_until as _wait_until
 
 # Bound for things that take ~0.1 s (a task round trip, a store write): only reached when something is
 # broken, so it costs nothing when the tests pass.

@@ -12,7 +12,7 @@ import pytest
 
 from service.results_table import CSV, PARQUET
 from tests.api.conftest import assert_problem
-from tests.sweeps.test_api import SUMMARY, create, finish, results
+from tests.support.sweeps import SUMMARY, create, finish, results
 
 pytestmark = pytest.mark.anyio
 

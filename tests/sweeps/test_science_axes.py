@@ -13,7 +13,7 @@ from service.grid import apply_params
 from service.jobs.tasks import _run_points
 from service.schemas import SimulationRequest
 from tests.api.conftest import assert_problem
-from tests.api.real_runs import submit_and_run
+from tests.support.real_runs import submit_and_run
 
 pytestmark = pytest.mark.anyio
 

@@ -181,7 +181,8 @@ class Simulation(_Trajectory):
 
     def plot(self, kind: str = "modes", **params: Any) -> Figure:
         """The service's figure of the trajectory: ``modes`` (theory dashed), ``loss``, ``product``,
-        ``similarity``, ``kernel``; other query parameters as keywords (``log_time=True``, ``time=[0, 10]``)."""
+        ``similarity``, ``kernel``, ``tasks`` (a task sequence), ``sharpness``; other query parameters as keywords
+        (``log_time=True``, ``time=[0, 10]``)."""
         response = self._http.request("GET", f"{self._path}/plot.svg", accept=SVG, params={"kind": kind, **params})
         return Figure(response.text, f"{kind} of simulation {self.id}")
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .. import kernel_cache
+
+kernel_cache.install()  # several processes may compile into one cache (kernel_cache.py)
+
 
 @njit(cache=True, nogil=True)
 def _gd_modes_kernel(a0, s, c, eta, decay, rec_steps, rows, cols, coefs, resid, targets):
