@@ -38,8 +38,9 @@ Why SLP vectorisation is switched on for this compile: numba's pass pipeline dis
 vectoriser by default (``NUMBA_SLP_VECTORIZE=0``), and with a compile-time LANES the lane loops are fully
 unrolled before the loop vectoriser sees them, so without SLP they stay scalar (measured: ~4× slower).
 ``steps`` turns it on only while this module's kernel compiles (its first call per dtype in a process), under
-numba's compiler lock; SLP does not change floating-point semantics, so even another kernel compiled
-meanwhile would keep its bits. Two codegen details matter as much (each measured several-fold on its loop):
+numba's compiler lock, which every compile holds and inside which alone numba reads the setting: no other compile
+sees it (tests/dynamics/test_lanes.py checks the lock and the restore). The kernels this one compiles in
+(``gd_chunk``…) may be compiled with SLP on then; SLP reorders no floating-point operation, so they keep their bits. Two codegen details matter as much (each measured several-fold on its loop):
 accumulators and per-lane constants live in stack buffers (``_stack_array``), which nothing else can alias,
 so they stay in registers and a tile's loads can be grouped before its stores; and element-wise passes step
 their rows by a stride the optimiser cannot see is constant (``_axpby``).
@@ -56,6 +57,7 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import gd_loop, kernel_cache
 from .gd_loop import (
     BLOW2,
     CACHE,
@@ -459,6 +461,10 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
                 state[j, CAREFUL_UNTIL] = -1
 
 
+# gd_lanes_steps compiles gd_loop's gd_chunk and constants into its machine code: its cached copy must go stale
+# when gd_loop.py changes too (numba watches only this file: kernel_cache.py)
+kernel_cache.stale_with(globals(), gd_loop)
+
 _READY: set = set()
 
 
@@ -496,6 +502,9 @@ def steps(*args) -> None:
         from numba.core.compiler_lock import global_compiler_lock
 
         signature = tuple(typeof(a) for a in args)
+        # numba reads SLP_VECTORIZE only while it optimises a module it compiles (codegen._pass_builder), and every
+        # compile holds this lock: no other compile can see the flip (the kernels this one compiles in do, harmlessly:
+        # SLP reorders no floating-point operation)
         with global_compiler_lock:
             previous = config.SLP_VECTORIZE
             config.SLP_VECTORIZE = 1

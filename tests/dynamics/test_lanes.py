@@ -156,3 +156,44 @@ def test_a_points_result_does_not_depend_on_its_neighbours_or_the_hook_chunks(rn
         assert_identical(simulate_batch([points[j]])[0], whole[j])
     assert_identical(simulate_batch(points[::-1])[::-1], whole)
     assert_identical(simulate_batch(points, hooks=Hooks(progress=lambda f: None, interval=0.0)), whole)
+
+
+class KernelDouble:
+    """Stands in for ``gd_lanes_steps`` in ``gd_lanes.steps``: records, at its compile and its run, numba's SLP
+    setting and whether this thread holds numba's compiler lock."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.seen = []
+
+    def _state(self):
+        from numba.core import config
+        from numba.core.compiler_lock import global_compiler_lock
+
+        return config.SLP_VECTORIZE, global_compiler_lock.is_locked()
+
+    def compile(self, signature):
+        self.seen.append(("compile", *self._state()))
+        if self.fail:
+            raise RuntimeError("compile failed")
+
+    def __call__(self, *args):
+        self.seen.append(("run", *self._state()))
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["compiled", "compile fails"])
+def test_the_slp_vectoriser_is_on_only_while_the_lane_kernel_compiles_under_numbas_lock(monkeypatch, fail):
+    from numba.core import config
+
+    kernel = KernelDouble(fail)
+    monkeypatch.setattr(gd_lanes, "gd_lanes_steps", kernel)
+    monkeypatch.setattr(gd_lanes, "_READY", set())
+    before = config.SLP_VECTORIZE
+    if fail:
+        with pytest.raises(RuntimeError):
+            gd_lanes.steps(np.zeros(8), np.zeros(2))
+    else:
+        gd_lanes.steps(np.zeros(8), np.zeros(2))
+    assert kernel.seen[0] == ("compile", 1, True)
+    assert kernel.seen[1:] == ([] if fail else [("run", before, False)])
+    assert config.SLP_VECTORIZE == before
