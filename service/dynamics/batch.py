@@ -257,7 +257,8 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
     state, fstate = gd_loop.new_state(nb)
     scratch = scratch_for(layout, m0, dt)
 
-    if lanes and gd_lanes.lanes_for(layout.dims):
+    in_lanes = lanes and gd_lanes.lanes_for(layout.dims)
+    if in_lanes:
         # small two-layer nets: blocks of LANES points stepped together, SIMD across points (gd_lanes)
         ni, nh, no = (int(x) for x in layout.dims)
         n_blocks = -(-nb // gd_lanes.LANES)
@@ -302,11 +303,30 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
                 progress.fraction[index] = np.maximum(progress.fraction[index], done)
                 progress.tick()
 
+    runs = [finish_run(p.method, layout, dt, rec[j, :nrec[j]], snap[j], w[j], state[j]) for j, p in enumerate(points)]
+    diagnostics = [None] * nb
+    if in_lanes and dt == np.float64:  # float32 records are taken to float64 first: build_trajectory does that
+        diagnostics = _lane_diagnostics(snap, [len(r.times) for r in runs], s11, s31, pidx, decay, layout, m0)
     out = []
     for j, p in enumerate(points):
-        run = finish_run(p.method, layout, dt, rec[j, :nrec[j]], snap[j], w[j], state[j])
         with _point(index[j]):
-            out.append(build_trajectory(p.problem, weights0[j], p.method, p.record, run,
-                                        between=progress.tick if progress.active else None))
+            out.append(build_trajectory(p.problem, weights0[j], p.method, p.record, runs[j],
+                                        between=progress.tick if progress.active else None,
+                                        diagnostics=diagnostics[j]))
         progress.tick()  # post-processing a large group takes a while: honour a stop request meanwhile
     return out
+
+
+def _lane_diagnostics(snap: np.ndarray, counts: list[int], s11: np.ndarray, s31: np.ndarray, pidx: np.ndarray,
+                      decay: np.ndarray, layout: Layout, m0: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each point's (gradient norm, balance drift) at its ``counts[j]`` records ``snap[j, :counts[j]]``, computed for
+    all points at once in SIMD lanes (``gd_lanes.lane_diagnostics``): ``simulate.record_diagnostics`` to round-off,
+    without a BLAS call per product and record."""
+    ni, nh, no = (int(x) for x in layout.dims)
+    nb, n_rec = len(counts), max(counts)
+    n_blocks = -(-nb // gd_lanes.LANES)
+    grad_norm, drift = np.empty((nb, n_rec)), np.empty((nb, n_rec))
+    gd_lanes.diagnostics(snap, n_rec, gd_lanes.to_lanes(s11.reshape(len(s11), -1)[pidx], n_blocks),
+                         gd_lanes.to_lanes(s31.reshape(len(s31), -1)[pidx], n_blocks),
+                         gd_lanes.to_lanes(decay[:, None], n_blocks), ni, nh, no, m0, grad_norm, drift)
+    return [(grad_norm[j, :c], drift[j, :c]) for j, c in enumerate(counts)]

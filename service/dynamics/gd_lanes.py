@@ -461,6 +461,73 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
                 state[j, CAREFUL_UNTIL] = -1
 
 
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, drift):
+    """Per point j and record t < n_rec (``snap[j, t]``: its flat weights, W21 then W32), as
+    ``gd_loop.record_diagnostics`` on each point, the points of block b in its LANES lanes:
+
+        grad_norm[j, t] = sqrt(‖∂L/∂W21 + γW21‖²_F + ‖∂L/∂W32 + γW32‖²_F)   (γ = DL[b, l]; float64 sum)
+        drift[j, t]     = max_ij |B(t) − B(0)|_ij,  B = W32ᵀW32 − W21W21ᵀ   (NaN where an entry is NaN; 0 at t = 0)
+
+    The gradient as a checked step forms it (same products, same order), each Gram in plain k order. A block's
+    records are gathered into lanes here, one record at a time (it stays in L1), not transposed in memory first.
+    """
+    npts = snap.shape[0]
+    size = snap.shape[2]
+    n21 = nh * ni * LANES
+    w = np.zeros(size * LANES, dtype=snap.dtype)
+    w21 = w[:n21]
+    w32 = w[n21:]
+    x = np.empty(max(nh, no) * ni * LANES, dtype=snap.dtype)
+    e = np.empty(no * ni * LANES, dtype=snap.dtype)
+    bb = np.empty(n21, dtype=snap.dtype)
+    g32 = np.empty(no * nh * LANES, dtype=snap.dtype)
+    b0 = np.empty(nh * nh * LANES, dtype=snap.dtype)
+    bt = np.empty(nh * nh * LANES, dtype=snap.dtype)
+    one = np.ones(LANES, dtype=snap.dtype)
+    minus = -one
+    g2 = np.empty(LANES)
+    worst = np.empty(LANES)
+    nan = np.empty(LANES)
+    for blk in range(S11L.shape[0]):
+        s11 = S11L[blk]
+        s31 = S31L[blk]
+        decay = DL[blk]
+        for t in range(n_rec):
+            for l in range(LANES):
+                j = blk * LANES + l
+                if j < npts:
+                    for idx in range(size):
+                        w[idx * LANES + l] = snap[j, t, idx]
+            _error(w21, w32, s11, s31, m0, ni, nh, no, x, e)
+            _lmm(no, nh, ni, e, ni, 1, w21, 1, ni, g32, 0, x, one, one)
+            _lmm(nh, ni, no, w32, 1, nh, e, ni, 1, bb, 0, x, one, one)
+            for l in range(LANES):
+                g2[l] = 0.0
+            _finish_gradient(bb, w21, decay, g2)
+            _finish_gradient(g32, w32, decay, g2)
+            b = b0 if t == 0 else bt
+            _lmm(nh, nh, no, w32, 1, nh, w32, nh, 1, b, 0, x, one, one)  # W32ᵀW32
+            _lmm(nh, nh, ni, w21, ni, 1, w21, 1, ni, b, 2, x, minus, one)  # then − W21W21ᵀ
+            for l in range(LANES):
+                worst[l] = 0.0
+                nan[l] = 0.0
+            if t > 0:
+                step = np.uint64(one.size)  # a row stride not constant to the optimiser: see _axpby
+                r = np.uint64(0)
+                for _ in range(nh * nh):
+                    for l in range(LANES):
+                        diff = abs(bt[r + np.uint64(l)] - b0[r + np.uint64(l)])
+                        worst[l] = diff if diff > worst[l] else worst[l]
+                        nan[l] += diff  # NaN iff a diff is NaN (diffs are ≥ 0: no inf − inf)
+                    r += step
+            for l in range(LANES):
+                j = blk * LANES + l
+                if j < npts:
+                    grad_norm[j, t] = np.sqrt(g2[l])
+                    drift[j, t] = nan[l] if np.isnan(nan[l]) else worst[l]
+
+
 # gd_lanes_steps compiles gd_loop's gd_chunk and constants into its machine code: its cached copy must go stale
 # when gd_loop.py changes too (numba watches only this file: kernel_cache.py)
 kernel_cache.stale_with(globals(), gd_loop)
@@ -492,10 +559,20 @@ def to_lanes(rows: np.ndarray, n_blocks: int, fill: float = 0.0) -> np.ndarray:
 
 
 def steps(*args) -> None:
-    """``gd_lanes_steps(*args)``. The first call per weights dtype in a process first compiles (or loads from
-    numba's cache) the kernel for these argument types with LLVM's SLP vectoriser on (module docstring),
-    under numba's compiler lock; the run itself happens outside the lock."""
-    key = args[0].dtype
+    """``gd_lanes_steps(*args)``, compiled with SLP on (``_call``)."""
+    _call(gd_lanes_steps, args)
+
+
+def diagnostics(*args) -> None:
+    """``lane_diagnostics(*args)``, compiled with SLP on (``_call``)."""
+    _call(lane_diagnostics, args)
+
+
+def _call(kernel, args) -> None:
+    """``kernel(*args)``. The first call per kernel and weights dtype in a process first compiles (or loads from
+    numba's cache) the kernel for these argument types with LLVM's SLP vectoriser on (module docstring), under
+    numba's compiler lock; the run itself happens outside the lock."""
+    key = (kernel, args[0].dtype)
     if key not in _READY:
         from numba import typeof
         from numba.core import config
@@ -509,8 +586,8 @@ def steps(*args) -> None:
             previous = config.SLP_VECTORIZE
             config.SLP_VECTORIZE = 1
             try:
-                gd_lanes_steps.compile(signature)
+                kernel.compile(signature)
             finally:
                 config.SLP_VECTORIZE = previous
         _READY.add(key)
-    gd_lanes_steps(*args)
+    kernel(*args)

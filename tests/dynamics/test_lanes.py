@@ -49,8 +49,8 @@ def problems(rng):
 
 
 def worst_difference(traj, want):
-    """Largest relative difference of recorded weights, product and losses between two trajectories of one
-    point."""
+    """Largest relative difference of recorded weights, product, losses, gradient norms and balance drift between two
+    trajectories of one point."""
     worst = float(np.max(np.abs(traj.product - want.product)) / np.max(np.abs(want.product)))
     for got_l, want_l in zip(traj.weights, want.weights, strict=True):
         for g, w in zip(got_l, want_l, strict=True):
@@ -61,7 +61,13 @@ def worst_difference(traj, want):
     else:  # Σ33 unknown: the excess loss, relative to its largest value (it goes to 0)
         finite = np.isfinite(want.excess_loss)
         rel = np.abs(traj.excess_loss[finite] - want.excess_loss[finite]) / np.max(np.abs(want.excess_loss[finite]))
-    return max(worst, float(np.max(rel, initial=0.0)))
+    worst = max(worst, float(np.max(rel, initial=0.0)))
+    # the records' gradient norm (it falls towards 0: relative to its largest value) and balance drift (a difference
+    # of Grams: its round-off is that of the Grams, relative to the largest squared weight)
+    norm = np.abs(traj.gradient_norm - want.gradient_norm) / np.max(want.gradient_norm)
+    gram = max(float(np.max(np.abs(w))) ** 2 for w in want.weights)
+    drift = np.abs(traj.balance_drift - want.balance_drift) / gram
+    return max(worst, float(np.max(norm)), float(np.max(drift)))
 
 
 def assert_close_to_simulate(points, trajectories, rtol=RTOL):
@@ -197,3 +203,32 @@ def test_the_slp_vectoriser_is_on_only_while_the_lane_kernel_compiles_under_numb
     assert kernel.seen[0] == ("compile", 1, True)
     assert kernel.seen[1:] == ([] if fail else [("run", before, False)])
     assert config.SLP_VECTORIZE == before
+
+
+@pytest.mark.parametrize("widths", [[8, 16, 8], [5, 7, 6]], ids=["8-16-8", "odd-widths"])
+def test_lane_diagnostics_equal_record_diagnostics_to_round_off(rng, widths):
+    """Gradient norm and balance drift of 11 points' records (a partial second block), two problems, per-point γ, one
+    record with a NaN: against ``simulate.record_diagnostics`` (one BLAS call per product) point by point."""
+    from service.dynamics import batch
+    from service.dynamics.gd import layout_of, plan_order
+    from service.dynamics.simulate import record_diagnostics
+
+    problems = (nonwhite_problem(rng, widths[0], widths[-1]), nonwhite_problem(rng, widths[0], widths[-1]))
+    n, n_rec = 11, 7
+    nets = [[random_net(rng, widths, 0.4) for _ in range(n_rec)] for _ in range(n)]
+    layout = layout_of(problems[0], nets[0][0])
+    snap = np.stack([np.stack([layout.pack(net, np.float64) for net in records]) for records in nets])
+    snap[3, 5, 2] = np.nan
+    counts = [n_rec - (j % 3) for j in range(n)]  # points that stopped early have fewer records
+    pidx = np.array([j % 2 for j in range(n)])
+    decay = np.array([0.0, 0.05, 0.1] * 4)[:n]
+    s11 = np.stack([p.sigma11 for p in problems])
+    s31 = np.stack([p.sigma31 for p in problems])
+    got = batch._lane_diagnostics(snap, counts, s11, s31, pidx, decay, layout, plan_order(layout.dims)[0])
+    for j, (grad_norm, drift) in enumerate(got):
+        weights = [layer[:counts[j]].astype(np.float64) for layer in layout.unpack_stack(snap[j], np.float64)]
+        want_norm, want_drift = record_diagnostics(problems[pidx[j]], weights, decay[j])
+        # plain-order sums with FMA against BLAS's order: round-off of the terms' scale (‖W‖² ~ 1 here)
+        np.testing.assert_allclose(grad_norm, want_norm, rtol=1e-13, err_msg=f"point {j}")
+        np.testing.assert_allclose(drift, want_drift, rtol=1e-12, atol=1e-14, err_msg=f"point {j}")
+    assert np.isnan(got[3][1][5]) and np.isnan(got[3][0][5])
