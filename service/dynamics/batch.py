@@ -12,13 +12,15 @@ differ per point. Flow, exact, SGD, GD-with-momentum and task-sequence points ar
 A GD group runs in one compiled call over its points. Small two-layer groups (every width ≤
 ``gd_lanes.MAX_WIDTH``) are stepped in SIMD lanes, blocks of ``gd_lanes.LANES`` points whose arrays put the
 point axis innermost, so each vector FMA advances 8 points and a tiny net stops paying a BLAS call per
-product (``gd_lanes.gd_lanes_steps``; in-process (8,16,8) sweeps ×1.3 the one-by-one loop, bench/results.md).
+product (``gd_lanes.gd_lanes_steps``; in-process (8,16,8) sweeps ×1.6 the one-by-one loop, bench/results.md).
 Its products sum in plain order with fused multiply-adds where BLAS sums in its own order, so these points
 agree with ``simulate`` to round-off, not bit for bit: outcomes, stop steps and record steps are equal, and
-recorded weights, products and losses agree to ≤ 1.2e-14 relative over 10,000 steps as measured
-(tests/dynamics/test_lanes.py, which asserts 1e-11; a run left stepping at its round-off floor after
+recorded weights, products, losses, gradient norms and balance drift agree to ≤ 3e-14 relative over 10,000 steps
+as measured (tests/dynamics/test_lanes.py, which asserts 1e-11; a run left stepping at its round-off floor after
 converging agrees to that floor's scale). A point's result does not depend on the other points of its
-batch, the group size or the chunking: lanes never mix.
+batch, the group size or the chunking: lanes never mix. The records' diagnostics (gradient norm, balance drift)
+of a float64 lane group are computed in lanes too (``gd_lanes.lane_diagnostics``, handed to ``build_trajectory``),
+instead of a BLAS call per product and record.
 
 Every other group (deeper or wider nets, or ``simulate_batch(..., lanes=False)``) runs through
 ``gd_loop.gd_batch_steps``, which advances each point with the single-simulation step loop itself
