@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 # portable path), and the thread pin below only reaches libraries already loaded.
 from service.dynamics import gd_loop
 
-from . import science, sweeps
+from . import pace, science, sweeps
 from . import service as through_service
 from .common import (
     BLAS_SETTLE_SECONDS,
@@ -88,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         service_rows = through_service.service_speed(ctx)  # its own table, under "## through the service"
         print("running science.science_speed …", file=sys.stderr, flush=True)
         science_rows = science.science_speed(ctx)  # its own table, under "## issue 20 through the service"
+        print("running pace.pace …", file=sys.stderr, flush=True)
+        pace_rows = pace.pace(ctx)  # its own table, under "## Speed as users get it (issue 21)"
         ctx.sample_gemm("float64")
-        ctx.finalize(rows + sweep_rows + service_rows + science_rows)
+        ctx.finalize(rows + sweep_rows + service_rows + science_rows + pace_rows)
     # The load at the end counts this run's own threads; the spread of the GEMM samples shows how much the
     # machine's speed moved during the run (on a shared VM it does, by tens of per cent).
     samples = ctx.gemm_samples["float64"]
@@ -118,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
              "spinning ~0.1 s after a call, on the cores the next timing needs (bench/common.py "
              "BLAS_SETTLE_SECONDS).",
              "", *table(rows), "", *sweeps.section(sweep_rows), "", *through_service.section(service_rows), "",
-             *science.section(science_rows), ""]
+             *science.section(science_rows), "", *pace.section(pace_rows), ""]
     text = "\n".join(lines)
     print(text)
     previous = RESULTS.read_text() if RESULTS.exists() else ""
     RESULTS.write_text(text + kept_sections(previous))
-    failed = [r for r in rows + sweep_rows + service_rows + science_rows if r.passed is False]
+    failed = [r for r in rows + sweep_rows + service_rows + science_rows + pace_rows if r.passed is False]
     if failed:
         print(f"{len(failed)} bar(s) missed (a busy machine lowers every fraction: see the load average)",
               file=sys.stderr)

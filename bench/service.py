@@ -124,8 +124,27 @@ class Service:
                 total += int(fields[11]) + int(fields[12])  # utime + stime
         return total / os.sysconf("SC_CLK_TCK")
 
+    def api_cpu_seconds(self) -> float:
+        """CPU time used so far by the API process alone (the one this script started: uvicorn and the scheduler)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def pause(self) -> None:
+        """Freeze every process of the service (SIGSTOP to its session's group): not one wake-up while other work is
+        timed."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         self.client.close()
+        self.resume()
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:

@@ -391,6 +391,18 @@ def test_cluster_scheduler_and_single_threaded_workers():
     assert worker["depends_on"] == {"scheduler": {"condition": "service_healthy"}}
 
 
+@pytest.mark.parametrize("name", ["scheduler", "worker"])
+def test_cluster_processes_get_the_embedded_clusters_quiet_housekeeping(name):
+    import dask
+
+    from service.jobs.cluster import QUIET_HOUSEKEEPING
+
+    environment = {k: str(v) for k, v in cluster_config()["services"][name]["environment"].items()}
+    config = dask.config.collect_env(environment)  # Dask's own reading of DASK_* variables
+    for key, value in QUIET_HOUSEKEEPING.items():
+        assert dask.config.get(key, config=config) == value, key
+
+
 def test_cluster_api_uses_the_scheduler_and_its_own_store_volume():
     doc = cluster_config()
     api, cluster_api = doc["services"]["api"], doc["services"]["api-cluster"]

@@ -28,7 +28,9 @@ The simulation's live view as Server-Sent Events (`text/event-stream`), from its
   latest record (null when unknown), `eta_seconds` the seconds left at the pace so far (null at first);
 * `record`: one per trajectory record as it is computed, `{"index", "time", "step", "loss", "excess_loss",
   "test_loss", "strength"}` (`strength`: the mode strengths u_α of the first 64 modes; the numbers are the finished
-  trajectory's at that index, to round-off). Task sequences and the exact method send no records until their end;
+  trajectory's at that index, to round-off). A task sequence's records are on the whole run's clock, each with its
+  own phase's task loss and the first task's mode strengths, as in its trajectory. The exact method sends none (it
+  evaluates every record at once, at its end);
 * `end`: `{"status", "outcome", "error"}` once the simulation has finished (succeeded, failed or cancelled), after
   which the stream closes. A client connecting after the end gets `end` at once.
 

@@ -28,9 +28,11 @@ import numpy as np
 
 from . import network
 from .generalization import test_loss
-from .methods import RunResult
+from .methods import Method, RunResult
 from .modes import ModeBasis, excess_loss, mode_basis, mode_strengths, optimum
 from .problem import Problem, least_squares
+from .record import RecordSchedule
+from .sequence import SequencePlan, TaskSequence, phase_of, plan_sequence
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,26 @@ class RecordProducts:
             return None if parts[0] is None else np.concatenate(parts)
 
         return RecordProducts(*(joined(name) for name in ("times", "steps", "product", "gap", "strength", "test")))
+
+    @staticmethod
+    def drained(blocks: list[RecordProducts]) -> RecordProducts:
+        """Consecutive blocks as one, emptying ``blocks``: each block is let go once copied, so the join holds one
+        block beyond its result, not the records twice (a large net's maps are most of a run's memory)."""
+        if len(blocks) == 1:
+            return blocks.pop()
+        count = sum(len(b.times) for b in blocks)
+        first = blocks[0]
+        out = {name: None if getattr(first, name) is None else
+               np.empty((count, *getattr(first, name).shape[1:]), dtype=getattr(first, name).dtype)
+               for name in ("times", "steps", "product", "gap", "strength", "test")}
+        at = 0
+        while blocks:
+            block = blocks.pop(0)
+            for name, array in out.items():
+                if array is not None:
+                    array[at:at + len(block.times)] = getattr(block, name)
+            at += len(block.times)
+        return RecordProducts(**out)
 
     def head(self, n: int) -> RecordProducts:
         """The first ``n`` records (these records themselves when there are no more)."""
@@ -105,7 +127,9 @@ def _numbers(a: np.ndarray) -> list:
 
 class LiveRecords:
     """The live summaries of one run's records (the problem's basis and optimum computed once), and the products they
-    were computed from (``computed``)."""
+    were computed from (``computed``). For a task sequence (``for_sequence``) each record's loss, excess and test loss
+    are its own task's and its strengths the first task's modes, as in the sequence's trajectory; its products are not
+    kept (the sequence's trajectory computes every task's at once)."""
 
     def __init__(self, problem: Problem, hidden: Sequence[int]) -> None:
         self.problem = problem
@@ -113,6 +137,16 @@ class LiveRecords:
         self.optimum = optimum(problem, list(hidden))
         self.residual = least_squares(problem).residual
         self.blocks: list[RecordProducts] = []
+        self.tasks: TaskNumbers | None = None
+
+    @classmethod
+    def for_sequence(cls, sequence: TaskSequence, hidden: Sequence[int], method: Method,
+                     record: RecordSchedule) -> LiveRecords:
+        """The live view of a task sequence's run (``sequence.simulate_sequence``)."""
+        live = cls(sequence.problems[0], hidden)
+        live.tasks = TaskNumbers(sequence.problems, [optimum(pb, list(hidden)) for pb in sequence.problems],
+                                 plan_sequence(sequence, method, record))
+        return live
 
     def summaries(self, start: int, run: RunResult, modes: int | None = None) -> list[dict[str, Any]]:
         """One dict per record of ``run`` (records ``start``, ``start + 1``, …): index, time, step, loss,
@@ -120,24 +154,57 @@ class LiveRecords:
         weights = [w.astype(np.float64, copy=False) for w in run.weights]
         block = RecordProducts.of(self.problem, self.basis, np.asarray(run.times, dtype=np.float64), run.steps,
                                   network.network_map(weights))
-        if start == sum(len(b.times) for b in self.blocks):  # the next records of this run (not a replay)
-            self.blocks.append(block)
+        if self.tasks is not None:
+            loss, excess, test = self.tasks.numbers(block)
+        else:
+            if start == sum(len(b.times) for b in self.blocks):  # the next records of this run (not a replay)
+                self.blocks.append(block)
+            loss = None if self.residual is None else self.residual + block.gap
+            excess, test = excess_loss(block.gap, self.optimum), block.test
         count = len(block.times)
         columns = {
             "index": list(range(start, start + count)),
             "time": _numbers(block.times),
             "step": [None] * count if run.steps is None else np.asarray(run.steps).tolist(),
-            "loss": [None] * count if self.residual is None else _numbers(self.residual + block.gap),
-            "excess_loss": _numbers(excess_loss(block.gap, self.optimum)),
-            "test_loss": [None] * count if block.test is None else _numbers(np.asarray(block.test)),
+            "loss": [None] * count if loss is None else _numbers(loss),
+            "excess_loss": _numbers(excess),
+            "test_loss": [None] * count if test is None else _numbers(np.asarray(test)),
             "strength": _numbers(block.strength[:, :modes]),
         }
         return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
     def computed(self) -> RecordProducts | None:
-        """The products of the records summarised so far, as one block (None before the first); the blocks are
-        joined once and kept joined."""
+        """The products of the records summarised so far, as one block (None before the first, and for a sequence);
+        the blocks are joined once (``RecordProducts.drained``) and kept joined."""
         if not self.blocks:
             return None
-        self.blocks = [RecordProducts.joined(self.blocks)]
+        self.blocks = [RecordProducts.drained(self.blocks)]
         return self.blocks[0]
+
+
+@dataclass(frozen=True)
+class TaskNumbers:
+    """A task sequence's per-record numbers, each record's on its own task (``sequence.build_sequence_trajectory``)."""
+
+    problems: list[Problem]
+    optima: list
+    plan: SequencePlan
+
+    def numbers(self, block: RecordProducts) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+        """(loss, excess loss, test loss) of the records of ``block``: L_p = L_ls,p + ‖W F_p − G_p‖² of the record's
+        phase p (None unless every task has tr Σ33), its excess L_p − L*_p, its test loss (None unless every task has
+        test data)."""
+        phase = phase_of(self.plan, block.steps, block.times)
+        residuals = [least_squares(pb).residual for pb in self.problems]
+        gap, excess = np.empty(len(phase)), np.empty(len(phase))
+        test = np.empty(len(phase)) if all(pb.test is not None for pb in self.problems) else None
+        for p, problem in enumerate(self.problems):
+            sel = phase == p
+            if sel.any():
+                gap[sel] = network.fit_gap(problem, block.product[sel])
+                excess[sel] = excess_loss(gap[sel], self.optima[p])
+                if test is not None:
+                    test[sel] = test_loss(problem, block.product[sel])
+        if any(r is None for r in residuals):
+            return None, excess, test
+        return np.asarray(residuals)[phase] + gap, excess, test

@@ -57,7 +57,7 @@ and sample order then start afresh).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -267,8 +267,11 @@ def preflight_sequence(sequence: TaskSequence, weights0: Sequence[np.ndarray], m
 # running
 
 
-def _phase_hooks(hooks: Hooks | None, plan: SequencePlan, p: int) -> Hooks | None:
-    """The caller's hooks for phase p: its progress mapped onto the whole run's fraction [start_p, end_p]/t_end."""
+def _phase_hooks(hooks: Hooks | None, plan: SequencePlan, p: int, offset: int,
+                 on_run_clock: Callable[[RunResult, int], RunResult]) -> Hooks | None:
+    """The caller's hooks for phase p: its progress mapped onto the whole run's fraction [start_p, end_p]/t_end; its
+    records as the whole run's (``offset`` records before this phase's first, times and steps on the run's clock),
+    without the phase's switch record, which the next phase reports as its first."""
     if hooks is None:
         return None
     total = float(plan.ends[-1]) or 1.0
@@ -277,8 +280,49 @@ def _phase_hooks(hooks: Hooks | None, plan: SequencePlan, p: int) -> Hooks | Non
     if hooks.progress is not None:
         def progress(f: float) -> None:
             hooks.progress(lo + (hi - lo) * min(1.0, max(0.0, float(f))))
+    records = None
+    if hooks.records is not None:
+        switch = len(_local(plan, p)) - 1 if p < len(plan.starts) - 1 else None
+
+        def records(start: int, run: RunResult) -> None:
+            count = run.times.size if switch is None else max(0, min(run.times.size, switch - start))
+            if count:
+                hooks.records(offset + start, on_run_clock(_head(run, count), start))
     return Hooks(progress=progress, should_stop=hooks.should_stop, interval=hooks.interval,
-                 blas_threads=hooks.blas_threads)
+                 blas_threads=hooks.blas_threads, records=records)
+
+
+def _head(run: RunResult, count: int) -> RunResult:
+    """The first ``count`` records of ``run``."""
+    if count == run.times.size:
+        return run
+    return replace(run, times=run.times[:count], steps=None if run.steps is None else run.steps[:count],
+                   weights=[w[:count] for w in run.weights])
+
+
+def _flow_eval_times(plan: SequencePlan, p: int) -> np.ndarray:
+    """Phase p's record times from its start (flow): its closed interval's records, the last one at exactly the
+    integrator's t_max when it is the phase's end (every switch is a record)."""
+    idx = _local(plan, p)
+    t0, t1 = float(plan.starts[p]), float(plan.ends[p])
+    local_eval = plan.times[idx] - t0
+    if plan.times[idx[-1]] == t1:
+        local_eval[-1] = t1 - t0
+    return local_eval
+
+
+def _on_run_clock(plan: SequencePlan, p: int, method: GradientDescent | GradientFlow, run: RunResult,
+                  first: int = 0) -> RunResult:
+    """Phase p's records ``first``, ``first`` + 1, … (``run``, on the phase's own clock) on the whole run's: GD steps
+    from the phase's switch step k_p (t = η·step); flow times from its start, the planned record times where a record
+    fell on one."""
+    if isinstance(method, GradientDescent):
+        steps = run.steps + int(plan.bounds[p])
+        return replace(run, times=steps * float(method.learning_rate), steps=steps)
+    idx, local_eval, t0 = _local(plan, p), _flow_eval_times(plan, p), float(plan.starts[p])
+    times = np.array([plan.times[idx[j]] if j < idx.size and t == local_eval[j] else t0 + t
+                      for j, t in enumerate(run.times, start=first)])
+    return replace(run, times=times, steps=None)
 
 
 def _local(plan: SequencePlan, p: int) -> np.ndarray:
@@ -291,40 +335,48 @@ def _local(plan: SequencePlan, p: int) -> np.ndarray:
 
 def _run_stepping(problems: list[Problem], weights0: list[np.ndarray], method: GradientDescent | GradientFlow,
                   plan: SequencePlan, dtype, hooks: Hooks | None) -> RunResult:
-    """GD or flow phase by phase; the RunResult of the whole run (records of every phase, switch states once)."""
+    """GD or flow phase by phase; the RunResult of the whole run (records of every phase, switch states once). A stop
+    request raises ``StopRequested`` with the records so far, every phase's (``partial``, outcome "stopped")."""
     is_gd = isinstance(method, GradientDescent)
     last_p = len(problems) - 1
     times, steps, layers = [], [], [[] for _ in weights0]
     outcome, div_step, div_time = "completed", None, None
     state = [np.asarray(w, dtype=np.float64) for w in weights0]
+
+    def keep(run: RunResult) -> None:
+        times.append(run.times)
+        if is_gd:
+            steps.append(run.steps)
+        for layer, w in zip(layers, run.weights):
+            layer.append(w)
+
+    def whole(outcome: str, *diverged) -> RunResult:
+        weights = [np.concatenate(layer).astype(dtype, copy=False) for layer in layers]
+        return RunResult(np.concatenate(times), np.concatenate(steps) if is_gd else None, weights, outcome, *diverged)
+
     for p, pb in enumerate(problems):
         idx = _local(plan, p)
         stop = method.stop_at_convergence if p == last_p else False
-        h = _phase_hooks(hooks, plan, p)
-        if is_gd:
-            k0, k1 = int(plan.bounds[p]), int(plan.bounds[p + 1])
-            m = GradientDescent(method.learning_rate, k1 - k0, method.weight_decay, stop)
-            run = run_gd(pb, state, m, plan.steps[idx] - k0, dtype=dtype, hooks=h)
-            g_steps = run.steps + k0
-            g_times = g_steps * float(method.learning_rate)
-        else:
-            t0, t1 = float(plan.starts[p]), float(plan.ends[p])
-            local_eval = plan.times[idx] - t0
-            if plan.times[idx[-1]] == t1:   # the phase's end (every switch is a record): exactly the integrator's t_max
-                local_eval[-1] = t1 - t0
-            m = GradientFlow(t1 - t0, method.rtol, method.atol, method.weight_decay, method.max_steps, stop)
-            # float64 throughout: the next phase starts from this one's last state, which a float32 record would round
-            run = run_flow(pb, state, m, local_eval, dtype=np.float64, hooks=h)
-            g_times = np.array([plan.times[idx[i]] if i < idx.size and run.times[i] == local_eval[i] else
-                                t0 + run.times[i] for i in range(run.times.size)])
-            g_steps = None
+        h = _phase_hooks(hooks, plan, p, sum(t.size for t in times),
+                         lambda run, first, p=p: _on_run_clock(plan, p, method, run, first))
+        try:
+            if is_gd:
+                k0, k1 = int(plan.bounds[p]), int(plan.bounds[p + 1])
+                m = GradientDescent(method.learning_rate, k1 - k0, method.weight_decay, stop)
+                run = run_gd(pb, state, m, plan.steps[idx] - k0, dtype=dtype, hooks=h)
+            else:
+                m = GradientFlow(float(plan.ends[p]) - float(plan.starts[p]), method.rtol, method.atol,
+                                 method.weight_decay, method.max_steps, stop)
+                # float64 throughout: the next phase starts from this one's last state, which a float32 record would
+                # round
+                run = run_flow(pb, state, m, _flow_eval_times(plan, p), dtype=np.float64, hooks=h)
+        except StopRequested as stopped:
+            if stopped.partial is not None and stopped.partial.times.size:
+                keep(_on_run_clock(plan, p, method, stopped.partial))
+            raise StopRequested(str(stopped), partial=whole("stopped") if times else None) from None
         more = p < last_p and run.outcome == "completed"
-        keep = slice(0, run.times.size - 1) if more else slice(None)  # the switch state is the next phase's first record
-        times.append(g_times[keep])
-        if g_steps is not None:
-            steps.append(g_steps[keep])
-        for layer, w in zip(layers, run.weights):
-            layer.append(w[keep])
+        # the switch state is the next phase's first record
+        keep(_head(_on_run_clock(plan, p, method, run), run.times.size - 1 if more else run.times.size))
         state = [w[-1].astype(np.float64) for w in run.weights]
         if run.outcome == "diverged":
             outcome = "diverged"
@@ -337,9 +389,7 @@ def _run_stepping(problems: list[Problem], weights0: list[np.ndarray], method: G
         if not more:
             outcome = run.outcome
             break
-    weights = [np.concatenate(layer).astype(dtype, copy=False) for layer in layers]
-    return RunResult(np.concatenate(times), np.concatenate(steps) if is_gd else None, weights, outcome,
-                     div_step, div_time)
+    return whole(outcome, div_step, div_time)
 
 
 def _run_exact(problems: list[Problem], weights0: list[np.ndarray], method: Exact, plan: SequencePlan,
@@ -407,8 +457,16 @@ def simulate_sequence(sequence: TaskSequence, weights0: Sequence[np.ndarray], me
     weights0 = [np.asarray(w, dtype=np.float64) for w in weights0]
     if isinstance(method, Exact):
         run, _ = _run_exact(problems, weights0, method, plan, record, hooks)
-    else:
+        return build_sequence_trajectory(problems, weights0, method, record, run, plan)
+    try:
         run = _run_stepping(problems, weights0, method, plan, DTYPES[dtype], hooks)
+    except StopRequested as stop:
+        if stop.partial is None:
+            raise
+        # cancelled: the records so far as a trajectory (outcome "stopped"), without the sharpness (simulate.simulate)
+        kept = build_sequence_trajectory(problems, weights0, method, replace(record, sharpness=False), stop.partial,
+                                         plan)
+        raise StopRequested(str(stop), partial=stop.partial, trajectory=kept) from None
     return build_sequence_trajectory(problems, weights0, method, record, run, plan)
 
 
@@ -432,7 +490,7 @@ def _mask_theory(lt: LossTheory | None, later: np.ndarray) -> LossTheory | None:
                    assumptions=lt.assumptions + "; for the first phase only (NaN from the first switch on)")
 
 
-def _phase_of(plan: SequencePlan, steps: np.ndarray | None, times: np.ndarray) -> np.ndarray:
+def phase_of(plan: SequencePlan, steps: np.ndarray | None, times: np.ndarray) -> np.ndarray:
     """The phase of each record: by its step for GD (a switch at the first step with t ≥ until), else by its time."""
     if plan.steps is not None:
         return np.searchsorted(plan.bounds[1:-1], steps, side="right")
@@ -448,12 +506,12 @@ def build_sequence_trajectory(problems: list[Problem], weights0: list[np.ndarray
     # the sharpness is of each record's own task: taken below, phase by phase, not with the first task's Hessian;
     # learning times on the first task's modes, found between records only before the first switch
     # gd, flow: each record's gradient norm on its own task, taken once (exact runs bring theirs)
-    tasks = None if isinstance(run, ExactRun) else (_phase_of(plan, run.steps, run.times), problems)
+    tasks = None if isinstance(run, ExactRun) else (phase_of(plan, run.steps, run.times), problems)
     base = build_trajectory(problems[0], weights0, method, replace(record, sharpness=False), run,
                             refine_until=float(plan.starts[1]) if len(problems) > 1 else np.inf, record_tasks=tasks)
     t = len(base.time)
     product = base.product
-    phase = _phase_of(plan, base.step, base.time)
+    phase = phase_of(plan, base.step, base.time)
     hidden = [w.shape[0] for w in weights0[:-1]]
     n_p = len(problems)
     rows = np.arange(t)

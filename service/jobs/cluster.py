@@ -24,6 +24,28 @@ log = logging.getLogger("dlnsim.jobs")
 # (bench/results.md). It costs a scheduler round trip per task.
 WORKER_SATURATION = 1.0
 
+# Dask's housekeeping in the embedded cluster's processes (the API's scheduler and nannies, each worker), woken less
+# often: every wake-up of an event loop takes a core from a job whose BLAS threads use them all (a 2-thread GEMM
+# then waits at its barrier). Dask's defaults, a loop-health tick every 20 ms per server, psutil samples every
+# 500 ms, a nanny reading its worker's memory every 100 ms, kept an idle service at 0.08 of a core; these at 0.015
+# (docs/performance.md#housekeeping). The memory check stays well under a second: the nanny's kill at 95 %. An
+# operator's DASK_* variable for one of these keys wins (``quiet_housekeeping``).
+QUIET_HOUSEKEEPING = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.admin.system-monitor.disk": False,
+    "distributed.worker.memory.monitor-interval": "500ms",
+}
+
+
+def quiet_housekeeping() -> dict[str, object]:
+    """``QUIET_HOUSEKEEPING`` less the keys the operator set through ``DASK_*`` variables (read as Dask reads them)."""
+    import dask
+
+    chosen = dask.config.collect_env()
+    return {key: value for key, value in QUIET_HOUSEKEEPING.items()
+            if dask.config.get(key, default=None, config=chosen) is None}
+
 
 def worker_environment(blas_threads: int | str) -> dict[str, str | None]:
     """Environment of the embedded workers, set before they spawn (BLAS reads it when it loads).
@@ -182,6 +204,9 @@ async def start_local_cluster(settings: Settings):
     from distributed import LocalCluster
 
     workers = settings.workers or os.cpu_count() or 1
+    # for the whole process, not for the block below: a nanny hands its worker processes the configuration it holds,
+    # whose nested sections are Dask's own, so a worker it restarts after a block's end would get the defaults back
+    dask.config.set(quiet_housekeeping())
     with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn_environ(settings.blas_threads),
                           "distributed.scheduler.worker-saturation": WORKER_SATURATION}):
         return await LocalCluster(

@@ -207,7 +207,7 @@ class LiveReporter(Reporter):
         self.last_fraction = 0.0
 
     def begin(self, spec: Any) -> None:
-        """Know the run: its problem (for the record summaries; not for task sequences) and its length."""
+        """Know the run: its problem or task sequence (for the record summaries) and its length."""
         from service.dynamics.live import LiveRecords
         from service.dynamics.methods import GradientDescent, StochasticGradientDescent
         from service.dynamics.sequence import TaskSequence
@@ -220,9 +220,12 @@ class LiveReporter(Reporter):
             self.steps, self.t_end = int(method.steps), int(method.steps) * float(method.learning_rate)
         else:
             self.t_end = float(getattr(method, "t_end", getattr(method, "t_max", 0.0)))
-        if not isinstance(spec.problem, TaskSequence):
-            self.live = LiveRecords(spec.problem, [w.shape[0] for w in spec.weights0[:-1]])
-            self.send({"singular_values": [float(s) for s in self.live.basis.s[:LIVE_MODES]]})
+        hidden = [w.shape[0] for w in spec.weights0[:-1]]
+        if isinstance(spec.problem, TaskSequence):  # strengths on the first task's modes, as its trajectory's
+            self.live = LiveRecords.for_sequence(spec.problem, hidden, method, spec.record)
+        else:
+            self.live = LiveRecords(spec.problem, hidden)
+        self.send({"singular_values": [float(s) for s in self.live.basis.s[:LIVE_MODES]]})
 
     def records(self, start: int, run: Any) -> None:
         if self.live is None:

@@ -18,6 +18,7 @@ from service.dynamics.modes import mode_basis
 from service.dynamics.network import fit_gap
 from service.dynamics.problem import problem_from_correlations, problem_from_data
 from service.dynamics.record import RecordSchedule
+from service.dynamics.sequence import Phase, TaskSequence
 from service.dynamics.simulate import simulate
 
 METHODS = {
@@ -204,3 +205,90 @@ def test_a_run_stopped_at_its_first_check_keeps_its_initial_record(hierarchy):
     kept = stopped.value.trajectory
     assert kept.time[0] == 0.0
     np.testing.assert_array_equal(kept.weights[0][0], weights0(hierarchy)[0])
+
+
+# -- task sequences: records on the whole run's clock, each on its own task ----------------------------------------
+
+SEQUENCE_METHODS = {"gd": GradientDescent(learning_rate=0.05, steps=800), "flow": GradientFlow(t_max=40.0)}
+
+
+@pytest.fixture(scope="module")
+def two_tasks():
+    """A switch at t = 15 from one noisy teacher to another (both with test data)."""
+    first = presets.noisy_teacher(n_in=8, n_out=6, n_samples=40, noise=0.5, seed=0)
+    second = presets.noisy_teacher(n_in=8, n_out=6, n_samples=40, noise=0.5, seed=1)
+    return TaskSequence([Phase(first, 15.0), Phase(second)])
+
+
+@pytest.mark.parametrize("name", SEQUENCE_METHODS)
+def test_a_sequences_records_arrive_once_in_order_on_the_runs_clock(two_tasks, name):
+    seen = Collector()
+    traj = simulate(two_tasks, weights0(two_tasks.problems[0], (6,)), SEQUENCE_METHODS[name],
+                    RecordSchedule(points=30), hooks=Hooks(records=seen, interval=0.0))
+    starts = [start for start, _ in seen.calls]
+    counts = [run.times.size for _, run in seen.calls]
+    assert starts == list(np.cumsum([0, *counts[:-1]]))
+    assert (traj.phase == 1).any()
+    np.testing.assert_array_equal(seen.times(), traj.time)
+    if traj.step is not None:
+        np.testing.assert_array_equal(np.concatenate([run.steps for _, run in seen.calls]), traj.step)
+
+
+@pytest.mark.parametrize("name", SEQUENCE_METHODS)
+def test_live_summaries_of_a_sequence_are_its_trajectorys_numbers(two_tasks, name):
+    method, record = SEQUENCE_METHODS[name], RecordSchedule(points=30)
+    seen = Collector()
+    traj = simulate(two_tasks, weights0(two_tasks.problems[0], (6,)), method, record,
+                    hooks=Hooks(records=seen, interval=0.0))
+    live = LiveRecords.for_sequence(two_tasks, [6], method, record)
+    rows = [row for start, run in seen.calls for row in live.summaries(start, run)]
+    assert [r["index"] for r in rows] == list(range(len(traj.time)))
+    np.testing.assert_array_equal([r["loss"] for r in rows], traj.loss)
+    np.testing.assert_array_equal([r["excess_loss"] for r in rows], traj.excess_loss)
+    np.testing.assert_array_equal([r["test_loss"] for r in rows], traj.test_loss)
+    np.testing.assert_array_equal([r["strength"] for r in rows], traj.modes.strength)
+
+
+@pytest.mark.parametrize("name", SEQUENCE_METHODS)
+def test_a_sequence_stopped_after_its_switch_keeps_every_phases_records(two_tasks, name):
+    w0 = weights0(two_tasks.problems[0], (6,))
+    full = simulate(two_tasks, w0, SEQUENCE_METHODS[name], RecordSchedule(points=30))
+    stop = StopWhen(lambda: stop.seen >= 0.6 * len(full.time))
+    hooks = Hooks(records=stop.count, should_stop=stop, interval=0.0)
+    with pytest.raises(StopRequested) as stopped:
+        simulate(two_tasks, w0, SEQUENCE_METHODS[name], RecordSchedule(points=30), hooks=hooks)
+    kept = stopped.value.trajectory
+    n = len(kept.time)
+    assert kept.outcome == "stopped"
+    assert (kept.phase == 1).any() and n < len(full.time)
+    np.testing.assert_array_equal(kept.time, full.time[:n])
+    np.testing.assert_array_equal(kept.phase, full.phase[:n])
+    np.testing.assert_array_equal(kept.loss, full.loss[:n])
+    np.testing.assert_array_equal(kept.task_loss, full.task_loss[:n])
+
+
+class StopWhen:
+    """should_stop: True once ``when()`` holds; ``count`` is a records hook counting the records seen."""
+
+    def __init__(self, when):
+        self.when, self.seen = when, 0
+
+    def count(self, start, run):
+        self.seen = start + run.times.size
+
+    def __call__(self):
+        return self.when()
+
+
+def test_drained_blocks_are_the_joined_blocks_and_the_list_is_emptied(noisy):
+    traj = simulate(noisy, weights0(noisy, (6,)), GradientDescent(learning_rate=0.05, steps=300),
+                    RecordSchedule(points=20))
+    whole = RecordProducts.of(noisy, mode_basis(noisy), traj.time, traj.step, traj.product)
+    blocks = [whole.head(7), RecordProducts(*(None if a is None else a[7:] for a in (
+        whole.times, whole.steps, whole.product, whole.gap, whole.strength, whole.test)))]
+    joined = RecordProducts.joined(blocks)
+    drained = RecordProducts.drained(blocks)
+    assert blocks == []
+    for name in ("times", "steps", "product", "gap", "strength", "test"):
+        np.testing.assert_array_equal(getattr(drained, name), getattr(whole, name), err_msg=name)
+        np.testing.assert_array_equal(getattr(joined, name), getattr(whole, name), err_msg=name)

@@ -29,6 +29,16 @@ def hours_long_request() -> dict:
             "training": {"method": "gd", "learning_rate": 1e-4, "steps": 1_000_000}, "record": {"points": 2000}}
 
 
+def two_task_request(steps: int, until: float, points: int) -> dict:
+    """A GD run that switches from one random teacher to another at t = ``until`` (steps of η = 1e-4)."""
+    task = {"kind": "preset", "name": "random_teacher", "n_in": 64, "n_out": 64, "n_samples": 128}
+    return {"data": {"kind": "sequence", "phases": [{"data": {**task, "seed": 1}, "until": until},
+                                                    {"data": {**task, "seed": 2}}]},
+            "network": {"hidden": [128]}, "init": {"scheme": "gaussian", "scale": 0.01, "seed": 2},
+            "training": {"method": "gd", "learning_rate": 1e-4, "steps": steps, "stop_at_convergence": False},
+            "record": {"points": points}}
+
+
 def stream(client: httpx.Client, job_id: str, last_event_id: str | None = None) -> Iterator[tuple[str, str, dict]]:
     """(event, id, data) of the simulation's event stream, as they arrive."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
@@ -124,3 +134,32 @@ def test_a_cancelled_simulation_keeps_the_records_it_made(client):
     # equal to round-off: the run may use more BLAS threads than the trajectory's evaluation after it
     assert kept["loss"][:len(seen)] == pytest.approx([r["loss"] for r in seen], rel=1e-12)
     assert kept["product"] is not None  # every member, over the records kept
+
+
+def test_a_task_sequences_live_records_are_its_trajectorys_records(client):
+    job_id = post(client, two_task_request(steps=20000, until=1.0, points=60)).json()["id"]
+    events = list(stream(client, job_id))
+    assert events[-1][0] == "end" and events[-1][2]["status"] == "succeeded"
+    records = [data for event, _, data in events if event == "record"]
+    trajectory = client.get(f"/v1/simulations/{job_id}/trajectory").json()
+    assert 1 in trajectory["phase"]
+    assert [r["index"] for r in records] == list(range(len(trajectory["time"])))
+    assert [r["step"] for r in records] == trajectory["step"]
+    assert [r["loss"] for r in records] == pytest.approx(trajectory["loss"], rel=1e-12)
+
+
+def test_a_cancelled_task_sequence_keeps_the_records_of_every_phase(client):
+    job_id = post(client, two_task_request(steps=1_000_000, until=0.5, points=2000)).json()["id"]
+    seen = []
+    for event, _, data in stream(client, job_id):
+        if event == "record":
+            seen.append(data)
+        if seen and seen[-1]["step"] > 5000 + 500:  # well into the second phase (the switch at step 5,000)
+            break
+    assert client.post(f"/v1/simulations/{job_id}/cancel").status_code == 200
+    sim = poll(client, job_id, lambda s: s.get("outcome") == "stopped", timeout=60)
+    assert sim["status"] == "cancelled", sim
+    kept = client.get(f"/v1/simulations/{job_id}/trajectory").json()
+    assert kept["partial"] is True and kept["outcome"] == "stopped"
+    assert set(kept["phase"]) == {0, 1} and len(kept["time"]) >= len(seen)
+    assert kept["loss"][:len(seen)] == pytest.approx([r["loss"] for r in seen], rel=1e-12)
