@@ -1,25 +1,40 @@
 """Many simulations in one call, for sweeps: points that share a shape and a schedule are stepped together.
 
     points = [SweepPoint(problem, w0, GradientDescent(eta, 10_000), RecordSchedule()) for eta, w0 in grid]
-    trajectories = simulate_batch(points)          # in input order, each equal to simulate(*point)
+    trajectories = simulate_batch(points)          # in input order, each simulate(*point) (to round-off
+                                                   # for small two-layer nets, else bit for bit)
 
 Grouping (``group_key``): GD points with the same layer widths (n_in, hidden…, n_out), step count, record
 schedule and dtype form one group; learning rate, weight decay, Σ11, Σ31 and the initial weights may
 differ per point. Flow, exact, SGD, GD-with-momentum and task-sequence points are not grouped: each runs through ``simulate``
 (so a sweep can take SGD's seed, batch size or momentum as an axis).
 
-A GD group runs in one compiled call over its points (``gd_loop.gd_batch_steps``), which advances each
-point with the single-simulation step loop itself (``gd_loop.gd_chunk``, the loop ``run_gd`` runs), its
-loop state kept per point between calls. Checks sit at fixed steps and that state carries over, so neither
-the grouping nor the chunking for the hooks changes a bit: every point's weights are those of
-``simulate`` on it, with or without hooks. Every trajectory is filled by ``simulate.build_trajectory``
-(the one post-processing); the optimum is cached on the problem, so the points that share it compute it once.
+A GD group runs in one compiled call over its points. Small two-layer groups (every width ≤
+``gd_lanes.MAX_WIDTH``) are stepped in SIMD lanes, blocks of ``gd_lanes.LANES`` points whose arrays put the
+point axis innermost, so each vector FMA advances 8 points and a tiny net stops paying a BLAS call per
+product (``gd_lanes.gd_lanes_steps``; in-process (8,16,8) sweeps ×1.6 the one-by-one loop, bench/results.md).
+Its products sum in plain order with fused multiply-adds where BLAS sums in its own order, so these points
+agree with ``simulate`` to round-off, not bit for bit: outcomes, stop steps and record steps are equal, and
+recorded weights, products, losses, gradient norms and balance drift agree to ≤ 3e-14 relative over 10,000 steps
+as measured (tests/dynamics/test_lanes.py, which asserts 1e-11; a run left stepping at its round-off floor after
+converging agrees to that floor's scale). A point's result does not depend on the other points of its
+batch, the group size or the chunking: lanes never mix. The records' diagnostics (gradient norm, balance drift)
+of a float64 lane group are computed in lanes too (``gd_lanes.lane_diagnostics``, handed to ``build_trajectory``),
+instead of a BLAS call per product and record.
+
+Every other group (deeper or wider nets, or ``simulate_batch(..., lanes=False)``) runs through
+``gd_loop.gd_batch_steps``, which advances each point with the single-simulation step loop itself
+(``gd_loop.gd_chunk``, the loop ``run_gd`` runs), its loop state kept per point between calls. Checks sit at
+fixed steps and that state carries over, so neither the grouping nor the chunking for the hooks changes a
+bit: every point's weights are those of ``simulate`` on it, with or without hooks. Every trajectory is filled
+by ``simulate.build_trajectory`` (the one post-processing); the optimum is cached on the problem, so the
+points that share it compute it once.
 
 Why not a batched numpy path for large nets: the compiled loop calls BLAS directly with no Python per step
 (level with a numpy loop from a few hundred units wide up, see gd.py); stacking the points into
 batched matmuls would change the BLAS calls and lose the bitwise equality with ``simulate`` for no gain.
-What batching does buy is the per-point overhead outside the steps: Python per run, and the per-problem
-pieces of the post-processing.
+What batching does buy there is the per-point overhead outside the steps: Python per run, and the
+per-problem pieces of the post-processing.
 
 Outcomes are per point: a point that converges or diverges at step k stops there (its state is frozen,
 later records dropped, exactly as ``run_gd`` does) while the others continue.
@@ -34,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import gd_loop
+from . import gd_lanes, gd_loop
 from .errors import DynamicsError, InvalidParameterError
 from .gd import (
     BLOWUP_RATIO,
@@ -88,13 +103,16 @@ def group_key(point: SweepPoint) -> tuple | None:
     return ("gd", widths, int(point.method.steps), point.record, point.dtype)
 
 
-def simulate_batch(points: Sequence[SweepPoint], *, hooks: Hooks | None = None) -> list[Trajectory]:
+def simulate_batch(points: Sequence[SweepPoint], *, hooks: Hooks | None = None, lanes: bool = True
+                   ) -> list[Trajectory]:
     """``simulate`` on every point, batched by ``group_key``; trajectories in input order.
 
     Every point is validated before anything runs: an invalid one raises its ``DynamicsError`` with the
     attribute ``point_index`` set to its position. ``hooks.progress`` gets the mean over the points of
     each point's completed fraction (GD: steps done / steps); ``hooks.should_stop`` returning True
     raises ``StopRequested`` (nothing is returned: callers that keep partial results batch in chunks).
+    ``lanes=False`` steps small two-layer groups with the one-by-one loop too (bit for bit ``simulate``,
+    slower; module docstring).
     """
     points = list(points)
     layouts = [_validate(i, p) for i, p in enumerate(points)]
@@ -110,7 +128,7 @@ def simulate_batch(points: Sequence[SweepPoint], *, hooks: Hooks | None = None) 
     out: list[Trajectory | None] = [None] * len(points)
     for idx in groups.values():
         for sub in _sub_batches(idx, layouts[idx[0]], points[idx[0]]):
-            for i, traj in zip(sub, _run_gd_group([points[i] for i in sub], layouts[sub[0]], sub, progress)):
+            for i, traj in zip(sub, _run_gd_group([points[i] for i in sub], layouts[sub[0]], sub, progress, lanes)):
                 out[i] = traj
     for i in singles:
         p = points[i]
@@ -197,8 +215,8 @@ def _sub_batches(idx: list[int], layout: Layout, p: SweepPoint) -> list[list[int
 # the GD group
 
 
-def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], progress: _Progress
-                  ) -> list[Trajectory]:
+def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], progress: _Progress,
+                  lanes: bool = True) -> list[Trajectory]:
     """Step a group of GD points (same widths, steps, record schedule, dtype) together; their trajectories.
 
     The per-point set-up (thresholds, record steps, packed weights) is ``run_gd``'s, value for value.
@@ -241,10 +259,31 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
     state, fstate = gd_loop.new_state(nb)
     scratch = scratch_for(layout, m0, dt)
 
-    def advance(k_stop: int) -> None:
-        gd_loop.gd_batch_steps(w, saved, layout.dims, layout.offs, s11, s31, s13, pidx, eta, decay, two_eta, shrink,
-                                m0, n_steps, rec, nrec, snap, tol2, BLOWUP_RATIO, s31_norm, blowup_cap(dt), state,
-                                fstate, k_stop, scratch)
+    in_lanes = lanes and gd_lanes.lanes_for(layout.dims)
+    if in_lanes:
+        # small two-layer nets: blocks of LANES points stepped together, SIMD across points (gd_lanes)
+        ni, nh, no = (int(x) for x in layout.dims)
+        n_blocks = -(-nb // gd_lanes.LANES)
+        wl = gd_lanes.to_lanes(w, n_blocks)
+        sl = np.zeros_like(wl)
+        s11l = gd_lanes.to_lanes(s11.reshape(len(problems), -1)[pidx], n_blocks)
+        s31l = gd_lanes.to_lanes(s31.reshape(len(problems), -1)[pidx], n_blocks)
+        params = np.zeros((4, n_blocks * gd_lanes.LANES), dtype=dt)  # padding lanes: η = γ = 0, 1 − ηγ = 1
+        params[3] = 1
+        params[:, :nb] = np.stack([eta, decay, two_eta, shrink])
+        pl = np.ascontiguousarray(params.reshape(4, n_blocks, gd_lanes.LANES).transpose(1, 0, 2))
+        solo = np.zeros(nb, dtype=np.int64)
+        lane_scratch = np.empty(gd_lanes.lane_scratch_size(ni, nh, no), dtype=dt)
+
+        def advance(k_stop: int) -> None:
+            gd_lanes.steps(wl, sl, s11l, s31l, pl, ni, nh, no, m0, n_steps, rec, nrec, snap, tol2, BLOWUP_RATIO,
+                           s31_norm, blowup_cap(dt), state, fstate, solo, k_stop, w, saved, layout.dims, layout.offs,
+                           s11, s31, s13, pidx, eta, decay, two_eta, shrink, lane_scratch, scratch)
+    else:
+        def advance(k_stop: int) -> None:
+            gd_loop.gd_batch_steps(w, saved, layout.dims, layout.offs, s11, s31, s13, pidx, eta, decay, two_eta,
+                                   shrink, m0, n_steps, rec, nrec, snap, tol2, BLOWUP_RATIO, s31_norm,
+                                   blowup_cap(dt), state, fstate, k_stop, scratch)
 
     # Without hooks: one call runs every point to its end. With hooks: chunks of steps (for all points)
     # sized to ~interval seconds, first for a conservative 1e9 FLOP/s, then from the measured rate.
@@ -266,11 +305,30 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
                 progress.fraction[index] = np.maximum(progress.fraction[index], done)
                 progress.tick()
 
+    runs = [finish_run(p.method, layout, dt, rec[j, :nrec[j]], snap[j], w[j], state[j]) for j, p in enumerate(points)]
+    diagnostics = [None] * nb
+    if in_lanes and dt == np.float64:  # float32 records are taken to float64 first: build_trajectory does that
+        diagnostics = _lane_diagnostics(snap, [len(r.times) for r in runs], s11, s31, pidx, decay, layout, m0)
     out = []
     for j, p in enumerate(points):
-        run = finish_run(p.method, layout, dt, rec[j, :nrec[j]], snap[j], w[j], state[j])
         with _point(index[j]):
-            out.append(build_trajectory(p.problem, weights0[j], p.method, p.record, run,
-                                        between=progress.tick if progress.active else None))
+            out.append(build_trajectory(p.problem, weights0[j], p.method, p.record, runs[j],
+                                        between=progress.tick if progress.active else None,
+                                        diagnostics=diagnostics[j]))
         progress.tick()  # post-processing a large group takes a while: honour a stop request meanwhile
     return out
+
+
+def _lane_diagnostics(snap: np.ndarray, counts: list[int], s11: np.ndarray, s31: np.ndarray, pidx: np.ndarray,
+                      decay: np.ndarray, layout: Layout, m0: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each point's (gradient norm, balance drift) at its ``counts[j]`` records ``snap[j, :counts[j]]``, computed for
+    all points at once in SIMD lanes (``gd_lanes.lane_diagnostics``): ``simulate.record_diagnostics`` to round-off,
+    without a BLAS call per product and record."""
+    ni, nh, no = (int(x) for x in layout.dims)
+    nb, n_rec = len(counts), max(counts)
+    n_blocks = -(-nb // gd_lanes.LANES)
+    grad_norm, drift = np.empty((nb, n_rec)), np.empty((nb, n_rec))
+    gd_lanes.diagnostics(snap, n_rec, gd_lanes.to_lanes(s11.reshape(len(s11), -1)[pidx], n_blocks),
+                         gd_lanes.to_lanes(s31.reshape(len(s31), -1)[pidx], n_blocks),
+                         gd_lanes.to_lanes(decay[:, None], n_blocks), ni, nh, no, m0, grad_norm, drift)
+    return [(grad_norm[j, :c], drift[j, :c]) for j, c in enumerate(counts)]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import gd_loop, kernel_cache
 from .gd_loop import CACHE, _layers, gemm
 
 # Lanczos steps between convergence tests once past the 8th
@@ -297,3 +298,7 @@ def top_sharpness(flat, dims, offs, s11, s31, v0, tol, max_iter, theta, resid, i
         resid[t] = rs
         iters[t] = it
         converged[t] = ok
+
+
+# these kernels compile gd_loop's kernels and constants into their machine code: numba watches only this file
+kernel_cache.stale_with(globals(), gd_loop)

@@ -15,11 +15,22 @@ files are each replaced atomically, and a data file named in the index but not w
 
 numba is pinned to a minor version (pyproject.toml); ``IndexDataCacheFile.save`` is what 0.68 calls. Without
 ``fcntl`` (Windows) nothing is installed: one process compiling at a time stays safe there.
+
+    kernel_cache.stale_with(globals(), gd_loop)   # at the end of a module whose kernels call into gd_loop
+
+numba takes a cached kernel as fresh while its own source file is unchanged (the index's stamp: a hash of that one
+file), yet the machine code it keeps also holds what the kernel calls from other modules (linked in, often
+inlined) and the constants it reads from them, frozen at compile time. So an edit to gd_loop.py (``gd_chunk``, or
+``CHECK_EVERY``) left gd_lanes.py's cached kernel running the old code. ``stale_with`` puts the other modules'
+sources into the stamp of every cached kernel of a module; tests/dynamics/test_kernel_cache.py checks that every
+cached kernel's stamp covers every module it is compiled from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from types import ModuleType
 
 LOCK_NAME = "dlnsim-numba-cache.lock"
 
@@ -46,3 +57,40 @@ def install() -> bool:
     save.__doc__ = unlocked.__doc__
     IndexDataCacheFile.save = save
     return True
+
+
+# module name → the source files its cached kernels' stamps cover (its own first), for ``sources``
+_SOURCES: dict[str, tuple[str, ...]] = {}
+
+
+def sources(module: str) -> tuple[str, ...]:
+    """The source files whose edits make the cached kernels of ``module`` stale: its own, and what
+    ``stale_with`` added (with the modules those depend on in turn)."""
+    import sys
+
+    return _SOURCES.get(module, (os.path.realpath(sys.modules[module].__file__),))
+
+
+def _digest(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).digest()
+
+
+def stale_with(namespace: dict, *modules: ModuleType) -> None:
+    """Make every disk-cached kernel defined in ``namespace`` (a module's ``globals()``, after its last kernel) stale
+    when the source of one of ``modules``, or of a module they were made stale with, changes (module docstring).
+
+    The stamp numba compares becomes (its own stamp, sha256 of each other source): read when the kernel is first
+    loaded or saved, so this must run before a kernel is called."""
+    from numba.core.dispatcher import Dispatcher
+
+    name = namespace["__name__"]
+    files = [os.path.realpath(namespace["__file__"])]
+    for module in modules:
+        files += [f for f in sources(module.__name__) if f not in files]
+    _SOURCES[name] = tuple(files)
+    extra = tuple(_digest(f) for f in files[1:])
+    for value in list(namespace.values()):
+        cache_file = getattr(getattr(value, "_cache", None), "_cache_file", None)  # None: not cached (CACHE off)
+        if isinstance(value, Dispatcher) and value.py_func.__module__ == name and cache_file is not None:
+            cache_file._source_stamp = (cache_file._source_stamp, extra)

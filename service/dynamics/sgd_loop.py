@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import gd_loop, kernel_cache
 from .gd_loop import (
     BLOW2,
     CACHE,
@@ -228,3 +229,7 @@ def momentum_chunk(w, v, dims, offs, m0, s11, s31, source, x, y, order, e0, n_sa
     state[STATUS] = status
     fstate[BLOW2] = blow2
     fstate[G2] = g2
+
+
+# these kernels compile gd_loop's kernels and constants into their machine code: numba watches only this file
+kernel_cache.stale_with(globals(), gd_loop)

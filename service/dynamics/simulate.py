@@ -171,7 +171,8 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
                      run: RunResult | ExactRun, *, between: Callable[[], None] | None = None,
                      refine_until: float = np.inf,
                      record_tasks: tuple[np.ndarray, Sequence[Problem]] | None = None,
-                     known: RecordProducts | None = None) -> Trajectory:
+                     known: RecordProducts | None = None,
+                     diagnostics: tuple[np.ndarray, np.ndarray] | None = None) -> Trajectory:
     """Every derived quantity of a run (GD, flow: ``RunResult``; exact: ``ExactRun``), vectorised over its
     T records: the one post-processing of ``simulate`` and ``batch.simulate_batch``.
 
@@ -186,7 +187,8 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
     records only for crossings in record intervals that end by ``refine_until`` (a sequence's first switch).
     ``record_tasks`` = (task index per record, the tasks): each record's gradient norm is its own task's (a task
     sequence; the rest is the first task's, ``problem``). ``known``: the products of the first records computed
-    already (a live view's, ``live.record_products``), taken as they are.
+    already (a live view's, ``live.record_products``), taken as they are. ``diagnostics``: the records' (gradient norm,
+    balance drift), computed already (a sweep's SIMD lanes, ``batch._lane_diagnostics``), taken as they are.
     """
     hidden = [w.shape[0] for w in weights0[:-1]]
     if isinstance(run, ExactRun):
@@ -208,7 +210,9 @@ def build_trajectory(problem: Problem, weights0: list[np.ndarray], method: Metho
         products = record_products(problem, basis, times, steps, weights, known)
     product, gap, strength, test = products.product, products.gap, products.strength, products.test
     if weights is not None:
-        if record_tasks is None:
+        if diagnostics is not None:
+            grad_norm, drift = diagnostics
+        elif record_tasks is None:
             grad_norm, drift = record_diagnostics(problem, weights, method.weight_decay)
         else:  # record by record, so each part is what the whole would give on it (the drift needs no task)
             task, tasks = record_tasks

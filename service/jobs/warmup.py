@@ -27,10 +27,11 @@ alone (``gd.leave_blas_alone``): the rest tier runs beside jobs, whose counts ar
 
 The requests are tiny versions of what jobs run, through the job's own code (``task.simulate_request``, and
 ``simulate_batch`` as a sweep chunk calls it), so that every kernel a job can reach is typed the way the job
-types it: both dtypes, two-layer and deeper nets (the kernel's two step paths), weight decay, gradient flow,
-the exact solutions (whose theory overlay uses the exact GD maps), batched sweeps, momentum and SGD, the
-sharpness (Hessian products, Lanczos), the linearised loss, task sequences; then the core's own warm-ups of the SGD
-and Hessian kernels reach the variants one request would not (every gradient source, deeper nets).
+types it: both dtypes, two-layer and deeper nets (the kernel's two step paths; for sweeps, the SIMD lanes and
+the one-by-one loop), weight decay, gradient flow, the exact solutions (whose theory overlay uses the exact GD
+maps), batched sweeps, momentum and SGD, the sharpness (Hessian products, Lanczos), the linearised loss, task
+sequences; then the core's own warm-ups of the SGD and Hessian kernels reach the variants one request would not
+(every gradient source, deeper nets).
 """
 
 from __future__ import annotations
@@ -92,19 +93,22 @@ WARMUP_REQUESTS: list[dict] = [
 
 
 def _warm_batch(dtypes: tuple[str, ...] = ("float64", "float32")) -> None:
-    """The sweep chunk's path: ``simulate_batch`` over a group of GD points, in each dtype."""
+    """The sweep chunk's paths: ``simulate_batch`` over a group of GD points, in each dtype, for a two-layer
+    net (the SIMD-lane kernel, service/dynamics/gd_lanes.py) and a deeper one (the one-by-one loop)."""
     from service.build import build_run
     from service.dynamics.batch import SweepPoint, simulate_batch
     from service.schemas import SimulationRequest
 
     for dtype in dtypes:
-        points = []
-        for seed in (0, 1):
-            request = SimulationRequest.model_validate_json(orjson.dumps(
-                {**WARMUP_REQUESTS[0], "init": {"scheme": "gaussian", "scale": 0.1, "seed": seed}, "dtype": dtype}))
-            s = build_run(request)
-            points.append(SweepPoint(s.problem, s.weights0, s.method, s.record, dtype=s.dtype))
-        simulate_batch(points)
+        for hidden in ([4], [4, 4]):
+            points = []
+            for seed in (0, 1):
+                request = SimulationRequest.model_validate_json(orjson.dumps(
+                    {**WARMUP_REQUESTS[0], "network": {"hidden": hidden},
+                     "init": {"scheme": "gaussian", "scale": 0.1, "seed": seed}, "dtype": dtype}))
+                s = build_run(request)
+                points.append(SweepPoint(s.problem, s.weights0, s.method, s.record, dtype=s.dtype))
+            simulate_batch(points)
 
 
 def _requests(*indices: int) -> Callable[[], None]:

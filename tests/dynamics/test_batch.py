@@ -1,10 +1,12 @@
-"""Batched simulations for sweeps (service.dynamics.batch): every point equals ``simulate`` on it bit for bit,
-in input order, with per-point outcomes, chunking for the hooks that changes nothing, and cooperative stop.
+"""Batched simulations for sweeps (service.dynamics.batch) with ``lanes=False``: every point equals ``simulate``
+on it bit for bit, in input order, with per-point outcomes, chunking for the hooks that changes nothing, and
+cooperative stop.
 
-Bitwise is the claim for GD because the batch advances each point with the single-simulation step loop
-itself (``gd_loop.gd_chunk``, whose checks sit at fixed steps) and fills it with ``simulate``'s own
+Bitwise is the claim for GD on that path because the batch advances each point with the single-simulation
+step loop itself (``gd_loop.gd_chunk``, whose checks sit at fixed steps) and fills it with ``simulate``'s own
 ``build_trajectory``; flow and exact points run through ``simulate`` itself. So every comparison here is
-exact equality, NaNs included."""
+exact equality, NaNs included. The default path steps small two-layer groups in SIMD lanes, which agree with
+``simulate`` to round-off only: tests/dynamics/test_lanes.py."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 from service.dynamics import batch
-from service.dynamics.batch import SweepPoint, group_key, simulate_batch
+from service.dynamics.batch import SweepPoint, group_key
 from service.dynamics.errors import InvalidParameterError, StopRequested
 from service.dynamics.init import initial_weights
 from service.dynamics.methods import Exact, GradientDescent, GradientFlow, Hooks
@@ -24,6 +26,11 @@ from service.dynamics.simulate import simulate
 from .test_gd import nonwhite_problem, orthogonal, random_net, whitened_problem
 
 REC = RecordSchedule(points=25)
+
+
+def simulate_batch(points, **kwargs):
+    """The batch on the one-by-one step loop (the bitwise path this file tests)."""
+    return batch.simulate_batch(points, lanes=False, **kwargs)
 
 
 def assert_identical(got, want, path="trajectory"):

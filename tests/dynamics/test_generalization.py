@@ -123,7 +123,8 @@ def test_sweep_points_carry_the_test_loss_of_simulate_and_their_rows_summarise_i
                          GradientDescent(0.02, 300), RecordSchedule(points=10)) for s in (0, 1)]
     for point, traj in zip(points, simulate_batch(points)):
         single = simulate(point.problem, point.weights0, point.method, point.record)
-        np.testing.assert_array_equal(traj.test_loss, single.test_loss)  # the batch is bitwise simulate
+        # two-layer points step in SIMD lanes: simulate to round-off (tests/dynamics/test_lanes.py)
+        np.testing.assert_allclose(traj.test_loss, single.test_loss, rtol=1e-11)
         row = point_summary(traj)
         assert row["final_test_loss"] == traj.test_loss[-1]
         assert row["min_test_loss"] == float(np.min(traj.test_loss))

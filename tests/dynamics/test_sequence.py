@@ -424,7 +424,10 @@ def test_a_sweep_batch_runs_sequence_points_alone_and_equal_to_simulate(tasks):
     assert [group_key(p) is None for p in points] == [True, True, False]
     for point, traj in zip(points, simulate_batch(points)):
         alone = simulate(point.problem, point.weights0, point.method, point.record)
-        np.testing.assert_array_equal(traj.product, alone.product, strict=True)
+        if group_key(point) is None:  # run alone, through simulate itself
+            np.testing.assert_array_equal(traj.product, alone.product, strict=True)
+        else:  # a plain GD group of two-layer nets steps in SIMD lanes: simulate to round-off (test_lanes.py)
+            np.testing.assert_allclose(traj.product, alone.product, rtol=1e-12, atol=1e-15)
         assert (traj.task_loss is None) == (point.problem is a)
 
 

@@ -360,7 +360,10 @@ def test_sweeps_take_sgd_seeds_and_momentum_points_and_keep_grouping_plain_gd():
     assert [group_key(p) is None for p in points] == [True] * 4 + [False] * 2
     for point, traj in zip(points, simulate_batch(points)):
         alone = simulate(point.problem, point.weights0, point.method, point.record)
-        np.testing.assert_array_equal(traj.product, alone.product, strict=True)
+        if group_key(point) is None:  # run alone, through simulate itself
+            np.testing.assert_array_equal(traj.product, alone.product, strict=True)
+        else:  # a plain GD group of two-layer nets steps in SIMD lanes: simulate to round-off (test_lanes.py)
+            np.testing.assert_allclose(traj.product, alone.product, rtol=1e-12, atol=1e-15)
         assert traj.method == ("sgd" if isinstance(point.method, StochasticGradientDescent) else "gd")
 
 

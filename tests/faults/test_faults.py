@@ -122,9 +122,10 @@ SWEEP_POINTS = 12
 
 
 def expected_summaries() -> dict[int, dict]:
-    """Each grid point run alone with ``simulate`` in this process (bit for bit what a sweep reports)."""
+    """Each grid point run alone with ``simulate_batch`` in this process: bit for bit what a sweep reports, whichever
+    points share its chunk (its two-layer net steps in SIMD lanes, which never mix: tests/dynamics/test_lanes.py)."""
     from service.build import build_run
-    from service.dynamics.simulate import simulate
+    from service.dynamics.batch import SweepPoint, simulate_batch
     from service.grid import point_summary
     from service.schemas import SimulationRequest
 
@@ -133,7 +134,7 @@ def expected_summaries() -> dict[int, dict]:
         request = orjson.loads(orjson.dumps(SWEEP_BASE))
         request["init"].update(scale=scale, seed=seed)
         spec = build_run(SimulationRequest.model_validate(request))
-        traj = simulate(spec.problem, spec.weights0, spec.method, spec.record, dtype=spec.dtype)
+        traj = simulate_batch([SweepPoint(spec.problem, spec.weights0, spec.method, spec.record, spec.dtype)])[0]
         out[k] = orjson.loads(orjson.dumps(point_summary(traj)))
     return out
 

@@ -61,7 +61,10 @@ async def test_a_sweep_over_momentum_equals_single_simulations(service):
     trajectories = await run_sweep(service, {"base": base, "grid": {"training.momentum": [0.0, 0.5, 0.9]}})
     for mu, traj in zip([0.0, 0.5, 0.9], trajectories, strict=True):
         _, single = await submit_and_run(service, apply(base, "training.momentum", mu))
-        assert traj.product.tolist() == single["product"]
+        if mu == 0.0:  # plain GD: grouped, a two-layer net in SIMD lanes, equal to round-off (test_lanes.py)
+            np.testing.assert_allclose(traj.product, single["product"], rtol=1e-12, atol=1e-15)
+        else:  # momentum runs alone, through simulate itself
+            assert traj.product.tolist() == single["product"]
 
 
 async def test_a_sweep_over_a_task_sequences_learning_rate_records_its_task_losses(service):
