@@ -18,7 +18,8 @@ RUNTIME := $(VENV)/.runtime-installed
 # `make test` every kernel.
 KERNELS := $(VENV)/.kernels-compiled
 KERNELS_ALL := $(VENV)/.kernels-all-compiled
-KERNEL_SOURCES := $(wildcard service/dynamics/*_loop.py) service/dynamics/linearized.py service/dynamics/exact/gd_maps.py \
+KERNEL_SOURCES := $(wildcard service/dynamics/*_loop.py) service/dynamics/gd_lanes.py service/dynamics/kernel_cache.py \
+                  service/dynamics/linearized.py service/dynamics/exact/gd_maps.py \
                   service/jobs/warmup.py
 # The test extras on top of the runtime (pyproject.toml's [test], installed as requirements: the project itself is
 # not built or installed a second time).
@@ -44,8 +45,8 @@ $(RUNTIME): $(BASE)
 	@touch $@
 
 # numba compiles the kernels once here, into its cache next to the sources, each step announced, instead of in
-# each worker when it joins (service/jobs/warmup.py): the default jobs' (about 17 s of CPU) for make run, every
-# one (about 40 s) for the tests, whose servers would otherwise compile the others beside the tests. From the source
+# each worker when it joins (service/jobs/warmup.py): the default jobs' (about 22 s of CPU) for make run, every
+# one (about 90 s) for the tests, whose servers would otherwise compile the others beside the tests. From the source
 # tree: the kernels need only $(BASE).
 $(KERNELS): $(BASE) $(KERNEL_SOURCES)
 	@$(PY) -m service.jobs.warmup

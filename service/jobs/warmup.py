@@ -13,17 +13,17 @@ waited; a process that finds the cache loads the kernels in a second or two. So 
 and each worker runs these requests as it joins the cluster (restarted workers too); /readyz answers 200
 only once every worker has warmed up the eager tier.
 
-Two tiers (issue 21, a fresh start in 90 s): compiling everything took about 40 s of CPU in one process (51 s before
-the SGD loop stopped compiling a variant per writeability of its inputs), the longest silent stretch of a fresh
-``make run``. ``EAGER`` is what a default job reaches: float64 GD (two-layer and deep), the float64 sweep batch,
-gradient flow, the exact solutions and task sequences, about 17 s of CPU, compiled by ``make run`` before the
-service starts. The rest (float32, momentum and SGD, the sharpness's Hessian products and Lanczos, the linearised
-loss: about 23 s) is compiled by the workers after they report warm, in the background, one worker process at a
-time (a file lock; the others then load it from the cache): the service is ready sooner, and a job that needs one
-of those kernels in the first half minute of a fresh install compiles it itself (numba's compile lock: it waits
-for the warm-up's compile in progress, then finds what it needs or compiles it). After both tiers a worker
-compiles nothing (tests/jobs/test_warmup.py). The warm-up's tiny runs leave the process's BLAS thread counts
-alone (``gd.leave_blas_alone``): the rest tier runs beside jobs, whose counts are theirs.
+Two tiers (issue 21, a fresh start in 90 s): compiling everything takes about 90 s of CPU in one process (40 s
+before the sweeps' SIMD lanes), the longest silent stretch of a fresh ``make run`` if it all came first. ``EAGER``
+is what a default job reaches: float64 GD (two-layer and deep), the float64 sweep batch on the one-by-one loop,
+gradient flow, the exact solutions and task sequences, about 22 s of CPU, compiled by ``make run`` before the
+service starts. The rest (the sweeps' SIMD lanes, float32, momentum and SGD, the sharpness's Hessian products and
+Lanczos, the linearised loss: about 70 s) is compiled by the workers after they report warm, in the background, one
+worker process at a time (a file lock; the others then load it from the cache): the service is ready sooner, and a
+job that needs one of those kernels in the first minute of a fresh install compiles it itself (numba's compile lock:
+it waits for the warm-up's compile in progress, then finds what it needs or compiles it). After both tiers a worker
+compiles nothing (tests/jobs/test_warmup.py). The warm-up's tiny runs leave the process's BLAS thread counts alone
+(``gd.leave_blas_alone``): the rest tier runs beside jobs, whose counts are theirs.
 
 The requests are tiny versions of what jobs run, through the job's own code (``task.simulate_request``, and
 ``simulate_batch`` as a sweep chunk calls it), so that every kernel a job can reach is typed the way the job
@@ -92,15 +92,21 @@ WARMUP_REQUESTS: list[dict] = [
 ]
 
 
-def _warm_batch(dtypes: tuple[str, ...] = ("float64", "float32")) -> None:
-    """The sweep chunk's paths: ``simulate_batch`` over a group of GD points, in each dtype, for a two-layer
-    net (the SIMD-lane kernel, service/dynamics/gd_lanes.py) and a deeper one (the one-by-one loop)."""
+# Sweep groups that take each path of ``simulate_batch``: a small two-layer net (the SIMD-lane kernel,
+# service/dynamics/gd_lanes.py) and a deeper one (the one-by-one loop)
+LANES, ONE_BY_ONE = ([4],), ([4, 4],)
+
+
+def _warm_batch(dtypes: tuple[str, ...] = ("float64", "float32"), nets: tuple[list[int], ...] = LANES + ONE_BY_ONE
+                ) -> None:
+    """The sweep chunk's paths: ``simulate_batch`` over a group of GD points, in each dtype, for each of ``nets``
+    (hidden widths)."""
     from service.build import build_run
     from service.dynamics.batch import SweepPoint, simulate_batch
     from service.schemas import SimulationRequest
 
     for dtype in dtypes:
-        for hidden in ([4], [4, 4]):
+        for hidden in nets:
             points = []
             for seed in (0, 1):
                 request = SimulationRequest.model_validate_json(orjson.dumps(
@@ -140,12 +146,13 @@ def _hessian() -> None:
 # Every step of a warm-up, in the order a worker runs them: (what it compiles, how). Together they are every
 # request above, ``_warm_batch`` in both dtypes, and the core's own warm-ups of the momentum/SGD loop (every
 # gradient source, both dtypes, shallow and deep) and of the Hessian product (the depths its plans distinguish).
-# CPU seconds with an empty cache, one process, on the busy 2-core VM (2026-12-07): 14.5, 1.7, 0.9 | 3.6, 3.7, 3.0,
-# 7.7, 1.6, 3.7, 0.0.
+# CPU seconds with an empty cache, one process, on a quiet 2-core VM (2026-12-07): 18.2, 2.3, 1.3 | 21.4, 4.4, 7.6,
+# 0.6, 12.1, 20.7, 4.6, 0.0 (the SIMD-lane kernels, unrolled and SLP-vectorised, are the slowest: hence after /readyz).
 STEPS: list[tuple[str, Callable[[], None]]] = [
     ("float64 GD", _requests(0, 2)),
-    ("float64 sweep batches", lambda: _warm_batch(("float64",))),
+    ("float64 sweep batches", lambda: _warm_batch(("float64",), ONE_BY_ONE)),
     ("flow, exact and task sequences", _requests(4, 6, 14)),
+    ("float64 sweep batches in SIMD lanes", lambda: _warm_batch(("float64",), LANES)),
     ("float64 momentum and SGD", _sgd("float64", 7, 8, 10)),
     ("Hessian products and Lanczos", _hessian),
     ("sharpness and linearised-loss jobs", _requests(11, 12, 13)),
@@ -217,7 +224,7 @@ def main(argv: list[str]) -> int:
     steps = range(len(STEPS)) if every else EAGER
     what = "every kernel" if every else "the kernels of the default jobs (float64 GD, sweeps, flow, exact)"
     _announce(f"compiling {what} into numba's cache, once per install (about "
-              f"{'40' if every else '17'} s of CPU)…")
+              f"{'90' if every else '22'} s of CPU)…")
     seconds = run_steps(steps, announce=True)
     _announce(f"compiled and cached in {seconds:.1f} s" + ("" if every else "; the others (float32, momentum and "
               "SGD, sharpness) compile in the background once the service is ready"))
