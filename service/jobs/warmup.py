@@ -226,8 +226,8 @@ def main(argv: list[str]) -> int:
     _announce(f"compiling {what} into numba's cache, once per install (about "
               f"{'90' if every else '22'} s of CPU)…")
     seconds = run_steps(steps, announce=True)
-    _announce(f"compiled and cached in {seconds:.1f} s" + ("" if every else "; the others (float32, momentum and "
-              "SGD, sharpness) compile in the background once the service is ready"))
+    _announce(f"compiled and cached in {seconds:.1f} s" + ("" if every else "; the others (sweeps in SIMD lanes, "
+              "float32, momentum and SGD, sharpness) compile in the background once the service is ready"))
     return 0
 
 
