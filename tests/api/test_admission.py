@@ -39,6 +39,13 @@ async def timed(coro) -> tuple[Any, float]:
     return result, time.process_time() - started
 
 
+async def least_cpu(request, tries: int = 3) -> tuple[Any, float]:
+    """(the last response, the least process CPU of ``tries`` identical refused requests): a refusal changes nothing,
+    and the least of a few is the request's own cost, not a burst of another thread of the test process."""
+    timings = [await timed(request()) for _ in range(tries)]
+    return timings[-1][0], min(cpu for _, cpu in timings)
+
+
 async def test_a_request_of_eight_layers_of_2000x2000_is_refused_from_the_request_alone(service):
     response, cpu = await timed(service.client.post("/v1/simulations", json=big_request()))
     problem = assert_problem(response, 422, "limit-exceeded")
@@ -199,8 +206,8 @@ async def test_a_body_whose_parse_would_hold_too_much_is_refused_before_it_is_pa
                "training": {"method": "gd", "learning_rate": 0.01, "steps": 10}}
     body = orjson.dumps(request)
     assert 150_000 < len(body) < 1 << 20
-    response, cpu = await timed(service.client.post("/v1/simulations", content=body,
-                                                    headers={"content-type": "application/json"}))
+    response, cpu = await least_cpu(lambda: service.client.post("/v1/simulations", content=body,
+                                                                headers={"content-type": "application/json"}))
     problem = assert_problem(response, 413, "body-too-large")
     assert "DLNSIM_MAX_VALIDATION_BYTES" in problem["detail"] and cpu < 0.1, cpu
 
