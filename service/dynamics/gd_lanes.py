@@ -276,6 +276,20 @@ def _finish_gradient(g, w, decay, g2):
         r += step
 
 
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _gradient(w21, w32, s11, s31, m0, ni, nh, no, x, e, g32, bb, decay, g2, unused):
+    """G = ∂L/∂W + γW of both layers per lane (W21's into ``bb``, W32's into ``g32``) and g2[l] = ‖G‖² of lane l, as
+    a checked step of ``gd_chunk`` forms them: E = Σ31 − W32 W21 Σ11, then E W21ᵀ and W32ᵀ E, then
+    ``_finish_gradient``. ``unused``: any per-lane array (``_lmm``'s alpha and beta, unread in its mode 0)."""
+    _error(w21, w32, s11, s31, m0, ni, nh, no, x, e)
+    _lmm(no, nh, ni, e, ni, 1, w21, 1, ni, g32, 0, x, unused, unused)
+    _lmm(nh, ni, no, w32, 1, nh, e, ni, 1, bb, 0, x, unused, unused)
+    for l in range(LANES):
+        g2[l] = 0.0
+    _finish_gradient(bb, w21, decay, g2)
+    _finish_gradient(g32, w32, decay, g2)
+
+
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def _descend(w, g, eta):
     """w ← w − η g per lane (a checked step's update, as ``gd_chunk``'s). Row stride ``eta.size``: see ``_axpby``."""
@@ -366,13 +380,7 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
                     next_rec = rec[j, pos[l]]
             if k == n_steps or k % CHECK_EVERY == 0:
                 # checked step: G = −2 raw + γ W, g² per lane, the rules of gd_chunk lane by lane
-                _error(w21, w32, s11, s31, m0, ni, nh, no, x, e)
-                _lmm(no, nh, ni, e, ni, 1, w21, 1, ni, g32, 0, x, l_eta, l_eta)
-                _lmm(nh, ni, no, w32, 1, nh, e, ni, 1, bb, 0, x, l_eta, l_eta)
-                for l in range(LANES):
-                    g2[l] = 0.0
-                _finish_gradient(bb, w21, l_decay, g2)
-                _finish_gradient(g32, w32, l_decay, g2)
+                _gradient(w21, w32, s11, s31, m0, ni, nh, no, x, e, g32, bb, l_decay, g2, l_eta)
                 any_stop = False
                 for l in range(LANES):
                     stopped[l] = False
@@ -502,13 +510,7 @@ def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, dri
                 if j < npts:
                     for idx in range(size):
                         w[idx * LANES + l] = snap[j, t, idx]
-            _error(w21, w32, s11, s31, m0, ni, nh, no, x, e)
-            _lmm(no, nh, ni, e, ni, 1, w21, 1, ni, g32, 0, x, one, one)
-            _lmm(nh, ni, no, w32, 1, nh, e, ni, 1, bb, 0, x, one, one)
-            for l in range(LANES):
-                g2[l] = 0.0
-            _finish_gradient(bb, w21, decay, g2)
-            _finish_gradient(g32, w32, decay, g2)
+            _gradient(w21, w32, s11, s31, m0, ni, nh, no, x, e, g32, bb, decay, g2, one)
             b = b0 if t == 0 else bt
             _lmm(nh, nh, no, w32, 1, nh, w32, nh, 1, b, 0, x, one, one)  # W32ᵀW32
             _lmm(nh, nh, ni, w21, ni, 1, w21, 1, ni, b, 2, x, minus, one)  # then − W21W21ᵀ
