@@ -37,12 +37,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import orjson
 from threadpoolctl import threadpool_limits
 
 from .common import Context, Row, run_standalone, settle, table
-from .service import Service, large_job
+from .service import Service, large_job, tiny_job
 
 RESULTS = Path(__file__).with_name("results.md")
 HEADING = "## Speed as users get it (issue 21)"
@@ -221,17 +220,6 @@ def lone_large_job(ctx: Context, service: Service, dask_defaults: Service | None
     return rows
 
 
-def tiny_job(size: tuple[int, int, int], steps: int) -> bytes:
-    """A GD job on a random correlation problem of ``size`` (Σ11 = I), 200 records."""
-    i, h, o = size
-    rng = np.random.default_rng(0)
-    return orjson.dumps({"data": {"kind": "correlations", "sigma11": np.eye(i).tolist(),
-                                  "sigma31": rng.standard_normal((o, i)).tolist()},
-                         "network": {"hidden": [h]}, "init": {"scheme": "gaussian", "scale": 0.1, "seed": 1},
-                         "training": {"method": "gd", "learning_rate": TINY_LEARNING_RATE, "steps": steps},
-                         "record": {"points": 200}})
-
-
 def in_process(body: bytes):
     """The request in this process as a worker runs a small net (one BLAS thread, no hooks): its wall time."""
     from service.jobs.tasks import simulate_request
@@ -253,10 +241,10 @@ def tiny_nets(ctx: Context, service: Service) -> list[Row]:
     rows = []
     for size, full in TINY_STEPS.items():
         steps = full // 10 if ctx.quick else full
-        body = tiny_job(size, steps)
+        body = tiny_job(size, steps, TINY_LEARNING_RATE, points=200)
         local = in_process(body)
         local()  # compiled and warm
-        service.run(tiny_job(size, 1000))
+        service.run(tiny_job(size, 1000, TINY_LEARNING_RATE, points=200))
         speed: dict[str, list[float]] = {"service": [], "in process": []}
         for _, kind in abba(rounds, list(speed)):
             service.resume() if kind == "service" else service.pause()

@@ -154,15 +154,18 @@ class Service:
         self.log.close()
 
 
-def tiny_job() -> bytes:
+def tiny_job(size: tuple[int, int, int] = (8, 16, 8), steps: int = 2000, learning_rate: float = 1e-4,
+             points: int = 20) -> bytes:
+    """A GD job on a random correlation problem of ``size`` (Σ11 = I)."""
     import orjson
 
+    i, h, o = size
     rng = np.random.default_rng(0)
-    return orjson.dumps({"data": {"kind": "correlations", "sigma11": np.eye(8).tolist(),
-                                  "sigma31": rng.standard_normal((8, 8)).tolist()},
-                         "network": {"hidden": [16]}, "init": {"scheme": "gaussian", "scale": 0.1, "seed": 1},
-                         "training": {"method": "gd", "learning_rate": 1e-4, "steps": 2000},
-                         "record": {"points": 20}})
+    return orjson.dumps({"data": {"kind": "correlations", "sigma11": np.eye(i).tolist(),
+                                  "sigma31": rng.standard_normal((o, i)).tolist()},
+                         "network": {"hidden": [h]}, "init": {"scheme": "gaussian", "scale": 0.1, "seed": 1},
+                         "training": {"method": "gd", "learning_rate": learning_rate, "steps": steps},
+                         "record": {"points": points}})
 
 
 def large_job(steps: int, n: int = 300) -> bytes:
