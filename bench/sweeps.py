@@ -178,9 +178,12 @@ class Cluster:
             WORKER_SATURATION,
             embedded_worker_plugin,
             pre_spawn_environ,
+            quiet_housekeeping,
         )
 
-        # The embedded engine's worker environment (BLAS pinned to 1 thread, glibc's adaptive malloc kept)
+        # The embedded engine's housekeeping (for the whole process, as start_local_cluster sets it) and worker
+        # environment (BLAS pinned to 1 thread, glibc's adaptive malloc kept)
+        dask.config.set(quiet_housekeeping())
         with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn_environ(1),
                               "distributed.scheduler.worker-saturation": WORKER_SATURATION}):
             self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,

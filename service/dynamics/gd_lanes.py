@@ -371,14 +371,16 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
         l_decay = lp[1]
         l_two_eta = lp[2]
         l_shrink = lp[3]
+        next_rec = -1  # the next record step of any live lane; < k: to be found again
         while k < k_stop:
-            # the next record step of any live lane (records are rare: test one number per step)
-            next_rec = n_steps + 1
-            for l in range(LANES):
-                j = blk * LANES + l
-                if live[l] and pos[l] < nrec[j] and rec[j, pos[l]] < next_rec:
-                    next_rec = rec[j, pos[l]]
+            if next_rec < k:  # records are rare: found again only after one is taken or a check
+                next_rec = n_steps + 1
+                for l in range(LANES):
+                    j = blk * LANES + l
+                    if live[l] and pos[l] < nrec[j] and rec[j, pos[l]] < next_rec:
+                        next_rec = rec[j, pos[l]]
             if k == n_steps or k % CHECK_EVERY == 0:
+                next_rec = -1  # the check may take a record or stop lanes
                 # checked step: G = −2 raw + γ W, g² per lane, the rules of gd_chunk lane by lane
                 _gradient(w21, w32, s11, s31, m0, ni, nh, no, x, e, g32, bb, l_decay, g2, l_eta)
                 any_stop = False
@@ -460,6 +462,7 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
                         if live[l] and pos[l] < nrec[j] and rec[j, pos[l]] == k:
                             _unpack_lane(w, l, snap[j, pos[l]])
                             pos[l] += 1
+                    next_rec = -1
                 _fused_step(w21, w32, s11, s31, m0, ni, nh, no, x, e, bb, l_two_eta, l_shrink)
             k += 1
         for l in range(LANES):
