@@ -305,7 +305,11 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
                 progress.fraction[index] = np.maximum(progress.fraction[index], done)
                 progress.tick()
 
-    runs = [finish_run(p.method, layout, dt, rec[j, :nrec[j]], snap[j], w[j], state[j]) for j, p in enumerate(points)]
+    # The records stay in this group's buffer (views), unless the trajectories keep them: then each its own copy, so
+    # that one kept trajectory does not hold the whole group's records
+    copy = points[0].record.weights
+    runs = [finish_run(p.method, layout, dt, rec[j, :nrec[j]], snap[j], w[j], state[j], copy)
+            for j, p in enumerate(points)]
     diagnostics = [None] * nb
     if in_lanes and dt == np.float64:  # float32 records are taken to float64 first: build_trajectory does that
         diagnostics = _lane_diagnostics(snap, [len(r.times) for r in runs], s11, s31, pidx, decay, layout, m0)

@@ -108,11 +108,11 @@ class Layout:
     def pack(self, weights: Sequence[np.ndarray], dtype) -> np.ndarray:
         return np.concatenate([np.asarray(w, dtype=dtype).ravel() for w in weights])
 
-    def unpack_stack(self, rows: np.ndarray, dtype) -> list[np.ndarray]:
-        """(T, size) snapshots → per layer (T, rows_l, cols_l), contiguous, in ``dtype``: always copies (the
-        snapshots may sit in a buffer the next run reuses)."""
+    def unpack_stack(self, rows: np.ndarray, dtype, copy: bool = True) -> list[np.ndarray]:
+        """(T, size) snapshots → per layer (T, rows_l, cols_l) in ``dtype``: contiguous copies (the snapshots may sit
+        in a buffer the next run reuses), or with ``copy=False`` views of ``rows`` (copies only where its dtype is not ``dtype``)."""
         t = rows.shape[0]
-        return [np.array(rows[:, self.offs[l]:self.offs[l + 1]], dtype=dtype, order="C", copy=True)
+        return [np.array(rows[:, self.offs[l]:self.offs[l + 1]], dtype=dtype, order="C" if copy else "K", copy=True if copy else None)
                 .reshape((t, *self.shape(l))) for l in range(self.depth)]
 
 
@@ -442,9 +442,10 @@ def records_so_far(method, layout: Layout, dt: np.dtype, rec: np.ndarray, snap: 
 
 
 def finish_run(method: GradientDescent, layout: Layout, dt: np.dtype, rec: np.ndarray, snap: np.ndarray,
-               w: np.ndarray, state: np.ndarray) -> RunResult:
+               w: np.ndarray, state: np.ndarray, copy: bool = True) -> RunResult:
     """The RunResult of a finished run from its kernel state: on an early stop at step k the state there
-    is appended as the last record (for divergence only if finite), later records are dropped."""
+    is appended as the last record (for divergence only if finite), later records are dropped. ``copy=False``: the
+    weights are views of ``snap`` (a buffer of this run alone, let go with the result)."""
     status, k, pos = int(state[gd_loop.STATUS]), int(state[gd_loop.K]), int(state[gd_loop.POS])
     steps_taken = list(rec[:pos])
     if (status in (gd_loop.CONVERGED, gd_loop.DIVERGED) and (not steps_taken or steps_taken[-1] != k)
@@ -459,7 +460,7 @@ def finish_run(method: GradientDescent, layout: Layout, dt: np.dtype, rec: np.nd
     return RunResult(
         times=steps_arr * float(method.learning_rate),
         steps=steps_arr,
-        weights=layout.unpack_stack(snap[:pos], dt),
+        weights=layout.unpack_stack(snap[:pos], dt, copy),
         outcome=outcome,
         diverged_at_step=diverged_at,
         diverged_at_time=None if diverged_at is None else diverged_at * float(method.learning_rate),

@@ -501,8 +501,9 @@ def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, dri
     one = np.ones(LANES, dtype=snap.dtype)
     minus = -one
     g2 = np.empty(LANES)
-    worst = np.empty(LANES)
-    nan = np.empty(LANES)
+    # per-lane reductions in stack buffers: nothing can alias them, so the drift pass stays in SIMD registers
+    worst = carray(_stack_array(LANES, snap.dtype), (LANES,))
+    nan = carray(_stack_array(LANES, snap.dtype), (LANES,))
     for blk in range(S11L.shape[0]):
         s11 = S11L[blk]
         s31 = S31L[blk]

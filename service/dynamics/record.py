@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,7 +54,20 @@ class RecordSchedule:
         return np.concatenate([[0.0], np.geomspace(start, t_end, self.points - 1)])
 
     def gd_steps(self, learning_rate: float, steps: int) -> np.ndarray:
-        """For GD: the step nearest each record time, as sorted unique ints in [0, steps]."""
-        t = self.sample_times(learning_rate * steps, t_min=learning_rate)
-        k = np.clip(np.rint(t / learning_rate), 0, steps).astype(np.int64)
-        return np.unique(np.concatenate([[0], k, [steps]]) if self.times is None else np.concatenate([[0], k]))
+        """For GD: the step nearest each record time, as sorted unique ints in [0, steps] (read-only: the schedules
+        of recent runs are kept, since validation and the run both ask for one, and a sweep's points often share it)."""
+        try:
+            return _gd_steps(self, float(learning_rate), int(steps))
+        except TypeError:  # unhashable times (a list where a tuple belongs): computed, not kept
+            return _gd_steps.__wrapped__(self, float(learning_rate), int(steps))
+
+
+@functools.lru_cache(maxsize=256)
+def _gd_steps(record: RecordSchedule, learning_rate: float, steps: int) -> np.ndarray:
+    t = record.sample_times(learning_rate * steps, t_min=learning_rate)
+    # t is sorted and rounding and clipping keep its order, so the steps are sorted: unique = drop repeats
+    k = np.clip(np.rint(t / learning_rate), 0, steps).astype(np.int64)
+    k = np.concatenate([[0], k, [steps]]) if record.times is None else np.concatenate([[0], k])
+    k = k[np.concatenate([[True], k[1:] != k[:-1]])]
+    k.flags.writeable = False
+    return k

@@ -355,6 +355,8 @@ def _finite_prefix(arrays: dict[str, np.ndarray]) -> int:
     A run the engine judged finite can still overflow in a derived quantity (W ~ 1e160 squares to inf):
     such records belong to a divergence and are cut, and the run is reported as diverged.
     """
+    if all(np.isfinite(a).all() for a in arrays.values()):  # the usual case, without a per-record pass
+        return len(next(iter(arrays.values())))
     ok = np.ones(len(next(iter(arrays.values()))), dtype=bool)
     for a in arrays.values():
         ok &= np.all(np.isfinite(a.reshape(len(ok), -1)), axis=1)
