@@ -44,7 +44,7 @@ sees it (tests/dynamics/test_lanes.py checks the lock and the restore). The kern
 (``gd_chunk``…) may be compiled with SLP on then; SLP reorders no floating-point operation, so they keep their bits. Two codegen details matter as much (each measured several-fold on its loop):
 accumulators and per-lane constants live in stack buffers (``_stack_array``), which nothing else can alias,
 so they stay in registers and a tile's loads can be grouped before its stores; and element-wise passes step
-their rows by a stride the optimiser cannot see is constant (``_axpby``).
+their rows by a stride the optimiser cannot see is constant (``_finish_gradient``).
 
 Speed (bench/results.md, "## sweeps"): an in-process sweep of (8,16,8) nets runs ×1.6 the one-by-one loop;
 the kernel alone reaches ~0.65 of one core's GEMM rate (products with a 16-long k axis ~0.8, 8-long ~0.6).
@@ -112,7 +112,7 @@ def _stack_array(typingctx, n, dtype):
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
 def _store(C, r, acc, q, mode, S, al, be, old):
     """One output entry of ``_lmm`` for all lanes: C[r:r+LANES] = acc[q:q+LANES] (mode 0), S − acc (mode 1),
-    be·C + al·acc (mode 2); loads first, then stores (see ``_lmm``)."""
+    be·C + al·acc (mode 2), be·S + al·acc (mode 3); loads first, then stores (see ``_lmm``)."""
     if mode == 0:
         for l in range(LANES):
             C[r + np.uint64(l)] = acc[q + l]
@@ -123,7 +123,7 @@ def _store(C, r, acc, q, mode, S, al, be, old):
             C[r + np.uint64(l)] = old[l] - acc[q + l]
     else:
         for l in range(LANES):
-            old[l] = C[r + np.uint64(l)]
+            old[l] = C[r + np.uint64(l)] if mode == 2 else S[r + np.uint64(l)]
         for l in range(LANES):
             C[r + np.uint64(l)] = be[l] * old[l] + al[l] * acc[q + l]
 
@@ -131,7 +131,8 @@ def _store(C, r, acc, q, mode, S, al, be, old):
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def _lmm(M, N, K_, A, a0, a1, B, b0, b1, C, mode, S, alpha, beta):
     """For every lane: acc[m, n] = Σ_k A[m, k] B[k, n] (k increasing), then
-    mode 0: C = acc, mode 1: C = S − acc, mode 2: C = beta·C + alpha·acc (alpha, beta per lane).
+    mode 0: C = acc, mode 1: C = S − acc, mode 2: C = beta·C + alpha·acc, mode 3: C = beta·S + alpha·acc (alpha,
+    beta per lane).
 
     Arrays are flat, lanes innermost: entry (m, k) of A is row m·a0 + k·a1 (so transposes are strides), C and
     S are row-major M × N. Indices are unsigned so that numba emits no negative-index wraparound.
@@ -143,7 +144,7 @@ def _lmm(M, N, K_, A, a0, a1, B, b0, b1, C, mode, S, alpha, beta):
     al = carray(_stack_array(LANES, C.dtype), (LANES,))
     be = carray(_stack_array(LANES, C.dtype), (LANES,))
     old = carray(_stack_array(LANES, C.dtype), (LANES,))
-    if mode == 2:
+    if mode >= 2:
         for l in range(LANES):
             al[l] = alpha[l]
             be[l] = beta[l]
@@ -226,46 +227,26 @@ def _error(w21, w32, s11, s31, m0, ni, nh, no, x, e):
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def _fused_step(w21, w32, s11, s31, m0, ni, nh, no, x, e, bb, two_eta, shrink):
+def _fused_step(w21, w32, w32_next, s11, s31, m0, ni, nh, no, x, e, two_eta, shrink):
     """One step of every lane without forming the gradients (``gd_loop._fused_step2``'s formulas):
-    B = W32ᵀ E with the old W32, W32 ← (1 − ηγ) W32 + 2η E W21ᵀ, W21 ← (1 − ηγ) W21 + 2η B."""
+    W32' = (1 − ηγ) W32 + 2η E W21ᵀ into ``w32_next`` (W32 is left as it was), then W21 ← (1 − ηγ) W21 + 2η W32ᵀ E
+    with the old W32, each update in its product's epilogue. Writing W32' beside W32 is what lets both updates happen
+    there: otherwise W32ᵀ E must be stored and added in a pass of its own, as the old W32 is needed after W32's update
+    (same formula; which product an FMA fuses is the compiler's choice, so a last bit may differ from that pass)."""
     _error(w21, w32, s11, s31, m0, ni, nh, no, x, e)
-    _lmm(nh, ni, no, w32, 1, nh, e, ni, 1, bb, 0, x, two_eta, two_eta)
-    _lmm(no, nh, ni, e, ni, 1, w21, 1, ni, w32, 2, x, two_eta, shrink)
-    _axpby(w21, bb, shrink, two_eta)
-
-
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def _axpby(y, x, beta, alpha):
-    """y ← beta·y + alpha·x per lane (beta, alpha: one value per lane, LANES long); loads before stores (see
-    ``_lmm``).
-
-    The row stride is ``beta.size`` (= LANES, but not a constant to the optimiser): with a constant stride
-    LLVM's loop vectoriser rewrites the row loop into interleaved groups behind runtime overlap checks, and
-    the result ran ~7× slower than the plain SIMD body per row (1.3 µs for a 16×8 layer of 8 lanes).
-    """
-    be = carray(_stack_array(LANES, y.dtype), (LANES,))
-    al = carray(_stack_array(LANES, y.dtype), (LANES,))
-    yo = carray(_stack_array(LANES, y.dtype), (LANES,))
-    xo = carray(_stack_array(LANES, y.dtype), (LANES,))
-    for l in range(LANES):
-        be[l] = beta[l]
-        al[l] = alpha[l]
-    step = np.uint64(beta.size)
-    r = np.uint64(0)
-    for _ in range(y.size // LANES):
-        for l in range(LANES):
-            yo[l] = y[r + np.uint64(l)]
-            xo[l] = x[r + np.uint64(l)]
-        for l in range(LANES):
-            y[r + np.uint64(l)] = be[l] * yo[l] + al[l] * xo[l]
-        r += step
+    _lmm(no, nh, ni, e, ni, 1, w21, 1, ni, w32_next, 3, w32, two_eta, shrink)
+    _lmm(nh, ni, no, w32, 1, nh, e, ni, 1, w21, 2, x, two_eta, shrink)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def _finish_gradient(g, w, decay, g2):
     """g ← −2 g + γ w per lane (∂L/∂W + γW from −½∂L/∂W, as ``gd_loop._finish_gradient``); g2[l] += Σ g² of
-    lane l, in float64, entries in order. Row stride ``decay.size``: see ``_axpby``."""
+    lane l, in float64, entries in order.
+
+    The row stride is ``decay.size`` (= LANES, but not a constant to the optimiser): with a constant stride LLVM's
+    loop vectoriser rewrites such a row loop into interleaved groups behind runtime overlap checks, which ran ~7×
+    slower than the plain SIMD body per row (1.3 µs for a 16×8 layer of 8 lanes, measured on y ← βy + αx).
+    """
     step = np.uint64(decay.size)
     r = np.uint64(0)
     for _ in range(g.size // LANES):
@@ -292,7 +273,7 @@ def _gradient(w21, w32, s11, s31, m0, ni, nh, no, x, e, g32, bb, decay, g2, unus
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def _descend(w, g, eta):
-    """w ← w − η g per lane (a checked step's update, as ``gd_chunk``'s). Row stride ``eta.size``: see ``_axpby``."""
+    """w ← w − η g per lane (a checked step's update, as ``gd_chunk``'s). Row stride ``eta.size``: see ``_finish_gradient``."""
     step = np.uint64(eta.size)
     r = np.uint64(0)
     for _ in range(w.size // LANES):
@@ -372,6 +353,9 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
         l_two_eta = lp[2]
         l_shrink = lp[3]
         next_rec = -1  # the next record step of any live lane; < k: to be found again
+        # W32 of the block after an odd number of fused steps since it was last home in w: in g32 (_fused_step), and
+        # taken home before anything reads w or g32 is written (a check, a record, the end of the chunk)
+        away = False
         while k < k_stop:
             if next_rec < k:  # records are rare: found again only after one is taken or a check
                 next_rec = n_steps + 1
@@ -381,6 +365,9 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
                         next_rec = rec[j, pos[l]]
             if k == n_steps or k % CHECK_EVERY == 0:
                 next_rec = -1  # the check may take a record or stop lanes
+                if away:
+                    w32[:] = g32
+                    away = False
                 # checked step: G = −2 raw + γ W, g² per lane, the rules of gd_chunk lane by lane
                 _gradient(w21, w32, s11, s31, m0, ni, nh, no, x, e, g32, bb, l_decay, g2, l_eta)
                 any_stop = False
@@ -457,14 +444,23 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
                         break
             else:
                 if k == next_rec:
+                    if away:
+                        w32[:] = g32
+                        away = False
                     for l in range(LANES):
                         j = blk * LANES + l
                         if live[l] and pos[l] < nrec[j] and rec[j, pos[l]] == k:
                             _unpack_lane(w, l, snap[j, pos[l]])
                             pos[l] += 1
                     next_rec = -1
-                _fused_step(w21, w32, s11, s31, m0, ni, nh, no, x, e, bb, l_two_eta, l_shrink)
+                if away:
+                    _fused_step(w21, g32, w32, s11, s31, m0, ni, nh, no, x, e, l_two_eta, l_shrink)
+                else:
+                    _fused_step(w21, w32, g32, s11, s31, m0, ni, nh, no, x, e, l_two_eta, l_shrink)
+                away = not away
             k += 1
+        if away:
+            w32[:] = g32
         for l in range(LANES):
             if live[l]:
                 j = blk * LANES + l
@@ -522,7 +518,7 @@ def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, dri
                 worst[l] = 0.0
                 nan[l] = 0.0
             if t > 0:
-                step = np.uint64(one.size)  # a row stride not constant to the optimiser: see _axpby
+                step = np.uint64(one.size)  # a row stride not constant to the optimiser: see _finish_gradient
                 r = np.uint64(0)
                 for _ in range(nh * nh):
                     for l in range(LANES):
