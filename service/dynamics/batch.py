@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import gd_lanes, gd_loop
+from . import gd_lanes, gd_loop, network
 from .errors import DynamicsError, InvalidParameterError
 from .gd import (
     BLOWUP_RATIO,
@@ -65,7 +65,10 @@ from .gd import (
     scratch_for,
 )
 from .gd_loop import RUNNING, STATUS
+from .generalization import test_loss
+from .live import RecordProducts
 from .methods import GradientDescent, Hooks, Method
+from .modes import mode_basis, mode_strengths
 from .problem import Problem
 from .record import RecordSchedule
 from .sequence import TaskSequence
@@ -310,29 +313,52 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
     copy = points[0].record.weights
     runs = [finish_run(p.method, layout, dt, rec[j, :nrec[j]], snap[j], w[j], state[j], copy)
             for j, p in enumerate(points)]
-    diagnostics = [None] * nb
+    diagnostics, known = [None] * nb, [None] * nb
     if in_lanes and dt == np.float64:  # float32 records are taken to float64 first: build_trajectory does that
-        diagnostics = _lane_diagnostics(snap, [len(r.times) for r in runs], s11, s31, pidx, decay, layout, m0)
+        diagnostics, maps = _lane_diagnostics(snap, [len(r.times) for r in runs], s11, s31, pidx, decay, layout, m0)
+        known = _record_products(points, runs, maps)
     out = []
     for j, p in enumerate(points):
         with _point(index[j]):
             out.append(build_trajectory(p.problem, weights0[j], p.method, p.record, runs[j],
                                         between=progress.tick if progress.active else None,
-                                        diagnostics=diagnostics[j]))
+                                        diagnostics=diagnostics[j], known=known[j]))
         progress.tick()  # post-processing a large group takes a while: honour a stop request meanwhile
     return out
 
 
 def _lane_diagnostics(snap: np.ndarray, counts: list[int], s11: np.ndarray, s31: np.ndarray, pidx: np.ndarray,
-                      decay: np.ndarray, layout: Layout, m0: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each point's (gradient norm, balance drift) at its ``counts[j]`` records ``snap[j, :counts[j]]``, computed for
-    all points at once in SIMD lanes (``gd_lanes.lane_diagnostics``): ``simulate.record_diagnostics`` to round-off,
-    without a BLAS call per product and record."""
+                      decay: np.ndarray, layout: Layout, m0: int
+                      ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Each point's (gradient norm, balance drift) at its ``counts[j]`` records ``snap[j, :counts[j]]``, and the network
+    maps of all points' records (nb, max count, o, i; rows past a point's count unset), computed for all points at once
+    in SIMD lanes (``gd_lanes.lane_diagnostics``): ``simulate.record_diagnostics`` and ``network.network_map`` to
+    round-off, without a BLAS call per product and record."""
     ni, nh, no = (int(x) for x in layout.dims)
     nb, n_rec = len(counts), max(counts)
     n_blocks = -(-nb // gd_lanes.LANES)
-    grad_norm, drift = np.empty((nb, n_rec)), np.empty((nb, n_rec))
+    grad_norm, drift, maps = np.empty((nb, n_rec)), np.empty((nb, n_rec)), np.empty((nb, n_rec, no * ni))
     gd_lanes.diagnostics(snap, n_rec, gd_lanes.to_lanes(s11.reshape(len(s11), -1)[pidx], n_blocks),
                          gd_lanes.to_lanes(s31.reshape(len(s31), -1)[pidx], n_blocks),
-                         gd_lanes.to_lanes(decay[:, None], n_blocks), ni, nh, no, m0, grad_norm, drift)
-    return [(grad_norm[j, :c], drift[j, :c]) for j, c in enumerate(counts)]
+                         gd_lanes.to_lanes(decay[:, None], n_blocks), ni, nh, no, m0, grad_norm, drift, maps)
+    return [(grad_norm[j, :c], drift[j, :c]) for j, c in enumerate(counts)], maps.reshape(nb, n_rec, no, ni)
+
+
+def _record_products(points: list[SweepPoint], runs: list, maps: np.ndarray) -> list[RecordProducts]:
+    """Each point's ``live.RecordProducts`` (fit gap, mode strengths, test loss) from its records' network maps
+    ``maps[j, :T_j]``, computed at once for the points that share a problem and a record count (a sweep's usual case:
+    one call per quantity, not one per point)."""
+    out: list[RecordProducts | None] = [None] * len(points)
+    families: dict[tuple[int, int], list[int]] = {}
+    for j, (p, run) in enumerate(zip(points, runs, strict=True)):
+        families.setdefault((id(p.problem), len(run.times)), []).append(j)
+    for (_, count), members in families.items():
+        problem = points[members[0]].problem
+        stack = maps[:, :count] if len(members) == len(points) else maps[members, :count]
+        gap = network.fit_gap(problem, stack)
+        strength = mode_strengths(stack, mode_basis(problem))
+        test = test_loss(problem, stack)
+        for q, j in enumerate(members):
+            out[j] = RecordProducts(runs[j].times, runs[j].steps, stack[q], gap[q], strength[q],
+                                    None if test is None else test[q])
+    return out

@@ -472,12 +472,13 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, drift):
+def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, drift, product):
     """Per point j and record t < n_rec (``snap[j, t]``: its flat weights, W21 then W32), as
     ``gd_loop.record_diagnostics`` on each point, the points of block b in its LANES lanes:
 
         grad_norm[j, t] = sqrt(‖∂L/∂W21 + γW21‖²_F + ‖∂L/∂W32 + γW32‖²_F)   (γ = DL[b, l]; float64 sum)
         drift[j, t]     = max_ij |B(t) − B(0)|_ij,  B = W32ᵀW32 − W21W21ᵀ   (NaN where an entry is NaN; 0 at t = 0)
+        product[j, t]   = W32 W21, the network map (o·i entries, row-major; the gradient's own when m0 = 1)
 
     The gradient as a checked step forms it (same products, same order), each Gram in plain k order. A block's
     records are gathered into lanes here, one record at a time (it stays in L1), not transposed in memory first.
@@ -492,6 +493,7 @@ def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, dri
     e = np.empty(no * ni * LANES, dtype=snap.dtype)
     bb = np.empty(n21, dtype=snap.dtype)
     g32 = np.empty(no * nh * LANES, dtype=snap.dtype)
+    pm = x if m0 == 1 else np.empty(no * ni * LANES, dtype=snap.dtype)  # the map: X of the error when m0 = 1
     b0 = np.empty(nh * nh * LANES, dtype=snap.dtype)
     bt = np.empty(nh * nh * LANES, dtype=snap.dtype)
     one = np.ones(LANES, dtype=snap.dtype)
@@ -511,6 +513,13 @@ def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, dri
                     for idx in range(size):
                         w[idx * LANES + l] = snap[j, t, idx]
             _gradient(w21, w32, s11, s31, m0, ni, nh, no, x, e, g32, bb, decay, g2, one)
+            if m0 == 0:
+                _lmm(no, ni, nh, w32, nh, 1, w21, ni, 1, pm, 0, x, one, one)
+            for l in range(LANES):
+                j = blk * LANES + l
+                if j < npts:
+                    for idx in range(no * ni):
+                        product[j, t, idx] = pm[idx * LANES + l]
             b = b0 if t == 0 else bt
             _lmm(nh, nh, no, w32, 1, nh, w32, nh, 1, b, 0, x, one, one)  # W32ᵀW32
             _lmm(nh, nh, ni, w21, ni, 1, w21, 1, ni, b, 2, x, minus, one)  # then − W21W21ᵀ

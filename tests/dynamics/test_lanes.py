@@ -205,12 +205,14 @@ def test_the_slp_vectoriser_is_on_only_while_the_lane_kernel_compiles_under_numb
     assert config.SLP_VECTORIZE == before
 
 
-@pytest.mark.parametrize("widths", [[8, 16, 8], [5, 7, 6]], ids=["8-16-8", "odd-widths"])
+@pytest.mark.parametrize("widths", [[8, 16, 8], [5, 7, 6], [5, 3, 4]], ids=["8-16-8", "odd-widths", "o>h"])
 def test_lane_diagnostics_equal_record_diagnostics_to_round_off(rng, widths):
-    """Gradient norm and balance drift of 11 points' records (a partial second block), two problems, per-point γ, one
-    record with a NaN: against ``simulate.record_diagnostics`` (one BLAS call per product) point by point."""
+    """Gradient norm, balance drift and network map of 11 points' records (a partial second block), two problems,
+    per-point γ, one record with a NaN: against ``simulate.record_diagnostics`` and ``network.network_map`` (one BLAS
+    call per product) point by point; the map is the error's own product for o < h and one more product for o > h."""
     from service.dynamics import batch
     from service.dynamics.gd import layout_of, plan_order
+    from service.dynamics.network import network_map
     from service.dynamics.simulate import record_diagnostics
 
     problems = (nonwhite_problem(rng, widths[0], widths[-1]), nonwhite_problem(rng, widths[0], widths[-1]))
@@ -224,11 +226,13 @@ def test_lane_diagnostics_equal_record_diagnostics_to_round_off(rng, widths):
     decay = np.array([0.0, 0.05, 0.1] * 4)[:n]
     s11 = np.stack([p.sigma11 for p in problems])
     s31 = np.stack([p.sigma31 for p in problems])
-    got = batch._lane_diagnostics(snap, counts, s11, s31, pidx, decay, layout, plan_order(layout.dims)[0])
+    got, maps = batch._lane_diagnostics(snap, counts, s11, s31, pidx, decay, layout, plan_order(layout.dims)[0])
     for j, (grad_norm, drift) in enumerate(got):
         weights = [layer[:counts[j]].astype(np.float64) for layer in layout.unpack_stack(snap[j], np.float64)]
         want_norm, want_drift = record_diagnostics(problems[pidx[j]], weights, decay[j])
         # plain-order sums with FMA against BLAS's order: round-off of the terms' scale (‖W‖² ~ 1 here)
         np.testing.assert_allclose(grad_norm, want_norm, rtol=1e-13, err_msg=f"point {j}")
         np.testing.assert_allclose(drift, want_drift, rtol=1e-12, atol=1e-14, err_msg=f"point {j}")
+        np.testing.assert_allclose(maps[j, :counts[j]], network_map(weights), rtol=1e-13, atol=1e-15,
+                                   err_msg=f"point {j}")
     assert np.isnan(got[3][1][5]) and np.isnan(got[3][0][5])
