@@ -247,14 +247,28 @@ def _finish_gradient(g, w, decay, g2):
     loop vectoriser rewrites such a row loop into interleaved groups behind runtime overlap checks, which ran ~7×
     slower than the plain SIMD body per row (1.3 µs for a 16×8 layer of 8 lanes, measured on y ← βy + αx).
     """
+    # the sums and γ in stack buffers and a row's loads before its stores (see ``_lmm``): with g2 on the heap each
+    # row's sums went through memory, a chain of store-to-load latencies (the pass ran ~3× slower)
+    sq = carray(_stack_array(LANES, g2.dtype), (LANES,))
+    de = carray(_stack_array(LANES, g.dtype), (LANES,))
+    go = carray(_stack_array(LANES, g.dtype), (LANES,))
+    wo = carray(_stack_array(LANES, g.dtype), (LANES,))
+    for l in range(LANES):
+        sq[l] = g2[l]
+        de[l] = decay[l]
     step = np.uint64(decay.size)
     r = np.uint64(0)
     for _ in range(g.size // LANES):
         for l in range(LANES):
-            gv = -2.0 * g[r + np.uint64(l)] + decay[l] * w[r + np.uint64(l)]
+            go[l] = g[r + np.uint64(l)]
+            wo[l] = w[r + np.uint64(l)]
+        for l in range(LANES):
+            gv = -2.0 * go[l] + de[l] * wo[l]
             g[r + np.uint64(l)] = gv
-            g2[l] += float(gv) * float(gv)
+            sq[l] += float(gv) * float(gv)
         r += step
+    for l in range(LANES):
+        g2[l] = sq[l]
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
@@ -287,6 +301,13 @@ def _unpack_lane(src, l, dst):
     """dst[e] = src[e·LANES + l] (a lane → one point's flat weights)."""
     for idx in range(dst.size):
         dst[idx] = src[idx * LANES + l]
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def _pack_lane(src, l, dst):
+    """dst[e·LANES + l] = src[e] (one point's flat weights → a lane)."""
+    for idx in range(src.size):
+        dst[idx * LANES + l] = src[idx]
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
@@ -510,16 +531,14 @@ def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, dri
             for l in range(LANES):
                 j = blk * LANES + l
                 if j < npts:
-                    for idx in range(size):
-                        w[idx * LANES + l] = snap[j, t, idx]
+                    _pack_lane(snap[j, t], l, w)
             _gradient(w21, w32, s11, s31, m0, ni, nh, no, x, e, g32, bb, decay, g2, one)
             if m0 == 0:
                 _lmm(no, ni, nh, w32, nh, 1, w21, ni, 1, pm, 0, x, one, one)
             for l in range(LANES):
                 j = blk * LANES + l
                 if j < npts:
-                    for idx in range(no * ni):
-                        product[j, t, idx] = pm[idx * LANES + l]
+                    _unpack_lane(pm, l, product[j, t])
             b = b0 if t == 0 else bt
             _lmm(nh, nh, no, w32, 1, nh, w32, nh, 1, b, 0, x, one, one)  # W32ᵀW32
             _lmm(nh, nh, ni, w21, ni, 1, w21, 1, ni, b, 2, x, minus, one)  # then − W21W21ᵀ
