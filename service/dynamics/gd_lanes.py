@@ -304,6 +304,40 @@ def _unpack_lane(src, l, dst):
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def _unpack_block(src, snap, j0, pos):
+    """snap[j0 + l, pos[l], e] = src[e·LANES + l] for every lane l: a block's record in one pass, 8×8 squares at a time
+    (each lane's row gets 8 consecutive entries; ``_unpack_lane`` per lane reads the block 8 times, a word at a time)."""
+    size = snap.shape[2]
+    e8 = size - size % 8
+    for e0 in range(0, e8, 8):
+        for l in range(LANES):
+            row = snap[j0 + l, pos[l]]
+            for d in range(8):
+                row[e0 + d] = src[(e0 + d) * LANES + l]
+    for l in range(LANES):
+        row = snap[j0 + l, pos[l]]
+        for e in range(e8, size):
+            row[e] = src[e * LANES + l]
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
+def _pack_block(snap, j0, t, dst):
+    """dst[e·LANES + l] = snap[j0 + l, t, e] for every lane l: a block's record gathered into lanes in one pass, 8×8
+    squares at a time (the reverse of ``_unpack_block``)."""
+    size = snap.shape[2]
+    e8 = size - size % 8
+    for e0 in range(0, e8, 8):
+        for l in range(LANES):
+            row = snap[j0 + l, t]
+            for d in range(8):
+                dst[(e0 + d) * LANES + l] = row[e0 + d]
+    for l in range(LANES):
+        row = snap[j0 + l, t]
+        for e in range(e8, size):
+            dst[e * LANES + l] = row[e]
+
+
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def _pack_lane(src, l, dst):
     """dst[e·LANES + l] = src[e] (one point's flat weights → a lane)."""
     for idx in range(src.size):
@@ -468,10 +502,17 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
                     if away:
                         w32[:] = g32
                         away = False
+                    every = True  # every lane of the block records here (a sweep's usual case): in one pass
+                    for l in range(LANES):
+                        j = blk * LANES + l
+                        every = every and live[l] and pos[l] < nrec[j] and rec[j, pos[l]] == k
+                    if every:
+                        _unpack_block(w, snap, blk * LANES, pos)
                     for l in range(LANES):
                         j = blk * LANES + l
                         if live[l] and pos[l] < nrec[j] and rec[j, pos[l]] == k:
-                            _unpack_lane(w, l, snap[j, pos[l]])
+                            if not every:
+                                _unpack_lane(w, l, snap[j, pos[l]])
                             pos[l] += 1
                     next_rec = -1
                 if away:
@@ -528,10 +569,12 @@ def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, dri
         s31 = S31L[blk]
         decay = DL[blk]
         for t in range(n_rec):
-            for l in range(LANES):
-                j = blk * LANES + l
-                if j < npts:
-                    _pack_lane(snap[j, t], l, w)
+            if (blk + 1) * LANES <= npts:
+                _pack_block(snap, blk * LANES, t, w)
+            else:
+                for l in range(LANES):
+                    if blk * LANES + l < npts:
+                        _pack_lane(snap[blk * LANES + l, t], l, w)
             _gradient(w21, w32, s11, s31, m0, ni, nh, no, x, e, g32, bb, decay, g2, one)
             if m0 == 0:
                 _lmm(no, ni, nh, w32, nh, 1, w21, ni, 1, pm, 0, x, one, one)
