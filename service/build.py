@@ -333,11 +333,13 @@ def admit_simulation(request: SimulationRequest, limits: Limits, *, problems: di
     return _simulation_spec(request, problem, len(shapes), limits.max_steps)
 
 
-def build_run(request: SimulationRequest, max_flow_steps: int | None = None) -> SimulationSpec:
+def build_run(request: SimulationRequest, max_flow_steps: int | None = None, problem: Task | None = None
+              ) -> SimulationSpec:
     """The core's inputs for a request the API admitted, as a worker builds them to run it (no limit checks: they
     held at admission; the run's own checks run again and give the same answer). ``max_flow_steps`` caps a flow
-    run's integrator steps (``GradientFlow.max_steps``)."""
-    problem = build_problem(request)
+    run's integrator steps (``GradientFlow.max_steps``). ``problem``: the problem of ``request.data``, built already
+    (the sweep points that keep the base's data share one, and with it its cached optimum, mode basis and fit)."""
+    problem = build_problem(request) if problem is None else problem
     return _simulation_spec(request, problem, len(request.network.hidden) + 1, max_flow_steps)
 
 

@@ -19,8 +19,11 @@ recorded weights, products, losses, gradient norms and balance drift agree to â‰
 as measured (tests/dynamics/test_lanes.py, which asserts 1e-11; a run left stepping at its round-off floor after
 converging agrees to that floor's scale). A point's result does not depend on the other points of its
 batch, the group size or the chunking: lanes never mix. The records' diagnostics (gradient norm, balance drift)
-of a float64 lane group are computed in lanes too (``gd_lanes.lane_diagnostics``, handed to ``build_trajectory``),
-instead of a BLAS call per product and record.
+and network maps of a float64 lane group are computed in lanes too (``gd_lanes.lane_diagnostics``), and their fit
+gaps, mode strengths and test losses at once for the points that share a problem (``_record_products``); both are
+handed to ``build_trajectory``, instead of a BLAS call per product and record and a few numpy calls per point.
+The records stay in the group's own buffer (``finish_run(copy=False)``), copied per point only when the
+trajectories keep the weights.
 
 Every other group (deeper or wider nets, or ``simulate_batch(..., lanes=False)``) runs through
 ``gd_loop.gd_batch_steps``, which advances each point with the single-simulation step loop itself

@@ -110,10 +110,11 @@ class Layout:
 
     def unpack_stack(self, rows: np.ndarray, dtype, copy: bool = True) -> list[np.ndarray]:
         """(T, size) snapshots → per layer (T, rows_l, cols_l) in ``dtype``: contiguous copies (the snapshots may sit
-        in a buffer the next run reuses), or with ``copy=False`` views of ``rows`` (copies only where its dtype is not ``dtype``)."""
+        in a buffer the next run reuses), or with ``copy=False`` views of ``rows`` (copies only where its dtype is not
+        ``dtype``)."""
         t = rows.shape[0]
-        return [np.array(rows[:, self.offs[l]:self.offs[l + 1]], dtype=dtype, order="C" if copy else "K", copy=True if copy else None)
-                .reshape((t, *self.shape(l))) for l in range(self.depth)]
+        return [np.array(rows[:, self.offs[l]:self.offs[l + 1]], dtype=dtype, order="C" if copy else "K",
+                         copy=True if copy else None).reshape((t, *self.shape(l))) for l in range(self.depth)]
 
 
 def layout_of(problem: Problem, weights0: Sequence[np.ndarray]) -> Layout:

@@ -287,7 +287,8 @@ def _gradient(w21, w32, s11, s31, m0, ni, nh, no, x, e, g32, bb, decay, g2, unus
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def _descend(w, g, eta):
-    """w ← w − η g per lane (a checked step's update, as ``gd_chunk``'s). Row stride ``eta.size``: see ``_finish_gradient``."""
+    """w ← w − η g per lane (a checked step's update, as ``gd_chunk``'s). Row stride ``eta.size``: see
+    ``_finish_gradient``."""
     step = np.uint64(eta.size)
     r = np.uint64(0)
     for _ in range(w.size // LANES):
@@ -305,8 +306,9 @@ def _unpack_lane(src, l, dst):
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def _unpack_block(src, snap, j0, pos):
-    """snap[j0 + l, pos[l], e] = src[e·LANES + l] for every lane l: a block's record in one pass, 8×8 squares at a time
-    (each lane's row gets 8 consecutive entries; ``_unpack_lane`` per lane reads the block 8 times, a word at a time)."""
+    """snap[j0 + l, pos[l], e] = src[e·LANES + l] for every lane l: a block's record in one pass, 8×8 squares at a
+    time (each lane's row gets 8 consecutive entries; ``_unpack_lane`` per lane reads the block 8 times, a word at a
+    time)."""
     size = snap.shape[2]
     e8 = size - size % 8
     for e0 in range(0, e8, 8):

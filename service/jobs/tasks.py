@@ -123,6 +123,43 @@ def _run_points(built: list, results: dict[int, dict[str, Any]], hooks: Any) -> 
         return done
 
 
+def build_points(base: dict[str, Any], items: list[tuple[int, bytes]], results: dict[int, dict[str, Any]], *,
+                 max_flow_steps: int | None = None) -> list:
+    """Each point's request (the base with its values set) validated and built as a single simulation's;
+    [(k, spec)]. A point refused here goes into ``results`` with its problem. The points that set no data field share
+    the base's problem, built once: its optimum, mode basis and least-squares fit are then computed once a chunk, not
+    once a point (and ``simulate_batch`` computes their record products together)."""
+    import orjson
+    from pydantic import ValidationError
+
+    from service.build import build_run
+    from service.dynamics.errors import DynamicsError
+    from service.grid import GridError, apply_params, split_path
+    from service.schemas import SimulationRequest
+
+    built = []
+    base_problem = None
+    for k, params_json in items:
+        try:
+            params = orjson.loads(params_json)
+            request = SimulationRequest.model_validate_json(orjson.dumps(apply_params(base, params)))
+            keeps_data = not any(split_path(path)[0] == "data" for path in params)
+            spec = build_run(request, max_flow_steps=max_flow_steps, problem=base_problem if keeps_data else None)
+            if keeps_data:
+                base_problem = spec.problem
+            built.append((k, spec))
+        except DynamicsError as exc:
+            results[k] = failed_point(k, dynamics_problem(exc))
+        except ValidationError as exc:
+            results[k] = failed_point(k, validation_problem(exc))
+        except GridError as exc:
+            from service.problems import field_error, problem_body
+
+            results[k] = failed_point(k, problem_body(422, "validation-error", exc.message,
+                                                errors=[field_error(exc.field, exc.code, exc.message, exc.fix)]))
+    return built
+
+
 def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tuple[int, bytes]],
                     keep: str) -> list[dict[str, Any]]:
     """Run a chunk of sweep points as one ``simulate_batch`` call; one result dict per point, in order:
@@ -137,14 +174,11 @@ def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tup
     """
     pin_blas_threads()
     import orjson
-    from pydantic import ValidationError
 
-    from service.build import build_run
     from service.codec import arrays_of, pack
-    from service.dynamics.errors import DynamicsError, StopRequested
+    from service.dynamics.errors import StopRequested
     from service.dynamics.methods import Hooks
-    from service.grid import GridError, apply_params, point_summary
-    from service.schemas import SimulationRequest
+    from service.grid import point_summary
 
     reporter = Reporter(worker(), SWEEP_PROGRESS_TOPIC, {"sweep": sweep_id, "chunk": chunk})
     # The points travel with the event so that anyone subscribed can tell which points ran where.
@@ -153,23 +187,8 @@ def run_sweep_chunk(sweep_id: str, chunk: str, base_json: bytes, items: list[tup
     if should_stop():  # cancelled while queued
         raise JobCancelled(sweep_id)
 
-    base = orjson.loads(base_json)
     results: dict[int, dict[str, Any]] = {}
-    built = []
-    for k, params_json in items:
-        try:
-            request = SimulationRequest.model_validate_json(orjson.dumps(apply_params(base, orjson.loads(params_json))))
-            built.append((k, build_run(request, max_flow_steps=worker_max_steps())))
-        except DynamicsError as exc:
-            results[k] = failed_point(k, dynamics_problem(exc))
-        except ValidationError as exc:
-            results[k] = failed_point(k, validation_problem(exc))
-        except GridError as exc:
-            from service.problems import field_error, problem_body
-
-            results[k] = failed_point(k, problem_body(422, "validation-error", exc.message,
-                                                errors=[field_error(exc.field, exc.code, exc.message, exc.fix)]))
-
+    built = build_points(orjson.loads(base_json), items, results, max_flow_steps=worker_max_steps())
     try:
         with shared_cores() as blas_threads:
             done = _run_points(built, results, Hooks(progress=reporter, should_stop=should_stop,

@@ -8,9 +8,8 @@ import numpy as np
 import orjson
 import pytest
 
-from service.build import build_run
 from service.grid import apply_params
-from service.jobs.tasks import _run_points
+from service.jobs.tasks import _run_points, build_points
 from service.schemas import SimulationRequest
 from tests.api.conftest import assert_problem
 from tests.support.real_runs import submit_and_run
@@ -31,10 +30,9 @@ async def run_sweep(service, body: dict) -> list:
     response = await service.client.post("/v1/sweeps", json=body)
     assert response.status_code == 202, response.text
     row = service.app.state.sweep_store.get(response.json()["id"])
-    base = orjson.loads(row.base)
-    built = [(k, build_run(SimulationRequest.model_validate_json(orjson.dumps(apply_params(base, orjson.loads(p))))))
-             for k, p, _ in service.app.state.sweep_store.pending_points(row.id)]
     results: dict = {}
+    items = [(k, p) for k, p, _ in service.app.state.sweep_store.pending_points(row.id)]
+    built = build_points(orjson.loads(row.base), items, results)
     done = _run_points(built, results, None)
     assert results == {}
     return [traj for _, traj in sorted(done, key=lambda item: item[0][0])]
@@ -83,3 +81,27 @@ async def test_a_sweep_point_with_an_invalid_sgd_setting_is_named_by_its_grid_en
     response = await service.client.post("/v1/sweeps", json={"base": SGD_BASE, "grid": {"training.batch_size": [5, 25]}})
     body = assert_problem(response, 422, "invalid-simulation")
     assert body["errors"][0]["field"] == ["grid", "training.batch_size", 1]
+
+
+def test_a_chunks_points_that_keep_the_base_data_share_its_problem():
+    base = SimulationRequest.model_validate({**SGD_BASE, "training": {"method": "gd", "learning_rate": 0.02,
+                                                                      "steps": 10}}).model_dump(mode="json")
+    items = [(0, orjson.dumps({"init.scale": 0.1})), (1, orjson.dumps({"training.learning_rate": 0.01})),
+             (2, orjson.dumps({"data.y": (2 * Y).tolist()})), (3, orjson.dumps({"init.seed": 3}))]
+    results: dict = {}
+    specs = dict(build_points(base, items, results))
+    assert results == {}
+    assert specs[0].problem is specs[1].problem is specs[3].problem
+    assert specs[2].problem is not specs[0].problem
+    np.testing.assert_allclose(specs[2].problem.sigma31, 2 * specs[0].problem.sigma31, rtol=1e-15)
+
+
+def test_a_point_refused_while_building_leaves_the_others_sharing_the_problem():
+    base = SimulationRequest.model_validate({**SGD_BASE, "training": {"method": "gd", "learning_rate": 0.02,
+                                                                      "steps": 10}}).model_dump(mode="json")
+    items = [(0, orjson.dumps({"training.learning_rate": 1e6})), (1, orjson.dumps({"init.scale": 0.1})),
+             (2, orjson.dumps({"init.scale": 0.2}))]
+    results: dict = {}
+    specs = dict(build_points(base, items, results))
+    assert set(results) == {0} and results[0]["status"] == "failed"
+    assert specs[1].problem is specs[2].problem
