@@ -26,7 +26,12 @@ Figures, all measured side by side in one run:
   limited by the engine;
 * lanes: where the case's nets are stepped in SIMD lanes (``gd_lanes.lanes_for``), the in-process sweep is
   also run with ``simulate_batch(..., lanes=False)`` (the one-by-one loop, bit for bit ``simulate``) in the
-  same rounds, alternating: the before/after of the lane kernel, side by side.
+  same rounds, alternating: the before/after of the lane kernel, side by side;
+* through the service: the first case's sweep as a request (same problem, widths, steps and records; a grid of
+  learning rates × init scales) POSTed to a service started as ``make run`` starts it (2 embedded workers),
+  ``keep: summary``, timed by the sweep's own ``finished_at − started_at``: what the Dask rows measure
+  plus everything a sweep request costs a worker (each point's request validated and built, its summary row, the
+  chunk's results stored by the API). The GEMM yardstick is sampled with the service frozen.
 
 The learning rate is tiny (1e-9, varied ×2 over the points, init scale varied too): every point runs all
 its steps, so the work is known and equal across points.
@@ -53,6 +58,8 @@ from service.dynamics.record import RecordSchedule
 from service.dynamics.simulate import simulate
 
 from .common import Context, Row, run_standalone, settle, table
+from .pace import job_seconds
+from .service import Service
 from .stepping import LEARNING_RATE, make_problem
 
 RESULTS = Path(__file__).with_name("results.md")
@@ -214,6 +221,57 @@ class Cluster:
         self.cluster.close()
 
 
+def sweep_body(case: Case, keep: str = "summary") -> bytes:
+    """``make_points``' sweep as a request: its problem as correlations, a grid of √n learning rates × √n init
+    scales (n = case.points, a square), record schedule ``RECORD``."""
+    import orjson
+
+    side = round(case.points ** 0.5)
+    assert side * side == case.points, case.points
+    problem, _ = make_problem(*case.size)
+    base = {"data": {"kind": "correlations", "sigma11": problem.sigma11.tolist(), "sigma31": problem.sigma31.tolist()},
+            "network": {"hidden": [case.size[1]]}, "init": {"scheme": "gaussian", "scale": 0.3, "seed": 1},
+            "training": {"method": "gd", "learning_rate": LEARNING_RATE, "steps": case.steps},
+            "record": {"points": RECORD.points}}
+    return orjson.dumps({"base": base, "keep": keep, "grid": {
+        "training.learning_rate": [LEARNING_RATE * (1 + j / side) for j in range(side)],
+        "init.scale": [0.3 * (1 + 0.5 * j / side) for j in range(side)]}})
+
+
+def service_sweep_seconds(service: Service, body: bytes) -> float:
+    """POST a sweep, poll its status every 0.2 s; its own time (finished_at − started_at)."""
+    response = service.client.post("/v1/sweeps", content=body, headers={"Content-Type": "application/json"})
+    if response.status_code != 202:
+        raise RuntimeError(f"sweep refused: {response.status_code} {response.text[:300]}")
+    while (sweep := service.client.get(response.headers["location"]).json())["status"] in ("queued", "running"):
+        time.sleep(0.2)
+    return job_seconds(sweep)
+
+
+def through_service(ctx: Context, case: Case) -> Row:
+    """The case's sweep through HTTP on a fresh service (best of ``case.reps``)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as workdir:
+        service = Service(Path(workdir))
+        try:
+            # a small sweep first: the workers load (or, on a fresh install, compile) the lane kernels
+            service_sweep_seconds(service, sweep_body(Case(case.size, 16, 100, 0.0, 1)))
+            best = float("inf")
+            for _ in range(case.reps):
+                service.pause()
+                ctx.sample_gemm()
+                service.resume()
+                best = min(best, service_sweep_seconds(service, sweep_body(case)))
+        finally:
+            service.stop()
+    return Row("sweep through the service (HTTP, 2 embedded workers)", str(case.size), flops=step_flops(list(case.size)),
+               measured=case.points * case.steps / best,
+               note=f"{case.points:,} points × {case.steps:,} steps, keep summary, the sweep's own time "
+                    f"(finished_at − started_at), best of {case.reps}; the Dask rows plus each point's request "
+                    f"validation and build, its summary row and the stored results")
+
+
 def sweep_speed(ctx: Context) -> list[Row]:
     """Rows for every case: 1 process, Dask 1 worker, Dask 2 workers (bar), scaling 1 → 2 (bar)."""
     cases = QUICK if ctx.quick else FULL
@@ -259,6 +317,7 @@ def sweep_speed(ctx: Context) -> list[Row]:
         for cluster in clusters.values():
             cluster.close()
     ctx.sample_gemm()
+    service_row = through_service(ctx, cases[0])
 
     rows = []
     for case in cases:
@@ -294,6 +353,7 @@ def sweep_speed(ctx: Context) -> list[Row]:
                              f"task CPU-second 2 vs 1 workers ×{per_cpu:.2f} (two free cores: ×{2 * per_cpu:.2f}); "
                              f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} on "
                              f"{os.cpu_count()} CPUs"))
+    rows.insert(next(i for i, r in enumerate(rows) if r.benchmark.startswith("sweep scaling")), service_row)
     return rows
 
 
@@ -307,7 +367,9 @@ def section(rows: list[Row]) -> list[str]:
              "2-worker row and the scaling first (other processes take the second core). Nets stepped in SIMD lanes "
              "(two layers, widths ≤ 16: service/dynamics/gd_lanes.py) also get a `lanes=False` row, the same "
              "sweep on the one-by-one loop (bit for bit simulate()) in the same rounds: the lanes' gain is the "
-             "ratio of the two."),
+             "ratio of the two. The row through the service is the first sweep POSTed to a service started the "
+             "`make run` way: the 2-worker row's work plus each point's request validation and build, its summary "
+             "row and the API storing the results, timed by the sweep's own finished_at − started_at."),
             "", *table(rows)]
 
 

@@ -23,7 +23,9 @@ checks that outcomes, stop steps and record steps are equal. The squared gradien
 in entry order per lane (``gd_loop`` interleaves eight partial sums), so a stop can move by a step only where
 g² is within round-off of its threshold (float32 near its convergence threshold, which sits at its round-off
 floor). Runs through this kernel are reproducible bit for bit: the order of every operation is fixed, a
-lane's arithmetic involves no other lane, and nothing depends on the thread count.
+lane's arithmetic involves no other lane, and nothing depends on the thread count. Which product of a multiply-add
+the compiler fuses may change with the code around it, so another version of this module can differ in last bits
+(seen: 1e-15 relative after 3,000 steps, more only where a run amplifies round-off).
 
 Checks and replays. The lanes of a block step in lock step (same k): checked steps at k ≡ 0 (mod
 ``CHECK_EVERY``) and at the last step compute the gradient explicitly, its squared norm per lane (float64,
@@ -46,10 +48,10 @@ accumulators and per-lane constants live in stack buffers (``_stack_array``), wh
 so they stay in registers and a tile's loads can be grouped before its stores; and element-wise passes step
 their rows by a stride the optimiser cannot see is constant (``_finish_gradient``).
 
-Speed (bench/results.md, "## sweeps"): an in-process sweep of (8,16,8) nets runs ×1.6 the one-by-one loop;
-the kernel alone reaches ~0.65 of one core's GEMM rate (products with a 16-long k axis ~0.8, 8-long ~0.6).
-``lane_diagnostics`` computes the records' gradient norm and balance drift of a group's points in lanes after the
-run (docs/performance.md#sweep-lanes).
+Speed (bench/results.md, "## sweeps"): an in-process sweep of (8,16,8) nets runs ×1.7 the one-by-one loop; a
+fused step reaches ~0.8 of one core's GEMM rate (1.3–1.4 µs a block). ``lane_diagnostics`` computes the records'
+gradient norm, balance drift and network map of a group's points in lanes after the run
+(docs/performance.md#sweep-lanes).
 """
 
 from __future__ import annotations
