@@ -243,6 +243,12 @@ def set_blas_threads(n: int) -> None:
             lib.set_num_threads(n)
 
 
+def blas_pool_info() -> dict:
+    """threadpoolctl's description of the process's BLAS pool (library, version, threads now), from the controller made
+    once (``threadpool_info()`` inspects every loaded library again: ~4 ms a call)."""
+    return next((lib.info() for lib in _threadpools().select(user_api="blas").lib_controllers), {})
+
+
 @contextlib.contextmanager
 def leave_blas_alone():
     """Within this block, runs on this thread leave the process's BLAS thread counts as they are

@@ -15,6 +15,7 @@ imports happen inside the functions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import threading
@@ -299,13 +300,21 @@ class StopFlag:
 
 def provenance() -> dict[str, Any]:
     """What this process runs jobs with: dlnsim, Python, numpy, scipy and numba versions, the BLAS numpy calls
-    (library, version, threads now) and the one the GD loop calls, DLNSIM_BLAS_THREADS, the host's cores."""
+    (library, version, threads now) and the one the GD loop calls, DLNSIM_BLAS_THREADS, the host's cores. Sent with
+    every task's start: the versions are read once a process, the BLAS pool from the engine's own controller."""
+    from service.dynamics import gd_loop
+    from service.dynamics.gd import blas_pool_info
+
+    blas = blas_pool_info()
+    return {**_versions(), "blas": {"library": blas.get("internal_api"), "version": blas.get("version"),
+                                    "threads": blas.get("num_threads"), "gd_loop": gd_loop.BLAS},
+            "blas_threads_setting": os.environ.get("DLNSIM_BLAS_THREADS", "auto"), "host_cores": os.cpu_count()}
+
+
+@functools.cache
+def _versions() -> dict[str, str | None]:
     import platform
     from importlib.metadata import PackageNotFoundError, version
-
-    from threadpoolctl import threadpool_info
-
-    from service.dynamics import gd_loop
 
     def installed(name: str) -> str | None:
         try:
@@ -313,12 +322,8 @@ def provenance() -> dict[str, Any]:
         except PackageNotFoundError:
             return None
 
-    blas = next((i for i in threadpool_info() if i.get("user_api") == "blas"), {})
     return {"dlnsim": installed("dlnsim") or "0.0.0", "python": platform.python_version(),
-            "numpy": installed("numpy"), "scipy": installed("scipy"), "numba": installed("numba"),
-            "blas": {"library": blas.get("internal_api"), "version": blas.get("version"),
-                     "threads": blas.get("num_threads"), "gd_loop": gd_loop.BLAS},
-            "blas_threads_setting": os.environ.get("DLNSIM_BLAS_THREADS", "auto"), "host_cores": os.cpu_count()}
+            "numpy": installed("numpy"), "scipy": installed("scipy"), "numba": installed("numba")}
 
 
 def start_attempt(job_id: str) -> tuple[LiveReporter, StopFlag]:
