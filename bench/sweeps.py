@@ -265,7 +265,8 @@ def through_service(ctx: Context, case: Case) -> Row:
                 best = min(best, service_sweep_seconds(service, sweep_body(case)))
         finally:
             service.stop()
-    return Row("sweep through the service (HTTP, 2 embedded workers)", str(case.size), flops=step_flops(list(case.size)),
+    return Row(f"sweep through the service (HTTP, {os.cpu_count()} embedded workers)", str(case.size),
+               flops=step_flops(list(case.size)),
                measured=case.points * case.steps / best,
                note=f"{case.points:,} points × {case.steps:,} steps, keep summary, the sweep's own time "
                     f"(finished_at − started_at), best of {case.reps}; the Dask rows plus each point's request "
