@@ -108,6 +108,16 @@ def test_recorded_weights_and_similarity_equal_simulate(rng, problems):
     assert_equals_simulate(points, trajectories)
 
 
+def test_kept_weights_are_each_points_own_copy_not_the_groups_buffer(rng, problems):
+    record = RecordSchedule(points=7, weights=True)
+    trajectories = simulate_batch(gd_group(rng, problems, [5, 6, 4], record=record))
+    for w in (w for t in trajectories for w in t.weights):
+        root = w
+        while root.base is not None:
+            root = root.base
+        assert root.nbytes == w.nbytes  # the memory a kept layer holds is that layer's, not the group's records
+
+
 def test_mixed_shapes_and_methods_come_back_in_input_order(rng, problems):
     u, v = orthogonal(rng, 4), orthogonal(rng, 5)
     white = whitened_problem(u, np.array([3.0, 2.0, 1.0]), v)

@@ -23,6 +23,7 @@ from service.dynamics.gd import (
 )
 from service.dynamics.methods import GradientDescent, Hooks
 from service.dynamics.problem import Problem, problem_from_data
+from service.dynamics.record import RecordSchedule
 
 # ------------------------------------------------------------------------------------------------
 # helpers (also used by test_flow.py)
@@ -577,3 +578,23 @@ def test_changing_blas_threads_between_chunks_changes_a_run_by_round_off_only():
     plain = run_gd(problem, w0, method, rec)
     for a, b in zip(shared.weights, plain.weights, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("spacing", ["linear", "log"])
+def test_the_record_steps_are_the_sorted_unique_nearest_steps_of_the_record_times(spacing):
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        record = RecordSchedule(points=int(rng.integers(2, 400)), spacing=spacing)
+        eta, n = 10 ** rng.uniform(-4, 0), int(rng.integers(1, 100_000))
+        t = record.sample_times(eta * n, t_min=eta)
+        want = np.unique(np.concatenate([[0], np.clip(np.rint(t / eta), 0, n), [n]]).astype(np.int64))
+        got = record.gd_steps(eta, n)
+        np.testing.assert_array_equal(got, want)
+        assert not got.flags.writeable  # kept for the next caller: nobody may change it
+
+
+def test_explicit_record_times_give_their_nearest_steps_given_as_a_list_too():
+    times = (0.3, 0.05, 0.3, 1.0)
+    want = np.array([0, 5, 30, 100])
+    np.testing.assert_array_equal(RecordSchedule(times=times).gd_steps(0.01, 100), want)
+    np.testing.assert_array_equal(RecordSchedule(times=list(times)).gd_steps(0.01, 100), want)
