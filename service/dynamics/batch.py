@@ -271,15 +271,17 @@ def _run_gd_group(points: list[SweepPoint], layout: Layout, index: list[int], pr
         ni, nh, no = (int(x) for x in layout.dims)
         n_blocks = -(-nb // gd_lanes.LANES)
         wl = gd_lanes.to_lanes(w, n_blocks)
-        sl = np.zeros_like(wl)
+        sl = gd_lanes.empty_lanes(wl.shape, dt)
+        sl[...] = 0.0
         s11l = gd_lanes.to_lanes(s11.reshape(len(problems), -1)[pidx], n_blocks)
         s31l = gd_lanes.to_lanes(s31.reshape(len(problems), -1)[pidx], n_blocks)
         params = np.zeros((4, n_blocks * gd_lanes.LANES), dtype=dt)  # padding lanes: η = γ = 0, 1 − ηγ = 1
         params[3] = 1
         params[:, :nb] = np.stack([eta, decay, two_eta, shrink])
-        pl = np.ascontiguousarray(params.reshape(4, n_blocks, gd_lanes.LANES).transpose(1, 0, 2))
+        pl = gd_lanes.empty_lanes((n_blocks, 4, gd_lanes.LANES), dt)
+        pl[...] = params.reshape(4, n_blocks, gd_lanes.LANES).transpose(1, 0, 2)
         solo = np.zeros(nb, dtype=np.int64)
-        lane_scratch = np.empty(gd_lanes.lane_scratch_size(ni, nh, no), dtype=dt)
+        lane_scratch = gd_lanes.empty_lanes(gd_lanes.lane_scratch_size(ni, nh, no), dt)
 
         def advance(k_stop: int) -> None:
             gd_lanes.steps(wl, sl, s11l, s31l, pl, ni, nh, no, m0, n_steps, rec, nrec, snap, tol2, BLOWUP_RATIO,
@@ -343,7 +345,8 @@ def _lane_diagnostics(snap: np.ndarray, counts: list[int], s11: np.ndarray, s31:
     grad_norm, drift, maps = np.empty((nb, n_rec)), np.empty((nb, n_rec)), np.empty((nb, n_rec, no * ni))
     gd_lanes.diagnostics(snap, n_rec, gd_lanes.to_lanes(s11.reshape(len(s11), -1)[pidx], n_blocks),
                          gd_lanes.to_lanes(s31.reshape(len(s31), -1)[pidx], n_blocks),
-                         gd_lanes.to_lanes(decay[:, None], n_blocks), ni, nh, no, m0, grad_norm, drift, maps)
+                         gd_lanes.to_lanes(decay[:, None], n_blocks), ni, nh, no, m0, grad_norm, drift, maps,
+                         gd_lanes.empty_lanes(gd_lanes.diagnostics_scratch_size(ni, nh, no), snap.dtype))
     return [(grad_norm[j, :c], drift[j, :c]) for j, c in enumerate(counts)], maps.reshape(nb, n_rec, no, ni)
 
 

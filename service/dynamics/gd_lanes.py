@@ -10,10 +10,11 @@ vector FMA over lanes, with no horizontal work and nothing shared between lanes.
 streams the k axis, so each FMA needs half a load; ``LANES`` = 8 float64 fill a 512-bit register. Used for
 two-layer nets whose widths are all ≤ ``MAX_WIDTH`` (``lanes_for``); other groups keep the one-by-one loop.
 
-Arithmetic, per lane, is exactly the one-by-one step of ``gd_loop._fused_step2`` / the checked step of
-``gd_chunk`` (same formulas, same product order ``plan_order`` picks, same check schedule and stopping
-rules), with every sum over k taken in increasing k. It differs from BLAS only in rounding: OpenBLAS sums a
-dot product in its own blocked order, this kernel in plain order with each multiply-add fused
+Arithmetic, per lane, is the one-by-one step of ``gd_loop._fused_step2`` / the checked step of ``gd_chunk`` (same
+formulas, same product order ``plan_order`` picks, same check schedule and stopping rules), with every sum over k
+taken in increasing k and one multiplication moved: a fused step scales the error by 2η before the two updates'
+products, (2ηE) W21ᵀ where BLAS forms 2η·(E W21ᵀ) (``_fused_step``). It differs from BLAS only in rounding: OpenBLAS
+sums a dot product in its own blocked order, this kernel in plain order with each multiply-add fused
 (``fastmath={"contract"}``: FMA contraction only, no reassociation, no finite-math or signed-zero
 assumptions, so NaN and ±inf propagate and the blow-up checks see them). Results therefore agree with
 ``simulate`` on each point to round-off, not bit for bit: tests/dynamics/test_lanes.py measures ≤ 3e-14
@@ -49,7 +50,8 @@ so they stay in registers and a tile's loads can be grouped before its stores; a
 their rows by a stride the optimiser cannot see is constant (``_finish_gradient``).
 
 Speed (bench/results.md, "## sweeps"): an in-process sweep of (8,16,8) nets runs ×1.7 the one-by-one loop; a
-fused step reaches ~0.8 of one core's GEMM rate (1.3–1.4 µs a block). ``lane_diagnostics`` computes the records'
+fused step reaches ~0.8 of one core's GEMM rate (1.3 µs a block). Every lane array starts on a cache line
+(``empty_lanes``). ``lane_diagnostics`` computes the records'
 gradient norm, balance drift and network map of a group's points in lanes after the run
 (docs/performance.md#sweep-lanes).
 """
@@ -93,6 +95,8 @@ LANES = 8
 MAX_WIDTH = 16
 # fastmath: FMA contraction only (see the module docstring)
 FASTMATH = {"contract"}
+# Byte boundary of every lane array (``empty_lanes``): a cache line, so a block's lane vectors never straddle two
+ALIGN = 64
 _TILE = 16 * LANES  # accumulators of a 4×4 tile of output entries
 
 
@@ -114,27 +118,36 @@ def _stack_array(typingctx, n, dtype):
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
 def _store(C, r, acc, q, mode, S, al, be, old):
     """One output entry of ``_lmm`` for all lanes: C[r:r+LANES] = acc[q:q+LANES] (mode 0), S − acc (mode 1),
-    be·C + al·acc (mode 2), be·S + al·acc (mode 3); loads first, then stores (see ``_lmm``)."""
+    be·C + al·acc (mode 2), S + acc (mode 3), be·S + acc (mode 4), al·(S − acc) (mode 5); loads first, then stores
+    (see ``_lmm``)."""
     if mode == 0:
         for l in range(LANES):
             C[r + np.uint64(l)] = acc[q + l]
-    elif mode == 1:
-        for l in range(LANES):
-            old[l] = S[r + np.uint64(l)]
+        return
+    for l in range(LANES):
+        old[l] = C[r + np.uint64(l)] if mode == 2 else S[r + np.uint64(l)]
+    if mode == 1:
         for l in range(LANES):
             C[r + np.uint64(l)] = old[l] - acc[q + l]
-    else:
-        for l in range(LANES):
-            old[l] = C[r + np.uint64(l)] if mode == 2 else S[r + np.uint64(l)]
+    elif mode == 2:
         for l in range(LANES):
             C[r + np.uint64(l)] = be[l] * old[l] + al[l] * acc[q + l]
+    elif mode == 3:
+        for l in range(LANES):
+            C[r + np.uint64(l)] = old[l] + acc[q + l]
+    elif mode == 4:
+        for l in range(LANES):
+            C[r + np.uint64(l)] = be[l] * old[l] + acc[q + l]
+    else:
+        for l in range(LANES):
+            C[r + np.uint64(l)] = al[l] * (old[l] - acc[q + l])
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
 def _lmm(M, N, K_, A, a0, a1, B, b0, b1, C, mode, S, alpha, beta):
     """For every lane: acc[m, n] = Σ_k A[m, k] B[k, n] (k increasing), then
-    mode 0: C = acc, mode 1: C = S − acc, mode 2: C = beta·C + alpha·acc, mode 3: C = beta·S + alpha·acc (alpha,
-    beta per lane).
+    mode 0: C = acc, mode 1: C = S − acc, mode 2: C = beta·C + alpha·acc, mode 3: C = S + acc, mode 4:
+    C = beta·S + acc, mode 5: C = alpha·(S − acc) (alpha, beta per lane; C may be S).
 
     Arrays are flat, lanes innermost: entry (m, k) of A is row m·a0 + k·a1 (so transposes are strides), C and
     S are row-major M × N. Indices are unsigned so that numba emits no negative-index wraparound.
@@ -146,7 +159,7 @@ def _lmm(M, N, K_, A, a0, a1, B, b0, b1, C, mode, S, alpha, beta):
     al = carray(_stack_array(LANES, C.dtype), (LANES,))
     be = carray(_stack_array(LANES, C.dtype), (LANES,))
     old = carray(_stack_array(LANES, C.dtype), (LANES,))
-    if mode >= 2:
+    if mode == 2 or mode >= 4:
         for l in range(LANES):
             al[l] = alpha[l]
             be[l] = beta[l]
@@ -229,15 +242,29 @@ def _error(w21, w32, s11, s31, m0, ni, nh, no, x, e):
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def _fused_step(w21, w32, w32_next, s11, s31, m0, ni, nh, no, x, e, two_eta, shrink):
-    """One step of every lane without forming the gradients (``gd_loop._fused_step2``'s formulas):
-    W32' = (1 − ηγ) W32 + 2η E W21ᵀ into ``w32_next`` (W32 is left as it was), then W21 ← (1 − ηγ) W21 + 2η W32ᵀ E
-    with the old W32, each update in its product's epilogue. Writing W32' beside W32 is what lets both updates happen
-    there: otherwise W32ᵀ E must be stored and added in a pass of its own, as the old W32 is needed after W32's update
-    (same formula; which product an FMA fuses is the compiler's choice, so a last bit may differ from that pass)."""
-    _error(w21, w32, s11, s31, m0, ni, nh, no, x, e)
-    _lmm(no, nh, ni, e, ni, 1, w21, 1, ni, w32_next, 3, w32, two_eta, shrink)
-    _lmm(nh, ni, no, w32, 1, nh, e, ni, 1, w21, 2, x, two_eta, shrink)
+def _fused_step(w21, w32, w32_next, s11, s31, m0, ni, nh, no, x, e, two_eta, shrink, decays):
+    """One step of every lane without forming the gradients (``gd_loop._fused_step2``'s update, with 2η taken into
+    the error first): E' = 2η (Σ31 − W32 W21 Σ11) in ``e``, W32' = (1 − ηγ) W32 + E' W21ᵀ into ``w32_next`` (W32 is
+    left as it was), then W21 ← (1 − ηγ) W21 + W32ᵀ E' with the old W32, each update in its product's epilogue.
+
+    Writing W32' beside W32 is what lets both updates happen there (otherwise W32ᵀ E must be stored and added in a
+    pass of its own, as the old W32 is needed after W32's update). Scaling the 64-odd entries of E once, rather than
+    each of the updates' outputs, and adding without the factor 1 − ηγ when no lane decays (``decays`` False: it is
+    1), leaves the products' multiply-adds alone on the FMA units (a step is bound by them): 2η·(E W21ᵀ) becomes
+    (2ηE) W21ᵀ, a rounding moved, not a formula changed."""
+    if m0 == 0:
+        _lmm(nh, ni, ni, w21, ni, 1, s11, ni, 1, x, 0, x, s11, s11)
+        _lmm(no, ni, nh, w32, nh, 1, x, ni, 1, e, 5, s31, two_eta, shrink)
+    else:
+        _lmm(no, ni, nh, w32, nh, 1, w21, ni, 1, x, 0, x, s11, s11)
+        _lmm(no, ni, ni, x, ni, 1, s11, ni, 1, e, 5, s31, two_eta, shrink)
+    # literal modes: with the mode a variable here, the epilogues stayed scalar (the step ran 3.5× slower)
+    if decays:
+        _lmm(no, nh, ni, e, ni, 1, w21, 1, ni, w32_next, 4, w32, two_eta, shrink)
+        _lmm(nh, ni, no, w32, 1, nh, e, ni, 1, w21, 4, w21, two_eta, shrink)
+    else:
+        _lmm(no, nh, ni, e, ni, 1, w21, 1, ni, w32_next, 3, w32, two_eta, shrink)
+        _lmm(nh, ni, no, w32, 1, nh, e, ni, 1, w21, 3, w21, two_eta, shrink)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
@@ -411,6 +438,9 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
         l_decay = lp[1]
         l_two_eta = lp[2]
         l_shrink = lp[3]
+        decays = False  # any lane with weight decay (1 − ηγ ≠ 1); a stopped lane's 1 changes nothing
+        for l in range(LANES):
+            decays = decays or l_shrink[l] != 1.0
         next_rec = -1  # the next record step of any live lane; < k: to be found again
         # W32 of the block after an odd number of fused steps since it was last home in w: in g32 (_fused_step), and
         # taken home before anything reads w or g32 is written (a check, a record, the end of the chunk)
@@ -520,9 +550,9 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
                             pos[l] += 1
                     next_rec = -1
                 if away:
-                    _fused_step(w21, g32, w32, s11, s31, m0, ni, nh, no, x, e, l_two_eta, l_shrink)
+                    _fused_step(w21, g32, w32, s11, s31, m0, ni, nh, no, x, e, l_two_eta, l_shrink, decays)
                 else:
-                    _fused_step(w21, w32, g32, s11, s31, m0, ni, nh, no, x, e, l_two_eta, l_shrink)
+                    _fused_step(w21, w32, g32, s11, s31, m0, ni, nh, no, x, e, l_two_eta, l_shrink, decays)
                 away = not away
             k += 1
         if away:
@@ -538,7 +568,7 @@ def gd_lanes_steps(WL, SL, S11L, S31L, PL, ni, nh, no, m0, n_steps, rec, nrec, s
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, drift, product):
+def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, drift, product, scratch):
     """Per point j and record t < n_rec (``snap[j, t]``: its flat weights, W21 then W32), as
     ``gd_loop.record_diagnostics`` on each point, the points of block b in its LANES lanes:
 
@@ -548,20 +578,25 @@ def lane_diagnostics(snap, n_rec, S11L, S31L, DL, ni, nh, no, m0, grad_norm, dri
 
     The gradient as a checked step forms it (same products, same order), each Gram in plain k order. A block's
     records are gathered into lanes here, one record at a time (it stays in L1), not transposed in memory first.
+    ``scratch``: ``diagnostics_scratch_size(ni, nh, no)`` entries of snap's dtype (aligned: ``empty_lanes``).
     """
     npts = snap.shape[0]
     size = snap.shape[2]
     n21 = nh * ni * LANES
-    w = np.zeros(size * LANES, dtype=snap.dtype)
+    # carved in multiples of LANES entries, so every piece keeps the scratch's alignment
+    cut = np.cumsum(np.array([size * LANES, max(nh, no) * ni * LANES, no * ni * LANES, n21, no * nh * LANES,
+                              no * ni * LANES, nh * nh * LANES, nh * nh * LANES]))
+    w = scratch[:cut[0]]
+    w[:] = 0.0  # lanes past the last point stay 0
     w21 = w[:n21]
     w32 = w[n21:]
-    x = np.empty(max(nh, no) * ni * LANES, dtype=snap.dtype)
-    e = np.empty(no * ni * LANES, dtype=snap.dtype)
-    bb = np.empty(n21, dtype=snap.dtype)
-    g32 = np.empty(no * nh * LANES, dtype=snap.dtype)
-    pm = x if m0 == 1 else np.empty(no * ni * LANES, dtype=snap.dtype)  # the map: X of the error when m0 = 1
-    b0 = np.empty(nh * nh * LANES, dtype=snap.dtype)
-    bt = np.empty(nh * nh * LANES, dtype=snap.dtype)
+    x = scratch[cut[0]:cut[1]]
+    e = scratch[cut[1]:cut[2]]
+    bb = scratch[cut[2]:cut[3]]
+    g32 = scratch[cut[3]:cut[4]]
+    pm = x if m0 == 1 else scratch[cut[4]:cut[5]]  # the map: X of the error when m0 = 1
+    b0 = scratch[cut[5]:cut[6]]
+    bt = scratch[cut[6]:cut[7]]
     one = np.ones(LANES, dtype=snap.dtype)
     minus = -one
     g2 = np.empty(LANES)
@@ -629,13 +664,33 @@ def lane_scratch_size(ni: int, nh: int, no: int) -> int:
     return (max(nh, no) * ni + no * ni + nh * ni + no * nh) * LANES
 
 
+def diagnostics_scratch_size(ni: int, nh: int, no: int) -> int:
+    """Entries of ``lane_diagnostics``' scratch: a block's weights, X, E, both gradients, the map, two Grams."""
+    return (nh * ni + no * nh + max(nh, no) * ni + 2 * no * ni + nh * ni + no * nh + 2 * nh * nh) * LANES
+
+
+def empty_lanes(shape, dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)`` starting on a ``ALIGN``-byte boundary.
+
+    A lane vector is LANES contiguous entries (64 bytes in float64): numpy's 16-byte aligned buffers make every such
+    load and store straddle two cache lines, which cost the fused step ~10 % (an (8,16,8) sweep's kernel, 1.83 ms a
+    point aligned against 2.05 ms at an 8-byte offset, same run)."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.empty(n * dt.itemsize + ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + n * dt.itemsize].view(dt).reshape(shape)
+
+
 def to_lanes(rows: np.ndarray, n_blocks: int, fill: float = 0.0) -> np.ndarray:
     """(n, size) per-point rows → (n_blocks, size·LANES), entry e of point b·LANES + l at [b, e·LANES + l];
-    padding lanes hold ``fill``."""
+    padding lanes hold ``fill``. Aligned (``empty_lanes``)."""
     n, size = rows.shape
     pad = np.full((n_blocks * LANES, size), fill, dtype=rows.dtype)
     pad[:n] = rows
-    return np.ascontiguousarray(pad.reshape(n_blocks, LANES, size).transpose(0, 2, 1)).reshape(n_blocks, size * LANES)
+    out = empty_lanes((n_blocks, size * LANES), rows.dtype)
+    out.reshape(n_blocks, size, LANES)[...] = pad.reshape(n_blocks, LANES, size).transpose(0, 2, 1)
+    return out
 
 
 def steps(*args) -> None:

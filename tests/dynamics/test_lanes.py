@@ -109,6 +109,27 @@ def test_group_agrees_with_simulate_over_10000_steps(rng, problems, widths):
     assert_close_to_simulate(points, simulate_batch(points))
 
 
+@pytest.mark.parametrize("widths", [[5, 6, 4], [5, 3, 4]], ids=["o<h", "o>h"])
+def test_blocks_without_weight_decay_agree_with_simulate(rng, problems, widths):
+    """Blocks whose lanes all have γ = 0 add the update without the factor 1 − ηγ (``_fused_step``'s other branch):
+    the mixed blocks above never take it."""
+    points = [SweepPoint(p.problem, p.weights0, GradientDescent(p.method.learning_rate, p.method.steps), p.record)
+              for p in sweep(problems, rng, widths, 10_000, n=2 * gd_lanes.LANES - 1)]
+    assert_close_to_simulate(points, simulate_batch(points))
+
+
+def test_lane_arrays_start_on_a_cache_line():
+    for shape, dtype in [((3, 256), np.float64), (17, np.float64), ((2, 4, 8), np.float32), ((1, 9), np.float32)]:
+        for _ in range(20):  # numpy's own buffers start on 16 bytes: some draws would not be aligned by chance
+            a = gd_lanes.empty_lanes(shape, dtype)
+            assert a.ctypes.data % gd_lanes.ALIGN == 0 and a.shape == np.empty(shape).shape and a.dtype == dtype
+    rows = np.arange(15 * 6, dtype=np.float64).reshape(15, 6)
+    lanes = gd_lanes.to_lanes(rows, 2, fill=-1.0)
+    assert lanes.ctypes.data % gd_lanes.ALIGN == 0
+    np.testing.assert_array_equal(lanes.reshape(2, 6, gd_lanes.LANES).transpose(0, 2, 1).reshape(16, 6)[:15], rows)
+    assert np.all(lanes.reshape(2, 6, gd_lanes.LANES)[1, :, 7] == -1.0)
+
+
 def test_early_convergence_and_divergence_stop_at_simulates_steps(rng):
     # η = 0.1 on whitened s ≤ 2 converges within a few hundred steps; η = 1.5 diverges; η = 1e-4 runs to the end.
     # The stops fall between checks, so each stopping lane leaves its block and replays in gd_chunk.
