@@ -16,8 +16,8 @@ Figures, all measured side by side in one run:
 * fraction of bound = throughput / (best GEMM rate of this run / FLOPs per step), FLOPs per step in the
   cheapest product order (``gd.step_flops``: 2hi² + 6ohi, or 2oi² + 6ohi when o < h, so 7,168 rather than
   8,192 at (8,16,8): the stricter yardstick, the one the single-simulation rows use). The GEMM rate is
-  numpy's n = 2000 matmul on all BLAS threads (the whole machine), so the 2-worker row, which also uses
-  the whole machine, carries the bar; 1-process rows are the same yardstick on half the cores;
+  numpy's n = 2000 matmul on all BLAS threads (the whole machine), so the 2-worker row and the row through the
+  service, which also use the whole machine, carry the bar; 1-process rows are the same yardstick on half the cores;
 * scaling = throughput with 2 worker processes / with 1 (workers: 1 thread each, BLAS pinned to 1 thread
   by the nanny's environment and again in the task; chunks of points are the tasks, the same chunks for
   both cluster sizes; the two clusters run side by side and their sweeps alternate). Its note gives the CPU
@@ -266,7 +266,7 @@ def through_service(ctx: Context, case: Case) -> Row:
         finally:
             service.stop()
     return Row(f"sweep through the service (HTTP, {os.cpu_count()} embedded workers)", str(case.size),
-               flops=step_flops(list(case.size)),
+               flops=step_flops(list(case.size)), bar_fraction=case.bar,  # issue 21.3: "through the service"
                measured=case.points * case.steps / best,
                note=f"{case.points:,} points × {case.steps:,} steps, keep summary, the sweep's own time "
                     f"(finished_at − started_at), best of {case.reps}; the Dask rows plus each point's request "
@@ -363,8 +363,8 @@ def section(rows: list[Row]) -> list[str]:
     return [HEADING, "",
             ("Throughput = simulation-steps/s over the whole sweep (Σ steps of all points / wall time, trajectories "
              "built); fraction = throughput / (best all-thread GEMM rate of the run / FLOPs per step). The 2-worker "
-             "row uses the whole machine like the GEMM it is compared with and carries the bar; 1-process rows use "
-             "one core of it. Scaling = 2-worker / 1-worker throughput, same chunks. A busy machine lowers the "
+             "row and the row through the service use the whole machine like the GEMM they are compared with and "
+             "carry the bar; 1-process rows use one core of it. Scaling = 2-worker / 1-worker throughput, same chunks. A busy machine lowers the "
              "2-worker row and the scaling first (other processes take the second core). Nets stepped in SIMD lanes "
              "(two layers, widths ≤ 16: service/dynamics/gd_lanes.py) also get a `lanes=False` row, the same "
              "sweep on the one-by-one loop (bit for bit simulate()) in the same rounds: the lanes' gain is the "
