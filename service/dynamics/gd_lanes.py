@@ -229,16 +229,17 @@ def _lmm(M, N, K_, A, a0, a1, B, b0, b1, C, mode, S, alpha, beta):
             _store(C, u((m * N + n) * LANES), acc, 0, mode, S, al, be, old)
 
 
-@njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
-def _error(w21, w32, s11, s31, m0, ni, nh, no, x, e):
-    """E = Σ31 − W32 W21 Σ11 per lane, in ``gd_loop``'s order: m0 = 0: X = W21 Σ11, E = Σ31 − W32 X;
-    m0 = 1: X = W32 W21, E = Σ31 − X Σ11."""
+@njit(cache=CACHE, nogil=True, fastmath=FASTMATH, inline="always")
+def _error(w21, w32, s11, s31, m0, ni, nh, no, x, e, mode, two_eta):
+    """E = Σ31 − W32 W21 Σ11 per lane (``mode`` 1), or 2η E (``mode`` 5: η per lane), in ``gd_loop``'s order: m0 = 0:
+    X = W21 Σ11, E = Σ31 − W32 X; m0 = 1: X = W32 W21, E = Σ31 − X Σ11. Inlined, so that ``mode`` reaches ``_lmm``
+    as the caller's literal."""
     if m0 == 0:
         _lmm(nh, ni, ni, w21, ni, 1, s11, ni, 1, x, 0, x, s11, s11)
-        _lmm(no, ni, nh, w32, nh, 1, x, ni, 1, e, 1, s31, s11, s11)
+        _lmm(no, ni, nh, w32, nh, 1, x, ni, 1, e, mode, s31, two_eta, two_eta)
     else:
         _lmm(no, ni, nh, w32, nh, 1, w21, ni, 1, x, 0, x, s11, s11)
-        _lmm(no, ni, ni, x, ni, 1, s11, ni, 1, e, 1, s31, s11, s11)
+        _lmm(no, ni, ni, x, ni, 1, s11, ni, 1, e, mode, s31, two_eta, two_eta)
 
 
 @njit(cache=CACHE, nogil=True, fastmath=FASTMATH)
@@ -252,12 +253,7 @@ def _fused_step(w21, w32, w32_next, s11, s31, m0, ni, nh, no, x, e, two_eta, shr
     each of the updates' outputs, and adding without the factor 1 − ηγ when no lane decays (``decays`` False: it is
     1), leaves the products' multiply-adds alone on the FMA units (a step is bound by them): 2η·(E W21ᵀ) becomes
     (2ηE) W21ᵀ, a rounding moved, not a formula changed."""
-    if m0 == 0:
-        _lmm(nh, ni, ni, w21, ni, 1, s11, ni, 1, x, 0, x, s11, s11)
-        _lmm(no, ni, nh, w32, nh, 1, x, ni, 1, e, 5, s31, two_eta, shrink)
-    else:
-        _lmm(no, ni, nh, w32, nh, 1, w21, ni, 1, x, 0, x, s11, s11)
-        _lmm(no, ni, ni, x, ni, 1, s11, ni, 1, e, 5, s31, two_eta, shrink)
+    _error(w21, w32, s11, s31, m0, ni, nh, no, x, e, 5, two_eta)
     # literal modes: with the mode a variable here, the epilogues stayed scalar (the step ran 3.5× slower)
     if decays:
         _lmm(no, nh, ni, e, ni, 1, w21, 1, ni, w32_next, 4, w32, two_eta, shrink)
@@ -305,7 +301,7 @@ def _gradient(w21, w32, s11, s31, m0, ni, nh, no, x, e, g32, bb, decay, g2, unus
     """G = ∂L/∂W + γW of both layers per lane (W21's into ``bb``, W32's into ``g32``) and g2[l] = ‖G‖² of lane l, as
     a checked step of ``gd_chunk`` forms them: E = Σ31 − W32 W21 Σ11, then E W21ᵀ and W32ᵀ E, then
     ``_finish_gradient``. ``unused``: any per-lane array (``_lmm``'s alpha and beta, unread in its mode 0)."""
-    _error(w21, w32, s11, s31, m0, ni, nh, no, x, e)
+    _error(w21, w32, s11, s31, m0, ni, nh, no, x, e, 1, unused)
     _lmm(no, nh, ni, e, ni, 1, w21, 1, ni, g32, 0, x, unused, unused)
     _lmm(nh, ni, no, w32, 1, nh, e, ni, 1, bb, 0, x, unused, unused)
     for l in range(LANES):
