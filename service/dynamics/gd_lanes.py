@@ -49,7 +49,7 @@ accumulators and per-lane constants live in stack buffers (``_stack_array``), wh
 so they stay in registers and a tile's loads can be grouped before its stores; and element-wise passes step
 their rows by a stride the optimiser cannot see is constant (``_finish_gradient``).
 
-Speed (bench/results.md, "## sweeps"): an in-process sweep of (8,16,8) nets runs ×1.7 the one-by-one loop; a
+Speed (bench/results.md, "## sweeps"): an in-process sweep of (8,16,8) nets runs ×1.8 the one-by-one loop; a
 fused step reaches ~0.8 of one core's GEMM rate (1.3 µs a block). Every lane array starts on a cache line
 (``empty_lanes``). ``lane_diagnostics`` computes the records'
 gradient norm, balance drift and network map of a group's points in lanes after the run
@@ -254,7 +254,7 @@ def _fused_step(w21, w32, w32_next, s11, s31, m0, ni, nh, no, x, e, two_eta, shr
     1), leaves the products' multiply-adds alone on the FMA units (a step is bound by them): 2η·(E W21ᵀ) becomes
     (2ηE) W21ᵀ, a rounding moved, not a formula changed."""
     _error(w21, w32, s11, s31, m0, ni, nh, no, x, e, 5, two_eta)
-    # literal modes: with the mode a variable here, the epilogues stayed scalar (the step ran 3.5× slower)
+    # literal modes: with the mode a variable here, the epilogues stayed scalar (docs/performance.md#sweep-lanes)
     if decays:
         _lmm(no, nh, ni, e, ni, 1, w21, 1, ni, w32_next, 4, w32, two_eta, shrink)
         _lmm(nh, ni, no, w32, 1, nh, e, ni, 1, w21, 4, w21, two_eta, shrink)
@@ -668,9 +668,8 @@ def diagnostics_scratch_size(ni: int, nh: int, no: int) -> int:
 def empty_lanes(shape, dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` starting on a ``ALIGN``-byte boundary.
 
-    A lane vector is LANES contiguous entries (64 bytes in float64): numpy's 16-byte aligned buffers make every such
-    load and store straddle two cache lines, which cost the fused step ~10 % (an (8,16,8) sweep's kernel, 1.83 ms a
-    point aligned against 2.05 ms at an 8-byte offset, same run)."""
+    A lane vector is LANES contiguous entries (64 bytes in float64): in numpy's 16-byte aligned buffers every such load
+    and store may straddle two cache lines (measured in docs/performance.md#sweep-lanes)."""
     dt = np.dtype(dtype)
     n = int(np.prod(shape))
     raw = np.empty(n * dt.itemsize + ALIGN, dtype=np.uint8)
