@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -172,14 +173,25 @@ def _decode_frame(read: Reader, offset: int, size: int, dtype: np.dtype, shape: 
     return out.view(dtype).reshape(shape)
 
 
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """This thread's compressor (one may not serve two threads at once): making one per array cost about as much as
+    compressing a small trajectory's arrays."""
+    c = getattr(_local, "compressor", None)
+    if c is None:
+        c = _local.compressor = zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True)
+    return c
+
+
 def pack(arrays: Mapping[str, Value]) -> bytes:
     """The stored form of named arrays and scalars (module docstring); frames compressed on several threads."""
     names = [n for n, v in arrays.items() if isinstance(v, np.ndarray)]
     scalars = {n: v for n, v in arrays.items() if not isinstance(v, np.ndarray)}
 
     def compress(name: str) -> bytes:
-        a = arrays[name]
-        return zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True).compress(_shuffle(a))
+        return _compressor().compress(_shuffle(arrays[name]))
 
     if len(names) > 1 and sum(arrays[n].nbytes for n in names) > 1 << 20:
         with ThreadPoolExecutor(_THREADS) as pool:

@@ -272,6 +272,19 @@ def test_a_large_trajectory_is_printed_in_pieces_one_array_at_a_time(monkeypatch
     assert sorted(reads) == sorted(set(reads))  # every array read once
 
 
+def test_packs_made_on_several_threads_at_once_equal_one_made_alone():
+    """Each thread keeps its own compressor (``codec._compressor``): sharing one across threads would mix frames."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    arrays = document_arrays(doc())
+    alone = codec.pack(arrays)
+    with ThreadPoolExecutor(4) as pool:
+        blobs = list(pool.map(lambda _: codec.pack(arrays), range(64)))
+    assert all(blob == alone for blob in blobs)
+    stored = codec.StoredTrajectory(codec.reader_of(alone), len(alone))
+    assert np.array_equal(stored.get("product"), np.asarray(arrays["product"]))
+
+
 def _damage_last_array(service, job: str) -> None:
     with service.store.db.write() as conn:
         blob = bytearray(conn.execute("SELECT data FROM results WHERE job_id = ?", (job,)).fetchone()[0])
