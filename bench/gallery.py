@@ -109,6 +109,13 @@ COMPARISONS = {
     "gd_eta": [(f"GD η = {eta}", RUNS["rich"] | {"training": {"method": "gd", "learning_rate": eta,
                                                             "steps": round(4.0 / eta)}})
                for eta in (0.1, 0.05, 0.01)] + [("exact", RUNS["rich"])],
+    # Cohen et al.'s figure: each η sharpens to its own 2/η (t = η·step: below its edge GD follows the flow)
+    "edge_of_stability": [(f"GD η = {eta}", RUNS["sharpening"] | {
+        "training": {"method": "gd", "learning_rate": eta, "steps": round(240 / eta), "stop_at_convergence": False},
+        "record": {"points": 201, "sharpness": True}}) for eta in (0.08, 0.12, 0.16)] + [
+        ("gradient flow", RUNS["sharpening"] | {"training": {"method": "flow", "t_max": 240.0,
+                                                             "stop_at_convergence": False},
+                                                "record": {"points": 201, "sharpness": True}})],
 }
 
 

@@ -1,4 +1,4 @@
-"""GET /v1/plots/compare.svg|.png|.pdf?simulation=<id>&simulation=<id>…&kind=loss|modes|kernel: several succeeded
+"""GET /v1/plots/compare.svg|.png|.pdf?simulation=<id>&simulation=<id>…&kind=loss|modes|kernel|sharpness: several succeeded
 simulations in one figure (lazy vs rich, GD at several learning rates against the theory), drawn by
 ``service.plots.compare``. The legend names each run by its ``name`` and ``tags`` when the simulation has them, else
 by its id."""
@@ -30,6 +30,9 @@ Up to {MAX_RUNS} succeeded simulations in one figure, one colour each, named in 
 * `kind=modes`: each run's mode strengths (solid) and its theory (dashed), in the run's colour.
 * `kind=kernel`: each run's NTK distance from its start d_K(t) (needs `record.kernel: true`); log y when some run
   stays lazy, so that lazy and rich runs show on one axis.
+* `kind=sharpness`: each run's sharpness S(t), the top Hessian eigenvalue of the loss (needs `record.sharpness: true`),
+  and its edge of stability 2/η dashed in the same colour: GD at several learning rates, each sharpening to its own
+  2/η (Cohen et al. 2021), beside a flow run, which has no threshold. The legend says when each run reaches it.
 
 The time axis is shared (`time_scale` as for a simulation's plot). 404 for an id that is unknown (or another key's),
 409 for one that has not succeeded.
@@ -39,8 +42,8 @@ The time axis is shared (`time_scale` as for a simulation's plot). 404 for an id
 async def _compare_query(
     simulation: Annotated[list[str], Query(min_length=1, max_length=MAX_RUNS,
                                            description=f"The simulation ids, repeated (1 to {MAX_RUNS}).")],
-    kind: Annotated[Literal["loss", "modes", "kernel"], Query(description="What to draw: loss, modes, kernel.")
-                    ] = "loss",
+    kind: Annotated[Literal["loss", "modes", "kernel", "sharpness"],
+                    Query(description="What to draw: loss, modes, kernel, sharpness.")] = "loss",
     time_scale: ScaleQuery = "auto",
     y_scale: YScaleQuery = "auto",
 ) -> tuple[list[str], str, Options]:

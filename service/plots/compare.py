@@ -1,9 +1,11 @@
 """Several runs in one figure (GET /v1/plots/compare.svg): lazy against rich, GD at several learning rates against
 the theory. One colour per run, named in the legend by the run's label (its name and tags, else its id).
 
-    loss    each run's loss L(t) (L − L* for all runs when one of them does not know Σ33), test loss dashed
-    modes   each run's mode strengths (solid) and theory (dashed), in the run's colour
-    kernel  each run's NTK distance d_K(t); log y when some run stays lazy (d_K < 0.05), so lazy and rich both show
+    loss       each run's loss L(t) (L − L* for all runs when one of them does not know Σ33), test loss dashed
+    modes      each run's mode strengths (solid) and theory (dashed), in the run's colour
+    kernel     each run's NTK distance d_K(t); log y when some run stays lazy (d_K < 0.05), so lazy and rich both show
+    sharpness  each run's sharpness S(t) = λ_1 (solid) and its edge of stability 2/η (dashed), in the run's colour:
+               Cohen et al. 2021's figure, GD at several step sizes each sharpening to its own 2/η (a flow run has none)
 
 The time axis is shared: log when the run that settles first does so early (``timing.choose_time_scale`` on the
 union of the records).
@@ -17,15 +19,16 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from .common import Context, Options, PlotError, array, method_name
+from .common import Context, Options, PlotError, array, fmt, method_name
 from .kernel import LAZY_DISTANCE, ROUNDOFF
 from .loss import roundoff_floor
 from .modes import mode_groups
 from .render import new_figure
-from .style import GRID, colours, legend_right, log_axis, note, sample
+from .sharpness import THRESHOLD_REACH, eigenvalues, first_crossing, step_size_note, threshold_formula
+from .style import GRID, colours, legend_right, log_axis, note, sample, wrap
 from .timing import apply_time_axis, choose_time_scale, mode_strengths, settle_time, shown
 
-COMPARE_KINDS = ("loss", "modes", "kernel")
+COMPARE_KINDS = ("loss", "modes", "kernel", "sharpness")
 MAX_RUNS = 8
 
 
@@ -36,11 +39,14 @@ def figure(runs: Sequence[tuple[str, Mapping[str, Any], Context]], kind: str, op
     if not 1 <= len(runs) <= MAX_RUNS:
         raise PlotError(f"{len(runs)} simulations given; a comparison draws 1 to {MAX_RUNS}", field="simulation",
                         fix=f"give between 1 and {MAX_RUNS} simulation ids: simulation=<id>&simulation=<id>")
-    if kind == "kernel":
-        missing = [label for label, doc, _ in runs if doc.get("kernel_distance") is None]
+    recorded = {"kernel": ("kernel_distance", "the neural tangent kernel", "record.kernel set to true"),
+                "sharpness": ("sharpness", "the sharpness (the top Hessian eigenvalues)", "record.sharpness set to true")}
+    if kind in recorded:
+        member, what, setting = recorded[kind]
+        missing = [label for label, doc, _ in runs if doc.get(member) is None]
         if missing:
-            raise PlotError(f"{', '.join(missing)} did not record the neural tangent kernel", field="kind",
-                            fix="run them again with record.kernel set to true", code="not_recorded")
+            raise PlotError(f"{', '.join(missing)} did not record {what}", field="kind",
+                            fix=f"run them again with {setting}", code="not_recorded")
     times = [array(doc["time"]) for _, doc, _ in runs]
     settles = [s for s in (settle_time(t, mode_strengths(doc)) for t, (_, doc, _) in zip(times, runs, strict=True))
                if s is not None]
@@ -90,6 +96,8 @@ def figure(runs: Sequence[tuple[str, Mapping[str, Any], Context]], kind: str, op
             handles.append(sample("dashed: each run's theory", lw=1.1, ls=(0, (4, 3))))
         notes.append("modes with s = 0 not shown")
         ylabel = "mode strength u_α(t) = u_αᵀ W(t) v_α  (Σ31 = U S Vᵀ)"
+    elif kind == "sharpness":
+        ylabel, y_log = _sharpness(ax, runs, times, palette, scale, options, handles, notes, all_y)
     else:
         maxima = []
         for (label, doc, _), t, colour in zip(runs, times, palette, strict=True):
@@ -122,3 +130,52 @@ def figure(runs: Sequence[tuple[str, Mapping[str, Any], Context]], kind: str, op
     ax.grid(True, which="major", **GRID)
     legend_right(ax, handles + [note(n) for n in notes], title="runs")
     return fig
+
+
+def _sharpness(ax, runs, times, palette, scale: str, options: Options, handles: list, notes: list, all_y: list
+               ) -> tuple[str, bool]:
+    """Each run's S(t) = λ_1 solid and its threshold 2/η dashed, both in the run's colour; a threshold far above every
+    sharpness (below ``THRESHOLD_REACH`` of it) is named in the legend instead of squashing the curves. Returns the
+    y label and whether the axis is logarithmic."""
+    y_log = options.y_scale == "log"
+    top, dropped = 0.0, 0
+    # below its edge GD follows the flow, so runs overlap: each drawn thinner than the one before stays visible
+    widths = np.linspace(6.4, 1.6, len(runs)) if len(runs) > 1 else [2.0]
+    for i, ((label, doc, context), t, colour) in enumerate(zip(runs, times, palette, strict=True)):
+        keep = shown(t, scale)
+        s = eigenvalues(doc)[:, 0]
+        ok = keep & np.isfinite(s) & ((s > 0) if y_log else True)
+        dropped += int(np.sum(keep & np.isfinite(s) & ~ok))
+        reached = float(np.nanmax(s)) if np.isfinite(s).any() else 0.0
+        threshold = doc.get("sharpness_threshold")
+        formula = threshold_formula(context.training)
+        if threshold is None or not np.isfinite(threshold):
+            fate = "no step size, no edge of stability"
+        else:
+            crossing = first_crossing(t, s, float(threshold))
+            fate = (f"{formula} = {fmt(float(threshold))}, reached at t = {fmt(crossing, 4)}" if crossing is not None
+                    else f"{formula} = {fmt(float(threshold))}, S peaks at {reached / float(threshold):.2g} of it")
+            if reached >= THRESHOLD_REACH * float(threshold):
+                ax.axhline(float(threshold), color=colour, ls="--", lw=1.3, zorder=2, gid=f"threshold-{i}")
+                top = max(top, float(threshold))
+            else:
+                fate += " (above the axis)"
+        # the method and step size, unless the run's label says them already ("GD η = 0.1", "gradient flow")
+        unsaid = [part for part in [method_name(doc), *step_size_note(doc, context.training).split(", ")[1:]]
+                  if part not in label]
+        name = f"{label} ({', '.join(unsaid)})" if unsaid else label
+        (line,) = ax.plot(t[ok], s[ok], color=colour, lw=widths[i], zorder=3, gid=f"sharpness-{i}",
+                          label=wrap(f"{name}: {fate}"))
+        handles.append(line)
+        all_y += list(s[ok])
+        top = max(top, reached)
+    handles.append(sample("solid: the sharpness S(t) = λ_1, the top Hessian eigenvalue of L (runs that coincide: "
+                          "the later drawn thinner, inside)", lw=2.0))
+    if any(ln.get_gid() and ln.get_gid().startswith("threshold-") for ln in ax.get_lines()):
+        handles.append(sample("dashed: each run's 2/η, its edge of stability (Cohen et al. 2021)", lw=1.3, ls="--"))
+    if dropped:
+        notes.append(f"{dropped} values ≤ 0 not shown (log scale)")
+    if not y_log:
+        lowest = min(all_y, default=0.0)
+        ax.set_ylim(bottom=min(0.0, 1.05 * lowest), top=1.08 * top if top > 0 else None)
+    return "sharpness S(t) = λ_1 of the Hessian of L", y_log

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.plots import PlotError, compare_figure
+from service.plots import Options, PlotError, compare_figure
 from service.plots.common import Context
 from tests.api.conftest import assert_problem
-from tests.support.figures import LAZY, RICH, doc, legend_texts, texts
+from tests.support.figures import LAZY, RICH, SHARPENING_GD, context, doc, legend_texts, lines_by_gid, texts
 from tests.support.real_runs import TEACHER_FLOW, create_finished
 
 pytestmark = pytest.mark.anyio
@@ -47,6 +47,45 @@ def test_kernel_comparison_of_a_run_without_the_kernel_says_not_recorded():
     with pytest.raises(PlotError) as info:
         compare_figure([("lazy", doc("lazy"), Context()), ("teacher", doc("teacher"), Context())], "kernel")
     assert info.value.code == "not_recorded" and "teacher" in info.value.message
+
+
+def sharpness_runs():
+    return [("gd", doc("sharpening"), context("sharpening")), ("flow", doc("sharpness_flow"), context("sharpness_flow"))]
+
+
+def test_sharpness_comparison_draws_each_runs_sharpness_and_its_own_threshold_in_its_colour():
+    fig = compare_figure(sharpness_runs(), "sharpness", Options(time_scale="linear"))  # linear: t = 0 drawn too
+    (gd,) = lines_by_gid(fig, "sharpness-0")
+    (flow,) = lines_by_gid(fig, "sharpness-1")
+    assert np.array_equal(gd.get_ydata(), np.array(doc("sharpening")["sharpness"])[:, 0])  # λ_1, every record
+    assert np.array_equal(flow.get_ydata(), np.array(doc("sharpness_flow")["sharpness"])[:, 0])
+    (threshold,) = lines_by_gid(fig, "threshold-0")
+    assert list(threshold.get_ydata()) == [doc("sharpening")["sharpness_threshold"]] * 2
+    assert doc("sharpening")["sharpness_threshold"] == pytest.approx(2 / 0.16) and threshold.get_linestyle() == "--"
+    assert threshold.get_color() == gd.get_color() != flow.get_color()
+    assert not lines_by_gid(fig, "threshold-1")                         # a flow run has no step size
+    assert gd.get_linewidth() > flow.get_linewidth()                   # a run drawn over another stays visible
+
+
+def test_sharpness_comparison_legend_says_when_each_run_reaches_its_edge():
+    text = " ".join(legend_texts(compare_figure(sharpness_runs(), "sharpness")))
+    d = doc("sharpening")
+    s = np.array(d["sharpness"])[:, 0]
+    crossing = d["time"][int(np.argmax(s >= d["sharpness_threshold"]))]
+    assert f"gd (gradient descent, η = 0.16): 2/η = 12.5, reached at t = {crossing:.4g}" in text
+    assert "flow (gradient flow): no step size, no edge of stability" in text
+
+
+def test_sharpness_comparison_of_a_run_without_it_says_not_recorded():
+    with pytest.raises(PlotError) as info:
+        compare_figure([*sharpness_runs(), ("lazy", doc("lazy"), Context())], "sharpness")
+    assert info.value.code == "not_recorded" and "lazy did not record the sharpness" in info.value.message
+
+
+async def test_compare_route_draws_the_sharpness(service):
+    gd = await create_finished(service, {**SHARPENING_GD, "name": "gd"}, doc("sharpening"))
+    response = await compare(service, [gd], "png", kind="sharpness")
+    assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
 
 
 async def test_compare_route_labels_runs_by_id_without_names(service):

@@ -23,6 +23,7 @@ from tests.support.figures import (
     doc,
     legend_texts,
     legends,
+    lines_by_gid,
     texts,
 )
 from tests.support.real_runs import (
@@ -422,11 +423,6 @@ async def test_similarity_counts_towards_the_trajectory_size_limit(service):
 
 # ------------------------------------------------------------------------------------------------
 # tasks: a task sequence's forgetting curves
-
-
-def lines_by_gid(fig, prefix: str) -> list:
-    return sorted((ln for ax in fig.axes for ln in ax.get_lines() if (ln.get_gid() or "").startswith(prefix)),
-                  key=lambda ln: ln.get_gid())
 
 
 def test_tasks_figure_draws_each_phases_task_loss_as_one_line():

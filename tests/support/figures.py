@@ -65,6 +65,12 @@ def context(name: str) -> Context:
     return context_of(SimulationRequest.model_validate(RUNS[name]).model_dump(mode="json", by_alias=True))
 
 
+def lines_by_gid(fig, prefix: str) -> list:
+    """The figure's lines whose gid starts with ``prefix``, sorted by gid."""
+    return sorted((ln for ax in fig.axes for ln in ax.get_lines() if (ln.get_gid() or "").startswith(prefix)),
+                  key=lambda ln: ln.get_gid())
+
+
 def legend_texts(fig) -> list[str]:
     return [t.get_text().replace("\n  ", " ") for lg in legends(fig) for t in lg.get_texts()]
 
