@@ -404,7 +404,7 @@ def test_a_sweep_points_trajectory_equals_the_simulation_of_its_request(dl, swee
     for name, array in single.items():
         if np.issubdtype(array.dtype, np.floating) and array.size:
             # the simulation steps with BLAS, the sweep's two-layer nets in SIMD lanes (service/dynamics/gd_lanes.py):
-            # equal to round-off, ≤ 3e-14 relative over 10,000 steps (tests/dynamics/test_lanes.py). Entries near 0
+            # equal to round-off, ≤ 4e-14 relative over 10,000 steps (tests/dynamics/test_lanes.py). Entries near 0
             # (strengths, excess loss) and differences of larger terms (the balance drift, of Grams as large as the
             # network map) carry the round-off of the map's scale, so that is the absolute tolerance's scale.
             scale = max(float(np.nanmax(np.abs(a), initial=0.0)) for a in (array, single["product"]))
