@@ -12,10 +12,9 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service import codec
 from service.api.deps import OwnerDep, SimulationsDep
 from service.api.errors import problem_responses
-from service.api.plot_params import FORMATS, Dpi, ScaleQuery, YScaleQuery, plot_problem, success
+from service.api.plot_params import FORMATS, Dpi, ScaleQuery, YScaleQuery, plot_document, plot_problem, success
 from service.plots import MAX_RUNS, Options, PlotError, render_compare
 from service.plots.context import context_of, run_label
 from service.problems import ProblemError, field_error
@@ -61,8 +60,7 @@ def _endpoint(fmt: str) -> Callable[..., Any]:
         runs = []
         for job_id in ids:
             row = await simulations.get(job_id, owner)
-            doc = await simulations.read_trajectory(
-                job_id, owner, lambda stored: codec.document(codec.select(stored), codec.MEMBERS))
+            doc = await simulations.read_trajectory(job_id, owner, plot_document)
             label = run_label(job_id, getattr(row, "name", None), getattr(row, "tags", None))
             runs.append((label, doc, context_of(orjson.loads(row.request), label)))
         try:

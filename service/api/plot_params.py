@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Query
 from pydantic import Field
 
+from service import codec
 from service.plots import (
     AGGREGATES,
     DEFAULT_DPI,
@@ -16,13 +17,22 @@ from service.plots import (
     MAX_DPI,
     MAX_TIMES,
     MIN_DPI,
+    NOT_DRAWN,
     Options,
     PlotError,
 )
 from service.problems import ProblemError, field_error
 
-__all__ = ["FORMATS", "Dpi", "ScaleQuery", "SimulationPlotQuery", "SweepPlotQuery", "plot_problem",
-           "simulation_plot_query", "success", "sweep_plot_query"]
+__all__ = ["FORMATS", "PLOT_MEMBERS", "Dpi", "ScaleQuery", "SimulationPlotQuery", "SweepPlotQuery", "plot_document",
+           "plot_problem", "simulation_plot_query", "success", "sweep_plot_query"]
+
+# The members of a stored trajectory that figures read (``service.plots.NOT_DRAWN`` are not read from the store)
+PLOT_MEMBERS = tuple(m for m in codec.MEMBERS if m not in NOT_DRAWN)
+
+
+def plot_document(stored: codec.Stored) -> dict[str, Any]:
+    """The trajectory document a figure is drawn from: ``PLOT_MEMBERS`` only, each array read when it is selected."""
+    return codec.document(codec.select(stored, PLOT_MEMBERS), PLOT_MEMBERS)
 
 Scale = Literal["auto", "linear", "log"]
 ScaleQuery = Annotated[Scale, Query(

@@ -25,6 +25,7 @@ from service.api.plot_params import (
     Dpi,
     SimulationPlotQuery,
     SweepPlotQuery,
+    plot_document,
     plot_problem,
     simulation_plot_query,
     success,
@@ -114,8 +115,7 @@ def _simulation_endpoint(fmt: str) -> Callable[..., Any]:
         context = context_of(orjson.loads(row.request), getattr(row, "name", None))
 
         def draw(stored: codec.Stored) -> bytes:
-            doc = codec.document(codec.select(stored), codec.MEMBERS)
-            return render_plot(doc, q.kind, q.options, context, fmt=fmt, dpi=dpi)
+            return render_plot(plot_document(stored), q.kind, q.options, context, fmt=fmt, dpi=dpi)
 
         try:
             body = await simulations.read_trajectory(job_id, owner, draw)
@@ -161,10 +161,7 @@ def _sweep_endpoint(fmt: str) -> Callable[..., Any]:
 def _point_endpoint(fmt: str) -> Callable[..., Any]:
     async def render(sweep_id: str, k: int, sweeps: Any, owner: str | None, q: SimulationPlotQuery, dpi: int | None
                      ) -> Response:
-        def document(stored: codec.Stored) -> dict[str, Any]:
-            return codec.document(codec.select(stored), codec.MEMBERS)
-
-        row, point, doc = await sweeps.read_point_trajectory(sweep_id, k, owner, document)
+        row, point, doc = await sweeps.read_point_trajectory(sweep_id, k, owner, plot_document)
         request = apply_params(orjson.loads(row.request)["base"], orjson.loads(point.params))
         try:
             body = await run_in_threadpool(lambda: render_plot(doc, q.kind, q.options, context_of(request),

@@ -16,7 +16,7 @@ One family of figures per module:
     tasks       a task sequence: every phase's task loss, the switches marked, the phases tinted (forgetting)
     sharpness   the top Hessian eigenvalues with GD's threshold 2/η (edge of stability), the loss above
     sweeps      a sweep's results against a swept parameter: seeds averaged, small multiples by a stated rule
-    compare     several runs in one figure (loss, modes, kernel)
+    compare     several runs in one figure (loss, modes, kernel, sharpness)
 
 and the shared parts: ``common`` (options, context, errors), ``style`` (look, legends), ``timing`` (the time axis,
 stage times), ``heatmaps`` (matrices at any size), ``render`` (the lock, the formats).
@@ -36,11 +36,14 @@ from .render import DEFAULT_DPI, FORMATS, MAX_DPI, MIN_DPI, build, render
 from .sweeps import AGGREGATES, MAX_LINES, MAX_PANELS, SWEEP_KINDS, sweep_axes
 
 KINDS = ("loss", "modes", "product", "similarity", "kernel", "tasks", "sharpness")
+# Trajectory members no figure reads: the plot routes leave them out of the documents they build, so that a run that
+# recorded every layer at every record (record.weights) is not decompressed whole to draw its loss
+NOT_DRAWN = ("weights", "final_weights", "gradient_norm", "balance_drift", "distance_to_optimum", "stability_hint")
 _FIGURES = {"loss": loss.figure, "modes": modes.figure, "product": product.figure, "similarity": similarity.figure,
             "kernel": kernel.figure, "tasks": tasks.figure, "sharpness": sharpness.figure}
 
 __all__ = ["AGGREGATES", "COMPARE_KINDS", "DEFAULT_DPI", "FORMATS", "KINDS", "MAX_DPI", "MAX_LINES", "MAX_PANELS",
-           "MAX_RUNS", "MAX_TIMES", "MIN_DPI", "SCALES", "SWEEP_KINDS", "Context", "Options", "PlotError",
+           "MAX_RUNS", "MAX_TIMES", "MIN_DPI", "NOT_DRAWN", "SCALES", "SWEEP_KINDS", "Context", "Options", "PlotError",
            "compare_figure", "nearest_records", "plot_figure", "precision_of", "render_compare", "render_plot",
            "render_sweep_plot", "sweep_axes", "sweep_figure"]
 

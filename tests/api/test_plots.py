@@ -4,6 +4,7 @@ trajectories drawn, the Figure objects inspected (scales, lines, legends, labels
 from __future__ import annotations
 
 import copy
+import re
 import struct
 import xml.etree.ElementTree as ET
 
@@ -12,8 +13,9 @@ import orjson
 import pytest
 
 from service.plots import Options, PlotError, nearest_records, plot_figure, render_plot
-from service.plots.context import run_label
+from service.plots.context import context_of, run_label
 from service.plots.loss import roundoff_floor
+from service.schemas import SimulationRequest
 from tests.api.conftest import assert_problem, small_request
 from tests.support.figures import (
     RUNS,
@@ -30,6 +32,7 @@ from tests.support.real_runs import (
     HIERARCHY_GD,
     TEACHER_FLOW,
     create_finished,
+    run_document,
 )
 
 pytestmark = pytest.mark.anyio
@@ -626,3 +629,33 @@ def test_the_kind_enum_of_the_plot_route_is_the_plot_packages_kinds():
     parameters = spec["paths"]["/v1/simulations/{job_id}/plot.svg"]["get"]["parameters"]
     kind = next(p for p in parameters if p["name"] == "kind")
     assert tuple(kind["schema"]["enum"]) == KINDS
+
+
+# ------------------------------------------------------------------------------------------------
+# what the plot routes read of a stored trajectory
+
+
+def test_figures_drawn_without_the_members_no_figure_reads_are_the_same_pixels():
+    """The routes leave ``NOT_DRAWN`` (the recorded weights above all) in the store: every kind's PNG is the one drawn
+    from the whole document, and the weights are never decompressed."""
+    from service import codec
+    from service.api.plot_params import PLOT_MEMBERS, plot_document
+    from service.plots import KINDS, NOT_DRAWN
+    from tests.support.trajectories import packed
+
+    request = {**HIERARCHY_GD, "record": {"points": 30, "weights": True, "similarity": True, "kernel": True,
+                                          "sharpness": True}}
+    blob = packed(run_document(request))
+    stored = codec.StoredTrajectory(codec.reader_of(blob), len(blob))
+    assert any(n.startswith("weights_") for n in stored.names)
+    assert not any(codec.field_of(n).member in NOT_DRAWN for n in codec.selected_names(stored, PLOT_MEMBERS))
+    whole, drawn = codec.document(codec.select(stored), codec.MEMBERS), plot_document(stored)
+    context = context_of(SimulationRequest.model_validate(request).model_dump(mode="json", by_alias=True))
+    for kind in KINDS:
+        try:
+            want = render_plot(whole, kind, context=context, fmt="png")
+        except PlotError as exc:  # tasks: not a task sequence
+            with pytest.raises(PlotError, match=re.escape(exc.message)):
+                render_plot(drawn, kind, context=context, fmt="png")
+            continue
+        assert render_plot(drawn, kind, context=context, fmt="png") == want, kind
