@@ -1,7 +1,7 @@
-"""GET /v1/plots/compare.svg|.png|.pdf?simulation=<id>&simulation=<id>…&kind=loss|modes|kernel|sharpness: several succeeded
-simulations in one figure (lazy vs rich, GD at several learning rates against the theory), drawn by
-``service.plots.compare``. The legend names each run by its ``name`` and ``tags`` when the simulation has them, else
-by its id."""
+"""GET /v1/plots/compare.svg|.png|.pdf?simulation=<id>&simulation=<id>…&kind=loss|modes|kernel|sharpness: several
+succeeded simulations in one figure (lazy vs rich, GD at several learning rates against the theory or at its edge of
+stability), drawn by ``service.plots.compare``. The legend names each run by its ``name`` and ``tags`` when the
+simulation has them, else by its id."""
 
 from __future__ import annotations
 

@@ -172,7 +172,8 @@ def _sharpness(ax, runs, times, palette, scale: str, options: Options, handles: 
     handles.append(sample("solid: the sharpness S(t) = λ_1, the top Hessian eigenvalue of L (runs that coincide: "
                           "the later drawn thinner, inside)", lw=2.0))
     if any(ln.get_gid() and ln.get_gid().startswith("threshold-") for ln in ax.get_lines()):
-        handles.append(sample("dashed: each run's 2/η, its edge of stability (Cohen et al. 2021)", lw=1.3, ls="--"))
+        handles.append(sample("dashed: each run's edge of stability (2/η for plain GD; Cohen et al. 2021)", lw=1.3,
+                              ls="--"))
     if dropped:
         notes.append(f"{dropped} values ≤ 0 not shown (log scale)")
     if not y_log:
