@@ -124,6 +124,19 @@ class Service:
                 total += int(fields[11]) + int(fields[12])  # utime + stime
         return total / os.sysconf("SC_CLK_TCK")
 
+    def wait_idle(self, cores: float = 0.1, window: float = 1.0, timeout: float = 300.0) -> float:
+        """Wait until the service's processes use less than ``cores`` CPUs over ``window`` s (its workers' background
+        warm-up done: seconds with numba's cache warm, minutes after a kernel's source changed); the seconds waited.
+        RuntimeError after ``timeout``."""
+        t0 = time.perf_counter()
+        while True:
+            cpu0 = self.cpu_seconds()
+            time.sleep(window)
+            if self.cpu_seconds() - cpu0 < cores * window:
+                return time.perf_counter() - t0
+            if self.process.poll() is not None or time.perf_counter() - t0 > timeout:
+                raise RuntimeError(f"the service stayed busy for {timeout:.0f} s (see {self.log.name})")
+
     def api_cpu_seconds(self) -> float:
         """CPU time used so far by the API process alone (the one this script started: uvicorn and the scheduler)."""
         try:

@@ -31,7 +31,8 @@ Figures, all measured side by side in one run:
   learning rates × init scales) POSTed to a service started as ``make run`` starts it (2 embedded workers),
   ``keep: summary``, timed by the sweep's own ``finished_at − started_at``: what the Dask rows measure
   plus everything a sweep request costs a worker (each point's request validated and built, its summary row, the
-  chunk's results stored by the API). The GEMM yardstick is sampled with the service frozen.
+  chunk's results stored by the API). Its sweeps take turns with the Dask clusters' in the same rounds; the service
+  is frozen (SIGSTOP) while anything else is timed, the GEMM yardstick included.
 
 The learning rate is tiny (1e-9, varied ×2 over the points, init scale varied too): every point runs all
 its steps, so the work is known and equal across points.
@@ -248,29 +249,43 @@ def service_sweep_seconds(service: Service, body: bytes) -> float:
     return job_seconds(sweep)
 
 
-def through_service(ctx: Context, case: Case) -> Row:
-    """The case's sweep through HTTP on a fresh service (best of ``case.reps``)."""
-    import tempfile
+class ServiceSweeps:
+    """A service started as ``make run`` starts it (2 embedded workers), warmed up, then frozen between its timed sweeps
+    (``rate``): its sweeps take turns with the Dask clusters' in the same rounds, so that every row gets the same
+    chances at this machine's quiet windows."""
 
-    with tempfile.TemporaryDirectory() as workdir:
-        service = Service(Path(workdir))
+    def __init__(self, case: Case) -> None:
+        import tempfile
+
+        self._workdir = tempfile.TemporaryDirectory()
+        self.service = Service(Path(self._workdir.name))
+        # a small sweep first: the workers load (or, on a fresh install, compile) the lane kernels; then their
+        # background warm-up of the other kernels must be over before anything is timed
+        service_sweep_seconds(self.service, sweep_body(Case(case.size, 16, 100, 0.0, 1)))
+        self.service.wait_idle()
+        self.service.pause()
+
+    def rate(self, case: Case) -> float:
+        """Simulation-steps per second of one sweep of the case (its own finished_at − started_at)."""
+        settle()  # this process's BLAS threads (the GEMM sample) must not spin on the service's cores
+        self.service.resume()
         try:
-            # a small sweep first: the workers load (or, on a fresh install, compile) the lane kernels
-            service_sweep_seconds(service, sweep_body(Case(case.size, 16, 100, 0.0, 1)))
-            best = float("inf")
-            for _ in range(case.reps):
-                service.pause()
-                ctx.sample_gemm()
-                service.resume()
-                best = min(best, service_sweep_seconds(service, sweep_body(case)))
+            return case.points * case.steps / service_sweep_seconds(self.service, sweep_body(case))
         finally:
-            service.stop()
+            self.service.pause()
+
+    def close(self) -> None:
+        self.service.stop()
+        self._workdir.cleanup()
+
+
+def service_row(case: Case, rate: float) -> Row:
     return Row(f"sweep through the service (HTTP, {os.cpu_count()} embedded workers)", str(case.size),
                flops=step_flops(list(case.size)), bar_fraction=case.bar,  # issue 21.3: "through the service"
-               measured=case.points * case.steps / best,
+               measured=rate,
                note=f"{case.points:,} points × {case.steps:,} steps, keep summary, the sweep's own time "
-                    f"(finished_at − started_at), best of {case.reps}; the Dask rows plus each point's request "
-                    f"validation and build, its summary row and the stored results")
+                    f"(finished_at − started_at), best of {case.reps}, in the Dask rows' rounds; the Dask rows plus "
+                    f"each point's request validation and build, its summary row and the stored results")
 
 
 def sweep_speed(ctx: Context) -> list[Row]:
@@ -298,12 +313,14 @@ def sweep_speed(ctx: Context) -> list[Row]:
     # Both clusters live side by side and their sweeps alternate (1 worker, 2 workers, 1, 2, …): the scaling
     # is a ratio, and this machine's speed drifts over the minutes one cluster's sweeps would take alone.
     # An idle cluster costs only its heartbeats.
-    print("  sweeps: Dask LocalClusters with 1 and 2 worker processes …", file=sys.stderr, flush=True)
+    print("  sweeps: Dask LocalClusters with 1 and 2 worker processes, and the service …", file=sys.stderr, flush=True)
     clusters: dict[int, Cluster] = {}
+    service = None
     try:
         for n in (1, 2):
             clusters[n] = Cluster(n)
         threads = {n: cluster.blas_threads for n, cluster in clusters.items()}
+        service = ServiceSweeps(cases[0])  # the first case's sweep as a request: what the issue asks of the service
         for case, points in sweeps.items():
             chunks = chunked(list(range(len(points))), case.chunks)
             for cluster in clusters.values():
@@ -314,11 +331,14 @@ def sweep_speed(ctx: Context) -> list[Row]:
                     wall, cpu = cluster.rate(case, chunks)
                     keep((case, n), wall)
                     keep((case, n, "cpu"), cpu)
+                if case == cases[0]:
+                    ctx.sample_gemm()
+                    keep((case, "service"), service.rate(case))
     finally:
         for cluster in clusters.values():
             cluster.close()
-    ctx.sample_gemm()
-    service_row = through_service(ctx, cases[0])
+        if service is not None:
+            service.close()
 
     rows = []
     for case in cases:
@@ -354,7 +374,8 @@ def sweep_speed(ctx: Context) -> list[Row]:
                              f"task CPU-second 2 vs 1 workers ×{per_cpu:.2f} (two free cores: ×{2 * per_cpu:.2f}); "
                              f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} on "
                              f"{os.cpu_count()} CPUs"))
-    rows.insert(next(i for i, r in enumerate(rows) if r.benchmark.startswith("sweep scaling")), service_row)
+    rows.insert(next(i for i, r in enumerate(rows) if r.benchmark.startswith("sweep scaling")),
+                service_row(cases[0], best[(cases[0], "service")]))
     return rows
 
 
