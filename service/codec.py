@@ -126,7 +126,10 @@ def _unshuffle(data: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarr
 
 
 # Frames are read and decoded this many bytes at a time: a large array is never held twice, nor beside its frame.
-DECODE_PIECE_BYTES = 1 << 22
+# Pieces (and the JSON pieces below, and uvicorn's copy of each) stay under the API's mmap threshold
+# (service/memory.py: 1 MiB), so they reuse the heap's warm pages: at 4 MiB every piece was a fresh mapping, faulted
+# in page by page, and decoding ran at half speed (docs/performance.md#storage).
+DECODE_PIECE_BYTES = 1 << 19
 
 
 class _FrameStream(io.RawIOBase):
@@ -483,8 +486,8 @@ def _selection(stored: Stored | Mapping[str, Value], fields: Sequence[str] | Non
 
 
 # JSON is printed in pieces of about this many bytes: a large trajectory streams out while the rest is printed,
-# and no more than one array (and one piece of its text) is held at a time.
-JSON_PIECE_BYTES = 1 << 21
+# and no more than one array (and one piece of its text) is held at a time. Under the mmap threshold, as above.
+JSON_PIECE_BYTES = 1 << 19
 _BYTES_PER_NUMBER = 20  # what a float64 takes in JSON, roughly, to size the pieces
 
 
