@@ -50,7 +50,8 @@ BENCHMARKS = [gd_speed, gd_speed_float32, gd_recording_overhead, analysis_record
               exact_cost, downloads]
 RESULTS = Path(__file__).with_name("results.md")
 # Sections of results.md that other scripts write and this run does not measure: carried over as they are.
-KEPT_SECTIONS = ("## Fresh start", "## Fresh start before issue 21")  # python3 bench/fresh_start.py --write
+KEPT_SECTIONS = ("## Fresh start", "## Fresh start before issue 21",  # python3 bench/fresh_start.py --write
+                 "## Attacks (issue 19)")  # make load (bench.attacks)
 
 
 def kept_sections(text: str) -> str:
