@@ -138,7 +138,7 @@ def _sharpness(ax, runs, times, palette, scale: str, options: Options, handles: 
     sharpness (below ``THRESHOLD_REACH`` of it) is named in the legend instead of squashing the curves. Returns the
     y label and whether the axis is logarithmic."""
     y_log = options.y_scale == "log"
-    top, dropped = 0.0, 0
+    top, dropped, drawn = 0.0, 0, False
     # below its edge GD follows the flow, so runs overlap: each drawn thinner than the one before stays visible
     widths = np.linspace(6.4, 1.6, len(runs)) if len(runs) > 1 else [2.0]
     for i, ((label, doc, context), t, colour) in enumerate(zip(runs, times, palette, strict=True)):
@@ -157,7 +157,7 @@ def _sharpness(ax, runs, times, palette, scale: str, options: Options, handles: 
                     else f"{formula} = {fmt(float(threshold))}, S peaks at {reached / float(threshold):.2g} of it")
             if reached >= THRESHOLD_REACH * float(threshold):
                 ax.axhline(float(threshold), color=colour, ls="--", lw=1.3, zorder=2, gid=f"threshold-{i}")
-                top = max(top, float(threshold))
+                top, drawn = max(top, float(threshold)), True
             else:
                 fate += " (above the axis)"
         # the method and step size, unless the run's label says them already ("GD η = 0.1", "gradient flow")
@@ -171,7 +171,7 @@ def _sharpness(ax, runs, times, palette, scale: str, options: Options, handles: 
         top = max(top, reached)
     handles.append(sample("solid: the sharpness S(t) = λ_1, the top Hessian eigenvalue of L (runs that coincide: "
                           "the later drawn thinner, inside)", lw=2.0))
-    if any(ln.get_gid() and ln.get_gid().startswith("threshold-") for ln in ax.get_lines()):
+    if drawn:
         handles.append(sample("dashed: each run's edge of stability (2/η for plain GD; Cohen et al. 2021)", lw=1.3,
                               ls="--"))
     if dropped:
