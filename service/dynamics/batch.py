@@ -82,6 +82,12 @@ from .trajectory import Trajectory
 # 100³ two-layer nets with 200 records take 32 MB per point, so 8 points per sub-batch. Sub-batching does
 # not change any result (the points are independent).
 MAX_SNAPSHOT_BYTES = 256 * 2 ** 20
+# ... and below this where that still leaves HEAP_MIN_POINTS points a sub-batch (small nets): under glibc's largest
+# mmap threshold (32 MiB), so a freed buffer stays in the heap for the next sub-batch or chunk. A larger one is mapped
+# afresh each time, its huge pages zeroed on first touch and, after an idle spell, backed again by the VM's host
+# (docs/performance.md#sweep-lanes).
+HEAP_SNAPSHOT_BYTES = 24 * 2 ** 20
+HEAP_MIN_POINTS = 4 * gd_lanes.LANES
 
 @dataclass(frozen=True, eq=False)
 class SweepPoint:
@@ -210,10 +216,17 @@ class _Progress:
 
 
 def _sub_batches(idx: list[int], layout: Layout, p: SweepPoint) -> list[list[int]]:
-    """Consecutive slices of a group whose record buffers fit in MAX_SNAPSHOT_BYTES (at least 1 point)."""
+    """Consecutive slices of a group whose record buffers fit in HEAP_SNAPSHOT_BYTES when that leaves HEAP_MIN_POINTS
+    points a slice, else in MAX_SNAPSHOT_BYTES (at least 1 point); as even as may be, and a multiple of LANES points
+    (whole blocks of SIMD lanes) when the limit allows, but the last."""
     n_rec = p.record.gd_steps(p.method.learning_rate, int(p.method.steps)).size + 2
-    per_point = n_rec * layout.size * np.dtype(DTYPES[p.dtype]).itemsize
-    size = max(1, int(MAX_SNAPSHOT_BYTES // max(per_point, 1)))
+    per_point = max(n_rec * layout.size * np.dtype(DTYPES[p.dtype]).itemsize, 1)
+    limit = int(HEAP_SNAPSHOT_BYTES // per_point)
+    if limit < HEAP_MIN_POINTS:
+        limit = max(1, int(MAX_SNAPSHOT_BYTES // per_point))
+    even = -(-len(idx) // -(-len(idx) // limit))
+    blocks = -(-even // gd_lanes.LANES) * gd_lanes.LANES
+    size = blocks if blocks <= limit else even
     return [idx[j:j + size] for j in range(0, len(idx), size)]
 
 

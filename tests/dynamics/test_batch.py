@@ -227,8 +227,41 @@ def test_invalid_point_raises_with_its_index_before_anything_runs(rng, problems)
 def test_sub_batches_change_nothing(rng, problems, monkeypatch):
     points = gd_group(rng, problems, [5, 6, 4], steps=100)
     whole = simulate_batch(points)
+    monkeypatch.setattr(batch, "HEAP_SNAPSHOT_BYTES", 1)
     monkeypatch.setattr(batch, "MAX_SNAPSHOT_BYTES", 1)  # one point per sub-batch
     assert_identical(simulate_batch(points), whole)
+
+
+def sub_batch_sizes(point, n):
+    """The sizes of the sub-batches ``simulate_batch`` cuts a group of n copies of ``point`` into, and the record
+    buffer's bytes per point."""
+    layout = batch.layout_of(point.problem, point.weights0)
+    n_rec = point.record.gd_steps(point.method.learning_rate, point.method.steps).size + 2
+    slices = batch._sub_batches(list(range(n)), layout, point)
+    assert [k for s in slices for k in s] == list(range(n))  # consecutive, in order, every point once
+    return [len(s) for s in slices], n_rec * layout.size * 8
+
+
+def test_small_nets_sub_batches_fit_under_the_heap_limit_in_whole_blocks_of_lanes(rng):
+    """A 128-point (8,16,8) chunk with 200 records (53 MB of records) runs as 48 + 48 + 32 points, each buffer under
+    glibc's largest mmap threshold: reused from the heap rather than mapped and zeroed afresh."""
+    problem = nonwhite_problem(rng, 8, 8)
+    point = SweepPoint(problem, random_net(rng, [8, 16, 8], 0.3), GradientDescent(1e-3, 10_000), RecordSchedule())
+    sizes, per_point = sub_batch_sizes(point, 128)
+    assert sizes == [48, 48, 32]
+    assert max(sizes) * per_point <= batch.HEAP_SNAPSHOT_BYTES < 32 * 2 ** 20
+    assert sub_batch_sizes(point, 40)[0] == [40]  # a buffer that fits: one batch
+
+
+def test_large_nets_sub_batches_keep_the_memory_cap(rng):
+    """(64,64,64) with 200 records: 13 MB of records a point, fewer than HEAP_MIN_POINTS under the heap limit, so
+    sub-batches fill MAX_SNAPSHOT_BYTES (as even as may be)."""
+    problem = nonwhite_problem(rng, 64, 64, n=200)
+    point = SweepPoint(problem, random_net(rng, [64, 64, 64], 0.1), GradientDescent(1e-3, 1_000), RecordSchedule())
+    sizes, per_point = sub_batch_sizes(point, 64)
+    assert batch.HEAP_SNAPSHOT_BYTES // per_point < batch.HEAP_MIN_POINTS
+    assert max(sizes) * per_point <= batch.MAX_SNAPSHOT_BYTES
+    assert len(sizes) == -(-64 * per_point // batch.MAX_SNAPSHOT_BYTES) and max(sizes) - min(sizes) <= 8
 
 
 # ------------------------------------------------------------------------------------------------

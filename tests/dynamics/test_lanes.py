@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.dynamics import gd_lanes
+from service.dynamics import batch, gd_lanes
 from service.dynamics.batch import SweepPoint, simulate_batch
 from service.dynamics.init import initial_weights
 from service.dynamics.methods import GradientDescent, Hooks
@@ -185,6 +185,17 @@ def test_a_points_result_does_not_depend_on_its_neighbours_or_the_hook_chunks(rn
         assert_identical(simulate_batch([points[j]])[0], whole[j])
     assert_identical(simulate_batch(points[::-1])[::-1], whole)
     assert_identical(simulate_batch(points, hooks=Hooks(progress=lambda f: None, interval=0.0)), whole)
+
+
+def test_sub_batches_of_lanes_change_nothing(rng, problems, monkeypatch):
+    """Bit for bit: 20 points as one group (3 blocks) and as sub-batches of 8, 8 and 4 points."""
+    points = sweep(problems, rng, [5, 6, 4], 300, n=20)
+    whole = simulate_batch(points)
+    monkeypatch.setattr(batch, "HEAP_MIN_POINTS", 1)
+    monkeypatch.setattr(batch, "HEAP_SNAPSHOT_BYTES", 8 * (REC.gd_steps(0.01, 300).size + 2) * (5 * 6 + 6 * 4) * 8)
+    layout = batch.layout_of(points[0].problem, points[0].weights0)
+    assert [len(s) for s in batch._sub_batches(list(range(20)), layout, points[0])] == [8, 8, 4]
+    assert_identical(simulate_batch(points), whole)
 
 
 class KernelDouble:
