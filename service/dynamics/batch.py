@@ -217,16 +217,17 @@ class _Progress:
 
 def _sub_batches(idx: list[int], layout: Layout, p: SweepPoint) -> list[list[int]]:
     """Consecutive slices of a group whose record buffers fit in HEAP_SNAPSHOT_BYTES when that leaves HEAP_MIN_POINTS
-    points a slice, else in MAX_SNAPSHOT_BYTES (at least 1 point); as even as may be, and a multiple of LANES points
-    (whole blocks of SIMD lanes) when the limit allows, but the last."""
+    points a slice, else in MAX_SNAPSHOT_BYTES (at least 1 point); a multiple of LANES points (whole blocks of SIMD
+    lanes) but the last when the limit allows, as even as may be."""
     n_rec = p.record.gd_steps(p.method.learning_rate, int(p.method.steps)).size + 2
     per_point = max(n_rec * layout.size * np.dtype(DTYPES[p.dtype]).itemsize, 1)
     limit = int(HEAP_SNAPSHOT_BYTES // per_point)
     if limit < HEAP_MIN_POINTS:
         limit = max(1, int(MAX_SNAPSHOT_BYTES // per_point))
     even = -(-len(idx) // -(-len(idx) // limit))
-    blocks = -(-even // gd_lanes.LANES) * gd_lanes.LANES
-    size = blocks if blocks <= limit else even
+    size = -(-even // gd_lanes.LANES) * gd_lanes.LANES
+    if size > limit:  # whole blocks under the limit; a limit below one block: as even as may be
+        size = limit // gd_lanes.LANES * gd_lanes.LANES or even
     return [idx[j:j + size] for j in range(0, len(idx), size)]
 
 

@@ -251,6 +251,8 @@ def test_small_nets_sub_batches_fit_under_the_heap_limit_in_whole_blocks_of_lane
     assert sizes == [48, 48, 32]
     assert max(sizes) * per_point <= batch.HEAP_SNAPSHOT_BYTES < 32 * 2 ** 20
     assert sub_batch_sizes(point, 40)[0] == [40]  # a buffer that fits: one batch
+    sizes = sub_batch_sizes(point, 1024)[0]  # 60 points fit: 56 a batch, no half-empty block but the last
+    assert sizes == [56] * 18 + [16]
 
 
 def test_large_nets_sub_batches_keep_the_memory_cap(rng):
